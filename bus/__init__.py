@@ -1,0 +1,1 @@
+"""writebus bus service."""

@@ -1,0 +1,1 @@
+"""writebus client library."""
