@@ -1,0 +1,30 @@
+"""Region model, as in fly_rpc.
+
+``PRIMARY_REGION`` names the region holding the Postgres primary. This node's region is
+``FLY_REGION`` when set (Fly.io sets it), else ``MY_REGION``. Both default to ``"local"``, so an
+unconfigured process is its own primary region: every write goes straight to the local database.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+DEFAULT_REGION = "local"
+
+
+def my_region(environ: Mapping[str, str] | None = None) -> str:
+    """The region this process runs in (``FLY_REGION`` over ``MY_REGION``, default ``"local"``)."""
+    env = os.environ if environ is None else environ
+    return env.get("FLY_REGION") or env.get("MY_REGION") or DEFAULT_REGION
+
+
+def primary_region(environ: Mapping[str, str] | None = None) -> str:
+    """The region holding the primary database (``PRIMARY_REGION``, default ``"local"``)."""
+    env = os.environ if environ is None else environ
+    return env.get("PRIMARY_REGION") or DEFAULT_REGION
+
+
+def is_primary(environ: Mapping[str, str] | None = None) -> bool:
+    """True when this process runs in the primary region."""
+    return my_region(environ) == primary_region(environ)
