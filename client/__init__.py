@@ -1,1 +1,62 @@
-"""writebus client library."""
+"""writebus client: read from the local replica, write through the bus, read your writes.
+
+::
+
+    from client import Database, Settings
+
+    async with Database(Settings.from_env()) as db:
+        await db.execute("INSERT INTO notes(body) VALUES (%s)", ["hi"])
+        rows = await db.fetch("SELECT body FROM notes")   # sees the insert
+"""
+
+from client.db import Database, connect, new_request_id
+from client.errors import (
+    NoWorkerError,
+    ProcedureError,
+    ProtocolError,
+    ReplicationTimeoutError,
+    RpcTimeoutError,
+    TrackerError,
+    UnavailableError,
+    WriteBusError,
+    WriteRejectedError,
+)
+from client.lsn import format_lsn, parse_lsn
+from client.procedures import Procedures, load_procedures
+from client.protocol import Statement
+from client.region import is_primary, my_region, primary_region
+from client.results import StatementOutcome, Timings, WriteResult
+from client.retry import NO_RETRY, RetryPolicy
+from client.settings import Settings
+from client.tracker import LsnTracker, acquire_tracker, release_tracker
+
+__all__ = [
+    "NO_RETRY",
+    "Database",
+    "LsnTracker",
+    "NoWorkerError",
+    "ProcedureError",
+    "Procedures",
+    "ProtocolError",
+    "ReplicationTimeoutError",
+    "RetryPolicy",
+    "RpcTimeoutError",
+    "Settings",
+    "Statement",
+    "StatementOutcome",
+    "Timings",
+    "TrackerError",
+    "UnavailableError",
+    "WriteBusError",
+    "WriteRejectedError",
+    "WriteResult",
+    "acquire_tracker",
+    "connect",
+    "format_lsn",
+    "is_primary",
+    "my_region",
+    "new_request_id",
+    "parse_lsn",
+    "primary_region",
+    "release_tracker",
+]

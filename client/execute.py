@@ -1,0 +1,101 @@
+"""Running statements and procedures on a database connection.
+
+Shared by the bus worker (on the primary) and the client's primary-region direct path, so both
+produce the same results and the same errors.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from client.errors import WriteRejectedError
+from client.lsn import parse_lsn
+from client.procedures import Procedure
+from client.protocol import ErrorInfo, Statement, StatementResult
+
+FLUSH_LSN_SQL = "SELECT pg_current_wal_flush_lsn()::text"
+
+
+async def run_statements(
+    conn: psycopg.AsyncConnection[Any], statements: Sequence[Statement]
+) -> list[StatementResult]:
+    """Run ``statements`` in order on ``conn`` (the caller holds the transaction).
+
+    A database error is raised as :class:`WriteRejectedError` naming the failing statement.
+    """
+    results: list[StatementResult] = []
+    async with conn.cursor() as cur:
+        for index, stmt in enumerate(statements):
+            try:
+                await cur.execute(stmt.sql, stmt.params)  # type: ignore[arg-type]
+                if cur.description is not None:
+                    columns = [c.name for c in cur.description]
+                    rows: list[list[Any]] | None = await cur.fetchall()  # type: ignore[assignment]
+                else:
+                    columns, rows = None, None
+            except psycopg.Error as exc:
+                raise rejected(exc, statement_index=index) from exc
+            results.append(StatementResult(rowcount=cur.rowcount, columns=columns, rows=rows))
+    return results
+
+
+async def run_procedure(
+    conn: psycopg.AsyncConnection[Any],
+    proc: Procedure,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+) -> Any:
+    """Call a registered procedure with ``conn`` (the caller holds the transaction)."""
+    try:
+        result = proc(conn, *args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+    except psycopg.Error as exc:
+        raise rejected(exc) from exc
+    return result
+
+
+async def read_flush_lsn(conn: psycopg.AsyncConnection[Any]) -> int:
+    """The primary's WAL flush position; read it *after* COMMIT returned.
+
+    With ``synchronous_commit`` on, COMMIT returns once its record is flushed, so this position
+    covers the commit. ``pg_current_wal_insert_lsn()`` is not used: it can point past a page
+    header that a standby never reports as replayed.
+    """
+    cur = await conn.execute(FLUSH_LSN_SQL)
+    row = await cur.fetchone()
+    assert row is not None
+    return parse_lsn(row[0])
+
+
+def rejected(exc: psycopg.Error, *, statement_index: int | None = None) -> WriteRejectedError:
+    """Translate a psycopg error into :class:`WriteRejectedError` with its SQLSTATE."""
+    diag = exc.diag
+    message = diag.message_primary or str(exc).strip() or type(exc).__name__
+    return WriteRejectedError(
+        message,
+        sqlstate=exc.sqlstate,
+        statement_index=statement_index,
+        detail=diag.message_detail,
+    )
+
+
+def error_info(exc: WriteRejectedError) -> ErrorInfo:
+    """The wire form of a rejected write."""
+    retryable = bool(exc.sqlstate) and exc.sqlstate in RETRYABLE_SQLSTATES
+    return ErrorInfo(
+        kind="rejected",
+        message=exc.message,
+        sqlstate=exc.sqlstate,
+        retryable=retryable,
+        statement=exc.statement_index,
+        detail=exc.detail,
+    )
+
+
+#: Serialization failures and deadlocks succeed when the whole transaction is sent again.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})

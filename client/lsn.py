@@ -1,0 +1,30 @@
+"""Postgres WAL positions (LSNs) as 64-bit integers.
+
+Postgres prints an LSN as two hex halves, ``"16/B374D848"``. Comparing the text is wrong
+(``"9/0" > "10/0"``); writebus always compares the integer ``(hi << 32) | lo``.
+"""
+
+from __future__ import annotations
+
+from client.errors import ProtocolError
+
+MAX_LSN = (1 << 64) - 1
+
+
+def parse_lsn(text: str) -> int:
+    """Parse ``"X/Y"`` into a 64-bit integer; raise :class:`ProtocolError` on bad input."""
+    hi, sep, lo = text.partition("/")
+    if not sep or not hi or not lo or len(hi) > 8 or len(lo) > 8:
+        raise ProtocolError(f"not an LSN: {text!r}")
+    try:
+        value = (int(hi, 16) << 32) | int(lo, 16)
+    except ValueError:
+        raise ProtocolError(f"not an LSN: {text!r}") from None
+    return value
+
+
+def format_lsn(value: int) -> str:
+    """Format a 64-bit integer as Postgres does (``"16/B374D848"``)."""
+    if not 0 <= value <= MAX_LSN:
+        raise ValueError(f"LSN out of range: {value}")
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"

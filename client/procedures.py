@@ -1,0 +1,71 @@
+"""Registered procedures: named async functions that run in a transaction on a database.
+
+A procedure receives an open ``psycopg.AsyncConnection`` already inside a transaction, then the
+caller's positional and keyword arguments; whatever it returns (msgpack/JSON-encodable) goes back
+to the caller. On the primary its transaction commits before the reply, and the reply carries the
+commit's LSN. Register procedures in a module both the bus and the app import::
+
+    procedures = Procedures()
+
+    @procedures.register
+    async def add_user(conn, name: str) -> int:
+        cur = await conn.execute("INSERT INTO users(name) VALUES (%s) RETURNING id", [name])
+        return (await cur.fetchone())[0]
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from client.errors import ProcedureError
+
+Procedure = Callable[..., Awaitable[Any]]
+P = TypeVar("P", bound=Procedure)
+
+
+class Procedures:
+    """A registry of procedures by name."""
+
+    def __init__(self) -> None:
+        self._procs: dict[str, Procedure] = {}
+
+    def register(self, fn: P | None = None, *, name: str | None = None) -> Any:
+        """Register ``fn`` (usable as ``@register`` or ``@register(name="x")``)."""
+
+        def deco(f: P) -> P:
+            self._procs[name or f.__name__] = f
+            return f
+
+        return deco(fn) if fn is not None else deco
+
+    def get(self, name: str) -> Procedure:
+        """The procedure called ``name``; :class:`ProcedureError` if none is registered."""
+        try:
+            return self._procs[name]
+        except KeyError:
+            raise ProcedureError(
+                f"unknown procedure {name!r}; registered: {sorted(self._procs) or 'none'}",
+                procedure=name,
+                kind="procedure",
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._procs
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._procs)
+
+
+def load_procedures(spec: str) -> Procedures:
+    """Load a registry named ``"package.module:attribute"`` (``WRITEBUS_PROCEDURES``)."""
+    if not spec:
+        return Procedures()
+    module_name, _, attr = spec.partition(":")
+    module = importlib.import_module(module_name)
+    registry = getattr(module, attr or "procedures")
+    if not isinstance(registry, Procedures):
+        raise TypeError(f"{spec} is a {type(registry).__name__}, not a client.Procedures")
+    return registry

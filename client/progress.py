@@ -1,0 +1,41 @@
+"""Which replay position counts for this process's database: pure logic, no I/O.
+
+Each region node broadcasts its replica's replay LSN. When the tracker knows its replica's id it
+follows that replica alone. Otherwise it is conservative: the region's position is the *minimum*
+over the replicas heard from recently, so "replayed" is true of whichever one this process reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RegionProgress:
+    """Latest replay LSN per replica of one region."""
+
+    replica_id: str | None = None
+    stale_after: float = 3.0
+    _seen: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    def observe(self, replica_id: str, lsn: int, now: float) -> None:
+        """Record a broadcast received at ``now`` (monotonic seconds). LSNs never go backwards."""
+        if self.replica_id is not None and replica_id != self.replica_id:
+            return
+        prev = self._seen.get(replica_id)
+        if prev is not None and prev[0] > lsn:
+            lsn = prev[0]
+        self._seen[replica_id] = (lsn, now)
+
+    def replayed(self, now: float) -> int | None:
+        """The position this process may rely on, or None when nothing fresh was heard."""
+        fresh = [lsn for lsn, at in self._seen.values() if now - at <= self.stale_after]
+        return min(fresh) if fresh else None
+
+    def last_heard(self) -> float | None:
+        """Monotonic time of the latest broadcast counted."""
+        return max((at for _, at in self._seen.values()), default=None)
+
+    def forget(self) -> None:
+        """Drop all state (after a failover the old positions mean nothing)."""
+        self._seen.clear()

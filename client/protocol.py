@@ -1,0 +1,233 @@
+"""The wire protocol shared by the bus service, the client and other-language peers.
+
+Messages are msgspec Structs encoded as **msgpack maps** by default (field names as keys, so a
+peer needs only a plain msgpack library). A request whose ``Content-Type`` header is
+``application/json`` -- or, without the header, whose body starts with ``{`` -- is read as JSON
+and answered in JSON. See ``docs/protocol.md``.
+
+Versioning: every message has ``v`` (currently 1). New fields are added with defaults and old
+readers ignore unknown fields; fields are never renamed, removed, reordered or retyped. A request
+with ``v`` greater than :data:`PROTOCOL_VERSION` gets a ``protocol`` error naming the version.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import decimal
+import enum
+import ipaddress
+import uuid
+from typing import Any, Final, Literal, TypeVar
+
+import msgspec
+
+from client.errors import ProtocolError
+
+PROTOCOL_VERSION: Final = 1
+
+T = TypeVar("T")
+
+CONTENT_TYPE_HEADER: Final = "Content-Type"
+JSON: Final = "application/json"
+MSGPACK: Final = "application/msgpack"
+
+Encoding = Literal["application/json", "application/msgpack"]
+
+#: Default limits a worker enforces; a request over them gets a ``limit`` error.
+MAX_STATEMENTS: Final = 1000
+MAX_REQUEST_ID_LENGTH: Final = 128
+MAX_PARAMS_PER_STATEMENT: Final = 65535
+
+ErrorKind = Literal[
+    "protocol",  # undecodable / invalid / unsupported version
+    "limit",  # a size or count limit was exceeded
+    "rejected",  # the database refused the write (has sqlstate)
+    "procedure",  # unknown procedure, or it raised
+    "forbidden",  # e.g. raw SQL while the bus runs in procedures-only mode
+    "unavailable",  # the worker could not reach its database (retryable)
+    "internal",  # a bug; logged on the worker
+]
+
+
+class Statement(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One SQL statement with psycopg-style placeholders (``%s`` or ``%(name)s``)."""
+
+    sql: str
+    params: list[Any] | dict[str, Any] | None = None
+
+
+class Request(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A write (``<prefix>.write``) or a procedure call (``<prefix>.rpc.<region>``).
+
+    Exactly one of ``statements`` (run atomically, in order, in one transaction) and
+    ``procedure`` (a registered name, called with ``args``/``kwargs``) is set.
+    """
+
+    id: str
+    v: int = PROTOCOL_VERSION
+    statements: list[Statement] | None = None
+    procedure: str | None = None
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    origin: str | None = None
+    timeout_ms: int | None = None
+
+
+class StatementResult(msgspec.Struct, kw_only=True):
+    """Outcome of one statement: rows when it returned any, and the row count."""
+
+    rowcount: int = -1
+    columns: list[str] | None = None
+    rows: list[list[Any]] | None = None
+
+
+class ErrorInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A typed error in a reply."""
+
+    kind: str
+    message: str
+    sqlstate: str | None = None
+    retryable: bool = False
+    statement: int | None = None
+    detail: str | None = None
+
+
+class Reply(msgspec.Struct, kw_only=True):
+    """The answer to a :class:`Request`.
+
+    ``lsn``/``lsn_int`` give the primary's WAL flush position read after COMMIT returned: once a
+    replica has replayed up to it, the write is visible there. A repeated request id gets the
+    stored result with ``duplicate`` true and an LSN at least as new as the original commit.
+    """
+
+    v: int = PROTOCOL_VERSION
+    id: str = ""
+    ok: bool = True
+    results: list[StatementResult] = []
+    value: Any = None
+    lsn: str | None = None
+    lsn_int: int | None = None
+    region: str | None = None
+    duplicate: bool = False
+    server_ms: float | None = None
+    error: ErrorInfo | None = None
+
+
+class LsnUpdate(msgspec.Struct, kw_only=True):
+    """Replay progress of one database, broadcast on ``<prefix>.lsn.<region>``.
+
+    ``role`` is ``"replica"`` (``lsn`` = ``pg_last_wal_replay_lsn()``) or ``"primary"``
+    (``lsn`` = ``pg_current_wal_flush_lsn()``). ``time`` is Unix seconds at the sender.
+    """
+
+    region: str
+    replica_id: str
+    lsn: str
+    lsn_int: int
+    time: float
+    in_recovery: bool
+    role: str
+    v: int = PROTOCOL_VERSION
+
+
+def _enc_hook(obj: Any) -> Any:
+    # Values Postgres returns that msgspec does not encode natively become text, as psql shows.
+    if isinstance(obj, (decimal.Decimal, uuid.UUID, enum.Enum)):
+        return str(obj)
+    if isinstance(obj, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return str(obj)
+    if isinstance(obj, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return str(obj)
+    if isinstance(obj, (ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
+        return str(obj)
+    if isinstance(obj, memoryview):
+        return bytes(obj)
+    if isinstance(obj, _dt.timedelta):
+        return obj.total_seconds()
+    return str(obj)
+
+
+_msgpack_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+_json_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+_decoders: dict[tuple[str, type], Any] = {}
+
+
+def _decoder(encoding: str, kind: type[Any]) -> Any:
+    key = (encoding, kind)
+    dec = _decoders.get(key)
+    if dec is None:
+        mod = msgspec.json if encoding == JSON else msgspec.msgpack
+        dec = _decoders[key] = mod.Decoder(kind)
+    return dec
+
+
+def encoding_of(headers: dict[str, str] | None, data: bytes) -> Encoding:
+    """The encoding of a message: its ``Content-Type`` header, else sniffed from the body."""
+    if headers:
+        value = headers.get(CONTENT_TYPE_HEADER) or headers.get(CONTENT_TYPE_HEADER.lower())
+        if value:
+            return JSON if "json" in value.lower() else MSGPACK
+    if data[:1] in (b"{", b" ", b"\n", b"\r", b"\t"):
+        return JSON
+    return MSGPACK
+
+
+def encode(message: msgspec.Struct, encoding: str = MSGPACK) -> bytes:
+    """Encode a message in msgpack (default) or JSON."""
+    if encoding == JSON:
+        return _json_encoder.encode(message)
+    return _msgpack_encoder.encode(message)
+
+
+def decode(data: bytes, kind: type[T], encoding: str = MSGPACK) -> T:
+    """Decode ``data`` as ``kind``; raise :class:`ProtocolError` with the reason on bad input."""
+    try:
+        return _decoder(encoding, kind).decode(data)  # type: ignore[no-any-return]
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(f"invalid {kind.__name__}: {exc}", data={"encoding": encoding}) from exc
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(
+            f"undecodable {kind.__name__} ({encoding}): {exc}", data={"encoding": encoding}
+        ) from exc
+
+
+def validate_request(
+    req: Request, *, max_statements: int = MAX_STATEMENTS, allow_statements: bool = True
+) -> None:
+    """Check a decoded request against the protocol's rules and limits.
+
+    Raises :class:`ProtocolError` whose ``kind`` is ``"protocol"`` or ``"limit"``.
+    """
+    if req.v > PROTOCOL_VERSION or req.v < 1:
+        raise ProtocolError(
+            f"unsupported protocol version {req.v}; this worker speaks 1..{PROTOCOL_VERSION}"
+        )
+    if not req.id or len(req.id) > MAX_REQUEST_ID_LENGTH:
+        raise ProtocolError(f"request id must be 1..{MAX_REQUEST_ID_LENGTH} characters")
+    has_sql = req.statements is not None
+    has_proc = req.procedure is not None
+    if has_sql == has_proc:
+        raise ProtocolError("a request has exactly one of 'statements' and 'procedure'")
+    if req.statements is not None:
+        if not allow_statements:
+            raise ProtocolError(
+                "this subject runs procedures only; send statements to <prefix>.write"
+            )
+        if not req.statements:
+            raise ProtocolError("'statements' is empty")
+        if len(req.statements) > max_statements:
+            raise ProtocolError(
+                f"{len(req.statements)} statements in one request; the limit is {max_statements}",
+                kind="limit",
+            )
+        for i, stmt in enumerate(req.statements):
+            if not stmt.sql.strip():
+                raise ProtocolError(f"statement {i} has empty SQL")
+            if stmt.params is not None and len(stmt.params) > MAX_PARAMS_PER_STATEMENT:
+                raise ProtocolError(
+                    f"statement {i} has {len(stmt.params)} parameters; "
+                    f"the limit is {MAX_PARAMS_PER_STATEMENT}",
+                    kind="limit",
+                )
+    elif not req.procedure:
+        raise ProtocolError("'procedure' is empty")

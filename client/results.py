@@ -1,0 +1,77 @@
+"""What a write returns to the caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from client.lsn import format_lsn
+from client.protocol import StatementResult
+
+
+@dataclass(frozen=True)
+class StatementOutcome:
+    """One statement's row count and rows (empty when it returned none)."""
+
+    rowcount: int
+    columns: tuple[str, ...] | None = None
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+
+    @classmethod
+    def from_wire(cls, r: StatementResult) -> StatementOutcome:
+        """Build from the protocol's :class:`StatementResult`."""
+        return cls(
+            rowcount=r.rowcount,
+            columns=tuple(r.columns) if r.columns is not None else None,
+            rows=[tuple(row) for row in r.rows] if r.rows else [],
+        )
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Where the time of one write went, in milliseconds.
+
+    ``forward_ms``: request and reply in flight (round trip minus time on the worker);
+    ``commit_ms``: time on the worker or local database, transaction through flush LSN;
+    ``replication_ms``: waiting for the local replica to replay the LSN (None if not awaited).
+    """
+
+    forward_ms: float
+    commit_ms: float
+    replication_ms: float | None
+    total_ms: float
+    attempts: int = 1
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """The outcome of ``execute``/``batch``/``call``.
+
+    ``lsn`` is the primary's WAL position covering the commit (None for direct primary-region
+    writes, which need no wait). ``duplicate`` is true when a retried request had already been
+    applied and its stored result was returned instead of applying it again.
+    """
+
+    statements: list[StatementOutcome]
+    lsn: int | None
+    region: str
+    via_bus: bool
+    timings: Timings
+    value: Any = None
+    duplicate: bool = False
+    replicated: bool = False
+
+    @property
+    def rows(self) -> list[tuple[Any, ...]]:
+        """Rows of the last statement."""
+        return self.statements[-1].rows if self.statements else []
+
+    @property
+    def rowcount(self) -> int:
+        """Row count of the last statement."""
+        return self.statements[-1].rowcount if self.statements else -1
+
+    @property
+    def lsn_text(self) -> str | None:
+        """:attr:`lsn` as Postgres prints it."""
+        return format_lsn(self.lsn) if self.lsn is not None else None

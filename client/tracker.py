@@ -1,0 +1,268 @@
+"""The per-process LSN tracker: wakes callers once their local replica has replayed an LSN.
+
+One tracker runs per process and (region, database): :func:`acquire_tracker` hands out a shared,
+reference-counted instance. It listens to ``<prefix>.lsn.<region>`` broadcasts (push, no polling)
+and keeps waiters in a heap (:mod:`client.waiters`). When broadcasts stop -- the region's bus is
+down -- it falls back to reading ``pg_last_wal_replay_lsn()`` from its own database while anyone
+waits, so a wait never hangs and never depends on a single publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import psycopg
+import structlog
+
+from client.connect import connect_nats
+from client.errors import ReplicationTimeoutError, TrackerError
+from client.lsn import parse_lsn
+from client.progress import RegionProgress
+from client.protocol import LsnUpdate, decode, encoding_of
+from client.settings import Settings
+from client.subjects import Subjects
+from client.waiters import WaiterQueue
+
+log = structlog.get_logger("writebus.tracker")
+
+_REPLAY_SQL = "SELECT pg_last_wal_replay_lsn()::text, pg_is_in_recovery()"
+
+
+class LsnTracker:
+    """Tracks how far the local replica has replayed, and wakes waiters.
+
+    Use :func:`acquire_tracker` rather than constructing one per call site.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        stale_after: float | None = None,
+        fallback_interval: float = 0.005,
+    ) -> None:
+        self.settings = settings
+        self.region = settings.region
+        self.subject = Subjects(settings.prefix).lsn(settings.region)
+        hb = settings.heartbeat_interval
+        self._progress = RegionProgress(
+            replica_id=settings.replica_id or None,
+            stale_after=stale_after if stale_after is not None else max(3 * hb, 1.0),
+        )
+        self._fallback_interval = fallback_interval
+        self._queue: WaiterQueue[asyncio.Future[int]] = WaiterQueue()
+        self._replayed: int | None = None
+        self._nc: Any = None
+        self._sub: Any = None
+        self._wake = asyncio.Event()
+        self._fallback_task: asyncio.Task[None] | None = None
+        self._fallback_conn: psycopg.AsyncConnection[Any] | None = None
+        self._closed = False
+        self.updates_received = 0
+        self.fallback_polls = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<LsnTracker region={self.region!r} waiters={len(self._queue)} "
+            f"replayed={self._replayed}>"
+        )
+
+    @property
+    def waiting(self) -> int:
+        """Number of callers waiting now."""
+        return len(self._queue)
+
+    @property
+    def heap_size(self) -> int:
+        """Entries in the waiter heap (0 when nobody waits)."""
+        return self._queue.heap_size
+
+    @property
+    def replayed(self) -> int | None:
+        """The highest replayed LSN known, or None before anything was heard."""
+        return self._replayed
+
+    async def start(self) -> None:
+        """Connect to NATS and subscribe to the region's progress subject."""
+        self._nc = await connect_nats(self.settings, name=f"writebus-tracker-{self.region}")
+        self._sub = await self._nc.subscribe(self.subject, cb=self._on_message)
+        self._fallback_task = asyncio.create_task(
+            self._fallback_loop(), name=f"writebus-tracker-fallback-{self.region}"
+        )
+
+    async def close(self) -> None:
+        """Stop: wake every waiter with :class:`TrackerError` and close connections."""
+        self._closed = True
+        for w in self._queue.drain():
+            if not w.payload.done():
+                w.payload.set_exception(TrackerError("the LSN tracker was closed"))
+        if self._fallback_task is not None:
+            self._fallback_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fallback_task
+        if self._fallback_conn is not None:
+            await self._fallback_conn.close()
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+
+    # -- progress in ----------------------------------------------------------------------
+
+    async def _on_message(self, msg: Any) -> None:
+        try:
+            upd = decode(msg.data, LsnUpdate, encoding_of(msg.headers, msg.data))
+            lsn = parse_lsn(upd.lsn) if upd.lsn else upd.lsn_int
+        except Exception as exc:  # a bad broadcast must not stop the tracker
+            log.warning("tracker.bad_update", error=str(exc), subject=msg.subject)
+            return
+        if upd.role != "replica" or not upd.in_recovery:
+            return
+        self.updates_received += 1
+        self._progress.observe(upd.replica_id, lsn, time.monotonic())
+        self.advance(self._progress.replayed(time.monotonic()))
+
+    def advance(self, replayed: int | None) -> int:
+        """Record that the replica has replayed ``replayed``; wake whoever that satisfies.
+
+        Returns the number of waiters woken. Positions never move backwards.
+        """
+        if replayed is None:
+            return 0
+        if self._replayed is not None and replayed <= self._replayed:
+            return 0
+        self._replayed = replayed
+        woken = self._queue.pop_reached(replayed)
+        for w in woken:
+            if not w.payload.done():
+                w.payload.set_result(replayed)
+        return len(woken)
+
+    def _fresh(self) -> bool:
+        last = self._progress.last_heard()
+        return last is not None and time.monotonic() - last <= self._progress.stale_after
+
+    # -- waiting --------------------------------------------------------------------------
+
+    async def wait_for(self, lsn: int, timeout: float) -> int:
+        """Wait until the local replica has replayed ``lsn``; return the replayed position.
+
+        Returns at once when already replayed. Raises :class:`ReplicationTimeoutError` (which
+        carries ``lsn`` and says the write committed) after ``timeout`` seconds. A timed-out or
+        cancelled wait leaves nothing behind.
+        """
+        if self._replayed is not None and self._replayed >= lsn:
+            return self._replayed
+        if self._closed:
+            raise TrackerError("the LSN tracker is closed")
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        waiter = self._queue.add(lsn, fut)
+        if not self._fresh():
+            self._wake.set()  # broadcasts are missing: let the fallback poll now
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise ReplicationTimeoutError(lsn, timeout, self._replayed, self.region) from None
+        finally:
+            self._queue.discard(waiter)
+
+    # -- fallback: read the replica ourselves when nobody broadcasts --------------------------
+
+    async def _fallback_loop(self) -> None:
+        while not self._closed:
+            await self._wake.wait()
+            self._wake.clear()
+            logged = False
+            while self._queue and not self._fresh() and not self._closed:
+                if not logged:
+                    log.warning(
+                        "tracker.fallback_polling",
+                        region=self.region,
+                        reason="no progress broadcasts",
+                        waiting=len(self._queue),
+                    )
+                    logged = True
+                try:
+                    lsn = await self._read_replay_lsn()
+                except Exception as exc:
+                    log.warning("tracker.fallback_failed", region=self.region, error=str(exc))
+                    await asyncio.sleep(0.2)
+                    continue
+                self.fallback_polls += 1
+                self.advance(lsn)
+                await asyncio.sleep(self._fallback_interval)
+
+    async def _read_replay_lsn(self) -> int | None:
+        if not self.settings.database_url:
+            raise TrackerError("no DATABASE_URL to read replay progress from")
+        conn = self._fallback_conn
+        if conn is None or conn.closed:
+            conn = self._fallback_conn = await psycopg.AsyncConnection.connect(
+                self.settings.database_url, autocommit=True, connect_timeout=2
+            )
+        try:
+            cur = await conn.execute(_REPLAY_SQL)
+            row = await cur.fetchone()
+        except psycopg.Error:
+            await conn.close()
+            self._fallback_conn = None
+            raise
+        if row is None or row[0] is None or not row[1]:
+            return None
+        return parse_lsn(row[0])
+
+
+# -- one tracker per process and database ---------------------------------------------------
+
+_trackers: dict[tuple[Any, ...], tuple[LsnTracker, int]] = {}
+_locks: dict[int, asyncio.Lock] = {}
+
+
+def _key(settings: Settings) -> tuple[Any, ...]:
+    return (
+        settings.nats_urls,
+        settings.prefix,
+        settings.region,
+        settings.database_url,
+        settings.replica_id,
+        id(asyncio.get_running_loop()),
+    )
+
+
+def _registry_lock() -> asyncio.Lock:
+    loop_id = id(asyncio.get_running_loop())
+    lock = _locks.get(loop_id)
+    if lock is None:
+        lock = _locks[loop_id] = asyncio.Lock()
+    return lock
+
+
+async def acquire_tracker(settings: Settings) -> LsnTracker:
+    """The process's tracker for this region and database, started on first use."""
+    async with _registry_lock():
+        key = _key(settings)
+        entry = _trackers.get(key)
+        if entry is None:
+            tracker = LsnTracker(settings)
+            await tracker.start()
+            _trackers[key] = (tracker, 1)
+            return tracker
+        _trackers[key] = (entry[0], entry[1] + 1)
+        return entry[0]
+
+
+async def release_tracker(tracker: LsnTracker) -> None:
+    """Give back a tracker from :func:`acquire_tracker`; the last release closes it."""
+    async with _registry_lock():
+        for key, (t, refs) in list(_trackers.items()):
+            if t is tracker:
+                if refs > 1:
+                    _trackers[key] = (t, refs - 1)
+                    return
+                del _trackers[key]
+                break
+    await tracker.close()
+
+
