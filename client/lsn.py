@@ -9,18 +9,21 @@ from __future__ import annotations
 from client.errors import ProtocolError
 
 MAX_LSN = (1 << 64) - 1
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 def parse_lsn(text: str) -> int:
     """Parse ``"X/Y"`` into a 64-bit integer; raise :class:`ProtocolError` on bad input."""
     hi, sep, lo = text.partition("/")
-    if not sep or not hi or not lo or len(hi) > 8 or len(lo) > 8:
+    if (
+        not sep
+        or not 0 < len(hi) <= 8
+        or not 0 < len(lo) <= 8
+        or not _HEX.issuperset(hi)
+        or not _HEX.issuperset(lo)
+    ):
         raise ProtocolError(f"not an LSN: {text!r}")
-    try:
-        value = (int(hi, 16) << 32) | int(lo, 16)
-    except ValueError:
-        raise ProtocolError(f"not an LSN: {text!r}") from None
-    return value
+    return (int(hi, 16) << 32) | int(lo, 16)
 
 
 def format_lsn(value: int) -> str:

@@ -1,0 +1,64 @@
+"""When the replica monitor polls and publishes: pure decisions, no I/O.
+
+The monitor polls its replica fast only while the replica is behind the newest LSN the primary
+announced (and only for ``fast_window`` seconds after that announcement, in case the position is
+one a standby never reports). Otherwise it sleeps until the next announcement or heartbeat, so
+an idle region costs one query and one message per heartbeat interval.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cadence:
+    """Timing knobs, in seconds."""
+
+    fast_interval: float = 0.001
+    heartbeat: float = 1.0
+    fast_window: float = 5.0
+
+
+@dataclass
+class MonitorState:
+    """What the monitor knows; times are monotonic seconds."""
+
+    replayed: int | None = None
+    published: int | None = None
+    published_at: float = float("-inf")
+    target: int = 0
+    target_at: float = float("-inf")
+
+    def announce(self, lsn: int, now: float) -> bool:
+        """The primary announced ``lsn``; True if that is news (the monitor should poll)."""
+        if lsn > self.target:
+            self.target = lsn
+            self.target_at = now
+            return True
+        return False
+
+    def behind(self, now: float, cadence: Cadence) -> bool:
+        """True while fast polling is warranted."""
+        if now - self.target_at > cadence.fast_window:
+            return False
+        return self.replayed is None or self.replayed < self.target
+
+    def should_publish(self, now: float, cadence: Cadence) -> bool:
+        """Publish on progress, and on every heartbeat even without it."""
+        if self.replayed is None:
+            return now - self.published_at >= cadence.heartbeat
+        if self.published is None or self.replayed > self.published:
+            return True
+        return now - self.published_at >= cadence.heartbeat
+
+    def published_now(self, now: float) -> None:
+        """Record a publish of the current position."""
+        self.published = self.replayed
+        self.published_at = now
+
+    def next_delay(self, now: float, cadence: Cadence) -> float:
+        """Seconds until the next poll, absent an announcement."""
+        if self.behind(now, cadence):
+            return cadence.fast_interval
+        return max(0.0, self.published_at + cadence.heartbeat - now)

@@ -1,0 +1,165 @@
+"""Turning request bytes into reply bytes: decode, validate, run, encode.
+
+No NATS here: :class:`Handler` is called by :mod:`bus.worker` with a message's body and headers
+and returns the reply body and headers. Every failure becomes a typed error reply; nothing a
+client sends can raise out of :meth:`Handler.handle`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import psycopg_pool
+import structlog
+
+from bus import idempotency
+from client.errors import ProcedureError, ProtocolError, WriteRejectedError
+from client.execute import error_info, read_flush_lsn, run_procedure, run_statements
+from client.lsn import format_lsn
+from client.procedures import Procedures
+from client.protocol import (
+    CONTENT_TYPE_HEADER,
+    JSON,
+    MAX_STATEMENTS,
+    ErrorInfo,
+    Reply,
+    Request,
+    StatementResult,
+    decode,
+    encode,
+    encoding_of,
+    validate_request,
+)
+
+log = structlog.get_logger("writebus.worker")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """What a worker accepts."""
+
+    max_statements: int = MAX_STATEMENTS
+    allow_sql: bool = True
+    acquire_timeout: float = 5.0
+
+
+class _Duplicate(Exception):
+    pass
+
+
+class Handler:
+    """Runs requests against one database.
+
+    ``primary`` says whether the database is the primary (then writes commit there, the reply
+    carries the flush LSN and request ids are recorded for exactly-once). ``on_commit`` is told
+    each commit's LSN (the primary's progress announcer).
+    """
+
+    def __init__(
+        self,
+        *,
+        pool: psycopg_pool.AsyncConnectionPool,
+        procedures: Procedures,
+        region: str,
+        limits: Limits | None = None,
+        on_commit: Callable[[int], None] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.procedures = procedures
+        self.region = region
+        self.limits = limits or Limits()
+        self.on_commit = on_commit
+
+    async def handle(
+        self, data: bytes, headers: dict[str, str] | None, *, write: bool, primary: bool
+    ) -> tuple[bytes, dict[str, str] | None]:
+        """Answer one request. ``write`` is true on ``<prefix>.write`` (statements allowed,
+        exactly-once), false on ``<prefix>.rpc.<region>`` (procedures only)."""
+        start = time.monotonic()
+        encoding = encoding_of(headers, data)
+        reply_headers = {CONTENT_TYPE_HEADER: JSON} if encoding == JSON else None
+        request_id = ""
+        try:
+            req = decode(data, Request, encoding)
+            request_id = req.id
+            validate_request(
+                req, max_statements=self.limits.max_statements, allow_statements=write
+            )
+            if req.statements is not None and not self.limits.allow_sql:
+                raise ProtocolError(
+                    "raw SQL is switched off on this bus (procedures-only mode); "
+                    "call a registered procedure instead",
+                    kind="forbidden",
+                )
+            reply = await self._run(req, write=write, primary=primary)
+        except ProtocolError as exc:
+            reply = _error(request_id, exc.kind, str(exc))
+        except ProcedureError as exc:
+            reply = _error(request_id, "procedure", str(exc))
+        except WriteRejectedError as exc:
+            reply = Reply(id=request_id, ok=False, error=error_info(exc))
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            log.warning("worker.db_unavailable", request_id=request_id, error=str(exc))
+            reply = _error(request_id, "unavailable", f"database unavailable: {exc}", True)
+        except Exception as exc:
+            log.exception("worker.internal_error", request_id=request_id)
+            reply = _error(request_id, "internal", f"{type(exc).__name__}: {exc}")
+        reply.region = self.region
+        reply.server_ms = (time.monotonic() - start) * 1000
+        try:
+            body = encode(reply, encoding)
+        except Exception as exc:  # a procedure returned something unencodable
+            body = encode(
+                _error(request_id, "procedure", f"result not encodable: {exc}"), encoding
+            )
+        return body, reply_headers
+
+    async def _run(self, req: Request, *, write: bool, primary: bool) -> Reply:
+        proc = self.procedures.get(req.procedure) if req.procedure is not None else None
+        exactly_once = write and primary
+        results: list[StatementResult] = []
+        value: Any = None
+        duplicate = False
+        async with self.pool.connection(timeout=self.limits.acquire_timeout) as conn:
+            try:
+                async with conn.transaction():
+                    if exactly_once and not await idempotency.claim(conn, req.id):
+                        raise _Duplicate
+                    if req.statements is not None:
+                        results = await run_statements(conn, req.statements)
+                    else:
+                        assert proc is not None
+                        value = await run_procedure(conn, proc, req.args, req.kwargs)
+                    if exactly_once:
+                        await idempotency.store(conn, req.id, results, value)
+            except _Duplicate:
+                duplicate = True
+                stored = await idempotency.fetch(conn, req.id)
+                if stored is not None:
+                    results, value = stored.results, stored.value
+                log.info("worker.duplicate", request_id=req.id)
+            if not primary:
+                return Reply(id=req.id, results=results, value=value)
+            lsn = await read_flush_lsn(conn)
+        if self.on_commit is not None:
+            self.on_commit(lsn)
+        return Reply(
+            id=req.id,
+            results=results,
+            value=value,
+            lsn=format_lsn(lsn),
+            lsn_int=lsn,
+            duplicate=duplicate,
+        )
+
+
+def _error(request_id: str, kind: str, message: str, retryable: bool = False) -> Reply:
+    return Reply(
+        id=request_id,
+        ok=False,
+        error=ErrorInfo(kind=kind, message=message, retryable=retryable),
+    )

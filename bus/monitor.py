@@ -1,0 +1,228 @@
+"""Replay progress publishers.
+
+* :class:`ReplicaMonitor` (a node whose database is a standby): publishes the replica's replay
+  LSN on ``<prefix>.lsn.<region>`` when it advances, and at least every heartbeat.
+* :class:`PrimaryAnnouncer` (a node whose database is the primary): publishes the primary's flush
+  LSN after each commit it serves and every heartbeat, so replica monitors know how far there is
+  to go and poll fast only while behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import psycopg
+import structlog
+
+from bus.cadence import Cadence, MonitorState
+from client.lsn import format_lsn, parse_lsn
+from client.protocol import LsnUpdate, decode, encode, encoding_of
+
+log = structlog.get_logger("writebus.monitor")
+
+_REPLICA_SQL = "SELECT pg_last_wal_replay_lsn()::text, pg_is_in_recovery()"
+_PRIMARY_SQL = "SELECT pg_current_wal_flush_lsn()::text, pg_is_in_recovery()"
+
+
+def _update(region: str, replica_id: str, lsn: int, *, role: str, in_recovery: bool) -> bytes:
+    return encode(
+        LsnUpdate(
+            region=region,
+            replica_id=replica_id,
+            lsn=format_lsn(lsn),
+            lsn_int=lsn,
+            time=time.time(),
+            in_recovery=in_recovery,
+            role=role,
+        )
+    )
+
+
+class ReplicaMonitor:
+    """Polls a standby's replay position and broadcasts it."""
+
+    def __init__(
+        self,
+        *,
+        nc: Any,
+        dsn: str,
+        subject: str,
+        primary_subject: str,
+        region: str,
+        replica_id: str,
+        cadence: Cadence | None = None,
+    ) -> None:
+        self.nc = nc
+        self.dsn = dsn
+        self.subject = subject
+        self.primary_subject = primary_subject
+        self.region = region
+        self.replica_id = replica_id
+        self.cadence = cadence or Cadence()
+        self.state = MonitorState()
+        self.polls = 0
+        self.published = 0
+        self.promoted = asyncio.Event()
+        self._news = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._sub: Any = None
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def start(self) -> None:
+        """Subscribe to the primary's announcements and start polling."""
+        self._sub = await self.nc.subscribe(self.primary_subject, cb=self._on_primary)
+        self._task = asyncio.create_task(self._run(), name=f"replica-monitor-{self.region}")
+
+    async def stop(self) -> None:
+        """Stop polling and publishing."""
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._conn is not None:
+            await self._conn.close()
+
+    async def _on_primary(self, msg: Any) -> None:
+        try:
+            upd = decode(msg.data, LsnUpdate, encoding_of(msg.headers, msg.data))
+        except Exception:
+            return
+        if upd.role == "primary" and self.state.announce(upd.lsn_int, time.monotonic()):
+            self._news.set()
+
+    async def _poll(self) -> tuple[int | None, bool]:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.dsn, autocommit=True, connect_timeout=2
+            )
+        cur = await self._conn.execute(_REPLICA_SQL)
+        row = await cur.fetchone()
+        assert row is not None
+        self.polls += 1
+        return (parse_lsn(row[0]) if row[0] else None), bool(row[1])
+
+    async def _run(self) -> None:
+        cadence = self.cadence
+        while True:
+            try:
+                replayed, in_recovery = await self._poll()
+            except Exception as exc:
+                log.warning("monitor.poll_failed", region=self.region, error=str(exc))
+                if self._conn is not None:
+                    with contextlib.suppress(Exception):
+                        await self._conn.close()
+                self._conn = None
+                await asyncio.sleep(min(0.5, cadence.heartbeat))
+                continue
+            if not in_recovery:
+                log.warning("monitor.promoted", region=self.region, replica_id=self.replica_id)
+                self.promoted.set()
+                return
+            now = time.monotonic()
+            self.state.replayed = replayed
+            if replayed is not None and self.state.should_publish(now, cadence):
+                await self.nc.publish(
+                    self.subject,
+                    _update(self.region, self.replica_id, replayed, role="replica",
+                            in_recovery=True),
+                )
+                self.state.published_now(now)
+                self.published += 1
+            delay = self.state.next_delay(now, cadence)
+            if delay <= cadence.fast_interval:
+                await asyncio.sleep(delay)
+            else:
+                self._news.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._news.wait(), delay)
+
+
+class PrimaryAnnouncer:
+    """Broadcasts the primary's flush LSN after commits and on every heartbeat."""
+
+    def __init__(
+        self,
+        *,
+        nc: Any,
+        dsn: str,
+        subject: str,
+        region: str,
+        replica_id: str,
+        heartbeat: float = 1.0,
+    ) -> None:
+        self.nc = nc
+        self.dsn = dsn
+        self.subject = subject
+        self.region = region
+        self.replica_id = replica_id
+        self.heartbeat = heartbeat
+        self.demoted = asyncio.Event()
+        self._latest = 0
+        self._announced = 0
+        self._kick = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._hb_task: asyncio.Task[None] | None = None
+
+    def committed(self, lsn: int) -> None:
+        """A write committed at ``lsn``: announce it soon (coalescing bursts)."""
+        if lsn > self._latest:
+            self._latest = lsn
+            self._kick.set()
+
+    async def start(self) -> None:
+        """Start announcing."""
+        self._task = asyncio.create_task(self._announce_loop(), name="primary-announcer")
+        self._hb_task = asyncio.create_task(self._heartbeat_loop(), name="primary-heartbeat")
+
+    async def stop(self) -> None:
+        """Stop announcing."""
+        for t in (self._task, self._hb_task):
+            if t is not None:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+
+    async def _announce_loop(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            if self._latest > self._announced:
+                self._announced = self._latest
+                await self.nc.publish(
+                    self.subject,
+                    _update(self.region, self.replica_id, self._latest, role="primary",
+                            in_recovery=False),
+                )
+
+    async def _heartbeat_loop(self) -> None:
+        conn: psycopg.AsyncConnection[Any] | None = None
+        while True:
+            try:
+                if conn is None or conn.closed:
+                    conn = await psycopg.AsyncConnection.connect(
+                        self.dsn, autocommit=True, connect_timeout=2
+                    )
+                cur = await conn.execute(_PRIMARY_SQL)
+                row = await cur.fetchone()
+                assert row is not None
+                if row[1]:
+                    log.warning("monitor.demoted", region=self.region)
+                    self.demoted.set()
+                    return
+                self.committed(parse_lsn(row[0]))
+                self._announced = 0  # re-announce on the heartbeat even without news
+                self._kick.set()
+            except asyncio.CancelledError:
+                if conn is not None:
+                    await conn.close()
+                raise
+            except Exception as exc:
+                log.warning("monitor.primary_poll_failed", region=self.region, error=str(exc))
+                conn = None
+            await asyncio.sleep(self.heartbeat)

@@ -1,0 +1,239 @@
+"""The bus service: one process per region node (``writebus serve``).
+
+In every region it serves ``<prefix>.rpc.<region>``. When its database is the primary
+(``pg_is_in_recovery()`` is false) it also serves ``<prefix>.write`` and announces the primary's
+LSN; when its database is a standby it broadcasts replay progress. If the standby is promoted
+the node switches to the primary role. SIGTERM drains: in-flight requests finish and reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg_pool import AsyncConnectionPool
+
+from bus import idempotency
+from bus.handler import Handler, Limits
+from bus.monitor import PrimaryAnnouncer, ReplicaMonitor
+from bus.worker import SubjectServer
+from client.connect import connect_nats
+from client.procedures import Procedures, load_procedures
+from client.settings import Settings
+from client.subjects import Subjects
+
+log = structlog.get_logger("writebus.bus")
+
+
+class BusService:
+    """A region node of the bus. ``async with BusService(settings):`` or start/stop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        procedures: Procedures | None = None,
+        idempotency_window: float = 24 * 3600.0,
+    ) -> None:
+        self.settings = settings
+        self.procedures = procedures or load_procedures(settings.procedures)
+        self.subjects = Subjects(settings.prefix)
+        self.replica_id = settings.replica_id or f"{settings.region}-{socket.gethostname()}"
+        self.idempotency_window = idempotency_window
+        self.role: str | None = None
+        self.nc: Any = None
+        self.pool: AsyncConnectionPool | None = None
+        self.handler: Handler | None = None
+        self.rpc_server: SubjectServer | None = None
+        self.write_server: SubjectServer | None = None
+        self.monitor: ReplicaMonitor | None = None
+        self.announcer: PrimaryAnnouncer | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._expiry: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def __repr__(self) -> str:
+        return f"<BusService region={self.settings.region!r} role={self.role}>"
+
+    @property
+    def dsn(self) -> str:
+        """The database this node serves: the primary in the primary region, else local."""
+        s = self.settings
+        if s.is_primary and s.primary_database_url:
+            return s.primary_database_url
+        return s.database_url
+
+    async def start(self) -> None:
+        """Connect, find the database's role, subscribe, and start publishing progress."""
+        s = self.settings
+        if not self.dsn:
+            raise RuntimeError("DATABASE_URL (or PRIMARY_DATABASE_URL) is not set")
+        self.nc = await connect_nats(s, name=f"writebus-bus-{s.region}")
+        self.pool = AsyncConnectionPool(
+            self.dsn,
+            min_size=2,
+            max_size=max(2, s.max_concurrency),
+            kwargs={"autocommit": True},
+            open=False,
+            name=f"writebus-bus-{s.region}",
+        )
+        await self.pool.open(wait=True, timeout=30)
+        in_recovery = await self._in_recovery()
+        self.handler = Handler(
+            pool=self.pool,
+            procedures=self.procedures,
+            region=s.region,
+            limits=Limits(allow_sql=s.allow_sql),
+        )
+        self.rpc_server = SubjectServer(
+            self.nc,
+            self.subjects.rpc(s.region),
+            self.subjects.queue("rpc"),
+            self._handle_rpc,
+            concurrency=s.max_concurrency,
+        )
+        await self.rpc_server.start()
+        if in_recovery:
+            await self._become_replica()
+        else:
+            await self._become_primary()
+        log.info(
+            "bus.ready",
+            region=s.region,
+            role=self.role,
+            primary_region=s.primary_region,
+            prefix=s.prefix,
+            replica_id=self.replica_id,
+            procedures=self.procedures.names(),
+            allow_sql=s.allow_sql,
+        )
+
+    async def _in_recovery(self) -> bool:
+        assert self.pool is not None
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT pg_is_in_recovery()")
+            row = await cur.fetchone()
+        return bool(row and row[0])
+
+    async def _handle_rpc(
+        self, data: bytes, headers: dict[str, str] | None
+    ) -> tuple[bytes, dict[str, str] | None]:
+        assert self.handler is not None
+        return await self.handler.handle(
+            data, headers, write=False, primary=self.role == "primary"
+        )
+
+    async def _handle_write(
+        self, data: bytes, headers: dict[str, str] | None
+    ) -> tuple[bytes, dict[str, str] | None]:
+        assert self.handler is not None
+        return await self.handler.handle(data, headers, write=True, primary=True)
+
+    async def _become_primary(self) -> None:
+        s = self.settings
+        assert self.pool is not None and self.handler is not None
+        async with self.pool.connection() as conn:
+            await idempotency.ensure_schema(conn)
+        self.announcer = PrimaryAnnouncer(
+            nc=self.nc,
+            dsn=self.dsn,
+            subject=self.subjects.lsn(s.region),
+            region=s.region,
+            replica_id=self.replica_id,
+            heartbeat=s.heartbeat_interval,
+        )
+        self.handler.on_commit = self.announcer.committed
+        await self.announcer.start()
+        self.write_server = SubjectServer(
+            self.nc,
+            self.subjects.write,
+            self.subjects.queue("write"),
+            self._handle_write,
+            concurrency=s.max_concurrency,
+        )
+        await self.write_server.start()
+        self._expiry = asyncio.create_task(self._expire_loop(), name="idempotency-expiry")
+        self.role = "primary"
+
+    async def _become_replica(self) -> None:
+        s = self.settings
+        self.monitor = ReplicaMonitor(
+            nc=self.nc,
+            dsn=self.dsn,
+            subject=self.subjects.lsn(s.region),
+            primary_subject=self.subjects.lsn(s.primary_region),
+            region=s.region,
+            replica_id=self.replica_id,
+        )
+        await self.monitor.start()
+        self._watch = asyncio.create_task(self._watch_promotion(), name="watch-promotion")
+        self.role = "replica"
+
+    async def _watch_promotion(self) -> None:
+        assert self.monitor is not None
+        await self.monitor.promoted.wait()
+        if self._stopping:
+            return
+        log.warning("bus.promoted", region=self.settings.region)
+        await self.monitor.stop()
+        self.monitor = None
+        await self._become_primary()
+
+    async def _expire_loop(self) -> None:
+        assert self.pool is not None
+        interval = min(60.0, max(1.0, self.idempotency_window / 10))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with self.pool.connection() as conn:
+                    n = await idempotency.expire(conn, self.idempotency_window)
+                if n:
+                    log.info("bus.idempotency_expired", count=n)
+            except (psycopg.Error, Exception) as exc:
+                log.warning("bus.idempotency_expiry_failed", error=str(exc))
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Drain: stop taking requests, finish and answer in-flight ones, then disconnect."""
+        self._stopping = True
+        log.info("bus.draining", region=self.settings.region)
+        servers = [srv for srv in (self.write_server, self.rpc_server) if srv is not None]
+        await asyncio.gather(*(srv.stop(timeout) for srv in servers))
+        for task in (self._watch, self._expiry):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.monitor is not None:
+            await self.monitor.stop()
+        if self.announcer is not None:
+            await self.announcer.stop()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        if self.pool is not None:
+            await self.pool.close()
+        log.info("bus.stopped", region=self.settings.region)
+
+    async def __aenter__(self) -> BusService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def serve(settings: Settings) -> None:
+    """Run a bus node until SIGTERM or SIGINT, then drain."""
+    service = BusService(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    await stop.wait()
+    await service.stop()

@@ -1,0 +1,83 @@
+"""Serving a subject: NATS messages in, bounded concurrent handling, replies out.
+
+nats-py runs one subscription's callbacks one at a time, so the callback only takes a slot from
+a semaphore and spawns a named task; when every slot is busy the callback waits, which holds
+further messages in NATS' buffers (back-pressure) instead of piling up tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("writebus.worker")
+
+HandleFn = Callable[[bytes, dict[str, str] | None], Awaitable[tuple[bytes, dict[str, str] | None]]]
+
+
+class SubjectServer:
+    """Serves one subject in a queue group with at most ``concurrency`` requests in flight."""
+
+    def __init__(
+        self, nc: Any, subject: str, queue: str, handle: HandleFn, *, concurrency: int
+    ) -> None:
+        self.nc = nc
+        self.subject = subject
+        self.queue = queue
+        self._handle = handle
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sub: Any = None
+        self._seq = 0
+        self.served = 0
+
+    def __repr__(self) -> str:
+        state = "serving" if self._sub is not None else "stopped"
+        return f"<SubjectServer {self.subject!r} {state} in_flight={len(self._tasks)}>"
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being handled now."""
+        return len(self._tasks)
+
+    async def start(self) -> None:
+        """Subscribe (in the queue group)."""
+        self._sub = await self.nc.subscribe(
+            self.subject, queue=self.queue, cb=self._on_message, pending_msgs_limit=65536
+        )
+        await self.nc.flush()
+
+    async def _on_message(self, msg: Any) -> None:
+        await self._slots.acquire()
+        self._seq += 1
+        task = asyncio.create_task(self._serve(msg), name=f"serve-{self.subject}-{self._seq}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, msg: Any) -> None:
+        try:
+            body, headers = await self._handle(msg.data, msg.headers)
+            if msg.reply:
+                await self.nc.publish(msg.reply, body, headers=headers)
+            self.served += 1
+        except Exception:
+            log.exception("worker.serve_failed", subject=self.subject)
+        finally:
+            self._slots.release()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking requests and let the in-flight ones finish and reply (drain)."""
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(Exception):
+                await sub.drain()
+        if self._tasks:
+            done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for t in pending:
+                t.cancel()
+        with contextlib.suppress(Exception):
+            await self.nc.flush()

@@ -1,0 +1,39 @@
+"""Which replica position counts for a region."""
+
+from __future__ import annotations
+
+from client.progress import RegionProgress
+
+
+def test_min_over_fresh_replicas_without_id() -> None:
+    """Without a replica id, the region's position is the slowest fresh replica's."""
+    p = RegionProgress(stale_after=3.0)
+    p.observe("a", 100, now=10.0)
+    p.observe("b", 50, now=10.0)
+    assert p.replayed(now=10.5) == 50
+
+
+def test_stale_replica_is_ignored() -> None:
+    """A replica not heard from within stale_after no longer holds the region back."""
+    p = RegionProgress(stale_after=3.0)
+    p.observe("a", 100, now=10.0)
+    p.observe("b", 50, now=5.0)
+    assert p.replayed(now=10.0) == 100
+    assert p.replayed(now=20.0) is None
+
+
+def test_filter_by_replica_id() -> None:
+    """With a replica id set, other replicas' broadcasts are ignored."""
+    p = RegionProgress(replica_id="mine")
+    p.observe("other", 10, now=1.0)
+    p.observe("mine", 99, now=1.0)
+    assert p.replayed(now=1.0) == 99
+
+
+def test_never_goes_backwards() -> None:
+    """An out-of-order broadcast cannot lower a replica's position."""
+    p = RegionProgress()
+    p.observe("a", 100, now=1.0)
+    p.observe("a", 90, now=2.0)
+    assert p.replayed(now=2.0) == 100
+    assert p.last_heard() == 2.0

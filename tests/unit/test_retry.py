@@ -1,0 +1,56 @@
+"""Retry decisions."""
+
+from __future__ import annotations
+
+import random
+
+from client.errors import (
+    NoWorkerError,
+    ReplicationTimeoutError,
+    RpcTimeoutError,
+    UnavailableError,
+    WriteRejectedError,
+)
+from client.retry import NO_RETRY, RetryPolicy
+
+P = RetryPolicy(base_delay=0.02, max_delay=0.5, no_worker_patience=0.5)
+
+
+def test_non_retryable_errors_surface_at_once() -> None:
+    """Rejected writes and replication timeouts are never retried."""
+    assert P.should_retry(WriteRejectedError("x", sqlstate="23505"), attempt=1, elapsed=0,
+                          remaining=10) is None
+    assert P.should_retry(ReplicationTimeoutError(1, 1.0, None, "lax"), attempt=1, elapsed=0,
+                          remaining=10) is None
+    assert P.should_retry(ValueError("x"), attempt=1, elapsed=0, remaining=10) is None
+
+
+def test_retryable_errors_back_off_within_deadline() -> None:
+    """Timeouts and lost connections are retried with a delay below the remaining time."""
+    for err in (RpcTimeoutError("s", 1.0, "id"), UnavailableError("down")):
+        d = P.should_retry(err, attempt=1, elapsed=0.1, remaining=5.0)
+        assert d is not None and 0 < d <= 0.02
+    assert P.should_retry(RpcTimeoutError("s", 1.0, "id"), attempt=3, elapsed=1,
+                          remaining=0.001) is None
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    """Backoff doubles per attempt up to max_delay, with jitter in [cap/2, cap]."""
+    rng = random.Random(1)
+    assert all(0.01 <= P.backoff(1, rng) <= 0.02 for _ in range(50))
+    assert all(0.04 <= P.backoff(3, rng) <= 0.08 for _ in range(50))
+    assert all(0.25 <= P.backoff(30, rng) <= 0.5 for _ in range(50))
+
+
+def test_no_worker_is_retried_only_within_patience() -> None:
+    """'No worker' is retried for a deploy's gap, then reported."""
+    err = NoWorkerError("writebus.write", "syd")
+    assert P.should_retry(err, attempt=1, elapsed=0.1, remaining=10) is not None
+    assert P.should_retry(err, attempt=5, elapsed=0.6, remaining=10) is None
+
+
+def test_no_retry_policy() -> None:
+    """NO_RETRY never retries, and lets one attempt use the whole timeout."""
+    assert NO_RETRY.should_retry(RpcTimeoutError("s", 1, "i"), attempt=1, elapsed=0,
+                                 remaining=9) is None
+    assert NO_RETRY.attempt_budget(7.5) == 7.5

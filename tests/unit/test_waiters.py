@@ -1,0 +1,98 @@
+"""The waiter heap: ordering, release cost, and nothing left behind."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from client.waiters import WaiterQueue
+
+
+def test_pop_reached_releases_only_satisfied_in_lsn_order() -> None:
+    """Waiters at or below the replayed LSN are released lowest first; others stay."""
+    q: WaiterQueue[str] = WaiterQueue()
+    for lsn in (30, 10, 20, 40):
+        q.add(lsn, f"w{lsn}")
+    out = q.pop_reached(25)
+    assert [w.payload for w in out] == ["w10", "w20"]
+    assert len(q) == 2
+    assert q.lowest() == 30
+
+
+def test_equal_lsn_is_reached() -> None:
+    """A waiter for exactly the replayed LSN is released."""
+    q: WaiterQueue[int] = WaiterQueue()
+    q.add(7, 1)
+    assert [w.payload for w in q.pop_reached(7)] == [1]
+
+
+def test_discarded_waiters_are_not_released_and_heap_empties() -> None:
+    """Discarded waiters are never returned, and the heap is empty once none is live."""
+    q: WaiterQueue[int] = WaiterQueue()
+    ws = [q.add(i, i) for i in range(10)]
+    for w in ws[:5]:
+        q.discard(w)
+    q.discard(ws[0])  # idempotent
+    assert len(q) == 5
+    assert [w.payload for w in q.pop_reached(100)] == [5, 6, 7, 8, 9]
+    assert len(q) == 0 and q.heap_size == 0
+
+
+def test_discarding_all_clears_heap() -> None:
+    """Cancelling every waiter leaves no entry behind."""
+    q: WaiterQueue[int] = WaiterQueue()
+    ws = [q.add(i, i) for i in range(1000)]
+    for w in ws:
+        q.discard(w)
+    assert len(q) == 0 and q.heap_size == 0
+
+
+def test_dead_entries_are_compacted() -> None:
+    """Heap size stays bounded by about twice the live waiters under churn."""
+    q: WaiterQueue[int] = WaiterQueue()
+    keep = [q.add(10**9 + i, i) for i in range(100)]
+    for i in range(10_000):
+        q.discard(q.add(i, i))
+    assert len(q) == len(keep)
+    assert q.heap_size <= 2 * len(keep) + 66
+
+
+def test_release_does_not_touch_unreached_waiters() -> None:
+    """Releasing k of n waiters pops only about k heap entries (no scan of n)."""
+    q: WaiterQueue[int] = WaiterQueue()
+    for i in range(10_000):
+        q.add(1000 + i, i)
+    out = q.pop_reached(1009)
+    assert len(out) == 10
+    assert q.heap_size == 10_000 - 10
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 50), st.booleans()), max_size=60),
+    st.integers(0, 60),
+)
+def test_model(entries: list[tuple[int, bool]], replayed: int) -> None:
+    """Against a plain list model: released = live waiters with lsn <= replayed, sorted."""
+    q: WaiterQueue[int] = WaiterQueue()
+    live = []
+    for i, (lsn, cancel) in enumerate(entries):
+        w = q.add(lsn, i)
+        if cancel:
+            q.discard(w)
+        else:
+            live.append((lsn, i))
+    out = q.pop_reached(replayed)
+    expected = sorted((lsn, i) for lsn, i in live if lsn <= replayed)
+    assert [(w.lsn, w.payload) for w in out] == expected
+    assert len(q) == len(live) - len(expected)
+
+
+def test_drain_returns_all_live() -> None:
+    """drain() hands back every live waiter and empties the queue."""
+    q: WaiterQueue[int] = WaiterQueue()
+    ws = [q.add(random.randint(0, 100), i) for i in range(20)]
+    q.discard(ws[3])
+    assert len(q.drain()) == 19
+    assert len(q) == 0 and q.heap_size == 0
