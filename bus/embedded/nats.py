@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -28,6 +29,8 @@ from bus.embedded.ports import port_accepts
 log = structlog.get_logger(__name__)
 
 BINARY: Final = "nats-server"
+#: The account clients use when the server has no accounts configured.
+GLOBAL_ACCOUNT: Final = "$G"
 
 
 def find_nats_server() -> Path:
@@ -67,6 +70,15 @@ def missing_gateways(gatewayz: Mapping[str, Any], regions: Iterable[str]) -> lis
         if not out.get("connection") or not any(i.get("connection") for i in ins):
             missing.append(region)
     return missing
+
+
+def has_interest(subscriptions: Iterable[str], subject: str) -> bool:
+    """True when ``subject`` is one of the gateway ``subscriptions`` (queue groups included).
+
+    Entries of ``/gatewayz?subs=1`` are ``"subject"`` or ``"subject queue"``; subjects are
+    compared literally (a wildcard subscription is found by its own pattern).
+    """
+    return any(entry == subject or entry.startswith(subject + " ") for entry in subscriptions)
 
 
 class NatsServer:
@@ -300,3 +312,45 @@ class NatsServer:
                     f"gateways of {self.name}", timeout, detail=f"not connected: {missing}"
                 )
             time.sleep(0.02)
+
+    def gateway_interest(self, region: str, *, account: str = GLOBAL_ACCOUNT) -> list[str]:
+        """Subscriptions of ``region`` that this server knows about, in ``account``.
+
+        Gateways run in interest-only mode: a message is sent to another region only once that
+        region's subscription has reached this server, one WAN delay after it was made.
+        """
+        query = urllib.parse.urlencode({"acc_name": account, "subs": "1"})
+        data = self.monitor(f"gatewayz?{query}")
+        outbound = (data.get("outbound_gateways") or {}).get(region) or {}
+        for entry in outbound.get("accounts") or []:
+            if entry.get("name") == account:
+                return list(entry.get("subscriptions_list") or [])
+        return []
+
+    def wait_gateway_interest(
+        self,
+        region: str,
+        subjects: Iterable[str],
+        *,
+        timeout: float = 10.0,
+        account: str = GLOBAL_ACCOUNT,
+    ) -> None:
+        """Block until this server knows that ``region`` subscribes to every one of ``subjects``.
+
+        Publishing here before that would drop the message (interest-only gateways).
+        """
+        wanted = list(subjects)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                known = self.gateway_interest(region, account=account)
+            except (OSError, ValueError, urllib.error.URLError):
+                known = []
+            missing = [s for s in wanted if not has_interest(known, s)]
+            if not missing:
+                return
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(
+                    f"interest of {region} seen by {self.name}", timeout, detail=f"missing {missing}"
+                )
+            time.sleep(0.01)

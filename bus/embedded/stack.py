@@ -1,0 +1,403 @@
+"""Two simulated regions on one machine: the embedded stack.
+
+Topology (``syd`` primary, ``lax`` replica region; every arrow marked WAN goes through the delay
+proxy, which runs in its own process)::
+
+    syd: Postgres primary  <--WAN--  lax: Postgres streaming replica (replication connection)
+                           <--WAN--  lax: direct connections to the primary (benchmarks)
+    syd: nats-server  --WAN-->  lax gateway      (syd's outbound gateway connection)
+    lax: nats-server  --WAN-->  syd gateway      (lax's outbound gateway connection)
+
+Each nats-server advertises its proxy address as its gateway address, so gateway gossip points at
+the proxy too. With ``one_way_delay_ms=0`` the proxy still sits in the path, so the topology is
+the same whatever the delay.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+import psycopg
+import structlog
+
+from bus.embedded.bus_process import BusProcess
+from bus.embedded.errors import EmbeddedError, WaitTimeout
+from bus.embedded.nats import NatsServer
+from bus.embedded.ports import LOCALHOST, free_ports
+from bus.embedded.postgres import AUTO, PostgresServer
+from bus.embedded.proxy import ProxyProcess, Route
+
+log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class _Ports:
+    """Every port of a stack, chosen free when the stack starts."""
+
+    pg_primary: int
+    pg_replica: int
+    nats_client: dict[str, int]
+    nats_gateway: dict[str, int]
+    nats_monitor: dict[str, int]
+    # WAN proxy listen ports
+    wan_replication: int  # lax replica -> syd primary (streaming replication)
+    wan_primary: int  # lax clients -> syd primary (direct, for benchmarks)
+    wan_gateway: dict[str, int]  # region -> proxy port in front of that region's gateway
+
+
+class Stack:
+    """Postgres primary + streaming replica and one nats-server per region, joined by a WAN proxy.
+
+    ``base_dir=None`` makes a fresh temporary directory, removed by :meth:`stop` unless
+    ``keep=True``. ``fsync=False`` makes Postgres fast and crash-unsafe. ``pg_bindir`` and
+    ``pg_run_as`` are passed to :class:`PostgresServer` (default: auto-detected).
+    """
+
+    def __init__(
+        self,
+        *,
+        primary_region: str = "syd",
+        replica_region: str = "lax",
+        one_way_delay_ms: float = 0.0,
+        fsync: bool = False,
+        base_dir: str | os.PathLike[str] | None = None,
+        keep: bool = False,
+        pg_bindir: str | os.PathLike[str] | None = None,
+        pg_run_as: str | None = AUTO,
+    ) -> None:
+        if primary_region == replica_region:
+            raise ValueError("primary_region and replica_region must differ")
+        self.primary_region = primary_region
+        self.replica_region = replica_region
+        self.one_way_delay_ms = one_way_delay_ms
+        self.fsync = fsync
+        self.keep = keep
+        self._requested_base_dir = Path(base_dir) if base_dir is not None else None
+        self._pg_bindir = pg_bindir
+        self._pg_run_as = pg_run_as
+        self._base_dir: Path | None = None
+        self._owns_base_dir = False
+        self._ports: _Ports | None = None
+        self._primary: PostgresServer | None = None
+        self._replica: PostgresServer | None = None
+        self._nats: dict[str, NatsServer] = {}
+        self._proxy: ProxyProcess | None = None
+        self._buses: list[BusProcess] = []
+        self._started = False
+        self.startup_seconds: float | None = None
+
+    def __repr__(self) -> str:
+        state = "started" if self._started else "stopped"
+        return (
+            f"<Stack {self.primary_region}->{self.replica_region}"
+            f" delay={self.one_way_delay_ms}ms {state} dir={self._base_dir}>"
+        )
+
+    # --- accessors --------------------------------------------------------------------------
+
+    @property
+    def regions(self) -> tuple[str, str]:
+        """``(primary_region, replica_region)``."""
+        return (self.primary_region, self.replica_region)
+
+    @property
+    def base_dir(self) -> Path:
+        """The directory holding data directories, configs and logs."""
+        return self._require(self._base_dir, "base_dir")
+
+    @property
+    def primary(self) -> PostgresServer:
+        """The Postgres primary (in the primary region)."""
+        return self._require(self._primary, "primary")
+
+    @property
+    def replica(self) -> PostgresServer:
+        """The Postgres streaming replica (in the replica region)."""
+        return self._require(self._replica, "replica")
+
+    @property
+    def nats(self) -> dict[str, NatsServer]:
+        """The nats-server of each region."""
+        if not self._nats:
+            raise EmbeddedError("stack not started: no nats servers")
+        return self._nats
+
+    @property
+    def proxy(self) -> ProxyProcess:
+        """The WAN proxy process."""
+        return self._require(self._proxy, "proxy")
+
+    @property
+    def ports(self) -> _Ports:
+        """Every port in use."""
+        return self._require(self._ports, "ports")
+
+    @staticmethod
+    def _require(value: _T | None, what: str) -> _T:
+        if value is None:
+            raise EmbeddedError(f"stack not started: no {what}")
+        return value
+
+    def _check_region(self, region: str) -> None:
+        if region not in self.regions:
+            raise EmbeddedError(f"unknown region {region!r}; this stack has {self.regions}")
+
+    def primary_url_from(self, region: str) -> str:
+        """DSN of the primary as seen from ``region``: direct in the primary region, else via WAN."""
+        self._check_region(region)
+        if region == self.primary_region:
+            return self.primary.url
+        return f"postgresql://postgres@{LOCALHOST}:{self.ports.wan_primary}/postgres"
+
+    def database_url(self, region: str) -> str:
+        """DSN of the local database of ``region``: the primary or the replica."""
+        self._check_region(region)
+        return self.primary.url if region == self.primary_region else self.replica.url
+
+    def nats_url(self, region: str) -> str:
+        """Client URL of the nats-server of ``region``."""
+        self._check_region(region)
+        return self.nats[region].url
+
+    def env(self, region: str, **extra: str) -> dict[str, str]:
+        """Environment of a process running in ``region`` (see :mod:`client.settings`)."""
+        self._check_region(region)
+        env = {
+            "PRIMARY_REGION": self.primary_region,
+            "FLY_REGION": region,
+            "NATS_URL": self.nats_url(region),
+            "DATABASE_URL": self.database_url(region),
+            "PRIMARY_DATABASE_URL": self.primary_url_from(region),
+        }
+        env.update({key: str(value) for key, value in extra.items()})
+        return env
+
+    def describe(self) -> dict[str, Any]:
+        """URLs, ports and paths of the running stack, for ``writebus dev up`` to print."""
+        ports = self.ports
+        return {
+            "base_dir": str(self.base_dir),
+            "primary_region": self.primary_region,
+            "replica_region": self.replica_region,
+            "one_way_delay_ms": self.one_way_delay_ms,
+            "regions": {
+                region: {
+                    "database_url": self.database_url(region),
+                    "primary_database_url": self.primary_url_from(region),
+                    "nats_url": self.nats_url(region),
+                    "nats_monitor_url": self.nats[region].monitor_url,
+                    "nats_gateway_port": ports.nats_gateway[region],
+                }
+                for region in self.regions
+            },
+            "proxy": {
+                "pid": self.proxy.pid,
+                "routes": [str(route) for route in self.proxy.routes],
+            },
+            "logs": {
+                "primary": str(self.primary.log_path),
+                "replica": str(self.replica.log_path),
+                **{f"nats-{r}": str(self.nats[r].log_path) for r in self.regions},
+                "proxy": str(self.proxy.log_path),
+            },
+        }
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self, *, timeout: float = 60.0) -> Self:
+        """Start every server and wait until replication streams and gateways are connected."""
+        if self._started:
+            return self
+        started = time.monotonic()
+        self._make_base_dir()
+        atexit.register(self._atexit)
+        try:
+            self._build()
+            self.proxy.start(timeout=min(timeout, 10.0))
+            # Postgres and NATS do not depend on each other: bring them up side by side (NATS
+            # waits ~1 s before dialling gateways; initdb takes about as long).
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="stack-start") as pool:
+                futures = [
+                    pool.submit(self._start_postgres, timeout),
+                    pool.submit(self._start_nats, timeout),
+                ]
+                for future in futures:
+                    future.result()
+        except BaseException:
+            self._started = True  # let stop() clean up whatever did start
+            self.stop()
+            raise
+        self._started = True
+        self.startup_seconds = time.monotonic() - started
+        log.info(
+            "embedded.stack.started",
+            base_dir=str(self.base_dir),
+            delay_ms=self.one_way_delay_ms,
+            seconds=round(self.startup_seconds, 3),
+        )
+        return self
+
+    def stop(self) -> None:
+        """Stop bus processes and servers; remove the base directory unless ``keep``."""
+        if not self._started and self._base_dir is None:
+            return
+        steps: list[tuple[str, Callable[[], object]]] = [
+            (f"bus {bus.name}", bus.stop) for bus in self._buses
+        ]
+        steps += [(f"nats {s.name}", s.stop) for s in self._nats.values()]
+        if self._replica is not None:
+            steps.append(("replica", self._replica.stop))
+        if self._primary is not None:
+            steps.append(("primary", self._primary.stop))
+        if self._proxy is not None:
+            steps.append(("proxy", self._proxy.stop))
+        for what, step in steps:
+            try:
+                step()
+            except Exception as exc:  # keep stopping the rest
+                log.warning("embedded.stack.stop_failed", what=what, error=repr(exc))
+        self._buses.clear()
+        self._started = False
+        atexit.unregister(self._atexit)
+        if self._base_dir is not None and self._owns_base_dir and not self.keep:
+            shutil.rmtree(self._base_dir, ignore_errors=True)
+        log.info("embedded.stack.stopped", base_dir=str(self._base_dir), kept=self.keep)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _atexit(self) -> None:
+        # Last resort when the interpreter exits without stop(): do not leave servers behind.
+        self.stop()
+
+    def _make_base_dir(self) -> None:
+        if self._requested_base_dir is None:
+            self._base_dir = Path(tempfile.mkdtemp(prefix="writebus-"))
+            self._owns_base_dir = True
+        else:
+            self._base_dir = self._requested_base_dir.absolute()
+            self._base_dir.mkdir(parents=True, exist_ok=True)
+            self._owns_base_dir = False
+        # Postgres runs as another user when we are root: it must be able to reach its datadir.
+        os.chmod(self._base_dir, 0o755)
+        (self._base_dir / "logs").mkdir(exist_ok=True)
+
+    def _build(self) -> None:
+        base = self.base_dir
+        p, r = self.regions
+        numbers = iter(free_ports(12))
+        ports = _Ports(
+            pg_primary=next(numbers),
+            pg_replica=next(numbers),
+            nats_client={p: next(numbers), r: next(numbers)},
+            nats_gateway={p: next(numbers), r: next(numbers)},
+            nats_monitor={p: next(numbers), r: next(numbers)},
+            wan_replication=next(numbers),
+            wan_primary=next(numbers),
+            wan_gateway={p: next(numbers), r: next(numbers)},
+        )
+        self._ports = ports
+        self._proxy = ProxyProcess(
+            routes=[
+                Route(LOCALHOST, ports.wan_replication, LOCALHOST, ports.pg_primary),
+                Route(LOCALHOST, ports.wan_primary, LOCALHOST, ports.pg_primary),
+                *(
+                    Route(LOCALHOST, ports.wan_gateway[region], LOCALHOST, ports.nats_gateway[region])
+                    for region in self.regions
+                ),
+            ],
+            one_way_delay_ms=self.one_way_delay_ms,
+            log_path=base / "logs" / "proxy.log",
+        )
+        self._primary = PostgresServer(
+            name=f"pg-{p}",
+            datadir=base / "pg" / p,
+            port=ports.pg_primary,
+            bindir=self._pg_bindir,
+            run_as=self._pg_run_as,
+            fsync=self.fsync,
+        )
+        self._replica = PostgresServer(
+            name=f"pg-{r}",
+            datadir=base / "pg" / r,
+            port=ports.pg_replica,
+            bindir=self._primary.bindir,
+            run_as=self._primary.run_as,
+            fsync=self.fsync,
+        )
+        (base / "pg").mkdir(exist_ok=True)
+        os.chmod(base / "pg", 0o755)
+        for region in self.regions:
+            other = r if region == p else p
+            self._nats[region] = NatsServer(
+                name=f"nats-{region}",
+                region=region,
+                client_port=ports.nats_client[region],
+                gateway_port=ports.nats_gateway[region],
+                monitor_port=ports.nats_monitor[region],
+                workdir=base / "nats" / region,
+                # Dial the other region through the WAN proxy; tell the others to dial us
+                # through the WAN proxy too.
+                gateways={other: f"nats://{LOCALHOST}:{ports.wan_gateway[other]}"},
+                gateway_advertise=f"{LOCALHOST}:{ports.wan_gateway[region]}",
+            )
+
+    def _start_postgres(self, timeout: float) -> None:
+        self.primary.init_primary()
+        self.primary.start(timeout=timeout)
+        self.replica.init_replica(LOCALHOST, self.ports.wan_replication)
+        self.replica.start(timeout=timeout)
+
+    def _start_nats(self, timeout: float) -> None:
+        for server in self._nats.values():
+            server.start(timeout=timeout)
+        for server in self._nats.values():
+            server.wait_gateways(timeout=timeout)
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def start_bus(
+        self, region: str, *, env: dict[str, str] | None = None, log_name: str | None = None
+    ) -> BusProcess:
+        """Start a bus service process in ``region`` (not waited for: call ``wait_ready``).
+
+        ``env`` adds to or overrides :meth:`env`. The process is stopped by :meth:`stop`.
+        """
+        name = log_name or f"bus-{region}-{len(self._buses) + 1}"
+        bus = BusProcess(
+            env=self.env(region, **(env or {})),
+            log_path=self.base_dir / "logs" / f"{name}.log",
+            name=name,
+        )
+        bus.start()
+        self._buses.append(bus)
+        return bus
+
+    def wait_replica_caught_up(self, timeout: float = 10.0) -> None:
+        """Block until the replica has replayed everything the primary has flushed so far."""
+        (target,) = self.primary.execute("SELECT pg_current_wal_flush_lsn()::text")[0]
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.replica.url, autocommit=True, connect_timeout=10) as conn:
+            while True:
+                row = conn.execute(
+                    "SELECT coalesce(pg_last_wal_replay_lsn() >= %s::pg_lsn, false)", (target,)
+                ).fetchone()
+                if row is not None and row[0]:
+                    return
+                if time.monotonic() >= deadline:
+                    raise WaitTimeout(f"replica replay to reach {target}", timeout)
+                time.sleep(0.01)

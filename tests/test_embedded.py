@@ -1,0 +1,339 @@
+"""The embedded two-region stack, against real Postgres and nats-server processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import psycopg
+import pytest
+
+from bus.embedded.bus_process import BusProcess
+from bus.embedded.errors import ServerStartError, WaitTimeout
+from bus.embedded.nats import NatsServer, has_interest, missing_gateways
+from bus.embedded.ports import free_port, free_ports
+from bus.embedded.proxy import DelayProxy, Route
+from bus.embedded.stack import Stack
+
+DELAY_MS = 20.0
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    """This module's own stack (shadowing the session one): its tests kill and restart servers."""
+    with Stack(one_way_delay_ms=DELAY_MS) as s:
+        yield s
+
+
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.close()
+
+
+@pytest.fixture
+async def echo_port() -> AsyncIterator[int]:
+    server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+    yield int(server.sockets[0].getsockname()[1])
+    server.close()
+
+
+# --- pure helpers -------------------------------------------------------------------------------
+
+
+def test_free_ports_are_distinct() -> None:
+    """free_ports never returns the same port twice, within one call or across calls."""
+    first = free_ports(20)
+    second = free_ports(20)
+    assert len(set(first + second)) == 40
+
+
+def test_route_round_trips_through_its_spec() -> None:
+    """A proxy route parses from and prints to the ``--route`` syntax."""
+    route = Route.parse("127.0.0.1:7001=127.0.0.1:5432")
+    assert route == Route("127.0.0.1", 7001, "127.0.0.1", 5432)
+    assert Route.parse(str(route)) == route
+
+
+def test_missing_gateways_needs_both_directions() -> None:
+    """A region counts as connected only with an outbound and an inbound gateway connection."""
+    conn = {"connection": {"cid": 1}}
+    assert missing_gateways({}, ["lax"]) == ["lax"]
+    only_out = {"outbound_gateways": {"lax": conn}, "inbound_gateways": {}}
+    assert missing_gateways(only_out, ["lax"]) == ["lax"]
+    both = {"outbound_gateways": {"lax": conn}, "inbound_gateways": {"lax": [conn]}}
+    assert missing_gateways(both, ["lax"]) == []
+
+
+def test_has_interest_matches_plain_and_queue_subscriptions() -> None:
+    """Gateway interest lists hold plain subjects and "subject queue" entries."""
+    assert has_interest(["a.b", "c.d workers"], "a.b")
+    assert has_interest(["a.b", "c.d workers"], "c.d")
+    assert not has_interest(["a.b.c"], "a.b")
+
+
+# --- the proxy ----------------------------------------------------------------------------------
+
+
+async def _round_trip(port: int, payload: bytes = b"x") -> float:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        started = time.perf_counter()
+        writer.write(payload)
+        await writer.drain()
+        echoed = await reader.readexactly(len(payload))
+        elapsed = time.perf_counter() - started
+        assert echoed == payload
+        return elapsed
+    finally:
+        writer.close()
+
+
+async def test_proxy_delays_each_direction(echo_port: int) -> None:
+    """A round trip through a DelayProxy takes at least twice the one-way delay."""
+    async with DelayProxy(target_port=echo_port, one_way_delay_ms=DELAY_MS) as proxy:
+        rtt = await _round_trip(proxy.port)
+    assert rtt >= 2 * DELAY_MS / 1000
+    assert rtt < 2 * DELAY_MS / 1000 + 0.5
+
+
+async def test_proxy_without_delay_forwards_directly(echo_port: int) -> None:
+    """With zero delay the proxy is a plain forwarder: a round trip takes well under a delay."""
+    async with DelayProxy(target_port=echo_port) as proxy:
+        rtt = await _round_trip(proxy.port)
+    assert rtt < DELAY_MS / 1000
+
+
+async def test_proxy_keeps_byte_order_and_does_not_stop_and_wait(echo_port: int) -> None:
+    """Many chunks sent back to back arrive in order, in about one round trip, not one per chunk."""
+    async with DelayProxy(target_port=echo_port, one_way_delay_ms=DELAY_MS) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        chunks = [i.to_bytes(4, "big") * 1024 for i in range(200)]
+        started = time.perf_counter()
+        for chunk in chunks:
+            writer.write(chunk)
+            await writer.drain()
+        echoed = await reader.readexactly(sum(map(len, chunks)))
+        elapsed = time.perf_counter() - started
+        writer.close()
+    assert echoed == b"".join(chunks)
+    # Stop-and-wait would take 200 round trips (8 s); pipelined it is about one.
+    assert elapsed < 20 * 2 * DELAY_MS / 1000
+
+
+async def test_proxy_closing_one_side_closes_the_other(echo_port: int) -> None:
+    """When the target goes away, the proxied client connection is closed too."""
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    target = int(server.sockets[0].getsockname()[1])
+    async with DelayProxy(target_port=target, one_way_delay_ms=DELAY_MS) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        assert await asyncio.wait_for(reader.read(), timeout=5) == b""
+        writer.close()
+    server.close()
+
+
+# --- Postgres -----------------------------------------------------------------------------------
+
+
+def test_row_written_on_primary_is_visible_on_replica(stack: Stack) -> None:
+    """A committed row on the primary streams to the replica through the WAN proxy."""
+    stack.primary.execute("CREATE TABLE IF NOT EXISTS visible (id int primary key, note text)")
+    stack.primary.execute("INSERT INTO visible VALUES (1, 'from syd')")
+    stack.wait_replica_caught_up(timeout=10)
+    assert stack.replica.execute("SELECT note FROM visible WHERE id = 1") == [("from syd",)]
+
+
+def test_replica_is_in_recovery_and_primary_is_not(stack: Stack) -> None:
+    """The replica is a hot standby streaming from the primary under its own application name."""
+    assert stack.replica.execute("SELECT pg_is_in_recovery()") == [(True,)]
+    assert stack.primary.execute("SELECT pg_is_in_recovery()") == [(False,)]
+    rows = stack.primary.execute("SELECT application_name, state FROM pg_stat_replication")
+    assert rows == [(stack.replica.name, "streaming")]
+
+
+def test_replica_rejects_writes(stack: Stack) -> None:
+    """Writes on the replica fail as read-only transactions."""
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        stack.replica.execute("CREATE TABLE nope (id int)")
+
+
+def test_primary_is_reached_through_the_wan_from_the_replica_region(stack: Stack) -> None:
+    """From the replica region the primary is a proxy port, and a round trip pays the delay."""
+    assert stack.primary_url_from(stack.primary_region) == stack.primary.url
+    url = stack.primary_url_from(stack.replica_region)
+    assert url != stack.primary.url
+    with psycopg.connect(url, autocommit=True) as conn:
+        started = time.perf_counter()
+        conn.execute("SELECT 1")
+        assert time.perf_counter() - started >= 2 * DELAY_MS / 1000
+
+
+def test_env_names_the_region_services(stack: Stack) -> None:
+    """env() gives a process exactly the variables that locate its region's services."""
+    env = stack.env("lax", WRITEBUS_PREFIX="t")
+    assert env == {
+        "PRIMARY_REGION": "syd",
+        "FLY_REGION": "lax",
+        "NATS_URL": stack.nats["lax"].url,
+        "DATABASE_URL": stack.replica.url,
+        "PRIMARY_DATABASE_URL": stack.primary_url_from("lax"),
+        "WRITEBUS_PREFIX": "t",
+    }
+    assert stack.env("syd")["DATABASE_URL"] == stack.primary.url
+    assert set(stack.describe()["regions"]) == {"syd", "lax"}
+
+
+# --- NATS ---------------------------------------------------------------------------------------
+
+
+async def test_message_crosses_the_gateway(stack: Stack) -> None:
+    """A message published on syd's server reaches a subscriber on lax's server."""
+    sub_nc = await nats.connect(stack.nats_url("lax"))
+    pub_nc = await nats.connect(stack.nats_url("syd"))
+    try:
+        sub = await sub_nc.subscribe("embedded.test.hello")
+        await sub_nc.flush()
+        # Interest-only gateways: syd forwards only once it has heard of lax's subscription.
+        await asyncio.to_thread(
+            stack.nats["syd"].wait_gateway_interest, "lax", ["embedded.test.hello"], timeout=5
+        )
+        await pub_nc.publish("embedded.test.hello", b"hi from syd")
+        msg = await sub.next_msg(timeout=5)
+        assert msg.data == b"hi from syd"
+    finally:
+        await sub_nc.close()
+        await pub_nc.close()
+
+
+async def test_request_reply_across_the_gateway(stack: Stack) -> None:
+    """A request from syd is answered by a responder on lax, paying the WAN round trip."""
+    responder = await nats.connect(stack.nats_url("lax"))
+    requester = await nats.connect(stack.nats_url("syd"))
+    try:
+
+        async def answer(msg: nats.aio.msg.Msg) -> None:
+            await msg.respond(b"pong:" + msg.data)
+
+        await responder.subscribe("embedded.test.ping", cb=answer, queue="workers")
+        await responder.flush()
+        await asyncio.to_thread(
+            stack.nats["syd"].wait_gateway_interest, "lax", ["embedded.test.ping"], timeout=5
+        )
+        reply = await requester.request("embedded.test.ping", b"1", timeout=5)
+        assert reply.data == b"pong:1"
+        started = time.perf_counter()
+        reply = await requester.request("embedded.test.ping", b"2", timeout=5)
+        assert reply.data == b"pong:2"
+        assert time.perf_counter() - started >= 2 * DELAY_MS / 1000
+    finally:
+        await responder.close()
+        await requester.close()
+
+
+def test_nats_server_reports_start_failure(tmp_path: Path) -> None:
+    """A nats-server that cannot bind its port fails start() with its log in the error."""
+    taken = free_port()
+    blocker = __import__("socket").socket()
+    blocker.bind(("127.0.0.1", taken))
+    blocker.listen()
+    try:
+        server = NatsServer(
+            name="nats-broken",
+            region="x",
+            client_port=taken,
+            gateway_port=free_port(),
+            monitor_port=free_port(),
+            workdir=tmp_path,
+        )
+        with pytest.raises(ServerStartError) as info:
+            server.start(timeout=5)
+        assert info.value.log_tail
+        assert not server.is_running
+    finally:
+        blocker.close()
+
+
+# --- restarts (last: they disturb the shared stack, and leave it working) ----------------------
+
+
+def test_replica_kill_and_start_keeps_its_port(stack: Stack) -> None:
+    """A SIGKILLed replica starts again on the same port and resumes streaming."""
+    port = stack.replica.port
+    stack.replica.kill()
+    assert not stack.replica.is_running
+    stack.primary.execute("CREATE TABLE IF NOT EXISTS while_down (id int)")
+    stack.primary.execute("INSERT INTO while_down VALUES (42)")
+    stack.replica.start(timeout=30)
+    assert stack.replica.port == port
+    stack.wait_replica_caught_up(timeout=10)
+    assert stack.replica.execute("SELECT id FROM while_down") == [(42,)]
+
+
+async def test_nats_restart_keeps_ports_and_gateways_reconnect(stack: Stack) -> None:
+    """A restarted nats-server keeps its ports, rejoins the gateways and carries messages again."""
+    server = stack.nats["lax"]
+    ports = (server.client_port, server.gateway_port, server.monitor_port)
+    await asyncio.to_thread(server.restart)
+    assert (server.client_port, server.gateway_port, server.monitor_port) == ports
+    for each in stack.nats.values():
+        await asyncio.to_thread(each.wait_gateways, timeout=15)
+    await test_message_crosses_the_gateway(stack)
+
+
+# --- the bus process wrapper --------------------------------------------------------------------
+
+
+def test_bus_process_waits_for_ready_marker(tmp_path: Path) -> None:
+    """wait_ready returns once the marker is logged; terminate then ends the process."""
+    proc = BusProcess(
+        env={"EMBEDDED_TEST": "1"},
+        log_path=tmp_path / "bus.log",
+        command=[
+            "-c",
+            "import os, sys, time; print('starting'); print('event=bus.ready', os.environ['EMBEDDED_TEST'], flush=True); time.sleep(60)",
+        ],
+    ).start()
+    try:
+        proc.wait_ready(timeout=10)
+        assert "bus.ready 1" in proc.log_tail()
+        proc.terminate()
+        assert proc.wait(timeout=10) is not None
+        assert proc.returncode == -15
+    finally:
+        proc.kill()
+
+
+def test_bus_process_that_exits_early_reports_its_log(tmp_path: Path) -> None:
+    """A process that dies before logging the marker fails wait_ready with its log tail."""
+    proc = BusProcess(
+        env={},
+        log_path=tmp_path / "bus.log",
+        command=["-c", "import sys; print('boom: no config', file=sys.stderr); sys.exit(3)"],
+    ).start()
+    with pytest.raises(ServerStartError) as info:
+        proc.wait_ready(timeout=10)
+    assert "boom: no config" in info.value.log_tail
+    assert proc.returncode == 3
+
+
+def test_bus_process_not_ready_in_time(tmp_path: Path) -> None:
+    """A process that never logs the marker fails wait_ready with WaitTimeout."""
+    proc = BusProcess(
+        env={},
+        log_path=tmp_path / "bus.log",
+        command=["-c", "import time; time.sleep(60)"],
+    ).start()
+    try:
+        with pytest.raises(WaitTimeout):
+            proc.wait_ready(timeout=0.3)
+    finally:
+        proc.kill()
+        proc.wait(5)
+    assert sys.executable in proc.command
