@@ -133,7 +133,9 @@ class Handler:
                         results = await run_statements(conn, req.statements)
                     else:
                         assert proc is not None
-                        value = await run_procedure(conn, proc, req.args, req.kwargs)
+                        value = await run_procedure(
+                            conn, proc, req.args, req.kwargs, name=req.procedure or ""
+                        )
                     if exactly_once:
                         await idempotency.store(conn, req.id, results, value)
             except _Duplicate:

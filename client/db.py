@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, Self
 
+import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
@@ -141,17 +142,27 @@ class Database:
             raise WriteBusError("no local database: set DATABASE_URL and open the Database")
         return self._pool
 
+    async def _read(self, sql: str, params: Params, one: bool) -> Any:
+        # A pooled connection can have been cut while idle (the replica restarted): psycopg
+        # reports that on first use. Try once more on a fresh connection; the pool discards
+        # the broken one.
+        for attempt in (1, 2):
+            try:
+                async with self._local().connection() as conn:
+                    cur = await conn.execute(sql, params)  # type: ignore[arg-type]
+                    return await (cur.fetchone() if one else cur.fetchall())
+            except psycopg.OperationalError:
+                if attempt == 2 or not (conn.broken or conn.closed):
+                    raise
+        raise AssertionError("unreachable")
+
     async def fetch(self, sql: str, params: Params = None) -> list[tuple[Any, ...]]:
         """All rows of a query on the local database."""
-        async with self._local().connection() as conn:
-            cur = await conn.execute(sql, params)  # type: ignore[arg-type]
-            return await cur.fetchall()
+        return await self._read(sql, params, one=False)  # type: ignore[no-any-return]
 
     async def fetchrow(self, sql: str, params: Params = None) -> tuple[Any, ...] | None:
         """The first row of a query on the local database, or None."""
-        async with self._local().connection() as conn:
-            cur = await conn.execute(sql, params)  # type: ignore[arg-type]
-            return await cur.fetchone()
+        return await self._read(sql, params, one=True)  # type: ignore[no-any-return]
 
     async def fetchval(self, sql: str, params: Params = None) -> Any:
         """The first column of the first row, or None."""
@@ -369,7 +380,7 @@ class Database:
                 else:
                     assert self.procedures is not None and procedure is not None
                     proc = self.procedures.get(procedure)
-                    value = await run_procedure(conn, proc, args, kwargs or {})
+                    value = await run_procedure(conn, proc, args, kwargs or {}, name=procedure)
         elapsed = (time.monotonic() - start) * 1000
         return WriteResult(
             statements=outcomes,

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from client.errors import WriteRejectedError
+from client.errors import ProcedureError, WriteBusError, WriteRejectedError
 from client.lsn import parse_lsn
 from client.procedures import Procedure
 from client.protocol import ErrorInfo, Statement, StatementResult
@@ -48,14 +48,27 @@ async def run_procedure(
     proc: Procedure,
     args: Sequence[Any],
     kwargs: dict[str, Any],
+    *,
+    name: str = "",
 ) -> Any:
-    """Call a registered procedure with ``conn`` (the caller holds the transaction)."""
+    """Call a registered procedure with ``conn`` (the caller holds the transaction).
+
+    Database errors become :class:`WriteRejectedError`; any other exception becomes
+    :class:`ProcedureError` naming the procedure. Either way the transaction rolls back.
+    """
+    name = name or getattr(proc, "__name__", "?")
     try:
         result = proc(conn, *args, **kwargs)
         if inspect.isawaitable(result):
             result = await result
     except psycopg.Error as exc:
         raise rejected(exc) from exc
+    except WriteBusError:
+        raise
+    except Exception as exc:
+        raise ProcedureError(
+            f"procedure {name!r} raised {type(exc).__name__}: {exc}", procedure=name
+        ) from exc
     return result
 
 

@@ -177,10 +177,12 @@ class LsnTracker:
             logged = False
             while self._queue and not self._fresh() and not self._closed:
                 if not logged:
-                    log.warning(
+                    # Before the first broadcast this is start-up, not an outage.
+                    heard = self._progress.last_heard() is not None
+                    (log.warning if heard else log.info)(
                         "tracker.fallback_polling",
                         region=self.region,
-                        reason="no progress broadcasts",
+                        reason="broadcasts stopped" if heard else "no broadcast yet",
                         waiting=len(self._queue),
                     )
                     logged = True

@@ -1,0 +1,272 @@
+"""The write path end to end on real servers: lax writes through the bus, reads locally."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import msgpack
+import nats
+import pytest
+
+from client import (
+    Database,
+    NoWorkerError,
+    ProcedureError,
+    ReplicationTimeoutError,
+    Statement,
+    WriteRejectedError,
+)
+from client.lsn import format_lsn
+from tests.conftest import primary_rows, settings_for
+
+
+async def test_read_your_writes_from_replica_region(lax_db: Database, table: str) -> None:
+    """100 writes from lax, each read back at once from the local replica: 0 stale."""
+    stale = 0
+    for i in range(100):
+        res = await lax_db.execute(
+            f"INSERT INTO {table}(body) VALUES (%s) RETURNING id", [f"w{i}"]
+        )
+        assert res.via_bus and res.replicated and res.lsn is not None
+        row = await lax_db.fetchrow(f"SELECT body FROM {table} WHERE id = %s", [res.rows[0][0]])
+        stale += row is None
+    assert stale == 0
+    assert await lax_db.fetchval(f"SELECT count(*) FROM {table}") == 100
+    assert lax_db.tracker is not None and lax_db.tracker.waiting == 0
+
+
+async def test_reads_go_to_the_local_replica(lax_db: Database) -> None:
+    """fetch* in lax run on the standby."""
+    assert await lax_db.fetchval("SELECT pg_is_in_recovery()") is True
+
+
+async def test_await_replication_false_returns_after_commit(
+    lax_db: Database, table: str
+) -> None:
+    """await_replication=False returns the LSN without waiting; wait_for_lsn then catches up."""
+    res = await lax_db.execute(
+        f"INSERT INTO {table}(body) VALUES ('nowait')", await_replication=False
+    )
+    assert res.lsn is not None and not res.replicated and res.timings.replication_ms is None
+    assert res.lsn_text == format_lsn(res.lsn)
+    replayed = await lax_db.wait_for_lsn(res.lsn, timeout=5)
+    assert replayed >= res.lsn
+    assert await lax_db.fetchval(f"SELECT count(*) FROM {table} WHERE body = 'nowait'") == 1
+
+
+async def test_primary_region_writes_directly(syd_db: Database, table: str) -> None:
+    """In the primary region, writes and procedures run on the local primary, not the bus."""
+    res = await syd_db.execute(f"INSERT INTO {table}(body) VALUES ('local') RETURNING id")
+    assert not res.via_bus and res.lsn is None
+    assert syd_db.tracker is None
+    assert await syd_db.fetchval(f"SELECT body FROM {table} WHERE id = %s", [res.rows[0][0]]) \
+        == "local"
+    new_id = await syd_db.call("add_note", table, "via-proc")
+    assert await syd_db.fetchval(f"SELECT body FROM {table} WHERE id = %s", [new_id]) == "via-proc"
+
+
+async def test_batch_is_atomic(lax_db: Database, stack: Any, table: str) -> None:
+    """A failing statement rolls the whole batch back and reports its SQLSTATE and index."""
+    with pytest.raises(WriteRejectedError) as info:
+        await lax_db.batch(
+            [
+                (f"INSERT INTO {table}(body) VALUES (%s)", ["a"]),
+                (f"INSERT INTO {table}(body) VALUES (%s)", ["b"]),
+                (f"INSERT INTO {table}(body, n) VALUES (%s, %s)", ["c", -1]),
+            ]
+        )
+    err = info.value
+    assert err.sqlstate == "23514"  # check_violation
+    assert err.statement_index == 2
+    import psycopg.errors
+
+    assert err.pg_error_class is psycopg.errors.CheckViolation
+    assert primary_rows(stack, f"SELECT count(*) FROM {table}") == [(0,)]
+
+
+async def test_batch_returns_rows_per_statement(lax_db: Database, table: str) -> None:
+    """Each statement's rows and row count come back in order."""
+    res = await lax_db.batch(
+        [
+            Statement(sql=f"INSERT INTO {table}(body) VALUES ('x'), ('y')"),
+            (f"UPDATE {table} SET n = %s WHERE body = %s", [5, "x"]),
+            f"SELECT body, n FROM {table} ORDER BY body",
+        ]
+    )
+    assert [s.rowcount for s in res.statements] == [2, 1, 2]
+    assert res.statements[2].columns == ("body", "n")
+    assert res.rows == [("x", 5), ("y", None)]
+
+
+async def test_unique_violation_maps_to_psycopg_class(lax_db: Database, table: str) -> None:
+    """A unique violation surfaces as WriteRejectedError with SQLSTATE 23505."""
+    await lax_db.execute(f"INSERT INTO {table}(body) VALUES ('dup')")
+    with pytest.raises(WriteRejectedError) as info:
+        await lax_db.execute(f"INSERT INTO {table}(body) VALUES ('dup')")
+    assert info.value.sqlstate == "23505"
+    assert "duplicate key" in str(info.value)
+
+
+async def test_no_worker_fails_fast(stack: Any, buses: Any) -> None:
+    """With no worker on the subject, the caller gets NoWorkerError naming syd in < 1 s."""
+    settings = settings_for(stack, "lax", prefix=f"nobody{uuid.uuid4().hex[:8]}")
+    async with Database(settings) as db:
+        t0 = time.monotonic()
+        with pytest.raises(NoWorkerError) as info:
+            await db.execute("SELECT 1")
+        elapsed = time.monotonic() - t0
+    assert elapsed < 1.0
+    assert info.value.region == "syd"
+    assert "syd" in str(info.value)
+
+
+async def test_call_procedure_and_read_back(lax_db: Database, table: str) -> None:
+    """call() runs a procedure on the primary and returns after local replay (rpc_and_wait)."""
+    new_id = await lax_db.call("add_note", table, "from-proc")
+    assert await lax_db.fetchval(f"SELECT body FROM {table} WHERE id = %s", [new_id]) == \
+        "from-proc"
+
+
+async def test_unknown_procedure_is_a_clear_error(lax_db: Database) -> None:
+    """An unregistered procedure name is reported, listing what is registered."""
+    with pytest.raises(ProcedureError, match="unknown procedure 'nope'.*add_note"):
+        await lax_db.call("nope")
+
+
+async def test_procedure_exception_is_reported(lax_db: Database) -> None:
+    """A procedure raising a Python error gives a procedure error with its message."""
+    with pytest.raises(ProcedureError, match="boom from a procedure"):
+        await lax_db.call("boom")
+
+
+async def test_rpc_region_runs_in_that_region(lax_db: Database, table: str) -> None:
+    """rpc_region runs on the named region's database; rpc_primary on the primary."""
+    assert await lax_db.rpc_region("lax", "whereami") == {"in_recovery": True}
+    assert await lax_db.rpc_region("syd", "whereami") == {"in_recovery": False}
+    assert await lax_db.rpc_primary("whereami") == {"in_recovery": False}
+    with pytest.raises(WriteRejectedError) as info:  # a standby cannot write
+        await lax_db.rpc_region("lax", "add_note", table, "x")
+    assert info.value.sqlstate == "25006"
+
+
+async def test_malformed_request_gets_error_and_worker_keeps_serving(
+    stack: Any, buses: Any, table: str
+) -> None:
+    """Garbage bytes get a protocol error reply; the next valid request succeeds."""
+    nc = await nats.connect(stack.nats_url("lax"))
+    try:
+        for garbage in (b"\xc1\xff\x00", b"not msgpack", msgpack.packb([1, 2, 3]), b""):
+            msg = await nc.request("writebus.write", garbage, timeout=5)
+            reply = msgpack.unpackb(msg.data)
+            assert reply["ok"] is False and reply["error"]["kind"] == "protocol"
+        good = {"id": uuid.uuid4().hex, "statements": [
+            {"sql": f"INSERT INTO {table}(body) VALUES (%s)", "params": ["after-garbage"]}]}
+        msg = await nc.request("writebus.write", msgpack.packb(good), timeout=5)
+        assert msgpack.unpackb(msg.data)["ok"] is True
+    finally:
+        await nc.close()
+
+
+async def test_plain_msgpack_client(stack: Any, buses: Any, table: str) -> None:
+    """A peer using only a msgpack library (as another language would) gets a full reply."""
+    nc = await nats.connect(stack.nats_url("lax"))
+    try:
+        req = {"v": 1, "id": "plain-" + uuid.uuid4().hex, "statements": [
+            {"sql": f"INSERT INTO {table}(body) VALUES (%s) RETURNING id, body",
+             "params": ["plain"]}]}
+        msg = await nc.request("writebus.write", msgpack.packb(req), timeout=5)
+        reply = msgpack.unpackb(msg.data)
+    finally:
+        await nc.close()
+    assert reply["ok"] is True and reply["error"] is None and reply["id"] == req["id"]
+    assert reply["results"][0]["columns"] == ["id", "body"]
+    assert reply["results"][0]["rows"][0][1] == "plain"
+    hi, lo = reply["lsn"].split("/")
+    assert reply["lsn_int"] == (int(hi, 16) << 32) | int(lo, 16)
+    assert reply["region"] == "syd"
+
+
+async def test_json_request_gets_json_reply(stack: Any, buses: Any, table: str) -> None:
+    """A JSON request (by header) is answered in JSON."""
+    import json
+
+    nc = await nats.connect(stack.nats_url("lax"))
+    try:
+        req = {"id": uuid.uuid4().hex, "procedure": "add_note", "args": [table, "json"]}
+        msg = await nc.request("writebus.write", json.dumps(req).encode(), timeout=5,
+                               headers={"Content-Type": "application/json"})
+    finally:
+        await nc.close()
+    reply = json.loads(msg.data)
+    assert reply["ok"] is True and isinstance(reply["value"], int)
+
+
+async def test_repeated_request_id_is_applied_once(lax_db: Database, stack: Any,
+                                                   table: str) -> None:
+    """Sending the same request id twice applies the write once and returns the same result."""
+    rid = uuid.uuid4().hex
+    stmts = [(f"INSERT INTO {table}(body) VALUES (%s) RETURNING id", ["once"])]
+    first = await lax_db.batch(stmts, request_id=rid)
+    second = await lax_db.batch(stmts, request_id=rid)
+    assert not first.duplicate and second.duplicate
+    assert second.rows == first.rows
+    assert second.lsn is not None and first.lsn is not None and second.lsn >= first.lsn
+    assert primary_rows(stack, f"SELECT count(*) FROM {table}") == [(1,)]
+
+
+async def test_timed_out_and_cancelled_waits_leave_no_waiter(lax_db: Database) -> None:
+    """A replication wait that times out or is cancelled leaves the tracker empty."""
+    tracker = lax_db.tracker
+    assert tracker is not None
+    far = (tracker.replayed or 0) + (1 << 40)
+    with pytest.raises(ReplicationTimeoutError) as info:
+        await lax_db.wait_for_lsn(far, timeout=0.2)
+    assert info.value.lsn == far and info.value.committed
+    tasks = [asyncio.create_task(lax_db.wait_for_lsn(far + i, timeout=30)) for i in range(500)]
+    await asyncio.sleep(0.05)
+    assert tracker.waiting == 500
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert tracker.waiting == 0 and tracker.heap_size == 0
+
+
+async def test_concurrent_writers(lax_db: Database, table: str) -> None:
+    """Many concurrent writes from lax all commit and are all readable locally after return."""
+
+    async def one(i: int) -> bool:
+        res = await lax_db.execute(f"INSERT INTO {table}(body) VALUES (%s) RETURNING id",
+                                   [f"c{i}"])
+        row = await lax_db.fetchrow(f"SELECT 1 FROM {table} WHERE id = %s", [res.rows[0][0]])
+        return row is not None
+
+    results = await asyncio.gather(*(one(i) for i in range(64)))
+    assert all(results)
+
+
+async def test_replica_stopped_gives_replication_timeout(
+    lax_db: Database, stack: Any, table: str
+) -> None:
+    """With the replica down the write still commits; the wait ends with a timeout carrying
+    the LSN; after a restart waits succeed again."""
+    stack.replica.stop("fast")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ReplicationTimeoutError) as info:
+            await lax_db.execute(f"INSERT INTO {table}(body) VALUES ('while-down')",
+                                 replication_timeout=1.0)
+        elapsed = time.monotonic() - t0
+        assert info.value.committed and info.value.lsn > 0
+        assert 1.0 <= elapsed < 1.5
+        assert primary_rows(stack, f"SELECT count(*) FROM {table} WHERE body='while-down'") \
+            == [(1,)]
+        assert lax_db.tracker is not None and lax_db.tracker.waiting == 0
+    finally:
+        stack.replica.start()
+    res = await lax_db.execute(f"INSERT INTO {table}(body) VALUES ('after') RETURNING id",
+                               replication_timeout=15)
+    assert await lax_db.fetchval(f"SELECT body FROM {table} WHERE id = %s",
+                                 [res.rows[0][0]]) == "after"
