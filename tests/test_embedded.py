@@ -12,6 +12,7 @@ from pathlib import Path
 import nats
 import psycopg
 import pytest
+from nats.aio.msg import Msg
 
 from bus.embedded.bus_process import BusProcess
 from bus.embedded.errors import ServerStartError, WaitTimeout
@@ -218,7 +219,7 @@ async def test_request_reply_across_the_gateway(stack: Stack) -> None:
     requester = await nats.connect(stack.nats_url("syd"))
     try:
 
-        async def answer(msg: nats.aio.msg.Msg) -> None:
+        async def answer(msg: Msg) -> None:
             await msg.respond(b"pong:" + msg.data)
 
         await responder.subscribe("embedded.test.ping", cb=answer, queue="workers")

@@ -277,7 +277,7 @@ class NatsServer:
     def monitor(self, endpoint: str, *, timeout: float = 2.0) -> dict[str, Any]:
         """GET a monitoring endpoint (``"varz"``, ``"gatewayz"``, ...) and return its JSON."""
         url = f"{self.monitor_url}/{endpoint.lstrip('/')}"
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - local URL
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             data: dict[str, Any] = json.loads(response.read())
         return data
 
@@ -351,6 +351,8 @@ class NatsServer:
                 return
             if time.monotonic() >= deadline:
                 raise WaitTimeout(
-                    f"interest of {region} seen by {self.name}", timeout, detail=f"missing {missing}"
+                    f"interest of {region} seen by {self.name}",
+                    timeout,
+                    detail=f"missing {missing}",
                 )
             time.sleep(0.01)

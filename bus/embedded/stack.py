@@ -250,7 +250,7 @@ class Stack:
 
     def stop(self) -> None:
         """Stop bus processes and servers; remove the base directory unless ``keep``."""
-        if not self._started and self._base_dir is None:
+        if not self._started:
             return
         steps: list[tuple[str, Callable[[], object]]] = [
             (f"bus {bus.name}", bus.stop) for bus in self._buses
@@ -265,7 +265,7 @@ class Stack:
         for what, step in steps:
             try:
                 step()
-            except Exception as exc:  # keep stopping the rest
+            except Exception as exc:  # noqa: BLE001 - log it and keep stopping the rest
                 log.warning("embedded.stack.stop_failed", what=what, error=repr(exc))
         self._buses.clear()
         self._started = False
@@ -316,7 +316,9 @@ class Stack:
                 Route(LOCALHOST, ports.wan_replication, LOCALHOST, ports.pg_primary),
                 Route(LOCALHOST, ports.wan_primary, LOCALHOST, ports.pg_primary),
                 *(
-                    Route(LOCALHOST, ports.wan_gateway[region], LOCALHOST, ports.nats_gateway[region])
+                    Route(
+                        LOCALHOST, ports.wan_gateway[region], LOCALHOST, ports.nats_gateway[region]
+                    )
                     for region in self.regions
                 ),
             ],
