@@ -38,13 +38,15 @@ class BusService:
         settings: Settings,
         *,
         procedures: Procedures | None = None,
-        idempotency_window: float = 24 * 3600.0,
+        idempotency_window: float | None = None,
     ) -> None:
         self.settings = settings
         self.procedures = procedures or load_procedures(settings.procedures)
         self.subjects = Subjects(settings.prefix)
         self.replica_id = settings.replica_id or f"{settings.region}-{socket.gethostname()}"
-        self.idempotency_window = idempotency_window
+        self.idempotency_window = (
+            idempotency_window if idempotency_window is not None else settings.idempotency_window
+        )
         self.role: str | None = None
         self.nc: Any = None
         self.pool: AsyncConnectionPool | None = None

@@ -26,6 +26,7 @@ ENV_VARS: dict[str, str] = {
     "WRITEBUS_REPLICA_ID": "this region node's replica id in progress broadcasts",
     "WRITEBUS_MAX_CONCURRENCY": "writes a bus worker runs at once (default 32)",
     "WRITEBUS_ALLOW_SQL": "'false' switches raw SQL over the bus off: procedures only",
+    "WRITEBUS_IDEMPOTENCY_WINDOW": "seconds applied request ids are remembered (default 86400)",
     "WRITEBUS_LOG_FORMAT": "'json' (default when not a terminal) or 'console'",
     "WRITEBUS_LOG_LEVEL": "log level (default 'info')",
     "NATS_USER": "NATS user name",
@@ -55,14 +56,16 @@ class Settings:
 
     region: str = "local"
     primary_region: str = "local"
-    nats_urls: tuple[str, ...] = (DEFAULT_NATS_URL,)
-    database_url: str = ""
-    primary_database_url: str = ""
+    # URLs may embed credentials: keep them out of repr (and so out of logs and tracebacks).
+    nats_urls: tuple[str, ...] = field(default=(DEFAULT_NATS_URL,), repr=False)
+    database_url: str = field(default="", repr=False)
+    primary_database_url: str = field(default="", repr=False)
     prefix: str = "writebus"
     procedures: str = ""
     replica_id: str = ""
     max_concurrency: int = 32
     allow_sql: bool = True
+    idempotency_window: float = 24 * 3600.0
     nats_user: str | None = field(default=None, repr=False)
     nats_password: str | None = field(default=None, repr=False)
     nats_creds: str | None = None
@@ -91,6 +94,7 @@ class Settings:
             replica_id=env.get("WRITEBUS_REPLICA_ID", ""),
             max_concurrency=int(env.get("WRITEBUS_MAX_CONCURRENCY", "32")),
             allow_sql=_flag(env.get("WRITEBUS_ALLOW_SQL"), True),
+            idempotency_window=float(env.get("WRITEBUS_IDEMPOTENCY_WINDOW", "86400")),
             nats_user=env.get("NATS_USER") or None,
             nats_password=env.get("NATS_PASSWORD") or None,
             nats_creds=env.get("NATS_CREDS") or None,

@@ -50,8 +50,9 @@ class LsnTracker:
         hb = settings.heartbeat_interval
         self._progress = RegionProgress(
             replica_id=settings.replica_id or None,
-            stale_after=stale_after if stale_after is not None else max(3 * hb, 1.0),
+            stale_after=stale_after if stale_after is not None else 2 * hb + 0.5,
         )
+        self._check_interval = min(0.5, hb / 2)
         self._fallback_interval = fallback_interval
         self._queue: WaiterQueue[asyncio.Future[int]] = WaiterQueue()
         self._replayed: int | None = None
@@ -172,7 +173,10 @@ class LsnTracker:
 
     async def _fallback_loop(self) -> None:
         while not self._closed:
-            await self._wake.wait()
+            # Woken by a waiter arriving while broadcasts are stale, or periodically to notice
+            # broadcasts stopping while callers already wait.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._check_interval)
             self._wake.clear()
             logged = False
             while self._queue and not self._fresh() and not self._closed:
