@@ -277,6 +277,16 @@ def test_replica_kill_and_start_keeps_its_port(stack: Stack) -> None:
     assert stack.replica.execute("SELECT id FROM while_down") == [(42,)]
 
 
+def test_primary_crash_and_restart_replica_resumes_streaming(stack: Stack) -> None:
+    """After the primary is SIGKILLed and started again, the replica reconnects and replays."""
+    stack.primary.kill()
+    stack.primary.start(timeout=30)
+    stack.primary.execute("CREATE TABLE IF NOT EXISTS after_crash (id int)")
+    stack.primary.execute("INSERT INTO after_crash VALUES (7)")
+    stack.wait_replica_caught_up(timeout=10)
+    assert stack.replica.execute("SELECT id FROM after_crash") == [(7,)]
+
+
 async def test_nats_restart_keeps_ports_and_gateways_reconnect(stack: Stack) -> None:
     """A restarted nats-server keeps its ports, rejoins the gateways and carries messages again."""
     server = stack.nats["lax"]

@@ -348,6 +348,8 @@ class PostgresServer:
             "wal_keep_size": "256MB",
             "hot_standby": True,
             "hot_standby_feedback": True,
+            # A replica whose primary went away retries after this long (default 5 s).
+            "wal_retrieve_retry_interval": "100ms",
             "synchronous_commit": True,
             "fsync": self.fsync,
             "cluster_name": self.name,
