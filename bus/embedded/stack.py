@@ -42,7 +42,7 @@ _T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
-class _Ports:
+class StackPorts:
     """Every port of a stack, chosen free when the stack starts."""
 
     pg_primary: int
@@ -88,7 +88,7 @@ class Stack:
         self._pg_run_as = pg_run_as
         self._base_dir: Path | None = None
         self._owns_base_dir = False
-        self._ports: _Ports | None = None
+        self._ports: StackPorts | None = None
         self._primary: PostgresServer | None = None
         self._replica: PostgresServer | None = None
         self._nats: dict[str, NatsServer] = {}
@@ -139,7 +139,7 @@ class Stack:
         return self._require(self._proxy, "proxy")
 
     @property
-    def ports(self) -> _Ports:
+    def ports(self) -> StackPorts:
         """Every port in use."""
         return self._require(self._ports, "ports")
 
@@ -300,7 +300,7 @@ class Stack:
         base = self.base_dir
         p, r = self.regions
         numbers = iter(free_ports(12))
-        ports = _Ports(
+        ports = StackPorts(
             pg_primary=next(numbers),
             pg_replica=next(numbers),
             nats_client={p: next(numbers), r: next(numbers)},
