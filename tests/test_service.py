@@ -1,0 +1,86 @@
+"""The bus service: roles, progress publishing cadence, draining on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import msgspec
+import nats
+import psycopg
+
+from bus.service import BusService
+from client import NO_RETRY, Database
+from tests.conftest import primary_rows, settings_for, start_bus
+from tests.procedures import procedures
+
+
+async def test_roles_follow_the_database(stack: Any) -> None:
+    """A node on the primary serves writes; a node on a standby publishes replay progress."""
+    prefix = f"svc{uuid.uuid4().hex[:8]}"
+    async with BusService(settings_for(stack, "syd", prefix=prefix), procedures=procedures) as p:
+        async with BusService(settings_for(stack, "lax", prefix=prefix),
+                              procedures=procedures) as r:
+            assert p.role == "primary" and p.write_server is not None
+            assert r.role == "replica" and r.write_server is None and r.monitor is not None
+
+
+async def test_idle_replica_heartbeats_without_busy_polling(stack: Any) -> None:
+    """Idle, the replica node polls and publishes about once a second (heartbeat), no more."""
+    prefix = f"svc{uuid.uuid4().hex[:8]}"
+    nc = await nats.connect(stack.nats_url("lax"))
+    seen: list[dict[str, Any]] = []
+
+    async def on_msg(msg: Any) -> None:
+        seen.append(msgspec.msgpack.decode(msg.data))
+
+    await nc.subscribe(f"{prefix}.lsn.lax", cb=on_msg)
+    try:
+        async with BusService(settings_for(stack, "lax", prefix=prefix),
+                              procedures=procedures) as node:
+            assert node.monitor is not None
+            await asyncio.sleep(0.2)  # let start-up settle
+            polls0, seen0 = node.monitor.polls, len(seen)
+            await asyncio.sleep(2.5)
+            polls = node.monitor.polls - polls0
+            beats = len(seen) - seen0
+    finally:
+        await nc.close()
+    assert 2 <= beats <= 4, beats
+    assert polls <= 5, polls  # ~1/s, not a busy loop
+    assert all(m["region"] == "lax" and m["in_recovery"] and m["role"] == "replica"
+               for m in seen)
+
+
+async def test_sigterm_drains_in_flight_requests(stack: Any, table: str) -> None:
+    """SIGTERM while requests run: every in-flight request finishes and gets its reply."""
+    prefix = f"drain{uuid.uuid4().hex[:8]}"
+    bus = start_bus(stack, "syd", log_name=f"bus-drain-{prefix}", WRITEBUS_PREFIX=prefix)
+    n = 8
+    try:
+        async with Database(settings_for(stack, "lax", prefix=prefix), retry=NO_RETRY) as db:
+            calls = [
+                asyncio.create_task(db.call("sleep_then_add", table, f"d{i}", 1.0,
+                                            await_replication=False, rpc_timeout=15))
+                for i in range(n)
+            ]
+            deadline = time.monotonic() + 10
+            while True:  # wait until all n are inside their transactions on the primary
+                with psycopg.connect(stack.primary.url, autocommit=True) as conn:
+                    busy = conn.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%%'"
+                    ).fetchone()[0]
+                if busy >= n:
+                    break
+                assert time.monotonic() < deadline, "requests never started"
+                await asyncio.sleep(0.02)
+            bus.terminate()
+            ids = await asyncio.gather(*calls)
+        assert len(set(ids)) == n
+        assert await asyncio.to_thread(bus.wait, 15) == 0
+        assert primary_rows(stack, f"SELECT count(*) FROM {table} WHERE body LIKE 'd%%'") == \
+            [(n,)]
+    finally:
+        bus.kill()

@@ -1,0 +1,173 @@
+"""The LSN tracker against a real nats-server and replica."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import nats
+import pytest
+
+from client.errors import ReplicationTimeoutError
+from client.lsn import format_lsn
+from client.protocol import LsnUpdate, encode
+from client.settings import Settings
+from client.tracker import LsnTracker, acquire_tracker, release_tracker
+from tests.conftest import settings_for
+
+
+def _update(lsn: int, *, replica_id: str = "r1", role: str = "replica",
+            in_recovery: bool = True) -> bytes:
+    return encode(LsnUpdate(region="lax", replica_id=replica_id, lsn=format_lsn(lsn),
+                            lsn_int=lsn, time=time.time(), in_recovery=in_recovery, role=role))
+
+
+@pytest.fixture
+async def isolated(stack: Any) -> Any:
+    """A tracker on a private prefix (no bus publishes there) and a publisher connection."""
+    prefix = f"trk{uuid.uuid4().hex[:8]}"
+    settings = settings_for(stack, "lax", prefix=prefix)
+    tracker = LsnTracker(settings)
+    await tracker.start()
+    pub = await nats.connect(stack.nats_url("lax"))
+    try:
+        yield tracker, pub, f"{prefix}.lsn.lax"
+    finally:
+        await pub.close()
+        await tracker.close()
+
+
+async def _wait_until(cond: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.005)
+
+
+async def test_waiters_wake_in_order_on_broadcasts(isolated: Any) -> None:
+    """A broadcast wakes exactly the waiters it satisfies; later ones wait for later news."""
+    tracker, pub, subject = isolated
+    await pub.publish(subject, _update(100))
+    await _wait_until(lambda: tracker.replayed == 100)
+    low = asyncio.create_task(tracker.wait_for(150, timeout=5))
+    high = asyncio.create_task(tracker.wait_for(300, timeout=5))
+    await _wait_until(lambda: tracker.waiting == 2)
+    await pub.publish(subject, _update(200))
+    assert await low == 200
+    assert not high.done() and tracker.waiting == 1
+    await pub.publish(subject, _update(300))
+    assert await high == 300
+    assert tracker.waiting == 0 and tracker.heap_size == 0
+
+
+async def test_already_replayed_answers_at_once(isolated: Any) -> None:
+    """Waiting for an LSN already replayed returns without registering a waiter."""
+    tracker, pub, subject = isolated
+    await pub.publish(subject, _update(500))
+    await _wait_until(lambda: tracker.replayed == 500)
+    assert await tracker.wait_for(400, timeout=0.001) == 500
+    assert tracker.heap_size == 0
+
+
+async def test_bad_and_foreign_broadcasts_are_ignored(isolated: Any) -> None:
+    """Garbage, primary-role and not-in-recovery updates do not move the replica position."""
+    tracker, pub, subject = isolated
+    await pub.publish(subject, b"\xc1garbage")
+    await pub.publish(subject, _update(10**9, role="primary", in_recovery=False))
+    await pub.publish(subject, _update(10**9, in_recovery=False))
+    await pub.publish(subject, _update(42))
+    await _wait_until(lambda: tracker.replayed == 42)
+    assert tracker.updates_received == 1
+
+
+async def test_replication_timeout_carries_lsn(isolated: Any) -> None:
+    """A wait that is never satisfied raises ReplicationTimeoutError with the LSN, and cleans up."""
+    tracker, pub, subject = isolated
+    await pub.publish(subject, _update(10))
+    await _wait_until(lambda: tracker.replayed == 10)
+    t0 = time.monotonic()
+    with pytest.raises(ReplicationTimeoutError) as info:
+        await tracker.wait_for(10**6, timeout=0.3)
+    assert 0.3 <= time.monotonic() - t0 < 0.6
+    assert info.value.lsn == 10**6 and info.value.replayed == 10
+    assert "committed" in str(info.value)
+    assert tracker.waiting == 0 and tracker.heap_size == 0
+
+
+async def test_ten_thousand_waiters_released_by_one_broadcast(isolated: Any) -> None:
+    """10,000 concurrent waiters are all woken by one broadcast, none left behind."""
+    tracker, pub, subject = isolated
+    waits = [asyncio.create_task(tracker.wait_for(1000 + i, timeout=30)) for i in range(10_000)]
+    await _wait_until(lambda: tracker.waiting == 10_000)
+    await pub.publish(subject, _update(5000))
+    await _wait_until(lambda: tracker.waiting == 10_000 - 4001)
+    await pub.publish(subject, _update(20_000))
+    results = await asyncio.gather(*waits)
+    assert results.count(5000) == 4001 and results.count(20_000) == 5999
+    assert tracker.waiting == 0 and tracker.heap_size == 0
+
+
+async def test_replica_id_filter(stack: Any) -> None:
+    """With WRITEBUS_REPLICA_ID set, only that replica's broadcasts count."""
+    prefix = f"trk{uuid.uuid4().hex[:8]}"
+    tracker = LsnTracker(settings_for(stack, "lax", prefix=prefix, replica_id="mine"))
+    await tracker.start()
+    pub = await nats.connect(stack.nats_url("lax"))
+    try:
+        await pub.publish(f"{prefix}.lsn.lax", _update(999, replica_id="other"))
+        await pub.publish(f"{prefix}.lsn.lax", _update(7, replica_id="mine"))
+        await _wait_until(lambda: tracker.replayed == 7)
+    finally:
+        await pub.close()
+        await tracker.close()
+
+
+async def test_fallback_reads_the_replica_when_nobody_broadcasts(stack: Any) -> None:
+    """Without any progress broadcasts the tracker polls its own database and still answers."""
+    settings = settings_for(stack, "lax", prefix=f"trk{uuid.uuid4().hex[:8]}")
+    tracker = LsnTracker(settings)
+    await tracker.start()
+    try:
+        import psycopg
+
+        with psycopg.connect(stack.primary.url, autocommit=True) as conn:
+            lsn_text = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0]
+        from client.lsn import parse_lsn
+
+        replayed = await tracker.wait_for(parse_lsn(lsn_text), timeout=5)
+        assert replayed >= parse_lsn(lsn_text)
+        assert tracker.fallback_polls > 0 and tracker.updates_received == 0
+    finally:
+        await tracker.close()
+
+
+async def test_one_tracker_per_process_and_database(stack: Any) -> None:
+    """acquire_tracker shares one started tracker per (region, database); the last release
+    closes it."""
+    settings: Settings = settings_for(stack, "lax", prefix=f"trk{uuid.uuid4().hex[:8]}")
+    a = await acquire_tracker(settings)
+    b = await acquire_tracker(settings)
+    other = await acquire_tracker(settings.replace(replica_id="x"))
+    try:
+        assert a is b and a is not other
+    finally:
+        await release_tracker(b)
+        assert not a._closed
+        await release_tracker(a)
+        assert a._closed
+        await release_tracker(other)
+
+
+async def test_closing_wakes_waiters_with_an_error(isolated: Any) -> None:
+    """Closing the tracker fails pending waits instead of leaving them hanging."""
+    from client.errors import TrackerError
+
+    tracker, _, _ = isolated
+    w = asyncio.create_task(tracker.wait_for(10**12, timeout=30))
+    await _wait_until(lambda: tracker.waiting == 1)
+    await tracker.close()
+    with pytest.raises(TrackerError):
+        await w
