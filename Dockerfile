@@ -1,0 +1,29 @@
+# The writebus image: the bus service (`writebus serve`) and the client library.
+#
+#   docker build -t writebus .
+#   docker run --env-file writebus.env writebus          # runs `writebus serve`
+#
+# Settings come from the environment only (client/settings.py ENV_VARS); nothing deployment
+# specific is baked in.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+# Only what the package build needs, so no local .env, virtualenv or data dir leaks into the
+# image. README.md* is a pattern so the build still works while the README does not exist.
+COPY pyproject.toml README.md* ./
+COPY bus ./bus
+COPY client ./client
+RUN pip install . \
+    && cd / && rm -rf /src
+
+# Run unprivileged: the service needs no file system access.
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin writebus
+USER writebus
+WORKDIR /
+
+CMD ["writebus", "serve"]
