@@ -54,6 +54,7 @@ __all__ = [
     "connect",
     "format_lsn",
     "is_primary",
+    "load_procedures",
     "my_region",
     "new_request_id",
     "parse_lsn",

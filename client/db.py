@@ -149,7 +149,7 @@ class Database:
         for attempt in (1, 2):
             try:
                 async with self._local().connection() as conn:
-                    cur = await conn.execute(sql, params)  # type: ignore[arg-type]
+                    cur = await conn.execute(sql, params)
                     return await (cur.fetchone() if one else cur.fetchall())
             except psycopg.OperationalError:
                 if attempt == 2 or not (conn.broken or conn.closed):

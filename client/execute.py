@@ -31,10 +31,10 @@ async def run_statements(
     async with conn.cursor() as cur:
         for index, stmt in enumerate(statements):
             try:
-                await cur.execute(stmt.sql, stmt.params)  # type: ignore[arg-type]
+                await cur.execute(stmt.sql, stmt.params)
                 if cur.description is not None:
                     columns = [c.name for c in cur.description]
-                    rows: list[list[Any]] | None = await cur.fetchall()  # type: ignore[assignment]
+                    rows: list[list[Any]] | None = await cur.fetchall()
                 else:
                     columns, rows = None, None
             except psycopg.Error as exc:

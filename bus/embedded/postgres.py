@@ -151,7 +151,7 @@ def _embedded_bindir() -> Path | None:
 
 
 def _make_world_readable(root: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         os.chmod(dirpath, 0o755)
         for filename in filenames:
             path = os.path.join(dirpath, filename)
