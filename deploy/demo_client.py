@@ -29,8 +29,7 @@ async def _create_table(db: Database) -> None:
     while True:
         try:
             await db.execute(
-                f"CREATE TABLE IF NOT EXISTS {TABLE} "
-                "(id bigserial PRIMARY KEY, body text NOT NULL)"
+                f"CREATE TABLE IF NOT EXISTS {TABLE} (id bigserial PRIMARY KEY, body text NOT NULL)"
             )
             return
         except (NoWorkerError, RpcTimeoutError, UnavailableError) as exc:
@@ -49,15 +48,16 @@ async def main() -> int:
         await _create_table(db)
         for i in range(WRITES):
             body = f"note {i}"
-            res = await db.execute(
-                f"INSERT INTO {TABLE}(body) VALUES (%s) RETURNING id", [body]
-            )
+            res = await db.execute(f"INSERT INTO {TABLE}(body) VALUES (%s) RETURNING id", [body])
             row_id = res.rows[0][0]
             row = await db.fetchrow(f"SELECT body FROM {TABLE} WHERE id = %s", [row_id])
             ok = row is not None and row[0] == body
             stale += not ok
-            print(f"{i:>3}  id {row_id:>5}  total {res.timings.total_ms:7.1f} ms  "
-                  f"{'ok' if ok else 'STALE'}", flush=True)
+            print(
+                f"{i:>3}  id {row_id:>5}  total {res.timings.total_ms:7.1f} ms  "
+                f"{'ok' if ok else 'STALE'}",
+                flush=True,
+            )
     print(f"stale reads: {stale} of {WRITES}")
     return 1 if stale else 0
 

@@ -92,7 +92,9 @@ class NatsServer:
     async def start(self) -> None:
         """Start the server and wait until it reports it is ready."""
         self._proc = await asyncio.create_subprocess_exec(
-            nats_server_binary(), "-c", str(self.conf),
+            nats_server_binary(),
+            "-c",
+            str(self.conf),
             env={"PATH": os.environ.get("PATH", ""), **self.env},
             cwd=self.workdir,
             stdout=asyncio.subprocess.PIPE,
@@ -254,7 +256,9 @@ async def did_not_happen(event: asyncio.Event) -> bool:
 async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
     """A single nats-server (region syd, no gateway peers) running the repository's nats.conf."""
     srv = NatsServer(
-        region="syd", env=region_env("syd"), conf=NATS_CONF,
+        region="syd",
+        env=region_env("syd"),
+        conf=NATS_CONF,
         workdir=tmp_path_factory.mktemp("nats-syd"),
     )
     await srv.start()
@@ -457,9 +461,9 @@ async def two_regions(tmp_path: Path) -> AsyncIterator[dict[str, NatsServer]]:
     """syd and lax, one node each, joined by an authenticated gateway. Both get the same
     NATSD_GATEWAYS list (each ignores its own entry) and the same passwords."""
     gw = {"syd": free_port(), "lax": free_port()}
-    gateways = "[" + ", ".join(
-        f"{{name: {r}, urls: [nats://127.0.0.1:{p}]}}" for r, p in gw.items()
-    ) + "]"
+    gateways = (
+        "[" + ", ".join(f"{{name: {r}, urls: [nats://127.0.0.1:{p}]}}" for r, p in gw.items()) + "]"
+    )
     shared = passwords()
     servers = {
         r: NatsServer(
@@ -532,13 +536,13 @@ async def test_gateway_carries_writes_and_progress_between_regions(
             await nc.close()
 
 
-async def test_gateway_with_wrong_password_is_refused(
-    server: NatsServer, tmp_path: Path
-) -> None:
+async def test_gateway_with_wrong_password_is_refused(server: NatsServer, tmp_path: Path) -> None:
     """A region that does not know the gateway password cannot join the supercluster."""
     gateways = f"[{{name: syd, urls: [nats://127.0.0.1:{server.env['NATSD_GATEWAY_PORT']}]}}]"
     rogue = NatsServer(
-        region="rogue", env=region_env("rogue", gateways=gateways), conf=NATS_CONF,
+        region="rogue",
+        env=region_env("rogue", gateways=gateways),
+        conf=NATS_CONF,
         workdir=tmp_path,
     )
     await rogue.start()
