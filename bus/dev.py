@@ -13,6 +13,9 @@ from bus.embedded.stack import Stack
 def dev_up(*, delay_ms: float = 25.0, base_dir: str | None = None) -> None:
     """Start the stack and a bus node per region; print each region's environment; wait for
     Ctrl-C or SIGTERM, then stop everything."""
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
     stack = Stack(one_way_delay_ms=delay_ms, base_dir=Path(base_dir) if base_dir else None)
     stack.start()
     try:
@@ -26,9 +29,6 @@ def dev_up(*, delay_ms: float = 25.0, base_dir: str | None = None) -> None:
             print()
         print(f"# servers: {stack.describe()}")
         print("# Ctrl-C to stop", flush=True)
-        done = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: done.set())
         done.wait()
         for bus in buses:
             bus.terminate()

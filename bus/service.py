@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -237,5 +239,10 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await service.start()
+    ready = Path(settings.ready_file) if settings.ready_file else None
+    if ready is not None:
+        ready.write_text(f"{os.getpid()}\n")
     await stop.wait()
+    if ready is not None:
+        ready.unlink(missing_ok=True)
     await service.stop()

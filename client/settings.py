@@ -29,6 +29,7 @@ ENV_VARS: dict[str, str] = {
     "WRITEBUS_IDEMPOTENCY_WINDOW": "seconds applied request ids are remembered (default 86400)",
     "WRITEBUS_LOG_FORMAT": "'json' (default when not a terminal) or 'console'",
     "WRITEBUS_LOG_LEVEL": "log level (default 'info')",
+    "WRITEBUS_READY_FILE": "file a bus node creates once it serves (for supervisors and tests)",
     "NATS_USER": "NATS user name",
     "NATS_PASSWORD": "NATS password",
     "NATS_CREDS": "path to a NATS credentials file",
@@ -66,6 +67,7 @@ class Settings:
     max_concurrency: int = 32
     allow_sql: bool = True
     idempotency_window: float = 24 * 3600.0
+    ready_file: str | None = None
     nats_user: str | None = field(default=None, repr=False)
     nats_password: str | None = field(default=None, repr=False)
     nats_creds: str | None = None
@@ -95,6 +97,7 @@ class Settings:
             max_concurrency=int(env.get("WRITEBUS_MAX_CONCURRENCY", "32")),
             allow_sql=_flag(env.get("WRITEBUS_ALLOW_SQL"), True),
             idempotency_window=float(env.get("WRITEBUS_IDEMPOTENCY_WINDOW", "86400")),
+            ready_file=env.get("WRITEBUS_READY_FILE") or None,
             nats_user=env.get("NATS_USER") or None,
             nats_password=env.get("NATS_PASSWORD") or None,
             nats_creds=env.get("NATS_CREDS") or None,

@@ -83,6 +83,9 @@ class BusProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.update(self.env)
+        # Readiness is signalled by a file too, so it does not depend on the log level.
+        env["WRITEBUS_READY_FILE"] = str(self.ready_path)
+        self.ready_path.unlink(missing_ok=True)
         with open(self.log_path, "ab") as logfile:
             self._scan_offset = logfile.tell()
             self._proc = subprocess.Popen(
@@ -96,8 +99,15 @@ class BusProcess:
         log.info("embedded.bus.started", name=self.name, pid=self._proc.pid, log=str(self.log_path))
         return self
 
+    @property
+    def ready_path(self) -> Path:
+        """The file the bus node creates once it serves (``WRITEBUS_READY_FILE``)."""
+        return self.log_path.with_suffix(".ready")
+
     def is_ready(self) -> bool:
-        """True once the ready marker has appeared in the log (since :meth:`start`)."""
+        """True once the node created its ready file or logged the ready marker."""
+        if self.ready_path.exists():
+            return True
         try:
             with open(self.log_path, "rb") as f:
                 f.seek(self._scan_offset)
