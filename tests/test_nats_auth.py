@@ -553,6 +553,92 @@ async def test_gateway_with_wrong_password_is_refused(server: NatsServer, tmp_pa
         await rogue.stop()
 
 
+# --- several nodes in one region ------------------------------------------------------------
+
+
+def route_urls(password: str, ports: list[int]) -> str:
+    """A NATSD_ROUTES value: route URLs carrying the route user's credentials."""
+    return "[" + ", ".join(f"nats://route:{password}@127.0.0.1:{p}" for p in ports) + "]"
+
+
+@pytest.fixture
+async def syd_cluster(tmp_path: Path) -> AsyncIterator[list[NatsServer]]:
+    """Two nodes of region syd, each listing both route URLs (its own entry is ignored)."""
+    ports = [free_port(), free_port()]
+    shared = passwords()
+    routes = route_urls(shared["NATSD_CLUSTER_PASSWORD"], ports)
+    nodes = [
+        NatsServer(
+            region="syd",
+            env=region_env(
+                "syd",
+                NATSD_SERVER_NAME=f"nats-syd-{i + 1}",
+                NATSD_CLUSTER_PORT=str(port),
+                NATSD_ROUTES=routes,
+                **shared,
+            ),
+            conf=NATS_CONF,
+            workdir=tmp_path,
+        )
+        for i, port in enumerate(ports)
+    ]
+    try:
+        for node in nodes:
+            await node.start()
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+async def test_region_nodes_form_a_cluster(syd_cluster: list[NatsServer]) -> None:
+    """Nodes of one region whose route URLs carry the route password form a cluster: an app on
+    one node reaches a bus worker connected to the other."""
+    first, second = syd_cluster
+    worker_nc = await connect(second, "bus")
+    app = await connect(first, "app")
+    try:
+        await Worker(worker_nc).start("syd")
+
+        async def write_answered() -> bool:
+            # Until the worker's interest has crossed the route there is no responder.
+            try:
+                await app.request(SUBJECTS.write, b"INSERT", timeout=1)
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                return False
+            return True
+
+        await eventually(write_answered, "a write on node 1 answered by a worker on node 2")
+    finally:
+        await worker_nc.close()
+        await app.close()
+
+
+async def test_route_with_wrong_password_is_refused(
+    syd_cluster: list[NatsServer], tmp_path: Path
+) -> None:
+    """A node that does not know the route password cannot join the region's cluster."""
+    first = syd_cluster[0]
+    first_route_port = int(first.env["NATSD_CLUSTER_PORT"])
+    rogue = NatsServer(
+        region="syd",
+        env=region_env(
+            "syd",
+            NATSD_SERVER_NAME="nats-syd-rogue",
+            NATSD_ROUTES=route_urls("not-the-password", [first_route_port]),
+        ),
+        conf=NATS_CONF,
+        workdir=tmp_path,
+    )
+    await rogue.start()
+    try:
+        await first.wait_for_log("Router connection closed: Authentication Failure")
+        names = {r.get("remote_name") for r in first.monitor("routez").get("routes") or []}
+        assert "nats-syd-rogue" not in names
+    finally:
+        await rogue.stop()
+
+
 # --- TLS -----------------------------------------------------------------------------------
 
 
