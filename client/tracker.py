@@ -31,6 +31,15 @@ log = structlog.get_logger("writebus.tracker")
 _REPLAY_SQL = "SELECT pg_last_wal_replay_lsn()::text, pg_is_in_recovery()"
 
 
+class _Expired(Exception):
+    """A waiter's timer fired (internal; surfaces as ReplicationTimeoutError)."""
+
+
+def _expire(fut: asyncio.Future[int]) -> None:
+    if not fut.done():
+        fut.set_exception(_Expired())
+
+
 class LsnTracker:
     """Tracks how far the local replica has replayed, and wakes waiters.
 
@@ -158,15 +167,20 @@ class LsnTracker:
             return self._replayed
         if self._closed:
             raise TrackerError("the LSN tracker is closed")
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
         waiter = self._queue.add(lsn, fut)
+        # A bare timer rather than asyncio.wait_for: with thousands of waiters the per-waiter
+        # cost of waking matters, and a timer handle is the cheapest way to bound the wait.
+        timer = loop.call_later(timeout, _expire, fut)
         if not self._fresh():
             self._wake.set()  # broadcasts are missing: let the fallback poll now
         try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
+            return await fut
+        except _Expired:
             raise ReplicationTimeoutError(lsn, timeout, self._replayed, self.region) from None
         finally:
+            timer.cancel()
             self._queue.discard(waiter)
 
     # -- fallback: read the replica ourselves when nobody broadcasts --------------------------
