@@ -1,0 +1,185 @@
+"""The report of a run: the JSON document, the targets, and the table. Pure: no I/O."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bench.stats import ratio
+
+#: Read-your-write approaches, in table order.
+RYW_APPROACHES = ("writebus", "floor", "poll_100ms", "poll_50ms", "direct_wan", "remote_apply")
+#: Extra rows: what a synchronous standby does to primary-region writes.
+RYW_EXTRA = ("remote_apply_syd_local",)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target of the issue, evaluated on this run."""
+
+    name: str
+    value: float
+    limit: float
+    unit: str
+    met: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "name": self.name,
+            "value": _num(self.value),
+            "limit": _num(self.limit),
+            "unit": self.unit,
+            "met": self.met,
+        }
+
+
+def _num(x: float) -> float | None:
+    return None if isinstance(x, float) and math.isnan(x) else round(x, 3)
+
+
+def _at_most(name: str, value: float, limit: float, unit: str) -> Target:
+    return Target(name, value, limit, unit, not math.isnan(value) and value <= limit)
+
+
+def _at_least(name: str, value: float, limit: float, unit: str) -> Target:
+    return Target(name, value, limit, unit, not math.isnan(value) and value >= limit)
+
+
+def evaluate_targets(report: Mapping[str, Any]) -> list[Target]:
+    """The issue's targets, as ratios and differences from this run."""
+    ryw = report["ryw_ms"]
+    wb, floor, poll = ryw["writebus"], ryw["floor"], ryw["poll_100ms"]
+    batch = report["batch10_ms"]
+    tp = report["throughput_wps"]
+    tracker = report["tracker"]
+    local = report["primary_local_ms"]
+    release = tracker["release_us"]
+    sizes = sorted(release, key=int)
+    growth = ratio(release[sizes[-1]], release[sizes[0]]) if len(sizes) > 1 else math.nan
+    return [
+        _at_most("writebus p50 - floor p50", wb["p50"] - floor["p50"], 3.0, "ms"),
+        _at_most("writebus p99 - floor p99", wb["p99"] - floor["p99"], 10.0, "ms"),
+        _at_most("writebus stale reads", float(report["stale_reads"]["writebus"]), 0.0, "reads"),
+        _at_most("writebus p50 / poll_100ms p50", ratio(wb["p50"], poll["p50"]), 0.6, "x"),
+        _at_most(
+            "batch10 writebus p50 / interactive_wan p50",
+            ratio(batch["writebus"]["p50"], batch["interactive_wan"]["p50"]),
+            0.2,
+            "x",
+        ),
+        _at_least(
+            "1 worker c64 / direct c64 writes/s",
+            ratio(tp["writebus_1w"].get("c64", math.nan), tp["direct"].get("c64", math.nan)),
+            0.8,
+            "x",
+        ),
+        _at_least(
+            "2 workers c64 / 1 worker c64 writes/s",
+            ratio(tp["writebus_2w"].get("c64", math.nan), tp["writebus_1w"].get("c64", math.nan)),
+            1.0,
+            "x (> 1)",
+        ),
+        _at_most(f"tracker wake p99 ({tracker['waiters']} waiters)", tracker["wake_p99_ms"], 5.0,
+                 "ms"),
+        _at_most(
+            f"release cost growth, {sizes[0]} -> {sizes[-1]} waiters (a scan: "
+            f"{int(sizes[-1]) // int(sizes[0])}x)",
+            growth,
+            2.0,
+            "x",
+        ),
+        _at_most(
+            "primary-region writebus p50 / direct p50",
+            ratio(local["writebus"]["p50"], local["direct"]["p50"]),
+            1.15,
+            "x",
+        ),
+    ]
+
+
+def _f(x: Any, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def table(report: Mapping[str, Any]) -> str:
+    """The results as Markdown tables (readable in a terminal too)."""
+    d = report["one_way_delay_ms"]
+    lines: list[str] = []
+    add = lines.append
+    add(f"One-way WAN delay {_f(d)} ms (RTT {_f(2 * d)} ms); {report['machine']['cpus']} CPUs; "
+        f"{'quick' if report['quick'] else 'full'} run, {_f(report['duration_s'], 0)} s.")
+    add("")
+    add("**Write, then read it back from the `lax` replica** (ms)")
+    add("")
+    add("| approach | p50 | p99 | stale reads | n |")
+    add("|---|---:|---:|---:|---:|")
+    notes = {
+        "floor": " (WAN RTT + commit, no read)",
+        "remote_apply_syd_local": " (a `syd` app's local write+read)",
+    }
+    for name in RYW_APPROACHES + RYW_EXTRA:
+        s = report["ryw_ms"].get(name)
+        if s is None:
+            continue
+        stale = report["stale_reads"].get(name)
+        stale_text = "-" if name == "floor" else str(stale)
+        add(f"| {name}{notes.get(name, '')} | {_f(s['p50'])} | {_f(s['p99'])} | "
+            f"{stale_text} | {s['n']} |")
+    parts = report.get("ryw_parts_p50_ms", {}).get("writebus")
+    if parts:
+        add("")
+        add("writebus p50 parts: " + ", ".join(f"{k} {_f(v, 2)} ms" for k, v in parts.items()))
+    add("")
+    add("**10-statement atomic change from `lax`** (ms)")
+    add("")
+    add("| approach | p50 | p99 | n |")
+    add("|---|---:|---:|---:|")
+    for name, s in report["batch10_ms"].items():
+        add(f"| {name} | {_f(s['p50'])} | {_f(s['p99'])} | {s['n']} |")
+    add("")
+    add("**Throughput, single-row inserts in `syd`, no WAN** (writes/s)")
+    add("")
+    tp = report["throughput_wps"]
+    cs = list(next(iter(tp.values())).keys())
+    add("| path | " + " | ".join(cs) + " | CPU ms/write at " + cs[-1] + " (client / bus) |")
+    add("|---|" + "---:|" * len(cs) + "---:|")
+    for name, row in tp.items():
+        detail = report["throughput_detail"][name][cs[-1]]
+        add(f"| {name} | " + " | ".join(_f(row[c], 0) for c in cs)
+            + f" | {_f(detail['client_cpu_ms_per_write'], 2)} / "
+              f"{_f(detail['server_cpu_ms_per_write'], 2)} |")
+    add("")
+    t = report["tracker"]
+    add("**Tracker scale** (one process)")
+    add("")
+    add("| waiters | released per broadcast | wake p50 ms | wake p99 ms | CPU s |")
+    add("|---:|---:|---:|---:|---:|")
+    add(f"| {t['waiters']} | {t['per_broadcast']} | {_f(t['wake_p50_ms'], 2)} | "
+        f"{_f(t['wake_p99_ms'], 2)} | {_f(t['cpu_s'], 3)} |")
+    a = t["all_at_once"]
+    add(f"| {a['waiters']} | {a['per_broadcast']} (all) | {_f(a['wake_p50_ms'], 2)} | "
+        f"{_f(a['wake_p99_ms'], 2)} | {_f(a['cpu_s'], 3)} |")
+    add("")
+    add("Releasing " + str(t["release_count"]) + " waiters from the heap: "
+        + ", ".join(f"{_f(us, 1)} µs among {int(n):,}" for n, us in t["release_us"].items()))
+    add("")
+    add("**Primary-region writes** (`syd` app, local primary; ms)")
+    add("")
+    add("| path | p50 | p99 | n |")
+    add("|---|---:|---:|---:|")
+    for name, s in report["primary_local_ms"].items():
+        add(f"| {name} | {_f(s['p50'], 2)} | {_f(s['p99'], 2)} | {s['n']} |")
+    add("")
+    add("**Targets**")
+    add("")
+    add("| target | this run | limit | |")
+    add("|---|---:|---:|---|")
+    for tg in report["targets"]:
+        add(f"| {tg['name']} | {_f(tg['value'], 2)} {tg['unit']} | {_f(tg['limit'], 2)} | "
+            f"{'met' if tg['met'] else '**missed**'} |")
+    return "\n".join(lines) + "\n"
