@@ -37,6 +37,10 @@ Encoding = Literal["application/json", "application/msgpack"]
 MAX_STATEMENTS: Final = 1000
 MAX_REQUEST_ID_LENGTH: Final = 128
 MAX_PARAMS_PER_STATEMENT: Final = 65535
+#: Encoded size (msgpack) of all of a request's parameters together: statement ``params``,
+#: procedure ``args`` and ``kwargs``. Below NATS' default max payload (1 MiB) so an oversized
+#: value gets this clear error rather than a refused publish.
+MAX_PARAM_BYTES: Final = 512 * 1024
 
 ErrorKind = Literal[
     "protocol",  # undecodable / invalid / unsupported version
@@ -185,14 +189,30 @@ def decode(data: bytes, kind: type[T], encoding: str = MSGPACK) -> T:
         return _decoder(encoding, kind).decode(data)  # type: ignore[no-any-return]
     except msgspec.ValidationError as exc:
         raise ProtocolError(f"invalid {kind.__name__}: {exc}", data={"encoding": encoding}) from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec reports invalid UTF-8 inside a string as UnicodeDecodeError.
         raise ProtocolError(
             f"undecodable {kind.__name__} ({encoding}): {exc}", data={"encoding": encoding}
         ) from exc
+    except RecursionError as exc:  # hostile nesting depth
+        raise ProtocolError(
+            f"undecodable {kind.__name__} ({encoding}): nested too deeply",
+            data={"encoding": encoding},
+        ) from exc
+
+
+def param_bytes(req: Request) -> int:
+    """Encoded size (msgpack) of a request's statement params, procedure args and kwargs."""
+    params = [s.params for s in req.statements or () if s.params is not None]
+    return len(_msgpack_encoder.encode([params, req.args, req.kwargs]))
 
 
 def validate_request(
-    req: Request, *, max_statements: int = MAX_STATEMENTS, allow_statements: bool = True
+    req: Request,
+    *,
+    max_statements: int = MAX_STATEMENTS,
+    allow_statements: bool = True,
+    max_param_bytes: int = MAX_PARAM_BYTES,
 ) -> None:
     """Check a decoded request against the protocol's rules and limits.
 
@@ -202,8 +222,11 @@ def validate_request(
         raise ProtocolError(
             f"unsupported protocol version {req.v}; this worker speaks 1..{PROTOCOL_VERSION}"
         )
-    if not req.id or len(req.id) > MAX_REQUEST_ID_LENGTH:
-        raise ProtocolError(f"request id must be 1..{MAX_REQUEST_ID_LENGTH} characters")
+    # The id is stored in a text column, which cannot hold NUL.
+    if not req.id or len(req.id) > MAX_REQUEST_ID_LENGTH or "\x00" in req.id:
+        raise ProtocolError(
+            f"request id must be 1..{MAX_REQUEST_ID_LENGTH} characters, without NUL"
+        )
     has_sql = req.statements is not None
     has_proc = req.procedure is not None
     if has_sql == has_proc:
@@ -231,3 +254,8 @@ def validate_request(
                 )
     elif not req.procedure:
         raise ProtocolError("'procedure' is empty")
+    size = param_bytes(req)
+    if size > max_param_bytes:
+        raise ProtocolError(
+            f"parameters take {size} bytes; the limit is {max_param_bytes}", kind="limit"
+        )
