@@ -24,6 +24,8 @@ from client.procedures import Procedures
 from client.protocol import (
     CONTENT_TYPE_HEADER,
     JSON,
+    MAX_PARAM_BYTES,
+    MAX_REQUEST_ID_LENGTH,
     MAX_STATEMENTS,
     ErrorInfo,
     Reply,
@@ -37,14 +39,23 @@ from client.protocol import (
 
 log = structlog.get_logger("writebus.worker")
 
+#: Error messages and details are clipped to this many characters: Postgres and the validators
+#: quote the offending input, which must not make the reply bigger than the request.
+MAX_ERROR_TEXT = 4096
+
 
 @dataclass(frozen=True, kw_only=True)
 class Limits:
     """What a worker accepts."""
 
     max_statements: int = MAX_STATEMENTS
+    max_param_bytes: int = MAX_PARAM_BYTES
     allow_sql: bool = True
     acquire_timeout: float = 5.0
+    #: The NATS max payload. A result whose reply would be bigger is refused with a ``limit``
+    #: error *before* commit (a reply that cannot be sent must not hide an applied write).
+    #: None: not checked.
+    max_reply_bytes: int | None = None
 
 
 class _Duplicate(Exception):
@@ -85,9 +96,13 @@ class Handler:
         request_id = ""
         try:
             req = decode(data, Request, encoding)
-            request_id = req.id
+            if 0 < len(req.id) <= MAX_REQUEST_ID_LENGTH:  # never echo an oversized id
+                request_id = req.id
             validate_request(
-                req, max_statements=self.limits.max_statements, allow_statements=write
+                req,
+                max_statements=self.limits.max_statements,
+                allow_statements=write,
+                max_param_bytes=self.limits.max_param_bytes,
             )
             if req.statements is not None and not self.limits.allow_sql:
                 raise ProtocolError(
@@ -95,7 +110,7 @@ class Handler:
                     "call a registered procedure instead",
                     kind="forbidden",
                 )
-            reply = await self._run(req, write=write, primary=primary)
+            reply = await self._run(req, write=write, primary=primary, encoding=encoding)
         except ProtocolError as exc:
             reply = _error(request_id, exc.kind, str(exc))
         except ProcedureError as exc:
@@ -108,6 +123,10 @@ class Handler:
         except Exception as exc:
             log.exception("worker.internal_error", request_id=request_id)
             reply = _error(request_id, "internal", f"{type(exc).__name__}: {exc}")
+        if reply.error is not None:
+            reply.error.message = _clip(reply.error.message)
+            if reply.error.detail is not None:
+                reply.error.detail = _clip(reply.error.detail)
         reply.region = self.region
         reply.server_ms = (time.monotonic() - start) * 1000
         try:
@@ -116,9 +135,47 @@ class Handler:
             body = encode(
                 _error(request_id, "procedure", f"result not encodable: {exc}"), encoding
             )
+        limit = self.limits.max_reply_bytes
+        if limit is not None and len(body) > limit:  # safety net: _run checked before commit
+            log.error("worker.reply_too_large", request_id=request_id, size=len(body))
+            body = encode(
+                _error(request_id, "limit", f"reply of {len(body)} bytes exceeds {limit}"),
+                encoding,
+            )
         return body, reply_headers
 
-    async def _run(self, req: Request, *, write: bool, primary: bool) -> Reply:
+    def _check_reply_size(
+        self, req: Request, results: list[StatementResult], value: Any, encoding: str
+    ) -> None:
+        """Raise a ``limit`` error when the reply to ``req`` would exceed the NATS max payload."""
+        limit = self.limits.max_reply_bytes
+        if limit is None:
+            return
+        # The largest reply these results can make: every optional field at its widest.
+        widest = Reply(
+            id=req.id,
+            results=results,
+            value=value,
+            lsn="FFFFFFFF/FFFFFFFF",
+            lsn_int=2**64 - 1,
+            region=self.region,
+            duplicate=True,
+            server_ms=1e9,
+        )
+        try:
+            size = len(encode(widest, encoding))
+        except Exception as exc:  # before commit, so an unencodable value applies nothing
+            raise ProcedureError(
+                f"result not encodable: {exc}", procedure=req.procedure or ""
+            ) from exc
+        if size > limit:
+            raise ProtocolError(
+                f"the reply would take {size} bytes, over the NATS max payload of {limit}; "
+                "nothing was applied: return fewer rows or a smaller value",
+                kind="limit",
+            )
+
+    async def _run(self, req: Request, *, write: bool, primary: bool, encoding: str) -> Reply:
         proc = self.procedures.get(req.procedure) if req.procedure is not None else None
         exactly_once = write and primary
         results: list[StatementResult] = []
@@ -136,6 +193,7 @@ class Handler:
                         value = await run_procedure(
                             conn, proc, req.args, req.kwargs, name=req.procedure or ""
                         )
+                    self._check_reply_size(req, results, value, encoding)
                     if exactly_once:
                         await idempotency.store(conn, req.id, results, value)
             except _Duplicate:
@@ -157,6 +215,12 @@ class Handler:
             lsn_int=lsn,
             duplicate=duplicate,
         )
+
+
+def _clip(text: str) -> str:
+    if len(text) <= MAX_ERROR_TEXT:
+        return text
+    return f"{text[:MAX_ERROR_TEXT]}... ({len(text) - MAX_ERROR_TEXT} more characters)"
 
 
 def _error(request_id: str, kind: str, message: str, retryable: bool = False) -> Reply:
