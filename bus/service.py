@@ -92,7 +92,7 @@ class BusService:
             pool=self.pool,
             procedures=self.procedures,
             region=s.region,
-            limits=Limits(allow_sql=s.allow_sql),
+            limits=Limits(allow_sql=s.allow_sql, max_reply_bytes=self.nc.max_payload),
         )
         self.rpc_server = SubjectServer(
             self.nc,
