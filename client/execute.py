@@ -25,7 +25,8 @@ async def run_statements(
 ) -> list[StatementResult]:
     """Run ``statements`` in order on ``conn`` (the caller holds the transaction).
 
-    A database error is raised as :class:`WriteRejectedError` naming the failing statement.
+    A database error is raised as :class:`WriteRejectedError` naming the failing statement. A
+    lost connection (see :func:`connection_lost`) is not a rejection: it is re-raised as is.
     """
     results: list[StatementResult] = []
     async with conn.cursor() as cur:
@@ -38,7 +39,13 @@ async def run_statements(
                 else:
                     columns, rows = None, None
             except psycopg.Error as exc:
+                if connection_lost(conn, exc):
+                    raise
                 raise rejected(exc, statement_index=index) from exc
+            except TypeError as exc:
+                # psycopg, before sending anything: the params do not fit the placeholders
+                # (a map for %s, a list for %(name)s).
+                raise WriteRejectedError(str(exc), statement_index=index) from exc
             results.append(StatementResult(rowcount=cur.rowcount, columns=columns, rows=rows))
     return results
 
@@ -53,8 +60,9 @@ async def run_procedure(
 ) -> Any:
     """Call a registered procedure with ``conn`` (the caller holds the transaction).
 
-    Database errors become :class:`WriteRejectedError`; any other exception becomes
-    :class:`ProcedureError` naming the procedure. Either way the transaction rolls back.
+    Database errors become :class:`WriteRejectedError` (a lost connection is re-raised as is);
+    any other exception becomes :class:`ProcedureError` naming the procedure. Either way the
+    transaction rolls back.
     """
     name = name or getattr(proc, "__name__", "?")
     try:
@@ -62,6 +70,8 @@ async def run_procedure(
         if inspect.isawaitable(result):
             result = await result
     except psycopg.Error as exc:
+        if connection_lost(conn, exc):
+            raise
         raise rejected(exc) from exc
     except WriteBusError:
         raise
@@ -83,6 +93,22 @@ async def read_flush_lsn(conn: psycopg.AsyncConnection[Any]) -> int:
     row = await cur.fetchone()
     assert row is not None
     return parse_lsn(row[0])
+
+
+#: The server ended the session (shutdown, crash, restart): about the connection, not the write.
+SESSION_ENDED_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+def connection_lost(conn: psycopg.AsyncConnection[Any], exc: psycopg.Error) -> bool:
+    """True when ``exc`` means the connection went away (the primary restarted, the network
+    cut it) rather than that the database refused the write. Such an error is retryable:
+    the transaction did not commit."""
+    if conn.broken or conn.closed:
+        return True
+    state = exc.sqlstate or ""
+    return isinstance(exc, psycopg.OperationalError) and (
+        state.startswith("08") or state in SESSION_ENDED_SQLSTATES
+    )
 
 
 def rejected(exc: psycopg.Error, *, statement_index: int | None = None) -> WriteRejectedError:
