@@ -8,6 +8,7 @@ reads its own write.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -15,11 +16,11 @@ from typing import Any, Self
 
 import psycopg
 import structlog
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from client.connect import connect_nats
-from client.errors import ProtocolError, TrackerError, WriteBusError
-from client.execute import run_procedure, run_statements
+from client.errors import ProtocolError, TrackerError, UnavailableError, WriteBusError
+from client.execute import connection_lost, run_procedure, run_statements
 from client.procedures import Procedures
 from client.protocol import Request, Statement
 from client.results import StatementOutcome, Timings, WriteResult
@@ -204,13 +205,15 @@ class Database:
         replica has replayed the commit. ``rpc_timeout`` bounds getting the reply (retries
         included, with the same request id so nothing applies twice); ``replication_timeout``
         bounds the wait for replay. On error nothing was applied: :class:`WriteRejectedError`
-        carries the SQLSTATE.
+        carries the SQLSTATE. In the primary region a write that lost its connection before
+        COMMIT is run again (it was not applied) within ``rpc_timeout``; one that lost it
+        during COMMIT raises :class:`UnavailableError` saying the outcome is unknown.
         """
         stmts = [_statement(s) for s in statements]
         if not stmts:
             raise ProtocolError("batch() needs at least one statement")
         if self.settings.is_primary and self._pool is not None:
-            return await self._direct(stmts=stmts)
+            return await self._direct(stmts=stmts, timeout=rpc_timeout)
         req = Request(
             id=request_id or new_request_id(), statements=stmts, origin=self.settings.region
         )
@@ -255,7 +258,9 @@ class Database:
         kw = kwargs or {}
         local = self.procedures is not None and procedure in self.procedures
         if self.settings.is_primary and self._pool is not None and local:
-            return await self._direct(procedure=procedure, args=args, kwargs=kw)
+            return await self._direct(
+                procedure=procedure, args=args, kwargs=kw, timeout=rpc_timeout
+            )
         req = Request(
             id=request_id or new_request_id(),
             procedure=procedure,
@@ -368,19 +373,29 @@ class Database:
         procedure: str | None = None,
         args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> WriteResult:
         start = time.monotonic()
-        value: Any = None
-        outcomes: list[StatementOutcome] = []
-        async with self._local().connection() as conn:
-            async with conn.transaction():
-                if stmts is not None:
-                    wire = await run_statements(conn, stmts)
-                    outcomes = [StatementOutcome.from_wire(r) for r in wire]
-                else:
-                    assert self.procedures is not None and procedure is not None
-                    proc = self.procedures.get(procedure)
-                    value = await run_procedure(conn, proc, args, kwargs or {}, name=procedure)
+        deadline = start + (timeout if timeout is not None else self.settings.rpc_timeout)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                value, outcomes = await self._direct_once(
+                    stmts, procedure, args, kwargs, deadline - time.monotonic()
+                )
+                break
+            except _NotApplied as exc:
+                err = exc.error
+            # The connection was lost before COMMIT (e.g. the primary restarted and the pool
+            # handed out a dead connection): nothing was applied, so running it again is safe.
+            now = time.monotonic()
+            delay = self.retry.should_retry(
+                err, attempt=attempt, elapsed=now - start, remaining=deadline - now
+            )
+            if delay is None:
+                raise err
+            await asyncio.sleep(delay)
         elapsed = (time.monotonic() - start) * 1000
         return WriteResult(
             statements=outcomes,
@@ -389,9 +404,60 @@ class Database:
             via_bus=False,
             value=value,
             timings=Timings(
-                forward_ms=0.0, commit_ms=elapsed, replication_ms=None, total_ms=elapsed
+                forward_ms=0.0,
+                commit_ms=elapsed,
+                replication_ms=None,
+                total_ms=elapsed,
+                attempts=attempt,
             ),
         )
+
+    async def _direct_once(
+        self,
+        stmts: list[Statement] | None,
+        procedure: str | None,
+        args: Sequence[Any],
+        kwargs: dict[str, Any] | None,
+        budget: float,
+    ) -> tuple[Any, list[StatementOutcome]]:
+        value: Any = None
+        outcomes: list[StatementOutcome] = []
+        committing = False
+        try:
+            async with self._local().connection(timeout=max(0.1, budget)) as conn:
+                try:
+                    async with conn.transaction():
+                        if stmts is not None:
+                            wire = await run_statements(conn, stmts)
+                            outcomes = [StatementOutcome.from_wire(r) for r in wire]
+                        else:
+                            assert self.procedures is not None and procedure is not None
+                            proc = self.procedures.get(procedure)
+                            value = await run_procedure(
+                                conn, proc, args, kwargs or {}, name=procedure
+                            )
+                        committing = True
+                except psycopg.Error as exc:
+                    if not connection_lost(conn, exc):
+                        raise
+                    if committing:
+                        raise UnavailableError(
+                            "the connection to the primary was lost during COMMIT: "
+                            f"the write may or may not have committed ({exc})"
+                        ) from exc
+                    raise _NotApplied(f"primary database connection lost: {exc}", exc) from exc
+        except PoolTimeout as exc:
+            raise _NotApplied(f"primary database unavailable: {exc}", exc) from exc
+        return value, outcomes
+
+
+class _NotApplied(Exception):
+    """A direct write failed before COMMIT: ``error`` is what to raise if it is not retried."""
+
+    def __init__(self, message: str, cause: BaseException) -> None:
+        super().__init__(message)
+        self.error = UnavailableError(message)
+        self.error.__cause__ = cause
 
 
 async def connect(settings: Settings | None = None, **options: Any) -> Database:
