@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 from typing import Any
 
-import nats
+import nats.errors
 import structlog
+from nats.aio.client import Client as NATS
 
+from client.errors import WriteBusError
 from client.settings import Settings
 
 log = structlog.get_logger("writebus.nats")
@@ -23,11 +27,35 @@ def nats_tls_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
+def refused_for_good(exc: BaseException) -> str | None:
+    """Why retrying a connection cannot help -- bad credentials, an untrusted certificate --
+    or None when it may (the server is down or starting)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"its TLS certificate was not accepted ({exc.verify_message}): check NATS_TLS_CA"
+    if isinstance(exc, nats.errors.AuthorizationError) or (
+        "authorization violation" in str(exc).lower()
+    ):
+        return (
+            "it refused the credentials (Authorization Violation): "
+            "check NATS_USER/NATS_PASSWORD or NATS_CREDS"
+        )
+    return None
+
+
 async def connect_nats(settings: Settings, *, name: str, **options: Any) -> Any:
-    """Connect to NATS, reconnecting forever, logging state changes without credentials."""
+    """Connect to NATS, reconnecting forever, logging state changes without credentials.
+
+    The first connection is retried while the server is unreachable, but fails at once with
+    :class:`~client.errors.WriteBusError` when the server refuses the credentials or its
+    certificate is not trusted: retrying would only hang.
+    """
+    refused: asyncio.Future[tuple[str, BaseException]] = asyncio.get_running_loop().create_future()
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats.error", connection=name, error=type(exc).__name__, message=str(exc))
+        reason = refused_for_good(exc)
+        if reason is not None and not refused.done():
+            refused.set_result((reason, exc))
 
     async def on_disconnect() -> None:
         log.info("nats.disconnected", connection=name)
@@ -55,4 +83,22 @@ async def connect_nats(settings: Settings, *, name: str, **options: Any) -> Any:
     if tls is not None:
         kwargs["tls"] = tls
     kwargs.update(options)
-    return await nats.connect(**kwargs)
+    nc = NATS()
+    connecting = asyncio.create_task(nc.connect(**kwargs), name=f"nats-connect-{name}")
+    try:
+        either: set[asyncio.Future[Any]] = {connecting, refused}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await connecting
+            with contextlib.suppress(Exception):
+                await nc.close()
+    if not connecting.cancelled() and connecting.exception() is None:
+        return nc
+    if refused.done():
+        reason, exc = refused.result()
+        raise WriteBusError(f"cannot connect to NATS: {reason}") from exc
+    connecting.result()  # re-raise the connection's own error
+    raise AssertionError("unreachable")
