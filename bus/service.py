@@ -232,17 +232,35 @@ class BusService:
 
 
 async def serve(settings: Settings) -> None:
-    """Run a bus node until SIGTERM or SIGINT, then drain."""
+    """Run a bus node until SIGTERM or SIGINT, then drain.
+
+    A signal while the node is still starting (its database or NATS not reachable yet) stops
+    it at once rather than after the start-up timeout.
+    """
     service = BusService(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await service.start()
+    starting = asyncio.create_task(service.start(), name="bus-start")
+    signalled = asyncio.create_task(stop.wait(), name="bus-stop-signal")
+    await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        log.info("bus.start_aborted", region=settings.region)
+        await service.stop()
+        return
+    if starting.exception() is not None:
+        signalled.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await signalled
+        starting.result()  # raise the start-up failure
     ready = Path(settings.ready_file) if settings.ready_file else None
     if ready is not None:
         ready.write_text(f"{os.getpid()}\n")
-    await stop.wait()
+    await signalled
     if ready is not None:
         ready.unlink(missing_ok=True)
     await service.stop()
