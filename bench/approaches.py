@@ -9,6 +9,8 @@ primary's local commit, no read). A 10-statement change: :class:`WritebusBatch`,
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from typing import Any
 
@@ -55,15 +57,24 @@ class WritebusRyw:
 
 
 class PollRyw:
-    """The same bus, waiting for replay by polling the replica on a timer (fly_postgres)."""
+    """The same bus, waiting for replay by polling the replica on a timer (fly_postgres).
 
-    def __init__(self, name: str, db: Database, poller: ReplayPoller) -> None:
+    Each sample starts at a random point of the poller's period (an untimed pause first):
+    otherwise the fixed sequence of interleaved samples locks onto the timer's phase and every
+    sample waits about the same, unrepresentative, time.
+    """
+
+    def __init__(
+        self, name: str, db: Database, poller: ReplayPoller, *, rng: random.Random | None = None
+    ) -> None:
         self.name = name
         self.db = db
         self.poller = poller
+        self.rng = rng or random.Random(name)
 
     async def once(self, seq: int) -> Sample:
         """One write, a polled wait, and the read-back."""
+        await asyncio.sleep(self.rng.uniform(0.0, self.poller.interval))
         t0 = time.perf_counter()
         res = await self.db.execute(INSERT_SQL, [self.name, f"ryw {seq}"], await_replication=False)
         assert res.lsn is not None

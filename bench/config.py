@@ -22,8 +22,9 @@ class BenchConfig:
     batch_rounds: int = 100
     local_rounds: int = 1000
     warmup: int = 10
-    throughput_seconds: float = 5.0
-    throughput_warmup_seconds: float = 1.0
+    throughput_seconds: float = 6.0
+    throughput_slices: int = 4
+    throughput_warmup_seconds: float = 0.5
     concurrencies: tuple[int, ...] = (1, 16, 64)
     tracker_waiters: int = 10_000
     tracker_batch: int = 100
@@ -46,7 +47,8 @@ class BenchConfig:
             batch_rounds=15,
             local_rounds=200,
             warmup=5,
-            throughput_seconds=1.0,
+            throughput_seconds=1.5,
+            throughput_slices=2,
             throughput_warmup_seconds=0.3,
             quick=True,
         )
@@ -61,9 +63,11 @@ class BenchConfig:
             local_rounds=samples,
             warmup=1,
             throughput_seconds=0.3,
+            throughput_slices=1,
             throughput_warmup_seconds=0.1,
             tracker_waiters=min(cls.tracker_waiters, 100 * samples),
             scaling_sizes=(1_000, 10_000),
+            scaling_release=10,
         )
 
     def replace(self, **changes: object) -> Self:

@@ -155,34 +155,26 @@ async def _primary_local(stack: Stack, cfg: BenchConfig) -> dict[str, list[Sampl
 
 
 async def _tracker(stack: Stack, cfg: BenchConfig) -> dict[str, Any]:
-    _progress(f"tracker: {cfg.tracker_waiters} waiters")
-    batched = await tracker_scale.wake_run(
-        stack, waiters=cfg.tracker_waiters, per_broadcast=cfg.tracker_batch
-    )
-    at_once = await tracker_scale.wake_run(
-        stack, waiters=cfg.tracker_waiters, per_broadcast=cfg.tracker_waiters
-    )
+    n = cfg.tracker_waiters
+    _progress(f"tracker: {n} waiters")
+    at_once = await tracker_scale.wake_run(stack, waiters=n, per_broadcast=n)
+    batched = await tracker_scale.wake_run(stack, waiters=n, per_broadcast=cfg.tracker_batch)
+    bare = await tracker_scale.bare_asyncio_wake(n)
     release = {
-        str(n): round(tracker_scale.release_cost_us(n, cfg.scaling_release), 2)
-        for n in cfg.scaling_sizes
+        str(size): tracker_scale.release_cost(size, cfg.scaling_release)
+        for size in cfg.scaling_sizes
     }
+    head = at_once.as_dict()
     return {
-        "waiters": batched.waiters,
-        "per_broadcast": batched.per_broadcast,
-        "wake_p50_ms": round(batched.wake_p50_ms, 3),
-        "wake_p99_ms": round(batched.wake_p99_ms, 3),
-        "wake_max_ms": round(batched.wake_max_ms, 3),
-        "cpu_s": round(batched.cpu_s, 4),
-        "wall_s": round(batched.wall_s, 4),
-        "all_at_once": {
-            "waiters": at_once.waiters,
-            "per_broadcast": at_once.per_broadcast,
-            "wake_p50_ms": round(at_once.wake_p50_ms, 3),
-            "wake_p99_ms": round(at_once.wake_p99_ms, 3),
-            "cpu_s": round(at_once.cpu_s, 4),
-        },
+        "waiters": n,
+        "wake_p50_ms": head["wake_p50_ms"],
+        "wake_p99_ms": head["wake_p99_ms"],
+        "cpu_s": head["cpu_s"],
+        "all_at_once": head,
+        "batched": batched.as_dict(),
+        "bare_asyncio": bare,
         "release_count": cfg.scaling_release,
-        "release_us": release,
+        "release": release,
     }
 
 
@@ -207,6 +199,7 @@ async def collect(cfg: BenchConfig) -> dict[str, Any]:
             concurrencies=cfg.concurrencies,
             seconds=cfg.throughput_seconds,
             warmup=cfg.throughput_warmup_seconds,
+            slices=cfg.throughput_slices,
         )
     finally:
         await asyncio.to_thread(stack.stop)

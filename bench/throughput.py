@@ -32,8 +32,26 @@ WriteFn = Callable[[int], Awaitable[None]]
 
 
 @dataclass(frozen=True)
+class Slice:
+    """One measured window of one configuration."""
+
+    writes: int
+    seconds: float
+    latencies_ms: list[float]
+    client_cpu_s: float
+    server_cpu_s: float
+    machine_busy_s: float
+    machine_total_s: float
+
+
+@dataclass(frozen=True)
 class Run:
-    """One measured configuration."""
+    """One configuration, over all its slices.
+
+    ``machine_cpu_ms_per_write`` is the CPU the whole machine spent per write (every process:
+    load generator, bus workers, nats-server, Postgres, the WAN proxy, the replica). On a machine
+    where all of them share a few cores, writes/s is about ``cores * 1000`` over it.
+    """
 
     wps: float
     writes: int
@@ -42,7 +60,29 @@ class Run:
     p99_ms: float
     client_cpu_ms_per_write: float
     server_cpu_ms_per_write: float
+    machine_cpu_ms_per_write: float
     machine_busy: float
+
+    @classmethod
+    def of(cls, slices: Sequence[Slice]) -> Run:
+        """Combine the slices of one configuration."""
+        writes = sum(s.writes for s in slices)
+        seconds = sum(s.seconds for s in slices)
+        busy = sum(s.machine_busy_s for s in slices)
+        total = sum(s.machine_total_s for s in slices)
+        latencies = [x for s in slices for x in s.latencies_ms]
+        per = max(writes, 1)
+        return cls(
+            wps=writes / seconds if seconds else 0.0,
+            writes=writes,
+            seconds=seconds,
+            p50_ms=percentile(latencies, 50),
+            p99_ms=percentile(latencies, 99),
+            client_cpu_ms_per_write=sum(s.client_cpu_s for s in slices) * 1000 / per,
+            server_cpu_ms_per_write=sum(s.server_cpu_s for s in slices) * 1000 / per,
+            machine_cpu_ms_per_write=busy * 1000 / per,
+            machine_busy=busy / total if total else 0.0,
+        )
 
     def as_dict(self) -> dict[str, float]:
         """Rounded values for the report."""
@@ -56,7 +96,7 @@ async def drive(
     seconds: float,
     warmup: float,
     server_pids: Sequence[int] = (),
-) -> Run:
+) -> Slice:
     """Run ``concurrency`` tasks calling ``write`` in a loop; measure after ``warmup`` seconds."""
     measuring = False
     stop = False
@@ -91,17 +131,18 @@ async def drive(
         busy1, total1 = machine_busy_seconds()
     finally:
         stop = True
-        await asyncio.gather(*tasks, return_exceptions=True)
-    per = max(writes, 1)
-    return Run(
-        wps=writes / elapsed,
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {concurrency} load tasks failed") from failures[0]
+    return Slice(
         writes=writes,
         seconds=elapsed,
-        p50_ms=percentile(latencies, 50),
-        p99_ms=percentile(latencies, 99),
-        client_cpu_ms_per_write=client * 1000 / per,
-        server_cpu_ms_per_write=server * 1000 / per,
-        machine_busy=(busy1 - busy0) / (total1 - total0) if total1 > total0 else 0.0,
+        latencies_ms=latencies,
+        client_cpu_s=client,
+        server_cpu_s=server,
+        machine_busy_s=busy1 - busy0,
+        machine_total_s=total1 - total0,
     )
 
 
@@ -111,8 +152,14 @@ async def measure(
     concurrencies: Sequence[int],
     seconds: float,
     warmup: float,
+    slices: int = 1,
 ) -> dict[str, dict[str, Run]]:
-    """``{"direct"|"writebus_1w"|"writebus_2w": {"c1": Run, ...}}``."""
+    """``{"direct"|"writebus_1w"|"writebus_2w": {"c1": Run, ...}}``.
+
+    Each configuration runs ``seconds`` in all, as ``slices`` windows interleaved with the other
+    configurations' (each after ``warmup`` seconds of unmeasured load), so a noisy moment on
+    the machine does not land on one configuration only.
+    """
     max_c = max(concurrencies)
     workers: dict[str, list[BusProcess]] = {}
     dbs: dict[str, Database] = {}
@@ -160,11 +207,24 @@ async def measure(
                 for key in ("writebus_1w", "writebus_2w")
             ),
         ]
+        for _, write, _ in configs:  # connections opened, statements prepared, pools grown
+            await drive(write, concurrency=max_c, seconds=0.0, warmup=warmup * 2)
         for c in concurrencies:
-            for key, write, pids in configs:
-                results[key][f"c{c}"] = await drive(
-                    write, concurrency=c, seconds=seconds, warmup=warmup, server_pids=pids
-                )
+            done: dict[str, list[Slice]] = {key: [] for key, _, _ in configs}
+            for r in range(slices):
+                for k in range(len(configs)):
+                    key, write, pids = configs[(r + k) % len(configs)]
+                    done[key].append(
+                        await drive(
+                            write,
+                            concurrency=c,
+                            seconds=seconds / slices,
+                            warmup=warmup,
+                            server_pids=pids,
+                        )
+                    )
+            for key, got in done.items():
+                results[key][f"c{c}"] = Run.of(got)
     finally:
         for db in dbs.values():
             await db.close()

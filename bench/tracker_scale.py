@@ -5,16 +5,20 @@ private prefix; this module publishes the broadcasts itself (as a replica monito
 LSNs far above anything the real replica has replayed so only these broadcasts release anyone.
 Wake-up latency is each waiter's resumption time minus the publish time of the broadcast that
 released it.
+
+Two reference points put the numbers in context: the same wake-up with bare asyncio futures (no
+tracker, no NATS: what resuming that many tasks costs in this interpreter), and the waiter
+heap's release cost counted in comparisons (O(woken * log n)) next to a scan of every waiter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from bench.harness import settings
 from bench.stats import percentile
@@ -33,7 +37,11 @@ REPLICA_ID = "bench-replica"
 
 @dataclass(frozen=True)
 class WakeRun:
-    """Waking ``waiters`` waiters, ``per_broadcast`` per broadcast."""
+    """Waking ``waiters`` waiters, ``per_broadcast`` per broadcast.
+
+    ``advance_ms``: time inside the tracker (heap pops and setting futures) over all
+    broadcasts; the rest of the wake-up is the event loop resuming the waiting tasks.
+    """
 
     waiters: int
     per_broadcast: int
@@ -41,7 +49,11 @@ class WakeRun:
     wake_p99_ms: float
     wake_max_ms: float
     cpu_s: float
-    wall_s: float
+    advance_ms: float
+
+    def as_dict(self) -> dict[str, float]:
+        """Rounded values for the report."""
+        return {k: round(float(v), 4) for k, v in self.__dict__.items()}
 
 
 def _update(region: str, lsn: int) -> bytes:
@@ -58,7 +70,8 @@ def _update(region: str, lsn: int) -> bytes:
     )
 
 
-async def _until(predicate: Any, timeout: float = 30.0) -> None:
+async def _until(predicate: object, timeout: float = 30.0) -> None:
+    assert callable(predicate)
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -68,17 +81,29 @@ async def _until(predicate: Any, timeout: float = 30.0) -> None:
 
 async def wake_run(stack: Stack, *, waiters: int, per_broadcast: int) -> WakeRun:
     """Add ``waiters`` waiters for distinct LSNs, then release them ``per_broadcast`` at a time,
-    one broadcast after the previous batch has woken."""
+    each broadcast once the previous batch has woken."""
     region = stack.replica_region
     s = settings(stack, region, prefix=f"bench_tracker_{uuid.uuid4().hex[:8]}")
     s = s.replace(replica_id=REPLICA_ID)
     subject = Subjects(s.prefix).lsn(region)
     tracker = LsnTracker(s, stale_after=3600.0)
     await tracker.start()
+    advance_s = 0.0
+    advance = tracker.advance
+
+    def timed_advance(replayed: int | None) -> int:
+        nonlocal advance_s
+        t = time.perf_counter()
+        n = advance(replayed)
+        advance_s += time.perf_counter() - t
+        return n
+
+    tracker.advance = timed_advance  # type: ignore[method-assign]
     nc = await connect_nats(s, name="bench-tracker-publisher")
     try:
         await nc.publish(subject, _update(region, BASE_LSN))
         await _until(lambda: tracker.replayed == BASE_LSN)
+        advance_s = 0.0
         woke = [0.0] * waiters
 
         async def wait(i: int) -> None:
@@ -89,7 +114,6 @@ async def wake_run(stack: Stack, *, waiters: int, per_broadcast: int) -> WakeRun
         await _until(lambda: tracker.waiting == waiters)
         released = [0.0] * waiters
         cpu0 = time.process_time()
-        wall0 = time.perf_counter()
         for lo in range(0, waiters, per_broadcast):
             hi = min(waiters, lo + per_broadcast)
             t = time.perf_counter()
@@ -97,7 +121,6 @@ async def wake_run(stack: Stack, *, waiters: int, per_broadcast: int) -> WakeRun
             released[lo:hi] = [t] * (hi - lo)
             await asyncio.gather(*tasks[lo:hi])
         cpu = time.process_time() - cpu0
-        wall = time.perf_counter() - wall0
     finally:
         await nc.close()
         await tracker.close()
@@ -109,30 +132,84 @@ async def wake_run(stack: Stack, *, waiters: int, per_broadcast: int) -> WakeRun
         wake_p99_ms=percentile(wake, 99),
         wake_max_ms=max(wake),
         cpu_s=cpu,
-        wall_s=wall,
+        advance_ms=advance_s * 1000,
     )
 
 
-def release_cost_us(size: int, release: int, *, repeats: int = 200, seed: int = 7) -> float:
-    """Mean microseconds for :class:`~client.waiters.WaiterQueue` to release the ``release``
-    lowest of ``size`` waiters (refilled after each release, so the size stays ``size``)."""
+async def bare_asyncio_wake(waiters: int) -> dict[str, float]:
+    """Wake ``waiters`` tasks awaiting plain futures, all at once: the interpreter's floor."""
+    loop = asyncio.get_running_loop()
+    futures = [loop.create_future() for _ in range(waiters)]
+    woke = [0.0] * waiters
+
+    async def wait(i: int) -> None:
+        await futures[i]
+        woke[i] = time.perf_counter()
+
+    tasks = [asyncio.create_task(wait(i)) for i in range(waiters)]
+    await asyncio.sleep(0)
+    t = time.perf_counter()
+    for f in futures:
+        f.set_result(None)
+    await asyncio.gather(*tasks)
+    wake = [(w - t) * 1000 for w in woke]
+    return {
+        "wake_p50_ms": round(percentile(wake, 50), 4),
+        "wake_p99_ms": round(percentile(wake, 99), 4),
+        "per_task_us": round(max(wake) * 1000 / waiters, 3),
+    }
+
+
+class _Counted(int):
+    """An LSN that counts the comparisons the heap makes on it."""
+
+    calls = 0
+
+    def __lt__(self, other: object) -> bool:
+        _Counted.calls += 1
+        return int.__lt__(self, other)  # type: ignore[operator]
+
+
+def release_cost(size: int, release: int, *, repeats: int = 200, seed: int = 7) -> dict[str, float]:
+    """Cost for :class:`~client.waiters.WaiterQueue` to release the ``release`` lowest of
+    ``size`` waiters (refilled after each release so the size stays ``size``).
+
+    Returns mean microseconds per release, heap comparisons per released waiter (about
+    ``2 * log2(size)`` for a heap), and the microseconds a scan of all ``size`` waiters would take.
+    """
     rng = random.Random(seed)
-    q: WaiterQueue[None] = WaiterQueue()
     lsns = list(range(1, size + 1))
     rng.shuffle(lsns)
-    for lsn in lsns:
-        q.add(lsn, None)
-    top = size
-    replayed = 0
-    total = 0.0
-    for _ in range(repeats):
-        replayed += release
-        t0 = time.perf_counter()
-        out = q.pop_reached(replayed)
-        total += time.perf_counter() - t0
-        assert len(out) == release
-        for _ in range(release):
-            top += 1
-            q.add(top, None)
-    return total / repeats * 1e6
 
+    def timed(counted: bool) -> tuple[float, float]:
+        q: WaiterQueue[None] = WaiterQueue()
+        for lsn in lsns:
+            q.add(_Counted(lsn) if counted else lsn, None)
+        top, replayed, total, comparisons = size, 0, 0.0, 0
+        for _ in range(repeats):
+            replayed += release
+            _Counted.calls = 0
+            t0 = time.perf_counter()
+            out = q.pop_reached(replayed)
+            total += time.perf_counter() - t0
+            comparisons += _Counted.calls
+            assert len(out) == release
+            for _ in range(release):
+                top += 1
+                q.add(_Counted(top) if counted else top, None)
+        return total / repeats * 1e6, comparisons / (repeats * release)
+
+    us, _ = timed(counted=False)
+    _, per_waiter = timed(counted=True)
+    waiting = [(lsn, None) for lsn in lsns]
+    t0 = time.perf_counter()
+    for _ in range(5):
+        reached = [w for w in waiting if w[0] <= release]
+    scan_us = (time.perf_counter() - t0) / 5 * 1e6
+    assert len(reached) == release
+    return {
+        "us": round(us, 2),
+        "comparisons_per_woken": round(per_waiter, 2),
+        "log2_n": round(math.log2(size), 2),
+        "scan_us": round(scan_us, 1),
+    }

@@ -1,0 +1,93 @@
+"""``writebus bench`` keeps working: a tiny run writes a complete report and a plot.
+
+No timing is asserted anywhere: the numbers depend on the machine. The run starts its own
+two-region stack (not the session's) because it reconfigures the primary for a while.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bench.report import evaluate_targets
+from bench.run import run_bench
+from bench.stats import percentile, summary
+
+RYW = ("writebus", "floor", "poll_100ms", "poll_50ms", "direct_wan", "remote_apply")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _number(report: dict[str, object], dotted: str) -> float:
+    node: object = report
+    for key in dotted.split("."):
+        assert isinstance(node, dict) and key in node, f"missing {dotted}"
+        node = node[key]
+    assert isinstance(node, (int, float)) and not isinstance(node, bool), f"{dotted} = {node!r}"
+    assert math.isfinite(node), f"{dotted} = {node!r}"
+    return float(node)
+
+
+def required_keys() -> list[str]:
+    """Every key issue #3 asks the JSON report to have."""
+    keys = ["one_way_delay_ms"]
+    for a in RYW:
+        keys += [f"ryw_ms.{a}.p50", f"ryw_ms.{a}.p99", f"stale_reads.{a}"]
+    for a in ("writebus", "interactive_wan"):
+        keys += [f"batch10_ms.{a}.p50", f"batch10_ms.{a}.p99"]
+    for a in ("direct", "writebus_1w", "writebus_2w"):
+        keys += [f"throughput_wps.{a}.{c}" for c in ("c1", "c16", "c64")]
+    keys += [f"tracker.{k}" for k in ("waiters", "wake_p50_ms", "wake_p99_ms", "cpu_s")]
+    for a in ("writebus", "direct"):
+        keys += [f"primary_local_ms.{a}.p50", f"primary_local_ms.{a}.p99"]
+    return keys
+
+
+@pytest.mark.timeout(180)
+def test_tiny_bench_writes_complete_report_and_plot(tmp_path: Path) -> None:
+    """A run with 3 samples per approach exits 0 (no stale writebus read), writes a JSON report
+    holding every required key as a number, every target evaluated, and a PNG plot."""
+    json_path = tmp_path / "bench.json"
+    code = run_bench(json_path=str(json_path), samples=3, delay_ms=5.0)
+    assert code == 0
+    report = json.loads(json_path.read_text())
+    for key in required_keys():
+        _number(report, key)
+    assert report["stale_reads"]["writebus"] == 0
+    assert all(isinstance(t["met"], bool) for t in report["targets"])
+    png = json_path.with_suffix(".png")  # default: next to the JSON
+    assert png.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    """Percentiles interpolate linearly; an empty sample gives nan rather than raising."""
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([5.0], 99) == 5.0
+    assert percentile([3.0, 1.0, 2.0], 100) == 3.0
+    assert math.isnan(percentile([], 50))
+    s = summary([1.0, 2.0, 3.0])
+    assert (s["p50"], s["n"], s["min"], s["max"]) == (2.0, 3, 1.0, 3.0)
+
+
+def test_targets_compare_ratios_from_one_run() -> None:
+    """Targets are judged from the report alone; a missing measurement is never 'met'."""
+    ms = {"p50": 10.0, "p99": 20.0}
+    report = {
+        "ryw_ms": {"writebus": {"p50": 53.0, "p99": 60.0}, "floor": {"p50": 51.0, "p99": 55.0},
+                   "poll_100ms": {"p50": 100.0, "p99": 150.0}},
+        "stale_reads": {"writebus": 0},
+        "batch10_ms": {"writebus": ms, "interactive_wan": {"p50": 100.0, "p99": 100.0}},
+        "throughput_wps": {"direct": {"c64": 1000.0}, "writebus_1w": {"c64": 900.0},
+                           "writebus_2w": {}},
+        "tracker": {"waiters": 10, "wake_p99_ms": 1.0,
+                    "release": {"10": {"comparisons_per_woken": 6.0, "log2_n": 3.3},
+                                "100": {"comparisons_per_woken": 13.0, "log2_n": 6.6}}},
+        "primary_local_ms": {"writebus": ms, "direct": ms},
+    }
+    met = {t.name.split(" (")[0].split(",")[0]: t.met for t in evaluate_targets(report)}
+    assert met["writebus p50 - floor p50"] and met["writebus p50 / poll_100ms p50"]
+    assert met["1 worker c64 / direct c64 writes/s"]
+    assert not met["2 workers c64 / 1 worker c64 writes/s"]  # not measured: not met
+    assert not met["heap comparisons per woken waiter"]  # grew 2.2x: as if not logarithmic
