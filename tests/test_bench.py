@@ -83,11 +83,11 @@ def test_targets_compare_ratios_from_one_run() -> None:
                            "writebus_2w": {}},
         "tracker": {"waiters": 10, "wake_p99_ms": 1.0,
                     "release": {"10": {"comparisons_per_woken": 6.0, "log2_n": 3.3},
-                                "100": {"comparisons_per_woken": 13.0, "log2_n": 6.6}}},
+                                "100": {"comparisons_per_woken": 30.0, "log2_n": 6.6}}},
         "primary_local_ms": {"writebus": ms, "direct": ms},
     }
     met = {t.name.split(" (")[0].split(",")[0]: t.met for t in evaluate_targets(report)}
     assert met["writebus p50 - floor p50"] and met["writebus p50 / poll_100ms p50"]
     assert met["1 worker c64 / direct c64 writes/s"]
     assert not met["2 workers c64 / 1 worker c64 writes/s"]  # not measured: not met
-    assert not met["heap comparisons per woken waiter"]  # grew 2.2x: as if not logarithmic
+    assert not met["heap comparisons per woken waiter"]  # grew 5x, log n 2x: not a heap
