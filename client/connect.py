@@ -32,6 +32,10 @@ def refused_for_good(exc: BaseException) -> str | None:
     or None when it may (the server is down or starting)."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"its TLS certificate was not accepted ({exc.verify_message}): check NATS_TLS_CA"
+    if isinstance(exc, ssl.SSLError) and "ALERT" in (exc.reason or ""):
+        # The server ended the handshake: typically mutual TLS without an acceptable client
+        # certificate (TLSV13_ALERT_CERTIFICATE_REQUIRED, TLSV1_ALERT_UNKNOWN_CA).
+        return f"it refused the TLS handshake ({exc.reason}): check NATS_TLS_CERT and NATS_TLS_KEY"
     if isinstance(exc, nats.errors.AuthorizationError) or (
         "authorization violation" in str(exc).lower()
     ):
