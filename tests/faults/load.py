@@ -101,9 +101,10 @@ class Load:
     as fast as possible) spreads the load over time so a fault injected "mid-load" has load
     around it on both sides. ``work`` (seconds) is time each write spends inside its
     transaction on the primary (``pg_sleep``), as real work would: it keeps writes in flight, so
-    a fault lands on open transactions and unanswered requests, not on an idle system. Start with :meth:`start`; :meth:`wait_acked` and
-    :meth:`wait_until` let a scenario act once the load has reached a point; :meth:`result`
-    waits for the end.
+    a fault lands on open transactions and unanswered requests, not on an idle system.
+
+    Start with :meth:`start`; :meth:`wait_acked` and :meth:`wait_until` let a scenario act once
+    the load has reached a point; :meth:`result` waits for the end.
     """
 
     def __init__(
@@ -134,6 +135,7 @@ class Load:
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[LoadResult] | None = None
         self._t0 = 0.0
+        self._finished = False
         #: (label, seconds since the start, writes acked by then), one per :meth:`mark`.
         self.events: list[tuple[str, float, int]] = []
 
@@ -158,7 +160,7 @@ class Load:
         """Wait until ``predicate(outcomes so far)`` holds, re-checked after every write."""
         async with self._changed:
             await asyncio.wait_for(
-                self._changed.wait_for(lambda: predicate(self.result_so_far) or self.done),
+                self._changed.wait_for(lambda: predicate(self.result_so_far) or self._finished),
                 timeout,
             )
         if not predicate(self.result_so_far):
@@ -177,11 +179,6 @@ class Load:
                 self.result_so_far.count("acked"),
             )
         )
-
-    @property
-    def elapsed(self) -> float:
-        """Seconds since the load started."""
-        return time.monotonic() - self._t0
 
     @property
     def done(self) -> bool:
@@ -212,9 +209,10 @@ class Load:
                     tg.create_task(
                         self._writer(region, total), name=f"fault-writer-{region}-{n}"
                     )
-        async with self._changed:
-            self._changed.notify_all()
         self.mark("load_done")
+        async with self._changed:
+            self._finished = True
+            self._changed.notify_all()
         return self.result_so_far
 
     async def _writer(self, region: str, total: int) -> None:
@@ -270,7 +268,9 @@ class Load:
         )
 
 
-async def run_while(load: Load, fault: Callable[[], Awaitable[None]], *, timeout: float) -> LoadResult:
+async def run_while(
+    load: Load, fault: Callable[[], Awaitable[None]], *, timeout: float
+) -> LoadResult:
     """Start ``load``, run ``fault`` alongside it, and return the load's result.
 
     The load is cancelled if the fault raises, so a failing scenario does not leave writers

@@ -43,7 +43,7 @@ def _load(rig: Rig, **options: object) -> Load:
 
 
 def _retried(load: Load) -> int:
-    """Writes that needed more than one attempt over the bus."""
+    """Writes that needed more than one attempt (retried over the bus, or re-run directly)."""
     return sum(o.attempts > 1 for o in load.result_so_far.outcomes)
 
 
