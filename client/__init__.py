@@ -11,6 +11,7 @@
 
 from client.db import Database, connect, new_request_id
 from client.errors import (
+    CommitUnknownError,
     NoWorkerError,
     ProcedureError,
     ProtocolError,
@@ -31,6 +32,7 @@ from client.settings import Settings
 from client.tracker import LsnTracker, acquire_tracker, release_tracker
 
 __all__ = [
+    "CommitUnknownError",
     "NO_RETRY",
     "Database",
     "LsnTracker",

@@ -19,7 +19,13 @@ import structlog
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from client.connect import connect_nats
-from client.errors import ProtocolError, TrackerError, UnavailableError, WriteBusError
+from client.errors import (
+    CommitUnknownError,
+    ProtocolError,
+    TrackerError,
+    UnavailableError,
+    WriteBusError,
+)
 from client.execute import connection_lost, run_procedure, run_statements
 from client.procedures import Procedures
 from client.protocol import Request, Statement
@@ -207,7 +213,7 @@ class Database:
         bounds the wait for replay. On error nothing was applied: :class:`WriteRejectedError`
         carries the SQLSTATE. In the primary region a write that lost its connection before
         COMMIT is run again (it was not applied) within ``rpc_timeout``; one that lost it
-        during COMMIT raises :class:`UnavailableError` saying the outcome is unknown.
+        during COMMIT raises :class:`CommitUnknownError` (the outcome is unknown).
         """
         stmts = [_statement(s) for s in statements]
         if not stmts:
@@ -441,7 +447,7 @@ class Database:
                     if not connection_lost(conn, exc):
                         raise
                     if committing:
-                        raise UnavailableError(
+                        raise CommitUnknownError(
                             "the connection to the primary was lost during COMMIT: "
                             f"the write may or may not have committed ({exc})"
                         ) from exc

@@ -5,6 +5,7 @@
  ├── ``RpcTimeoutError``       no reply in time; the write may or may not have committed
  ├── ``ReplicationTimeoutError`` the write committed, the local replica has not replayed it yet
  ├── ``WriteRejectedError``    the database refused the write (SQLSTATE); nothing was applied
+ ├── ``CommitUnknownError``    a direct write lost its connection during COMMIT: outcome unknown
  ├── ``ProcedureError``        a procedure is unknown, or raised
  ├── ``ProtocolError``         a malformed or unsupported message
  └── ``TrackerError``          replay progress cannot be observed
@@ -122,6 +123,12 @@ class ProtocolError(WriteBusError):
         super().__init__(message)
         self.kind = kind
         self.data = data
+
+
+class CommitUnknownError(WriteBusError):
+    """A primary-region (direct) write lost its connection while COMMIT was in flight: it may or
+    may not have committed. Not retried automatically, since running it again could apply it
+    twice; check the database (or make the write idempotent) before trying again."""
 
 
 class UnavailableError(WriteBusError):
