@@ -13,7 +13,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 
-def _cdf(ax: Any, series: Mapping[str, Sequence[float]], title: str) -> None:
+def _cdf(
+    ax: Any, series: Mapping[str, Sequence[float]], title: str, *, log: bool = False
+) -> None:
     for name, values in series.items():
         if not values:
             continue
@@ -21,7 +23,9 @@ def _cdf(ax: Any, series: Mapping[str, Sequence[float]], title: str) -> None:
         ys = [(i + 1) / len(xs) for i in range(len(xs))]
         ax.step(xs, ys, where="post", label=f"{name} (n={len(xs)})")
     ax.set_title(title)
-    ax.set_xlabel("ms")
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel("ms" + (" (log scale)" if log else ""))
     ax.set_ylabel("fraction of samples")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
@@ -36,8 +40,8 @@ def write_plot(path: str | os.PathLike[str], report: Mapping[str, Any]) -> None:
         samples["ryw"],
         f"write then read-your-write from lax (one-way delay {report['one_way_delay_ms']} ms)",
     )
-    _cdf(axes[0][1], samples["batch10"], "10-statement atomic change from lax")
-    _cdf(axes[1][0], samples["primary_local"], "primary-region write (syd)")
+    _cdf(axes[0][1], samples["batch10"], "10-statement atomic change from lax", log=True)
+    _cdf(axes[1][0], samples["primary_local"], "primary-region write (syd)", log=True)
     ax = axes[1][1]
     tp = report["throughput_wps"]
     names = list(tp)

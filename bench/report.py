@@ -118,7 +118,9 @@ def table(report: Mapping[str, Any]) -> str:
     d = report["one_way_delay_ms"]
     lines: list[str] = []
     add = lines.append
-    add(f"One-way WAN delay {_f(d)} ms (RTT {_f(2 * d)} ms); {report['machine']['cpus']} CPUs; "
+    m = report["machine"]
+    add(f"One-way WAN delay {_f(d)} ms (RTT {_f(2 * d)} ms); {m['cpus']} CPUs, load average "
+        f"{_f(m['loadavg_start'], 1)} at the start, {_f(m['loadavg_end'], 1)} at the end; "
         f"{'quick' if report['quick'] else 'full'} run, {_f(report['duration_s'], 0)} s.")
     add("")
     add("**Write, then read it back from the `lax` replica** (ms)")

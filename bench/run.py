@@ -181,6 +181,7 @@ async def _tracker(stack: Stack, cfg: BenchConfig) -> dict[str, Any]:
 async def collect(cfg: BenchConfig) -> dict[str, Any]:
     """Start a stack, run every phase, stop the stack; return the report (without targets)."""
     started = time.perf_counter()
+    load_start = os.getloadavg()[0]
     _progress(f"starting a two-region stack, one-way delay {cfg.delay_ms} ms")
     stack = await start_stack(cfg.delay_ms)
     try:
@@ -210,6 +211,10 @@ async def collect(cfg: BenchConfig) -> dict[str, Any]:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
+            # Other work on the machine skews every number: the 1-minute load average at the
+            # start and end of the run says how quiet it was (this run adds about 1-2 itself).
+            "loadavg_start": round(load_start, 2),
+            "loadavg_end": round(os.getloadavg()[0], 2),
         },
         "config": {k: v for k, v in cfg.__dict__.items()},
         "ryw_ms": {name: summary(_ms(s)) for name, s in ryw.items()},

@@ -52,8 +52,8 @@ class WakeRun:
     advance_ms: float
 
     def as_dict(self) -> dict[str, float]:
-        """Rounded values for the report."""
-        return {k: round(float(v), 4) for k, v in self.__dict__.items()}
+        """Rounded values for the report (counts stay integers)."""
+        return {k: v if isinstance(v, int) else round(v, 4) for k, v in self.__dict__.items()}
 
 
 def _update(region: str, lsn: int) -> bytes:
