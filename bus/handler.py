@@ -18,7 +18,13 @@ import structlog
 
 from bus import idempotency
 from client.errors import ProcedureError, ProtocolError, WriteRejectedError
-from client.execute import error_info, read_flush_lsn, run_procedure, run_statements
+from client.execute import (
+    SESSION_ENDED_SQLSTATES,
+    error_info,
+    read_flush_lsn,
+    run_procedure,
+    run_statements,
+)
 from client.lsn import format_lsn
 from client.procedures import Procedures
 from client.protocol import (
@@ -176,8 +182,23 @@ class Handler:
             )
 
     async def _run(self, req: Request, *, write: bool, primary: bool, encoding: str) -> Reply:
-        proc = self.procedures.get(req.procedure) if req.procedure is not None else None
         exactly_once = write and primary
+        try:
+            return await self._run_once(req, exactly_once, primary, encoding)
+        except psycopg.OperationalError as exc:
+            # A pooled connection cut while idle (the primary restarted) fails on first use.
+            # With the request id claimed in the write's own transaction, running the request
+            # again on a fresh connection is safe whatever happened to the first attempt: a
+            # commit that did land is found by the claim and answered as a duplicate.
+            if not exactly_once or not _lost(exc):
+                raise
+            log.info("worker.retry_on_fresh_connection", request_id=req.id, error=str(exc))
+            return await self._run_once(req, exactly_once, primary, encoding)
+
+    async def _run_once(
+        self, req: Request, exactly_once: bool, primary: bool, encoding: str
+    ) -> Reply:
+        proc = self.procedures.get(req.procedure) if req.procedure is not None else None
         results: list[StatementResult] = []
         value: Any = None
         duplicate = False
@@ -215,6 +236,11 @@ class Handler:
             lsn_int=lsn,
             duplicate=duplicate,
         )
+
+
+def _lost(exc: psycopg.OperationalError) -> bool:
+    state = exc.sqlstate or ""
+    return not state or state.startswith("08") or state in SESSION_ENDED_SQLSTATES
 
 
 def _clip(text: str) -> str:
