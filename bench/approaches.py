@@ -128,6 +128,38 @@ class Floor:
         return Sample(_ms(t0))
 
 
+class WanRoundTrip:
+    """Baseline: ``SELECT 1`` to the primary over the WAN -- one bare TCP round trip."""
+
+    name = "wan_rtt"
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+
+    async def once(self, seq: int) -> Sample:
+        """One round trip."""
+        t0 = time.perf_counter()
+        await self.conn.execute("SELECT 1")
+        return Sample(_ms(t0))
+
+
+class NatsEcho:
+    """Baseline: a NATS request from ``lax`` answered at once by a responder in ``syd`` --
+    the bus' transport (two nats-servers and their gateway) without a worker or a database."""
+
+    name = "nats_echo"
+
+    def __init__(self, nc: Any, subject: str) -> None:
+        self.nc = nc
+        self.subject = subject
+
+    async def once(self, seq: int) -> Sample:
+        """One request/reply."""
+        t0 = time.perf_counter()
+        await self.nc.request(self.subject, b"x", timeout=5.0)
+        return Sample(_ms(t0))
+
+
 class LocalRyw:
     """A primary-region app writing and reading its local database (the primary) on ``conn``;
     used to show what a synchronous standby does to writes made in the primary region."""

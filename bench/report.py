@@ -11,6 +11,11 @@ from bench.stats import ratio
 
 #: Read-your-write approaches, in table order.
 RYW_APPROACHES = ("writebus", "floor", "poll_100ms", "poll_50ms", "direct_wan", "remote_apply")
+#: How the baselines read in the table.
+BASELINE_NAMES = {
+    "wan_rtt": "`SELECT 1` over the WAN",
+    "nats_echo": "NATS request/reply lax->syd with an immediate responder",
+}
 #: Extra rows: what a synchronous standby does to primary-region writes.
 RYW_EXTRA = ("remote_apply_syd_local",)
 
@@ -149,7 +154,14 @@ def table(report: Mapping[str, Any]) -> str:
     parts = report.get("ryw_parts_p50_ms", {}).get("writebus")
     if parts:
         add("")
-        add("writebus p50 parts: " + ", ".join(f"{k} {_f(v, 2)} ms" for k, v in parts.items()))
+        add("writebus p50 parts: " + ", ".join(f"{k} {_f(v, 2)} ms" for k, v in parts.items())
+            + " (forward: request and reply in flight; commit: time on the worker)")
+    base = report.get("baselines_ms", {})
+    if base:
+        add("")
+        add("Baselines measured in the same rounds (p50 / p99 ms): "
+            + "; ".join(f"{BASELINE_NAMES.get(k, k)} {_f(v['p50'], 2)} / {_f(v['p99'], 2)}"
+                        for k, v in base.items()))
     add("")
     add("**10-statement atomic change from `lax`** (ms)")
     add("")

@@ -2,7 +2,8 @@
 
 Phases, all on one two-region stack (primary ``syd``, replica ``lax``, one-way WAN delay ``D``):
 
-1. read-your-write from ``lax``: writebus, floor, poll_100ms, poll_50ms, direct_wan interleaved;
+1. read-your-write from ``lax``: writebus, floor, poll_100ms, poll_50ms, direct_wan interleaved
+   with two baselines (a bare WAN round trip, a NATS request/reply through the gateway);
    then, with the replica as a synchronous standby, remote_apply from ``lax`` interleaved with
    primary-region writes under the same setting;
 2. a 10-statement atomic change from ``lax``: one bus batch vs an interactive WAN transaction;
@@ -32,7 +33,9 @@ from bench.approaches import (
     Floor,
     InteractiveWanBatch,
     LocalRyw,
+    NatsEcho,
     PollRyw,
+    WanRoundTrip,
     WanRyw,
     WritebusBatch,
     WritebusLocal,
@@ -46,8 +49,11 @@ from bench.sampling import Sample, interleave
 from bench.stats import percentile, summary
 from bench.sync_standby import REMOTE_APPLY, synchronous_standby
 from bus.embedded.stack import Stack
+from client.connect import connect_nats
 from client.db import Database
 
+#: Measured with the read-your-write approaches but reported apart: what the WAN costs alone.
+BASELINES = ("wan_rtt", "nats_echo")
 #: Where the plot goes when neither ``--plot`` nor ``--json`` is given.
 DEFAULT_PLOT = Path(__file__).resolve().parent / "results.png"
 
@@ -73,7 +79,7 @@ def _parts_p50(samples: list[Sample]) -> dict[str, float]:
 
 
 async def _ryw(stack: Stack, cfg: BenchConfig) -> dict[str, list[Sample]]:
-    lax = stack.replica_region
+    lax, syd = stack.replica_region, stack.primary_region
     wan_url = stack.primary_url_from(lax)
     pollers = [
         ReplayPoller(stack.database_url(lax), interval=0.100),
@@ -82,10 +88,22 @@ async def _ryw(stack: Stack, cfg: BenchConfig) -> dict[str, list[Sample]]:
     async with Database(settings(stack, lax)) as db:
         floor_conn = await _connect(wan_url)
         direct_conn = await _connect(wan_url)
+        rtt_conn = await _connect(wan_url)
+        responder = await connect_nats(settings(stack, syd), name="bench-echo")
+        echo_subject = f"{PREFIX}.bench-echo"
+
+        async def echo(msg: Any) -> None:
+            await responder.publish(msg.reply, b"x")
+
+        await responder.subscribe(echo_subject, cb=echo)
+        await responder.flush()
         for p in pollers:
             await p.start()
         try:
-            _progress(f"read-your-write from {lax}: {cfg.ryw_rounds} rounds of 5 approaches")
+            _progress(
+                f"read-your-write from {lax}: {cfg.ryw_rounds} rounds of 5 approaches "
+                "and 2 baselines"
+            )
             out = await interleave(
                 [
                     WritebusRyw(db),
@@ -93,6 +111,8 @@ async def _ryw(stack: Stack, cfg: BenchConfig) -> dict[str, list[Sample]]:
                     PollRyw("poll_100ms", db, pollers[0]),
                     PollRyw("poll_50ms", db, pollers[1]),
                     WanRyw("direct_wan", direct_conn, db),
+                    WanRoundTrip(rtt_conn),
+                    NatsEcho(db.nats, echo_subject),
                 ],
                 rounds=cfg.ryw_rounds,
                 warmup=cfg.warmup,
@@ -102,6 +122,8 @@ async def _ryw(stack: Stack, cfg: BenchConfig) -> dict[str, list[Sample]]:
                 await p.close()
             await floor_conn.close()
             await direct_conn.close()
+            await rtt_conn.close()
+            await responder.close()
         _progress(f"remote_apply: {cfg.remote_apply_rounds} rounds, replica as synchronous standby")
         async with synchronous_standby(stack):
             ra_conn = await _connect(wan_url, REMOTE_APPLY)
@@ -191,6 +213,7 @@ async def collect(cfg: BenchConfig) -> dict[str, Any]:
         )
         await create_table(stack)
         ryw = await _ryw(stack, cfg)
+        baselines = {name: ryw.pop(name) for name in BASELINES}
         batch = await _batch(stack, cfg)
         local = await _primary_local(stack, cfg)
         tracker = await _tracker(stack, cfg)
@@ -222,6 +245,7 @@ async def collect(cfg: BenchConfig) -> dict[str, Any]:
         "ryw_parts_p50_ms": {
             name: _parts_p50(s) for name, s in ryw.items() if s and s[0].parts
         },
+        "baselines_ms": {name: summary(_ms(s)) for name, s in baselines.items()},
         "batch10_ms": {name: summary(_ms(s)) for name, s in batch.items()},
         "throughput_wps": {
             name: {c: round(r.wps, 1) for c, r in runs.items()} for name, runs in tp.items()
