@@ -2,7 +2,9 @@
 
 The monitor polls its replica fast only while the replica is behind the newest LSN the primary
 announced (and only for ``fast_window`` seconds after that announcement, in case the position is
-one a standby never reports). Otherwise it sleeps until the next announcement or heartbeat, so
+one a standby never reports). For the first ``burst_window`` after an announcement it polls back
+to back: the WAL usually arrives with the announcement and is replayed within a fraction of a
+millisecond, sooner than the event loop's 1 ms timer resolution would notice. Otherwise it sleeps until the next announcement or heartbeat, so
 an idle region costs one query and one message per heartbeat interval.
 """
 
@@ -18,6 +20,7 @@ class Cadence:
     fast_interval: float = 0.001
     heartbeat: float = 1.0
     fast_window: float = 5.0
+    burst_window: float = 0.004
 
 
 @dataclass
@@ -58,7 +61,7 @@ class MonitorState:
         self.published_at = now
 
     def next_delay(self, now: float, cadence: Cadence) -> float:
-        """Seconds until the next poll, absent an announcement."""
+        """Seconds until the next poll, absent an announcement (0: poll again at once)."""
         if self.behind(now, cadence):
-            return cadence.fast_interval
+            return 0.0 if now - self.target_at < cadence.burst_window else cadence.fast_interval
         return max(0.0, self.published_at + cadence.heartbeat - now)

@@ -22,7 +22,8 @@ def test_behind_an_announcement_polls_fast() -> None:
     s.published_now(now=10.0)
     assert s.announce(150, now=10.1)
     assert s.behind(10.1, C)
-    assert s.next_delay(10.1, C) == C.fast_interval
+    assert s.next_delay(10.1, C) == 0.0  # burst: back to back right after the news
+    assert s.next_delay(10.1 + 2 * C.burst_window, C) == C.fast_interval
     s.replayed = 150
     assert not s.behind(10.2, C)
 
