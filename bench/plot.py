@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 
 def _cdf(
@@ -25,6 +26,10 @@ def _cdf(
     ax.set_title(title)
     if log:
         ax.set_xscale("log")
+        plain = FuncFormatter(lambda x, _pos: f"{x:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("ms" + (" (log scale)" if log else ""))
     ax.set_ylabel("fraction of samples")
     ax.grid(alpha=0.3)
