@@ -16,14 +16,13 @@ import psycopg
 import psycopg_pool
 import structlog
 
-from bus import idempotency
+from bus import idempotency, pipelined
 from client.errors import ProcedureError, ProtocolError, WriteRejectedError
 from client.execute import (
     SESSION_ENDED_SQLSTATES,
     error_info,
     read_flush_lsn,
     run_procedure,
-    run_statements,
 )
 from client.lsn import format_lsn
 from client.procedures import Procedures
@@ -198,7 +197,9 @@ class Handler:
     async def _run_once(
         self, req: Request, exactly_once: bool, primary: bool, encoding: str
     ) -> Reply:
-        proc = self.procedures.get(req.procedure) if req.procedure is not None else None
+        if req.statements is not None:
+            return await self._run_statements(req, exactly_once, primary, encoding)
+        proc = self.procedures.get(req.procedure or "")
         results: list[StatementResult] = []
         value: Any = None
         duplicate = False
@@ -207,13 +208,9 @@ class Handler:
                 async with conn.transaction():
                     if exactly_once and not await idempotency.claim(conn, req.id):
                         raise _Duplicate
-                    if req.statements is not None:
-                        results = await run_statements(conn, req.statements)
-                    else:
-                        assert proc is not None
-                        value = await run_procedure(
-                            conn, proc, req.args, req.kwargs, name=req.procedure or ""
-                        )
+                    value = await run_procedure(
+                        conn, proc, req.args, req.kwargs, name=req.procedure or ""
+                    )
                     self._check_reply_size(req, results, value, encoding)
                     if exactly_once:
                         await idempotency.store(conn, req.id, results, value)
@@ -235,6 +232,34 @@ class Handler:
             lsn=format_lsn(lsn),
             lsn_int=lsn,
             duplicate=duplicate,
+        )
+
+
+    async def _run_statements(
+        self, req: Request, exactly_once: bool, primary: bool, encoding: str
+    ) -> Reply:
+        assert req.statements is not None
+        async with self.pool.connection(timeout=self.limits.acquire_timeout) as conn:
+            out = await pipelined.run_write(
+                conn,
+                req.id,
+                req.statements,
+                exactly_once=exactly_once,
+                read_lsn=primary,
+                check=lambda results: self._check_reply_size(req, results, None, encoding),
+            )
+        if out.duplicate:
+            log.info("worker.duplicate", request_id=req.id)
+        if out.lsn is None:
+            return Reply(id=req.id, results=out.results)
+        if self.on_commit is not None:
+            self.on_commit(out.lsn)
+        return Reply(
+            id=req.id,
+            results=out.results,
+            lsn=format_lsn(out.lsn),
+            lsn_int=out.lsn,
+            duplicate=out.duplicate,
         )
 
 

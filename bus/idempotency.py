@@ -25,8 +25,8 @@ CREATE TABLE IF NOT EXISTS writebus.applied (
 CREATE INDEX IF NOT EXISTS applied_applied_at_idx ON writebus.applied (applied_at);
 """
 
-_CLAIM = "INSERT INTO writebus.applied (id) VALUES (%s) ON CONFLICT (id) DO NOTHING"
-_STORE = "UPDATE writebus.applied SET result = %s WHERE id = %s"
+CLAIM_SQL = "INSERT INTO writebus.applied (id) VALUES (%s) ON CONFLICT (id) DO NOTHING"
+STORE_SQL = "UPDATE writebus.applied SET result = %s WHERE id = %s"
 _FETCH = "SELECT result FROM writebus.applied WHERE id = %s"
 _EXPIRE = "DELETE FROM writebus.applied WHERE applied_at < now() - make_interval(secs => %s)"
 _LOCK_KEY = 0x77726974  # advisory lock serialising schema creation across workers
@@ -52,7 +52,7 @@ async def ensure_schema(conn: psycopg.AsyncConnection[Any]) -> None:
 
 async def claim(conn: psycopg.AsyncConnection[Any], request_id: str) -> bool:
     """Claim ``request_id`` inside the caller's transaction; False if it was already applied."""
-    cur = await conn.execute(_CLAIM, [request_id])
+    cur = await conn.execute(CLAIM_SQL, [request_id])
     return cur.rowcount == 1
 
 
@@ -63,8 +63,13 @@ async def store(
     value: Any,
 ) -> None:
     """Record the result of ``request_id`` inside the caller's transaction."""
-    blob = _encoder.encode(StoredResult(results=results, value=value))
-    await conn.execute(_STORE, [blob, request_id])
+    blob = encode_result(results, value)
+    await conn.execute(STORE_SQL, [blob, request_id])
+
+
+def encode_result(results: list[StatementResult], value: Any) -> bytes:
+    """The stored form of a request's result (for :data:`STORE_SQL`)."""
+    return _encoder.encode(StoredResult(results=results, value=value))
 
 
 async def fetch(conn: psycopg.AsyncConnection[Any], request_id: str) -> StoredResult | None:

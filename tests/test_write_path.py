@@ -270,3 +270,26 @@ async def test_replica_stopped_gives_replication_timeout(
                                replication_timeout=15)
     assert await lax_db.fetchval(f"SELECT body FROM {table} WHERE id = %s",
                                  [res.rows[0][0]]) == "after"
+
+
+async def test_racing_retries_apply_once(lax_db: Database, stack: Any, table: str) -> None:
+    """Copies of one request id sent at once: the claim makes the copies wait for the first;
+    all succeed with the same rows, exactly one applied -- even though a second application
+    would hit the table's unique key."""
+    rid = uuid.uuid4().hex
+    stmts = [(f"INSERT INTO {table}(body) VALUES (%s) RETURNING id", ["raced"]),
+             ("SELECT pg_sleep(0.2)", None)]
+    results = await asyncio.gather(*(lax_db.batch(stmts, request_id=rid) for _ in range(4)))
+    assert sum(not r.duplicate for r in results) == 1
+    assert len({tuple(r.statements[0].rows) for r in results}) == 1
+    assert primary_rows(stack, f"SELECT count(*) FROM {table}") == [(1,)]
+
+
+async def test_failing_statement_index_in_a_long_batch(lax_db: Database, table: str) -> None:
+    """The error names the statement that failed, wherever it sits in the batch."""
+    stmts: list[Any] = [(f"INSERT INTO {table}(body) VALUES (%s)", [f"b{i}"]) for i in range(7)]
+    stmts.insert(5, f"INSERT INTO {table}(body) VALUES ('b1')")  # duplicate key at index 5
+    with pytest.raises(WriteRejectedError) as info:
+        await lax_db.batch(stmts)
+    assert info.value.statement_index == 5 and info.value.sqlstate == "23505"
+    assert await lax_db.fetchval(f"SELECT count(*) FROM {table}") == 0
