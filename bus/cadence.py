@@ -2,9 +2,11 @@
 
 The monitor polls its replica fast only while the replica is behind the newest LSN the primary
 announced (and only for ``fast_window`` seconds after that announcement, in case the position is
-one a standby never reports). For the first ``burst_window`` after an announcement it polls back
-to back: the WAL usually arrives with the announcement and is replayed within a fraction of a
-millisecond, sooner than the event loop's 1 ms timer resolution would notice. Otherwise it sleeps until the next announcement or heartbeat, so
+one a standby never reports). For the first ``burst_window`` after an announcement that follows a
+quiet spell it polls back to back: the WAL usually arrives with the announcement and is replayed
+within a fraction of a millisecond, sooner than the event loop's 1 ms timer resolution would
+notice. Under a steady stream of announcements it keeps to ``fast_interval``, so a busy primary
+does not make the monitor spin. Otherwise it sleeps until the next announcement or heartbeat, so
 an idle region costs one query and one message per heartbeat interval.
 """
 
@@ -21,6 +23,7 @@ class Cadence:
     heartbeat: float = 1.0
     fast_window: float = 5.0
     burst_window: float = 0.004
+    quiet_before_burst: float = 0.02
 
 
 @dataclass
@@ -32,10 +35,13 @@ class MonitorState:
     published_at: float = float("-inf")
     target: int = 0
     target_at: float = float("-inf")
+    burst: bool = False
 
-    def announce(self, lsn: int, now: float) -> bool:
+    def announce(self, lsn: int, now: float, cadence: Cadence | None = None) -> bool:
         """The primary announced ``lsn``; True if that is news (the monitor should poll)."""
         if lsn > self.target:
+            quiet = (cadence or Cadence()).quiet_before_burst
+            self.burst = now - self.target_at >= quiet
             self.target = lsn
             self.target_at = now
             return True
@@ -63,5 +69,7 @@ class MonitorState:
     def next_delay(self, now: float, cadence: Cadence) -> float:
         """Seconds until the next poll, absent an announcement (0: poll again at once)."""
         if self.behind(now, cadence):
-            return 0.0 if now - self.target_at < cadence.burst_window else cadence.fast_interval
+            if self.burst and now - self.target_at < cadence.burst_window:
+                return 0.0
+            return cadence.fast_interval
         return max(0.0, self.published_at + cadence.heartbeat - now)

@@ -93,7 +93,9 @@ class ReplicaMonitor:
             upd = decode(msg.data, LsnUpdate, encoding_of(msg.headers, msg.data))
         except Exception:
             return
-        if upd.role == "primary" and self.state.announce(upd.lsn_int, time.monotonic()):
+        if upd.role != "primary":
+            return
+        if self.state.announce(upd.lsn_int, time.monotonic(), self.cadence):
             self._news.set()
 
     async def _poll(self) -> tuple[int | None, bool]:

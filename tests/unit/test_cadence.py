@@ -50,3 +50,14 @@ def test_stale_announcement_is_not_news() -> None:
     assert s.announce(10, now=0.0)
     assert not s.announce(10, now=0.1)
     assert not s.announce(5, now=0.1)
+
+
+def test_steady_announcements_do_not_spin() -> None:
+    """Back-to-back polling follows only an announcement after a quiet spell, not a stream."""
+    s = MonitorState(replayed=0)
+    s.announce(10, now=1.0)
+    assert s.next_delay(1.0, C) == 0.0
+    s.announce(20, now=1.001)  # 1 ms later: a busy primary
+    assert s.next_delay(1.001, C) == C.fast_interval
+    s.announce(30, now=2.0)  # after a quiet second
+    assert s.next_delay(2.0, C) == 0.0
