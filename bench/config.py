@@ -20,7 +20,7 @@ class BenchConfig:
     ryw_rounds: int = 300
     remote_apply_rounds: int = 200
     batch_rounds: int = 100
-    local_rounds: int = 1000
+    local_rounds: int = 3000
     warmup: int = 10
     throughput_seconds: float = 6.0
     throughput_slices: int = 4
@@ -45,7 +45,7 @@ class BenchConfig:
             ryw_rounds=60,
             remote_apply_rounds=40,
             batch_rounds=15,
-            local_rounds=200,
+            local_rounds=1000,
             warmup=5,
             throughput_seconds=1.5,
             throughput_slices=2,
