@@ -23,7 +23,8 @@ from typing import Any, Final
 
 import structlog
 
-from bus.embedded.errors import BinaryNotFound, ServerStartError, WaitTimeout, read_tail
+from bus.embedded.child import ChildProcess
+from bus.embedded.errors import BinaryNotFound, ServerStartError, WaitTimeout
 from bus.embedded.ports import port_accepts
 
 log = structlog.get_logger(__name__)
@@ -81,7 +82,7 @@ def has_interest(subscriptions: Iterable[str], subject: str) -> bool:
     return any(entry == subject or entry.startswith(subject + " ") for entry in subscriptions)
 
 
-class NatsServer:
+class NatsServer(ChildProcess):
     """One nats-server process: the whole NATS cluster of one region.
 
     ``gateways`` maps every other region to the gateway URL this server dials for it;
@@ -148,19 +149,8 @@ class NatsServer:
         """The server's log file."""
         return self.workdir / f"{self.name}.log"
 
-    @property
-    def is_running(self) -> bool:
-        """True while the process started by :meth:`start` is alive."""
-        return self._proc is not None and self._proc.poll() is None
 
-    @property
-    def pid(self) -> int | None:
-        """The server's process id while running."""
-        return self._proc.pid if self.is_running and self._proc is not None else None
 
-    def log_tail(self, lines: int = 40) -> str:
-        """The last ``lines`` lines of the server log."""
-        return read_tail(self.log_path, lines=lines)
 
     # --- config -----------------------------------------------------------------------------
 

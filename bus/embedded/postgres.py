@@ -25,13 +25,13 @@ from typing import Any, Final, Literal
 import psycopg
 import structlog
 
+from bus.embedded.child import ChildProcess
 from bus.embedded.errors import (
     BinaryNotFound,
     CommandError,
     EmbeddedError,
     ServerStartError,
     WaitTimeout,
-    read_tail,
 )
 
 log = structlog.get_logger(__name__)
@@ -180,7 +180,7 @@ def default_run_as() -> str | None:
 # --- the server ---------------------------------------------------------------------------------
 
 
-class PostgresServer:
+class PostgresServer(ChildProcess):
     """One Postgres server process with its own data directory.
 
     Build it, then :meth:`init_primary` or :meth:`init_replica` once, then :meth:`start`.
@@ -235,19 +235,8 @@ class PostgresServer:
         """The server's log file (its stderr)."""
         return self.datadir / LOG_FILE
 
-    @property
-    def is_running(self) -> bool:
-        """True while the postmaster started by :meth:`start` is alive."""
-        return self._proc is not None and self._proc.poll() is None
 
-    @property
-    def pid(self) -> int | None:
-        """The postmaster's process id while running."""
-        return self._proc.pid if self.is_running and self._proc is not None else None
 
-    def log_tail(self, lines: int = 40) -> str:
-        """The last ``lines`` lines of the server log."""
-        return read_tail(self.log_path, lines=lines)
 
     # --- initialisation ---------------------------------------------------------------------
 

@@ -33,7 +33,8 @@ from typing import IO, Final, Self
 
 import structlog
 
-from bus.embedded.errors import EmbeddedError, ServerStartError, read_tail
+from bus.embedded.child import ChildProcess
+from bus.embedded.errors import EmbeddedError, ServerStartError
 
 log = structlog.get_logger(__name__)
 
@@ -289,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
 
 
-class ProxyProcess:
+class ProxyProcess(ChildProcess):
     """``python -m bus.embedded.proxy`` as a child process.
 
     The child exits when this process closes its stdin (or dies), so a crashed test run does not
@@ -312,19 +313,8 @@ class ProxyProcess:
         state = "running" if self.is_running else "stopped"
         return f"<ProxyProcess routes={len(self.routes)} delay={self.one_way_delay_ms}ms {state}>"
 
-    @property
-    def is_running(self) -> bool:
-        """True while the child is alive."""
-        return self._proc is not None and self._proc.poll() is None
 
-    @property
-    def pid(self) -> int | None:
-        """The child's process id while running."""
-        return self._proc.pid if self.is_running and self._proc is not None else None
 
-    def log_tail(self, lines: int = 40) -> str:
-        """The last lines of the child's stderr log (``""`` without a log file)."""
-        return read_tail(self.log_path, lines=lines) if self.log_path is not None else ""
 
     def start(self, *, timeout: float = 10.0) -> None:
         """Start the child and wait until it prints ``ready``."""
