@@ -25,6 +25,7 @@ from testcontainers.core.network import Network
 from bus.embedded.bus_process import BusProcess
 from bus.embedded.ports import LOCALHOST, free_ports, wait_port
 from bus.embedded.proxy import ProxyProcess, Route
+from bus.embedded.stack import region_env
 
 PG_IMAGE = "postgres:15"
 NATS_IMAGE = "nats:2.10"
@@ -188,15 +189,7 @@ class ContainerStack:
         return self.nats[region].url
 
     def env(self, region: str, **extra: str) -> dict[str, str]:
-        env = {
-            "PRIMARY_REGION": self.primary_region,
-            "FLY_REGION": region,
-            "NATS_URL": self.nats_url(region),
-            "DATABASE_URL": self.database_url(region),
-            "PRIMARY_DATABASE_URL": self.primary_url_from(region),
-        }
-        env.update(extra)
-        return env
+        return region_env(self, region, **extra)
 
     def start_bus(self, region: str, *, env: dict[str, str] | None = None,
                   log_name: str | None = None) -> BusProcess:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import psycopg
 import structlog
@@ -54,6 +54,27 @@ class StackPorts:
     wan_replication: int  # lax replica -> syd primary (streaming replication)
     wan_primary: int  # lax clients -> syd primary (direct, for benchmarks)
     wan_gateway: dict[str, int]  # region -> proxy port in front of that region's gateway
+
+
+class _Topology(Protocol):
+    primary_region: str
+
+    def nats_url(self, region: str) -> str: ...
+    def database_url(self, region: str) -> str: ...
+    def primary_url_from(self, region: str) -> str: ...
+
+
+def region_env(stack: _Topology, region: str, **extra: str) -> dict[str, str]:
+    """The environment of a process in ``region`` of ``stack`` (see :mod:`client.settings`)."""
+    env = {
+        "PRIMARY_REGION": stack.primary_region,
+        "FLY_REGION": region,
+        "NATS_URL": stack.nats_url(region),
+        "DATABASE_URL": stack.database_url(region),
+        "PRIMARY_DATABASE_URL": stack.primary_url_from(region),
+    }
+    env.update({key: str(value) for key, value in extra.items()})
+    return env
 
 
 class Stack:
@@ -173,15 +194,7 @@ class Stack:
     def env(self, region: str, **extra: str) -> dict[str, str]:
         """Environment of a process running in ``region`` (see :mod:`client.settings`)."""
         self._check_region(region)
-        env = {
-            "PRIMARY_REGION": self.primary_region,
-            "FLY_REGION": region,
-            "NATS_URL": self.nats_url(region),
-            "DATABASE_URL": self.database_url(region),
-            "PRIMARY_DATABASE_URL": self.primary_url_from(region),
-        }
-        env.update({key: str(value) for key, value in extra.items()})
-        return env
+        return region_env(self, region, **extra)
 
     def describe(self) -> dict[str, Any]:
         """URLs, ports and paths of the running stack, for ``writebus dev up`` to print."""
