@@ -84,3 +84,24 @@ async def test_sigterm_drains_in_flight_requests(stack: Any, table: str) -> None
             [(n,)]
     finally:
         bus.kill()
+
+
+async def test_applied_ids_expire_after_the_window(stack: Any, table: str) -> None:
+    """Request ids are forgotten after the idempotency window: the row leaves
+    writebus.applied, and only then would the same id be applied again."""
+    prefix = f"exp{uuid.uuid4().hex[:8]}"
+    settings = settings_for(stack, "syd", prefix=prefix, idempotency_window=0.5)
+    async with BusService(settings, procedures=procedures) as node:
+        assert node.idempotency_window == 0.5
+        async with Database(settings_for(stack, "lax", prefix=prefix)) as db:
+            rid = uuid.uuid4().hex
+            stmt = [(f"INSERT INTO {table}(body) VALUES (%s)", [rid])]
+            await db.batch(stmt, request_id=rid)
+            assert (await db.batch(stmt, request_id=rid)).duplicate
+            deadline = time.monotonic() + 10
+            while primary_rows(stack, "SELECT 1 FROM writebus.applied WHERE id = %s", [rid]):
+                assert time.monotonic() < deadline, "id never expired"
+                await asyncio.sleep(0.1)
+            again = await db.batch([(f"UPDATE {table} SET n = 1 WHERE body = %s", [rid])],
+                                   request_id=rid, await_replication=False)
+            assert not again.duplicate and again.rowcount == 1
