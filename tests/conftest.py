@@ -53,9 +53,25 @@ def bus_env(stack: Any, region: str, **extra: str) -> dict[str, str]:
 
 
 def start_bus(stack: Any, region: str, *, log_name: str, **extra: str) -> BusProcess:
-    """Start a bus node process and wait until it serves."""
-    bus = stack.start_bus(region, env=bus_env(stack, region, **extra), log_name=log_name)
+    """Start a bus node process and wait until it serves -- from every region.
+
+    Gateways forward a request to another region only once that region's subscription has
+    reached them (one WAN delay after it was made); until then a caller elsewhere would hear
+    "no responders". The client library rides through that by retrying, but tests that speak
+    raw NATS need the interest in place, so wait for it.
+    """
+    env = bus_env(stack, region, **extra)
+    bus = stack.start_bus(region, env=env, log_name=log_name)
     bus.wait_ready(30)
+    if env["NATS_URL"] == stack.nats_url(region):
+        prefix = env.get("WRITEBUS_PREFIX", "writebus")
+        subjects = [f"{prefix}.rpc.{region}"]
+        if region == stack.primary_region:
+            subjects.append(f"{prefix}.write")
+        for other in stack.regions:
+            server = stack.nats[other]
+            if other != region and hasattr(server, "wait_gateway_interest"):
+                server.wait_gateway_interest(region, subjects, timeout=10)
     return bus
 
 
