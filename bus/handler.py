@@ -19,9 +19,12 @@ import structlog
 from bus import idempotency, pipelined
 from client.errors import ProcedureError, ProtocolError, WriteRejectedError
 from client.execute import (
+    DURABLE_COMMIT_SQL,
     SESSION_ENDED_SQLSTATES,
+    connection_lost,
     error_info,
     read_flush_lsn,
+    rejected,
     run_procedure,
 )
 from client.lsn import format_lsn
@@ -189,7 +192,7 @@ class Handler:
             # With the request id claimed in the write's own transaction, running the request
             # again on a fresh connection is safe whatever happened to the first attempt: a
             # commit that did land is found by the claim and answered as a duplicate.
-            if not exactly_once or not _lost(exc):
+            if not exactly_once or isinstance(exc, psycopg_pool.PoolTimeout) or not _lost(exc):
                 raise
             log.info("worker.retry_on_fresh_connection", request_id=req.id, error=str(exc))
             return await self._run_once(req, exactly_once, primary, encoding)
@@ -206,6 +209,8 @@ class Handler:
         async with self.pool.connection(timeout=self.limits.acquire_timeout) as conn:
             try:
                 async with conn.transaction():
+                    if primary:
+                        await conn.execute(DURABLE_COMMIT_SQL)
                     if exactly_once and not await idempotency.claim(conn, req.id):
                         raise _Duplicate
                     value = await run_procedure(
@@ -220,6 +225,12 @@ class Handler:
                 if stored is not None:
                     results, value = stored.results, stored.value
                 log.info("worker.duplicate", request_id=req.id)
+            except psycopg.Error as exc:
+                # From the claim, the store or COMMIT itself (a deferred constraint, a
+                # serialization failure): the database refused the transaction.
+                if connection_lost(conn, exc):
+                    raise
+                raise rejected(exc) from exc
             if not primary:
                 return Reply(id=req.id, results=results, value=value)
             lsn = await read_flush_lsn(conn)

@@ -41,6 +41,16 @@ def _update(region: str, replica_id: str, lsn: int, *, role: str, in_recovery: b
     )
 
 
+async def _publish(nc: Any, subject: str, data: bytes) -> bool:
+    """Publish, surviving a NATS outage (nats-py reconnects; the next heartbeat catches up)."""
+    try:
+        await nc.publish(subject, data)
+    except Exception as exc:
+        log.warning("monitor.publish_failed", subject=subject, error=type(exc).__name__)
+        return False
+    return True
+
+
 class ReplicaMonitor:
     """Polls a standby's replay position and broadcasts it."""
 
@@ -129,13 +139,12 @@ class ReplicaMonitor:
             now = time.monotonic()
             self.state.replayed = replayed
             if replayed is not None and self.state.should_publish(now, cadence):
-                await self.nc.publish(
-                    self.subject,
-                    _update(self.region, self.replica_id, replayed, role="replica",
-                            in_recovery=True),
+                update = _update(
+                    self.region, self.replica_id, replayed, role="replica", in_recovery=True
                 )
-                self.state.published_now(now)
-                self.published += 1
+                if await _publish(self.nc, self.subject, update):
+                    self.state.published_now(now)
+                    self.published += 1
             delay = self.state.next_delay(now, cadence)
             if delay <= cadence.fast_interval:
                 await asyncio.sleep(delay)
@@ -196,11 +205,10 @@ class PrimaryAnnouncer:
             self._kick.clear()
             if self._latest > self._announced:
                 self._announced = self._latest
-                await self.nc.publish(
-                    self.subject,
-                    _update(self.region, self.replica_id, self._latest, role="primary",
-                            in_recovery=False),
+                update = _update(
+                    self.region, self.replica_id, self._latest, role="primary", in_recovery=False
                 )
+                await _publish(self.nc, self.subject, update)
 
     async def _heartbeat_loop(self) -> None:
         conn: psycopg.AsyncConnection[Any] | None = None
@@ -226,5 +234,8 @@ class PrimaryAnnouncer:
                 raise
             except Exception as exc:
                 log.warning("monitor.primary_poll_failed", region=self.region, error=str(exc))
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
                 conn = None
             await asyncio.sleep(self.heartbeat)

@@ -20,7 +20,7 @@ from psycopg import pq
 
 from bus import idempotency
 from client.errors import WriteRejectedError
-from client.execute import FLUSH_LSN_SQL, connection_lost, rejected
+from client.execute import DURABLE_COMMIT_SQL, FLUSH_LSN_SQL, connection_lost, rejected
 from client.lsn import parse_lsn
 from client.protocol import Statement, StatementResult
 
@@ -60,6 +60,8 @@ async def run_write(
     try:
         async with conn.pipeline() as pipe:
             await conn.execute("BEGIN")
+            if read_lsn:
+                await conn.execute(DURABLE_COMMIT_SQL)
             if exactly_once:
                 claim = await conn.execute(idempotency.CLAIM_SQL, [request_id])
             for index, stmt in enumerate(statements):
@@ -70,6 +72,13 @@ async def run_write(
                     raise WriteRejectedError(str(exc), statement_index=index) from exc
                 cursors.append(cur)
             await pipe.sync()
+            if conn.pgconn.transaction_status != pq.TransactionStatus.INTRANS:
+                # A statement ended the transaction (validation refuses BEGIN/COMMIT/...; this
+                # catches whatever slips past): what follows would run outside it.
+                raise WriteRejectedError(
+                    "a statement ended the request's transaction; nothing more was run",
+                    sqlstate="25000",
+                )
             if claim is not None and claim.rowcount == 0:
                 raise _Duplicate
             results = [await _result(cur) for cur in cursors]

@@ -162,6 +162,7 @@ class BusService:
         )
         await self.write_server.start()
         self._expiry = asyncio.create_task(self._expire_loop(), name="idempotency-expiry")
+        self._watch = asyncio.create_task(self._watch_demotion(), name="watch-demotion")
         self.role = "primary"
 
     async def _become_replica(self) -> None:
@@ -187,6 +188,27 @@ class BusService:
         await self.monitor.stop()
         self.monitor = None
         await self._become_primary()
+
+    async def _watch_demotion(self) -> None:
+        # After a failover the old primary comes back as a standby: it must leave the write
+        # queue group, or writes routed to it would fail as read-only while the new primary is
+        # healthy.
+        assert self.announcer is not None
+        await self.announcer.demoted.wait()
+        if self._stopping:
+            return
+        log.warning("bus.demoted", region=self.settings.region)
+        if self.write_server is not None:
+            await self.write_server.stop()
+            self.write_server = None
+        await self.announcer.stop()
+        self.announcer = None
+        if self.handler is not None:
+            self.handler.on_commit = None
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        await self._become_replica()
 
     async def _expire_loop(self) -> None:
         assert self.pool is not None

@@ -26,11 +26,11 @@ from client.errors import (
     UnavailableError,
     WriteBusError,
 )
-from client.execute import connection_lost, run_procedure, run_statements
+from client.execute import connection_lost, rejected, run_procedure, run_statements
 from client.procedures import Procedures
 from client.protocol import Request, Statement
 from client.results import StatementOutcome, Timings, WriteResult
-from client.retry import RetryPolicy
+from client.retry import RetryPolicy, for_procedure_calls
 from client.rpc import Exchange, request
 from client.settings import Settings
 from client.subjects import Subjects
@@ -97,7 +97,16 @@ class Database:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Open the local pool, the NATS connection and (outside the primary) the tracker."""
+        """Open the local pool, the NATS connection and (outside the primary) the tracker.
+
+        If any step fails (or is cancelled) what was already opened is closed again."""
+        try:
+            await self._open()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _open(self) -> None:
         s = self.settings
         if s.database_url:
             self._pool = AsyncConnectionPool(
@@ -154,12 +163,15 @@ class Database:
         # reports that on first use. Try once more on a fresh connection; the pool discards
         # the broken one.
         for attempt in (1, 2):
+            conn: psycopg.AsyncConnection[Any] | None = None
             try:
                 async with self._local().connection() as conn:
                     cur = await conn.execute(sql, params)
                     return await (cur.fetchone() if one else cur.fetchall())
+            except PoolTimeout:
+                raise
             except psycopg.OperationalError:
-                if attempt == 2 or not (conn.broken or conn.closed):
+                if attempt == 2 or conn is None or not (conn.broken or conn.closed):
                     raise
         raise AssertionError("unreachable")
 
@@ -296,7 +308,10 @@ class Database:
             kwargs=kwargs or {},
             origin=self.settings.region,
         )
-        ex = await self._request(self.subjects.rpc(region), req, timeout, region)
+        total = timeout if timeout is not None else self.settings.rpc_timeout
+        ex = await self._request(
+            self.subjects.rpc(region), req, total, region, for_procedure_calls(self.retry, total)
+        )
         return ex.reply.value
 
     async def rpc_primary(
@@ -322,7 +337,12 @@ class Database:
     # -- internals ------------------------------------------------------------------------
 
     async def _request(
-        self, subject: str, req: Request, timeout: float | None, region: str
+        self,
+        subject: str,
+        req: Request,
+        timeout: float | None,
+        region: str,
+        policy: RetryPolicy | None = None,
     ) -> Exchange:
         if self._nc is None:
             raise WriteBusError("the Database is not open")
@@ -331,7 +351,7 @@ class Database:
             subject,
             req,
             timeout=timeout if timeout is not None else self.settings.rpc_timeout,
-            policy=self.retry,
+            policy=policy or self.retry,
             region=region,
         )
 
@@ -348,7 +368,8 @@ class Database:
         reply = ex.reply
         lsn = reply.lsn_int
         replication_ms: float | None = None
-        if await_replication and lsn is not None:
+        # In the primary region reads go to the primary itself: nothing to wait for.
+        if await_replication and lsn is not None and not self.settings.is_primary:
             if self._tracker is None:
                 raise TrackerError("no LSN tracker: is this Database open?")
             t0 = time.monotonic()
@@ -445,7 +466,8 @@ class Database:
                         committing = True
                 except psycopg.Error as exc:
                     if not connection_lost(conn, exc):
-                        raise
+                        # Refused at COMMIT (a deferred constraint, a serialization failure).
+                        raise rejected(exc) from exc
                     if committing:
                         raise CommitUnknownError(
                             "the connection to the primary was lost during COMMIT: "

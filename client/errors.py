@@ -70,6 +70,11 @@ class ReplicationTimeoutError(WriteBusError):
         self.committed = True
 
 
+#: Serialization failures and deadlocks: the whole transaction was rolled back and succeeds
+#: when sent again (with the same request id).
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+
+
 class WriteRejectedError(WriteBusError):
     """The primary refused the write; the whole transaction was rolled back.
 
@@ -91,6 +96,7 @@ class WriteRejectedError(WriteBusError):
         super().__init__(f"{code}{message}{where}")
         self.message = message
         self.sqlstate = sqlstate
+        self.retryable = sqlstate in RETRYABLE_SQLSTATES
         self.statement_index = statement_index
         self.detail = detail
 

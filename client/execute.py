@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+from psycopg import pq
 
 from client.errors import ProcedureError, WriteBusError, WriteRejectedError
 from client.lsn import parse_lsn
@@ -18,6 +19,15 @@ from client.procedures import Procedure
 from client.protocol import ErrorInfo, Statement, StatementResult
 
 FLUSH_LSN_SQL = "SELECT pg_current_wal_flush_lsn()::text"
+
+#: Run first in a write's transaction. With ``synchronous_commit=off`` (a common tuning) COMMIT
+#: returns before its WAL is flushed, so the flush LSN read afterwards could precede the commit
+#: record and a replica wait would end too soon. ``local`` restores a flushed COMMIT for this
+#: transaction only; any stronger setting (on, remote_write, remote_apply) is left alone.
+DURABLE_COMMIT_SQL = (
+    "SELECT set_config('synchronous_commit', 'local', true) "
+    "WHERE current_setting('synchronous_commit') = 'off'"
+)
 
 
 async def run_statements(
@@ -79,6 +89,14 @@ async def run_procedure(
         raise ProcedureError(
             f"procedure {name!r} raised {type(exc).__name__}: {exc}", procedure=name
         ) from exc
+    if conn.info.transaction_status == pq.TransactionStatus.INERROR:
+        # The procedure caught a database error and returned: its transaction is aborted and
+        # will roll back. Report that instead of running more queries inside it.
+        raise WriteRejectedError(
+            f"procedure {name!r} caught a database error and returned; its transaction was "
+            "aborted and rolled back",
+            sqlstate="25P02",
+        )
     return result
 
 
@@ -125,7 +143,7 @@ def rejected(exc: psycopg.Error, *, statement_index: int | None = None) -> Write
 
 def error_info(exc: WriteRejectedError) -> ErrorInfo:
     """The wire form of a rejected write."""
-    retryable = bool(exc.sqlstate) and exc.sqlstate in RETRYABLE_SQLSTATES
+    retryable = exc.retryable
     return ErrorInfo(
         kind="rejected",
         message=exc.message,
@@ -136,5 +154,3 @@ def error_info(exc: WriteRejectedError) -> ErrorInfo:
     )
 
 
-#: Serialization failures and deadlocks succeed when the whole transaction is sent again.
-RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})

@@ -16,6 +16,7 @@ import datetime as _dt
 import decimal
 import enum
 import ipaddress
+import re
 import uuid
 from typing import Any, Final, Literal, TypeVar
 
@@ -207,6 +208,15 @@ def param_bytes(req: Request) -> int:
     return len(_msgpack_encoder.encode([params, req.args, req.kwargs]))
 
 
+# BEGIN/COMMIT/ROLLBACK/SAVEPOINT... inside a request would end the request's own transaction
+# (and with it the exactly-once record) half-way through.
+_TRANSACTION_CONTROL = re.compile(
+    r"\A(?:\s|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*\(*\s*"
+    r"(?:BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|PREPARE\s+TRANSACTION)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
 def validate_request(
     req: Request,
     *,
@@ -246,6 +256,11 @@ def validate_request(
         for i, stmt in enumerate(req.statements):
             if not stmt.sql.strip():
                 raise ProtocolError(f"statement {i} has empty SQL")
+            if _TRANSACTION_CONTROL.match(stmt.sql):
+                raise ProtocolError(
+                    f"statement {i} controls the transaction ({stmt.sql.split()[0]!r}); the bus "
+                    "runs each request as one transaction of its own"
+                )
             if stmt.params is not None and len(stmt.params) > MAX_PARAMS_PER_STATEMENT:
                 raise ProtocolError(
                     f"statement {i} has {len(stmt.params)} parameters; "

@@ -8,9 +8,9 @@ did commit with its stored result instead of applying it twice. Only retryable e
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from client.errors import NoWorkerError, WriteBusError
+from client.errors import NoWorkerError, RpcTimeoutError, UnavailableError, WriteBusError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,6 +22,9 @@ class RetryPolicy:
     """
 
     retries: bool = True
+    #: Retry errors after which the request may already have run (a timeout, a lost
+    #: connection). Safe only where the worker applies each request id once: writes.
+    retry_ambiguous: bool = True
     base_delay: float = 0.02
     max_delay: float = 0.5
     attempt_timeout: float = 2.0
@@ -46,6 +49,8 @@ class RetryPolicy:
         """
         if not self.retries or not isinstance(error, WriteBusError) or not error.retryable:
             return None
+        if not self.retry_ambiguous and isinstance(error, (RpcTimeoutError, UnavailableError)):
+            return None
         if isinstance(error, NoWorkerError) and elapsed >= self.no_worker_patience:
             return None
         delay = self.backoff(attempt)
@@ -54,6 +59,13 @@ class RetryPolicy:
         if delay >= remaining:
             return None
         return delay
+
+
+def for_procedure_calls(policy: RetryPolicy, timeout: float) -> RetryPolicy:
+    """The policy for ``rpc_region``/``rpc_primary``: those calls carry no exactly-once
+    guarantee, so only failures that prove the request did not run (no worker, a serialization
+    failure) are retried, and one attempt may use the whole timeout."""
+    return replace(policy, retry_ambiguous=False, attempt_timeout=timeout)
 
 
 #: Send once; report the first failure.

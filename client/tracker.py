@@ -137,11 +137,13 @@ class LsnTracker:
     def advance(self, replayed: int | None) -> int:
         """Record that the replica has replayed ``replayed``; wake whoever that satisfies.
 
-        Returns the number of waiters woken. Positions never move backwards.
+        Returns the number of waiters woken. Without a replica id the position is the region's
+        minimum, which can move back when a slower replica is first heard from: it is taken as
+        it is (a waiter released earlier was released correctly at that time).
         """
         if replayed is None:
             return 0
-        if self._replayed is not None and replayed <= self._replayed:
+        if self._replayed == replayed:
             return 0
         self._replayed = replayed
         woken = self._queue.pop_reached(replayed)

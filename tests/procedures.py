@@ -44,3 +44,27 @@ async def sleep_then_add(conn: Any, table: str, body: str, seconds: float) -> in
     """Insert a note after sleeping inside the transaction (for drain tests)."""
     await conn.execute("SELECT pg_sleep(%s)", [seconds])
     return await add_note(conn, table, body)
+
+
+@procedures.register
+async def swallow_error(conn: Any, table: str) -> str:
+    """Catch a database error and return normally (leaves the transaction aborted)."""
+    try:
+        await conn.execute(f"INSERT INTO {table}(body, n) VALUES ('bad', -1)")
+    except Exception:
+        return "swallowed"
+    return "no error"
+
+
+@procedures.register
+async def violate_at_commit(conn: Any, table: str) -> str:
+    """Break a deferred constraint: the error comes at COMMIT, after the procedure returned."""
+    await conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS parent_{table} (id int PRIMARY KEY) ON COMMIT DROP"
+    )
+    await conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS child_{table} (pid int REFERENCES parent_{table} "
+        "DEFERRABLE INITIALLY DEFERRED) ON COMMIT DROP"
+    )
+    await conn.execute(f"INSERT INTO child_{table} VALUES (42)")
+    return "returned"

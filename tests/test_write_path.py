@@ -15,6 +15,7 @@ from client import (
     Database,
     NoWorkerError,
     ProcedureError,
+    ProtocolError,
     ReplicationTimeoutError,
     Statement,
     WriteRejectedError,
@@ -293,3 +294,49 @@ async def test_failing_statement_index_in_a_long_batch(lax_db: Database, table: 
         await lax_db.batch(stmts)
     assert info.value.statement_index == 5 and info.value.sqlstate == "23505"
     assert await lax_db.fetchval(f"SELECT count(*) FROM {table}") == 0
+
+
+async def test_rpc_primary_is_not_resent_after_a_slow_attempt(lax_db: Database, stack: Any,
+                                                               table: str) -> None:
+    """rpc_primary has no exactly-once record, so a procedure slower than one retry attempt
+    runs once: the call waits for it instead of sending it again."""
+    new_id = await lax_db.rpc_primary("sleep_then_add", table, "slow-rpc", 2.5, timeout=6)
+    assert isinstance(new_id, int)
+    assert primary_rows(stack, f"SELECT count(*) FROM {table} WHERE body = 'slow-rpc'") == [(1,)]
+
+
+async def test_primary_region_call_through_the_bus(stack: Any, buses: Any, table: str) -> None:
+    """In the primary region without a local procedure registry, call() goes through the bus
+    and returns without waiting for any replica."""
+    async with Database(settings_for(stack, "syd")) as db:
+        res = await db.call_result("add_note", table, "syd-via-bus")
+        assert res.via_bus and not res.replicated
+        assert await db.fetchval(f"SELECT body FROM {table} WHERE id = %s", [res.value]) == \
+            "syd-via-bus"
+
+
+async def test_procedure_that_swallows_a_db_error_is_rejected(lax_db: Database, stack: Any,
+                                                              table: str) -> None:
+    """A procedure that catches a database error and returns gets a rejected error (25P02);
+    nothing runs inside its aborted transaction and nothing is applied."""
+    with pytest.raises(WriteRejectedError) as info:
+        await lax_db.call("swallow_error", table)
+    assert info.value.sqlstate == "25P02"
+    assert primary_rows(stack, f"SELECT count(*) FROM {table}") == [(0,)]
+
+
+async def test_error_at_commit_is_rejected_with_sqlstate(lax_db: Database, table: str) -> None:
+    """A deferred constraint broken at COMMIT is a rejected write with its SQLSTATE, not an
+    internal error."""
+    with pytest.raises(WriteRejectedError) as info:
+        await lax_db.call("violate_at_commit", table)
+    assert info.value.sqlstate == "23503"
+
+
+async def test_transaction_control_statements_are_refused(lax_db: Database, stack: Any,
+                                                          table: str) -> None:
+    """A batch containing COMMIT is refused before anything runs."""
+    with pytest.raises(ProtocolError, match="controls the transaction"):
+        await lax_db.batch([f"INSERT INTO {table}(body) VALUES ('x')", "COMMIT",
+                            f"INSERT INTO {table}(body) VALUES ('y')"])
+    assert primary_rows(stack, f"SELECT count(*) FROM {table}") == [(0,)]

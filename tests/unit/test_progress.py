@@ -37,3 +37,24 @@ def test_never_goes_backwards() -> None:
     p.observe("a", 90, now=2.0)
     assert p.replayed(now=2.0) == 100
     assert p.last_heard() == 2.0
+
+
+async def test_tracker_follows_the_region_minimum() -> None:
+    """A slower replica heard later lowers the tracker's position: waits between the two
+    replicas' positions are not released by the faster one."""
+    import asyncio
+
+    from client.settings import Settings
+    from client.tracker import LsnTracker
+
+    tracker = LsnTracker(Settings())
+    tracker._progress.observe("fast", 1000, now=1.0)
+    tracker.advance(tracker._progress.replayed(now=1.0))
+    tracker._progress.observe("slow", 500, now=1.0)
+    tracker.advance(tracker._progress.replayed(now=1.0))
+    assert tracker.replayed == 500
+    w = asyncio.ensure_future(tracker.wait_for(800, timeout=5))
+    await asyncio.sleep(0)
+    assert not w.done() and tracker.waiting == 1
+    tracker.advance(800)
+    assert await w == 800

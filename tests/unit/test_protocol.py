@@ -110,3 +110,21 @@ def test_reply_values_of_postgres_types_encode() -> None:
                                  datetime.date(2026, 1, 2), ipaddress.ip_address("10.0.0.1")])
     out = msgpack.unpackb(encode(reply), timestamp=3)
     assert out["value"][0] == "1.5" and out["value"][3] == "10.0.0.1"
+
+
+@pytest.mark.parametrize("sql", ["COMMIT", " rollback", "/* c */ BEGIN", "-- x\nEND",
+                                 "SAVEPOINT a", "release a", "PREPARE TRANSACTION 'x'",
+                                 "start transaction"])
+def test_transaction_control_is_refused(sql: str) -> None:
+    """Statements that would end the request's own transaction (and its exactly-once record)
+    are refused before anything runs."""
+    with pytest.raises(ProtocolError, match="controls the transaction"):
+        validate_request(Request(id="a", statements=[Statement(sql="SELECT 1"),
+                                                     Statement(sql=sql)]))
+
+
+@pytest.mark.parametrize("sql", ["UPDATE t SET end_at = now()", "SELECT begin_x()",
+                                 "INSERT INTO commits VALUES (1)"])
+def test_ordinary_statements_pass(sql: str) -> None:
+    """Words like 'end' or 'commit' inside ordinary statements are fine."""
+    validate_request(Request(id="a", statements=[Statement(sql=sql)]))

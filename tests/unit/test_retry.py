@@ -54,3 +54,29 @@ def test_no_retry_policy() -> None:
     assert NO_RETRY.should_retry(RpcTimeoutError("s", 1, "i"), attempt=1, elapsed=0,
                                  remaining=9) is None
     assert NO_RETRY.attempt_budget(7.5) == 7.5
+
+
+def test_serialization_failures_are_retried() -> None:
+    """40001/40P01 rolled the whole transaction back: retrying with the same id is safe, and
+    the flag survives the trip over the wire."""
+    from client.protocol import ErrorInfo
+    from client.rpc import error_from_reply
+
+    err = error_from_reply(ErrorInfo(kind="rejected", message="x", sqlstate="40001",
+                                     retryable=True))
+    assert err.retryable
+    assert P.should_retry(err, attempt=1, elapsed=0, remaining=5) is not None
+    assert not WriteRejectedError("x", sqlstate="23505").retryable
+
+
+def test_procedure_calls_do_not_retry_ambiguous_failures() -> None:
+    """rpc_region/rpc_primary: a timeout or lost connection may mean the procedure ran, so it is
+    not sent again; 'no worker' (never delivered) still is."""
+    from client.retry import for_procedure_calls
+
+    p = for_procedure_calls(P, 6.0)
+    assert p.attempt_budget(10) == 6.0
+    assert p.should_retry(RpcTimeoutError("s", 1, "i"), attempt=1, elapsed=0, remaining=5) is None
+    assert p.should_retry(UnavailableError("x"), attempt=1, elapsed=0, remaining=5) is None
+    assert p.should_retry(NoWorkerError("s", "syd"), attempt=1, elapsed=0,
+                          remaining=5) is not None
