@@ -28,7 +28,12 @@ from client.waiters import WaiterQueue
 
 log = structlog.get_logger("writebus.tracker")
 
-_REPLAY_SQL = "SELECT pg_last_wal_replay_lsn()::text, pg_is_in_recovery()"
+# After a failover the local database may have been promoted: its replay LSN then freezes, but
+# it now holds every commit itself, so its own flush position is the one that counts.
+_REPLAY_SQL = (
+    "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+    "ELSE pg_current_wal_flush_lsn() END::text"
+)
 
 
 class _Expired(Exception):
@@ -231,7 +236,7 @@ class LsnTracker:
             await conn.close()
             self._fallback_conn = None
             raise
-        if row is None or row[0] is None or not row[1]:
+        if row is None or row[0] is None:
             return None
         return parse_lsn(row[0])
 
