@@ -66,6 +66,10 @@ class Limits:
     max_reply_bytes: int | None = None
 
 
+class _Expired(Exception):
+    """The caller's timeout passed while the request waited in the worker."""
+
+
 class _Duplicate(Exception):
     pass
 
@@ -94,10 +98,18 @@ class Handler:
         self.on_commit = on_commit
 
     async def handle(
-        self, data: bytes, headers: dict[str, str] | None, *, write: bool, primary: bool
+        self,
+        data: bytes,
+        headers: dict[str, str] | None,
+        *,
+        write: bool,
+        primary: bool,
+        received: float | None = None,
     ) -> tuple[bytes, dict[str, str] | None]:
         """Answer one request. ``write`` is true on ``<prefix>.write`` (statements allowed,
-        exactly-once), false on ``<prefix>.rpc.<region>`` (procedures only)."""
+        exactly-once), false on ``<prefix>.rpc.<region>`` (procedures only). ``received`` is
+        when the message reached the worker: a request that waited there longer than its
+        ``timeout_ms`` is not run (its caller has moved on) and gets a retryable error."""
         start = time.monotonic()
         encoding = encoding_of(headers, data)
         reply_headers = {CONTENT_TYPE_HEADER: JSON} if encoding == JSON else None
@@ -118,7 +130,17 @@ class Handler:
                     "call a registered procedure instead",
                     kind="forbidden",
                 )
+            if req.timeout_ms is not None and received is not None:
+                waited_ms = (time.monotonic() - received) * 1000
+                if waited_ms >= req.timeout_ms:
+                    raise _Expired(
+                        f"the request waited {waited_ms:.0f} ms in the worker, past its "
+                        f"timeout of {req.timeout_ms} ms; it was not run"
+                    )
             reply = await self._run(req, write=write, primary=primary, encoding=encoding)
+        except _Expired as exc:
+            log.warning("worker.expired", request_id=request_id, error=str(exc))
+            reply = _error(request_id, "unavailable", str(exc), True)
         except ProtocolError as exc:
             reply = _error(request_id, exc.kind, str(exc))
         except ProcedureError as exc:

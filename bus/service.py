@@ -125,18 +125,20 @@ class BusService:
         return bool(row and row[0])
 
     async def _handle_rpc(
-        self, data: bytes, headers: dict[str, str] | None
+        self, data: bytes, headers: dict[str, str] | None, received: float
     ) -> tuple[bytes, dict[str, str] | None]:
         assert self.handler is not None
         return await self.handler.handle(
-            data, headers, write=False, primary=self.role == "primary"
+            data, headers, write=False, primary=self.role == "primary", received=received
         )
 
     async def _handle_write(
-        self, data: bytes, headers: dict[str, str] | None
+        self, data: bytes, headers: dict[str, str] | None, received: float
     ) -> tuple[bytes, dict[str, str] | None]:
         assert self.handler is not None
-        return await self.handler.handle(data, headers, write=True, primary=True)
+        return await self.handler.handle(
+            data, headers, write=True, primary=True, received=received
+        )
 
     async def _become_primary(self) -> None:
         s = self.settings

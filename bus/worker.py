@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,7 +17,11 @@ import structlog
 
 log = structlog.get_logger("writebus.worker")
 
-HandleFn = Callable[[bytes, dict[str, str] | None], Awaitable[tuple[bytes, dict[str, str] | None]]]
+#: ``(body, headers, received)`` -> ``(reply body, reply headers)``; ``received`` is the
+#: monotonic time the message reached this process, before it waited for a slot.
+HandleFn = Callable[
+    [bytes, dict[str, str] | None, float], Awaitable[tuple[bytes, dict[str, str] | None]]
+]
 
 
 class SubjectServer:
@@ -52,15 +57,18 @@ class SubjectServer:
         await self.nc.flush()
 
     async def _on_message(self, msg: Any) -> None:
+        received = time.monotonic()
         await self._slots.acquire()
         self._seq += 1
-        task = asyncio.create_task(self._serve(msg), name=f"serve-{self.subject}-{self._seq}")
+        task = asyncio.create_task(
+            self._serve(msg, received), name=f"serve-{self.subject}-{self._seq}"
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, msg: Any) -> None:
+    async def _serve(self, msg: Any, received: float) -> None:
         try:
-            body, headers = await self._handle(msg.data, msg.headers)
+            body, headers = await self._handle(msg.data, msg.headers, received)
             if msg.reply:
                 await self.nc.publish(msg.reply, body, headers=headers)
             self.served += 1

@@ -85,6 +85,11 @@ async def request(
         attempt += 1
         now = time.monotonic()
         budget = policy.attempt_budget(deadline - now)
+        if budget != float("inf"):
+            # Tell the worker how long this attempt waits, so it does not start a request
+            # whose caller has moved on (and may be retrying it elsewhere).
+            req.timeout_ms = max(1, int(budget * 1000))
+            payload = encode(req, encoding)
         sent = time.monotonic()
         err: WriteBusError
         try:
