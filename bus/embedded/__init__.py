@@ -12,7 +12,8 @@ from bus.embedded.errors import (
     WaitTimeout,
 )
 from bus.embedded.nats import NatsServer, find_nats_server
-from bus.embedded.postgres import PostgresServer, find_pg_bindir
+from bus.embedded.pgbin import find_pg_bindir
+from bus.embedded.postgres import PostgresServer
 from bus.embedded.proxy import DelayProxy, ProxyProcess, Route
 from bus.embedded.stack import Stack
 
