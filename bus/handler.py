@@ -19,7 +19,6 @@ import structlog
 from bus import idempotency, pipelined
 from client.errors import ProcedureError, ProtocolError, WriteRejectedError
 from client.execute import (
-    DURABLE_COMMIT_SQL,
     SESSION_ENDED_SQLSTATES,
     connection_lost,
     error_info,
@@ -231,8 +230,6 @@ class Handler:
         async with self.pool.connection(timeout=self.limits.acquire_timeout) as conn:
             try:
                 async with conn.transaction():
-                    if primary:
-                        await conn.execute(DURABLE_COMMIT_SQL)
                     if exactly_once and not await idempotency.claim(conn, req.id):
                         raise _Duplicate
                     value = await run_procedure(

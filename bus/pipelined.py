@@ -20,7 +20,7 @@ from psycopg import pq
 
 from bus import idempotency
 from client.errors import WriteRejectedError
-from client.execute import DURABLE_COMMIT_SQL, FLUSH_LSN_SQL, connection_lost, rejected
+from client.execute import FLUSH_LSN_SQL, connection_lost, rejected
 from client.lsn import parse_lsn
 from client.protocol import Statement, StatementResult
 
@@ -60,8 +60,6 @@ async def run_write(
     try:
         async with conn.pipeline() as pipe:
             await conn.execute("BEGIN")
-            if read_lsn:
-                await conn.execute(DURABLE_COMMIT_SQL)
             if exactly_once:
                 claim = await conn.execute(idempotency.CLAIM_SQL, [request_id])
             for index, stmt in enumerate(statements):

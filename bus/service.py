@@ -25,6 +25,7 @@ from bus.handler import Handler, Limits
 from bus.monitor import PrimaryAnnouncer, ReplicaMonitor
 from bus.worker import SubjectServer
 from client.connect import connect_nats
+from client.execute import DURABLE_COMMIT_SQL
 from client.procedures import Procedures, load_procedures
 from client.settings import Settings
 from client.subjects import Subjects
@@ -83,6 +84,7 @@ class BusService:
             min_size=2,
             max_size=max(2, s.max_concurrency),
             kwargs={"autocommit": True},
+            configure=_durable_commits,
             open=False,
             name=f"writebus-bus-{s.region}",
         )
@@ -253,6 +255,10 @@ class BusService:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+async def _durable_commits(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.execute(DURABLE_COMMIT_SQL)
 
 
 async def serve(settings: Settings) -> None:

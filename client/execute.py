@@ -20,12 +20,12 @@ from client.protocol import ErrorInfo, Statement, StatementResult
 
 FLUSH_LSN_SQL = "SELECT pg_current_wal_flush_lsn()::text"
 
-#: Run first in a write's transaction. With ``synchronous_commit=off`` (a common tuning) COMMIT
+#: Run on each new worker connection. With ``synchronous_commit=off`` (a common tuning) COMMIT
 #: returns before its WAL is flushed, so the flush LSN read afterwards could precede the commit
-#: record and a replica wait would end too soon. ``local`` restores a flushed COMMIT for this
-#: transaction only; any stronger setting (on, remote_write, remote_apply) is left alone.
+#: record and a replica wait would end too soon. ``local`` restores a flushed COMMIT for the
+#: session; any stronger setting (on, remote_write, remote_apply) is left alone.
 DURABLE_COMMIT_SQL = (
-    "SELECT set_config('synchronous_commit', 'local', true) "
+    "SELECT set_config('synchronous_commit', 'local', false) "
     "WHERE current_setting('synchronous_commit') = 'off'"
 )
 

@@ -105,3 +105,19 @@ async def test_applied_ids_expire_after_the_window(stack: Any, table: str) -> No
             again = await db.batch([(f"UPDATE {table} SET n = 1 WHERE body = %s", [rid])],
                                    request_id=rid, await_replication=False)
             assert not again.duplicate and again.rowcount == 1
+
+
+async def test_worker_connections_flush_commits(stack: Any) -> None:
+    """Even when the database or role sets synchronous_commit=off, worker connections commit
+    with a local flush, so the flush LSN read after COMMIT covers the commit record."""
+    prefix = f"sc{uuid.uuid4().hex[:8]}"
+    url = stack.primary.url + "?options=-c%20synchronous_commit%3Doff"
+    settings = settings_for(stack, "syd", prefix=prefix, primary_database_url=url,
+                            database_url=url)
+    with psycopg.connect(url) as probe:
+        assert probe.execute("SHOW synchronous_commit").fetchone() == ("off",)
+    async with BusService(settings, procedures=procedures) as node:
+        assert node.pool is not None
+        async with node.pool.connection() as conn:
+            cur = await conn.execute("SHOW synchronous_commit")
+            assert await cur.fetchone() == ("local",)
