@@ -24,8 +24,7 @@ from bench.harness import settings
 from bench.stats import percentile
 from bus.embedded.stack import Stack
 from client.connect import connect_nats
-from client.lsn import format_lsn
-from client.protocol import LsnUpdate, encode
+from client.protocol import encode, lsn_update
 from client.subjects import Subjects
 from client.tracker import LsnTracker
 from client.waiters import WaiterQueue
@@ -58,15 +57,7 @@ class WakeRun:
 
 def _update(region: str, lsn: int) -> bytes:
     return encode(
-        LsnUpdate(
-            region=region,
-            replica_id=REPLICA_ID,
-            lsn=format_lsn(lsn),
-            lsn_int=lsn,
-            time=time.time(),
-            in_recovery=True,
-            role="replica",
-        )
+        lsn_update(region=region, replica_id=REPLICA_ID, lsn=lsn, role="replica", in_recovery=True)
     )
 
 

@@ -18,8 +18,8 @@ import psycopg
 import structlog
 
 from bus.cadence import Cadence, MonitorState
-from client.lsn import format_lsn, parse_lsn
-from client.protocol import LsnUpdate, decode, encode, encoding_of
+from client.lsn import parse_lsn
+from client.protocol import LsnUpdate, decode, encode, encoding_of, lsn_update
 
 log = structlog.get_logger("writebus.monitor")
 
@@ -29,14 +29,8 @@ _PRIMARY_SQL = "SELECT pg_current_wal_flush_lsn()::text, pg_is_in_recovery()"
 
 def _update(region: str, replica_id: str, lsn: int, *, role: str, in_recovery: bool) -> bytes:
     return encode(
-        LsnUpdate(
-            region=region,
-            replica_id=replica_id,
-            lsn=format_lsn(lsn),
-            lsn_int=lsn,
-            time=time.time(),
-            in_recovery=in_recovery,
-            role=role,
+        lsn_update(
+            region=region, replica_id=replica_id, lsn=lsn, role=role, in_recovery=in_recovery
         )
     )
 

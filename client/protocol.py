@@ -17,6 +17,7 @@ import decimal
 import enum
 import ipaddress
 import re
+import time
 import uuid
 from typing import Any, Final, Literal, TypeVar
 
@@ -133,6 +134,23 @@ class LsnUpdate(msgspec.Struct, kw_only=True):
     in_recovery: bool
     role: str
     v: int = PROTOCOL_VERSION
+
+
+def lsn_update(
+    *, region: str, replica_id: str, lsn: int, role: str, in_recovery: bool
+) -> LsnUpdate:
+    """A progress broadcast for ``lsn`` (an integer), stamped with the current time."""
+    from client.lsn import format_lsn
+
+    return LsnUpdate(
+        region=region,
+        replica_id=replica_id,
+        lsn=format_lsn(lsn),
+        lsn_int=lsn,
+        time=time.time(),
+        in_recovery=in_recovery,
+        role=role,
+    )
 
 
 def _enc_hook(obj: Any) -> Any:

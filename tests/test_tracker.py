@@ -11,8 +11,7 @@ import nats
 import pytest
 
 from client.errors import ReplicationTimeoutError
-from client.lsn import format_lsn
-from client.protocol import LsnUpdate, encode
+from client.protocol import encode, lsn_update
 from client.settings import Settings
 from client.tracker import LsnTracker, acquire_tracker, release_tracker
 from tests.conftest import settings_for
@@ -20,8 +19,8 @@ from tests.conftest import settings_for
 
 def _update(lsn: int, *, replica_id: str = "r1", role: str = "replica",
             in_recovery: bool = True) -> bytes:
-    return encode(LsnUpdate(region="lax", replica_id=replica_id, lsn=format_lsn(lsn),
-                            lsn_int=lsn, time=time.time(), in_recovery=in_recovery, role=role))
+    return encode(lsn_update(region="lax", replica_id=replica_id, lsn=lsn, role=role,
+                             in_recovery=in_recovery))
 
 
 @pytest.fixture
