@@ -94,9 +94,10 @@ def certs(workdir: Path) -> Certs:
     )
 
 
-def _nats_server(workdir: Path, name: str, extra_config: str) -> NatsServer:
+def _nats_server(workdir: Path, name: str, extra_config: str) -> Iterator[NatsServer]:
+    """A standalone nats-server with ``extra_config``, running for the caller's fixture."""
     client, gateway, monitor = free_ports(3)
-    return NatsServer(
+    server = NatsServer(
         name=name,
         region=name,
         client_port=client,
@@ -105,17 +106,6 @@ def _nats_server(workdir: Path, name: str, extra_config: str) -> NatsServer:
         workdir=workdir / name,
         extra_config=extra_config,
     )
-
-
-@pytest.fixture(scope="module")
-def tls_nats(workdir: Path, certs: Certs) -> Iterator[NatsServer]:
-    """A nats-server that requires TLS on client connections."""
-    server = _nats_server(
-        workdir,
-        "nats-tls",
-        f"tls {{\n  cert_file: {json.dumps(str(certs.cert))}\n"
-        f"  key_file: {json.dumps(str(certs.key))}\n  timeout: 2\n}}",
-    )
     server.start()
     try:
         yield server
@@ -124,35 +114,36 @@ def tls_nats(workdir: Path, certs: Certs) -> Iterator[NatsServer]:
 
 
 @pytest.fixture(scope="module")
+def tls_nats(workdir: Path, certs: Certs) -> Iterator[NatsServer]:
+    """A nats-server that requires TLS on client connections."""
+    yield from _nats_server(
+        workdir,
+        "nats-tls",
+        f"tls {{\n  cert_file: {json.dumps(str(certs.cert))}\n"
+        f"  key_file: {json.dumps(str(certs.key))}\n  timeout: 2\n}}",
+    )
+
+
+@pytest.fixture(scope="module")
 def mtls_nats(workdir: Path, certs: Certs) -> Iterator[NatsServer]:
     """A nats-server that requires TLS and a client certificate issued by the test CA."""
-    server = _nats_server(
+    yield from _nats_server(
         workdir,
         "nats-mtls",
         f"tls {{\n  cert_file: {json.dumps(str(certs.cert))}\n"
         f"  key_file: {json.dumps(str(certs.key))}\n"
         f"  ca_file: {json.dumps(str(certs.ca))}\n  verify: true\n  timeout: 2\n}}",
     )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def auth_nats(workdir: Path) -> Iterator[NatsServer]:
     """A nats-server that requires user ``bus`` with password :data:`NATS_SECRET`."""
-    server = _nats_server(
+    yield from _nats_server(
         workdir,
         "nats-auth",
         f"authorization {{\n  user: {BUS_USER}\n  password: {json.dumps(NATS_SECRET)}\n}}",
     )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
