@@ -20,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 from bench.harness import INSERT_NO_ID_SQL, INSERT_SQL, READ_SQL
 from bench.polling import ReplayPoller
 from bench.sampling import Sample
-from client.db import Database
+from writebus.client.db import Database
 
 BATCH_SIZE = 10
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import psycopg
 
-from bus.embedded.bus_process import BusProcess
-from bus.embedded.stack import Stack
-from client.settings import Settings
+from writebus.bus.embedded.bus_process import BusProcess
+from writebus.bus.embedded.stack import Stack
+from writebus.client.settings import Settings
 
 #: The table every write of the run goes to (one row per write).
 TABLE = "bench_writes"

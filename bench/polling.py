@@ -15,8 +15,8 @@ from typing import Any
 
 import psycopg
 
-from client.lsn import parse_lsn
-from client.waiters import WaiterQueue
+from writebus.client.lsn import parse_lsn
+from writebus.client.waiters import WaiterQueue
 
 _REPLAY_SQL = "SELECT pg_last_wal_replay_lsn()::text"
 

@@ -48,9 +48,9 @@ from bench.report import evaluate_targets, table
 from bench.sampling import Sample, interleave
 from bench.stats import percentile, summary
 from bench.sync_standby import REMOTE_APPLY, synchronous_standby
-from bus.embedded.stack import Stack
-from client.connect import connect_nats
-from client.db import Database
+from writebus.bus.embedded.stack import Stack
+from writebus.client.connect import connect_nats
+from writebus.client.db import Database
 
 #: Measured with the read-your-write approaches but reported apart: what the WAN costs alone.
 BASELINES = ("wan_rtt", "nats_echo")

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bus.embedded.stack import Stack
+from writebus.bus.embedded.stack import Stack
 
 REMOTE_APPLY = "SET synchronous_commit = remote_apply"
 

@@ -24,9 +24,9 @@ from bench.harness import (
     stop_buses,
 )
 from bench.stats import percentile
-from bus.embedded.bus_process import BusProcess
-from bus.embedded.stack import Stack
-from client.db import Database
+from writebus.bus.embedded.bus_process import BusProcess
+from writebus.bus.embedded.stack import Stack
+from writebus.client.db import Database
 
 WriteFn = Callable[[int], Awaitable[None]]
 

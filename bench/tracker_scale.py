@@ -1,6 +1,6 @@
 """Tracker scale: many concurrent waiters in one process, woken by progress broadcasts.
 
-A real :class:`~client.tracker.LsnTracker` subscribes on the replica region's NATS server under a
+A real :class:`~writebus.client.tracker.LsnTracker` subscribes on the replica region's NATS server under a
 private prefix; this module publishes the broadcasts itself (as a replica monitor would), with
 LSNs far above anything the real replica has replayed so only these broadcasts release anyone.
 Wake-up latency is each waiter's resumption time minus the publish time of the broadcast that
@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 from bench.harness import settings
 from bench.stats import percentile
-from bus.embedded.stack import Stack
-from client.connect import connect_nats
-from client.protocol import encode, lsn_update
-from client.subjects import Subjects
-from client.tracker import LsnTracker
-from client.waiters import WaiterQueue
+from writebus.bus.embedded.stack import Stack
+from writebus.client.connect import connect_nats
+from writebus.client.protocol import encode, lsn_update
+from writebus.client.subjects import Subjects
+from writebus.client.tracker import LsnTracker
+from writebus.client.waiters import WaiterQueue
 
 #: Synthetic LSNs start here: far beyond the real replica, so its fallback reads release nobody.
 BASE_LSN = 1 << 44
@@ -162,7 +162,7 @@ class _Counted(int):
 
 
 def release_cost(size: int, release: int, *, repeats: int = 200, seed: int = 7) -> dict[str, float]:
-    """Cost for :class:`~client.waiters.WaiterQueue` to release the ``release`` lowest of
+    """Cost for :class:`~writebus.client.waiters.WaiterQueue` to release the ``release`` lowest of
     ``size`` waiters (refilled after each release so the size stays ``size``).
 
     Returns mean microseconds per release, heap comparisons per released waiter (about

@@ -1,3 +1,5 @@
-from bus.cli import main
+"""``python -m writebus.bus``: the ``writebus`` command."""
+
+from writebus.bus.cli import main
 
 main()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
+from typing import Any
 
-from bus.log import configure_logging
+from writebus.bus.log import configure_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,31 +43,49 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _load_bench() -> Any:
+    """``bench.run.run_bench`` from the source checkout this package runs from.
+
+    The benchmarks are a development tool: they are not in the wheel, and the service never
+    imports them. From an editable install of a checkout, ``bus/`` sits beside ``bench/``.
+    """
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / "run.py").is_file():
+        sys.exit(
+            "writebus bench: run it from a source checkout "
+            "(git clone the writebus repository, then `make bench`)"
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        from bench.run import run_bench
+    except ImportError as exc:
+        sys.exit(f"writebus bench needs the bench extra: pip install -e '.[bench]' ({exc})")
+    return run_bench
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``writebus`` console script."""
     args = _parser().parse_args(argv)
     if args.command == "serve":
         configure_logging()
-        from bus.service import serve
-        from client.settings import Settings
+        from writebus.bus.service import serve
+        from writebus.client.settings import Settings
 
         asyncio.run(serve(Settings.from_env()))
     elif args.command == "demo":
         configure_logging(fmt="console", level="warning")
-        from bus.demo import run_demo
+        from writebus.bus.demo import run_demo
 
         sys.exit(asyncio.run(run_demo(writes=args.writes, delay_ms=args.delay_ms,
                                       fsync=args.fsync)))
     elif args.command == "dev":
         configure_logging(fmt="console")
-        from bus.dev import dev_up
+        from writebus.bus.dev import dev_up
 
         dev_up(delay_ms=args.delay_ms, base_dir=args.dir)
     elif args.command == "bench":
         configure_logging(fmt="console", level="warning")
-        try:
-            from bench.run import run_bench
-        except ImportError as exc:  # pragma: no cover - depends on extras
-            sys.exit(f"writebus bench needs the bench extra: pip install 'writebus[bench]' ({exc})")
+        run_bench = _load_bench()
         sys.exit(run_bench(quick=args.quick, json_path=args.json_path, plot_path=args.plot_path,
                            delay_ms=args.delay_ms))

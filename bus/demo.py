@@ -14,9 +14,9 @@ import time
 
 import psycopg
 
-from bus.embedded.stack import Stack
-from client.db import Database
-from client.settings import Settings
+from writebus.bus.embedded.stack import Stack
+from writebus.client.db import Database
+from writebus.client.settings import Settings
 
 DEMO_TABLE = "writebus_demo_notes"
 

@@ -7,7 +7,7 @@ import signal
 import threading
 from pathlib import Path
 
-from bus.embedded.stack import Stack
+from writebus.bus.embedded.stack import Stack
 
 
 def dev_up(*, delay_ms: float = 25.0, base_dir: str | None = None) -> None:

@@ -1,6 +1,6 @@
 """Turning request bytes into reply bytes: decode, validate, run, encode.
 
-No NATS here: :class:`Handler` is called by :mod:`bus.worker` with a message's body and headers
+No NATS here: :class:`Handler` is called by :mod:`writebus.bus.worker` with a message's body and headers
 and returns the reply body and headers. Every failure becomes a typed error reply; nothing a
 client sends can raise out of :meth:`Handler.handle`.
 """
@@ -16,9 +16,9 @@ import psycopg
 import psycopg_pool
 import structlog
 
-from bus import idempotency, pipelined
-from client.errors import ProcedureError, ProtocolError, WriteRejectedError
-from client.execute import (
+from writebus.bus import idempotency, pipelined
+from writebus.client.errors import ProcedureError, ProtocolError, WriteRejectedError
+from writebus.client.execute import (
     SESSION_ENDED_SQLSTATES,
     connection_lost,
     error_info,
@@ -26,9 +26,9 @@ from client.execute import (
     rejected,
     run_procedure,
 )
-from client.lsn import format_lsn
-from client.procedures import Procedures
-from client.protocol import (
+from writebus.client.lsn import format_lsn
+from writebus.client.procedures import Procedures
+from writebus.client.protocol import (
     CONTENT_TYPE_HEADER,
     JSON,
     MAX_PARAM_BYTES,

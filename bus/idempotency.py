@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import psycopg
 
-from client.protocol import StatementResult
+from writebus.client.protocol import StatementResult
 
 SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS writebus;

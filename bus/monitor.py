@@ -17,9 +17,9 @@ from typing import Any
 import psycopg
 import structlog
 
-from bus.cadence import Cadence, MonitorState
-from client.lsn import parse_lsn
-from client.protocol import LsnUpdate, decode, encode, encoding_of, lsn_update
+from writebus.bus.cadence import Cadence, MonitorState
+from writebus.client.lsn import parse_lsn
+from writebus.client.protocol import LsnUpdate, decode, encode, encoding_of, lsn_update
 
 log = structlog.get_logger("writebus.monitor")
 

@@ -18,11 +18,11 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
-from bus import idempotency
-from client.errors import WriteRejectedError
-from client.execute import FLUSH_LSN_SQL, connection_lost, rejected
-from client.lsn import parse_lsn
-from client.protocol import Statement, StatementResult
+from writebus.bus import idempotency
+from writebus.client.errors import WriteRejectedError
+from writebus.client.execute import FLUSH_LSN_SQL, connection_lost, rejected
+from writebus.client.lsn import parse_lsn
+from writebus.client.protocol import Statement, StatementResult
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,15 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
-from bus import idempotency
-from bus.handler import Handler, Limits
-from bus.monitor import PrimaryAnnouncer, ReplicaMonitor
-from bus.worker import SubjectServer
-from client.connect import connect_nats
-from client.execute import DURABLE_COMMIT_SQL
-from client.procedures import Procedures, load_procedures
-from client.settings import Settings
-from client.subjects import Subjects
+from writebus.bus import idempotency
+from writebus.bus.handler import Handler, Limits
+from writebus.bus.monitor import PrimaryAnnouncer, ReplicaMonitor
+from writebus.bus.worker import SubjectServer
+from writebus.client.connect import connect_nats
+from writebus.client.execute import DURABLE_COMMIT_SQL
+from writebus.client.procedures import Procedures, load_procedures
+from writebus.client.settings import Settings
+from writebus.client.subjects import Subjects
 
 log = structlog.get_logger("writebus.bus")
 

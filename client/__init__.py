@@ -2,15 +2,15 @@
 
 ::
 
-    from client import Database, Settings
+    from writebus.client import Database, Settings
 
     async with Database(Settings.from_env()) as db:
         await db.execute("INSERT INTO notes(body) VALUES (%s)", ["hi"])
         rows = await db.fetch("SELECT body FROM notes")   # sees the insert
 """
 
-from client.db import Database, connect, new_request_id
-from client.errors import (
+from writebus.client.db import Database, connect, new_request_id
+from writebus.client.errors import (
     CommitUnknownError,
     NoWorkerError,
     ProcedureError,
@@ -22,14 +22,14 @@ from client.errors import (
     WriteBusError,
     WriteRejectedError,
 )
-from client.lsn import format_lsn, parse_lsn
-from client.procedures import Procedures, load_procedures
-from client.protocol import Statement
-from client.region import is_primary, my_region, primary_region
-from client.results import StatementOutcome, Timings, WriteResult
-from client.retry import NO_RETRY, RetryPolicy
-from client.settings import Settings
-from client.tracker import LsnTracker, acquire_tracker, release_tracker
+from writebus.client.lsn import format_lsn, parse_lsn
+from writebus.client.procedures import Procedures, load_procedures
+from writebus.client.protocol import Statement
+from writebus.client.region import is_primary, my_region, primary_region
+from writebus.client.results import StatementOutcome, Timings, WriteResult
+from writebus.client.retry import NO_RETRY, RetryPolicy
+from writebus.client.settings import Settings
+from writebus.client.tracker import LsnTracker, acquire_tracker, release_tracker
 
 __all__ = [
     "CommitUnknownError",

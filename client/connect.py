@@ -1,4 +1,4 @@
-"""Opening NATS connections from :class:`~client.settings.Settings` (auth, TLS, reconnects)."""
+"""Opening NATS connections from :class:`~writebus.client.settings.Settings` (auth, TLS, reconnects)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 
-from client.errors import WriteBusError
-from client.settings import Settings
+from writebus.client.errors import WriteBusError
+from writebus.client.settings import Settings
 
 log = structlog.get_logger("writebus.nats")
 
@@ -50,7 +50,7 @@ async def connect_nats(settings: Settings, *, name: str, **options: Any) -> Any:
     """Connect to NATS, reconnecting forever, logging state changes without credentials.
 
     The first connection is retried while the server is unreachable, but fails at once with
-    :class:`~client.errors.WriteBusError` when the server refuses the credentials or its
+    :class:`~writebus.client.errors.WriteBusError` when the server refuses the credentials or its
     certificate is not trusted: retrying would only hang.
     """
     refused: asyncio.Future[tuple[str, BaseException]] = asyncio.get_running_loop().create_future()

@@ -18,23 +18,23 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from client.connect import connect_nats
-from client.errors import (
+from writebus.client.connect import connect_nats
+from writebus.client.errors import (
     CommitUnknownError,
     ProtocolError,
     TrackerError,
     UnavailableError,
     WriteBusError,
 )
-from client.execute import connection_lost, rejected, run_procedure, run_statements
-from client.procedures import Procedures
-from client.protocol import Request, Statement
-from client.results import StatementOutcome, Timings, WriteResult
-from client.retry import RetryPolicy, for_procedure_calls
-from client.rpc import Exchange, request
-from client.settings import Settings
-from client.subjects import Subjects
-from client.tracker import LsnTracker, acquire_tracker, release_tracker
+from writebus.client.execute import connection_lost, rejected, run_procedure, run_statements
+from writebus.client.procedures import Procedures
+from writebus.client.protocol import Request, Statement
+from writebus.client.results import StatementOutcome, Timings, WriteResult
+from writebus.client.retry import RetryPolicy, for_procedure_calls
+from writebus.client.rpc import Exchange, request
+from writebus.client.settings import Settings
+from writebus.client.subjects import Subjects
+from writebus.client.tracker import LsnTracker, acquire_tracker, release_tracker
 
 log = structlog.get_logger("writebus.client")
 
@@ -66,9 +66,9 @@ class Database:
     """A handle on the local database with writes routed to the primary.
 
     Use as ``async with Database(Settings.from_env()) as db:``. Keyword options:
-    ``procedures`` (a :class:`~client.procedures.Procedures` registry, used to run procedures
+    ``procedures`` (a :class:`~writebus.client.procedures.Procedures` registry, used to run procedures
     directly in the primary region), ``min_size``/``max_size`` of the local connection pool, and
-    ``retry`` (a :class:`~client.retry.RetryPolicy`).
+    ``retry`` (a :class:`~writebus.client.retry.RetryPolicy`).
     """
 
     def __init__(

@@ -56,7 +56,7 @@ class ReplicationTimeoutError(WriteBusError):
     replayed it within ``timeout``. Reading locally now may not show the write."""
 
     def __init__(self, lsn: int, timeout: float, replayed: int | None, region: str) -> None:
-        from client.lsn import format_lsn
+        from writebus.client.lsn import format_lsn
 
         seen = format_lsn(replayed) if replayed is not None else "unknown"
         super().__init__(

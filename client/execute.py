@@ -13,10 +13,10 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
-from client.errors import ProcedureError, WriteBusError, WriteRejectedError
-from client.lsn import parse_lsn
-from client.procedures import Procedure
-from client.protocol import ErrorInfo, Statement, StatementResult
+from writebus.client.errors import ProcedureError, WriteBusError, WriteRejectedError
+from writebus.client.lsn import parse_lsn
+from writebus.client.procedures import Procedure
+from writebus.client.protocol import ErrorInfo, Statement, StatementResult
 
 FLUSH_LSN_SQL = "SELECT pg_current_wal_flush_lsn()::text"
 

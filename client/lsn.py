@@ -6,7 +6,7 @@ Postgres prints an LSN as two hex halves, ``"16/B374D848"``. Comparing the text 
 
 from __future__ import annotations
 
-from client.errors import ProtocolError
+from writebus.client.errors import ProtocolError
 
 MAX_LSN = (1 << 64) - 1
 _HEX = frozenset("0123456789abcdefABCDEF")

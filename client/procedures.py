@@ -19,7 +19,7 @@ import importlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from client.errors import ProcedureError
+from writebus.client.errors import ProcedureError
 
 Procedure = Callable[..., Awaitable[Any]]
 P = TypeVar("P", bound=Procedure)
@@ -67,5 +67,5 @@ def load_procedures(spec: str) -> Procedures:
     module = importlib.import_module(module_name)
     registry = getattr(module, attr or "procedures")
     if not isinstance(registry, Procedures):
-        raise TypeError(f"{spec} is a {type(registry).__name__}, not a client.Procedures")
+        raise TypeError(f"{spec} is a {type(registry).__name__}, not a writebus.Procedures")
     return registry

@@ -23,7 +23,7 @@ from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
-from client.errors import ProtocolError
+from writebus.client.errors import ProtocolError
 
 PROTOCOL_VERSION: Final = 1
 
@@ -140,7 +140,7 @@ def lsn_update(
     *, region: str, replica_id: str, lsn: int, role: str, in_recovery: bool
 ) -> LsnUpdate:
     """A progress broadcast for ``lsn`` (an integer), stamped with the current time."""
-    from client.lsn import format_lsn
+    from writebus.client.lsn import format_lsn
 
     return LsnUpdate(
         region=region,

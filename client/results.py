@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from client.lsn import format_lsn
-from client.protocol import StatementResult
+from writebus.client.lsn import format_lsn
+from writebus.client.protocol import StatementResult
 
 
 @dataclass(frozen=True)

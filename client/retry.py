@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from client.errors import NoWorkerError, RpcTimeoutError, UnavailableError, WriteBusError
+from writebus.client.errors import NoWorkerError, RpcTimeoutError, UnavailableError, WriteBusError
 
 
 @dataclass(frozen=True, kw_only=True)

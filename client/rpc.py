@@ -9,7 +9,7 @@ from typing import Any
 
 import nats.errors
 
-from client.errors import (
+from writebus.client.errors import (
     NoWorkerError,
     ProcedureError,
     ProtocolError,
@@ -18,8 +18,8 @@ from client.errors import (
     WriteBusError,
     WriteRejectedError,
 )
-from client.protocol import MSGPACK, ErrorInfo, Reply, Request, decode, encode, encoding_of
-from client.retry import RetryPolicy
+from writebus.client.protocol import MSGPACK, ErrorInfo, Reply, Request, decode, encode, encoding_of
+from writebus.client.retry import RetryPolicy
 
 _LOST = (
     nats.errors.ConnectionClosedError,

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Self
 
-from client.region import my_region, primary_region
+from writebus.client.region import my_region, primary_region
 
 #: Every environment variable read by :meth:`Settings.from_env`, with its meaning.
 ENV_VARS: dict[str, str] = {
@@ -22,7 +22,7 @@ ENV_VARS: dict[str, str] = {
     "DATABASE_URL": "the local database: the replica outside the primary region",
     "PRIMARY_DATABASE_URL": "the primary database, for bus workers (default DATABASE_URL)",
     "WRITEBUS_PREFIX": "subject prefix (default 'writebus')",
-    "WRITEBUS_PROCEDURES": "'module:attribute' naming a client.Procedures registry to serve",
+    "WRITEBUS_PROCEDURES": "'module:attribute' naming a writebus.Procedures registry to serve",
     "WRITEBUS_REPLICA_ID": "this region node's replica id in progress broadcasts",
     "WRITEBUS_MAX_CONCURRENCY": "writes a bus worker runs at once (default 32)",
     "WRITEBUS_ALLOW_SQL": "'false' switches raw SQL over the bus off: procedures only",

@@ -2,7 +2,7 @@
 
 One tracker runs per process and (region, database): :func:`acquire_tracker` hands out a shared,
 reference-counted instance. It listens to ``<prefix>.lsn.<region>`` broadcasts (push, no polling)
-and keeps waiters in a heap (:mod:`client.waiters`). When broadcasts stop -- the region's bus is
+and keeps waiters in a heap (:mod:`writebus.client.waiters`). When broadcasts stop -- the region's bus is
 down -- it falls back to reading ``pg_last_wal_replay_lsn()`` from its own database while anyone
 waits, so a wait never hangs and never depends on a single publisher.
 """
@@ -17,14 +17,14 @@ from typing import Any
 import psycopg
 import structlog
 
-from client.connect import connect_nats
-from client.errors import ReplicationTimeoutError, TrackerError
-from client.lsn import parse_lsn
-from client.progress import RegionProgress
-from client.protocol import LsnUpdate, decode, encoding_of
-from client.settings import Settings
-from client.subjects import Subjects
-from client.waiters import WaiterQueue
+from writebus.client.connect import connect_nats
+from writebus.client.errors import ReplicationTimeoutError, TrackerError
+from writebus.client.lsn import parse_lsn
+from writebus.client.progress import RegionProgress
+from writebus.client.protocol import LsnUpdate, decode, encoding_of
+from writebus.client.settings import Settings
+from writebus.client.subjects import Subjects
+from writebus.client.waiters import WaiterQueue
 
 log = structlog.get_logger("writebus.tracker")
 

@@ -15,7 +15,7 @@ import asyncio
 import sys
 import time
 
-from client import Database, NoWorkerError, RpcTimeoutError, Settings, UnavailableError
+from writebus.client import Database, NoWorkerError, RpcTimeoutError, Settings, UnavailableError
 
 TABLE = "writebus_compose_demo"
 WRITES = 20

@@ -17,9 +17,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from bus.embedded.bus_process import BusProcess
-from client.db import Database
-from client.settings import Settings
+from writebus.bus.embedded.bus_process import BusProcess
+from writebus.client.db import Database
+from writebus.client.settings import Settings
 from tests.servers import make_stack
 
 REPO = Path(__file__).resolve().parent.parent

@@ -22,10 +22,10 @@ import psycopg
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
-from bus.embedded.bus_process import BusProcess
-from bus.embedded.ports import LOCALHOST, free_ports, wait_port
-from bus.embedded.proxy import ProxyProcess, Route
-from bus.embedded.stack import region_env
+from writebus.bus.embedded.bus_process import BusProcess
+from writebus.bus.embedded.ports import LOCALHOST, free_ports, wait_port
+from writebus.bus.embedded.proxy import ProxyProcess, Route
+from writebus.bus.embedded.stack import region_env
 
 PG_IMAGE = "postgres:15"
 NATS_IMAGE = "nats:2.10"

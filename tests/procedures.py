@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from client.procedures import Procedures
+from writebus.client.procedures import Procedures
 
 procedures = Procedures()
 

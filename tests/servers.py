@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from bus.embedded.stack import Stack
+from writebus.bus.embedded.stack import Stack
 
 
 def docker_available() -> bool:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from client.settings import ENV_VARS
+from writebus.client.settings import ENV_VARS
 
 ROOT = Path(__file__).resolve().parent.parent
 NATS_CONF = ROOT / "nats.conf"
@@ -351,7 +351,7 @@ def test_dockerfile_installs_the_package() -> None:
     assert '["writebus", "serve"]' in text
     with (ROOT / "pyproject.toml").open("rb") as f:
         scripts = tomllib.load(f)["project"]["scripts"]
-    assert scripts["writebus"] == "bus.cli:main"
+    assert scripts["writebus"] == "writebus.bus.cli:main"
 
 
 def test_dockerfile_copies_existing_paths() -> None:

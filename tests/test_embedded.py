@@ -14,12 +14,12 @@ import psycopg
 import pytest
 from nats.aio.msg import Msg
 
-from bus.embedded.bus_process import BusProcess
-from bus.embedded.errors import ServerStartError, WaitTimeout
-from bus.embedded.nats import NatsServer, has_interest, missing_gateways
-from bus.embedded.ports import free_port, free_ports
-from bus.embedded.proxy import DelayProxy, Route
-from bus.embedded.stack import Stack
+from writebus.bus.embedded.bus_process import BusProcess
+from writebus.bus.embedded.errors import ServerStartError, WaitTimeout
+from writebus.bus.embedded.nats import NatsServer, has_interest, missing_gateways
+from writebus.bus.embedded.ports import free_port, free_ports
+from writebus.bus.embedded.proxy import DelayProxy, Route
+from writebus.bus.embedded.stack import Stack
 
 DELAY_MS = 20.0
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from bus.embedded.stack import Stack
-from client import Database, RetryPolicy
+from writebus.bus.embedded.stack import Stack
+from writebus.client import Database, RetryPolicy
 from tests.conftest import TEST_DELAY_MS, settings_for, start_bus
 
 

@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bus.embedded.bus_process import BusProcess
-from client import Database, ProtocolError, WriteRejectedError
-from client.protocol import MAX_PARAM_BYTES, MAX_REQUEST_ID_LENGTH, MAX_STATEMENTS
+from writebus.bus.embedded.bus_process import BusProcess
+from writebus.client import Database, ProtocolError, WriteRejectedError
+from writebus.client.protocol import MAX_PARAM_BYTES, MAX_REQUEST_ID_LENGTH, MAX_STATEMENTS
 from tests.conftest import primary_rows
 from tests.wire import WirePeer, decode_reply
 

@@ -24,7 +24,7 @@ import nats
 import nats.errors
 import pytest
 
-from client.subjects import WORKER_QUEUE, Subjects
+from writebus.client.subjects import WORKER_QUEUE, Subjects
 
 ROOT = Path(__file__).resolve().parent.parent
 NATS_CONF = ROOT / "nats.conf"

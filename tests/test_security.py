@@ -28,12 +28,12 @@ import pytest
 import structlog
 import trustme
 
-from bus.embedded.bus_process import BusProcess
-from bus.embedded.nats import NatsServer
-from bus.embedded.ports import free_port, free_ports
-from bus.embedded.postgres import PostgresServer
-from client import Database, ProtocolError, Settings, WriteBusError
-from client.connect import connect_nats
+from writebus.bus.embedded.bus_process import BusProcess
+from writebus.bus.embedded.nats import NatsServer
+from writebus.bus.embedded.ports import free_port, free_ports
+from writebus.bus.embedded.postgres import PostgresServer
+from writebus.client import Database, ProtocolError, Settings, WriteBusError
+from writebus.client.connect import connect_nats
 from tests.conftest import bus_env, settings_for, start_bus
 from tests.wire import decode_reply
 

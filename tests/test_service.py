@@ -11,8 +11,8 @@ import msgspec
 import nats
 import psycopg
 
-from bus.service import BusService
-from client import NO_RETRY, Database
+from writebus.bus.service import BusService
+from writebus.client import NO_RETRY, Database
 from tests.conftest import primary_rows, settings_for, start_bus
 from tests.procedures import procedures
 

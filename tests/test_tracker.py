@@ -10,10 +10,10 @@ from typing import Any
 import nats
 import pytest
 
-from client.errors import ReplicationTimeoutError
-from client.protocol import encode, lsn_update
-from client.settings import Settings
-from client.tracker import LsnTracker, acquire_tracker, release_tracker
+from writebus.client.errors import ReplicationTimeoutError
+from writebus.client.protocol import encode, lsn_update
+from writebus.client.settings import Settings
+from writebus.client.tracker import LsnTracker, acquire_tracker, release_tracker
 from tests.conftest import settings_for
 
 
@@ -134,7 +134,7 @@ async def test_fallback_reads_the_replica_when_nobody_broadcasts(stack: Any) -> 
 
         with psycopg.connect(stack.primary.url, autocommit=True) as conn:
             lsn_text = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0]
-        from client.lsn import parse_lsn
+        from writebus.client.lsn import parse_lsn
 
         replayed = await tracker.wait_for(parse_lsn(lsn_text), timeout=5)
         assert replayed >= parse_lsn(lsn_text)
@@ -162,7 +162,7 @@ async def test_one_tracker_per_process_and_database(stack: Any) -> None:
 
 async def test_closing_wakes_waiters_with_an_error(isolated: Any) -> None:
     """Closing the tracker fails pending waits instead of leaving them hanging."""
-    from client.errors import TrackerError
+    from writebus.client.errors import TrackerError
 
     tracker, _, _ = isolated
     w = asyncio.create_task(tracker.wait_for(10**12, timeout=30))

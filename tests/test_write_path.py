@@ -11,7 +11,7 @@ import msgpack
 import nats
 import pytest
 
-from client import (
+from writebus.client import (
     Database,
     NoWorkerError,
     ProcedureError,
@@ -20,7 +20,7 @@ from client import (
     Statement,
     WriteRejectedError,
 )
-from client.lsn import format_lsn
+from writebus.client.lsn import format_lsn
 from tests.conftest import primary_rows, settings_for
 
 

@@ -3,19 +3,19 @@
 Used by ``writebus demo``, ``writebus dev up``, the tests and the benchmarks.
 """
 
-from bus.embedded.bus_process import BusProcess
-from bus.embedded.errors import (
+from writebus.bus.embedded.bus_process import BusProcess
+from writebus.bus.embedded.errors import (
     BinaryNotFound,
     CommandError,
     EmbeddedError,
     ServerStartError,
     WaitTimeout,
 )
-from bus.embedded.nats import NatsServer, find_nats_server
-from bus.embedded.pgbin import find_pg_bindir
-from bus.embedded.postgres import PostgresServer
-from bus.embedded.proxy import DelayProxy, ProxyProcess, Route
-from bus.embedded.stack import Stack
+from writebus.bus.embedded.nats import NatsServer, find_nats_server
+from writebus.bus.embedded.pgbin import find_pg_bindir
+from writebus.bus.embedded.postgres import PostgresServer
+from writebus.bus.embedded.proxy import DelayProxy, ProxyProcess, Route
+from writebus.bus.embedded.stack import Stack
 
 __all__ = [
     "BinaryNotFound",

@@ -1,4 +1,4 @@
-"""The bus service (``python -m bus serve``) as a child process, for tests, demos and benchmarks."""
+"""The bus service (``python -m writebus serve``) as a child process, for tests, demos and benchmarks."""
 
 from __future__ import annotations
 
@@ -15,20 +15,20 @@ from typing import Final, Self
 
 import structlog
 
-from bus.embedded.errors import EmbeddedError, ServerStartError, WaitTimeout, read_tail
+from writebus.bus.embedded.errors import EmbeddedError, ServerStartError, WaitTimeout, read_tail
 
 log = structlog.get_logger(__name__)
 
 #: The bus service logs this event once it serves requests.
 READY_MARKER: Final = "bus.ready"
-DEFAULT_COMMAND: Final = ("-m", "bus", "serve")
+DEFAULT_COMMAND: Final = ("-m", "writebus", "serve")
 
 
 class BusProcess:
     """One bus service process, its stdout and stderr going to ``log_path``.
 
     ``env`` is applied on top of a copy of :data:`os.environ`. ``command`` (arguments after the
-    Python executable) defaults to ``-m bus serve``; ``ready_marker`` is the log substring that
+    Python executable) defaults to ``-m writebus serve``; ``ready_marker`` is the log substring that
     :meth:`wait_ready` waits for.
     """
 

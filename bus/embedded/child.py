@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from bus.embedded.errors import read_tail
+from writebus.bus.embedded.errors import read_tail
 
 
 class ChildProcess:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 
 class EmbeddedError(Exception):
-    """Base class of every error raised by :mod:`bus.embedded`."""
+    """Base class of every error raised by :mod:`writebus.bus.embedded`."""
 
 
 class BinaryNotFound(EmbeddedError):

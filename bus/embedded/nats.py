@@ -23,9 +23,9 @@ from typing import Any, Final
 
 import structlog
 
-from bus.embedded.child import ChildProcess
-from bus.embedded.errors import BinaryNotFound, ServerStartError, WaitTimeout
-from bus.embedded.ports import port_accepts
+from writebus.bus.embedded.child import ChildProcess
+from writebus.bus.embedded.errors import BinaryNotFound, ServerStartError, WaitTimeout
+from writebus.bus.embedded.ports import port_accepts
 
 log = structlog.get_logger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-from bus.embedded.errors import BinaryNotFound
+from writebus.bus.embedded.errors import BinaryNotFound
 
 log = structlog.get_logger(__name__)
 

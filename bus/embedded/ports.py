@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 
-from bus.embedded.errors import WaitTimeout
+from writebus.bus.embedded.errors import WaitTimeout
 
 LOCALHOST = "127.0.0.1"
 

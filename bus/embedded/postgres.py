@@ -20,15 +20,15 @@ from typing import Any, Final, Literal
 import psycopg
 import structlog
 
-from bus.embedded.child import ChildProcess
-from bus.embedded.errors import (
+from writebus.bus.embedded.child import ChildProcess
+from writebus.bus.embedded.errors import (
     BinaryNotFound,
     CommandError,
     EmbeddedError,
     ServerStartError,
     WaitTimeout,
 )
-from bus.embedded.pgbin import find_pg_bindir, has_postgres
+from writebus.bus.embedded.pgbin import find_pg_bindir, has_postgres
 
 log = structlog.get_logger(__name__)
 

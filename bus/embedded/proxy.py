@@ -8,7 +8,7 @@ delay the proxy forwards directly. When either side closes, the other side is cl
 
 Run it in its own process so the delays do not depend on how busy the client's event loop is::
 
-    python -m bus.embedded.proxy --delay-ms 25 --route 127.0.0.1:7001=127.0.0.1:5432
+    python -m writebus.bus.embedded.proxy --delay-ms 25 --route 127.0.0.1:7001=127.0.0.1:5432
 
 It prints ``ready`` on stdout once every route listens. :class:`ProxyProcess` does this from
 Python.
@@ -33,8 +33,8 @@ from typing import IO, Final, Self
 
 import structlog
 
-from bus.embedded.child import ChildProcess
-from bus.embedded.errors import EmbeddedError, ServerStartError
+from writebus.bus.embedded.child import ChildProcess
+from writebus.bus.embedded.errors import EmbeddedError, ServerStartError
 
 log = structlog.get_logger(__name__)
 
@@ -273,7 +273,7 @@ async def serve(
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line entry point (see the module docstring)."""
     parser = argparse.ArgumentParser(
-        prog="python -m bus.embedded.proxy", description=__doc__.split("\n")[0]
+        prog="python -m writebus.bus.embedded.proxy", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay per direction")
     parser.add_argument(
@@ -291,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 class ProxyProcess(ChildProcess):
-    """``python -m bus.embedded.proxy`` as a child process.
+    """``python -m writebus.bus.embedded.proxy`` as a child process.
 
     The child exits when this process closes its stdin (or dies), so a crashed test run does not
     leave proxies behind. Its stderr goes to ``log_path`` (or nowhere).
@@ -321,7 +321,7 @@ class ProxyProcess(ChildProcess):
         if self.is_running:
             return
         command = [
-            sys.executable, "-m", "bus.embedded.proxy",
+            sys.executable, "-m", "writebus.bus.embedded.proxy",
             "--delay-ms", repr(float(self.one_way_delay_ms)),
             "--exit-with-parent",
         ]  # fmt: skip

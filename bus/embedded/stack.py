@@ -29,12 +29,12 @@ from typing import Any, Protocol, Self, TypeVar
 import psycopg
 import structlog
 
-from bus.embedded.bus_process import BusProcess
-from bus.embedded.errors import EmbeddedError, WaitTimeout
-from bus.embedded.nats import NatsServer
-from bus.embedded.ports import LOCALHOST, free_ports
-from bus.embedded.postgres import AUTO, PostgresServer
-from bus.embedded.proxy import ProxyProcess, Route
+from writebus.bus.embedded.bus_process import BusProcess
+from writebus.bus.embedded.errors import EmbeddedError, WaitTimeout
+from writebus.bus.embedded.nats import NatsServer
+from writebus.bus.embedded.ports import LOCALHOST, free_ports
+from writebus.bus.embedded.postgres import AUTO, PostgresServer
+from writebus.bus.embedded.proxy import ProxyProcess, Route
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +65,7 @@ class _Topology(Protocol):
 
 
 def region_env(stack: _Topology, region: str, **extra: str) -> dict[str, str]:
-    """The environment of a process in ``region`` of ``stack`` (see :mod:`client.settings`)."""
+    """The environment of a process in ``region`` of ``stack`` (see :mod:`writebus.client.settings`)."""
     env = {
         "PRIMARY_REGION": stack.primary_region,
         "FLY_REGION": region,
@@ -192,7 +192,7 @@ class Stack:
         return self.nats[region].url
 
     def env(self, region: str, **extra: str) -> dict[str, str]:
-        """Environment of a process running in ``region`` (see :mod:`client.settings`)."""
+        """Environment of a process running in ``region`` (see :mod:`writebus.client.settings`)."""
         self._check_region(region)
         return region_env(self, region, **extra)
 

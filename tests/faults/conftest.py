@@ -21,9 +21,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from bus.embedded.bus_process import BusProcess
-from bus.embedded.stack import Stack
-from client import Database, RetryPolicy, Settings
+from writebus.bus.embedded.bus_process import BusProcess
+from writebus.bus.embedded.stack import Stack
+from writebus.client import Database, RetryPolicy, Settings
 from tests.conftest import bus_env
 from tests.faults.check import DEFAULT_REPORT, REPORT_ENV, Check, check, primary_counts, record
 from tests.faults.load import Load

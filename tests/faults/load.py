@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from client import Database, ReplicationTimeoutError, WriteBusError
+from writebus.client import Database, ReplicationTimeoutError, WriteBusError
 
 Status = Literal["acked", "failed_retryable", "failed_other"]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from client import Database
+from writebus.client import Database
 from tests.faults.conftest import Rig
 
 

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import pytest
 
-from bus.embedded.bus_process import BusProcess
-from client import RetryPolicy
+from writebus.bus.embedded.bus_process import BusProcess
+from writebus.client import RetryPolicy
 from tests.faults.conftest import Rig
 from tests.faults.load import Load, LoadResult, Outcome, run_while
 

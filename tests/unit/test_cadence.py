@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bus.cadence import Cadence, MonitorState
+from writebus.bus.cadence import Cadence, MonitorState
 
 C = Cadence(fast_interval=0.001, heartbeat=1.0, fast_window=5.0)
 

@@ -7,7 +7,7 @@ import ssl
 import nats.errors
 import pytest
 
-from client.connect import refused_for_good
+from writebus.client.connect import refused_for_good
 
 
 def _ssl_error(reason: str) -> ssl.SSLError:

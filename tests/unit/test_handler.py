@@ -7,8 +7,8 @@ from typing import Any
 
 import msgpack
 
-from bus.handler import Handler
-from client.procedures import Procedures
+from writebus.bus.handler import Handler
+from writebus.client.procedures import Procedures
 
 
 def _handler() -> Handler:

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client.errors import ProtocolError
-from client.lsn import MAX_LSN, format_lsn, parse_lsn
+from writebus.client.errors import ProtocolError
+from writebus.client.lsn import MAX_LSN, format_lsn, parse_lsn
 
 
 def test_parse_known_values() -> None:

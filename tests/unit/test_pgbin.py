@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bus.embedded.errors import BinaryNotFound
-from bus.embedded.pgbin import find_pg_bindir, has_postgres
+from writebus.bus.embedded.errors import BinaryNotFound
+from writebus.bus.embedded.pgbin import find_pg_bindir, has_postgres
 
 
 def test_finds_a_directory_with_postgres() -> None:

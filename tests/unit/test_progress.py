@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from client.progress import RegionProgress
+from writebus.client.progress import RegionProgress
 
 
 def test_min_over_fresh_replicas_without_id() -> None:
@@ -44,8 +44,8 @@ async def test_tracker_follows_the_region_minimum() -> None:
     replicas' positions are not released by the faster one."""
     import asyncio
 
-    from client.settings import Settings
-    from client.tracker import LsnTracker
+    from writebus.client.settings import Settings
+    from writebus.client.tracker import LsnTracker
 
     tracker = LsnTracker(Settings())
     tracker._progress.observe("fast", 1000, now=1.0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from client.errors import ProtocolError
-from client.protocol import (
+from writebus.client.errors import ProtocolError
+from writebus.client.protocol import (
     JSON,
     MSGPACK,
     LsnUpdate,

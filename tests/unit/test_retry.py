@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import random
 
-from client.errors import (
+from writebus.client.errors import (
     NoWorkerError,
     ReplicationTimeoutError,
     RpcTimeoutError,
     UnavailableError,
     WriteRejectedError,
 )
-from client.retry import NO_RETRY, RetryPolicy
+from writebus.client.retry import NO_RETRY, RetryPolicy
 
 P = RetryPolicy(base_delay=0.02, max_delay=0.5, no_worker_patience=0.5)
 
@@ -59,8 +59,8 @@ def test_no_retry_policy() -> None:
 def test_serialization_failures_are_retried() -> None:
     """40001/40P01 rolled the whole transaction back: retrying with the same id is safe, and
     the flag survives the trip over the wire."""
-    from client.protocol import ErrorInfo
-    from client.rpc import error_from_reply
+    from writebus.client.protocol import ErrorInfo
+    from writebus.client.rpc import error_from_reply
 
     err = error_from_reply(ErrorInfo(kind="rejected", message="x", sqlstate="40001",
                                      retryable=True))
@@ -72,7 +72,7 @@ def test_serialization_failures_are_retried() -> None:
 def test_procedure_calls_do_not_retry_ambiguous_failures() -> None:
     """rpc_region/rpc_primary: a timeout or lost connection may mean the procedure ran, so it is
     not sent again; 'no worker' (never delivered) still is."""
-    from client.retry import for_procedure_calls
+    from writebus.client.retry import for_procedure_calls
 
     p = for_procedure_calls(P, 6.0)
     assert p.attempt_budget(10) == 6.0

@@ -7,7 +7,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from client.waiters import WaiterQueue
+from writebus.client.waiters import WaiterQueue
 
 
 def test_pop_reached_releases_only_satisfied_in_lsn_order() -> None:
