@@ -77,7 +77,8 @@ async def wake_run(stack: Stack, *, waiters: int, per_broadcast: int) -> WakeRun
     s = settings(stack, region, prefix=f"bench_tracker_{uuid.uuid4().hex[:8]}")
     s = s.replace(replica_id=REPLICA_ID)
     subject = Subjects(s.prefix).lsn(region)
-    tracker = LsnTracker(s, stale_after=3600.0)
+    tracker_nc = await connect_nats(s, name="bench-tracker")
+    tracker = LsnTracker(s, tracker_nc, stale_after=3600.0)
     await tracker.start()
     advance_s = 0.0
     advance = tracker.advance
@@ -115,6 +116,7 @@ async def wake_run(stack: Stack, *, waiters: int, per_broadcast: int) -> WakeRun
     finally:
         await nc.close()
         await tracker.close()
+        await tracker_nc.close()
     wake = [(w - r) * 1000 for w, r in zip(woke, released, strict=True)]
     return WakeRun(
         waiters=waiters,

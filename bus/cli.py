@@ -70,9 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "serve":
         configure_logging()
         from writebus.bus.service import serve
-        from writebus.client.settings import Settings
+        from writebus.bus.settings import BusSettings
 
-        asyncio.run(serve(Settings.from_env()))
+        asyncio.run(serve(BusSettings.from_env()))
     elif args.command == "demo":
         configure_logging(fmt="console", level="warning")
         from writebus.bus.demo import run_demo

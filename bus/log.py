@@ -1,36 +1,86 @@
-"""structlog configuration: JSON in production, readable console output in development."""
+"""Log output of the service and the command-line tools: JSON in production, console for people.
+
+Every writebus logger writes to the standard ``logging`` module (:mod:`writebus.client.log`).
+The service routes the root logger through structlog's ``ProcessorFormatter``, so in JSON mode
+every line is one JSON object -- writebus' own events with their fields as keys, and the
+messages of psycopg_pool, nats-py or anything else under their logger's name.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
 
 import structlog
 
+from writebus.client.errors import ConfigError
+from writebus.client.log import RECORD_ATTR
 
-def configure_logging(*, fmt: str | None = None, level: str | None = None) -> None:
-    """Configure structlog (``WRITEBUS_LOG_FORMAT``, ``WRITEBUS_LOG_LEVEL``)."""
-    fmt = fmt or os.environ.get("WRITEBUS_LOG_FORMAT") or (
-        "console" if sys.stderr.isatty() else "json"
+FORMATS = ("json", "console")
+
+
+def _restore_fields(
+    logger: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Put a writebus event's own fields back (its message is their rendered form)."""
+    record = event_dict.get("_record")
+    fields = getattr(record, RECORD_ATTR, None)
+    if isinstance(fields, dict):
+        event_dict.update(fields)
+    return event_dict
+
+
+def log_level(name: str | None) -> int:
+    """A level name (``debug``, ``info``, ...) as a number; ConfigError names the variable."""
+    value = (name or "info").strip().upper()
+    levels = logging.getLevelNamesMapping()
+    if value not in levels:
+        raise ConfigError(
+            f"WRITEBUS_LOG_LEVEL={name!r} is not a level: use debug, info, warning or error",
+            variable="WRITEBUS_LOG_LEVEL",
+        )
+    return levels[value]
+
+
+def configure_logging(
+    *, fmt: str | None = None, level: str | None = None, stream: TextIO | None = None
+) -> None:
+    """Send every log record to ``stream`` (stderr) as JSON or console lines.
+
+    ``fmt`` defaults to ``WRITEBUS_LOG_FORMAT``, else console on a terminal and JSON otherwise;
+    ``level`` to ``WRITEBUS_LOG_LEVEL`` (default ``info``).
+    """
+    out = stream or sys.stderr
+    fmt = (fmt or os.environ.get("WRITEBUS_LOG_FORMAT") or "").strip().lower() or (
+        "console" if out.isatty() else "json"
     )
-    level_name = (level or os.environ.get("WRITEBUS_LOG_LEVEL") or "info").upper()
-    renderer: structlog.typing.Processor
+    if fmt not in FORMATS:
+        raise ConfigError(
+            f"WRITEBUS_LOG_FORMAT={fmt!r}: use json or console", variable="WRITEBUS_LOG_FORMAT"
+        )
+    renderer: Any
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
     else:
         renderer = structlog.processors.JSONRenderer()
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            _restore_fields,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping().get(level_name, logging.INFO)
-        ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
     )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(log_level(level or os.environ.get("WRITEBUS_LOG_LEVEL")))

@@ -15,13 +15,13 @@ import time
 from typing import Any
 
 import psycopg
-import structlog
 
 from writebus.bus.cadence import Cadence, MonitorState
+from writebus.client.log import get_logger
 from writebus.client.lsn import parse_lsn
 from writebus.client.protocol import LsnUpdate, decode, encode, encoding_of, lsn_update
 
-log = structlog.get_logger("writebus.monitor")
+log = get_logger("writebus.bus.monitor")
 
 _REPLICA_SQL = "SELECT pg_last_wal_replay_lsn()::text, pg_is_in_recovery()"
 _PRIMARY_SQL = "SELECT pg_current_wal_flush_lsn()::text, pg_is_in_recovery()"

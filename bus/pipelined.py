@@ -19,8 +19,8 @@ import psycopg
 from psycopg import pq
 
 from writebus.bus import idempotency
+from writebus.bus.pg import FLUSH_LSN_SQL, connection_lost, rejected
 from writebus.client.errors import WriteRejectedError
-from writebus.client.execute import FLUSH_LSN_SQL, connection_lost, rejected
 from writebus.client.lsn import parse_lsn
 from writebus.client.protocol import Statement, StatementResult
 
@@ -46,12 +46,14 @@ async def run_write(
     exactly_once: bool,
     read_lsn: bool,
     check: Callable[[list[StatementResult]], None] | None = None,
+    on_commit: Callable[[], None] | None = None,
 ) -> Outcome:
     """Run ``statements`` atomically on ``conn`` (autocommit, idle).
 
     With ``exactly_once`` the request id is claimed first and the result stored in the same
     transaction; an id already applied gives ``duplicate=True`` with the stored results (and
-    nothing applied). ``check`` may raise to roll back before COMMIT (e.g. a reply too large).
+    nothing applied). ``check`` may raise to roll back before COMMIT (e.g. a reply too large);
+    ``on_commit`` is called just before COMMIT is sent.
     Raises :class:`WriteRejectedError` naming the failing statement; a lost connection is
     re-raised as the psycopg error.
     """
@@ -85,6 +87,8 @@ async def run_write(
             if exactly_once:
                 blob = idempotency.encode_result(results, None)
                 await conn.execute(idempotency.STORE_SQL, [blob, request_id])
+            if on_commit is not None:
+                on_commit()
             await conn.execute("COMMIT")
             flush = await conn.execute(FLUSH_LSN_SQL) if read_lsn else None
             await pipe.sync()

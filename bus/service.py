@@ -16,21 +16,23 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import psycopg
-import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from writebus.bus import idempotency
-from writebus.bus.handler import Handler, Limits
+from writebus.bus.execute import Limits
+from writebus.bus.handler import Handler
 from writebus.bus.monitor import PrimaryAnnouncer, ReplicaMonitor
+from writebus.bus.pg import durable_commits
+from writebus.bus.settings import BusSettings
 from writebus.bus.worker import SubjectServer
 from writebus.client.connect import connect_nats
-from writebus.client.execute import DURABLE_COMMIT_SQL
+from writebus.client.errors import ConfigError
+from writebus.client.log import get_logger
+from writebus.client.pgpool import open_pool
 from writebus.client.procedures import Procedures, load_procedures
-from writebus.client.settings import Settings
 from writebus.client.subjects import Subjects
 
-log = structlog.get_logger("writebus.bus")
+log = get_logger("writebus.bus.service")
 
 
 class BusService:
@@ -38,7 +40,7 @@ class BusService:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: BusSettings,
         *,
         procedures: Procedures | None = None,
         idempotency_window: float | None = None,
@@ -77,18 +79,20 @@ class BusService:
         """Connect, find the database's role, subscribe, and start publishing progress."""
         s = self.settings
         if not self.dsn:
-            raise RuntimeError("DATABASE_URL (or PRIMARY_DATABASE_URL) is not set")
+            raise ConfigError(
+                "DATABASE_URL (or PRIMARY_DATABASE_URL) is not set: the bus node needs its "
+                "region's database",
+                variable="DATABASE_URL",
+            )
         self.nc = await connect_nats(s, name=f"writebus-bus-{s.region}")
-        self.pool = AsyncConnectionPool(
+        self.pool = await open_pool(
             self.dsn,
+            name=f"writebus-bus-{s.region}",
             min_size=2,
             max_size=max(2, s.max_concurrency),
-            kwargs={"autocommit": True},
-            configure=_durable_commits,
-            open=False,
-            name=f"writebus-bus-{s.region}",
+            timeout=s.connect_timeout,
+            configure=durable_commits,
         )
-        await self.pool.open(wait=True, timeout=30)
         in_recovery = await self._in_recovery()
         self.handler = Handler(
             pool=self.pool,
@@ -224,7 +228,7 @@ class BusService:
                     n = await idempotency.expire(conn, self.idempotency_window)
                 if n:
                     log.info("bus.idempotency_expired", count=n)
-            except (psycopg.Error, Exception) as exc:
+            except Exception as exc:
                 log.warning("bus.idempotency_expiry_failed", error=str(exc))
 
     async def stop(self, timeout: float = 30.0) -> None:
@@ -257,11 +261,7 @@ class BusService:
         await self.stop()
 
 
-async def _durable_commits(conn: psycopg.AsyncConnection[Any]) -> None:
-    await conn.execute(DURABLE_COMMIT_SQL)
-
-
-async def serve(settings: Settings) -> None:
+async def serve(settings: BusSettings) -> None:
     """Run a bus node until SIGTERM or SIGINT, then drain.
 
     A signal while the node is still starting (its database or NATS not reachable yet) stops

@@ -13,9 +13,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import structlog
+from writebus.client.log import get_logger
 
-log = structlog.get_logger("writebus.worker")
+log = get_logger("writebus.bus.worker")
 
 #: ``(body, headers, received)`` -> ``(reply body, reply headers)``; ``received`` is the
 #: monotonic time the message reached this process, before it waited for a slot.

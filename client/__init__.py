@@ -1,8 +1,12 @@
 """writebus client: read from the local replica, write through the bus, read your writes.
 
+What an application uses is exported here (and again from ``writebus``). Tracker plumbing, the
+wire Structs and :func:`~writebus.client.procedures.load_procedures` stay importable from their
+own modules.
+
 ::
 
-    from writebus.client import Database, Settings
+    from writebus import Database, Settings
 
     async with Database(Settings.from_env()) as db:
         await db.execute("INSERT INTO notes(body) VALUES (%s)", ["hi"])
@@ -11,32 +15,45 @@
 
 from writebus.client.db import Database, connect, new_request_id
 from writebus.client.errors import (
-    CommitUnknownError,
+    ConfigError,
+    ConnectError,
+    DisconnectedError,
+    ForbiddenError,
+    IdempotencyKeyReusedError,
+    LimitError,
     NoWorkerError,
+    Outcome,
+    OutcomeUnknownError,
     ProcedureError,
     ProtocolError,
     ReplicationTimeoutError,
     RpcTimeoutError,
+    StaleReadError,
     TrackerError,
     UnavailableError,
     WriteBusError,
     WriteRejectedError,
 )
 from writebus.client.lsn import format_lsn, parse_lsn
-from writebus.client.procedures import Procedures, load_procedures
+from writebus.client.procedures import Procedures
 from writebus.client.protocol import Statement
 from writebus.client.region import is_primary, my_region, primary_region
 from writebus.client.results import StatementOutcome, Timings, WriteResult
 from writebus.client.retry import NO_RETRY, RetryPolicy
 from writebus.client.settings import Settings
-from writebus.client.tracker import LsnTracker, acquire_tracker, release_tracker
 
 __all__ = [
-    "CommitUnknownError",
     "NO_RETRY",
+    "ConfigError",
+    "ConnectError",
     "Database",
-    "LsnTracker",
+    "DisconnectedError",
+    "ForbiddenError",
+    "IdempotencyKeyReusedError",
+    "LimitError",
     "NoWorkerError",
+    "Outcome",
+    "OutcomeUnknownError",
     "ProcedureError",
     "Procedures",
     "ProtocolError",
@@ -44,6 +61,7 @@ __all__ = [
     "RetryPolicy",
     "RpcTimeoutError",
     "Settings",
+    "StaleReadError",
     "Statement",
     "StatementOutcome",
     "Timings",
@@ -52,14 +70,11 @@ __all__ = [
     "WriteBusError",
     "WriteRejectedError",
     "WriteResult",
-    "acquire_tracker",
     "connect",
     "format_lsn",
     "is_primary",
-    "load_procedures",
     "my_region",
     "new_request_id",
     "parse_lsn",
     "primary_region",
-    "release_tracker",
 ]

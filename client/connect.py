@@ -1,20 +1,33 @@
-"""Opening NATS connections from :class:`~writebus.client.settings.Settings` (auth, TLS, reconnects)."""
+"""Opening NATS connections from :class:`~writebus.client.settings.Settings`, and sharing them.
+
+The first connection is bounded by ``settings.connect_timeout``: an unreachable server, a
+misspelled host, refused credentials or an untrusted certificate raise
+:class:`~writebus.client.errors.ConnectError` naming the endpoint (``host:port``, never
+credentials) and the reason. Once connected, nats-py reconnects forever.
+
+One connection per process serves a :class:`~writebus.client.db.Database` and the region's
+tracker: :func:`acquire_nats` hands out a shared, reference-counted connection per server set,
+credentials and event loop.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from typing import Any
+from urllib.parse import urlsplit
 
 import nats.errors
-import structlog
 from nats.aio.client import Client as NATS
 
-from writebus.client.errors import WriteBusError
+from writebus.client.errors import ConnectError
+from writebus.client.log import get_logger
 from writebus.client.settings import Settings
+from writebus.client.transport import NatsClient
 
-log = structlog.get_logger("writebus.nats")
+log = get_logger("writebus.client.nats")
 
 
 def nats_tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -25,6 +38,19 @@ def nats_tls_context(settings: Settings) -> ssl.SSLContext | None:
     if settings.nats_tls_cert:
         ctx.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
     return ctx
+
+
+def endpoints(urls: tuple[str, ...] | list[str]) -> str:
+    """``host:port`` of each server URL, credentials stripped (for messages and logs)."""
+    out = []
+    for url in urls:
+        parts = urlsplit(url if "://" in url else f"nats://{url}")
+        try:
+            port = parts.port or 4222
+        except ValueError:
+            port = 4222
+        out.append(f"{parts.hostname or '?'}:{port}")
+    return ", ".join(out)
 
 
 def refused_for_good(exc: BaseException) -> str | None:
@@ -46,33 +72,67 @@ def refused_for_good(exc: BaseException) -> str | None:
     return None
 
 
-async def connect_nats(settings: Settings, *, name: str, **options: Any) -> Any:
-    """Connect to NATS, reconnecting forever, logging state changes without credentials.
+def describe_failure(exc: BaseException | None) -> str:
+    """A short reason for a failed connection attempt, in words an operator can act on."""
+    if exc is None:
+        return "no answer"
+    reason = refused_for_good(exc)
+    if reason is not None:
+        return reason
+    if isinstance(exc, socket.gaierror):
+        return f"DNS lookup failed ({exc.strerror or exc}): check the host name in NATS_URL"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused: is nats-server running there?"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed ({exc.reason or exc})"
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, nats.errors.TimeoutError)):
+        return "no answer (timed out)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
-    The first connection is retried while the server is unreachable, but fails at once with
-    :class:`~writebus.client.errors.WriteBusError` when the server refuses the credentials or its
-    certificate is not trusted: retrying would only hang.
+
+async def connect_nats(
+    settings: Settings, *, name: str, timeout: float | None = None, **options: Any
+) -> NatsClient:
+    """Connect to NATS within ``timeout`` (default ``settings.connect_timeout``), then
+    reconnect forever, logging state changes without credentials.
+
+    Raises :class:`~writebus.client.errors.ConnectError` at once when the server refuses the
+    credentials or its certificate, and after ``timeout`` when it cannot be reached.
     """
-    refused: asyncio.Future[tuple[str, BaseException]] = asyncio.get_running_loop().create_future()
+    limit = settings.connect_timeout if timeout is None else timeout
+    where = endpoints(settings.nats_urls)
+    loop = asyncio.get_running_loop()
+    refused: asyncio.Future[tuple[str, BaseException]] = loop.create_future()
+    last_error: list[BaseException] = []
+    # While reconnecting nats-py reports every failed dial (4 a second): log the first only.
+    quiet = [False]
+    nc = NATS()
 
     async def on_error(exc: Exception) -> None:
-        log.warning("nats.error", connection=name, error=type(exc).__name__, message=str(exc))
+        last_error[:] = [exc]
         reason = refused_for_good(exc)
         if reason is not None and not refused.done():
             refused.set_result((reason, exc))
+        if (nc.is_connected or nc.is_reconnecting) and not quiet[0]:
+            quiet[0] = nc.is_reconnecting
+            log.warning("nats.error", connection=name, error=type(exc).__name__, message=str(exc))
 
     async def on_disconnect() -> None:
-        log.info("nats.disconnected", connection=name)
+        if not nc.is_closed:  # a close() we asked for is not news
+            log.warning("nats.disconnected", connection=name, servers=where)
 
     async def on_reconnect() -> None:
-        log.info("nats.reconnected", connection=name)
+        quiet[0] = False
+        log.info("nats.reconnected", connection=name, servers=where)
 
     kwargs: dict[str, Any] = dict(
         servers=list(settings.nats_urls),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.25,
-        connect_timeout=2,
+        connect_timeout=max(0.1, min(2.0, limit)),
         allow_reconnect=True,
         error_cb=on_error,
         disconnected_cb=on_disconnect,
@@ -87,11 +147,10 @@ async def connect_nats(settings: Settings, *, name: str, **options: Any) -> Any:
     if tls is not None:
         kwargs["tls"] = tls
     kwargs.update(options)
-    nc = NATS()
     connecting = asyncio.create_task(nc.connect(**kwargs), name=f"nats-connect-{name}")
     try:
-        either: set[asyncio.Future[Any]] = {connecting, refused}
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        waiting: set[asyncio.Future[Any]] = {connecting, refused}
+        await asyncio.wait(waiting, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
     finally:
         if not connecting.done():
             connecting.cancel()
@@ -99,10 +158,70 @@ async def connect_nats(settings: Settings, *, name: str, **options: Any) -> Any:
                 await connecting
             with contextlib.suppress(Exception):
                 await nc.close()
-    if not connecting.cancelled() and connecting.exception() is None:
+    if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
         return nc
     if refused.done():
         reason, exc = refused.result()
-        raise WriteBusError(f"cannot connect to NATS: {reason}") from exc
-    connecting.result()  # re-raise the connection's own error
-    raise AssertionError("unreachable")
+        raise ConnectError("nats", where, reason) from exc
+    failure: BaseException | None = None
+    if connecting.done() and not connecting.cancelled():
+        failure = connecting.exception()
+    cause = last_error[0] if last_error else failure
+    reason = describe_failure(cause)
+    if not connecting.done() or connecting.cancelled():
+        reason = f"{reason}; gave up after {limit:g}s (WRITEBUS_CONNECT_TIMEOUT)"
+    raise ConnectError("nats", where, reason) from cause
+
+
+# -- one shared connection per process --------------------------------------------------------
+
+_shared: dict[tuple[Any, ...], tuple[NatsClient, int]] = {}
+_locks: dict[int, asyncio.Lock] = {}
+
+
+def _key(settings: Settings) -> tuple[Any, ...]:
+    return (
+        settings.nats_urls,
+        settings.nats_user,
+        settings.nats_password,
+        settings.nats_creds,
+        settings.nats_tls_ca,
+        settings.nats_tls_cert,
+        settings.nats_tls_key,
+        id(asyncio.get_running_loop()),
+    )
+
+
+def _lock() -> asyncio.Lock:
+    loop_id = id(asyncio.get_running_loop())
+    lock = _locks.get(loop_id)
+    if lock is None:
+        lock = _locks[loop_id] = asyncio.Lock()
+    return lock
+
+
+async def acquire_nats(settings: Settings, *, name: str = "writebus") -> NatsClient:
+    """The process's NATS connection for these servers and credentials, opened on first use."""
+    async with _lock():
+        key = _key(settings)
+        entry = _shared.get(key)
+        if entry is not None and not entry[0].is_closed:
+            _shared[key] = (entry[0], entry[1] + 1)
+            return entry[0]
+        nc = await connect_nats(settings, name=name)
+        _shared[key] = (nc, 1)
+        return nc
+
+
+async def release_nats(nc: NatsClient) -> None:
+    """Give back a connection from :func:`acquire_nats`; the last release closes it."""
+    async with _lock():
+        for key, (shared, refs) in list(_shared.items()):
+            if shared is nc:
+                if refs > 1:
+                    _shared[key] = (shared, refs - 1)
+                    return
+                del _shared[key]
+                break
+    with contextlib.suppress(Exception):
+        await nc.close()

@@ -1,45 +1,41 @@
 """The client: a database handle that reads locally and writes through the bus.
 
 Reads go to the local database (the region's replica). Writes run directly when this process is
-in the primary region; elsewhere they travel as NATS requests to the primary region's bus
-workers, and the call returns once the local replica has replayed the commit -- so the caller
-reads its own write.
+in the primary region -- through the same function a bus worker runs them with
+(:func:`writebus.bus.execute.run_request`) -- and elsewhere travel as NATS requests to the
+primary region's bus workers; the call returns once the local replica has replayed the commit,
+so the caller reads its own write.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import psycopg
-import structlog
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from writebus.client.connect import connect_nats
-from writebus.client.errors import (
-    CommitUnknownError,
-    ProtocolError,
-    TrackerError,
-    UnavailableError,
-    WriteBusError,
-)
-from writebus.client.execute import connection_lost, rejected, run_procedure, run_statements
-from writebus.client.procedures import Procedures
-from writebus.client.protocol import Request, Statement
+from writebus.client.connect import acquire_nats, release_nats
+from writebus.client.errors import ProtocolError, TrackerError, WriteBusError
+from writebus.client.log import get_logger
+from writebus.client.pgpool import open_pool
+from writebus.client.procedures import Procedures, load_procedures
+from writebus.client.protocol import MSGPACK, Request, Statement
 from writebus.client.results import StatementOutcome, Timings, WriteResult
-from writebus.client.retry import RetryPolicy, for_procedure_calls
+from writebus.client.retry import Attempts, RetryPolicy, for_procedure_calls
 from writebus.client.rpc import Exchange, request
 from writebus.client.settings import Settings
 from writebus.client.subjects import Subjects
 from writebus.client.tracker import LsnTracker, acquire_tracker, release_tracker
+from writebus.client.transport import NatsClient
 
-log = structlog.get_logger("writebus.client")
+log = get_logger("writebus.client.db")
 
 Params = Sequence[Any] | dict[str, Any] | None
 StatementLike = Statement | str | tuple[str, Params]
+Route = Literal["direct", "bus"]
 
 
 def _statement(s: StatementLike) -> Statement:
@@ -62,13 +58,25 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+def write_route(settings: Settings, *, has_local_pool: bool) -> Route:
+    """Where a write runs: ``"direct"`` on the local database in the primary region (it is the
+    primary), else ``"bus"``. A pure decision, kept apart from the I/O."""
+    return "direct" if settings.is_primary and has_local_pool else "bus"
+
+
 class Database:
     """A handle on the local database with writes routed to the primary.
 
     Use as ``async with Database(Settings.from_env()) as db:``. Keyword options:
-    ``procedures`` (a :class:`~writebus.client.procedures.Procedures` registry, used to run procedures
-    directly in the primary region), ``min_size``/``max_size`` of the local connection pool, and
-    ``retry`` (a :class:`~writebus.client.retry.RetryPolicy`).
+
+    * ``procedures`` -- the :class:`~writebus.client.procedures.Procedures` registry run
+      directly in the primary region (default: ``WRITEBUS_PROCEDURES``);
+    * ``pool`` -- an open ``psycopg_pool.AsyncConnectionPool`` on the local database to use
+      instead of opening one (it is not closed by :meth:`close`);
+    * ``nats`` -- a connected NATS client to use instead of the process's shared connection
+      (not closed by :meth:`close`);
+    * ``min_size``/``max_size`` of the local pool, and ``retry``
+      (a :class:`~writebus.client.retry.RetryPolicy`).
     """
 
     def __init__(
@@ -76,6 +84,8 @@ class Database:
         settings: Settings | None = None,
         *,
         procedures: Procedures | None = None,
+        pool: AsyncConnectionPool[Any] | None = None,
+        nats: NatsClient | None = None,
         min_size: int = 1,
         max_size: int = 10,
         retry: RetryPolicy | None = None,
@@ -86,8 +96,10 @@ class Database:
         self.subjects = Subjects(self.settings.prefix)
         self._min_size = min_size
         self._max_size = max_size
-        self._pool: AsyncConnectionPool | None = None
-        self._nc: Any = None
+        self._pool = pool
+        self._owns_pool = pool is None
+        self._nc = nats
+        self._owns_nats = nats is None
         self._tracker: LsnTracker | None = None
 
     def __repr__(self) -> str:
@@ -99,7 +111,9 @@ class Database:
     async def open(self) -> None:
         """Open the local pool, the NATS connection and (outside the primary) the tracker.
 
-        If any step fails (or is cancelled) what was already opened is closed again."""
+        Fails within ``settings.connect_timeout`` with
+        :class:`~writebus.client.errors.ConnectError` naming the server and the reason. If any
+        step fails (or is cancelled) what was already opened is closed again."""
         try:
             await self._open()
         except BaseException:
@@ -108,31 +122,36 @@ class Database:
 
     async def _open(self) -> None:
         s = self.settings
-        if s.database_url:
-            self._pool = AsyncConnectionPool(
+        if self._pool is None and s.database_url:
+            self._pool = await open_pool(
                 s.database_url,
+                name=f"writebus-local-{s.region}",
                 min_size=self._min_size,
                 max_size=self._max_size,
-                kwargs={"autocommit": True},
-                open=False,
-                name=f"writebus-local-{s.region}",
+                timeout=s.connect_timeout,
             )
-            await self._pool.open(wait=True, timeout=10)
-        self._nc = await connect_nats(s, name=f"writebus-client-{s.region}")
+        if self._nc is None:
+            self._nc = await acquire_nats(s, name=f"writebus-{s.region}")
+        if s.is_primary and self._pool is not None:
+            if self.procedures is None and s.procedures:
+                self.procedures = load_procedures(s.procedures)
+            await self._ensure_exactly_once_table(self._pool)
         if not s.is_primary:
-            self._tracker = await acquire_tracker(s)
+            self._tracker = await acquire_tracker(s, self._nc)
 
     async def close(self) -> None:
-        """Close everything this handle opened."""
-        if self._tracker is not None:
-            await release_tracker(self._tracker)
-            self._tracker = None
-        if self._nc is not None:
-            await self._nc.close()
+        """Close everything this handle opened. Never raises."""
+        tracker, self._tracker = self._tracker, None
+        if tracker is not None:
+            await release_tracker(tracker)
+        nc = self._nc
+        if nc is not None and self._owns_nats:
             self._nc = None
-        if self._pool is not None:
-            await self._pool.close()
+            await release_nats(nc)
+        pool = self._pool
+        if pool is not None and self._owns_pool:
             self._pool = None
+            await pool.close()
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -147,13 +166,18 @@ class Database:
         return self._tracker
 
     @property
-    def nats(self) -> Any:
-        """The underlying nats-py connection."""
+    def nats(self) -> NatsClient | None:
+        """The NATS connection in use."""
         return self._nc
+
+    @property
+    def pool(self) -> AsyncConnectionPool[Any] | None:
+        """The local database's connection pool."""
+        return self._pool
 
     # -- reads: always the local database -------------------------------------------------
 
-    def _local(self) -> AsyncConnectionPool:
+    def _local(self) -> AsyncConnectionPool[Any]:
         if self._pool is None:
             raise WriteBusError("no local database: set DATABASE_URL and open the Database")
         return self._pool
@@ -198,6 +222,7 @@ class Database:
         await_replication: bool = True,
         rpc_timeout: float | None = None,
         replication_timeout: float | None = None,
+        request_id: str | None = None,
     ) -> WriteResult:
         """Run one write statement on the primary; see :meth:`batch` for the options."""
         return await self.batch(
@@ -205,6 +230,7 @@ class Database:
             await_replication=await_replication,
             rpc_timeout=rpc_timeout,
             replication_timeout=replication_timeout,
+            request_id=request_id,
         )
 
     async def batch(
@@ -218,26 +244,21 @@ class Database:
     ) -> WriteResult:
         """Run statements atomically, in order, in one transaction on the primary.
 
-        In the primary region they run directly on the local database. Elsewhere they go over
+        In the primary region they run directly on the local database; elsewhere they go over
         the bus and, unless ``await_replication`` is false, the call returns once the local
-        replica has replayed the commit. ``rpc_timeout`` bounds getting the reply (retries
-        included, with the same request id so nothing applies twice); ``replication_timeout``
-        bounds the wait for replay. On error nothing was applied: :class:`WriteRejectedError`
-        carries the SQLSTATE. In the primary region a write that lost its connection before
-        COMMIT is run again (it was not applied) within ``rpc_timeout``; one that lost it
-        during COMMIT raises :class:`CommitUnknownError` (the outcome is unknown).
+        replica has replayed the commit. Either way the same rules, limits and errors apply and
+        the request id is recorded so it is applied once. ``rpc_timeout`` bounds the whole
+        write, retries included (same id, so nothing applies twice); ``replication_timeout``
+        bounds the wait for replay. ``request_id`` lets a caller resend a write whose outcome
+        was unknown (:class:`~writebus.client.errors.OutcomeUnknownError`) to learn it.
         """
         stmts = [_statement(s) for s in statements]
         if not stmts:
             raise ProtocolError("batch() needs at least one statement")
-        if self.settings.is_primary and self._pool is not None:
-            return await self._direct(stmts=stmts, timeout=rpc_timeout)
         req = Request(
             id=request_id or new_request_id(), statements=stmts, origin=self.settings.region
         )
-        return await self._via_bus(
-            self.subjects.write, req, await_replication, rpc_timeout, replication_timeout
-        )
+        return await self._write(req, await_replication, rpc_timeout, replication_timeout)
 
     async def call(
         self,
@@ -273,22 +294,14 @@ class Database:
         request_id: str | None = None,
     ) -> WriteResult:
         """Like :meth:`call` but returns the whole :class:`WriteResult` (LSN, timings)."""
-        kw = kwargs or {}
-        local = self.procedures is not None and procedure in self.procedures
-        if self.settings.is_primary and self._pool is not None and local:
-            return await self._direct(
-                procedure=procedure, args=args, kwargs=kw, timeout=rpc_timeout
-            )
         req = Request(
             id=request_id or new_request_id(),
             procedure=procedure,
             args=list(args),
-            kwargs=kw,
+            kwargs=kwargs or {},
             origin=self.settings.region,
         )
-        return await self._via_bus(
-            self.subjects.write, req, await_replication, rpc_timeout, replication_timeout
-        )
+        return await self._write(req, await_replication, rpc_timeout, replication_timeout)
 
     async def rpc_region(
         self,
@@ -300,7 +313,8 @@ class Database:
     ) -> Any:
         """Run a registered procedure in ``region`` and return its value (fly_rpc's
         ``rpc_region``). It runs on that region's database: writes only succeed on the primary.
-        Does not wait for replication."""
+        Does not wait for replication, and is not recorded for exactly-once: it is resent only
+        when it provably never ran."""
         req = Request(
             id=new_request_id(),
             procedure=procedure,
@@ -336,35 +350,50 @@ class Database:
 
     # -- internals ------------------------------------------------------------------------
 
+    @staticmethod
+    async def _ensure_exactly_once_table(pool: AsyncConnectionPool[Any]) -> None:
+        # Direct writes record their ids like bus workers do; the table is normally created by
+        # the primary's bus node, but an app may start first.
+        from writebus.bus import idempotency
+
+        async with pool.connection() as conn:
+            await idempotency.ensure_schema(conn)
+
+    async def _write(
+        self,
+        req: Request,
+        await_replication: bool,
+        rpc_timeout: float | None,
+        replication_timeout: float | None,
+    ) -> WriteResult:
+        timeout = rpc_timeout if rpc_timeout is not None else self.settings.rpc_timeout
+        if write_route(self.settings, has_local_pool=self._pool is not None) == "direct":
+            return await self._direct(req, timeout)
+        return await self._via_bus(req, await_replication, timeout, replication_timeout)
+
     async def _request(
         self,
         subject: str,
         req: Request,
-        timeout: float | None,
+        timeout: float,
         region: str,
         policy: RetryPolicy | None = None,
     ) -> Exchange:
         if self._nc is None:
             raise WriteBusError("the Database is not open")
         return await request(
-            self._nc,
-            subject,
-            req,
-            timeout=timeout if timeout is not None else self.settings.rpc_timeout,
-            policy=policy or self.retry,
-            region=region,
+            self._nc, subject, req, timeout=timeout, policy=policy or self.retry, region=region
         )
 
     async def _via_bus(
         self,
-        subject: str,
         req: Request,
         await_replication: bool,
-        rpc_timeout: float | None,
+        timeout: float,
         replication_timeout: float | None,
     ) -> WriteResult:
         start = time.monotonic()
-        ex = await self._request(subject, req, rpc_timeout, self.settings.primary_region)
+        ex = await self._request(self.subjects.write, req, timeout, self.settings.primary_region)
         reply = ex.reply
         lsn = reply.lsn_int
         replication_ms: float | None = None
@@ -393,99 +422,45 @@ class Database:
             ),
         )
 
-    async def _direct(
-        self,
-        *,
-        stmts: list[Statement] | None = None,
-        procedure: str | None = None,
-        args: Sequence[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> WriteResult:
-        start = time.monotonic()
-        deadline = start + (timeout if timeout is not None else self.settings.rpc_timeout)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                value, outcomes = await self._direct_once(
-                    stmts, procedure, args, kwargs, deadline - time.monotonic()
-                )
-                break
-            except _NotApplied as exc:
-                err = exc.error
-            # The connection was lost before COMMIT (e.g. the primary restarted and the pool
-            # handed out a dead connection): nothing was applied, so running it again is safe.
-            now = time.monotonic()
-            delay = self.retry.should_retry(
-                err, attempt=attempt, elapsed=now - start, remaining=deadline - now
+    async def _direct(self, req: Request, timeout: float) -> WriteResult:
+        # Imported here: only the primary region runs writes itself, and it does so with the
+        # bus worker's own code.
+        from writebus.bus.execute import Limits, run_request
+
+        pool = self._local()
+        procedures = self.procedures if self.procedures is not None else Procedures()
+        max_reply = self._nc.max_payload if self._nc is not None else None
+        attempts = Attempts(self.retry, timeout, request_id=req.id)
+
+        async def once(budget: float) -> Any:
+            limits = Limits(acquire_timeout=max(0.1, budget), max_reply_bytes=max_reply)
+            return await run_request(
+                pool,
+                req,
+                procedures=procedures,
+                limits=limits,
+                encoding=MSGPACK,
+                region=self.settings.region,
             )
-            if delay is None:
-                raise err
-            await asyncio.sleep(delay)
+
+        start = time.monotonic()
+        done = await attempts.run(once)
         elapsed = (time.monotonic() - start) * 1000
         return WriteResult(
-            statements=outcomes,
-            lsn=None,
+            statements=[StatementOutcome.from_wire(r) for r in done.results],
+            lsn=done.lsn,
             region=self.settings.region,
             via_bus=False,
-            value=value,
+            value=done.value,
+            duplicate=done.duplicate,
             timings=Timings(
                 forward_ms=0.0,
                 commit_ms=elapsed,
                 replication_ms=None,
                 total_ms=elapsed,
-                attempts=attempt,
+                attempts=attempts.attempt,
             ),
         )
-
-    async def _direct_once(
-        self,
-        stmts: list[Statement] | None,
-        procedure: str | None,
-        args: Sequence[Any],
-        kwargs: dict[str, Any] | None,
-        budget: float,
-    ) -> tuple[Any, list[StatementOutcome]]:
-        value: Any = None
-        outcomes: list[StatementOutcome] = []
-        committing = False
-        try:
-            async with self._local().connection(timeout=max(0.1, budget)) as conn:
-                try:
-                    async with conn.transaction():
-                        if stmts is not None:
-                            wire = await run_statements(conn, stmts)
-                            outcomes = [StatementOutcome.from_wire(r) for r in wire]
-                        else:
-                            assert self.procedures is not None and procedure is not None
-                            proc = self.procedures.get(procedure)
-                            value = await run_procedure(
-                                conn, proc, args, kwargs or {}, name=procedure
-                            )
-                        committing = True
-                except psycopg.Error as exc:
-                    if not connection_lost(conn, exc):
-                        # Refused at COMMIT (a deferred constraint, a serialization failure).
-                        raise rejected(exc) from exc
-                    if committing:
-                        raise CommitUnknownError(
-                            "the connection to the primary was lost during COMMIT: "
-                            f"the write may or may not have committed ({exc})"
-                        ) from exc
-                    raise _NotApplied(f"primary database connection lost: {exc}", exc) from exc
-        except PoolTimeout as exc:
-            raise _NotApplied(f"primary database unavailable: {exc}", exc) from exc
-        return value, outcomes
-
-
-class _NotApplied(Exception):
-    """A direct write failed before COMMIT: ``error`` is what to raise if it is not retried."""
-
-    def __init__(self, message: str, cause: BaseException) -> None:
-        super().__init__(message)
-        self.error = UnavailableError(message)
-        self.error.__cause__ = cause
 
 
 async def connect(settings: Settings | None = None, **options: Any) -> Database:
@@ -493,5 +468,3 @@ async def connect(settings: Settings | None = None, **options: Any) -> Database:
     db = Database(settings, **options)
     await db.open()
     return db
-
-

@@ -1,19 +1,49 @@
 """Typed errors. Each class says what the caller can do about it and carries the data to do it.
 
-``WriteBusError``
- ├── ``NoWorkerError``         no bus worker serves writes (retryable: a deploy may be under way)
- ├── ``RpcTimeoutError``       no reply in time; the write may or may not have committed
- ├── ``ReplicationTimeoutError`` the write committed, the local replica has not replayed it yet
- ├── ``WriteRejectedError``    the database refused the write (SQLSTATE); nothing was applied
- ├── ``CommitUnknownError``    a direct write lost its connection during COMMIT: outcome unknown
- ├── ``ProcedureError``        a procedure is unknown, or raised
- ├── ``ProtocolError``         a malformed or unsupported message
- └── ``TrackerError``          replay progress cannot be observed
+Every error a write can raise says what happened to the write, in :attr:`WriteBusError.outcome`:
+
+* ``Outcome.NOT_APPLIED`` -- nothing was committed. Sending the write again (under any id) cannot
+  apply it twice.
+* ``Outcome.APPLIED`` -- the write committed (``ReplicationTimeoutError``: the local replica has
+  not shown it yet).
+* ``Outcome.UNKNOWN`` -- it may or may not have committed. Send it again with the same
+  ``request_id`` (within the idempotency window) to learn which: the bus applies each id once.
+
+::
+
+    WriteBusError
+     ├── ConfigError               a setting is missing or malformed            (no write made)
+     ├── ConnectError              NATS or the database cannot be reached at start-up
+     ├── NoWorkerError             no bus worker serves the subject              NOT_APPLIED
+     ├── DisconnectedError         NATS is down: the request was never sent      NOT_APPLIED
+     ├── RpcTimeoutError           no reply in time                              UNKNOWN
+     │    └── OutcomeUnknownError  ... or any attempt may have been applied      UNKNOWN
+     ├── ReplicationTimeoutError   committed; the local replica is behind        APPLIED
+     ├── WriteRejectedError        the database refused the write (SQLSTATE)     NOT_APPLIED
+     ├── ProcedureError            a procedure is unknown, or raised             NOT_APPLIED
+     ├── ProtocolError             malformed or unsupported request              NOT_APPLIED
+     │    ├── LimitError           a size or count limit was exceeded            NOT_APPLIED
+     │    ├── ForbiddenError       refused by configuration (procedures only)    NOT_APPLIED
+     │    └── IdempotencyKeyReusedError  the id was used for another request     NOT_APPLIED
+     ├── UnavailableError          the worker could not reach its database       NOT_APPLIED
+     ├── StaleReadError            the replica lags more than a read allows      (a read)
+     └── TrackerError              replay progress cannot be observed
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Any
+
+from writebus.client.lsn import format_lsn
+
+
+class Outcome(enum.StrEnum):
+    """What an error says about the write that raised it."""
+
+    APPLIED = "applied"
+    NOT_APPLIED = "not_applied"
+    UNKNOWN = "unknown"
 
 
 class WriteBusError(Exception):
@@ -21,25 +51,60 @@ class WriteBusError(Exception):
 
     #: Whether sending the same request again (same request id) may succeed.
     retryable: bool = False
+    #: What happened to the write; None for errors that are not about a write (a read, start-up).
+    outcome: Outcome | None = None
+
+
+class ConfigError(WriteBusError):
+    """A setting is missing or malformed. ``variable`` names the environment variable."""
+
+    def __init__(self, message: str, *, variable: str | None = None) -> None:
+        super().__init__(message)
+        self.variable = variable
+
+
+class ConnectError(WriteBusError):
+    """A server could not be reached at start-up.
+
+    ``service`` is ``"nats"`` or ``"postgres"``, ``endpoint`` its ``host:port`` (never
+    credentials) and ``reason`` the server's or the network's own words.
+    """
+
+    def __init__(self, service: str, endpoint: str, reason: str) -> None:
+        super().__init__(f"cannot connect to {service} at {endpoint}: {reason}")
+        self.service = service
+        self.endpoint = endpoint
+        self.reason = reason
 
 
 class NoWorkerError(WriteBusError):
-    """No bus worker is subscribed to serve the request (NATS reported no responders)."""
+    """No bus worker is subscribed to serve the request (NATS reported no responders), and no
+    attempt of this call can have reached one: the write was not applied."""
 
     retryable = True
+    outcome = Outcome.NOT_APPLIED
 
     def __init__(self, subject: str, region: str) -> None:
         super().__init__(
-            f"no writebus worker serves {subject!r}: is the bus running in region {region!r}?"
+            f"no writebus worker serves {subject!r}: is the bus running in region {region!r}? "
+            "The write was not applied."
         )
         self.subject = subject
         self.region = region
 
 
-class RpcTimeoutError(WriteBusError):
-    """No reply within ``rpc_timeout``. The request may still have been applied."""
+class DisconnectedError(WriteBusError):
+    """The NATS connection is down, so the request could not be sent: it was not applied."""
 
     retryable = True
+    outcome = Outcome.NOT_APPLIED
+
+
+class RpcTimeoutError(WriteBusError):
+    """No reply within the timeout. The request may still have been applied."""
+
+    retryable = True
+    outcome = Outcome.UNKNOWN
 
     def __init__(self, subject: str, timeout: float, request_id: str) -> None:
         super().__init__(
@@ -51,13 +116,37 @@ class RpcTimeoutError(WriteBusError):
         self.request_id = request_id
 
 
+class OutcomeUnknownError(RpcTimeoutError):
+    """The write may or may not have been applied: an attempt reached (or may have reached) a
+    worker, and no answer saying what happened came back in time.
+
+    Send it again with ``request_id=err.request_id`` to learn the outcome: the bus applies each
+    id once and answers a repeat with the stored result (``duplicate=True``). ``reason`` says
+    what made the outcome unknown; ``last_error``, when set, is the last attempt's own error.
+    """
+
+    last_error: WriteBusError | None = None
+
+    def __init__(
+        self, request_id: str, reason: str = "", *, subject: str = "", timeout: float = 0.0
+    ) -> None:
+        super().__init__(subject, timeout, request_id)
+        why = f" ({reason})" if reason else ""
+        where = f" on {subject!r}" if subject else ""
+        self.args = (
+            f"outcome unknown for request {request_id}{where}{why}; send it again with "
+            f"request_id={request_id!r} to learn whether it was applied",
+        )
+        self.reason = reason
+
+
 class ReplicationTimeoutError(WriteBusError):
     """The write **did commit** on the primary at ``lsn``, but the local replica had not
     replayed it within ``timeout``. Reading locally now may not show the write."""
 
-    def __init__(self, lsn: int, timeout: float, replayed: int | None, region: str) -> None:
-        from writebus.client.lsn import format_lsn
+    outcome = Outcome.APPLIED
 
+    def __init__(self, lsn: int, timeout: float, replayed: int | None, region: str) -> None:
         seen = format_lsn(replayed) if replayed is not None else "unknown"
         super().__init__(
             f"write committed at LSN {format_lsn(lsn)}, but the replica in {region!r} "
@@ -75,13 +164,27 @@ class ReplicationTimeoutError(WriteBusError):
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 
 
+def pg_error_class(sqlstate: str | None) -> type[Exception] | None:
+    """psycopg's exception class for ``sqlstate`` (e.g. ``UniqueViolation`` for 23505)."""
+    if not sqlstate:
+        return None
+    from psycopg import errors as pg_errors
+
+    try:
+        return pg_errors.lookup(sqlstate)
+    except KeyError:
+        return None
+
+
 class WriteRejectedError(WriteBusError):
     """The primary refused the write; the whole transaction was rolled back.
 
-    ``sqlstate`` is Postgres' error code; ``pg_error_class`` the matching psycopg error class
-    (e.g. ``psycopg.errors.UniqueViolation``) so callers can ``except`` on it via
-    :attr:`pg_error_class` or ``isinstance(err.__cause__, ...)``.
+    ``sqlstate`` is Postgres' error code and :attr:`pg_error_class` the matching psycopg class
+    (``psycopg.errors.UniqueViolation``...), the same in every region: ``__cause__`` is an
+    instance of it whether the write ran in this process or on a bus worker.
     """
+
+    outcome = Outcome.NOT_APPLIED
 
     def __init__(
         self,
@@ -103,44 +206,64 @@ class WriteRejectedError(WriteBusError):
     @property
     def pg_error_class(self) -> type[Exception] | None:
         """psycopg's exception class for :attr:`sqlstate`, when it has one."""
-        if not self.sqlstate:
-            return None
-        from psycopg import errors as pg_errors
-
-        try:
-            return pg_errors.lookup(self.sqlstate)
-        except KeyError:
-            return None
+        return pg_error_class(self.sqlstate)
 
 
 class ProcedureError(WriteBusError):
     """A procedure is not registered, or it raised an error that is not a database error."""
 
-    def __init__(self, message: str, *, procedure: str, kind: str = "procedure") -> None:
+    outcome = Outcome.NOT_APPLIED
+
+    def __init__(self, message: str, *, procedure: str) -> None:
         super().__init__(message)
         self.procedure = procedure
-        self.kind = kind
 
 
 class ProtocolError(WriteBusError):
-    """A message could not be decoded, broke a limit, or used an unsupported version."""
+    """A message could not be decoded, broke a rule, or used an unsupported version."""
 
-    def __init__(self, message: str, *, kind: str = "protocol", data: Any = None) -> None:
+    outcome = Outcome.NOT_APPLIED
+    #: The wire ``kind`` of this error.
+    kind = "protocol"
+
+    def __init__(self, message: str, *, data: Any = None) -> None:
         super().__init__(message)
-        self.kind = kind
         self.data = data
 
 
-class CommitUnknownError(WriteBusError):
-    """A primary-region (direct) write lost its connection while COMMIT was in flight: it may or
-    may not have committed. Not retried automatically, since running it again could apply it
-    twice; check the database (or make the write idempotent) before trying again."""
+class LimitError(ProtocolError):
+    """A size or count limit was exceeded (statements, parameters, payload, reply)."""
+
+    kind = "limit"
+
+
+class ForbiddenError(ProtocolError):
+    """The bus refuses this kind of request by configuration (raw SQL in procedures-only mode)."""
+
+    kind = "forbidden"
+
+
+class IdempotencyKeyReusedError(ProtocolError):
+    """The request id was already used for a different request. Nothing was applied: use a new
+    id for a new request (a repeat must send the same body to learn its outcome)."""
 
 
 class UnavailableError(WriteBusError):
-    """The worker could not reach its database; the write was not applied. Retryable."""
+    """The worker could not reach its database (or the caller's deadline had passed before it
+    started); the write was not applied. Retryable."""
 
     retryable = True
+    outcome = Outcome.NOT_APPLIED
+
+
+class StaleReadError(WriteBusError):
+    """The local replica lags more than the read allows (``max_lag``), and did not catch up."""
+
+    def __init__(self, message: str, *, lag: float | None, max_lag: float, region: str) -> None:
+        super().__init__(message)
+        self.lag = lag
+        self.max_lag = max_lag
+        self.region = region
 
 
 class TrackerError(WriteBusError):

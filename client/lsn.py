@@ -6,14 +6,16 @@ Postgres prints an LSN as two hex halves, ``"16/B374D848"``. Comparing the text 
 
 from __future__ import annotations
 
-from writebus.client.errors import ProtocolError
-
 MAX_LSN = (1 << 64) - 1
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
 def parse_lsn(text: str) -> int:
-    """Parse ``"X/Y"`` into a 64-bit integer; raise :class:`ProtocolError` on bad input."""
+    """Parse ``"X/Y"`` into a 64-bit integer; raise :class:`ValueError` on bad input.
+
+    This module sits at the bottom of the wire layer and imports nothing of writebus; the
+    protocol decoder turns the ``ValueError`` into a :class:`~writebus.client.errors.ProtocolError`.
+    """
     hi, sep, lo = text.partition("/")
     if (
         not sep
@@ -22,7 +24,7 @@ def parse_lsn(text: str) -> int:
         or not _HEX.issuperset(hi)
         or not _HEX.issuperset(lo)
     ):
-        raise ProtocolError(f"not an LSN: {text!r}")
+        raise ValueError(f"not an LSN: {text!r}")
     return (int(hi, 16) << 32) | int(lo, 16)
 
 

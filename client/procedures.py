@@ -19,7 +19,7 @@ import importlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from writebus.client.errors import ProcedureError
+from writebus.client.errors import ConfigError, ProcedureError
 
 Procedure = Callable[..., Awaitable[Any]]
 P = TypeVar("P", bound=Procedure)
@@ -48,7 +48,6 @@ class Procedures:
             raise ProcedureError(
                 f"unknown procedure {name!r}; registered: {sorted(self._procs) or 'none'}",
                 procedure=name,
-                kind="procedure",
             ) from None
 
     def __contains__(self, name: object) -> bool:
@@ -60,12 +59,29 @@ class Procedures:
 
 
 def load_procedures(spec: str) -> Procedures:
-    """Load a registry named ``"package.module:attribute"`` (``WRITEBUS_PROCEDURES``)."""
+    """Load a registry named ``"package.module:attribute"`` (``WRITEBUS_PROCEDURES``).
+
+    Raises :class:`~writebus.client.errors.ConfigError` when the module cannot be imported or
+    does not hold a :class:`Procedures` under that name.
+    """
     if not spec:
         return Procedures()
     module_name, _, attr = spec.partition(":")
-    module = importlib.import_module(module_name)
-    registry = getattr(module, attr or "procedures")
+    attr = attr or "procedures"
+    where = "WRITEBUS_PROCEDURES"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"{where}={spec!r}: no module named {exc.name!r} (is it on PYTHONPATH?)",
+            variable=where,
+        ) from exc
+    registry = getattr(module, attr, None)
+    if registry is None:
+        raise ConfigError(f"{where}={spec!r}: {module_name} has no {attr!r}", variable=where)
     if not isinstance(registry, Procedures):
-        raise TypeError(f"{spec} is a {type(registry).__name__}, not a writebus.Procedures")
+        raise ConfigError(
+            f"{where}={spec!r} is a {type(registry).__name__}, not a writebus.Procedures",
+            variable=where,
+        )
     return registry

@@ -35,7 +35,3 @@ class RegionProgress:
     def last_heard(self) -> float | None:
         """Monotonic time of the latest broadcast counted."""
         return max((at for _, at in self._seen.values()), default=None)
-
-    def forget(self) -> None:
-        """Drop all state (after a failover the old positions mean nothing)."""
-        self._seen.clear()

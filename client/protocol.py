@@ -23,7 +23,8 @@ from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
-from writebus.client.errors import ProtocolError
+from writebus.client.errors import ForbiddenError, LimitError, ProtocolError
+from writebus.client.lsn import format_lsn, parse_lsn
 
 PROTOCOL_VERSION: Final = 1
 
@@ -140,8 +141,6 @@ def lsn_update(
     *, region: str, replica_id: str, lsn: int, role: str, in_recovery: bool
 ) -> LsnUpdate:
     """A progress broadcast for ``lsn`` (an integer), stamped with the current time."""
-    from writebus.client.lsn import format_lsn
-
     return LsnUpdate(
         region=region,
         replica_id=replica_id,
@@ -151,6 +150,17 @@ def lsn_update(
         in_recovery=in_recovery,
         role=role,
     )
+
+
+def update_lsn(update: LsnUpdate) -> int:
+    """The position an :class:`LsnUpdate` carries: its ``lsn`` text (exact in every encoding),
+    else ``lsn_int``. Raises :class:`ProtocolError` on malformed text."""
+    if not update.lsn:
+        return update.lsn_int
+    try:
+        return parse_lsn(update.lsn)
+    except ValueError as exc:
+        raise ProtocolError(f"invalid LsnUpdate: {exc}") from exc
 
 
 def _enc_hook(obj: Any) -> Any:
@@ -240,11 +250,14 @@ def validate_request(
     *,
     max_statements: int = MAX_STATEMENTS,
     allow_statements: bool = True,
+    allow_sql: bool = True,
     max_param_bytes: int = MAX_PARAM_BYTES,
 ) -> None:
     """Check a decoded request against the protocol's rules and limits.
 
-    Raises :class:`ProtocolError` whose ``kind`` is ``"protocol"`` or ``"limit"``.
+    ``allow_statements`` is false on subjects that run procedures only (``<prefix>.rpc.*``);
+    ``allow_sql`` false refuses statements everywhere (procedures-only mode). Raises
+    :class:`ProtocolError`, or its subclasses :class:`LimitError` and :class:`ForbiddenError`.
     """
     if req.v > PROTOCOL_VERSION or req.v < 1:
         raise ProtocolError(
@@ -264,12 +277,16 @@ def validate_request(
             raise ProtocolError(
                 "this subject runs procedures only; send statements to <prefix>.write"
             )
+        if not allow_sql:
+            raise ForbiddenError(
+                "raw SQL is switched off on this bus (procedures-only mode); "
+                "call a registered procedure instead"
+            )
         if not req.statements:
             raise ProtocolError("'statements' is empty")
         if len(req.statements) > max_statements:
-            raise ProtocolError(
-                f"{len(req.statements)} statements in one request; the limit is {max_statements}",
-                kind="limit",
+            raise LimitError(
+                f"{len(req.statements)} statements in one request; the limit is {max_statements}"
             )
         for i, stmt in enumerate(req.statements):
             if not stmt.sql.strip():
@@ -280,15 +297,12 @@ def validate_request(
                     "runs each request as one transaction of its own"
                 )
             if stmt.params is not None and len(stmt.params) > MAX_PARAMS_PER_STATEMENT:
-                raise ProtocolError(
+                raise LimitError(
                     f"statement {i} has {len(stmt.params)} parameters; "
-                    f"the limit is {MAX_PARAMS_PER_STATEMENT}",
-                    kind="limit",
+                    f"the limit is {MAX_PARAMS_PER_STATEMENT}"
                 )
     elif not req.procedure:
         raise ProtocolError("'procedure' is empty")
     size = param_bytes(req)
     if size > max_param_bytes:
-        raise ProtocolError(
-            f"parameters take {size} bytes; the limit is {max_param_bytes}", kind="limit"
-        )
+        raise LimitError(f"parameters take {size} bytes; the limit is {max_param_bytes}")

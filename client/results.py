@@ -47,8 +47,8 @@ class Timings:
 class WriteResult:
     """The outcome of ``execute``/``batch``/``call``.
 
-    ``lsn`` is the primary's WAL position covering the commit (None for direct primary-region
-    writes, which need no wait). ``duplicate`` is true when a retried request had already been
+    ``lsn`` is the primary's WAL flush position covering the commit, read after COMMIT returned,
+    wherever the write ran (a primary-region write needs no wait, but other processes may). ``duplicate`` is true when a retried request had already been
     applied and its stored result was returned instead of applying it again.
     """
 

@@ -1,34 +1,45 @@
-"""Request/reply over NATS with retries, translating failures into typed errors."""
+"""Request/reply over NATS with retries, translating failures into typed errors.
+
+One attempt (:func:`_attempt`) maps what NATS says onto what it means for the write:
+
+* not connected -- nothing was sent: :class:`DisconnectedError` (not applied);
+* no responders -- no worker is subscribed, nothing was delivered: :class:`NoWorkerError`;
+* no reply in time -- it may have been applied: :class:`OutcomeUnknownError`;
+* a reply -- its ``error`` becomes the same exception the worker raised
+  (:mod:`writebus.client.wire_errors`).
+
+:class:`~writebus.client.retry.Attempts` decides what to do next, and keeps an ambiguous attempt's
+uncertainty in the final error.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import nats.errors
 
 from writebus.client.errors import (
+    DisconnectedError,
+    LimitError,
     NoWorkerError,
-    ProcedureError,
+    OutcomeUnknownError,
     ProtocolError,
-    RpcTimeoutError,
-    UnavailableError,
-    WriteBusError,
-    WriteRejectedError,
 )
-from writebus.client.protocol import MSGPACK, ErrorInfo, Reply, Request, decode, encode, encoding_of
-from writebus.client.retry import RetryPolicy
+from writebus.client.protocol import MSGPACK, Reply, Request, decode, encode, encoding_of
+from writebus.client.retry import Attempts, RetryPolicy
+from writebus.client.transport import NatsClient
+from writebus.client.wire_errors import error_from_info
 
-_LOST = (
+#: nats-py's errors for a connection that is closed, reconnecting or draining: nothing sent.
+_NOT_SENT = (
     nats.errors.ConnectionClosedError,
     nats.errors.ConnectionReconnectingError,
     nats.errors.ConnectionDrainingError,
-    nats.errors.StaleConnectionError,
     nats.errors.OutboundBufferLimitError,
-    nats.errors.FlushTimeoutError,
 )
+#: ... and for one lost after the request may have gone out.
+_LOST_AFTER_SEND = (nats.errors.StaleConnectionError, nats.errors.FlushTimeoutError)
 
 
 @dataclass(frozen=True)
@@ -40,28 +51,8 @@ class Exchange:
     attempts: int
 
 
-def error_from_reply(info: ErrorInfo, *, procedure: str | None = None) -> WriteBusError:
-    """The typed exception for an error carried in a reply."""
-    if info.kind == "rejected":
-        return WriteRejectedError(
-            info.message,
-            sqlstate=info.sqlstate,
-            statement_index=info.statement,
-            detail=info.detail,
-        )
-    if info.kind == "procedure":
-        return ProcedureError(info.message, procedure=procedure or "", kind="procedure")
-    if info.kind == "unavailable":
-        return UnavailableError(info.message)
-    if info.kind in ("protocol", "limit", "forbidden"):
-        return ProtocolError(info.message, kind=info.kind)
-    err = WriteBusError(f"{info.kind}: {info.message}")
-    err.retryable = info.retryable
-    return err
-
-
 async def request(
-    nc: Any,
+    nc: NatsClient,
     subject: str,
     req: Request,
     *,
@@ -71,47 +62,70 @@ async def request(
     encoding: str = MSGPACK,
 ) -> Exchange:
     """Send ``req`` and return the successful reply, retrying retryable failures with the same
-    request id until ``timeout`` seconds have passed. Raises a :class:`WriteBusError`."""
+    request id until ``timeout`` seconds have passed. Raises a
+    :class:`~writebus.client.errors.WriteBusError`."""
     payload = encode(req, encoding)
     if len(payload) > nc.max_payload:
-        raise ProtocolError(
-            f"request of {len(payload)} bytes exceeds the NATS max payload of {nc.max_payload}",
-            kind="limit",
+        raise LimitError(
+            f"request of {len(payload)} bytes exceeds the NATS max payload of {nc.max_payload}"
         )
-    start = time.monotonic()
-    deadline = start + timeout
-    attempt = 0
-    while True:
-        attempt += 1
-        now = time.monotonic()
-        budget = policy.attempt_budget(deadline - now)
-        if budget != float("inf"):
-            # Tell the worker how long this attempt waits, so it does not start a request
-            # whose caller has moved on (and may be retrying it elsewhere).
-            req.timeout_ms = max(1, int(budget * 1000))
-            payload = encode(req, encoding)
-        sent = time.monotonic()
-        err: WriteBusError
-        try:
-            msg = await nc.request(subject, payload, timeout=budget)
-        except nats.errors.NoRespondersError:
-            err = NoWorkerError(subject, region)
-        except nats.errors.TimeoutError:
-            err = RpcTimeoutError(subject, time.monotonic() - start, req.id)
-        except nats.errors.MaxPayloadError as exc:
-            raise ProtocolError(str(exc) or "payload too large", kind="limit") from exc
-        except _LOST as exc:
-            err = UnavailableError(f"NATS connection unavailable: {type(exc).__name__}")
-        else:
-            rpc_ms = (time.monotonic() - sent) * 1000
-            reply = decode(msg.data, Reply, encoding_of(msg.headers, msg.data))
-            if reply.ok:
-                return Exchange(reply, rpc_ms, attempt)
-            if reply.error is None:
-                raise ProtocolError("reply has ok=false and no error")
-            err = error_from_reply(reply.error, procedure=req.procedure)
-        now = time.monotonic()
-        delay = policy.should_retry(err, attempt=attempt, elapsed=now - start, remaining=deadline - now)
-        if delay is None:
-            raise err
-        await asyncio.sleep(delay)
+    attempts = Attempts(policy, timeout, request_id=req.id, subject=subject)
+
+    async def once(budget: float) -> Exchange:
+        return await _attempt(nc, subject, req, budget, region, encoding, attempts)
+
+    return await attempts.run(once)
+
+
+async def _attempt(
+    nc: NatsClient,
+    subject: str,
+    req: Request,
+    budget: float,
+    region: str,
+    encoding: str,
+    attempts: Attempts,
+) -> Exchange:
+    if budget != float("inf"):
+        # Tell the worker how long this attempt waits, so it does not start a request whose
+        # caller has moved on (and may be retrying it elsewhere).
+        req.timeout_ms = max(1, int(budget * 1000))
+    payload = encode(req, encoding)
+    if not nc.is_connected:
+        # nats-py would buffer the message and send it after reconnecting: the caller could
+        # not tell whether it ran. Refuse to send instead, so the answer is "not applied".
+        raise DisconnectedError(f"not connected to NATS; request {req.id} was not sent")
+    sent = time.monotonic()
+    try:
+        msg = await nc.request(subject, payload, timeout=budget)
+    except nats.errors.NoRespondersError:
+        raise NoWorkerError(subject, region) from None
+    except nats.errors.TimeoutError:
+        raise OutcomeUnknownError(
+            req.id,
+            f"no reply within {budget:.3f}s",
+            subject=subject,
+            timeout=attempts.elapsed,
+        ) from None
+    except nats.errors.MaxPayloadError as exc:
+        raise LimitError(str(exc) or "payload too large") from exc
+    except _NOT_SENT as exc:
+        raise DisconnectedError(
+            f"NATS connection unavailable ({type(exc).__name__}); request {req.id} was not sent"
+        ) from exc
+    except _LOST_AFTER_SEND as exc:
+        raise OutcomeUnknownError(
+            req.id,
+            f"NATS connection lost after sending ({type(exc).__name__})",
+            subject=subject,
+            timeout=attempts.elapsed,
+        ) from exc
+    rpc_ms = (time.monotonic() - sent) * 1000
+    reply = decode(msg.data, Reply, encoding_of(msg.headers, msg.data))
+    if reply.ok:
+        return Exchange(reply, rpc_ms, attempts.attempt)
+    if reply.error is None:
+        raise ProtocolError("reply has ok=false and no error")
+    raise error_from_info(
+        reply.error, request_id=req.id, subject=subject, procedure=req.procedure
+    )

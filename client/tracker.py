@@ -15,18 +15,18 @@ import time
 from typing import Any
 
 import psycopg
-import structlog
 
-from writebus.client.connect import connect_nats
 from writebus.client.errors import ReplicationTimeoutError, TrackerError
+from writebus.client.log import get_logger
 from writebus.client.lsn import parse_lsn
 from writebus.client.progress import RegionProgress
-from writebus.client.protocol import LsnUpdate, decode, encoding_of
+from writebus.client.protocol import LsnUpdate, decode, encoding_of, update_lsn
 from writebus.client.settings import Settings
 from writebus.client.subjects import Subjects
+from writebus.client.transport import NatsClient
 from writebus.client.waiters import WaiterQueue
 
-log = structlog.get_logger("writebus.tracker")
+log = get_logger("writebus.client.tracker")
 
 # After a failover the local database may have been promoted: its replay LSN then freezes, but
 # it now holds every commit itself, so its own flush position is the one that counts.
@@ -48,12 +48,14 @@ def _expire(fut: asyncio.Future[int]) -> None:
 class LsnTracker:
     """Tracks how far the local replica has replayed, and wakes waiters.
 
-    Use :func:`acquire_tracker` rather than constructing one per call site.
+    It listens on ``nc``, a NATS connection it does not own (the process's shared one). Use
+    :func:`acquire_tracker` rather than constructing one per call site.
     """
 
     def __init__(
         self,
         settings: Settings,
+        nc: NatsClient,
         *,
         stale_after: float | None = None,
         fallback_interval: float = 0.005,
@@ -70,7 +72,7 @@ class LsnTracker:
         self._fallback_interval = fallback_interval
         self._queue: WaiterQueue[asyncio.Future[int]] = WaiterQueue()
         self._replayed: int | None = None
-        self._nc: Any = None
+        self._nc = nc
         self._sub: Any = None
         self._wake = asyncio.Event()
         self._fallback_task: asyncio.Task[None] | None = None
@@ -101,8 +103,7 @@ class LsnTracker:
         return self._replayed
 
     async def start(self) -> None:
-        """Connect to NATS and subscribe to the region's progress subject."""
-        self._nc = await connect_nats(self.settings, name=f"writebus-tracker-{self.region}")
+        """Subscribe to the region's progress subject and start the fallback watcher."""
         self._sub = await self._nc.subscribe(self.subject, cb=self._on_message)
         self._fallback_task = asyncio.create_task(
             self._fallback_loop(), name=f"writebus-tracker-fallback-{self.region}"
@@ -120,16 +121,16 @@ class LsnTracker:
                 await self._fallback_task
         if self._fallback_conn is not None:
             await self._fallback_conn.close()
-        if self._nc is not None:
+        if self._sub is not None:
             with contextlib.suppress(Exception):
-                await self._nc.close()
+                await self._sub.unsubscribe()
 
     # -- progress in ----------------------------------------------------------------------
 
     async def _on_message(self, msg: Any) -> None:
         try:
             upd = decode(msg.data, LsnUpdate, encoding_of(msg.headers, msg.data))
-            lsn = parse_lsn(upd.lsn) if upd.lsn else upd.lsn_int
+            lsn = update_lsn(upd)
         except Exception as exc:  # a bad broadcast must not stop the tracker
             log.warning("tracker.bad_update", error=str(exc), subject=msg.subject)
             return
@@ -247,9 +248,9 @@ _trackers: dict[tuple[Any, ...], tuple[LsnTracker, int]] = {}
 _locks: dict[int, asyncio.Lock] = {}
 
 
-def _key(settings: Settings) -> tuple[Any, ...]:
+def _key(settings: Settings, nc: NatsClient) -> tuple[Any, ...]:
     return (
-        settings.nats_urls,
+        id(nc),
         settings.prefix,
         settings.region,
         settings.database_url,
@@ -266,13 +267,14 @@ def _registry_lock() -> asyncio.Lock:
     return lock
 
 
-async def acquire_tracker(settings: Settings) -> LsnTracker:
-    """The process's tracker for this region and database, started on first use."""
+async def acquire_tracker(settings: Settings, nc: NatsClient) -> LsnTracker:
+    """The process's tracker for this region and database on connection ``nc``, started on
+    first use."""
     async with _registry_lock():
-        key = _key(settings)
+        key = _key(settings, nc)
         entry = _trackers.get(key)
         if entry is None:
-            tracker = LsnTracker(settings)
+            tracker = LsnTracker(settings, nc)
             await tracker.start()
             _trackers[key] = (tracker, 1)
             return tracker

@@ -86,14 +86,6 @@ class WaiterQueue(Generic[T]):
                 self._dead -= 1
         return out
 
-    def lowest(self) -> int | None:
-        """The smallest LSN any live waiter waits for."""
-        heap = self._heap
-        while heap and not heap[0][2].active:
-            heapq.heappop(heap)
-            self._dead -= 1
-        return heap[0][0] if heap else None
-
     def drain(self) -> list[Waiter[T]]:
         """Remove and return every live waiter (used on close)."""
         out = [e[2] for e in self._heap if e[2].active]

@@ -1,7 +1,7 @@
 """The deployment files agree with nats-server, with the code's settings and with each other.
 
 No Docker engine or Fly account is needed: nats-server checks ``nats.conf`` itself (``-t``), and
-the compose, Fly and Docker files are parsed and compared with ``client.settings.ENV_VARS``.
+the compose, Fly and Docker files are parsed and compared with ``writebus.bus.settings.ALL_ENV_VARS``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from writebus.client.settings import ENV_VARS
+from writebus.bus.settings import ALL_ENV_VARS as ENV_VARS
 
 ROOT = Path(__file__).resolve().parent.parent
 NATS_CONF = ROOT / "nats.conf"

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from tests.support.stack import TEST_DELAY_MS, settings_for, start_bus
 from writebus.bus.embedded.stack import Stack
 from writebus.client import Database, RetryPolicy
-from tests.conftest import TEST_DELAY_MS, settings_for, start_bus
 
 
 @pytest.fixture(scope="module")

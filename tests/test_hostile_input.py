@@ -22,11 +22,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from tests.support.stack import primary_rows
+from tests.support.wire import WirePeer, decode_reply
 from writebus.bus.embedded.bus_process import BusProcess
 from writebus.client import Database, ProtocolError, WriteRejectedError
 from writebus.client.protocol import MAX_PARAM_BYTES, MAX_REQUEST_ID_LENGTH, MAX_STATEMENTS
-from tests.conftest import primary_rows
-from tests.wire import WirePeer, decode_reply
 
 WRITE = "writebus.write"
 SUBJECTS = (WRITE, "writebus.rpc.syd", "writebus.rpc.lax")
@@ -34,7 +34,7 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 #: Error kinds a malformed message may get: it is the sender's fault, and says so.
 SENDER_FAULT = {"protocol", "limit"}
 #: Markers of the worker failing to answer properly, searched for in the bus logs.
-WORKER_FAILURES = ("worker.serve_failed", "worker.internal_error")
+WORKER_FAILURES = ("worker.serve_failed", "handler.internal_error")
 
 FUZZ = settings(
     # WRITEBUS_FUZZ_EXAMPLES=2000 for a longer hunt; the default keeps the suite under ~30 s.

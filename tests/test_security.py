@@ -28,14 +28,14 @@ import pytest
 import structlog
 import trustme
 
+from tests.support.stack import bus_env, settings_for, start_bus
+from tests.support.wire import decode_reply
 from writebus.bus.embedded.bus_process import BusProcess
 from writebus.bus.embedded.nats import NatsServer
 from writebus.bus.embedded.ports import free_port, free_ports
 from writebus.bus.embedded.postgres import PostgresServer
 from writebus.client import Database, ProtocolError, Settings, WriteBusError
 from writebus.client.connect import connect_nats
-from tests.conftest import bus_env, settings_for, start_bus
-from tests.wire import decode_reply
 
 APP_USER = "app"
 BUS_USER = "bus"
@@ -494,7 +494,7 @@ async def test_bus_logs_and_replies_hide_credentials(
     finally:
         await _stop_bus(bus)
     log = bus.log_path.read_text(errors="replace")
-    assert "worker.db_unavailable" in log  # the outage was logged...
+    assert "handler.unavailable" in log  # the outage was logged...
     _assert_no_secret(log, DB_SECRET, NATS_SECRET, where=f"{bus.name}'s log")
     _assert_no_secret(repr(replies), DB_SECRET, NATS_SECRET, where="the error replies")
 

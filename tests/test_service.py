@@ -11,17 +11,17 @@ import msgspec
 import nats
 import psycopg
 
+from tests.procedures import procedures
+from tests.support.stack import bus_settings_for, primary_rows, settings_for, start_bus
 from writebus.bus.service import BusService
 from writebus.client import NO_RETRY, Database
-from tests.conftest import primary_rows, settings_for, start_bus
-from tests.procedures import procedures
 
 
 async def test_roles_follow_the_database(stack: Any) -> None:
     """A node on the primary serves writes; a node on a standby publishes replay progress."""
     prefix = f"svc{uuid.uuid4().hex[:8]}"
-    async with BusService(settings_for(stack, "syd", prefix=prefix), procedures=procedures) as p:
-        async with BusService(settings_for(stack, "lax", prefix=prefix),
+    async with BusService(bus_settings_for(stack, "syd", prefix=prefix), procedures=procedures) as p:
+        async with BusService(bus_settings_for(stack, "lax", prefix=prefix),
                               procedures=procedures) as r:
             assert p.role == "primary" and p.write_server is not None
             assert r.role == "replica" and r.write_server is None and r.monitor is not None
@@ -38,7 +38,7 @@ async def test_idle_replica_heartbeats_without_busy_polling(stack: Any) -> None:
 
     await nc.subscribe(f"{prefix}.lsn.lax", cb=on_msg)
     try:
-        async with BusService(settings_for(stack, "lax", prefix=prefix),
+        async with BusService(bus_settings_for(stack, "lax", prefix=prefix),
                               procedures=procedures) as node:
             assert node.monitor is not None
             await asyncio.sleep(0.2)  # let start-up settle
@@ -90,7 +90,7 @@ async def test_applied_ids_expire_after_the_window(stack: Any, table: str) -> No
     """Request ids are forgotten after the idempotency window: the row leaves
     writebus.applied, and only then would the same id be applied again."""
     prefix = f"exp{uuid.uuid4().hex[:8]}"
-    settings = settings_for(stack, "syd", prefix=prefix, idempotency_window=0.5)
+    settings = bus_settings_for(stack, "syd", prefix=prefix, idempotency_window=0.5)
     async with BusService(settings, procedures=procedures) as node:
         assert node.idempotency_window == 0.5
         async with Database(settings_for(stack, "lax", prefix=prefix)) as db:
@@ -112,7 +112,7 @@ async def test_worker_connections_flush_commits(stack: Any) -> None:
     with a local flush, so the flush LSN read after COMMIT covers the commit record."""
     prefix = f"sc{uuid.uuid4().hex[:8]}"
     url = stack.primary.url + "?options=-c%20synchronous_commit%3Doff"
-    settings = settings_for(stack, "syd", prefix=prefix, primary_database_url=url,
+    settings = bus_settings_for(stack, "syd", prefix=prefix, primary_database_url=url,
                             database_url=url)
     with psycopg.connect(url) as probe:
         assert probe.execute("SHOW synchronous_commit").fetchone() == ("off",)

@@ -11,6 +11,7 @@ import msgpack
 import nats
 import pytest
 
+from tests.support.stack import PROCEDURES, primary_rows, settings_for
 from writebus.client import (
     Database,
     NoWorkerError,
@@ -21,7 +22,6 @@ from writebus.client import (
     WriteRejectedError,
 )
 from writebus.client.lsn import format_lsn
-from tests.conftest import primary_rows, settings_for
 
 
 async def test_read_your_writes_from_replica_region(lax_db: Database, table: str) -> None:
@@ -61,7 +61,7 @@ async def test_await_replication_false_returns_after_commit(
 async def test_primary_region_writes_directly(syd_db: Database, table: str) -> None:
     """In the primary region, writes and procedures run on the local primary, not the bus."""
     res = await syd_db.execute(f"INSERT INTO {table}(body) VALUES ('local') RETURNING id")
-    assert not res.via_bus and res.lsn is None
+    assert not res.via_bus and res.lsn is not None and not res.replicated
     assert syd_db.tracker is None
     assert await syd_db.fetchval(f"SELECT body FROM {table} WHERE id = %s", [res.rows[0][0]]) \
         == "local"
@@ -305,14 +305,27 @@ async def test_rpc_primary_is_not_resent_after_a_slow_attempt(lax_db: Database, 
     assert primary_rows(stack, f"SELECT count(*) FROM {table} WHERE body = 'slow-rpc'") == [(1,)]
 
 
-async def test_primary_region_call_through_the_bus(stack: Any, buses: Any, table: str) -> None:
-    """In the primary region without a local procedure registry, call() goes through the bus
-    and returns without waiting for any replica."""
-    async with Database(settings_for(stack, "syd")) as db:
-        res = await db.call_result("add_note", table, "syd-via-bus")
-        assert res.via_bus and not res.replicated
+async def test_primary_region_call_runs_directly_with_the_configured_registry(
+    stack: Any, buses: Any, table: str
+) -> None:
+    """In the primary region call() runs the procedure itself, from WRITEBUS_PROCEDURES when no
+    registry is passed -- never over the bus -- and needs no replica wait."""
+    async with Database(settings_for(stack, "syd", procedures=PROCEDURES)) as db:
+        res = await db.call_result("add_note", table, "syd-direct")
+        assert not res.via_bus and not res.replicated and res.lsn is not None
         assert await db.fetchval(f"SELECT body FROM {table} WHERE id = %s", [res.value]) == \
-            "syd-via-bus"
+            "syd-direct"
+
+
+async def test_primary_region_call_without_a_registry_is_an_unknown_procedure(
+    stack: Any, buses: Any
+) -> None:
+    """Without any registry in the primary region, call() fails as the bus would for a name it
+    does not know: a ProcedureError naming the procedure, nothing applied."""
+    async with Database(settings_for(stack, "syd")) as db:
+        with pytest.raises(ProcedureError, match="unknown procedure 'add_note'") as info:
+            await db.call("add_note", "t", "x")
+    assert info.value.outcome == "not_applied"
 
 
 async def test_procedure_that_swallows_a_db_error_is_rejected(lax_db: Database, stack: Any,

@@ -9,11 +9,72 @@ your own writes.
         await db.execute("INSERT INTO notes(body) VALUES (%s)", ["hi"])
         rows = await db.fetch("SELECT body FROM notes")   # sees the insert
 
-The public API is re-exported here. The rest lives in ``writebus.client`` (the library) and
-``writebus.bus`` (the service, ``writebus serve``).
+The public API is exported here. The rest lives in ``writebus.client`` (the library) and
+``writebus.bus`` (the service, ``writebus serve``); see docs/design.md for the layout.
 """
 
-from writebus.client import *  # noqa: F403
-from writebus.client import __all__ as _client_all
+from writebus.client.db import Database, connect, new_request_id
+from writebus.client.errors import (
+    ConfigError,
+    ConnectError,
+    DisconnectedError,
+    ForbiddenError,
+    IdempotencyKeyReusedError,
+    LimitError,
+    NoWorkerError,
+    Outcome,
+    OutcomeUnknownError,
+    ProcedureError,
+    ProtocolError,
+    ReplicationTimeoutError,
+    RpcTimeoutError,
+    StaleReadError,
+    TrackerError,
+    UnavailableError,
+    WriteBusError,
+    WriteRejectedError,
+)
+from writebus.client.lsn import format_lsn, parse_lsn
+from writebus.client.procedures import Procedures
+from writebus.client.protocol import Statement
+from writebus.client.region import is_primary, my_region, primary_region
+from writebus.client.results import StatementOutcome, Timings, WriteResult
+from writebus.client.retry import NO_RETRY, RetryPolicy
+from writebus.client.settings import Settings
 
-__all__ = list(_client_all)
+__all__ = [
+    "NO_RETRY",
+    "ConfigError",
+    "ConnectError",
+    "Database",
+    "DisconnectedError",
+    "ForbiddenError",
+    "IdempotencyKeyReusedError",
+    "LimitError",
+    "NoWorkerError",
+    "Outcome",
+    "OutcomeUnknownError",
+    "ProcedureError",
+    "Procedures",
+    "ProtocolError",
+    "ReplicationTimeoutError",
+    "RetryPolicy",
+    "RpcTimeoutError",
+    "Settings",
+    "StaleReadError",
+    "Statement",
+    "StatementOutcome",
+    "Timings",
+    "TrackerError",
+    "UnavailableError",
+    "WriteBusError",
+    "WriteRejectedError",
+    "WriteResult",
+    "connect",
+    "format_lsn",
+    "is_primary",
+    "my_region",
+    "new_request_id",
+    "parse_lsn",
+    "primary_region",
+]

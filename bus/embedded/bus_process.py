@@ -13,11 +13,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final, Self
 
-import structlog
-
 from writebus.bus.embedded.errors import EmbeddedError, ServerStartError, WaitTimeout, read_tail
+from writebus.client.log import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger("writebus.bus.embedded.bus_process")
 
 #: The bus service logs this event once it serves requests.
 READY_MARKER: Final = "bus.ready"

@@ -21,13 +21,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-import structlog
-
 from writebus.bus.embedded.child import ChildProcess
 from writebus.bus.embedded.errors import BinaryNotFound, ServerStartError, WaitTimeout
 from writebus.bus.embedded.ports import port_accepts
+from writebus.client.log import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger("writebus.bus.embedded.nats")
 
 BINARY: Final = "nats-server"
 #: The account clients use when the server has no accounts configured.

@@ -16,11 +16,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import structlog
-
 from writebus.bus.embedded.errors import BinaryNotFound
+from writebus.client.log import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger("writebus.bus.embedded.pgbin")
 
 def find_pg_bindir() -> Path:
     """Return a directory holding ``postgres``, ``initdb`` and ``pg_basebackup``.

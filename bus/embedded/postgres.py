@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import psycopg
-import structlog
 
 from writebus.bus.embedded.child import ChildProcess
 from writebus.bus.embedded.errors import (
@@ -29,8 +28,9 @@ from writebus.bus.embedded.errors import (
     WaitTimeout,
 )
 from writebus.bus.embedded.pgbin import find_pg_bindir, has_postgres
+from writebus.client.log import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger("writebus.bus.embedded.postgres")
 
 #: The database superuser every embedded server is initialised with.
 SUPERUSER: Final = "postgres"

@@ -31,12 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final, Self
 
-import structlog
-
 from writebus.bus.embedded.child import ChildProcess
 from writebus.bus.embedded.errors import EmbeddedError, ServerStartError
+from writebus.client.log import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger("writebus.bus.embedded.proxy")
 
 CHUNK_SIZE: Final = 64 * 1024
 #: Chunks queued per direction before the reader stops reading (backpressure to the sender).
@@ -284,7 +283,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--exit-with-parent", action="store_true", help="exit when stdin reaches EOF"
     )
     args = parser.parse_args(argv)
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+    from writebus.bus.log import configure_logging
+
+    configure_logging(fmt="console", level="info")
     asyncio.run(
         serve(args.route, one_way_delay_ms=args.delay_ms, exit_with_parent=args.exit_with_parent)
     )

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
 import psycopg
-import structlog
 
 from writebus.bus.embedded.bus_process import BusProcess
 from writebus.bus.embedded.errors import EmbeddedError, WaitTimeout
@@ -35,8 +34,9 @@ from writebus.bus.embedded.nats import NatsServer
 from writebus.bus.embedded.ports import LOCALHOST, free_ports
 from writebus.bus.embedded.postgres import AUTO, PostgresServer
 from writebus.bus.embedded.proxy import ProxyProcess, Route
+from writebus.client.log import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger("writebus.bus.embedded.stack")
 
 _T = TypeVar("_T")
 

@@ -1,8 +1,9 @@
 """The exactly-once invariant, checked against the primary, and the scenario report.
 
 After a load, the primary must hold every write whose caller saw it acknowledged exactly once,
-no write whose caller saw a non-retryable error, and no write twice. Writes that failed with a
-retryable error may be present once or not at all.
+no write whose caller was told "not applied", and no write twice. A write whose outcome was
+unknown is resolved first, as an application would: re-sent with its request id, it comes back
+as a duplicate (it had been applied) or is applied now -- either way it is then present once.
 """
 
 from __future__ import annotations
@@ -29,10 +30,14 @@ class Check:
     scenario: str
     attempted: int
     acked: int
-    failed_retryable: int
-    failed_other: int
+    unknown: int
+    not_applied: int
+    other: int
     found: int
     duplicated: int
+    #: Unknown outcomes that turned out applied (the re-send was a duplicate) / not applied.
+    unknown_were_applied: int = 0
+    unknown_were_not: int = 0
     replication_timeouts: int = 0
     retried_duplicates: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -50,11 +55,17 @@ class Check:
         return not (self.missing_acked or self.present_failed or self.duplicated_keys
                     or self.stray)
 
+    @property
+    def all_acked(self) -> bool:
+        """Every write acknowledged: no unknown, not-applied or other outcome."""
+        return self.acked == self.attempted
+
     def line(self) -> str:
         """The one-line figure quoted for the scenario."""
         return (
             f"scenario={self.scenario} attempted={self.attempted} acked={self.acked} "
-            f"failed_retryable={self.failed_retryable} failed_other={self.failed_other} "
+            f"unknown={self.unknown} (applied {self.unknown_were_applied}, "
+            f"not {self.unknown_were_not}) not_applied={self.not_applied} other={self.other} "
             f"found={self.found} duplicated={self.duplicated} "
             f"replication_timeouts={self.replication_timeouts} "
             f"retried_duplicates={self.retried_duplicates}"
@@ -77,18 +88,36 @@ def primary_counts(primary_url: str, table: str) -> dict[str, int]:
     return {str(key): int(n) for key, n in rows}
 
 
-def check(scenario: str, result: LoadResult, counts: dict[str, int]) -> Check:
-    """Compare what the callers saw (``result``) with what the primary holds (``counts``)."""
+def check(
+    scenario: str,
+    result: LoadResult,
+    counts: dict[str, int],
+    *,
+    counts_before_resolving: dict[str, int] | None = None,
+    resolved: dict[str, bool] | None = None,
+) -> Check:
+    """Compare what the callers saw (``result``) with what the primary holds (``counts``).
+
+    ``resolved`` maps each unknown write's key to whether its re-send found it already applied;
+    ``counts_before_resolving`` is the primary before those re-sends (not-applied writes must be
+    absent there, and found counts what the load itself left).
+    """
+    before = counts if counts_before_resolving is None else counts_before_resolving
+    resolved = resolved or {}
     acked = result.keys("acked")
-    failed_other = result.keys("failed_other")
+    not_applied = result.keys("not_applied") | result.keys("other")
+    unknown = result.keys("unknown")
     attempted = {o.key for o in result.outcomes}
     return Check(
         scenario=scenario,
         attempted=result.attempted,
         acked=len(acked),
-        failed_retryable=result.count("failed_retryable"),
-        failed_other=len(failed_other),
-        found=sum(1 for key in attempted if counts.get(key, 0) > 0),
+        unknown=len(unknown),
+        not_applied=result.count("not_applied"),
+        other=result.count("other"),
+        unknown_were_applied=sum(resolved.values()),
+        unknown_were_not=sum(not v for v in resolved.values()),
+        found=sum(1 for key in attempted if before.get(key, 0) > 0),
         duplicated=sum(1 for n in counts.values() if n > 1),
         replication_timeouts=sum(o.replication_timeout for o in result.outcomes),
         retried_duplicates=sum(o.duplicate for o in result.outcomes),
@@ -98,8 +127,8 @@ def check(scenario: str, result: LoadResult, counts: dict[str, int]) -> Check:
             for o in result.outcomes
             if o.status != "acked"
         ][:10],
-        missing_acked=[k for k in acked if counts.get(k, 0) != 1],
-        present_failed=[k for k in failed_other if counts.get(k, 0) > 0],
+        missing_acked=[k for k in acked | unknown if counts.get(k, 0) != 1],
+        present_failed=[k for k in not_applied if before.get(k, 0) > 0],
         duplicated_keys=[k for k, n in counts.items() if n > 1],
         stray=[k for k in counts if k not in attempted],
     )

@@ -9,6 +9,7 @@ progress broadcasts are its own) and its own table.
 from __future__ import annotations
 
 import asyncio
+import re
 import contextlib
 import json
 import os
@@ -21,13 +22,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from writebus.bus.embedded.bus_process import BusProcess
-from writebus.bus.embedded.stack import Stack
-from writebus.client import Database, RetryPolicy, Settings
-from tests.conftest import bus_env
 from tests.faults.check import DEFAULT_REPORT, REPORT_ENV, Check, check, primary_counts, record
 from tests.faults.load import Load
 from tests.procedures import procedures
+from tests.support.stack import bus_env
+from writebus.bus.embedded.bus_process import BusProcess
+from writebus.bus.embedded.stack import Stack
+from writebus.client import Database, RetryPolicy, Settings
 
 #: One-way WAN delay of the fault stack.
 FAULT_DELAY_MS = 5.0
@@ -134,15 +135,35 @@ class Rig:
         """A load over this scenario's clients and table (see :class:`Load`)."""
         options.setdefault("rpc_timeout", RPC_TIMEOUT)
         options.setdefault("replication_timeout", REPLICATION_TIMEOUT)
+        options.setdefault("id_prefix", f"{self.prefix}-")
         return Load(self.dbs, self.table, **options)
 
     # -- checks ---------------------------------------------------------------------------
 
-    def check(self, load: Load, **extra: Any) -> Check:
-        """Check the primary against what ``load``'s callers saw, print and record the
-        figures, and assert the invariant and that the tracker holds no leftover waiters."""
+    async def resolve(self, load: Load) -> dict[str, bool]:
+        """Re-send every write whose outcome was unknown with its request id, as an app would;
+        return key -> whether it had been applied (the re-send came back a duplicate)."""
+        resolved: dict[str, bool] = {}
+        for o in load.result_so_far.by(lambda o: o.status == "unknown"):
+            sql, params = load.statement(o.key, o.region)
+            res = await self.dbs[o.region].execute(
+                sql, params, request_id=o.request_id, await_replication=False, rpc_timeout=30
+            )
+            resolved[o.key] = res.duplicate
+        return resolved
+
+    async def check(self, load: Load, **extra: Any) -> Check:
+        """Check the primary against what ``load``'s callers saw (resolving unknown outcomes
+        first), print and record the figures, and assert the invariant and that the tracker
+        holds no leftover waiters."""
         result = load.result_so_far
-        report = check(self.name, result, primary_counts(self.stack.primary.url, self.table))
+        url = self.stack.primary.url
+        before = await asyncio.to_thread(primary_counts, url, self.table)
+        resolved = await self.resolve(load)
+        after = await asyncio.to_thread(primary_counts, url, self.table)
+        report = check(
+            self.name, result, after, counts_before_resolving=before, resolved=resolved
+        )
         tracker = self.lax.tracker
         assert tracker is not None
         report.extra.update(
@@ -175,7 +196,7 @@ class Rig:
 @pytest.fixture
 async def rig(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     """A scenario rig named after the test (``test_foo_bar`` -> ``foo_bar``)."""
-    name = request.node.name.removeprefix("test_")
+    name = re.sub(r"\W", "_", request.node.name.removeprefix("test_"))[:30]
     r = Rig(stack, name)
     await asyncio.to_thread(r.create_table)
     try:

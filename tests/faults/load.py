@@ -3,13 +3,15 @@
 Every write inserts one row with a unique, client-chosen ``key`` so the primary can later be
 checked against what the callers were told (:mod:`tests.faults.check`). The writes and the
 concurrency are split evenly between the regions: ``syd`` clients write directly to the primary,
-``lax`` clients through the bus (and wait for their local replica). Each outcome is one of
+``lax`` clients through the bus (and wait for their local replica). Each write carries its own
+request id. Each outcome is what the error said about the write (:class:`writebus.Outcome`):
 
 * ``acked``: the call returned (or raised :class:`ReplicationTimeoutError`, which says the write
   *did commit* at a known LSN -- only the local replay is late);
-* ``failed_retryable``: a retryable error surfaced after the client's retries ran out -- the write
-  may or may not have been applied (never twice);
-* ``failed_other``: any other error -- the write must not have been applied.
+* ``unknown``: :class:`OutcomeUnknownError` -- it may or may not have been applied; re-sending
+  it with its request id tells which (:meth:`tests.faults.conftest.Rig.resolve`);
+* ``not_applied``: an error that says the write was not applied -- it must be absent;
+* ``other``: anything else (a bug: every write error states its outcome).
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from writebus.client import Database, ReplicationTimeoutError, WriteBusError
+from writebus.client import Database, Outcome as WriteOutcome, ReplicationTimeoutError, WriteBusError
 
-Status = Literal["acked", "failed_retryable", "failed_other"]
+Status = Literal["acked", "unknown", "not_applied", "other"]
 
 #: Both regions, alternating write by write.
 REGIONS: tuple[str, ...] = ("syd", "lax")
@@ -41,6 +43,7 @@ class Outcome:
 
     key: str
     region: str
+    request_id: str
     status: Status
     error: str | None = None
     message: str | None = None
@@ -86,12 +89,15 @@ class LoadResult:
 
 
 def classify(exc: BaseException) -> Status:
-    """The status of a write that raised ``exc``."""
-    if isinstance(exc, ReplicationTimeoutError):
+    """The status of a write that raised ``exc``: what the error says about the write."""
+    outcome = exc.outcome if isinstance(exc, WriteBusError) else None
+    if outcome is WriteOutcome.APPLIED:
         return "acked"  # committed at a known LSN; only the local replay is late
-    if isinstance(exc, WriteBusError) and exc.retryable:
-        return "failed_retryable"
-    return "failed_other"
+    if outcome is WriteOutcome.UNKNOWN:
+        return "unknown"
+    if outcome is WriteOutcome.NOT_APPLIED:
+        return "not_applied"
+    return "other"
 
 
 class Load:
@@ -119,6 +125,7 @@ class Load:
         rpc_timeout: float = 20.0,
         replication_timeout: float = 10.0,
         tag: str = "w",
+        id_prefix: str = "",
     ) -> None:
         self.dbs = dict(dbs)
         self.table = table
@@ -129,6 +136,7 @@ class Load:
         self.rpc_timeout = rpc_timeout
         self.replication_timeout = replication_timeout
         self.tag = tag
+        self.id_prefix = id_prefix
         self.result_so_far = LoadResult()
         self._regions = [r for r in REGIONS if r in self.dbs]
         self._next = dict.fromkeys(self._regions, 0)
@@ -229,14 +237,24 @@ class Load:
             async with self._changed:
                 self._changed.notify_all()
 
+    def statement(self, key: str, region: str) -> tuple[str, list[object]]:
+        """The write of ``key``: SQL and parameters."""
+        sql = f"INSERT INTO {self.table}(key, region) SELECT %s, %s FROM pg_sleep(%s)"
+        return sql, [key, region, self.work]
+
     async def _write(self, region: str, key: str) -> Outcome:
         db = self.dbs[region]
-        sql = f"INSERT INTO {self.table}(key, region) SELECT %s, %s FROM pg_sleep(%s)"
+        sql, params = self.statement(key, region)
+        request_id = f"{self.id_prefix}{self.table}-{key}"
         started = time.monotonic()
         wait_s: float | None = None
         try:
             res = await db.execute(
-                sql, [key, region, self.work], await_replication=False, rpc_timeout=self.rpc_timeout
+                sql,
+                params,
+                await_replication=False,
+                rpc_timeout=self.rpc_timeout,
+                request_id=request_id,
             )
             if res.lsn is not None:
                 t_wait = time.monotonic()
@@ -248,6 +266,7 @@ class Load:
             return Outcome(
                 key=key,
                 region=region,
+                request_id=request_id,
                 status=classify(exc),
                 error=type(exc).__name__,
                 message=str(exc)[:300],
@@ -258,6 +277,7 @@ class Load:
         return Outcome(
             key=key,
             region=region,
+            request_id=request_id,
             status="acked",
             duplicate=res.duplicate,
             replicated=res.lsn is not None,

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
+import pytest
 
-from writebus.client import Database
 from tests.faults.conftest import Rig
+from writebus.client import Database
 
 
 def _terminate_client_backends(primary_url: str) -> int:
@@ -55,53 +58,43 @@ def _count(primary_url: str, table: str, key: str) -> Any:
     return row[0] if row else None
 
 
-async def test_direct_write_retries_a_connection_cut_while_idle(rig: Rig) -> None:
-    """In the primary region, a write handed a connection the server has ended is run again on
-    a fresh one (it was not applied) and succeeds; the row is there once."""
-    async with Database(rig.settings("syd"), min_size=1, max_size=1) as db:
-        await db.execute(f"INSERT INTO {rig.table}(key, region) VALUES ('warm', 'syd')")
+@asynccontextmanager
+async def _writer(rig: Rig, path: str) -> AsyncIterator[Database]:
+    """A client whose writes take ``path``: ``direct`` (syd) or ``bus`` (lax, via a worker)."""
+    if path == "direct":
+        async with Database(rig.settings("syd"), min_size=1, max_size=2) as db:
+            yield db
+    else:
+        await rig.start_buses("syd", "lax")
+        await rig.open_clients()
+        assert rig.lax is not None
+        yield rig.lax
+
+
+PATHS = pytest.mark.parametrize("path", ["direct", "bus"])
+
+
+@PATHS
+async def test_write_on_a_connection_cut_while_idle_is_run_again(rig: Rig, path: str) -> None:
+    """A write handed a pooled connection the server has ended is not reported as rejected:
+    it runs again on a fresh connection (safe: its id is claimed in its own transaction) and
+    succeeds; the row is there once. The same on the direct and the bus path."""
+    async with _writer(rig, path) as db:
+        await db.execute(f"INSERT INTO {rig.table}(key, region) VALUES ('warm', %s)", [path])
         assert _terminate_client_backends(rig.stack.primary.url) >= 1
-        res = await db.execute(f"INSERT INTO {rig.table}(key, region) VALUES ('cut', 'syd')")
-    assert res.timings.attempts == 2
+        res = await db.execute(f"INSERT INTO {rig.table}(key, region) VALUES ('cut', %s)", [path])
+    assert not res.duplicate and res.rowcount == 1
     assert _count(rig.stack.primary.url, rig.table, "cut") == 1
 
 
-async def test_bus_write_retries_when_the_workers_connections_are_cut(rig: Rig) -> None:
-    """A worker whose pooled connections were ended answers "unavailable" (retryable), not
-    "rejected"; the lax client retries with the same id and the write applies once."""
-    await rig.start_buses("syd", "lax")
-    await rig.open_clients()
-    await rig.lax.execute(f"INSERT INTO {rig.table}(key, region) VALUES ('warm', 'lax')")
-    assert _terminate_client_backends(rig.stack.primary.url) >= 2
-    res = await rig.lax.execute(f"INSERT INTO {rig.table}(key, region) VALUES ('cut', 'lax')")
-    assert res.timings.attempts >= 2
-    assert _count(rig.stack.primary.url, rig.table, "cut") == 1
-
-
-async def test_direct_write_cut_mid_statement_is_retried(rig: Rig) -> None:
-    """In the primary region, a write whose session is ended mid-statement is not reported as
-    rejected: it was not applied, so it runs again and succeeds; the row is there once."""
-    async with Database(rig.settings("syd"), max_size=2) as db:
-        write = asyncio.create_task(
-            db.execute(SLOW_INSERT.format(table=rig.table), ["mid", "syd"])
-        )
+@PATHS
+async def test_write_cut_mid_statement_is_run_again(rig: Rig, path: str) -> None:
+    """A write whose session is ended mid-statement (SQLSTATE 57P01) is not rejected: the
+    executor runs it again on a fresh connection, so the caller needs no retry of its own and
+    the row is there once."""
+    async with _writer(rig, path) as db:
+        write = asyncio.create_task(db.execute(SLOW_INSERT.format(table=rig.table), ["mid", path]))
         await asyncio.to_thread(_terminate_running, rig.stack.primary.url, "cut-me")
         res = await write
-    assert res.timings.attempts == 2
-    assert _count(rig.stack.primary.url, rig.table, "mid") == 1
-
-
-async def test_bus_write_cut_mid_statement_is_retried(rig: Rig) -> None:
-    """A worker whose session is ended mid-statement does not answer "rejected" (SQLSTATE
-    57P01): it runs the request again on a fresh connection -- safe, because the request id is
-    claimed in the write's own transaction -- so the client needs no retry and the write
-    applies once."""
-    await rig.start_buses("syd", "lax")
-    await rig.open_clients()
-    write = asyncio.create_task(
-        rig.lax.execute(SLOW_INSERT.format(table=rig.table), ["mid", "lax"])
-    )
-    await asyncio.to_thread(_terminate_running, rig.stack.primary.url, "cut-me")
-    res = await write
     assert res.timings.attempts == 1 and not res.duplicate
     assert _count(rig.stack.primary.url, rig.table, "mid") == 1

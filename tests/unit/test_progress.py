@@ -44,10 +44,11 @@ async def test_tracker_follows_the_region_minimum() -> None:
     replicas' positions are not released by the faster one."""
     import asyncio
 
+    from tests.support.fake_nats import FakeServer
     from writebus.client.settings import Settings
     from writebus.client.tracker import LsnTracker
 
-    tracker = LsnTracker(Settings())
+    tracker = LsnTracker(Settings(), FakeServer().client())  # never started
     tracker._progress.observe("fast", 1000, now=1.0)
     tracker.advance(tracker._progress.replayed(now=1.0))
     tracker._progress.observe("slow", 500, now=1.0)

@@ -6,6 +6,7 @@ import random
 
 from writebus.client.errors import (
     NoWorkerError,
+    OutcomeUnknownError,
     ReplicationTimeoutError,
     RpcTimeoutError,
     UnavailableError,
@@ -60,10 +61,10 @@ def test_serialization_failures_are_retried() -> None:
     """40001/40P01 rolled the whole transaction back: retrying with the same id is safe, and
     the flag survives the trip over the wire."""
     from writebus.client.protocol import ErrorInfo
-    from writebus.client.rpc import error_from_reply
+    from writebus.client.wire_errors import error_from_info
 
-    err = error_from_reply(ErrorInfo(kind="rejected", message="x", sqlstate="40001",
-                                     retryable=True))
+    err = error_from_info(ErrorInfo(kind="rejected", message="x", sqlstate="40001",
+                                    retryable=True), request_id="r")
     assert err.retryable
     assert P.should_retry(err, attempt=1, elapsed=0, remaining=5) is not None
     assert not WriteRejectedError("x", sqlstate="23505").retryable
@@ -71,12 +72,15 @@ def test_serialization_failures_are_retried() -> None:
 
 def test_procedure_calls_do_not_retry_ambiguous_failures() -> None:
     """rpc_region/rpc_primary: a timeout or lost connection may mean the procedure ran, so it is
-    not sent again; 'no worker' (never delivered) still is."""
+    not sent again; 'no worker' (never delivered) and 'unavailable' (the worker did not run it)
+    still are."""
     from writebus.client.retry import for_procedure_calls
 
     p = for_procedure_calls(P, 6.0)
     assert p.attempt_budget(10) == 6.0
     assert p.should_retry(RpcTimeoutError("s", 1, "i"), attempt=1, elapsed=0, remaining=5) is None
-    assert p.should_retry(UnavailableError("x"), attempt=1, elapsed=0, remaining=5) is None
+    assert p.should_retry(OutcomeUnknownError("i", "lost"), attempt=1, elapsed=0,
+                          remaining=5) is None
+    assert p.should_retry(UnavailableError("x"), attempt=1, elapsed=0, remaining=5) is not None
     assert p.should_retry(NoWorkerError("s", "syd"), attempt=1, elapsed=0,
                           remaining=5) is not None

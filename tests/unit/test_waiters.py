@@ -18,7 +18,7 @@ def test_pop_reached_releases_only_satisfied_in_lsn_order() -> None:
     out = q.pop_reached(25)
     assert [w.payload for w in out] == ["w10", "w20"]
     assert len(q) == 2
-    assert q.lowest() == 30
+    assert [w.payload for w in q.pop_reached(35)] == ["w30"]
 
 
 def test_equal_lsn_is_reached() -> None:

@@ -43,7 +43,7 @@ def backend() -> str:
 def make_stack(*, one_way_delay_ms: float) -> Any:
     """A not-yet-started two-region stack on the chosen backend."""
     if backend() == "docker":
-        from tests.containers import ContainerStack
+        from tests.support.containers import ContainerStack
 
         return ContainerStack(one_way_delay_ms=one_way_delay_ms)
     return Stack(one_way_delay_ms=one_way_delay_ms)

@@ -1,0 +1,66 @@
+"""Postgres helpers of the execution path: the flush LSN, and what an error means."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import psycopg
+
+from writebus.client.errors import WriteRejectedError
+from writebus.client.lsn import parse_lsn
+
+FLUSH_LSN_SQL: Final = "SELECT pg_current_wal_flush_lsn()::text"
+
+#: Run on each new worker connection. With ``synchronous_commit=off`` (a common tuning) COMMIT
+#: returns before its WAL is flushed, so the flush LSN read afterwards could precede the commit
+#: record and a replica wait would end too soon. ``local`` restores a flushed COMMIT for the
+#: session; any stronger setting (on, remote_write, remote_apply) is left alone.
+DURABLE_COMMIT_SQL: Final = (
+    "SELECT set_config('synchronous_commit', 'local', false) "
+    "WHERE current_setting('synchronous_commit') = 'off'"
+)
+
+#: The server ended the session (shutdown, crash, restart): about the connection, not the write.
+SESSION_ENDED_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+async def durable_commits(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Pool ``configure`` hook: make COMMIT flush before it returns (see DURABLE_COMMIT_SQL)."""
+    await conn.execute(DURABLE_COMMIT_SQL)
+
+
+async def read_flush_lsn(conn: psycopg.AsyncConnection[Any]) -> int:
+    """The primary's WAL flush position; read it *after* COMMIT returned.
+
+    With ``synchronous_commit`` on, COMMIT returns once its record is flushed, so this position
+    covers the commit. ``pg_current_wal_insert_lsn()`` is not used: it can point past a page
+    header that a standby never reports as replayed.
+    """
+    cur = await conn.execute(FLUSH_LSN_SQL)
+    row = await cur.fetchone()
+    assert row is not None
+    return parse_lsn(row[0])
+
+
+def connection_lost(conn: psycopg.AsyncConnection[Any], exc: psycopg.Error) -> bool:
+    """True when ``exc`` means the connection went away (the primary restarted, the network
+    cut it) rather than that the database refused the write."""
+    if conn.broken or conn.closed:
+        return True
+    state = exc.sqlstate or ""
+    return isinstance(exc, psycopg.OperationalError) and (
+        not state or state.startswith("08") or state in SESSION_ENDED_SQLSTATES
+    )
+
+
+def rejected(exc: psycopg.Error, *, statement_index: int | None = None) -> WriteRejectedError:
+    """Translate a psycopg error into :class:`WriteRejectedError` with its SQLSTATE; the caller
+    raises it ``from exc`` so ``__cause__`` is psycopg's own exception."""
+    diag = exc.diag
+    message = diag.message_primary or str(exc).strip() or type(exc).__name__
+    return WriteRejectedError(
+        message,
+        sqlstate=exc.sqlstate,
+        statement_index=statement_index,
+        detail=diag.message_detail,
+    )

@@ -1,0 +1,42 @@
+"""The bus node's settings: the client's, plus what only a worker needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from writebus.client.settings import ENV_VARS, EnvReader, Settings
+
+#: Environment variables only the bus service reads, with their meaning.
+BUS_ENV_VARS: dict[str, str] = {
+    "WRITEBUS_MAX_CONCURRENCY": "writes a bus worker runs at once (default 32)",
+    "WRITEBUS_ALLOW_SQL": "'false' switches raw SQL over the bus off: procedures only",
+    "WRITEBUS_IDEMPOTENCY_WINDOW": "how long applied request ids are remembered (default 24h)",
+    "WRITEBUS_READY_FILE": "file a bus node creates once it serves (for supervisors and tests)",
+    "WRITEBUS_LOG_FORMAT": "'json' (default when not a terminal) or 'console'",
+    "WRITEBUS_LOG_LEVEL": "log level (default 'info')",
+}
+
+#: Everything a bus node reads: the client's variables and its own.
+ALL_ENV_VARS: dict[str, str] = {**ENV_VARS, **BUS_ENV_VARS}
+
+
+@dataclass(frozen=True, kw_only=True)
+class BusSettings(Settings):
+    """Settings of a bus node (``writebus serve``): the client's plus the worker's own."""
+
+    max_concurrency: int = 32
+    allow_sql: bool = True
+    idempotency_window: float = 24 * 3600.0
+    ready_file: str | None = None
+
+    @classmethod
+    def _read_env(cls, r: EnvReader) -> dict[str, Any]:
+        values = super()._read_env(r)
+        values.update(
+            max_concurrency=r.integer("WRITEBUS_MAX_CONCURRENCY", 32, minimum=1),
+            allow_sql=r.flag("WRITEBUS_ALLOW_SQL", True),
+            idempotency_window=r.seconds("WRITEBUS_IDEMPOTENCY_WINDOW", 24 * 3600.0),
+            ready_file=r.optional("WRITEBUS_READY_FILE"),
+        )
+        return values

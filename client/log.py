@@ -1,0 +1,57 @@
+"""How writebus logs: structlog's API on top of the standard ``logging`` module.
+
+A library must stay quiet unless the application says otherwise. Every writebus logger is a
+structlog ``BoundLogger`` wrapped around a standard logger named after its module
+(``writebus.client.tracker``, ``writebus.bus.worker``...), with a private processor chain: the
+global structlog configuration is never read or changed, and output goes wherever the
+application's ``logging`` configuration sends it -- nowhere, by default (the ``writebus`` logger
+has a ``NullHandler``, so not even Python's last-resort handler prints).
+
+Each record's message is ``event key=value ...``, readable under a plain ``basicConfig``; the
+structured fields travel in the record's ``writebus`` attribute, which the service's formatter
+(:mod:`writebus.bus.log`) turns back into JSON keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from typing import Any, Final
+
+import structlog
+
+#: Attribute of a ``logging.LogRecord`` holding the event's structured fields.
+RECORD_ATTR: Final = "writebus"
+
+logging.getLogger("writebus").addHandler(logging.NullHandler())
+
+
+def _value(value: Any) -> str:
+    text = str(value)
+    if text == "" or any(c in text for c in ' ="\n'):
+        return repr(text)
+    return text
+
+
+def _to_stdlib(
+    logger: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    fields = dict(event_dict)
+    event = str(fields.pop("event", ""))
+    exc_info = fields.pop("exc_info", None)
+    message = " ".join([event, *(f"{k}={_value(v)}" for k, v in fields.items())])
+    kwargs: dict[str, Any] = {"extra": {RECORD_ATTR: {"event": event, **fields}}}
+    if exc_info:
+        kwargs["exc_info"] = exc_info
+    return (message,), kwargs
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger writing to the standard logger ``name`` (a ``writebus.*`` name)."""
+    return structlog.wrap_logger(
+        logging.getLogger(name),
+        processors=[structlog.stdlib.filter_by_level, _to_stdlib],
+        wrapper_class=structlog.stdlib.BoundLogger,
+        context_class=dict,
+        cache_logger_on_first_use=True,
+    )
