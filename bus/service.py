@@ -31,6 +31,7 @@ from writebus.client.log import get_logger
 from writebus.client.pgpool import open_pool
 from writebus.client.procedures import Procedures, load_procedures
 from writebus.client.subjects import Subjects
+from writebus.client.version import VERSION
 
 log = get_logger("writebus.bus.service")
 
@@ -99,6 +100,12 @@ class BusService:
             procedures=self.procedures,
             region=s.region,
             limits=Limits(allow_sql=s.allow_sql, max_reply_bytes=self.nc.max_payload),
+        )
+        self.handler.node_info.update(
+            replica_id=self.replica_id,
+            primary_region=s.primary_region,
+            prefix=s.prefix,
+            version=VERSION,
         )
         self.rpc_server = SubjectServer(
             self.nc,
@@ -172,6 +179,7 @@ class BusService:
         self._expiry = asyncio.create_task(self._expire_loop(), name="idempotency-expiry")
         self._watch = asyncio.create_task(self._watch_demotion(), name="watch-demotion")
         self.role = "primary"
+        self.handler.node_info["role"] = "primary"
 
     async def _become_replica(self) -> None:
         s = self.settings
@@ -186,6 +194,8 @@ class BusService:
         await self.monitor.start()
         self._watch = asyncio.create_task(self._watch_promotion(), name="watch-promotion")
         self.role = "replica"
+        if self.handler is not None:
+            self.handler.node_info["role"] = "replica"
 
     async def _watch_promotion(self) -> None:
         assert self.monitor is not None

@@ -169,7 +169,7 @@ async def connect_nats(
     cause = last_error[0] if last_error else failure
     reason = describe_failure(cause)
     if not connecting.done() or connecting.cancelled():
-        reason = f"{reason}; gave up after {limit:g}s (WRITEBUS_CONNECT_TIMEOUT)"
+        reason = f"{reason} (gave up after {limit:g}s: WRITEBUS_CONNECT_TIMEOUT)"
     raise ConnectError("nats", where, reason) from cause
 
 

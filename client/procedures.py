@@ -22,6 +22,12 @@ from typing import Any, TypeVar
 from writebus.client.errors import ConfigError, ProcedureError
 
 Procedure = Callable[..., Awaitable[Any]]
+
+#: Procedure names under this prefix are built into the bus (``writebus.ping``).
+RESERVED_PREFIX = "writebus."
+#: The built-in procedure a bus node answers on ``<prefix>.rpc.<region>`` without touching
+#: application code: who it is, its role and whether its database answers.
+PING = "writebus.ping"
 P = TypeVar("P", bound=Procedure)
 
 
@@ -35,7 +41,10 @@ class Procedures:
         """Register ``fn`` (usable as ``@register`` or ``@register(name="x")``)."""
 
         def deco(f: P) -> P:
-            self._procs[name or f.__name__] = f
+            key = name or f.__name__
+            if key.startswith(RESERVED_PREFIX):
+                raise ValueError(f"procedure names starting with {RESERVED_PREFIX!r} are reserved")
+            self._procs[key] = f
             return f
 
         return deco(fn) if fn is not None else deco

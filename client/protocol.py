@@ -63,6 +63,13 @@ class Statement(msgspec.Struct, kw_only=True, omit_defaults=True):
     params: list[Any] | dict[str, Any] | None = None
 
 
+class RequestId(msgspec.Struct):
+    """Just the ``id`` of a request: read from a request that is otherwise invalid, so the
+    error reply can still echo it."""
+
+    id: str = ""
+
+
 class Request(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A write (``<prefix>.write``) or a procedure call (``<prefix>.rpc.<region>``).
 
@@ -88,8 +95,9 @@ class StatementResult(msgspec.Struct, kw_only=True):
     rows: list[list[Any]] | None = None
 
 
-class ErrorInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """A typed error in a reply."""
+class ErrorInfo(msgspec.Struct, kw_only=True):
+    """A typed error in a reply. Every field is always sent (nil when it does not apply), so a
+    strict decoder in another language sees the same shape every time."""
 
     kind: str
     message: str

@@ -9,10 +9,10 @@ progress broadcasts are its own) and its own table.
 from __future__ import annotations
 
 import asyncio
-import re
 import contextlib
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator

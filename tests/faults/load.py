@@ -24,7 +24,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from writebus.client import Database, Outcome as WriteOutcome, ReplicationTimeoutError, WriteBusError
+from writebus.client import Database, ReplicationTimeoutError, WriteBusError
+from writebus.client import Outcome as WriteOutcome
 
 Status = Literal["acked", "unknown", "not_applied", "other"]
 
