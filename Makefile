@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test bench quick-bench dev-up install clean
+.PHONY: demo test bench quick-bench dev-up install clean lint typecheck
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,18 @@ quick-bench: $(STAMP)
 
 dev-up: $(STAMP)
 	$(BIN)/writebus dev up
+
+# mypy sees the installed layout (writebus.client, writebus.bus) through a tree of links.
+TYPECHECK_TREE = build/typecheck
+typecheck: $(STAMP)
+	rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)/writebus
+	cp writebus/*.py writebus/py.typed $(TYPECHECK_TREE)/writebus/
+	ln -s $(CURDIR)/client $(TYPECHECK_TREE)/writebus/client
+	ln -s $(CURDIR)/bus $(TYPECHECK_TREE)/writebus/bus
+	cd $(TYPECHECK_TREE) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p writebus
+
+lint: $(STAMP)
+	$(BIN)/ruff check client bus writebus tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache
