@@ -9,60 +9,36 @@ so the caller reads its own write.
 
 from __future__ import annotations
 
-import time
-import uuid
-from collections.abc import Iterable, Sequence
-from typing import Any, Literal, Self
+from collections.abc import Iterable
+from typing import Any, Self
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from writebus.client import writes
 from writebus.client.connect import acquire_nats, release_nats
-from writebus.client.errors import ProtocolError, TrackerError, WriteBusError
+from writebus.client.errors import ProtocolError, WriteBusError
 from writebus.client.log import get_logger
 from writebus.client.pgpool import open_pool
 from writebus.client.procedures import Procedures, load_procedures
-from writebus.client.protocol import MSGPACK, Request, Statement
-from writebus.client.results import StatementOutcome, Timings, WriteResult
-from writebus.client.retry import Attempts, RetryPolicy, for_procedure_calls
-from writebus.client.rpc import Exchange, request
+from writebus.client.protocol import Request, Statement
+from writebus.client.results import WriteResult
+from writebus.client.retry import RetryPolicy, for_procedure_calls
+from writebus.client.rpc import request
 from writebus.client.settings import Settings
 from writebus.client.subjects import Subjects
 from writebus.client.tracker import LsnTracker, acquire_tracker, release_tracker
 from writebus.client.transport import NatsClient
+from writebus.client.writes import (
+    Params,
+    StatementLike,
+    new_request_id,
+    to_params,
+    to_statement,
+    write_route,
+)
 
 log = get_logger("writebus.client.db")
-
-Params = Sequence[Any] | dict[str, Any] | None
-StatementLike = Statement | str | tuple[str, Params]
-Route = Literal["direct", "bus"]
-
-
-def _statement(s: StatementLike) -> Statement:
-    if isinstance(s, Statement):
-        return s
-    if isinstance(s, str):
-        return Statement(sql=s)
-    sql, params = s
-    return Statement(sql=sql, params=_params(params))
-
-
-def _params(params: Params) -> list[Any] | dict[str, Any] | None:
-    if params is None or isinstance(params, dict):
-        return params
-    return list(params)
-
-
-def new_request_id() -> str:
-    """A fresh request id (random, 32 hex characters)."""
-    return uuid.uuid4().hex
-
-
-def write_route(settings: Settings, *, has_local_pool: bool) -> Route:
-    """Where a write runs: ``"direct"`` on the local database in the primary region (it is the
-    primary), else ``"bus"``. A pure decision, kept apart from the I/O."""
-    return "direct" if settings.is_primary and has_local_pool else "bus"
-
 
 class Database:
     """A handle on the local database with writes routed to the primary.
@@ -135,7 +111,7 @@ class Database:
         if s.is_primary and self._pool is not None:
             if self.procedures is None and s.procedures:
                 self.procedures = load_procedures(s.procedures)
-            await self._ensure_exactly_once_table(self._pool)
+            await writes.ensure_exactly_once_table(self._pool)
         if not s.is_primary:
             self._tracker = await acquire_tracker(s, self._nc)
 
@@ -226,7 +202,7 @@ class Database:
     ) -> WriteResult:
         """Run one write statement on the primary; see :meth:`batch` for the options."""
         return await self.batch(
-            [Statement(sql=sql, params=_params(params))],
+            [Statement(sql=sql, params=to_params(params))],
             await_replication=await_replication,
             rpc_timeout=rpc_timeout,
             replication_timeout=replication_timeout,
@@ -252,7 +228,7 @@ class Database:
         bounds the wait for replay. ``request_id`` lets a caller resend a write whose outcome
         was unknown (:class:`~writebus.client.errors.OutcomeUnknownError`) to learn it.
         """
-        stmts = [_statement(s) for s in statements]
+        stmts = [to_statement(s) for s in statements]
         if not stmts:
             raise ProtocolError("batch() needs at least one statement")
         req = Request(
@@ -322,9 +298,16 @@ class Database:
             kwargs=kwargs or {},
             origin=self.settings.region,
         )
+        if self._nc is None:
+            raise WriteBusError("the Database is not open")
         total = timeout if timeout is not None else self.settings.rpc_timeout
-        ex = await self._request(
-            self.subjects.rpc(region), req, total, region, for_procedure_calls(self.retry, total)
+        ex = await request(
+            self._nc,
+            self.subjects.rpc(region),
+            req,
+            timeout=total,
+            policy=for_procedure_calls(self.retry, total),
+            region=region,
         )
         return ex.reply.value
 
@@ -350,15 +333,6 @@ class Database:
 
     # -- internals ------------------------------------------------------------------------
 
-    @staticmethod
-    async def _ensure_exactly_once_table(pool: AsyncConnectionPool[Any]) -> None:
-        # Direct writes record their ids like bus workers do; the table is normally created by
-        # the primary's bus node, but an app may start first.
-        from writebus.bus import idempotency
-
-        async with pool.connection() as conn:
-            await idempotency.ensure_schema(conn)
-
     async def _write(
         self,
         req: Request,
@@ -366,100 +340,29 @@ class Database:
         rpc_timeout: float | None,
         replication_timeout: float | None,
     ) -> WriteResult:
-        timeout = rpc_timeout if rpc_timeout is not None else self.settings.rpc_timeout
-        if write_route(self.settings, has_local_pool=self._pool is not None) == "direct":
-            return await self._direct(req, timeout)
-        return await self._via_bus(req, await_replication, timeout, replication_timeout)
-
-    async def _request(
-        self,
-        subject: str,
-        req: Request,
-        timeout: float,
-        region: str,
-        policy: RetryPolicy | None = None,
-    ) -> Exchange:
         if self._nc is None:
             raise WriteBusError("the Database is not open")
-        return await request(
-            self._nc, subject, req, timeout=timeout, policy=policy or self.retry, region=region
-        )
-
-    async def _via_bus(
-        self,
-        req: Request,
-        await_replication: bool,
-        timeout: float,
-        replication_timeout: float | None,
-    ) -> WriteResult:
-        start = time.monotonic()
-        ex = await self._request(self.subjects.write, req, timeout, self.settings.primary_region)
-        reply = ex.reply
-        lsn = reply.lsn_int
-        replication_ms: float | None = None
-        # In the primary region reads go to the primary itself: nothing to wait for.
-        if await_replication and lsn is not None and not self.settings.is_primary:
-            if self._tracker is None:
-                raise TrackerError("no LSN tracker: is this Database open?")
-            t0 = time.monotonic()
-            await self.wait_for_lsn(lsn, replication_timeout)
-            replication_ms = (time.monotonic() - t0) * 1000
-        server_ms = reply.server_ms or 0.0
-        return WriteResult(
-            statements=[StatementOutcome.from_wire(r) for r in reply.results],
-            lsn=lsn,
-            region=reply.region or self.settings.primary_region,
-            via_bus=True,
-            value=reply.value,
-            duplicate=reply.duplicate,
-            replicated=replication_ms is not None,
-            timings=Timings(
-                forward_ms=max(0.0, ex.rpc_ms - server_ms),
-                commit_ms=server_ms,
-                replication_ms=replication_ms,
-                total_ms=(time.monotonic() - start) * 1000,
-                attempts=ex.attempts,
-            ),
-        )
-
-    async def _direct(self, req: Request, timeout: float) -> WriteResult:
-        # Imported here: only the primary region runs writes itself, and it does so with the
-        # bus worker's own code.
-        from writebus.bus.execute import Limits, run_request
-
-        pool = self._local()
-        procedures = self.procedures if self.procedures is not None else Procedures()
-        max_reply = self._nc.max_payload if self._nc is not None else None
-        attempts = Attempts(self.retry, timeout, request_id=req.id)
-
-        async def once(budget: float) -> Any:
-            limits = Limits(acquire_timeout=max(0.1, budget), max_reply_bytes=max_reply)
-            return await run_request(
-                pool,
+        timeout = rpc_timeout if rpc_timeout is not None else self.settings.rpc_timeout
+        if write_route(self.settings, has_local_pool=self._pool is not None) == "direct":
+            assert self._pool is not None
+            return await writes.direct(
                 req,
-                procedures=procedures,
-                limits=limits,
-                encoding=MSGPACK,
-                region=self.settings.region,
+                pool=self._pool,
+                procedures=self.procedures,
+                settings=self.settings,
+                retry=self.retry,
+                max_reply_bytes=self._nc.max_payload,
+                timeout=timeout,
             )
-
-        start = time.monotonic()
-        done = await attempts.run(once)
-        elapsed = (time.monotonic() - start) * 1000
-        return WriteResult(
-            statements=[StatementOutcome.from_wire(r) for r in done.results],
-            lsn=done.lsn,
-            region=self.settings.region,
-            via_bus=False,
-            value=done.value,
-            duplicate=done.duplicate,
-            timings=Timings(
-                forward_ms=0.0,
-                commit_ms=elapsed,
-                replication_ms=None,
-                total_ms=elapsed,
-                attempts=attempts.attempt,
-            ),
+        return await writes.via_bus(
+            req,
+            nc=self._nc,
+            settings=self.settings,
+            retry=self.retry,
+            tracker=self._tracker,
+            await_replication=await_replication,
+            timeout=timeout,
+            replication_timeout=replication_timeout,
         )
 
 

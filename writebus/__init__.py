@@ -13,7 +13,7 @@ The public API is exported here. The rest lives in ``writebus.client`` (the libr
 ``writebus.bus`` (the service, ``writebus serve``); see docs/design.md for the layout.
 """
 
-from writebus.client.db import Database, connect, new_request_id
+from writebus.client.db import Database, connect
 from writebus.client.errors import (
     ConfigError,
     ConnectError,
@@ -41,6 +41,7 @@ from writebus.client.region import is_primary, my_region, primary_region
 from writebus.client.results import StatementOutcome, Timings, WriteResult
 from writebus.client.retry import NO_RETRY, RetryPolicy
 from writebus.client.settings import Settings
+from writebus.client.writes import new_request_id
 
 __all__ = [
     "NO_RETRY",

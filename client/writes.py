@@ -1,0 +1,160 @@
+"""The two ways a write runs: over the bus, or directly in the primary region.
+
+:func:`via_bus` sends the request to the primary region's workers and waits for the local
+replica to replay the commit; :func:`direct` runs it in this process with the workers' own
+function (:func:`writebus.bus.execute.run_request`), retried by the same attempt loop. Both return
+a :class:`~writebus.client.results.WriteResult` of the same shape.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from psycopg_pool import AsyncConnectionPool
+
+from writebus.client.errors import TrackerError
+from writebus.client.procedures import Procedures
+from writebus.client.protocol import MSGPACK, Request, Statement
+from writebus.client.results import StatementOutcome, Timings, WriteResult
+from writebus.client.retry import Attempts, RetryPolicy
+from writebus.client.rpc import request
+from writebus.client.settings import Settings
+from writebus.client.subjects import Subjects
+from writebus.client.tracker import LsnTracker
+from writebus.client.transport import NatsClient
+
+Params = Sequence[Any] | dict[str, Any] | None
+StatementLike = Statement | str | tuple[str, Params]
+Route = Literal["direct", "bus"]
+
+
+def to_statement(s: StatementLike) -> Statement:
+    if isinstance(s, Statement):
+        return s
+    if isinstance(s, str):
+        return Statement(sql=s)
+    sql, params = s
+    return Statement(sql=sql, params=to_params(params))
+
+
+def to_params(params: Params) -> list[Any] | dict[str, Any] | None:
+    if params is None or isinstance(params, dict):
+        return params
+    return list(params)
+
+
+def new_request_id() -> str:
+    """A fresh request id (random, 32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+def write_route(settings: Settings, *, has_local_pool: bool) -> Route:
+    """Where a write runs: ``"direct"`` on the local database in the primary region (it is the
+    primary), else ``"bus"``. A pure decision, kept apart from the I/O."""
+    return "direct" if settings.is_primary and has_local_pool else "bus"
+
+
+async def ensure_exactly_once_table(pool: AsyncConnectionPool[Any]) -> None:
+    """Create ``writebus.applied`` if missing. Direct writes record their ids like bus workers
+    do; the table is normally created by the primary's bus node, but an app may start first."""
+    from writebus.bus import idempotency
+
+    async with pool.connection() as conn:
+        await idempotency.ensure_schema(conn)
+
+
+async def via_bus(
+    req: Request,
+    *,
+    nc: NatsClient,
+    settings: Settings,
+    retry: RetryPolicy,
+    tracker: LsnTracker | None,
+    await_replication: bool,
+    timeout: float,
+    replication_timeout: float | None,
+) -> WriteResult:
+    """Send ``req`` to the primary region's workers; then wait for local replay."""
+    start = time.monotonic()
+    subject = Subjects(settings.prefix).write
+    ex = await request(
+        nc, subject, req, timeout=timeout, policy=retry, region=settings.primary_region
+    )
+    reply = ex.reply
+    lsn = reply.lsn_int
+    replication_ms: float | None = None
+    # In the primary region reads go to the primary itself: nothing to wait for.
+    if await_replication and lsn is not None and not settings.is_primary:
+        if tracker is None:
+            raise TrackerError("no LSN tracker: is this Database open?")
+        t0 = time.monotonic()
+        wait = replication_timeout if replication_timeout is not None else settings.replication_timeout
+        await tracker.wait_for(lsn, wait)
+        replication_ms = (time.monotonic() - t0) * 1000
+    server_ms = reply.server_ms or 0.0
+    return WriteResult(
+        statements=[StatementOutcome.from_wire(r) for r in reply.results],
+        lsn=lsn,
+        region=reply.region or settings.primary_region,
+        via_bus=True,
+        value=reply.value,
+        duplicate=reply.duplicate,
+        replicated=replication_ms is not None,
+        timings=Timings(
+            forward_ms=max(0.0, ex.rpc_ms - server_ms),
+            commit_ms=server_ms,
+            replication_ms=replication_ms,
+            total_ms=(time.monotonic() - start) * 1000,
+            attempts=ex.attempts,
+        ),
+    )
+
+
+async def direct(
+    req: Request,
+    *,
+    pool: AsyncConnectionPool[Any],
+    procedures: Procedures | None,
+    settings: Settings,
+    retry: RetryPolicy,
+    max_reply_bytes: int | None,
+    timeout: float,
+) -> WriteResult:
+    """Run ``req`` on the local primary with the bus workers' own function.
+
+    The reply-size limit is the NATS max payload, as on the bus, so a write that works here
+    works from every region.
+    """
+    # Imported here: only the primary region runs writes itself.
+    from writebus.bus.execute import Executed, Limits, run_request
+
+    registry = procedures if procedures is not None else Procedures()
+    attempts = Attempts(retry, timeout, request_id=req.id)
+
+    async def once(budget: float) -> Executed:
+        limits = Limits(acquire_timeout=max(0.1, budget), max_reply_bytes=max_reply_bytes)
+        return await run_request(
+            pool, req, procedures=registry, limits=limits, encoding=MSGPACK, region=settings.region
+        )
+
+    start = time.monotonic()
+    done = await attempts.run(once)
+    elapsed = (time.monotonic() - start) * 1000
+    return WriteResult(
+        statements=[StatementOutcome.from_wire(r) for r in done.results],
+        lsn=done.lsn,
+        region=settings.region,
+        via_bus=False,
+        value=done.value,
+        duplicate=done.duplicate,
+        timings=Timings(
+            forward_ms=0.0,
+            commit_ms=elapsed,
+            replication_ms=None,
+            total_ms=elapsed,
+            attempts=attempts.attempt,
+        ),
+    )

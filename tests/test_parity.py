@@ -1,0 +1,204 @@
+"""One write, two regions, the same answer.
+
+Every case runs from ``syd`` (the primary region: the write runs in this process, directly on
+the primary) and from ``lax`` (over the bus, on a worker). Both paths call the same
+``run_request``, so the outcome must be identical: the same exception class, SQLSTATE, psycopg
+error class (as an attribute and as ``__cause__``), failing statement, outcome -- and nothing
+applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from psycopg import errors as pg_errors
+
+from tests.procedures import procedures
+from tests.support.stack import primary_rows, settings_for
+from writebus import (
+    Database,
+    LimitError,
+    Outcome,
+    ProcedureError,
+    ProtocolError,
+    WriteBusError,
+    WriteRejectedError,
+)
+from writebus.client.protocol import MAX_PARAM_BYTES, MAX_STATEMENTS
+
+REGIONS = pytest.mark.parametrize("region", ["syd", "lax"])
+
+
+@pytest.fixture
+async def writer(stack: Any, buses: Any, region: str) -> AsyncIterator[Database]:
+    """A client in ``region``: direct writes in syd, bus writes in lax."""
+    async with Database(settings_for(stack, region), procedures=procedures) as db:
+        yield db
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a caller can observe of a failed write."""
+
+    cls: type[WriteBusError]
+    sqlstate: str | None
+    pg_class: type[Exception] | None
+    cause_is_pg_class: bool
+    statement: int | None
+    outcome: Outcome | None
+
+
+def _seen(err: WriteBusError) -> Seen:
+    pg_class = getattr(err, "pg_error_class", None)
+    return Seen(
+        cls=type(err),
+        sqlstate=getattr(err, "sqlstate", None),
+        pg_class=pg_class,
+        cause_is_pg_class=pg_class is not None and isinstance(err.__cause__, pg_class),
+        statement=getattr(err, "statement_index", None),
+        outcome=err.outcome,
+    )
+
+
+Action = Callable[[Database, str], Awaitable[Any]]
+
+
+async def _big_param(db: Database, table: str) -> Any:
+    return await db.execute(f"INSERT INTO {table}(body) VALUES (%s)", ["x" * (2 * 1024 * 1024)])
+
+
+async def _too_many_statements(db: Database, table: str) -> Any:
+    stmt = (f"INSERT INTO {table}(body) VALUES (%s)", ["many"])
+    return await db.batch([stmt] * (MAX_STATEMENTS + 1))
+
+
+async def _begin_in_batch(db: Database, table: str) -> Any:
+    return await db.batch(["BEGIN", (f"INSERT INTO {table}(body) VALUES ('tx')", None)])
+
+
+async def _commit_in_batch(db: Database, table: str) -> Any:
+    return await db.batch([(f"INSERT INTO {table}(body) VALUES ('tx2')", None), "COMMIT"])
+
+
+async def _unique_violation(db: Database, table: str) -> Any:
+    await db.execute(f"INSERT INTO {table}(body) VALUES ('dup')")
+    return await db.batch(
+        [
+            (f"INSERT INTO {table}(body) VALUES ('fresh')", None),
+            (f"INSERT INTO {table}(body) VALUES ('dup')", None),
+        ]
+    )
+
+
+async def _check_violation(db: Database, table: str) -> Any:
+    return await db.execute(f"INSERT INTO {table}(body, n) VALUES ('neg', -1)")
+
+
+async def _procedure_raises(db: Database, table: str) -> Any:
+    return await db.call("boom")
+
+
+async def _unknown_procedure(db: Database, table: str) -> Any:
+    return await db.call("no_such_procedure", 1)
+
+
+async def _reply_too_large(db: Database, table: str) -> Any:
+    return await db.execute(
+        f"INSERT INTO {table}(body) SELECT 'row-' || g || repeat('r', 100) "
+        "FROM generate_series(1, 20000) g RETURNING body"
+    )
+
+
+async def _error_at_commit(db: Database, table: str) -> Any:
+    return await db.call("violate_at_commit", table)
+
+
+@dataclass(frozen=True)
+class Case:
+    """A failing write and what every region must see."""
+
+    action: Action
+    cls: type[WriteBusError]
+    sqlstate: str | None = None
+    pg_class: type[Exception] | None = None
+    statement: int | None = None
+    #: Rows the action itself commits before the failing write (the unique-violation setup).
+    rows_before: int = 0
+
+
+CASES: dict[str, Case] = {
+    "parameter over MAX_PARAM_BYTES": Case(_big_param, LimitError),
+    "more than MAX_STATEMENTS": Case(_too_many_statements, LimitError),
+    "BEGIN in a batch": Case(_begin_in_batch, ProtocolError),
+    "COMMIT in a batch": Case(_commit_in_batch, ProtocolError),
+    "unique violation": Case(
+        _unique_violation,
+        WriteRejectedError,
+        sqlstate="23505",
+        pg_class=pg_errors.UniqueViolation,
+        statement=1,
+        rows_before=1,
+    ),
+    "check violation": Case(
+        _check_violation,
+        WriteRejectedError,
+        sqlstate="23514",
+        pg_class=pg_errors.CheckViolation,
+        statement=0,
+    ),
+    "procedure raises": Case(_procedure_raises, ProcedureError),
+    "unknown procedure": Case(_unknown_procedure, ProcedureError),
+    "reply over the NATS max payload": Case(_reply_too_large, LimitError),
+    "deferred constraint at COMMIT": Case(
+        _error_at_commit,
+        WriteRejectedError,
+        sqlstate="23503",
+        pg_class=pg_errors.ForeignKeyViolation,
+    ),
+}
+
+
+@REGIONS
+@pytest.mark.parametrize("name", list(CASES))
+async def test_failing_writes_look_the_same_in_every_region(
+    writer: Database, stack: Any, table: str, region: str, name: str
+) -> None:
+    """The same failing write raises the same class, SQLSTATE, psycopg class (attribute and
+    __cause__), statement index and 'not applied' outcome from syd (direct) and lax (bus), and
+    leaves nothing behind on the primary."""
+    case = CASES[name]
+    with pytest.raises(WriteBusError) as info:
+        await case.action(writer, table)
+    seen = _seen(info.value)
+    assert seen == Seen(
+        cls=case.cls,
+        sqlstate=case.sqlstate,
+        pg_class=case.pg_class,
+        cause_is_pg_class=case.pg_class is not None,
+        statement=case.statement,
+        outcome=Outcome.NOT_APPLIED,
+    ), f"{region}: {info.value!r}"
+    assert primary_rows(stack, f"SELECT count(*) FROM {table}") == [(case.rows_before,)]
+
+
+def test_the_limits_are_the_protocol_constants() -> None:
+    """The parameter case exceeds the documented cap (not some other limit)."""
+    assert 2 * 1024 * 1024 > MAX_PARAM_BYTES
+
+
+@REGIONS
+async def test_successful_writes_look_the_same_in_every_region(
+    writer: Database, table: str, region: str
+) -> None:
+    """A successful write returns the same shape from both paths: rows, rowcount, an LSN, and
+    a repeat of its request id answered as a duplicate with the stored rows."""
+    rid = f"parity-{region}-{table}"
+    sql = f"INSERT INTO {table}(body) VALUES (%s) RETURNING body"
+    first = await writer.execute(sql, ["same"], request_id=rid)
+    again = await writer.execute(sql, ["same"], request_id=rid)
+    assert first.rows == [("same",)] and first.rowcount == 1 and first.lsn is not None
+    assert not first.duplicate and again.duplicate and again.rows == first.rows
+    assert first.via_bus == (region == "lax")

@@ -1,0 +1,164 @@
+"""Database routing and replay waits, with an in-memory NATS handed in by the caller.
+
+A ``Database`` accepts an already-connected NATS client; here it is the fake from
+``tests/support/fake_nats.py``, with no local database at all, so what is checked is where each
+call goes and how the tracker releases it. The real-server versions are in
+``tests/test_write_path.py`` and ``tests/test_tracker.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.support.fake_nats import FakeMsg, FakeServer
+from writebus.client.db import Database
+from writebus.client.errors import ReplicationTimeoutError
+from writebus.client.protocol import Reply, Request, decode, encode, lsn_update
+from writebus.client.retry import RetryPolicy
+from writebus.client.settings import Settings
+from writebus.client.writes import write_route
+
+LAX = Settings(region="lax", primary_region="syd", replication_timeout=2.0)
+
+
+def test_write_route_is_direct_only_in_the_primary_region_with_a_database() -> None:
+    """The pure routing decision: direct on the local primary, the bus everywhere else."""
+    syd = Settings(region="syd", primary_region="syd")
+    assert write_route(syd, has_local_pool=True) == "direct"
+    assert write_route(syd, has_local_pool=False) == "bus"
+    assert write_route(LAX, has_local_pool=True) == "bus"
+    assert write_route(Settings(), has_local_pool=True) == "direct"  # "local" is primary
+
+
+class Bus:
+    """Fake workers for ``writebus.write`` and ``writebus.rpc.*``, recording subjects and
+    requests; each write commits at the next LSN."""
+
+    def __init__(self, server: FakeServer) -> None:
+        self.nc = server.client()
+        self.seen: list[tuple[str, Request]] = []
+        self.lsn = 100
+
+    async def start(self) -> None:
+        await self.nc.subscribe("writebus.write", queue="q", cb=self._on)
+        await self.nc.subscribe("writebus.rpc.*", queue="q", cb=self._on)
+
+    async def _on(self, msg: FakeMsg) -> None:
+        req = decode(msg.data, Request)
+        self.seen.append((msg.subject, req))
+        self.lsn += 1
+        value = {"ran_in": msg.subject} if req.procedure else None
+        reply = Reply(id=req.id, lsn=f"0/{self.lsn:X}", lsn_int=self.lsn, value=value)
+        await self.nc.publish(msg.reply, encode(reply))
+
+    async def replayed(self, region: str, lsn: int) -> None:
+        """Broadcast that ``region``'s replica replayed ``lsn``."""
+        upd = lsn_update(region=region, replica_id="r", lsn=lsn, role="replica", in_recovery=True)
+        await self.nc.publish(f"writebus.lsn.{region}", encode(upd))
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[tuple[FakeServer, Bus]]:
+    """A fake NATS server with fake workers on it."""
+    server = FakeServer()
+    bus = Bus(server)
+    await bus.start()
+    yield server, bus
+
+
+async def _until(cond: Any) -> None:
+    while not cond():
+        await asyncio.sleep(0.001)
+
+
+async def test_writes_outside_the_primary_region_go_to_the_bus_and_wait_for_replay(
+    fake: tuple[FakeServer, Bus],
+) -> None:
+    """In lax a write is a request on writebus.write carrying its origin; the call returns only
+    once a broadcast says the local replica replayed the commit's LSN."""
+    server, bus = fake
+    async with Database(LAX, nats=server.client()) as db:
+        write = asyncio.create_task(db.execute("INSERT INTO t VALUES (1)"))
+        await _until(lambda: db.tracker is not None and db.tracker.waiting == 1)
+        assert not write.done()
+        await bus.replayed("lax", 101)
+        res = await asyncio.wait_for(write, 2)
+    subject, req = bus.seen[0]
+    assert subject == "writebus.write" and req.origin == "lax" and req.statements is not None
+    assert res.via_bus and res.replicated and res.lsn == 101
+
+
+async def test_another_regions_broadcast_does_not_release_a_wait(
+    fake: tuple[FakeServer, Bus],
+) -> None:
+    """Only this region's replay counts: syd's progress never releases a lax waiter."""
+    server, bus = fake
+    async with Database(LAX.replace(replication_timeout=0.2), nats=server.client()) as db:
+        write = asyncio.create_task(db.execute("INSERT INTO t VALUES (1)"))
+        await _until(lambda: db.tracker is not None and db.tracker.waiting == 1)
+        await bus.replayed("syd", 10**6)
+        with pytest.raises(ReplicationTimeoutError) as info:
+            await write
+        assert info.value.lsn == 101 and info.value.committed
+        assert db.tracker is not None and db.tracker.waiting == 0
+
+
+async def test_await_replication_false_returns_after_the_reply(
+    fake: tuple[FakeServer, Bus],
+) -> None:
+    """await_replication=False returns the LSN without registering a waiter."""
+    server, _ = fake
+    async with Database(LAX, nats=server.client()) as db:
+        res = await db.execute("INSERT INTO t VALUES (1)", await_replication=False)
+        assert res.lsn == 101 and not res.replicated
+        assert db.tracker is not None and db.tracker.heap_size == 0
+
+
+async def test_a_caller_chosen_request_id_is_sent(fake: tuple[FakeServer, Bus]) -> None:
+    """execute/batch/call pass request_id through, so an unknown outcome can be resolved."""
+    server, bus = fake
+    async with Database(LAX, nats=server.client()) as db:
+        await db.execute("INSERT INTO t VALUES (1)", request_id="mine-1",
+                         await_replication=False)
+        await db.call("proc", 1, request_id="mine-2", await_replication=False)
+    assert [req.id for _, req in bus.seen] == ["mine-1", "mine-2"]
+
+
+async def test_rpc_region_goes_to_that_regions_subject(fake: tuple[FakeServer, Bus]) -> None:
+    """rpc_region targets <prefix>.rpc.<region>; rpc_primary the primary region's; neither waits
+    for replication."""
+    server, bus = fake
+    async with Database(LAX, nats=server.client()) as db:
+        assert await db.rpc_region("lax", "stats") == {"ran_in": "writebus.rpc.lax"}
+        assert await db.rpc_primary("stats") == {"ran_in": "writebus.rpc.syd"}
+        assert db.tracker is not None and db.tracker.heap_size == 0
+
+
+async def test_a_cancelled_write_wait_leaves_no_waiter(fake: tuple[FakeServer, Bus]) -> None:
+    """Cancelling a caller that waits for replay removes its waiter at once."""
+    server, _ = fake
+    async with Database(LAX, nats=server.client()) as db:
+        write = asyncio.create_task(db.execute("INSERT INTO t VALUES (1)"))
+        await _until(lambda: db.tracker is not None and db.tracker.waiting == 1)
+        write.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+        assert db.tracker is not None and db.tracker.waiting == 0 and db.tracker.heap_size == 0
+
+
+async def test_a_handed_in_connection_is_shared_and_not_closed(
+    fake: tuple[FakeServer, Bus],
+) -> None:
+    """The tracker listens on the connection the Database was given (one per process), and
+    closing the Database leaves that connection open for its owner."""
+    server, _ = fake
+    nc = server.client()
+    async with Database(LAX, nats=nc, retry=RetryPolicy()) as db:
+        assert db.nats is nc
+        assert any(s.client is nc and s.subject == "writebus.lsn.lax" for s in server.subs)
+    assert not nc.is_closed
+    assert not any(s.client is nc for s in server.subs)
