@@ -3,7 +3,7 @@
 #   docker build -t writebus .
 #   docker run --env-file writebus.env writebus          # runs `writebus serve`
 #
-# Settings come from the environment only (client/settings.py ENV_VARS); nothing deployment
+# Settings come from the environment only (`writebus serve --help` lists them); nothing deployment
 # specific is baked in.
 FROM python:3.11-slim
 
@@ -16,6 +16,7 @@ WORKDIR /src
 # Only what the package build needs, so no local .env, virtualenv or data dir leaks into the
 # image. README.md* is a pattern so the build still works while the README does not exist.
 COPY pyproject.toml README.md* ./
+COPY writebus ./writebus
 COPY bus ./bus
 COPY client ./client
 RUN pip install . \

@@ -15,7 +15,14 @@ import asyncio
 import sys
 import time
 
-from writebus.client import Database, NoWorkerError, RpcTimeoutError, Settings, UnavailableError
+from writebus import (
+    Database,
+    DisconnectedError,
+    NoWorkerError,
+    RpcTimeoutError,
+    Settings,
+    UnavailableError,
+)
 
 TABLE = "writebus_compose_demo"
 WRITES = 20
@@ -32,7 +39,7 @@ async def _create_table(db: Database) -> None:
                 f"CREATE TABLE IF NOT EXISTS {TABLE} (id bigserial PRIMARY KEY, body text NOT NULL)"
             )
             return
-        except (NoWorkerError, RpcTimeoutError, UnavailableError) as exc:
+        except (NoWorkerError, DisconnectedError, RpcTimeoutError, UnavailableError) as exc:
             if time.monotonic() > deadline:
                 raise
             print(f"waiting for the bus: {exc}", flush=True)

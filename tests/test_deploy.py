@@ -361,3 +361,16 @@ def test_dockerfile_copies_existing_paths() -> None:
             for source in line.split()[1:-1]:
                 if not any(c in source for c in "*?["):
                     assert (ROOT / source).exists(), f"COPY source {source} is missing"
+
+
+def test_dockerfile_copies_every_package_folder() -> None:
+    """Every folder setuptools' package-dir maps into the wheel is copied into the image, so
+    `pip install .` there builds the same package as here."""
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        folders = set(tomllib.load(f)["tool"]["setuptools"]["package-dir"].values())
+    copied = {
+        line.split()[1].rstrip("/")
+        for line in DOCKERFILE.read_text().splitlines()
+        if line.startswith("COPY ") and "--from" not in line
+    }
+    assert folders <= copied, f"not copied into the image: {sorted(folders - copied)}"
