@@ -169,6 +169,7 @@ async def _attempt(
                         conn,
                         req.id,
                         req.statements,
+                        digest=idempotency.request_digest(req),
                         exactly_once=exactly_once,
                         read_lsn=primary,
                         check=lambda results: check(results, None),
@@ -204,9 +205,10 @@ async def _run_procedure_tx(
     phase: _Phase,
 ) -> Executed:
     name = req.procedure or ""
+    digest = idempotency.request_digest(req)
     try:
         async with conn.transaction():
-            if exactly_once and not await idempotency.claim(conn, req.id):
+            if exactly_once and not await idempotency.claim(conn, req.id, digest):
                 raise _Duplicate
             value = await run_procedure(conn, proc, req.args, req.kwargs, name=name)
             check([], value)
@@ -214,7 +216,7 @@ async def _run_procedure_tx(
                 await idempotency.store(conn, req.id, [], value)
             phase.committing = True
     except _Duplicate:
-        stored = await idempotency.fetch(conn, req.id)
+        stored = await idempotency.fetch(conn, req.id, digest)
         results, value = (stored.results, stored.value) if stored is not None else ([], None)
         lsn = await read_flush_lsn(conn) if primary else None
         return Executed(results, value, lsn, True)

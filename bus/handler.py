@@ -23,6 +23,7 @@ from typing import Any
 import psycopg_pool
 
 from writebus.bus.execute import Executed, Limits, run_request
+from writebus.bus.served import Observer, Served
 from writebus.client.errors import (
     LimitError,
     ProcedureError,
@@ -120,12 +121,15 @@ class Handler:
         region: str,
         limits: Limits | None = None,
         on_commit: Callable[[int], None] | None = None,
+        observers: list[Observer] | None = None,
     ) -> None:
         self.pool = pool
         self.procedures = procedures
         self.region = region
         self.limits = limits or Limits()
         self.on_commit = on_commit
+        #: Told about every answered request (the request log, metrics, status).
+        self.observers: list[Observer] = list(observers or [])
         #: What ``writebus.ping`` reports about this node besides its database's state.
         self.node_info: dict[str, Any] = {"region": region}
 
@@ -137,6 +141,7 @@ class Handler:
         write: bool,
         primary: bool,
         received: float | None = None,
+        subject: str = "",
     ) -> tuple[bytes, dict[str, str] | None]:
         """Answer one request. ``write`` is true on ``<prefix>.write`` (statements allowed,
         exactly-once), false on ``<prefix>.rpc.<region>`` (procedures only). ``received`` is
@@ -168,7 +173,34 @@ class Handler:
             reply = self._failure(parsed.request_id, exc)
         reply.region = self.region
         reply.server_ms = (time.monotonic() - start) * 1000
-        return encode_reply(reply, parsed.encoding, self.limits.max_reply_bytes), reply_headers
+        body = encode_reply(reply, parsed.encoding, self.limits.max_reply_bytes)
+        if self.observers:
+            self._tell(parsed, reply, subject, start, received)
+        return body, reply_headers
+
+    def _tell(
+        self, parsed: Parsed, reply: Reply, subject: str, start: float, received: float | None
+    ) -> None:
+        req = parsed.request
+        err = reply.error
+        served = Served(
+            request_id=reply.id,
+            subject=subject,
+            procedure=req.procedure if req is not None else None,
+            statements=len(req.statements or ()) if req is not None else 0,
+            outcome="ok" if err is None else err.kind,
+            sqlstate=err.sqlstate if err is not None else None,
+            duplicate=reply.duplicate,
+            queue_ms=(start - received) * 1000 if received is not None else 0.0,
+            run_ms=reply.server_ms or 0.0,
+            lsn=reply.lsn,
+            origin=req.origin if req is not None else None,
+        )
+        for observe in self.observers:
+            try:
+                observe(served)
+            except Exception:  # an observer's bug must not fail the request
+                log.exception("handler.observer_failed")
 
     async def _ping(self, req: Request) -> Executed:
         """The built-in ``writebus.ping``: this node's identity and its database's role. Runs no

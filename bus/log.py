@@ -21,6 +21,10 @@ from writebus.client.log import RECORD_ATTR
 
 FORMATS = ("json", "console")
 
+#: Libraries that log at INFO on every operation (psycopg_pool: each connection handed out and
+#: returned). Their WARNING and above always show; their chatter only at DEBUG.
+CHATTY = ("psycopg", "asyncio", "nats")
+
 
 def _restore_fields(
     logger: Any, method: str, event_dict: MutableMapping[str, Any]
@@ -33,14 +37,14 @@ def _restore_fields(
     return event_dict
 
 
-def log_level(name: str | None) -> int:
+def log_level(name: str | None, variable: str = "WRITEBUS_LOG_LEVEL") -> int:
     """A level name (``debug``, ``info``, ...) as a number; ConfigError names the variable."""
     value = (name or "info").strip().upper()
     levels = logging.getLevelNamesMapping()
     if value not in levels:
         raise ConfigError(
-            f"WRITEBUS_LOG_LEVEL={name!r} is not a level: use debug, info, warning or error",
-            variable="WRITEBUS_LOG_LEVEL",
+            f"{variable}={name!r} is not a level: use debug, info, warning or error",
+            variable=variable,
         )
     return levels[value]
 
@@ -83,4 +87,7 @@ def configure_logging(
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers = [handler]
-    root.setLevel(log_level(level or os.environ.get("WRITEBUS_LOG_LEVEL")))
+    threshold = log_level(level or os.environ.get("WRITEBUS_LOG_LEVEL"))
+    root.setLevel(threshold)
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(max(threshold, logging.WARNING))

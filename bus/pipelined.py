@@ -43,6 +43,7 @@ async def run_write(
     request_id: str,
     statements: Sequence[Statement],
     *,
+    digest: bytes = b"",
     exactly_once: bool,
     read_lsn: bool,
     check: Callable[[list[StatementResult]], None] | None = None,
@@ -63,7 +64,7 @@ async def run_write(
         async with conn.pipeline() as pipe:
             await conn.execute("BEGIN")
             if exactly_once:
-                claim = await conn.execute(idempotency.CLAIM_SQL, [request_id])
+                claim = await conn.execute(idempotency.CLAIM_SQL, [request_id, digest])
             for index, stmt in enumerate(statements):
                 cur = conn.cursor()
                 try:
@@ -100,7 +101,7 @@ async def run_write(
         return Outcome(results=results, lsn=lsn, duplicate=False)
     except _Duplicate:
         await _rollback(conn)
-        return await _duplicate(conn, request_id, read_lsn)
+        return await _duplicate(conn, request_id, digest, read_lsn)
     except psycopg.Error as exc:
         if connection_lost(conn, exc):
             raise
@@ -109,7 +110,7 @@ async def run_write(
             # A retry raced its original: the claim waited for it, then found the id applied,
             # and a statement tripped over the original's rows. Answer as the duplicate it is.
             await _rollback(conn)
-            return await _duplicate(conn, request_id, read_lsn)
+            return await _duplicate(conn, request_id, digest, read_lsn)
         await _rollback(conn)
         failed = _failed_index(cursors) if claimed else None
         raise rejected(exc, statement_index=failed) from exc
@@ -141,9 +142,9 @@ async def _rollback(conn: psycopg.AsyncConnection[Any]) -> None:
 
 
 async def _duplicate(
-    conn: psycopg.AsyncConnection[Any], request_id: str, read_lsn: bool
+    conn: psycopg.AsyncConnection[Any], request_id: str, digest: bytes, read_lsn: bool
 ) -> Outcome:
-    stored = await idempotency.fetch(conn, request_id)
+    stored = await idempotency.fetch(conn, request_id, digest)
     results = stored.results if stored is not None else []
     lsn = None
     if read_lsn:

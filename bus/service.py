@@ -21,8 +21,10 @@ from psycopg_pool import AsyncConnectionPool
 from writebus.bus import idempotency
 from writebus.bus.execute import Limits
 from writebus.bus.handler import Handler
+from writebus.bus.log import log_level
 from writebus.bus.monitor import PrimaryAnnouncer, ReplicaMonitor
 from writebus.bus.pg import durable_commits
+from writebus.bus.served import RequestLog
 from writebus.bus.settings import BusSettings
 from writebus.bus.worker import SubjectServer
 from writebus.client.connect import connect_nats
@@ -100,6 +102,7 @@ class BusService:
             procedures=self.procedures,
             region=s.region,
             limits=Limits(allow_sql=s.allow_sql, max_reply_bytes=self.nc.max_payload),
+            observers=[RequestLog(log_level(s.request_log_level, "WRITEBUS_REQUEST_LOG_LEVEL"))],
         )
         self.handler.node_info.update(
             replica_id=self.replica_id,
@@ -142,7 +145,12 @@ class BusService:
     ) -> tuple[bytes, dict[str, str] | None]:
         assert self.handler is not None
         return await self.handler.handle(
-            data, headers, write=False, primary=self.role == "primary", received=received
+            data,
+            headers,
+            write=False,
+            primary=self.role == "primary",
+            received=received,
+            subject=self.subjects.rpc(self.settings.region),
         )
 
     async def _handle_write(
@@ -150,7 +158,12 @@ class BusService:
     ) -> tuple[bytes, dict[str, str] | None]:
         assert self.handler is not None
         return await self.handler.handle(
-            data, headers, write=True, primary=True, received=received
+            data,
+            headers,
+            write=True,
+            primary=True,
+            received=received,
+            subject=self.subjects.write,
         )
 
     async def _become_primary(self) -> None:

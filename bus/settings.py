@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from writebus.bus.log import log_level
 from writebus.client.settings import ENV_VARS, EnvReader, Settings
 
 #: Environment variables only the bus service reads, with their meaning.
@@ -15,6 +16,8 @@ BUS_ENV_VARS: dict[str, str] = {
     "WRITEBUS_READY_FILE": "file a bus node creates once it serves (for supervisors and tests)",
     "WRITEBUS_LOG_FORMAT": "'json' (default when not a terminal) or 'console'",
     "WRITEBUS_LOG_LEVEL": "log level (default 'info')",
+    "WRITEBUS_REQUEST_LOG_LEVEL": "level of the one-line-per-request log (default 'info'; "
+    "'debug' hides it at the default log level)",
 }
 
 #: Everything a bus node reads: the client's variables and its own.
@@ -29,6 +32,7 @@ class BusSettings(Settings):
     allow_sql: bool = True
     idempotency_window: float = 24 * 3600.0
     ready_file: str | None = None
+    request_log_level: str = "info"
 
     @classmethod
     def _read_env(cls, r: EnvReader) -> dict[str, Any]:
@@ -38,5 +42,7 @@ class BusSettings(Settings):
             allow_sql=r.flag("WRITEBUS_ALLOW_SQL", True),
             idempotency_window=r.seconds("WRITEBUS_IDEMPOTENCY_WINDOW", 24 * 3600.0),
             ready_file=r.optional("WRITEBUS_READY_FILE"),
+            request_log_level=r.text("WRITEBUS_REQUEST_LOG_LEVEL", "info"),
         )
+        log_level(values["request_log_level"], "WRITEBUS_REQUEST_LOG_LEVEL")  # validate now
         return values

@@ -7,8 +7,9 @@ unconfigured process is its own primary region: every write goes straight to the
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 DEFAULT_REGION = "local"
 
@@ -28,3 +29,13 @@ def primary_region(environ: Mapping[str, str] | None = None) -> str:
 def is_primary(environ: Mapping[str, str] | None = None) -> bool:
     """True when this process runs in the primary region."""
     return my_region(environ) == primary_region(environ)
+
+
+def likely_region(region: str, heard: Iterable[str]) -> str | None:
+    """The region ``region`` was probably meant to be, among the regions ``heard`` from
+    (``"lxa"`` -> ``"lax"``), or None when none is close or ``region`` is itself heard."""
+    names = sorted(set(heard))
+    if region in names:
+        return None
+    close = difflib.get_close_matches(region, names, n=1, cutoff=0.5)
+    return close[0] if close else None

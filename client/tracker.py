@@ -22,6 +22,7 @@ from writebus.client.lsn import parse_lsn
 from writebus.client.progress import RegionProgress
 from writebus.client.protocol import LsnUpdate, decode, encoding_of, update_lsn
 from writebus.client.settings import Settings
+from writebus.client.silence import SilenceWatch
 from writebus.client.subjects import Subjects
 from writebus.client.transport import NatsClient
 from writebus.client.waiters import WaiterQueue
@@ -78,6 +79,7 @@ class LsnTracker:
         self._fallback_task: asyncio.Task[None] | None = None
         self._fallback_conn: psycopg.AsyncConnection[Any] | None = None
         self._closed = False
+        self.silence: SilenceWatch | None = None
         self.updates_received = 0
         self.fallback_polls = 0
 
@@ -108,10 +110,20 @@ class LsnTracker:
         self._fallback_task = asyncio.create_task(
             self._fallback_loop(), name=f"writebus-tracker-fallback-{self.region}"
         )
+        self.silence = SilenceWatch(
+            self._nc,
+            prefix=self.settings.prefix,
+            region=self.region,
+            heartbeat=self.settings.heartbeat_interval,
+            last_heard=self._progress.last_heard,
+        )
+        self.silence.start()
 
     async def close(self) -> None:
         """Stop: wake every waiter with :class:`TrackerError` and close connections."""
         self._closed = True
+        if self.silence is not None:
+            await self.silence.stop()
         for w in self._queue.drain():
             if not w.payload.done():
                 w.payload.set_exception(TrackerError("the LSN tracker was closed"))
@@ -203,9 +215,10 @@ class LsnTracker:
             logged = False
             while self._queue and not self._fresh() and not self._closed:
                 if not logged:
-                    # Before the first broadcast this is start-up, not an outage.
+                    # Before the first broadcast this is start-up, not an outage (a region
+                    # that stays silent is reported once by the SilenceWatch).
                     heard = self._progress.last_heard() is not None
-                    (log.warning if heard else log.info)(
+                    (log.warning if heard else log.debug)(
                         "tracker.fallback_polling",
                         region=self.region,
                         reason="broadcasts stopped" if heard else "no broadcast yet",

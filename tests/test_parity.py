@@ -20,6 +20,7 @@ from tests.procedures import procedures
 from tests.support.stack import primary_rows, settings_for
 from writebus import (
     Database,
+    IdempotencyKeyReusedError,
     LimitError,
     Outcome,
     ProcedureError,
@@ -202,3 +203,22 @@ async def test_successful_writes_look_the_same_in_every_region(
     assert first.rows == [("same",)] and first.rowcount == 1 and first.lsn is not None
     assert not first.duplicate and again.duplicate and again.rows == first.rows
     assert first.via_bus == (region == "lax")
+
+
+@REGIONS
+async def test_a_reused_id_with_a_different_request_is_refused(
+    writer: Database, stack: Any, table: str, region: str
+) -> None:
+    """An id already applied, sent again with different statements (or another procedure),
+    is refused with IdempotencyKeyReusedError -- not answered with the first request's result
+    -- and nothing more is applied; the identical request still gets the stored result."""
+    rid = f"reuse-{region}-{table}"
+    await writer.execute(f"INSERT INTO {table}(body) VALUES ('first')", request_id=rid)
+    with pytest.raises(IdempotencyKeyReusedError) as info:
+        await writer.execute(f"INSERT INTO {table}(body) VALUES ('second')", request_id=rid)
+    assert info.value.outcome is Outcome.NOT_APPLIED and rid in str(info.value)
+    with pytest.raises(IdempotencyKeyReusedError):
+        await writer.call("add_note", table, "third", request_id=rid)
+    same = await writer.execute(f"INSERT INTO {table}(body) VALUES ('first')", request_id=rid)
+    assert same.duplicate
+    assert primary_rows(stack, f"SELECT body FROM {table}") == [("first",)]

@@ -176,3 +176,22 @@ async def test_closing_wakes_waiters_with_an_error(isolated: Any) -> None:
     await tracker.close()
     with pytest.raises(TrackerError):
         await w
+
+
+async def test_a_misspelled_region_is_warned_once_on_real_servers(
+    stack: Any, buses: Any, caplog: Any
+) -> None:
+    """A client started with FLY_REGION=lxa against the real stack logs one warning, after a
+    few silent heartbeats, naming the regions that do broadcast and suggesting lax."""
+    import logging
+
+    from writebus.client.db import Database
+
+    env = {**stack.env("lax"), "FLY_REGION": "lxa"}
+    with caplog.at_level(logging.WARNING, logger="writebus.client.tracker"):
+        async with Database(Settings.from_env(env)) as db:
+            assert db.tracker is not None and db.tracker.silence is not None
+            await _wait_until(lambda: db.tracker.silence.warnings == 1, timeout=15)  # type: ignore[union-attr]
+    (warning,) = [r for r in caplog.records if r.writebus["event"] == "tracker.region_silent"]
+    assert warning.writebus["heard"] == ["lax", "syd"]
+    assert "did you mean 'lax'" in warning.writebus["message"]

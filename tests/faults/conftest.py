@@ -152,17 +152,24 @@ class Rig:
             resolved[o.key] = res.duplicate
         return resolved
 
-    async def check(self, load: Load, **extra: Any) -> Check:
+    async def check(self, load: Load, *, scenario: str | None = None, **extra: Any) -> Check:
         """Check the primary against what ``load``'s callers saw (resolving unknown outcomes
         first), print and record the figures, and assert the invariant and that the tracker
-        holds no leftover waiters."""
+        holds no leftover waiters. Only rows of ``load``'s tag count, so several loads can
+        share the table."""
         result = load.result_so_far
         url = self.stack.primary.url
-        before = await asyncio.to_thread(primary_counts, url, self.table)
+
+        async def counts() -> dict[str, int]:
+            rows = await asyncio.to_thread(primary_counts, url, self.table)
+            return {k: n for k, n in rows.items() if k.startswith(f"{load.tag}-")}
+
+        before = await counts()
         resolved = await self.resolve(load)
-        after = await asyncio.to_thread(primary_counts, url, self.table)
+        after = await counts()
         report = check(
-            self.name, result, after, counts_before_resolving=before, resolved=resolved
+            scenario or self.name, result, after, counts_before_resolving=before,
+            resolved=resolved,
         )
         tracker = self.lax.tracker
         assert tracker is not None
