@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from tests.support.stack import REPO, settings_for, start_bus
-from writebus import Database
+from writebus import Database, WriteRejectedError
 
 APP = """
 import asyncio, logging, sys
@@ -97,7 +97,7 @@ async def test_serve_logs_each_request_as_json_and_never_the_parameters(
         async with Database(settings_for(stack, "lax", prefix=prefix)) as db:
             ok = await db.execute(f"INSERT INTO {table}(body) VALUES (%s)", [secret],
                                   request_id=f"{prefix}-ok")
-            with pytest.raises(Exception):
+            with pytest.raises(WriteRejectedError):
                 await db.execute(f"INSERT INTO {table}(body) VALUES (%s)", [secret],
                                  request_id=f"{prefix}-dup")
             with psycopg.connect(stack.primary.url, autocommit=True) as conn:
