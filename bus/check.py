@@ -88,7 +88,7 @@ async def database_facts(settings: Settings, *, timeout: float) -> DatabaseFacts
         endpoint=where,
         in_recovery=bool(row[0]),
         replay_age=None if row[1] is None else max(0.0, float(row[1])),
-        server_version=str(row[2]),
+        server_version=str(row[2]).split(" ")[0],  # "15.18 (Debian 15.18-0+deb12u1)"
     )
 
 
@@ -206,7 +206,11 @@ async def run_check(
     try:
         settings = Settings.from_env(environ)
     except ConfigError as exc:
-        fix = f"fix {exc.variable}" if exc.variable else "fix the environment"
+        fix = (
+            f"give {exc.variable} a valid value (`writebus serve --help` lists the settings)"
+            if exc.variable
+            else "correct the environment"
+        )
         return Report(checks=tuple(settings_failed(str(exc), fix)))
     limit = settings.connect_timeout if timeout is None else timeout
     facts = await gather(settings, environ, listen_seconds=listen_seconds, timeout=limit)

@@ -13,6 +13,7 @@ failed first says why.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import enum
 from collections.abc import Iterable, Mapping, Sequence
@@ -166,7 +167,7 @@ class Config:
     def primary_words(self) -> str:
         """How the primary region was set (``PRIMARY_REGION=syd``)."""
         if not self.primary_set:
-            return f"PRIMARY_REGION is unset (so {self.primary_region!r})"
+            return f"PRIMARY_REGION is unset (default {self.primary_region!r})"
         return f"PRIMARY_REGION={self.primary_region}"
 
 
@@ -247,17 +248,44 @@ class Facts:
     unknown_vars: tuple[tuple[str, str | None], ...] = field(default_factory=tuple)
 
 
+# -- command-line values ---------------------------------------------------------------------
+
+
+def positive_seconds(text: str) -> float:
+    """A ``--listen``/``--timeout``/``--max-lag`` value: seconds, more than zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not more than zero")
+    return value
+
+
+def byte_count(text: str) -> int:
+    """A ``--max-lag-bytes`` value: a whole number of bytes, zero or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
 # -- small helpers ----------------------------------------------------------------------------
 
 
 def likely_typo(name: str, candidates: Iterable[str]) -> str | None:
     """The candidate ``name`` most likely misspells (``lxa`` -> ``lax``), or None.
 
-    An exact match is no typo, so it returns None.
+    An exact match is no typo, so it returns None; case is ignored in the comparison
+    (``LAX`` -> ``lax``).
     """
     others = sorted({c for c in candidates if c != name})
-    close = difflib.get_close_matches(name, others, n=1, cutoff=0.6)
-    return close[0] if close else None
+    by_lower = {c.lower(): c for c in others}
+    close = difflib.get_close_matches(name.lower(), sorted(by_lower), n=1, cutoff=0.6)
+    return by_lower[close[0]] if close else None
 
 
 def split_reason(reason: str) -> tuple[str, str]:
@@ -305,7 +333,7 @@ def _announced_hint(heard: Sequence[Broadcast] | None) -> str:
 
 def check_settings(config: Config, unknown_vars: Sequence[tuple[str, str | None]] = ()) -> Check:
     """The settings read, and any ``WRITEBUS_*`` variable nothing reads (a silent typo)."""
-    summary = f"{config.region_words}, {config.primary_words}, prefix {config.prefix!r}"
+    summary = f"{config.region_words}, {config.primary_words}, prefix {config.prefix}"
     if unknown_vars:
         names = ", ".join(name for name, _ in unknown_vars)
         fixes = [
@@ -378,10 +406,16 @@ def judge_role(
             "role", f"{config.region} is a replica region and its database is a standby"
         )
     if config.is_primary:
+        if not config.primary_set and config.region_var is None:
+            why = (
+                "FLY_REGION, MY_REGION and PRIMARY_REGION are unset, so this node is its own "
+                f"primary region ({config.region!r})"
+            )
+        else:
+            why = f"{config.primary_words} and {config.region_words} make this the primary region"
         detail = (
-            f"{config.primary_words} and {config.region_words} make this the primary region, "
-            f"but the database at {db.endpoint} is a standby (pg_is_in_recovery() is true): "
-            "writes would run on a read-only database"
+            f"{why}, but the database at {db.endpoint} is a standby (pg_is_in_recovery() is "
+            "true): writes would run on a read-only database"
         )
         if not config.primary_set and config.region_var is None:
             fix = (
@@ -401,23 +435,29 @@ def judge_role(
             )
         return failed("role", detail, fix)
     detail = (
-        f"{config.region} is not the primary region ({config.primary_words}), but the database "
-        f"at {db.endpoint} is a primary (pg_is_in_recovery() is false): writes would go over "
-        "the bus instead of straight to it"
+        f"{config.primary_words}, so {config.region} counts as a replica region, but the "
+        f"database at {db.endpoint} is a primary (pg_is_in_recovery() is false): writes would "
+        "go over the bus instead of straight to it"
     )
-    typo = likely_typo(config.primary_region, {config.region, *(announcers or ())})
-    if not config.primary_set:
-        target = announced or config.region
-        fix = f"set PRIMARY_REGION={target}"
-        if announced == config.region:
+    replica = f"{config.region}'s replica"
+    if announced in (None, config.region) and not config.primary_set:
+        fix = f"set PRIMARY_REGION={config.region}"
+        if announced is not None:
             fix += " (the primary is announced from here)"
-        fix += f"; or, if the primary is elsewhere, point DATABASE_URL at {config.region}'s replica"
-    elif typo is not None:
-        fix = f"PRIMARY_REGION={config.primary_region} looks misspelled: set PRIMARY_REGION={typo}"
+        fix += f"; or, if the primary is elsewhere, point DATABASE_URL at {replica}"
+    elif config.primary_set and likely_typo(config.primary_region, {config.region}):
+        fix = (
+            f"PRIMARY_REGION={config.primary_region} looks misspelled: "
+            f"set PRIMARY_REGION={config.region}"
+        )
+    elif announced is not None and announced != config.region:
+        fix = f"DATABASE_URL names the primary, announced from {announced}: use {replica}"
+        if config.primary_region != announced:
+            fix += f", and set PRIMARY_REGION={announced}"
     else:
         fix = (
             f"if {config.region} holds the primary, set PRIMARY_REGION={config.region}; "
-            f"otherwise DATABASE_URL points at the wrong server: use {config.region}'s replica"
+            f"otherwise DATABASE_URL points at the wrong server: use {replica}"
         )
     return failed("role", detail, fix)
 
@@ -433,11 +473,8 @@ def check_bus(
     if ping.info is None:
         fix = f"start `writebus serve` in {where} with WRITEBUS_PREFIX={config.prefix}"
         announcers = primary_announcers(heard or ())
-        if announcers and where not in announcers:
-            fix = (
-                f"check PRIMARY_REGION: the primary is announced from {', '.join(announcers)}"
-                f"; or {fix}"
-            )
+        if len(announcers) == 1 and where not in announcers:
+            fix = f"set PRIMARY_REGION={announcers[0]}: the primary is announced from there"
         return failed("bus", f"no answer on {ping.subject}: {ping.error or 'no reply'}", fix)
     info = ping.info
     role = info.get("role")
@@ -612,13 +649,15 @@ def judge_lag(
             "which makes the age grow without any lag"
         )
         if age > max_s:
+            blocker = "nats" if heard is None else "progress"
             return failed(
                 "lag",
                 f"{age_words} ({limit_words}); {note}",
-                "fix the progress checks, then run again; or write on the primary and re-check",
+                f"fix the {blocker} check and run again to measure bytes; or write on the "
+                "primary and re-check",
             )
         return passed("lag", f"{age_words} ({limit_words}); no broadcasts to measure bytes")
-    detail = f"replica {format_bytes(lag)} behind the primary's announced position"
+    detail = f"{format_bytes(lag)} behind the primary"
     if age_words is not None:
         detail += f", {age_words}"
     detail += f" ({limit_words})"

@@ -180,34 +180,27 @@ def _bench(args: argparse.Namespace) -> int:
 # -- check ----------------------------------------------------------------------------------
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not more than zero")
-    return value
-
-
 def _check_arguments(p: argparse.ArgumentParser) -> None:
     from writebus.bus import checklist as c
 
     p.description = c.DESCRIPTION
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     p.add_argument(
-        "--listen", type=_positive, default=c.DEFAULT_LISTEN, metavar="SECONDS",
+        "--listen", type=c.positive_seconds, default=c.DEFAULT_LISTEN, metavar="SECONDS",
         help=f"how long to listen to progress broadcasts (default {c.DEFAULT_LISTEN:g}; "
         "they come every second)",
     )
     p.add_argument(
-        "--timeout", type=_positive, default=None, metavar="SECONDS",
+        "--timeout", type=c.positive_seconds, default=None, metavar="SECONDS",
         help="longest wait for each server (default WRITEBUS_CONNECT_TIMEOUT, 5)",
     )
     p.add_argument(
-        "--max-lag", type=_positive, default=c.DEFAULT_MAX_LAG_SECONDS, metavar="SECONDS",
+        "--max-lag", type=c.positive_seconds, default=c.DEFAULT_MAX_LAG_SECONDS, metavar="SECONDS",
         help="replica lag in seconds counted as a failure, when the replica is also behind in "
         f"bytes or no broadcast measures bytes (default {c.DEFAULT_MAX_LAG_SECONDS:g})",
     )
     p.add_argument(
-        "--max-lag-bytes", type=int, default=c.DEFAULT_MAX_LAG_BYTES, metavar="BYTES",
+        "--max-lag-bytes", type=c.byte_count, default=c.DEFAULT_MAX_LAG_BYTES, metavar="BYTES",
         help=f"replica lag in bytes counted as a failure (default {c.DEFAULT_MAX_LAG_BYTES}, "
         "one WAL segment)",
     )
