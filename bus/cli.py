@@ -177,8 +177,55 @@ def _bench(args: argparse.Namespace) -> int:
     return code
 
 
+# -- check ----------------------------------------------------------------------------------
+
+
+def _check_arguments(p: argparse.ArgumentParser) -> None:
+    from writebus.bus import checklist as c
+
+    p.description = c.DESCRIPTION
+    p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
+    p.add_argument(
+        "--listen", type=c.positive_seconds, default=c.DEFAULT_LISTEN, metavar="SECONDS",
+        help=f"how long to listen to progress broadcasts (default {c.DEFAULT_LISTEN:g}; "
+        "they come every second)",
+    )
+    p.add_argument(
+        "--timeout", type=c.positive_seconds, default=None, metavar="SECONDS",
+        help="longest wait for each server (default WRITEBUS_CONNECT_TIMEOUT, 5)",
+    )
+    p.add_argument(
+        "--max-lag", type=c.positive_seconds, default=c.DEFAULT_MAX_LAG_SECONDS, metavar="SECONDS",
+        help="replica lag in seconds counted as a failure, when the replica is also behind in "
+        f"bytes or no broadcast measures bytes (default {c.DEFAULT_MAX_LAG_SECONDS:g})",
+    )
+    p.add_argument(
+        "--max-lag-bytes", type=c.byte_count, default=c.DEFAULT_MAX_LAG_BYTES, metavar="BYTES",
+        help=f"replica lag in bytes counted as a failure (default {c.DEFAULT_MAX_LAG_BYTES}, "
+        "one WAL segment)",
+    )
+
+
+def _check(args: argparse.Namespace) -> int:
+    from writebus.bus.check import main as check_main
+    from writebus.bus.checklist import Limits
+    from writebus.bus.log import configure_logging
+
+    configure_logging(fmt="console", level="critical")  # the checklist reports every problem
+    limits = Limits(max_lag_seconds=args.max_lag, max_lag_bytes=args.max_lag_bytes)
+    return check_main(
+        listen_seconds=args.listen, timeout=args.timeout, limits=limits, as_json=args.json
+    )
+
+
 COMMANDS: list[Command] = [
     Command("serve", "run a bus node (settings from the environment)", _serve_arguments, _serve),
+    Command(
+        "check",
+        "is this node configured right? a checklist; exit 1 on any failure",
+        _check_arguments,
+        _check,
+    ),
     Command(
         "demo",
         "start a two-region stack on this machine and write from the replica region",
