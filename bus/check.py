@@ -34,11 +34,10 @@ from writebus.bus.checklist import (
     Facts,
     Limits,
     PingFacts,
-    evaluate,
-    settings_failed,
 )
 from writebus.bus.checkreport import Report
 from writebus.bus.settings import BUS_ENV_VARS
+from writebus.bus.verdicts import evaluate, settings_failed
 from writebus.client.connect import connect_nats, endpoints
 from writebus.client.errors import ConfigError, ConnectError, NoWorkerError, WriteBusError
 from writebus.client.pgpool import pg_endpoint, pg_reason, probe

@@ -33,9 +33,9 @@ def is_primary(environ: Mapping[str, str] | None = None) -> bool:
 
 def likely_region(region: str, heard: Iterable[str]) -> str | None:
     """The region ``region`` was probably meant to be, among the regions ``heard`` from
-    (``"lxa"`` -> ``"lax"``), or None when none is close or ``region`` is itself heard."""
-    names = sorted(set(heard))
-    if region in names:
-        return None
-    close = difflib.get_close_matches(region, names, n=1, cutoff=0.5)
-    return close[0] if close else None
+    (``"lxa"`` -> ``"lax"``, ``"LAX"`` -> ``"lax"``), or None when none is close. A region that
+    is heard is no typo."""
+    others = sorted({h for h in heard if h != region})
+    by_lower = {h.lower(): h for h in others}
+    close = difflib.get_close_matches(region.lower(), sorted(by_lower), n=1, cutoff=0.6)
+    return by_lower[close[0]] if close else None

@@ -17,6 +17,15 @@ from writebus.bus.checklist import (
     Limits,
     PingFacts,
     Status,
+    failed,
+    format_bytes,
+    likely_typo,
+    passed,
+    skipped,
+    split_reason,
+)
+from writebus.bus.checkreport import Report, marks_for
+from writebus.bus.verdicts import (
     check_bus,
     check_database,
     check_nats,
@@ -24,19 +33,12 @@ from writebus.bus.checklist import (
     check_regions,
     check_settings,
     evaluate,
-    failed,
-    format_bytes,
     judge_lag,
     judge_role,
-    likely_typo,
-    passed,
     regions_heard,
     replica_lag_bytes,
     settings_failed,
-    skipped,
-    split_reason,
 )
-from writebus.bus.checkreport import Report, marks_for
 
 MiB = 1024 * 1024
 
