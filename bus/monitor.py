@@ -17,20 +17,33 @@ from typing import Any
 import psycopg
 
 from writebus.bus.cadence import Cadence, MonitorState
+from writebus.bus.lag import LagClock
 from writebus.client.log import get_logger
 from writebus.client.lsn import parse_lsn
 from writebus.client.protocol import LsnUpdate, decode, encode, encoding_of, lsn_update
+from writebus.client.version import VERSION
 
 log = get_logger("writebus.bus.monitor")
 
-_REPLICA_SQL = "SELECT pg_last_wal_replay_lsn()::text, pg_is_in_recovery()"
+_REPLICA_SQL = (
+    "SELECT pg_last_wal_replay_lsn()::text, pg_is_in_recovery(), "
+    "extract(epoch FROM pg_last_xact_replay_timestamp())::float8"
+)
 _PRIMARY_SQL = "SELECT pg_current_wal_flush_lsn()::text, pg_is_in_recovery()"
 
 
-def _update(region: str, replica_id: str, lsn: int, *, role: str, in_recovery: bool) -> bytes:
+def _update(
+    region: str, replica_id: str, lsn: int, *, role: str, in_recovery: bool, **extra: Any
+) -> bytes:
     return encode(
         lsn_update(
-            region=region, replica_id=replica_id, lsn=lsn, role=role, in_recovery=in_recovery
+            region=region,
+            replica_id=replica_id,
+            lsn=lsn,
+            role=role,
+            in_recovery=in_recovery,
+            version=VERSION,
+            **extra,
         )
     )
 
@@ -67,6 +80,9 @@ class ReplicaMonitor:
         self.replica_id = replica_id
         self.cadence = cadence or Cadence()
         self.state = MonitorState()
+        self.lag = LagClock()
+        #: Unix time of the last transaction the replica replayed (None before any).
+        self.replay_timestamp: float | None = None
         self.polls = 0
         self.published = 0
         self.promoted = asyncio.Event()
@@ -99,7 +115,9 @@ class ReplicaMonitor:
             return
         if upd.role != "primary":
             return
-        if self.state.announce(upd.lsn_int, time.monotonic(), self.cadence):
+        now = time.monotonic()
+        self.lag.announced(upd.lsn_int, now)
+        if self.state.announce(upd.lsn_int, now, self.cadence):
             self._news.set()
 
     async def _poll(self) -> tuple[int | None, bool]:
@@ -111,6 +129,8 @@ class ReplicaMonitor:
         row = await cur.fetchone()
         assert row is not None
         self.polls += 1
+        if row[2] is not None:
+            self.replay_timestamp = float(row[2])
         return (parse_lsn(row[0]) if row[0] else None), bool(row[1])
 
     async def _run(self) -> None:
@@ -132,9 +152,19 @@ class ReplicaMonitor:
                 return
             now = time.monotonic()
             self.state.replayed = replayed
+            if replayed is not None:
+                self.lag.replayed_to(replayed)
             if replayed is not None and self.state.should_publish(now, cadence):
                 update = _update(
-                    self.region, self.replica_id, replayed, role="replica", in_recovery=True
+                    self.region,
+                    self.replica_id,
+                    replayed,
+                    role="replica",
+                    in_recovery=True,
+                    primary_lsn=self.lag.primary,
+                    lag_bytes=self.lag.lag_bytes(),
+                    lag_seconds=self.lag.lag_seconds(now),
+                    replay_timestamp=self.replay_timestamp,
                 )
                 if await _publish(self.nc, self.subject, update):
                     self.state.published_now(now)
@@ -168,6 +198,7 @@ class PrimaryAnnouncer:
         self.replica_id = replica_id
         self.heartbeat = heartbeat
         self.demoted = asyncio.Event()
+        self.published = 0
         self._latest = 0
         self._announced = 0
         self._kick = asyncio.Event()
@@ -200,9 +231,17 @@ class PrimaryAnnouncer:
             if self._latest > self._announced:
                 self._announced = self._latest
                 update = _update(
-                    self.region, self.replica_id, self._latest, role="primary", in_recovery=False
+                    self.region,
+                    self.replica_id,
+                    self._latest,
+                    role="primary",
+                    in_recovery=False,
+                    primary_lsn=self._latest,
+                    lag_bytes=0,
+                    lag_seconds=0.0,
                 )
-                await _publish(self.nc, self.subject, update)
+                if await _publish(self.nc, self.subject, update):
+                    self.published += 1
 
     async def _heartbeat_loop(self) -> None:
         conn: psycopg.AsyncConnection[Any] | None = None

@@ -23,6 +23,7 @@ from writebus.bus.execute import Limits
 from writebus.bus.handler import Handler
 from writebus.bus.log import log_level
 from writebus.bus.monitor import PrimaryAnnouncer, ReplicaMonitor
+from writebus.bus.ops import NodeOps
 from writebus.bus.pg import durable_commits
 from writebus.bus.served import RequestLog
 from writebus.bus.settings import BusSettings
@@ -63,6 +64,7 @@ class BusService:
         self.write_server: SubjectServer | None = None
         self.monitor: ReplicaMonitor | None = None
         self.announcer: PrimaryAnnouncer | None = None
+        self.ops: NodeOps | None = None
         self._watch: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
         self._stopping = False
@@ -87,7 +89,8 @@ class BusService:
                 "region's database",
                 variable="DATABASE_URL",
             )
-        self.nc = await connect_nats(s, name=f"writebus-bus-{s.region}")
+        # no_echo: the node hears other nodes' broadcasts, not its own announcements.
+        self.nc = await connect_nats(s, name=f"writebus-bus-{s.region}", no_echo=True)
         self.pool = await open_pool(
             self.dsn,
             name=f"writebus-bus-{s.region}",
@@ -104,6 +107,8 @@ class BusService:
             limits=Limits(allow_sql=s.allow_sql, max_reply_bytes=self.nc.max_payload),
             observers=[RequestLog(log_level(s.request_log_level, "WRITEBUS_REQUEST_LOG_LEVEL"))],
         )
+        self.ops = NodeOps(self)
+        self.handler.observers.extend(self.ops.observers)
         self.handler.node_info.update(
             replica_id=self.replica_id,
             primary_region=s.primary_region,
@@ -122,6 +127,7 @@ class BusService:
             await self._become_replica()
         else:
             await self._become_primary()
+        await self.ops.start(self.nc)
         log.info(
             "bus.ready",
             region=s.region,
@@ -131,7 +137,16 @@ class BusService:
             replica_id=self.replica_id,
             procedures=self.procedures.names(),
             allow_sql=s.allow_sql,
+            http=f"{self.ops.http.addr[0]}:{self.ops.http.port}" if self.ops.http else None,
         )
+
+    def in_flight(self) -> dict[str, int]:
+        """Requests being handled now, per served subject."""
+        return {
+            srv.subject: srv.in_flight
+            for srv in (self.write_server, self.rpc_server)
+            if srv is not None
+        }
 
     async def _in_recovery(self) -> bool:
         assert self.pool is not None
@@ -269,6 +284,8 @@ class BusService:
             await self.monitor.stop()
         if self.announcer is not None:
             await self.announcer.stop()
+        if self.ops is not None:
+            await self.ops.stop()
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.drain()

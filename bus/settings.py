@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from writebus.bus.log import log_level
+from writebus.client.errors import ConfigError
 from writebus.client.settings import ENV_VARS, EnvReader, Settings
 
 #: Environment variables only the bus service reads, with their meaning.
@@ -18,7 +19,26 @@ BUS_ENV_VARS: dict[str, str] = {
     "WRITEBUS_LOG_LEVEL": "log level (default 'info')",
     "WRITEBUS_REQUEST_LOG_LEVEL": "level of the one-line-per-request log (default 'info'; "
     "'debug' hides it at the default log level)",
+    "WRITEBUS_HTTP_ADDR": "host:port of /metrics, /healthz and /readyz (default 0.0.0.0:9091; "
+    "'off' disables it)",
 }
+
+DEFAULT_HTTP_ADDR = "0.0.0.0:9091"
+_OFF = frozenset({"off", "none", "false", "0", "no"})
+
+
+def parse_http_addr(text: str) -> tuple[str, int] | None:
+    """``host:port`` (or ``:port``) as a pair; None for ``off``. ConfigError names the variable."""
+    value = text.strip()
+    if value.lower() in _OFF:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(
+            f"WRITEBUS_HTTP_ADDR={text!r}: use host:port, :port or off",
+            variable="WRITEBUS_HTTP_ADDR",
+        )
+    return (host.strip("[]") or "0.0.0.0"), int(port)
 
 #: Everything a bus node reads: the client's variables and its own.
 ALL_ENV_VARS: dict[str, str] = {**ENV_VARS, **BUS_ENV_VARS}
@@ -33,6 +53,8 @@ class BusSettings(Settings):
     idempotency_window: float = 24 * 3600.0
     ready_file: str | None = None
     request_log_level: str = "info"
+    #: Where /metrics, /healthz and /readyz listen; None: no HTTP listener.
+    http_addr: tuple[str, int] | None = None
 
     @classmethod
     def _read_env(cls, r: EnvReader) -> dict[str, Any]:
@@ -43,6 +65,7 @@ class BusSettings(Settings):
             idempotency_window=r.seconds("WRITEBUS_IDEMPOTENCY_WINDOW", 24 * 3600.0),
             ready_file=r.optional("WRITEBUS_READY_FILE"),
             request_log_level=r.text("WRITEBUS_REQUEST_LOG_LEVEL", "info"),
+            http_addr=parse_http_addr(r.text("WRITEBUS_HTTP_ADDR", DEFAULT_HTTP_ADDR)),
         )
         log_level(values["request_log_level"], "WRITEBUS_REQUEST_LOG_LEVEL")  # validate now
         return values

@@ -133,6 +133,12 @@ class LsnUpdate(msgspec.Struct, kw_only=True):
 
     ``role`` is ``"replica"`` (``lsn`` = ``pg_last_wal_replay_lsn()``) or ``"primary"``
     (``lsn`` = ``pg_current_wal_flush_lsn()``). ``time`` is Unix seconds at the sender.
+
+    Added with defaults (version-1 readers ignore them): ``primary_lsn``/``primary_lsn_int``,
+    the newest primary position the sender had heard; ``lag_bytes`` and ``lag_seconds``, how far
+    its replica is behind that (0 on the primary; seconds count from when the oldest position
+    not yet replayed was announced, so an idle primary is no lag); ``replay_timestamp``,
+    ``pg_last_xact_replay_timestamp()`` as Unix seconds; ``version``, the sender's writebus.
     """
 
     region: str
@@ -143,10 +149,58 @@ class LsnUpdate(msgspec.Struct, kw_only=True):
     in_recovery: bool
     role: str
     v: int = PROTOCOL_VERSION
+    primary_lsn: str | None = None
+    primary_lsn_int: int | None = None
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+    replay_timestamp: float | None = None
+    version: str = ""
+
+
+class Status(msgspec.Struct, kw_only=True):
+    """A bus node's health and traffic, once a second on ``<prefix>.status.<region>``, in JSON
+    (so ``nats sub 'writebus.status.>'`` is readable). Counts are since the node started unless
+    named ``*_interval`` (the last ``interval`` seconds); latencies are over the last interval,
+    the time a request spent in the worker."""
+
+    region: str
+    replica_id: str
+    role: str
+    version: str
+    time: float
+    uptime: float
+    interval: float
+    served: int
+    served_interval: int
+    errors: dict[str, int]
+    errors_interval: dict[str, int]
+    p50_ms: float | None
+    p99_ms: float | None
+    in_flight: int
+    concurrency: int
+    pool_size: int
+    pool_available: int
+    pool_max: int
+    pool_waiting: int
+    lsn: str | None
+    lsn_int: int | None
+    lag_bytes: int | None
+    lag_seconds: float | None
+    v: int = PROTOCOL_VERSION
 
 
 def lsn_update(
-    *, region: str, replica_id: str, lsn: int, role: str, in_recovery: bool
+    *,
+    region: str,
+    replica_id: str,
+    lsn: int,
+    role: str,
+    in_recovery: bool,
+    primary_lsn: int | None = None,
+    lag_bytes: int | None = None,
+    lag_seconds: float | None = None,
+    replay_timestamp: float | None = None,
+    version: str = "",
 ) -> LsnUpdate:
     """A progress broadcast for ``lsn`` (an integer), stamped with the current time."""
     return LsnUpdate(
@@ -157,6 +211,12 @@ def lsn_update(
         time=time.time(),
         in_recovery=in_recovery,
         role=role,
+        primary_lsn=format_lsn(primary_lsn) if primary_lsn is not None else None,
+        primary_lsn_int=primary_lsn,
+        lag_bytes=lag_bytes,
+        lag_seconds=lag_seconds,
+        replay_timestamp=replay_timestamp,
+        version=version,
     )
 
 

@@ -31,6 +31,15 @@ class Subjects:
         """Wildcard for every region's progress (dashboards)."""
         return f"{self.prefix}.lsn.>"
 
+    def status(self, region: str) -> str:
+        """A bus node's health and traffic, in JSON (once a second per node)."""
+        return f"{self.prefix}.status.{region}"
+
+    @property
+    def status_all(self) -> str:
+        """Wildcard for every node's status (dashboards, ``writebus top``)."""
+        return f"{self.prefix}.status.>"
+
     def queue(self, subject: str) -> str:
         """Queue group for a served subject."""
         return WORKER_QUEUE

@@ -25,6 +25,7 @@ def bus_env(stack: Any, region: str, **extra: str) -> dict[str, str]:
     env.update(
         WRITEBUS_PROCEDURES=PROCEDURES,
         WRITEBUS_LOG_FORMAT="json",
+        WRITEBUS_HTTP_ADDR="127.0.0.1:0",  # a free port each: nodes share this host
         PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )
     env.update(extra)
@@ -60,7 +61,8 @@ def settings_for(stack: Any, region: str, **changes: Any) -> Settings:
 
 
 def bus_settings_for(stack: Any, region: str, **changes: Any) -> BusSettings:
-    """Settings for an in-process bus node in ``region``."""
+    """Settings for an in-process bus node in ``region`` (HTTP on a free port)."""
+    changes.setdefault("http_addr", ("127.0.0.1", 0))
     return BusSettings.from_env(stack.env(region)).replace(**changes)
 
 
@@ -68,3 +70,14 @@ def primary_rows(stack: Any, sql: str, params: Any = None) -> list[tuple[Any, ..
     """Query the primary directly (ground truth)."""
     with psycopg.connect(stack.primary.url, autocommit=True) as conn:
         return conn.execute(sql, params).fetchall()
+
+
+def http_url(bus: BusProcess) -> str:
+    """Base URL of a bus process's HTTP listener, read from its ``bus.ready`` log line."""
+    import json
+
+    for line in bus.log_path.read_text().splitlines():
+        if '"bus.ready"' in line:
+            addr = json.loads(line)["http"]
+            return f"http://{addr}"
+    raise AssertionError(f"{bus.name} logged no bus.ready line")

@@ -1,0 +1,55 @@
+"""How far behind a replica is, in bytes and seconds: pure bookkeeping, no I/O.
+
+Bytes: the newest primary position announced minus the position replayed. Seconds: how long the
+oldest announced-but-not-replayed position has been waiting -- zero when caught up. This is the
+replication delay a caller would see, and unlike ``now() - pg_last_xact_replay_timestamp()`` it
+does not grow while the primary is simply idle.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LagClock:
+    """Announced primary positions, and the replica's replayed one."""
+
+    #: Keep at most this many pending announcements (older ones merge into the oldest).
+    capacity: int = 1024
+    primary: int | None = None
+    replayed: int | None = None
+    _pending: deque[tuple[int, float]] = field(default_factory=deque)
+
+    def announced(self, lsn: int, now: float) -> None:
+        """The primary announced ``lsn`` at ``now`` (monotonic seconds)."""
+        if self.primary is not None and lsn <= self.primary:
+            return
+        self.primary = lsn
+        if self.replayed is not None and lsn <= self.replayed:
+            return
+        if len(self._pending) >= self.capacity:
+            self._pending.pop()  # the oldest entry stays: it carries the waiting time
+        self._pending.append((lsn, now))
+
+    def replayed_to(self, lsn: int) -> None:
+        """The replica has replayed up to ``lsn``."""
+        if self.replayed is None or lsn > self.replayed:
+            self.replayed = lsn
+        while self._pending and self._pending[0][0] <= lsn:
+            self._pending.popleft()
+
+    def lag_bytes(self) -> int | None:
+        """WAL bytes behind the newest announcement (None until both are known)."""
+        if self.primary is None or self.replayed is None:
+            return None
+        return max(0, self.primary - self.replayed)
+
+    def lag_seconds(self, now: float) -> float | None:
+        """Seconds the oldest unreplayed announcement has waited (0 when caught up)."""
+        if self.primary is None or self.replayed is None:
+            return None
+        if not self._pending:
+            return 0.0
+        return max(0.0, now - self._pending[0][1])
