@@ -91,12 +91,18 @@ def test_rpc_subjects_refuse_statements() -> None:
 
 
 def test_lsn_update_fields() -> None:
-    """Progress broadcasts carry region, replica id, LSN text and integer, time, recovery flag."""
+    """Progress broadcasts carry region, replica id, LSN text and integer, time, recovery flag
+    (version 1), then the fields added with defaults: primary position, lag, replay time,
+    sender version."""
     upd = LsnUpdate(region="lax", replica_id="r", lsn="0/10", lsn_int=16, time=1.5,
                     in_recovery=True, role="replica")
     raw = msgpack.unpackb(encode(upd))
     assert raw == {"region": "lax", "replica_id": "r", "lsn": "0/10", "lsn_int": 16,
-                   "time": 1.5, "in_recovery": True, "role": "replica", "v": 1}
+                   "time": 1.5, "in_recovery": True, "role": "replica", "v": 1,
+                   "primary_lsn": None, "primary_lsn_int": None, "lag_bytes": None,
+                   "lag_seconds": None, "replay_timestamp": None, "version": ""}
+    v1 = msgpack.packb({k: raw[k] for k in list(raw)[:8]})
+    assert decode(v1, LsnUpdate) == upd  # a version-1 sender is still understood
 
 
 def test_reply_values_of_postgres_types_encode() -> None:
