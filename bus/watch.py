@@ -82,7 +82,7 @@ def build_rows(
         node = by_key.get(key)
         status, heard = statuses.get(key, (None, None))
         status_fresh = status is not None and heard is not None and now - heard <= stale_after
-        per_s = (lambda n: n / status.interval) if status and status.interval > 0 else None
+        interval = status.interval if status is not None and status.interval > 0 else None
         role = node.role if node is not None else (status.role if status else "?")
         lag_bytes = node.lag_bytes if node is not None else (status.lag_bytes if status else None)
         lag_seconds = (
@@ -102,11 +102,15 @@ def build_rows(
                 lag_bytes=lag_bytes,
                 lag_seconds=lag_seconds,
                 broadcast_age=age,
-                requests_per_s=per_s(status.served_interval) if per_s and status else None,
+                requests_per_s=(
+                    status.served_interval / interval if status and interval else None
+                ),
                 p50_ms=status.p50_ms if status else None,
                 p99_ms=status.p99_ms if status else None,
                 errors_per_s=(
-                    per_s(sum(status.errors_interval.values())) if per_s and status else None
+                    sum(status.errors_interval.values()) / interval
+                    if status and interval
+                    else None
                 ),
                 in_flight=status.in_flight if status else None,
                 concurrency=status.concurrency if status else None,
