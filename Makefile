@@ -17,7 +17,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/writebus demo
 
-test: $(STAMP)
+# The dashboard's browser test drives Debian's headless Chromium; install it when missing.
+BROWSER = /usr/bin/chromium
+$(BROWSER):
+	@command -v apt-get >/dev/null || { echo "install chromium and chromium-driver"; exit 1; }
+	$(SUDO) apt-get update -qq
+	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+
+SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+test: $(STAMP) $(BROWSER)
 	$(BIN)/pytest
 
 bench: $(STAMP)
