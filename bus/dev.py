@@ -63,7 +63,8 @@ def render_exports(report: Mapping[str, Any]) -> str:
     lines.append(f"# pids: {pids}")
     base_dir = report["base_dir"]
     if report["kept"]:
-        lines.append(f"# data and logs in {base_dir} (kept; `writebus dev up --dir {base_dir}`")
+        again = f"writebus dev up --dir {shlex.quote(base_dir)}"
+        lines.append(f"# data and logs in {base_dir} (kept; `{again}`")
         lines.append("#   starts the same servers on the same ports again)")
     else:
         lines.append(f"# data and logs in {base_dir} (removed on stop; --dir keeps them)")

@@ -226,6 +226,8 @@ class NatsServer(ChildProcess):
         """Shut the server down (SIGTERM); kill it if it does not exit in time."""
         proc = self._proc
         if proc is None or proc.poll() is not None:
+            if proc is not None:
+                self._reaped(proc)
             self._proc = None
             return
         try:

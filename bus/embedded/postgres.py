@@ -30,6 +30,7 @@ from writebus.bus.embedded.errors import (
     WaitTimeout,
 )
 from writebus.bus.embedded.pgbin import find_pg_bindir, has_postgres
+from writebus.bus.embedded.procs import is_alive, live_group_members
 from writebus.client.log import get_logger
 
 log = get_logger("writebus.bus.embedded.postgres")
@@ -348,6 +349,8 @@ class PostgresServer(ChildProcess):
         """Shut the server down (``fast``: abort transactions, checkpoint); kill it on timeout."""
         proc = self._proc
         if proc is None or proc.poll() is not None:
+            if proc is not None:
+                self._reaped(proc)
             self._proc = None
             return
         try:
@@ -396,7 +399,7 @@ class PostgresServer(ChildProcess):
         proc.wait()
         # Backends left behind keep the shared memory attached and would block a restart.
         deadline = time.monotonic() + 10.0
-        while _live_group_members(pgid) and time.monotonic() < deadline:
+        while live_group_members(pgid) and time.monotonic() < deadline:
             time.sleep(0.02)
         self._reaped(proc)
 
@@ -408,10 +411,10 @@ class PostgresServer(ChildProcess):
         there at the deadline, Postgres itself reports it.
         """
         pid = _postmaster_pid(self.datadir)
-        if pid is None or not _is_postgres(pid):
+        if pid is None or not is_alive(pid, name_prefix="postgres"):
             return
         log.info("embedded.pg.waiting_for_previous", server=self.name, pid=pid)
-        while _is_postgres(pid) and time.monotonic() < deadline:
+        while is_alive(pid, name_prefix="postgres") and time.monotonic() < deadline:
             time.sleep(0.05)
 
     # --- SQL --------------------------------------------------------------------------------
@@ -499,44 +502,3 @@ def _postmaster_pid(datadir: Path) -> int | None:
     except (OSError, UnicodeDecodeError):
         return None
     return int(first) if first.isdigit() else None
-
-
-def _is_postgres(pid: int) -> bool:
-    """True when ``pid`` is a live (not zombie) Postgres process.
-
-    Without ``/proc``: any live process with that pid.
-    """
-    if not os.path.isdir("/proc/self"):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    name = stat[stat.find("(") + 1 : stat.rfind(")")]
-    state = stat.rsplit(")", 1)[-1].split()[0]
-    return state != "Z" and name.startswith("postgres")
-
-
-def _live_group_members(pgid: int) -> list[int]:
-    """Processes of group ``pgid`` that are still running (zombies do not count)."""
-    members: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        # fields: state, ppid, pgrp, ...
-        if len(fields) >= 3 and fields[2] == str(pgid) and fields[0] != "Z":
-            members.append(int(entry))
-    return members

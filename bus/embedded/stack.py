@@ -308,7 +308,8 @@ class Stack:
         return self
 
     def stop(self) -> None:
-        """Stop bus processes and servers; remove the base directory unless ``keep``."""
+        """Stop bus processes and servers; remove the base directory unless it is kept (see
+        :attr:`keeps_base_dir`); the log event ``embedded.stack.stopped`` says which."""
         if not self._started:
             return
         steps: list[tuple[str, Callable[[], object]]] = [

@@ -125,9 +125,10 @@ class Watchdog:
             return
         line = (json.dumps(command) + "\n").encode()
         for attempt in (1, 2):
-            if self._fd is None and not self._start():
+            if self._fd is None:
+                # A new watchdog is sent the whole current state, this command's effect included.
+                self._start()
                 return
-            assert self._fd is not None
             try:
                 os.write(self._fd, line)
                 return
