@@ -185,11 +185,6 @@ class Stack:
         caller, or ``keep=True``."""
         return not self._owns_base_dir or self.keep
 
-    @property
-    def buses(self) -> list[BusProcess]:
-        """Bus processes started by :meth:`start_bus` and not yet stopped."""
-        return list(self._buses)
-
     def children(self) -> dict[str, ChildProcess]:
         """Every server process wrapper by name (``pg-syd``, ``nats-lax``, ``proxy``, buses)."""
         found: list[ChildProcess | None] = [
