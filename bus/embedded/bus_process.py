@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final, Self
 
-from writebus.bus.embedded.errors import EmbeddedError, ServerStartError, WaitTimeout, read_tail
+from writebus.bus.embedded.child import ChildProcess
+from writebus.bus.embedded.errors import EmbeddedError, ServerStartError, WaitTimeout
 from writebus.client.log import get_logger
 
 log = get_logger("writebus.bus.embedded.bus_process")
@@ -23,12 +24,13 @@ READY_MARKER: Final = "bus.ready"
 DEFAULT_COMMAND: Final = ("-m", "writebus", "serve")
 
 
-class BusProcess:
+class BusProcess(ChildProcess):
     """One bus service process, its stdout and stderr going to ``log_path``.
 
     ``env`` is applied on top of a copy of :data:`os.environ`. ``command`` (arguments after the
     Python executable) defaults to ``-m writebus serve``; ``ready_marker`` is the log substring that
-    :meth:`wait_ready` waits for.
+    :meth:`wait_ready` waits for. :attr:`pid` and :attr:`returncode` stay readable after the
+    process exits.
     """
 
     def __init__(
@@ -56,25 +58,6 @@ class BusProcess:
     def __repr__(self) -> str:
         return f"<BusProcess {self.name} pid={self.pid} returncode={self.returncode}>"
 
-    @property
-    def pid(self) -> int | None:
-        """The process id once started."""
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def returncode(self) -> int | None:
-        """The exit code, or ``None`` while running (or not started)."""
-        return self._proc.poll() if self._proc is not None else None
-
-    @property
-    def is_running(self) -> bool:
-        """True between :meth:`start` and the process's exit."""
-        return self._proc is not None and self._proc.poll() is None
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The last ``lines`` lines of the process output."""
-        return read_tail(self.log_path, lines=lines)
-
     def start(self) -> Self:
         """Start the process (does not wait for readiness: see :meth:`wait_ready`)."""
         if self._proc is not None:
@@ -87,7 +70,7 @@ class BusProcess:
         self.ready_path.unlink(missing_ok=True)
         with open(self.log_path, "ab") as logfile:
             self._scan_offset = logfile.tell()
-            self._proc = subprocess.Popen(
+            self._proc = self._spawn(
                 self.command,
                 stdin=subprocess.DEVNULL,
                 stdout=logfile,
@@ -135,6 +118,7 @@ class BusProcess:
             if code is not None:
                 if self.is_ready():
                     break
+                self._reaped(self._proc)
                 raise ServerStartError(
                     self.name, f"exited with code {code} before ready", log_tail=self.log_tail()
                 )
@@ -160,9 +144,11 @@ class BusProcess:
         if self._proc is None:
             return None
         try:
-            return self._proc.wait(timeout)
+            code = self._proc.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
+        self._reaped(self._proc)
+        return code
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """Terminate, wait up to ``timeout`` seconds, then kill: the process is gone afterwards."""

@@ -2,7 +2,8 @@
 
 Every error derives from :class:`EmbeddedError`; subclasses say what the caller can do about it:
 install a binary (:class:`BinaryNotFound`), read the server log (:class:`ServerStartError`,
-:class:`CommandError`), or wait longer / look at the topology (:class:`WaitTimeout`).
+:class:`CommandError`), wait longer / look at the topology (:class:`WaitTimeout`), or free a port
+or a directory another stack holds (:class:`PortInUse`, :class:`DirectoryInUse`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,34 @@ class WaitTimeout(EmbeddedError):
         if detail:
             message += f": {detail}"
         super().__init__(message)
+
+
+class PortInUse(EmbeddedError):
+    """Ports a stack is to listen on are taken by another process: free them or choose others.
+
+    ``ports`` lists them.
+    """
+
+    def __init__(self, ports: Sequence[int]) -> None:
+        self.ports = tuple(ports)
+        listed = ", ".join(str(p) for p in self.ports)
+        super().__init__(
+            f"port{'s' if len(self.ports) > 1 else ''} {listed} already in use on 127.0.0.1: "
+            "stop whatever listens there, or choose other ports (--base-port)"
+        )
+
+
+class DirectoryInUse(EmbeddedError):
+    """Another stack runs on this directory (it holds the directory's lock).
+
+    ``path`` is the directory, ``holder`` what the lock file says about its holder (a pid).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, holder: str = "") -> None:
+        self.path = str(path)
+        self.holder = holder
+        by = f" (pid {holder})" if holder else ""
+        super().__init__(f"another stack is running on {self.path}{by}: stop it first")
 
 
 def read_tail(path: str | os.PathLike[str], *, lines: int = 40) -> str:

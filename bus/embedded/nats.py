@@ -148,9 +148,6 @@ class NatsServer(ChildProcess):
         """The server's log file."""
         return self.workdir / f"{self.name}.log"
 
-
-
-
     # --- config -----------------------------------------------------------------------------
 
     def render_config(self) -> str:
@@ -193,18 +190,18 @@ class NatsServer(ChildProcess):
         started = time.monotonic()
         self.write_config()
         with open(self.log_path, "ab") as logfile:
-            self._proc = subprocess.Popen(
+            self._proc = self._spawn(
                 [str(self.binary), "-c", str(self.config_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=logfile,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
-                start_new_session=True,
             )
         deadline = started + timeout
         while True:
             code = self._proc.poll()
             if code is not None:
+                self._reaped(self._proc)
                 raise ServerStartError(
                     self.name, f"nats-server exited with code {code}", log_tail=self.log_tail()
                 )
@@ -229,6 +226,8 @@ class NatsServer(ChildProcess):
         """Shut the server down (SIGTERM); kill it if it does not exit in time."""
         proc = self._proc
         if proc is None or proc.poll() is not None:
+            if proc is not None:
+                self._reaped(proc)
             self._proc = None
             return
         try:
@@ -240,6 +239,7 @@ class NatsServer(ChildProcess):
             log.warning("embedded.nats.stop_timeout", server=self.name)
             proc.kill()
             proc.wait()
+        self._reaped(proc)
         self._proc = None
         log.info("embedded.nats.stopped", server=self.name)
 
@@ -253,6 +253,7 @@ class NatsServer(ChildProcess):
         except ProcessLookupError:
             pass
         proc.wait()
+        self._reaped(proc)
         self._proc = None
         log.info("embedded.nats.killed", server=self.name)
 

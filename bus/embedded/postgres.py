@@ -8,14 +8,16 @@ a development stack) and logs to ``postgres.log`` in its data directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 
 import psycopg
 
@@ -28,6 +30,7 @@ from writebus.bus.embedded.errors import (
     WaitTimeout,
 )
 from writebus.bus.embedded.pgbin import find_pg_bindir, has_postgres
+from writebus.bus.embedded.procs import is_alive, live_group_members
 from writebus.client.log import get_logger
 
 log = get_logger("writebus.bus.embedded.postgres")
@@ -79,7 +82,14 @@ class PostgresServer(ChildProcess):
     ``run_as`` names the OS user the programs run as (``"auto"``: :func:`default_run_as`; ``None``:
     this process's user). ``fsync=False`` trades crash safety for speed (initdb ``--no-sync``,
     ``fsync = off``); ``settings`` adds or overrides ``postgresql.conf`` parameters.
+
+    A data directory initialised by an earlier run is adopted with :meth:`reuse` instead.
     """
+
+    # What the watchdog sends if we die first: a fast shutdown (abort transactions, checkpoint),
+    # so the next run on this data directory starts without crash recovery.
+    stop_signal: ClassVar[signal.Signals] = signal.SIGINT
+    stop_grace: ClassVar[float] = 10.0
 
     def __init__(
         self,
@@ -127,8 +137,16 @@ class PostgresServer(ChildProcess):
         """The server's log file (its stderr)."""
         return self.datadir / LOG_FILE
 
+    @property
+    def is_initialised(self) -> bool:
+        """True when the data directory holds a cluster that :meth:`init_primary` or
+        :meth:`init_replica` finished setting up (the managed settings file is written last)."""
+        return (self.datadir / "PG_VERSION").is_file() and (self.datadir / MANAGED_CONF).is_file()
 
-
+    @property
+    def has_data(self) -> bool:
+        """True when the data directory exists and is not empty (initialised or not)."""
+        return self.datadir.is_dir() and any(self.datadir.iterdir())
 
     # --- initialisation ---------------------------------------------------------------------
 
@@ -188,6 +206,18 @@ class PostgresServer(ChildProcess):
         self._run(command)
         # The source's log came along with the copy; this server starts its own.
         self.log_path.unlink(missing_ok=True)
+        self.follow(source_host, source_port)
+        self._write_managed_conf()
+        log.info(
+            "embedded.pg.basebackup",
+            server=self.name,
+            source=f"{source_host}:{source_port}",
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    def follow(self, source_host: str, source_port: int) -> None:
+        """Stream from ``source_host:source_port`` (rewrites ``primary_conninfo``; takes effect
+        at the next start)."""
         auto_conf = self.datadir / "postgresql.auto.conf"
         kept = [
             line
@@ -199,14 +229,30 @@ class PostgresServer(ChildProcess):
         )
         kept.append(f"primary_conninfo = {_quote(conninfo)}")
         auto_conf.write_text("\n".join(kept) + "\n")
-        self._write_managed_conf()
         self.upstream = (source_host, source_port)
-        log.info(
-            "embedded.pg.basebackup",
-            server=self.name,
-            source=f"{source_host}:{source_port}",
-            seconds=round(time.monotonic() - started, 3),
-        )
+
+    def reuse(self, upstream: tuple[str, int] | None = None) -> None:
+        """Adopt the cluster an earlier run left in the data directory: no ``initdb``, no base
+        backup, the data as it was.
+
+        The managed settings are rewritten (the port may have changed) and, for a replica
+        (``upstream`` given), so is the address it streams from.
+        """
+        if not self.is_initialised:
+            raise EmbeddedError(f"{self.name}: {self.datadir} holds no finished cluster to reuse")
+        self._write_managed_conf()
+        if upstream is not None:
+            self.follow(*upstream)
+        else:
+            self.upstream = None
+        log.info("embedded.pg.reused", server=self.name, datadir=str(self.datadir))
+
+    def discard(self) -> None:
+        """Delete the data directory (for a replica whose base backup never finished)."""
+        if self.is_running:
+            raise EmbeddedError(f"{self.name} is running: stop it before discarding its data")
+        shutil.rmtree(self.datadir, ignore_errors=True)
+        log.info("embedded.pg.discarded", server=self.name, datadir=str(self.datadir))
 
     def _prepare_datadir(self) -> None:
         if (self.datadir / "PG_VERSION").exists():
@@ -257,23 +303,25 @@ class PostgresServer(ChildProcess):
         if not (self.datadir / "PG_VERSION").exists():
             raise EmbeddedError(f"{self.name}: {self.datadir} is not initialised")
         started = time.monotonic()
+        deadline = started + timeout
+        self._wait_previous_postmaster(deadline)
         with open(self.log_path, "ab") as logfile:
             self._chown(self.log_path)
-            self._proc = subprocess.Popen(
+            # Own process group (see ChildProcess): kill() takes every backend down with the
+            # postmaster, and so does the watchdog.
+            self._proc = self._spawn(
                 [str(self.bindir / "postgres"), "-D", str(self.datadir)],
                 stdin=subprocess.DEVNULL,
                 stdout=logfile,
                 stderr=subprocess.STDOUT,
                 cwd=self.datadir,
                 env=self._env(),
-                # Own process group: kill() takes every backend down with the postmaster.
-                start_new_session=True,
                 **self._user_kwargs(),
             )
-        deadline = started + timeout
         while True:
             code = self._proc.poll()
             if code is not None:
+                self._reaped(self._proc)
                 raise ServerStartError(
                     self.name, f"postgres exited with code {code}", log_tail=self.log_tail()
                 )
@@ -301,6 +349,8 @@ class PostgresServer(ChildProcess):
         """Shut the server down (``fast``: abort transactions, checkpoint); kill it on timeout."""
         proc = self._proc
         if proc is None or proc.poll() is not None:
+            if proc is not None:
+                self._reaped(proc)
             self._proc = None
             return
         try:
@@ -312,6 +362,7 @@ class PostgresServer(ChildProcess):
         except subprocess.TimeoutExpired:
             log.warning("embedded.pg.stop_timeout", server=self.name, mode=mode)
             self._kill_group()
+        self._reaped(proc)
         self._proc = None
         log.info("embedded.pg.stopped", server=self.name, mode=mode)
 
@@ -348,8 +399,23 @@ class PostgresServer(ChildProcess):
         proc.wait()
         # Backends left behind keep the shared memory attached and would block a restart.
         deadline = time.monotonic() + 10.0
-        while _live_group_members(pgid) and time.monotonic() < deadline:
+        while live_group_members(pgid) and time.monotonic() < deadline:
             time.sleep(0.02)
+        self._reaped(proc)
+
+    def _wait_previous_postmaster(self, deadline: float) -> None:
+        """Wait (until ``deadline``) for a postmaster of an earlier run to exit.
+
+        After a hard kill of the process that ran this server, the watchdog may still be
+        shutting that postmaster down; starting now would fail on its lock file. If it is still
+        there at the deadline, Postgres itself reports it.
+        """
+        pid = _postmaster_pid(self.datadir)
+        if pid is None or not is_alive(pid, name_prefix="postgres"):
+            return
+        log.info("embedded.pg.waiting_for_previous", server=self.name, pid=pid)
+        while is_alive(pid, name_prefix="postgres") and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     # --- SQL --------------------------------------------------------------------------------
 
@@ -391,20 +457,30 @@ class PostgresServer(ChildProcess):
             env["USER"] = env["LOGNAME"] = self.run_as
         return env
 
-    def _run(self, command: list[str]) -> None:
-        result = subprocess.run(
+    def _run(self, command: list[str], *, timeout: float = 300.0) -> None:
+        # Watched like the server: a killed parent must not leave an initdb or a base backup
+        # running.
+        proc = self._spawn(
             command,
-            check=False,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=self.datadir.parent,
             env=self._env(),
-            timeout=300,
             **self._user_kwargs(),
         )
-        if result.returncode != 0:
-            raise CommandError(command, result.returncode, result.stdout.decode(errors="replace"))
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+        finally:
+            if proc.returncode is not None:
+                self._reaped(proc)
+        if proc.returncode != 0:
+            raise CommandError(command, proc.returncode, output.decode(errors="replace"))
 
 
 def _quote(value: str) -> str:
@@ -419,19 +495,10 @@ def _format_setting(value: SettingValue) -> str:
     return _quote(value)
 
 
-def _live_group_members(pgid: int) -> list[int]:
-    """Processes of group ``pgid`` that are still running (zombies do not count)."""
-    members: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        # fields: state, ppid, pgrp, ...
-        if len(fields) >= 3 and fields[2] == str(pgid) and fields[0] != "Z":
-            members.append(int(entry))
-    return members
+def _postmaster_pid(datadir: Path) -> int | None:
+    """The pid in ``postmaster.pid`` (the data directory's lock file), if there is one."""
+    try:
+        first = (datadir / "postmaster.pid").read_text().split("\n", 1)[0].strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(first) if first.isdigit() else None

@@ -305,6 +305,7 @@ class ProxyProcess(ChildProcess):
         one_way_delay_ms: float = 0.0,
         log_path: str | os.PathLike[str] | None = None,
     ) -> None:
+        self.name = "proxy"
         self.routes = tuple(routes)
         self.one_way_delay_ms = one_way_delay_ms
         self.log_path = Path(log_path) if log_path is not None else None
@@ -313,9 +314,6 @@ class ProxyProcess(ChildProcess):
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
         return f"<ProxyProcess routes={len(self.routes)} delay={self.one_way_delay_ms}ms {state}>"
-
-
-
 
     def start(self, *, timeout: float = 10.0) -> None:
         """Start the child and wait until it prints ``ready``."""
@@ -336,13 +334,12 @@ class ProxyProcess(ChildProcess):
             stderr: IO[bytes] | int = subprocess.DEVNULL
             if self.log_path is not None:
                 stderr = files.enter_context(open(self.log_path, "ab"))
-            proc = subprocess.Popen(
+            proc = self._spawn(
                 command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 env=env,
-                start_new_session=True,
             )
         self._proc = proc
         assert proc.stdout is not None
@@ -359,6 +356,7 @@ class ProxyProcess(ChildProcess):
             chunk = os.read(proc.stdout.fileno(), 1)
             if not chunk:
                 code = proc.wait()
+                self._reaped(proc)
                 raise ServerStartError(
                     "proxy", f"exited with code {code}", log_tail=self.log_tail()
                 )
@@ -386,6 +384,7 @@ class ProxyProcess(ChildProcess):
                 proc.kill()
                 proc.wait()
         self._close_pipes(proc)
+        self._reaped(proc)
         self._proc = None
 
     def kill(self) -> None:
@@ -397,6 +396,7 @@ class ProxyProcess(ChildProcess):
             proc.kill()
         proc.wait()
         self._close_pipes(proc)
+        self._reaped(proc)
         self._proc = None
 
     @staticmethod

@@ -11,6 +11,10 @@ proxy, which runs in its own process)::
 Each nats-server advertises its proxy address as its gateway address, so gateway gossip points at
 the proxy too. With ``one_way_delay_ms=0`` the proxy still sits in the path, so the topology is
 the same whatever the delay.
+
+Every server runs in a process group of its own, watched by the process-wide watchdog
+(:mod:`writebus.bus.embedded.watchdog`): if this process dies without :meth:`Stack.stop`, even
+by SIGKILL, the servers are stopped and a temporary directory is removed all the same.
 """
 
 from __future__ import annotations
@@ -22,38 +26,38 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
 import psycopg
 
 from writebus.bus.embedded.bus_process import BusProcess
+from writebus.bus.embedded.child import ChildProcess
 from writebus.bus.embedded.errors import EmbeddedError, WaitTimeout
 from writebus.bus.embedded.nats import NatsServer
 from writebus.bus.embedded.ports import LOCALHOST, free_ports
 from writebus.bus.embedded.postgres import AUTO, PostgresServer
 from writebus.bus.embedded.proxy import ProxyProcess, Route
+from writebus.bus.embedded.stackdir import (
+    DirLock,
+    StackPorts,
+    choose_ports,
+    read_ports,
+    wait_ports_free,
+    write_ports,
+)
+from writebus.bus.embedded.watchdog import watchdog
 from writebus.client.log import get_logger
 
 log = get_logger("writebus.bus.embedded.stack")
 
 _T = TypeVar("_T")
 
+#: How long a stack started again on a directory waits for the previous run's servers to let
+#: go of its ports (after a hard kill, the watchdog may still be stopping them).
+REUSE_WAIT_SECONDS = 20.0
 
-@dataclass(frozen=True)
-class StackPorts:
-    """Every port of a stack, chosen free when the stack starts."""
-
-    pg_primary: int
-    pg_replica: int
-    nats_client: dict[str, int]
-    nats_gateway: dict[str, int]
-    nats_monitor: dict[str, int]
-    # WAN proxy listen ports
-    wan_replication: int  # lax replica -> syd primary (streaming replication)
-    wan_primary: int  # lax clients -> syd primary (direct, for benchmarks)
-    wan_gateway: dict[str, int]  # region -> proxy port in front of that region's gateway
+__all__ = ["Stack", "StackPorts", "region_env"]
 
 
 class _Topology(Protocol):
@@ -81,8 +85,12 @@ class Stack:
     """Postgres primary + streaming replica and one nats-server per region, joined by a WAN proxy.
 
     ``base_dir=None`` makes a fresh temporary directory, removed by :meth:`stop` unless
-    ``keep=True``. ``fsync=False`` makes Postgres fast and crash-unsafe. ``pg_bindir`` and
-    ``pg_run_as`` are passed to :class:`PostgresServer` (default: auto-detected).
+    ``keep=True``; a ``base_dir`` you name is always kept, and a later stack on it starts the
+    same servers again: same data (no ``initdb``, no base backup) and the same ports (saved in
+    ``ports.json``). ``base_port=N`` puts the ports at N, N+1, ... (see :class:`StackPorts`);
+    otherwise they are free ones chosen at start. ``fsync=False`` makes Postgres fast and
+    crash-unsafe. ``pg_bindir`` and ``pg_run_as`` are passed to :class:`PostgresServer`
+    (default: auto-detected).
     """
 
     def __init__(
@@ -96,9 +104,12 @@ class Stack:
         keep: bool = False,
         pg_bindir: str | os.PathLike[str] | None = None,
         pg_run_as: str | None = AUTO,
+        base_port: int | None = None,
     ) -> None:
         if primary_region == replica_region:
             raise ValueError("primary_region and replica_region must differ")
+        if base_port is not None:
+            StackPorts.from_base(base_port, (primary_region, replica_region))  # ValueError
         self.primary_region = primary_region
         self.replica_region = replica_region
         self.one_way_delay_ms = one_way_delay_ms
@@ -107,8 +118,12 @@ class Stack:
         self._requested_base_dir = Path(base_dir) if base_dir is not None else None
         self._pg_bindir = pg_bindir
         self._pg_run_as = pg_run_as
+        self.base_port = base_port
         self._base_dir: Path | None = None
         self._owns_base_dir = False
+        self._lock: DirLock | None = None
+        #: True when the last start() found the servers of an earlier run in ``base_dir``.
+        self.reused = False
         self._ports: StackPorts | None = None
         self._primary: PostgresServer | None = None
         self._replica: PostgresServer | None = None
@@ -164,6 +179,27 @@ class Stack:
         """Every port in use."""
         return self._require(self._ports, "ports")
 
+    @property
+    def keeps_base_dir(self) -> bool:
+        """True when :meth:`stop` leaves the base directory in place: it was named by the
+        caller, or ``keep=True``."""
+        return not self._owns_base_dir or self.keep
+
+    def children(self) -> dict[str, ChildProcess]:
+        """Every server process wrapper by name (``pg-syd``, ``nats-lax``, ``proxy``, buses)."""
+        found: list[ChildProcess | None] = [
+            self._primary, self._replica, *self._nats.values(), self._proxy, *self._buses,
+        ]  # fmt: skip
+        return {c.name: c for c in found if c is not None}
+
+    def pids(self) -> dict[str, int]:
+        """The process id of every running server, by name (see :meth:`children`)."""
+        return {
+            name: child.pid
+            for name, child in self.children().items()
+            if child.pid is not None and child.is_running
+        }
+
     @staticmethod
     def _require(value: _T | None, what: str) -> _T:
         if value is None:
@@ -218,6 +254,11 @@ class Stack:
                 "pid": self.proxy.pid,
                 "routes": [str(route) for route in self.proxy.routes],
             },
+            "pids": self.pids(),
+            "watchdog_pid": watchdog().pid,
+            "ports": ports.to_json(),
+            "kept": self.keeps_base_dir,
+            "reused": self.reused,
             "logs": {
                 "primary": str(self.primary.log_path),
                 "replica": str(self.replica.log_path),
@@ -262,7 +303,8 @@ class Stack:
         return self
 
     def stop(self) -> None:
-        """Stop bus processes and servers; remove the base directory unless ``keep``."""
+        """Stop bus processes and servers; remove the base directory unless it is kept (see
+        :attr:`keeps_base_dir`); the log event ``embedded.stack.stopped`` says which."""
         if not self._started:
             return
         steps: list[tuple[str, Callable[[], object]]] = [
@@ -283,9 +325,14 @@ class Stack:
         self._buses.clear()
         self._started = False
         atexit.unregister(self._atexit)
-        if self._base_dir is not None and self._owns_base_dir and not self.keep:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        kept = self.keeps_base_dir
+        if self._base_dir is not None and not kept:
             shutil.rmtree(self._base_dir, ignore_errors=True)
-        log.info("embedded.stack.stopped", base_dir=str(self._base_dir), kept=self.keep)
+            watchdog().keep(self._base_dir)
+        log.info("embedded.stack.stopped", base_dir=str(self._base_dir), kept=kept)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -301,29 +348,38 @@ class Stack:
         if self._requested_base_dir is None:
             self._base_dir = Path(tempfile.mkdtemp(prefix="writebus-"))
             self._owns_base_dir = True
+            if not self.keep:
+                # Removed by stop(), or by the watchdog if this process dies first.
+                watchdog().remove_on_exit(self._base_dir)
         else:
             self._base_dir = self._requested_base_dir.absolute()
             self._base_dir.mkdir(parents=True, exist_ok=True)
             self._owns_base_dir = False
+            self._lock = DirLock(self._base_dir)
+            self._lock.acquire()
         # Postgres runs as another user when we are root: it must be able to reach its datadir.
         os.chmod(self._base_dir, 0o755)
         (self._base_dir / "logs").mkdir(exist_ok=True)
 
+    def _choose_ports(self) -> StackPorts:
+        """Saved, pinned or fresh ports (see :func:`choose_ports`), checked free and saved."""
+        base = self.base_dir
+        saved = read_ports(base, self.regions)
+        ports = choose_ports(
+            regions=self.regions, saved=saved, base_port=self.base_port, fresh=free_ports
+        )
+        if saved is not None:
+            # An earlier run on this directory may still be going away: give it time.
+            wait_ports_free(ports.numbers(), timeout=REUSE_WAIT_SECONDS)
+        elif self.base_port is not None:
+            wait_ports_free(ports.numbers(), timeout=0.0)
+        write_ports(base, ports, self.regions)
+        return ports
+
     def _build(self) -> None:
         base = self.base_dir
         p, r = self.regions
-        numbers = iter(free_ports(12))
-        ports = StackPorts(
-            pg_primary=next(numbers),
-            pg_replica=next(numbers),
-            nats_client={p: next(numbers), r: next(numbers)},
-            nats_gateway={p: next(numbers), r: next(numbers)},
-            nats_monitor={p: next(numbers), r: next(numbers)},
-            wan_replication=next(numbers),
-            wan_primary=next(numbers),
-            wan_gateway={p: next(numbers), r: next(numbers)},
-        )
-        self._ports = ports
+        ports = self._ports = self._choose_ports()
         self._proxy = ProxyProcess(
             routes=[
                 Route(LOCALHOST, ports.wan_replication, LOCALHOST, ports.pg_primary),
@@ -372,10 +428,28 @@ class Stack:
             )
 
     def _start_postgres(self, timeout: float) -> None:
-        self.primary.init_primary()
-        self.primary.start(timeout=timeout)
-        self.replica.init_replica(LOCALHOST, self.ports.wan_replication)
-        self.replica.start(timeout=timeout)
+        primary, replica = self.primary, self.replica
+        upstream = (LOCALHOST, self.ports.wan_replication)
+        if primary.is_initialised:
+            primary.reuse()
+            self.reused = True
+        elif primary.has_data:
+            raise EmbeddedError(
+                f"{primary.datadir} holds an unfinished cluster (initdb was interrupted?): "
+                "remove it, or use another directory"
+            )
+        else:
+            primary.init_primary()
+        primary.start(timeout=timeout)
+        if replica.is_initialised and self.reused:
+            replica.reuse(upstream)
+        else:
+            if replica.has_data:
+                # A base backup that never finished, or a copy of a primary that is gone: it
+                # is only a copy, so make it again.
+                replica.discard()
+            replica.init_replica(*upstream)
+        replica.start(timeout=timeout)
 
     def _start_nats(self, timeout: float) -> None:
         for server in self._nats.values():
