@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from writebus.bus.health import HealthFacts, healthz, readyz
 from writebus.bus.metrics import Metrics
+from writebus.client.errors import ConfigError
 from writebus.client.log import get_logger
 
 log = get_logger("writebus.bus.http")
@@ -56,7 +57,15 @@ class HttpServer:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.addr[0], self.addr[1])
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ConfigError(
+                f"WRITEBUS_HTTP_ADDR={self.addr[0]}:{self.addr[1]}: cannot listen there "
+                f"({exc.strerror or exc}); choose another port, or 'off'",
+                variable="WRITEBUS_HTTP_ADDR",
+            ) from exc
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.addr[1]

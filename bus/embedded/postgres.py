@@ -30,6 +30,14 @@ from writebus.bus.embedded.errors import (
     WaitTimeout,
 )
 from writebus.bus.embedded.pgbin import find_pg_bindir, has_postgres
+from writebus.bus.embedded.pgconf import (
+    SettingValue,
+    default_run_as,
+    format_setting,
+    managed_settings,
+    postmaster_pid,
+    quote_setting,
+)
 from writebus.bus.embedded.procs import is_alive, live_group_members
 from writebus.client.log import get_logger
 
@@ -48,31 +56,6 @@ STOP_SIGNALS: Final[Mapping[str, signal.Signals]] = {
 #: Settings file included from ``postgresql.conf``; rewritten for a replica after its base backup.
 MANAGED_CONF: Final = "writebus.conf"
 LOG_FILE: Final = "postgres.log"
-
-SettingValue = str | int | float | bool
-
-
-# --- running as an unprivileged user --------------------------------------------------------------
-
-
-def default_run_as() -> str | None:
-    """The user Postgres runs as: ``None`` (this user) unless root.
-
-    As root: ``$WRITEBUS_PG_USER``, else ``postgres`` if that user exists, else ``nobody``.
-    """
-    if os.geteuid() != 0:
-        return None
-    explicit = os.environ.get("WRITEBUS_PG_USER")
-    if explicit:
-        return explicit
-    try:
-        pwd.getpwnam("postgres")
-    except KeyError:
-        return "nobody"
-    return "postgres"
-
-
-# --- the server ---------------------------------------------------------------------------------
 
 
 class PostgresServer(ChildProcess):
@@ -227,7 +210,7 @@ class PostgresServer(ChildProcess):
         conninfo = (
             f"host={source_host} port={source_port} user={SUPERUSER} application_name={self.name}"
         )
-        kept.append(f"primary_conninfo = {_quote(conninfo)}")
+        kept.append(f"primary_conninfo = {quote_setting(conninfo)}")
         auto_conf.write_text("\n".join(kept) + "\n")
         self.upstream = (source_host, source_port)
 
@@ -264,28 +247,11 @@ class PostgresServer(ChildProcess):
         self._chown(self.datadir)
 
     def _write_managed_conf(self) -> None:
-        values: dict[str, SettingValue] = {
-            "listen_addresses": self.host,
-            "port": self.port,
-            "unix_socket_directories": "",
-            "max_connections": 300,
-            "wal_level": "replica",
-            "max_wal_senders": 10,
-            "max_replication_slots": 10,
-            "wal_keep_size": "256MB",
-            "hot_standby": True,
-            "hot_standby_feedback": True,
-            # A replica whose primary went away retries after this long (default 5 s).
-            "wal_retrieve_retry_interval": "100ms",
-            "synchronous_commit": True,
-            "fsync": self.fsync,
-            "cluster_name": self.name,
-            "logging_collector": False,
-            "log_destination": "stderr",
-            "log_line_prefix": "%m [%p] %q%a ",
-        }
+        values = managed_settings(
+            host=self.host, port=self.port, fsync=self.fsync, name=self.name
+        )
         values.update(self.settings)
-        body = "".join(f"{key} = {_format_setting(value)}\n" for key, value in values.items())
+        body = "".join(f"{key} = {format_setting(value)}\n" for key, value in values.items())
         path = self.datadir / MANAGED_CONF
         path.write_text(f"# written by bus.embedded for server {self.name!r}\n{body}")
         self._chown(path)
@@ -410,7 +376,7 @@ class PostgresServer(ChildProcess):
         shutting that postmaster down; starting now would fail on its lock file. If it is still
         there at the deadline, Postgres itself reports it.
         """
-        pid = _postmaster_pid(self.datadir)
+        pid = postmaster_pid(self.datadir)
         if pid is None or not is_alive(pid, name_prefix="postgres"):
             return
         log.info("embedded.pg.waiting_for_previous", server=self.name, pid=pid)
@@ -481,24 +447,3 @@ class PostgresServer(ChildProcess):
                 self._reaped(proc)
         if proc.returncode != 0:
             raise CommandError(command, proc.returncode, output.decode(errors="replace"))
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def _format_setting(value: SettingValue) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, (int, float)):
-        return str(value)
-    return _quote(value)
-
-
-def _postmaster_pid(datadir: Path) -> int | None:
-    """The pid in ``postmaster.pid`` (the data directory's lock file), if there is one."""
-    try:
-        first = (datadir / "postmaster.pid").read_text().split("\n", 1)[0].strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return int(first) if first.isdigit() else None

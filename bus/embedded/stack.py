@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import psycopg
 
@@ -42,7 +42,9 @@ from writebus.bus.embedded.stackdir import (
     DirLock,
     StackPorts,
     choose_ports,
+    describe,
     read_ports,
+    region_env,
     wait_ports_free,
     write_ports,
 )
@@ -58,27 +60,6 @@ _T = TypeVar("_T")
 REUSE_WAIT_SECONDS = 20.0
 
 __all__ = ["Stack", "StackPorts", "region_env"]
-
-
-class _Topology(Protocol):
-    primary_region: str
-
-    def nats_url(self, region: str) -> str: ...
-    def database_url(self, region: str) -> str: ...
-    def primary_url_from(self, region: str) -> str: ...
-
-
-def region_env(stack: _Topology, region: str, **extra: str) -> dict[str, str]:
-    """The environment of a process in ``region`` of ``stack`` (see :mod:`writebus.client.settings`)."""
-    env = {
-        "PRIMARY_REGION": stack.primary_region,
-        "FLY_REGION": region,
-        "NATS_URL": stack.nats_url(region),
-        "DATABASE_URL": stack.database_url(region),
-        "PRIMARY_DATABASE_URL": stack.primary_url_from(region),
-    }
-    env.update({key: str(value) for key, value in extra.items()})
-    return env
 
 
 class Stack:
@@ -233,39 +214,8 @@ class Stack:
         return region_env(self, region, **extra)
 
     def describe(self) -> dict[str, Any]:
-        """URLs, ports and paths of the running stack, for ``writebus dev up`` to print."""
-        ports = self.ports
-        return {
-            "base_dir": str(self.base_dir),
-            "primary_region": self.primary_region,
-            "replica_region": self.replica_region,
-            "one_way_delay_ms": self.one_way_delay_ms,
-            "regions": {
-                region: {
-                    "database_url": self.database_url(region),
-                    "primary_database_url": self.primary_url_from(region),
-                    "nats_url": self.nats_url(region),
-                    "nats_monitor_url": self.nats[region].monitor_url,
-                    "nats_gateway_port": ports.nats_gateway[region],
-                }
-                for region in self.regions
-            },
-            "proxy": {
-                "pid": self.proxy.pid,
-                "routes": [str(route) for route in self.proxy.routes],
-            },
-            "pids": self.pids(),
-            "watchdog_pid": watchdog().pid,
-            "ports": ports.to_json(),
-            "kept": self.keeps_base_dir,
-            "reused": self.reused,
-            "logs": {
-                "primary": str(self.primary.log_path),
-                "replica": str(self.replica.log_path),
-                **{f"nats-{r}": str(self.nats[r].log_path) for r in self.regions},
-                "proxy": str(self.proxy.log_path),
-            },
-        }
+        """URLs, ports, pids and paths of the running stack, for ``writebus dev up``."""
+        return describe(self, watchdog_pid=watchdog().pid)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -468,7 +418,9 @@ class Stack:
         """
         name = log_name or f"bus-{region}-{len(self._buses) + 1}"
         bus = BusProcess(
-            env=self.env(region, **(env or {})),
+            # Every node of the stack shares this host: each gets a free HTTP port (logged in
+            # its bus.ready line) unless the caller chose one.
+            env=self.env(region, **{"WRITEBUS_HTTP_ADDR": "127.0.0.1:0", **(env or {})}),
             log_path=self.base_dir / "logs" / f"{name}.log",
             name=name,
         )

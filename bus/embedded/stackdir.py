@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import IO, Any, Final, Self
+from typing import IO, Any, Final, Protocol, Self
 
 from writebus.bus.embedded.errors import DirectoryInUse, EmbeddedError, PortInUse
 from writebus.bus.embedded.ports import LOCALHOST
@@ -231,3 +231,60 @@ class DirLock:
         if f is not None:
             with contextlib.suppress(OSError):
                 f.close()
+
+
+class _Topology(Protocol):
+    primary_region: str
+
+    def nats_url(self, region: str) -> str: ...
+    def database_url(self, region: str) -> str: ...
+    def primary_url_from(self, region: str) -> str: ...
+
+
+def region_env(stack: _Topology, region: str, **extra: str) -> dict[str, str]:
+    """The environment of a process in ``region`` of ``stack`` (see :mod:`writebus.client.settings`)."""
+    env = {
+        "PRIMARY_REGION": stack.primary_region,
+        "FLY_REGION": region,
+        "NATS_URL": stack.nats_url(region),
+        "DATABASE_URL": stack.database_url(region),
+        "PRIMARY_DATABASE_URL": stack.primary_url_from(region),
+    }
+    env.update({key: str(value) for key, value in extra.items()})
+    return env
+
+
+def describe(stack: Any, *, watchdog_pid: int | None) -> dict[str, Any]:
+    """URLs, ports, pids and paths of a running :class:`~writebus.bus.embedded.stack.Stack`."""
+    ports = stack.ports
+    return {
+        "base_dir": str(stack.base_dir),
+        "primary_region": stack.primary_region,
+        "replica_region": stack.replica_region,
+        "one_way_delay_ms": stack.one_way_delay_ms,
+        "regions": {
+            region: {
+                "database_url": stack.database_url(region),
+                "primary_database_url": stack.primary_url_from(region),
+                "nats_url": stack.nats_url(region),
+                "nats_monitor_url": stack.nats[region].monitor_url,
+                "nats_gateway_port": ports.nats_gateway[region],
+            }
+            for region in stack.regions
+        },
+        "proxy": {
+            "pid": stack.proxy.pid,
+            "routes": [str(route) for route in stack.proxy.routes],
+        },
+        "pids": stack.pids(),
+        "watchdog_pid": watchdog_pid,
+        "ports": ports.to_json(),
+        "kept": stack.keeps_base_dir,
+        "reused": stack.reused,
+        "logs": {
+            "primary": str(stack.primary.log_path),
+            "replica": str(stack.replica.log_path),
+            **{f"nats-{r}": str(stack.nats[r].log_path) for r in stack.regions},
+            "proxy": str(stack.proxy.log_path),
+        },
+    }
