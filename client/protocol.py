@@ -84,7 +84,8 @@ class Request(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class StatementResult(msgspec.Struct, kw_only=True):
-    """Outcome of one statement: rows when it returned any, and the row count."""
+    """Outcome of one statement: rows when it returned any, and the row count. Every field is
+    always sent."""
 
     rowcount: int = -1
     columns: list[str] | None = None
@@ -109,6 +110,7 @@ class Reply(msgspec.Struct, kw_only=True):
     ``lsn``/``lsn_int`` give the primary's WAL flush position read after COMMIT returned: once a
     replica has replayed up to it, the write is visible there. A repeated request id gets the
     stored result with ``duplicate`` true and an LSN at least as new as the original commit.
+    Every field is always sent (nil when it does not apply).
     """
 
     v: int = PROTOCOL_VERSION
@@ -135,6 +137,8 @@ class LsnUpdate(msgspec.Struct, kw_only=True):
     its replica is behind that (0 on the primary; seconds count from when the oldest position
     not yet replayed was announced, so an idle primary is no lag); ``replay_timestamp``,
     ``pg_last_xact_replay_timestamp()`` as Unix seconds; ``version``, the sender's writebus.
+
+    Always msgpack; every field is always sent.
     """
 
     region: str

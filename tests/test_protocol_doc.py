@@ -525,3 +525,14 @@ def test_document_mentions_its_machine_readable_files() -> None:
         assert f"]({path})" in TEXT
         assert (DOCS / path).exists()
     assert Path(DOCS / SCHEMA_DIR / "Reply.json").is_file()
+
+
+def test_links_inside_the_document_resolve() -> None:
+    """Every ``](#anchor)`` link names a heading of the document (GitHub's anchor rules)."""
+    prose = _ANY_FENCE.sub("", TEXT)
+    anchors = {
+        re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        for heading in re.findall(r"^#+ (.+)$", prose, re.MULTILINE)
+    }
+    links = set(re.findall(r"\]\(#([\w-]+)\)", prose))
+    assert links and links <= anchors, links - anchors
