@@ -300,9 +300,20 @@ def _fresh_ids(exchanges: list[dict[str, Any]]) -> dict[str, str]:
     return ids
 
 
-def _with_ids(message: dict[str, Any], ids: dict[str, str]) -> dict[str, Any]:
-    rid = message.get("id")
-    return {**message, "id": ids[rid]} if isinstance(rid, str) and rid in ids else message
+def _with_ids(value: Any, ids: dict[str, str]) -> Any:
+    """``value`` with the document's request ids replaced by this run's: an ``id`` field, and
+    an id quoted in a message (``'7f1c0d2a'``)."""
+    if isinstance(value, dict):
+        out = {k: _with_ids(v, ids) for k, v in value.items()}
+        if isinstance(value.get("id"), str) and value["id"] in ids:
+            out["id"] = ids[value["id"]]
+        return out
+    if isinstance(value, list):
+        return [_with_ids(v, ids) for v in value]
+    if isinstance(value, str):
+        for old, new in ids.items():
+            value = value.replace(f"'{old}'", f"'{new}'")
+    return value
 
 
 # --- the value table ---------------------------------------------------------------------------
