@@ -453,6 +453,30 @@ def test_msgpack_binary_and_timestamp_parameters(peer: WirePeer) -> None:
                                             when, True]]
 
 
+async def test_timestamptz_is_sent_in_utc_whatever_the_session_time_zone(stack: Any) -> None:
+    """A database whose sessions run in another TimeZone still sends ``timestamptz`` in UTC
+    (``Z`` in JSON), through the same write path the bus and the direct path use. (The
+    document's SET LOCAL example cannot show this on its own: psycopg reads the zone when a
+    connection's settings are reported, not per statement.)"""
+    from writebus.bus import pipelined
+
+    url = stack.primary.url
+    async with await psycopg.AsyncConnection.connect(
+        url, autocommit=True, options="-c TimeZone=Australia/Sydney"
+    ) as conn:
+        out = await pipelined.run_write(
+            conn,
+            "tz",
+            [protocol.Statement(sql="SELECT timestamptz '2026-07-01 12:00+10', "
+                                    "ARRAY[timestamptz '2026-01-01 00:00+11']")],
+            exactly_once=False,
+            read_lsn=False,
+        )
+    reply = protocol.Reply(id="tz", results=out.results)
+    rows = json.loads(protocol.encode(reply, protocol.JSON))["results"][0]["rows"]
+    assert rows == [["2026-07-01T02:00:00Z", ["2025-12-31T13:00:00Z"]]]
+
+
 async def test_python_example_runs_as_written(stack: Any, buses: Any) -> None:
     """The document's Python program, which uses only nats-py and msgpack, runs as written
     (against this stack's NATS) and inserts its row."""
