@@ -8,7 +8,7 @@ table below, and checked in under ``docs/`` for peers in other languages::
 
 A test runs the check, so the files cannot drift from the code. Everything the output depends
 on is data in this module: :data:`STRUCTS` (every message type) and :data:`CHANNELS` (every
-subject). A new field needs no change here; a new message or subject is one line.
+subject). A new field needs no change here; a new message is a line in each.
 
 The schemas are JSON Schema draft-07 (the dialect every AsyncAPI tool must read), one file per
 Struct, referring to each other by file name. They describe what a reader must accept: a field
@@ -40,6 +40,7 @@ from writebus.client.protocol import (
     RequestId,
     Statement,
     StatementResult,
+    Status,
 )
 from writebus.client.subjects import WORKER_QUEUE, Subjects
 
@@ -52,6 +53,7 @@ STRUCTS: Final[tuple[type[msgspec.Struct], ...]] = (
     StatementResult,
     ErrorInfo,
     LsnUpdate,
+    Status,
     RequestId,
 )
 
@@ -99,6 +101,14 @@ CHANNELS: Final[tuple[Channel, ...]] = (
         None,
         "Replay progress of a region's database, published by its bus nodes.",
         encodings=(MSGPACK,),
+    ),
+    Channel(
+        "status",
+        _SUBJECTS.status("{region}"),
+        Status,
+        None,
+        "Health and traffic of each bus node of a region, once a second.",
+        encodings=(JSON,),
     ),
 )
 
@@ -173,11 +183,12 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     return out
 
 
-def _message_key(cls: type[msgspec.Struct], encoding: str) -> str:
-    return cls.__name__ + ("Json" if encoding == JSON else "")
+def _message_key(cls: type[msgspec.Struct], encoding: str, ch: Channel) -> str:
+    # A message that comes in both encodings has a key per encoding.
+    return cls.__name__ + ("Json" if encoding == JSON and len(ch.encodings) > 1 else "")
 
 
-def _message(cls: type[msgspec.Struct], encoding: str) -> dict[str, Any]:
+def _message(cls: type[msgspec.Struct], encoding: str, ch: Channel) -> dict[str, Any]:
     msg: dict[str, Any] = {
         "name": cls.__name__,
         "title": f"{cls.__name__} ({'JSON' if encoding == JSON else 'msgpack'})",
@@ -192,13 +203,16 @@ def _message(cls: type[msgspec.Struct], encoding: str) -> dict[str, Any]:
             "type": "object",
             "properties": {"Content-Type": {"type": "string", "const": JSON}},
         }
+    if len(ch.encodings) == 1:
+        msg["description"] = f"Always {'JSON' if encoding == JSON else 'msgpack'}."
+    elif encoding == JSON:
         msg["description"] = (
             "The JSON form: a request with the header `Content-Type: application/json` (or, "
             "without the header, a body starting with `{` or whitespace) is answered in JSON "
             "with the same header."
         )
     else:
-        msg["description"] = "A msgpack map keyed by field name."
+        msg["description"] = "A msgpack map keyed by field name (the default)."
     return msg
 
 
@@ -213,9 +227,9 @@ def asyncapi() -> dict[str, Any]:
         return {"$ref": path}
 
     for ch in CHANNELS:
-        keys = [_message_key(ch.message, enc) for enc in ch.encodings]
+        keys = [_message_key(ch.message, enc, ch) for enc in ch.encodings]
         for enc, key in zip(ch.encodings, keys, strict=True):
-            messages[key] = _message(ch.message, enc)
+            messages[key] = _message(ch.message, enc, ch)
         params = re.findall(r"{(\w+)}", ch.address)
         channels[ch.name] = {
             "address": ch.address,
@@ -230,9 +244,9 @@ def asyncapi() -> dict[str, Any]:
             "messages": [ref(f"#/channels/{ch.name}/messages/{key}") for key in keys],
         }
         if ch.reply is not None:
-            reply_keys = [_message_key(ch.reply, enc) for enc in ch.encodings]
+            reply_keys = [_message_key(ch.reply, enc, ch) for enc in ch.encodings]
             for enc, key in zip(ch.encodings, reply_keys, strict=True):
-                messages[key] = _message(ch.reply, enc)
+                messages[key] = _message(ch.reply, enc, ch)
                 reply_messages[key] = ref(f"#/components/messages/{key}")
             op["bindings"] = {"nats": {"queue": WORKER_QUEUE, "bindingVersion": "0.1.0"}}
             op["reply"] = {

@@ -42,7 +42,7 @@ from writebus.client.errors import (
     WriteRejectedError,
 )
 from writebus.client.lsn import parse_lsn
-from writebus.client.schema import SCHEMA_DIR, all_structs
+from writebus.client.schema import CHANNELS, SCHEMA_DIR, all_structs
 from writebus.client.wire_errors import TO_WIRE, error_info
 
 DOCS = REPO / "docs"
@@ -110,11 +110,26 @@ def same(expected: Any, actual: Any) -> bool:
 
 
 _LSN = re.compile(r"[0-9A-F]{1,8}/[0-9A-F]{1,8}\Z")
-PLACEHOLDERS = {
-    "<lsn>": lambda v: isinstance(v, str) and bool(_LSN.match(v)),
-    "<lsn_int>": lambda v: type(v) is int and 0 <= v < 2**64,
-    "<number>": lambda v: type(v) in (int, float),
-    "<string>": lambda v: isinstance(v, str),
+_KINDS = {
+    "lsn": lambda v: isinstance(v, str) and bool(_LSN.match(v)),
+    "lsn_int": lambda v: type(v) is int and 0 <= v < 2**64,
+    "number": lambda v: type(v) in (int, float),
+    "int": lambda v: type(v) is int,
+    "string": lambda v: isinstance(v, str),
+    "map": lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and type(n) is int for k, n in v.items()
+    ),
+}
+
+
+def _or_null(test: Any) -> Any:
+    return lambda v: v is None or test(v)
+
+
+#: ``"<kind>"`` and ``"<kind or null>"`` stand for any value of that kind (the document's
+#: "Examples" section).
+PLACEHOLDERS = {f"<{kind}>": test for kind, test in _KINDS.items()} | {
+    f"<{kind} or null>": _or_null(test) for kind, test in _KINDS.items()
 }
 
 
@@ -132,9 +147,12 @@ def mismatches(expected: Any, actual: Any, path: str = "$") -> list[str]:
             )
         for key in expected.keys() & actual.keys():
             out += mismatches(expected[key], actual[key], f"{path}.{key}")
-        if expected.get("lsn_int") == "<lsn_int>" and isinstance(actual.get("lsn"), str):
-            if _LSN.match(actual["lsn"]) and actual.get("lsn_int") != parse_lsn(actual["lsn"]):
-                out.append(f"{path}: lsn_int {actual.get('lsn_int')} is not lsn {actual['lsn']}")
+        for key, value in expected.items():
+            # An LSN and its integer (lsn/lsn_int, primary_lsn/primary_lsn_int) must agree.
+            text = actual.get(key.removesuffix("_int"))
+            if value == "<lsn_int>" and isinstance(text, str) and _LSN.match(text):
+                if actual.get(key) != parse_lsn(text):
+                    out.append(f"{path}: {key} {actual.get(key)} is not {text}")
         return out
     if isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
         return [m for i, (e, a) in enumerate(zip(expected, actual, strict=True))
@@ -160,7 +178,7 @@ def as_json_values(value: Any) -> Any:
 
 _SCHEMA_KEYWORDS = {
     "$schema", "$ref", "title", "description", "type", "properties", "required", "items",
-    "anyOf", "default",
+    "anyOf", "default", "additionalProperties",
 }
 _TYPES: dict[str, Any] = {
     "object": lambda v: isinstance(v, dict),
@@ -196,6 +214,10 @@ def schema_errors(value: Any, schema: dict[str, Any], path: str = "$") -> list[s
         for key, sub in schema.get("properties", {}).items():
             if key in value:
                 out += schema_errors(value[key], sub, f"{path}.{key}")
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key in value.keys() - schema.get("properties", {}).keys():
+                out += schema_errors(value[key], extra, f"{path}.{key}")
     if isinstance(value, list) and "items" in schema:
         for i, item in enumerate(value):
             out += schema_errors(item, schema["items"], f"{path}[{i}]")
@@ -379,12 +401,17 @@ def test_every_postgres_type_named_in_the_doc_has_a_row(stack: Any, doc_setup: N
 # --- the examples ------------------------------------------------------------------------------
 
 
+AS_PUBLISHED = "as-published"
+
+
 def _example_params() -> list[Any]:
     params = []
     for heading, exchanges in EXAMPLES:
-        # Broadcasts are always msgpack: one run; requests run in both encodings.
-        published = any("published" in ex for ex in exchanges)
-        for encoding in (MSGPACK,) if published else ENCODINGS:
+        published = [ex["subject"] for ex in exchanges if "published" in ex]
+        if published:  # a broadcast comes in its subject's one encoding
+            params.append(pytest.param(exchanges, AS_PUBLISHED, id=f"published-{published[0]}"))
+            continue
+        for encoding in ENCODINGS:
             params.append(pytest.param(exchanges, encoding, id=f"{encoding}-{_slug(heading)}"))
     return params
 
@@ -393,12 +420,13 @@ def _example_params() -> list[Any]:
 def test_example(peer: WirePeer, exchanges: list[dict[str, Any]], encoding: str) -> None:
     """Each documented exchange, sent in msgpack and in JSON, gets exactly the documented
     reply: the same keys (so every Reply and ErrorInfo field is always sent), the same values,
-    the request id echoed; and the reply validates against the checked-in schema."""
+    the request id echoed; a documented broadcast matches the next message on its subject.
+    Every reply and broadcast validates against its checked-in schema."""
     ids = _fresh_ids(exchanges)
     for step, ex in enumerate(exchanges):
         if "published" in ex:
             actual = as_json_values(_next_broadcast(peer, ex["subject"]))
-            expected, schema = ex["published"], "LsnUpdate.json"
+            expected, schema = ex["published"], _schema_of(ex["subject"])
         else:
             reply = exchange(peer, ex["subject"], _with_ids(ex["request"], ids), encoding)
             actual = as_json_values(reply)
@@ -406,6 +434,17 @@ def test_example(peer: WirePeer, exchanges: list[dict[str, Any]], encoding: str)
         problems = mismatches(expected, actual)
         assert not problems, f"step {step} ({encoding}):\n" + "\n".join(problems)
         assert not schema_errors(actual, load_schema(schema))
+
+
+def _schema_of(subject: str) -> str:
+    """The schema file of what is published on ``subject``, from the generator's subject table."""
+    for ch in CHANNELS:
+        pattern = re.escape(ch.address).replace(r"\{prefix\}", "[^.]+").replace(
+            r"\{region\}", "[^.]+"
+        )
+        if re.fullmatch(pattern, subject):
+            return f"{ch.message.__name__}.json"
+    raise LookupError(subject)
 
 
 def _next_broadcast(peer: WirePeer, subject: str) -> dict[str, Any]:
@@ -417,7 +456,10 @@ def _next_broadcast(peer: WirePeer, subject: str) -> dict[str, Any]:
             await sub.unsubscribe()
 
     msg = peer.run(first())
-    value = msgpack.unpackb(msg.data, raw=False, timestamp=3)
+    if (msg.headers or {}).get("Content-Type") == "application/json":
+        value = json.loads(msg.data)
+    else:
+        value = msgpack.unpackb(msg.data, raw=False, timestamp=3)
     assert isinstance(value, dict)
     return value
 
@@ -499,7 +541,7 @@ async def test_python_example_runs_as_written(stack: Any, buses: Any) -> None:
 
 def _fields_tables() -> dict[str, list[str]]:
     names = re.findall(r"<!-- fields: (\w+) -->", TEXT)
-    return {name: [code_spans(cells[0])[0] for cells in table(f"fields: {name}")]
+    return {name: [field for cells in table(f"fields: {name}") for field in code_spans(cells[0])]
             for name in names}
 
 
