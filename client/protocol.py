@@ -12,13 +12,8 @@ with ``v`` greater than :data:`PROTOCOL_VERSION` gets a ``protocol`` error namin
 
 from __future__ import annotations
 
-import datetime as _dt
-import decimal
-import enum
-import ipaddress
 import re
 import time
-import uuid
 from typing import Any, Final, Literal, TypeVar
 
 import msgspec
@@ -52,6 +47,7 @@ ErrorKind = Literal[
     "procedure",  # unknown procedure, or it raised
     "forbidden",  # e.g. raw SQL while the bus runs in procedures-only mode
     "unavailable",  # the worker could not reach its database (retryable)
+    "unknown",  # the connection was lost while COMMIT was in flight (retry with the same id)
     "internal",  # a bug; logged on the worker
 ]
 
@@ -88,7 +84,8 @@ class Request(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class StatementResult(msgspec.Struct, kw_only=True):
-    """Outcome of one statement: rows when it returned any, and the row count."""
+    """Outcome of one statement: rows when it returned any, and the row count. Every field is
+    always sent."""
 
     rowcount: int = -1
     columns: list[str] | None = None
@@ -113,6 +110,7 @@ class Reply(msgspec.Struct, kw_only=True):
     ``lsn``/``lsn_int`` give the primary's WAL flush position read after COMMIT returned: once a
     replica has replayed up to it, the write is visible there. A repeated request id gets the
     stored result with ``duplicate`` true and an LSN at least as new as the original commit.
+    Every field is always sent (nil when it does not apply).
     """
 
     v: int = PROTOCOL_VERSION
@@ -139,6 +137,8 @@ class LsnUpdate(msgspec.Struct, kw_only=True):
     its replica is behind that (0 on the primary; seconds count from when the oldest position
     not yet replayed was announced, so an idle primary is no lag); ``replay_timestamp``,
     ``pg_last_xact_replay_timestamp()`` as Unix seconds; ``version``, the sender's writebus.
+
+    Always msgpack; every field is always sent.
     """
 
     region: str
@@ -232,19 +232,12 @@ def update_lsn(update: LsnUpdate) -> int:
 
 
 def _enc_hook(obj: Any) -> Any:
-    # Values Postgres returns that msgspec does not encode natively become text, as psql shows.
-    if isinstance(obj, (decimal.Decimal, uuid.UUID, enum.Enum)):
-        return str(obj)
-    if isinstance(obj, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-        return str(obj)
-    if isinstance(obj, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-        return str(obj)
-    if isinstance(obj, (ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
-        return str(obj)
+    # msgspec encodes datetime, date, time, timedelta (ISO 8601 duration), UUID, Decimal (text),
+    # bytes and enums itself -- this hook never sees them; docs/protocol.md ("Values") lists the
+    # result. What is left becomes text: inet/cidr addresses as psql shows them, and any other
+    # driver object as its Python text form (not part of the contract: cast to text in SQL).
     if isinstance(obj, memoryview):
         return bytes(obj)
-    if isinstance(obj, _dt.timedelta):
-        return obj.total_seconds()
     return str(obj)
 
 

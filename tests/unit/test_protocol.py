@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgpack
 import pytest
 
+from writebus.client import schema
 from writebus.client.errors import ProtocolError
 from writebus.client.protocol import (
     JSON,
     MSGPACK,
+    ErrorInfo,
     LsnUpdate,
     Reply,
     Request,
@@ -134,3 +138,151 @@ def test_transaction_control_is_refused(sql: str) -> None:
 def test_ordinary_statements_pass(sql: str) -> None:
     """Words like 'end' or 'commit' inside ordinary statements are fine."""
     validate_request(Request(id="a", statements=[Statement(sql=sql)]))
+
+
+# --- every field always sent ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", [MSGPACK, JSON])
+def test_error_replies_carry_every_field(encoding: str) -> None:
+    """A reply and its ErrorInfo carry every field even when it is nil or false, in both
+    encodings: a strict decoder in another language sees one shape."""
+    import json
+
+    reply = Reply(id="a", ok=False, error=ErrorInfo(kind="protocol", message="m"))
+    data = encode(reply, encoding)
+    raw = json.loads(data) if encoding == JSON else msgpack.unpackb(data)
+    assert set(raw) == set(Reply.__struct_fields__)
+    assert raw["error"] == {"kind": "protocol", "message": "m", "sqlstate": None,
+                            "retryable": False, "statement": None, "detail": None}
+
+
+def test_timedelta_is_an_iso_8601_duration() -> None:
+    """Intervals (Python timedelta) are ISO 8601 durations of days and seconds in both
+    encodings, not float seconds (docs/protocol.md, "Values in results")."""
+    import datetime
+
+    reply = Reply(id="a", value=[datetime.timedelta(hours=1, minutes=30),
+                                 datetime.timedelta(days=-1, hours=2)])
+    assert msgpack.unpackb(encode(reply))["value"] == ["PT5400S", "-PT79200S"]
+    assert decode(encode(reply, JSON), Reply, JSON).value == ["PT5400S", "-PT79200S"]
+
+
+# --- the generated schemas and AsyncAPI document ------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def test_checked_in_schemas_are_up_to_date() -> None:
+    """docs/schema/*.json and docs/asyncapi.yaml are exactly what the generator makes from the
+    Structs today."""
+    stale_files = schema.stale(DOCS)
+    assert not stale_files, (
+        f"out of date: {', '.join(stale_files)}; regenerate with `{schema.REGENERATE}` "
+        "and commit the result"
+    )
+
+
+def test_check_command_reports_a_stale_copy(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                            ) -> None:
+    """``--check`` exits 1 naming the regenerate command when a file is missing, changed or
+    left over, and 0 after ``--write``."""
+    assert schema.main(["--check", str(tmp_path)]) == 1
+    assert schema.REGENERATE in capsys.readouterr().err
+    assert schema.main(["--write", str(tmp_path)]) == 0
+    assert schema.main(["--check", str(tmp_path)]) == 0
+    (tmp_path / "schema" / "Gone.json").write_text("{}")
+    (tmp_path / "schema" / "Reply.json").write_text("{}")
+    assert schema.stale(tmp_path) == ["schema/Reply.json", "schema/Gone.json"]
+    schema.write(tmp_path)
+    assert not (tmp_path / "schema" / "Gone.json").exists()
+    assert schema.stale(tmp_path) == []
+
+
+def test_every_protocol_struct_has_a_schema() -> None:
+    """Every msgspec Struct defined in writebus.client.protocol gets a schema file: a new
+    message cannot be left out of the machine-readable protocol."""
+    import inspect
+
+    import msgspec
+
+    from writebus.client import protocol
+
+    defined = {
+        cls for _, cls in inspect.getmembers(protocol, inspect.isclass)
+        if issubclass(cls, msgspec.Struct) and cls.__module__ == protocol.__name__
+    }
+    assert defined <= set(schema.all_structs()), defined - set(schema.all_structs())
+    assert {f"schema/{cls.__name__}.json" for cls in defined} <= set(schema.render())
+
+
+def test_schemas_follow_the_structs() -> None:
+    """Each schema is draft-07 and has exactly the Struct's fields; fields without a default
+    are required; nested Structs are referenced by file name."""
+    import msgspec
+
+    for cls in schema.all_structs():
+        doc = schema.json_schemas()[cls.__name__]
+        assert doc["$schema"] == "http://json-schema.org/draft-07/schema#"
+        fields = msgspec.structs.fields(cls)
+        assert list(doc["properties"]) == [f.encode_name for f in fields]
+        assert doc["required"] == [f.encode_name for f in fields if f.required]
+    reply = schema.json_schemas()["Reply"]
+    assert reply["properties"]["error"]["anyOf"][0] == {"$ref": "ErrorInfo.json"}
+    assert "`Request`" in reply["description"] and "``" not in reply["description"]
+
+
+def _refs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "$ref"] + [
+            r for v in node.values() for r in _refs(v)
+        ]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+def test_asyncapi_document_reads_back_and_every_ref_resolves() -> None:
+    """The checked-in AsyncAPI file is valid YAML equal to the generated document; every
+    ``$ref`` points at something that exists (inside it, or a schema file); every subject of
+    the subject table is there with its request/reply or publish operation."""
+    import json
+
+    import yaml
+
+    doc = yaml.safe_load((DOCS / "asyncapi.yaml").read_text(encoding="utf-8"))
+    assert doc == schema.asyncapi()
+    assert doc["asyncapi"] == "3.0.0"
+    for ref in _refs(doc):
+        if ref.startswith("#/"):
+            node = doc
+            for part in ref[2:].split("/"):
+                node = node[part]
+        else:
+            assert (DOCS / ref).is_file(), ref
+            for inner in _refs(json.loads((DOCS / ref).read_text())):
+                assert (DOCS / "schema" / inner).is_file(), inner
+    addresses = {ch["address"] for ch in doc["channels"].values()}
+    assert {"{prefix}.write", "{prefix}.rpc.{region}", "{prefix}.lsn.{region}"} <= addresses
+    ops = doc["operations"]
+    assert ops["write"]["action"] == "receive" and "reply" in ops["write"]
+    assert ops["rpc"]["action"] == "receive" and "reply" in ops["rpc"]
+    assert ops["lsn"]["action"] == "send" and "reply" not in ops["lsn"]
+    assert doc["components"]["messages"]["ReplyJson"]["contentType"] == JSON
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": "yes", "b": "1.0", "c": "{x}.y", "d": "", "e": [], "f": {}, "g": "two\nlines",
+         "h": None, "i": True, "j": 1.5, "k": -3, "Content-Type": "a: b # c", "$ref": "#/x/y"},
+        [["a", ["b"]], [], [{"x": 1, "y": [2, {}]}], "- dash", "null", "~", "é ✓"],
+        {"nested": {"deeper": [{"k": "v", "l": [1]}, "s"]}},
+    ],
+)
+def test_yaml_writer_round_trips(value: object) -> None:
+    """The generator's small YAML writer emits what a YAML parser reads back unchanged,
+    including strings that look like other YAML values."""
+    import yaml
+
+    assert yaml.safe_load(schema.to_yaml(value)) == value
