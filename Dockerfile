@@ -19,12 +19,17 @@ COPY pyproject.toml README.md* ./
 COPY writebus ./writebus
 COPY bus ./bus
 COPY client ./client
-RUN pip install . \
+RUN pip install '.[service]' \
     && cd / && rm -rf /src
 
 # Run unprivileged: the service needs no file system access.
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin writebus
 USER writebus
 WORKDIR /
+
+# /healthz answers 200 while the node reaches NATS and its database (WRITEBUS_HTTP_ADDR,
+# default 0.0.0.0:9091). Containers of this image that run an app instead disable it.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9091/healthz', timeout=2)"]
 
 CMD ["writebus", "serve"]

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from psycopg_pool import AsyncConnectionPool
 
+from writebus.bus import discovery
 from writebus.bus.health import HealthFacts
 from writebus.bus.metrics import Metrics, NodeReadings
 from writebus.bus.served import Observer
@@ -70,6 +71,7 @@ class NodeOps:
             ),
         )
         self.http: Any = None
+        self.micro: Any = None
         self.status: StatusPublisher | None = None
         self._sub: Any = None
 
@@ -90,6 +92,13 @@ class NodeOps:
             interval=s.heartbeat_interval,
         )
         self.status.start()
+        self.micro = await discovery.register(
+            nc,
+            region=s.region,
+            prefix=s.prefix,
+            replica_id=self.node.replica_id,
+            subjects=sorted(self.node.in_flight()),
+        )
         if s.http_addr is not None:
             from writebus.bus.http import HttpServer  # aiohttp: only when serving HTTP
 
@@ -100,6 +109,9 @@ class NodeOps:
         """Stop everything started."""
         if self.status is not None:
             await self.status.stop()
+        if self.micro is not None:
+            with contextlib.suppress(Exception):
+                await self.micro.stop()
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()

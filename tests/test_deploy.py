@@ -81,10 +81,11 @@ def check_config(conf: Path, env: Mapping[str, str]) -> subprocess.CompletedProc
 
 
 def conf_variables(conf: Path) -> set[str]:
-    """Names of the ``$VARIABLES`` a nats-server config refers to (comments ignored)."""
+    """Names of the ``$VARIABLES`` a nats-server config refers to (comments and quoted strings,
+    such as the subject "$SRV.>", ignored: nats-server does not expand variables there)."""
     names: set[str] = set()
     for line in conf.read_text().splitlines():
-        code = line.split("#", 1)[0]
+        code = re.sub(r'"[^"]*"', '""', line.split("#", 1)[0])
         names.update(re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", code))
     return names
 
@@ -347,7 +348,7 @@ def test_dockerfile_installs_the_package() -> None:
     """The image is python:3.11-slim, pip-installs this package and runs `writebus serve`."""
     text = DOCKERFILE.read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
-    assert re.search(r"^RUN pip install \.(\s|$)", text, re.MULTILINE)
+    assert re.search(r"^RUN pip install '\.\[service\]'(\s|$)", text, re.MULTILINE)
     assert '["writebus", "serve"]' in text
     with (ROOT / "pyproject.toml").open("rb") as f:
         scripts = tomllib.load(f)["project"]["scripts"]
@@ -374,3 +375,28 @@ def test_dockerfile_copies_every_package_folder() -> None:
         if line.startswith("COPY ") and "--from" not in line
     }
     assert folders <= copied, f"not copied into the image: {sorted(folders - copied)}"
+
+
+
+# --- health and metrics ---------------------------------------------------------------------
+
+
+def test_health_checks_and_metrics_point_at_the_bus_http_listener(
+    compose: dict[str, Any],
+) -> None:
+    """Fly scrapes /metrics and checks /healthz on the bus's HTTP port; the image and the
+    compose bus services check /healthz there too; the demo app disables the check."""
+    from writebus.bus.settings import DEFAULT_HTTP_ADDR
+
+    port = int(DEFAULT_HTTP_ADDR.rsplit(":", 1)[1])
+    with (ROOT / "fly.toml").open("rb") as f:
+        fly = tomllib.load(f)
+    assert fly["metrics"]["port"] == port and fly["metrics"]["path"] == "/metrics"
+    check = fly["checks"]["bus_health"]
+    assert check["port"] == port and check["path"] == "/healthz" and check["processes"] == ["bus"]
+    assert f"127.0.0.1:{port}/healthz" in DOCKERFILE.read_text()
+    assert "HEALTHCHECK" in DOCKERFILE.read_text()
+    for name in ("bus-syd", "bus-lax"):
+        test = " ".join(compose["services"][name]["healthcheck"]["test"])
+        assert f"127.0.0.1:{port}/healthz" in test
+    assert compose["services"]["demo"]["healthcheck"]["disable"] is True

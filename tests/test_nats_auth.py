@@ -356,6 +356,59 @@ async def test_dashboard_receives_worker_progress(server: NatsServer) -> None:
         await bus.close()
 
 
+async def test_dashboard_receives_node_status(server: NatsServer) -> None:
+    """A dashboard subscribed to writebus.status.> receives a bus node's status message."""
+    dashboard = await connect(server, "dashboard")
+    bus = await connect(server, "bus")
+    got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def on_status(msg: Any) -> None:
+        if not got.done():
+            got.set_result(msg.data)
+
+    try:
+        await dashboard.subscribe("writebus.status.>", cb=on_status)
+        await dashboard.flush()
+        await bus.publish("writebus.status.syd", b'{"region": "syd"}')
+        await bus.flush()
+        assert await asyncio.wait_for(got, EVENTUALLY) == b'{"region": "syd"}'
+    finally:
+        await dashboard.close()
+        await bus.close()
+
+
+async def test_dashboard_discovers_workers_through_srv(server: NatsServer) -> None:
+    """A bus node registers for NATS service discovery; the dashboard role, using its own
+    inbox prefix, may send $SRV.PING and reads the node's name and metadata in the reply."""
+    import json
+
+    from writebus.bus.discovery import register
+
+    bus = await connect(server, "bus")
+    dashboard = await nats.connect(
+        server.url,
+        user="dashboard",
+        password=server.password("dashboard"),
+        inbox_prefix=b"_INBOX.dashboard",
+        allow_reconnect=False,
+        max_reconnect_attempts=0,
+        connect_timeout=5,
+    )
+    service = await register(
+        bus, region="syd", prefix="writebus", replica_id="syd-1", subjects=["writebus.write"]
+    )
+    try:
+        assert service is not None
+        reply = await dashboard.request("$SRV.PING.writebus", b"", timeout=EVENTUALLY)
+        info = json.loads(reply.data)
+        assert info["name"] == "writebus" and info["metadata"]["region"] == "syd"
+        assert info["metadata"]["replica_id"] == "syd-1"
+    finally:
+        await service.stop()
+        await dashboard.close()
+        await bus.close()
+
+
 async def test_dashboard_request_never_reaches_worker(server: NatsServer, worker: Worker) -> None:
     """A dashboard's request on writebus.write is refused with a permissions violation: the
     worker never sees it and the dashboard gets no reply."""
@@ -399,6 +452,8 @@ async def test_app_cannot_impersonate_a_worker(server: NatsServer) -> None:
     ("user", "subject"),
     [
         ("app", "writebus.lsn.syd"),  # forging progress would fake read-your-writes
+        ("app", "writebus.status.syd"),  # forging a node's health
+        ("dashboard", "writebus.status.syd"),
         ("dashboard", "writebus.write"),
         ("dashboard", "writebus.rpc.syd"),
         ("dashboard", "writebus.lsn.syd"),
@@ -436,6 +491,7 @@ async def test_publish_outside_role_is_refused(server: NatsServer, user: str, su
         ("app", ">"),
         ("dashboard", "writebus.write"),
         ("dashboard", "_INBOX.>"),  # other clients' replies
+        ("dashboard", "_INBOX.abc.>"),  # ... only its own inbox prefix is allowed
         ("bus", "_INBOX.>"),  # workers reply to inboxes; they need not read them
     ],
 )

@@ -180,3 +180,32 @@ async def test_progress_broadcasts_carry_lag_and_version(
     assert upd["role"] == "replica" and upd["lag_bytes"] >= 0 and upd["lag_seconds"] >= 0
     assert upd["version"] and isinstance(upd["replay_timestamp"], float)
     assert upd["lag_bytes"] == max(0, upd["primary_lsn_int"] - upd["lsn_int"])
+
+
+async def test_nats_service_discovery_finds_every_node(
+    stack: Any, nodes: tuple[str, dict[str, BusProcess]]
+) -> None:
+    """$SRV.INFO.writebus (what `nats micro ls` sends) is answered by each bus node with its
+    region, prefix and version; both regions of this prefix answer."""
+    prefix, _ = nodes
+    nc = await nats.connect(stack.nats_url("syd"))
+    infos: list[dict[str, Any]] = []
+
+    async def on(msg: Any) -> None:
+        infos.append(json.loads(msg.data))
+
+    try:
+        inbox = nc.new_inbox()
+        await nc.subscribe(inbox, cb=on)
+        await nc.publish("$SRV.INFO.writebus", b"", reply=inbox)
+        deadline = time.monotonic() + 10
+        while {i["metadata"]["region"] for i in infos if i["metadata"]["prefix"] == prefix} != {
+            "syd",
+            "lax",
+        }:
+            assert time.monotonic() < deadline, infos
+            await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
+    mine = [i for i in infos if i["metadata"]["prefix"] == prefix]
+    assert all(i["name"] == "writebus" and i["metadata"]["writebus_version"] for i in mine)
