@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from writebus.bus.embedded.errors import BinaryNotFound
+from writebus.bus.embedded.errors import EmbeddedError
 from writebus.client.errors import ConfigError, ConnectError
 from writebus.client.version import VERSION
 
@@ -83,6 +83,7 @@ def _serve_description() -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    require_extra("service", "prometheus_client", "aiohttp")
     from writebus.bus.log import configure_logging
     from writebus.bus.service import serve
     from writebus.bus.settings import BusSettings
@@ -313,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
         code = args._run(args)
-    except (ConfigError, ConnectError, UsageError, BinaryNotFound) as exc:
+    except (ConfigError, ConnectError, UsageError, EmbeddedError) as exc:
         print(f"writebus {args.command}: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

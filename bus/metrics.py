@@ -47,6 +47,9 @@ class NodeReadings:
     broadcasts: Callable[[], dict[str, int]] = dict
     #: Database polls of the replica monitor so far.
     polls: Callable[[], int] = lambda: 0
+    #: The node's role now ("primary", "replica", or "starting").
+    role: Callable[[], str] = lambda: "starting"
+    version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -57,6 +60,13 @@ class _NodeCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         r = self.readings
+        info = GaugeMetricFamily(
+            "writebus_node_info",
+            "1 per bus node, labelled with its region, role and version (alert on no primary).",
+            labels=["region", "role", "version"],
+        )
+        info.add_metric([self.region, r.role(), r.version], 1)
+        yield info
         g = GaugeMetricFamily(
             "writebus_in_flight_requests", "Requests being handled now.", labels=["subject"]
         )

@@ -68,6 +68,8 @@ class NodeOps:
                 lag=self.region_lag,
                 broadcasts=self._broadcasts,
                 polls=lambda: node.monitor.polls if node.monitor is not None else 0,
+                role=lambda: node.role or "starting",
+                version=VERSION,
             ),
         )
         self.http: Any = None

@@ -21,19 +21,21 @@ from writebus.client.errors import ProtocolError, WriteBusError
 from writebus.client.log import get_logger
 from writebus.client.pgpool import open_pool
 from writebus.client.procedures import Procedures, load_procedures
-from writebus.client.protocol import Request, Statement
+from writebus.client.protocol import Request
 from writebus.client.results import WriteResult
 from writebus.client.retry import RetryPolicy, for_procedure_calls
+from writebus.client.rows import RowFactory
 from writebus.client.rpc import request
 from writebus.client.settings import Settings
 from writebus.client.subjects import Subjects
 from writebus.client.tracker import LsnTracker, acquire_tracker, release_tracker
 from writebus.client.transport import NatsClient
 from writebus.client.writes import (
+    SQL,
     Params,
     StatementLike,
     new_request_id,
-    to_params,
+    to_sql,
     to_statement,
     write_route,
 )
@@ -51,8 +53,14 @@ class Database:
       instead of opening one (it is not closed by :meth:`close`);
     * ``nats`` -- a connected NATS client to use instead of the process's shared connection
       (not closed by :meth:`close`);
+    * ``row_factory`` -- psycopg's row factory for reads and write results alike
+      (``dict_row``, ``namedtuple_row``, ``class_row(Note)``...; tuples by default), overridable
+      per call;
     * ``min_size``/``max_size`` of the local pool, and ``retry``
       (a :class:`~writebus.client.retry.RetryPolicy`).
+
+    Wherever SQL is accepted, a SQLAlchemy Core construct is too (``insert(...)``,
+    ``select(...)``, ``text(...)``; the ``sqlalchemy`` extra).
     """
 
     def __init__(
@@ -65,8 +73,12 @@ class Database:
         min_size: int = 1,
         max_size: int = 10,
         retry: RetryPolicy | None = None,
+        row_factory: RowFactory | None = None,
+        local_pool: bool = True,
     ) -> None:
         self.settings = settings or Settings.from_env()
+        self.row_factory = row_factory
+        self._want_pool = local_pool
         self.procedures = procedures
         self.retry = retry or RetryPolicy()
         self.subjects = Subjects(self.settings.prefix)
@@ -98,7 +110,7 @@ class Database:
 
     async def _open(self) -> None:
         s = self.settings
-        if self._pool is None and s.database_url:
+        if self._pool is None and s.database_url and self._want_pool:
             self._pool = await open_pool(
                 s.database_url,
                 name=f"writebus-local-{s.region}",
@@ -158,7 +170,11 @@ class Database:
             raise WriteBusError("no local database: set DATABASE_URL and open the Database")
         return self._pool
 
-    async def _read(self, sql: str, params: Params, one: bool) -> Any:
+    async def _read(
+        self, sql: SQL, params: Params, one: bool, row_factory: RowFactory | None
+    ) -> Any:
+        text, values = to_sql(sql, params)
+        factory = row_factory or self.row_factory
         # A pooled connection can have been cut while idle (the replica restarted): psycopg
         # reports that on first use. Try once more on a fresh connection; the pool discards
         # the broken one.
@@ -166,8 +182,10 @@ class Database:
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
                 async with self._local().connection() as conn:
-                    cur = await conn.execute(sql, params)
-                    return await (cur.fetchone() if one else cur.fetchall())
+                    cur = conn.cursor(row_factory=factory) if factory else conn.cursor()
+                    async with cur:
+                        await cur.execute(text, values)
+                        return await (cur.fetchone() if one else cur.fetchall())
             except PoolTimeout:
                 raise
             except psycopg.OperationalError:
@@ -175,38 +193,44 @@ class Database:
                     raise
         raise AssertionError("unreachable")
 
-    async def fetch(self, sql: str, params: Params = None) -> list[tuple[Any, ...]]:
+    async def fetch(
+        self, sql: SQL, params: Params = None, *, row_factory: RowFactory | None = None
+    ) -> list[Any]:
         """All rows of a query on the local database."""
-        return await self._read(sql, params, one=False)  # type: ignore[no-any-return]
+        return await self._read(sql, params, False, row_factory)  # type: ignore[no-any-return]
 
-    async def fetchrow(self, sql: str, params: Params = None) -> tuple[Any, ...] | None:
+    async def fetchrow(
+        self, sql: SQL, params: Params = None, *, row_factory: RowFactory | None = None
+    ) -> Any:
         """The first row of a query on the local database, or None."""
-        return await self._read(sql, params, one=True)  # type: ignore[no-any-return]
+        return await self._read(sql, params, True, row_factory)
 
-    async def fetchval(self, sql: str, params: Params = None) -> Any:
+    async def fetchval(self, sql: SQL, params: Params = None) -> Any:
         """The first column of the first row, or None."""
-        row = await self.fetchrow(sql, params)
+        row = await self._read(sql, params, True, None)
         return row[0] if row else None
 
     # -- writes ---------------------------------------------------------------------------
 
     async def execute(
         self,
-        sql: str,
+        sql: SQL,
         params: Params = None,
         *,
         await_replication: bool = True,
         rpc_timeout: float | None = None,
         replication_timeout: float | None = None,
         request_id: str | None = None,
+        row_factory: RowFactory | None = None,
     ) -> WriteResult:
         """Run one write statement on the primary; see :meth:`batch` for the options."""
         return await self.batch(
-            [Statement(sql=sql, params=to_params(params))],
+            [(sql, params)],
             await_replication=await_replication,
             rpc_timeout=rpc_timeout,
             replication_timeout=replication_timeout,
             request_id=request_id,
+            row_factory=row_factory,
         )
 
     async def batch(
@@ -217,6 +241,7 @@ class Database:
         rpc_timeout: float | None = None,
         replication_timeout: float | None = None,
         request_id: str | None = None,
+        row_factory: RowFactory | None = None,
     ) -> WriteResult:
         """Run statements atomically, in order, in one transaction on the primary.
 
@@ -227,6 +252,7 @@ class Database:
         write, retries included (same id, so nothing applies twice); ``replication_timeout``
         bounds the wait for replay. ``request_id`` lets a caller resend a write whose outcome
         was unknown (:class:`~writebus.client.errors.OutcomeUnknownError`) to learn it.
+        ``row_factory`` shapes ``RETURNING`` rows (default: the Database's).
         """
         stmts = [to_statement(s) for s in statements]
         if not stmts:
@@ -234,7 +260,9 @@ class Database:
         req = Request(
             id=request_id or new_request_id(), statements=stmts, origin=self.settings.region
         )
-        return await self._write(req, await_replication, rpc_timeout, replication_timeout)
+        return await self._write(
+            req, await_replication, rpc_timeout, replication_timeout, row_factory
+        )
 
     async def call(
         self,
@@ -339,10 +367,12 @@ class Database:
         await_replication: bool,
         rpc_timeout: float | None,
         replication_timeout: float | None,
+        row_factory: RowFactory | None = None,
     ) -> WriteResult:
         if self._nc is None:
             raise WriteBusError("the Database is not open")
         timeout = rpc_timeout if rpc_timeout is not None else self.settings.rpc_timeout
+        factory = row_factory or self.row_factory
         if write_route(self.settings, has_local_pool=self._pool is not None) == "direct":
             assert self._pool is not None
             return await writes.direct(
@@ -353,6 +383,7 @@ class Database:
                 retry=self.retry,
                 max_reply_bytes=self._nc.max_payload,
                 timeout=timeout,
+                row_factory=factory,
             )
         return await writes.via_bus(
             req,
@@ -363,6 +394,7 @@ class Database:
             await_replication=await_replication,
             timeout=timeout,
             replication_timeout=replication_timeout,
+            row_factory=factory,
         )
 
 

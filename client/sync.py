@@ -1,0 +1,274 @@
+"""The synchronous API: the same methods, options, results and errors as :class:`Database`.
+
+For Django, Flask, scripts and Celery workers. Reads run on a synchronous psycopg pool in the
+calling thread. Writes, procedure calls and replay waits run on the async
+:class:`~writebus.client.db.Database` on a background event-loop thread
+(:mod:`writebus.client.loopthread`): one implementation of the write path, the retries and the
+tracker, so the two APIs cannot disagree. Why this over a generated sync twin is in
+docs/design.md (thread safety, fork safety, shutdown, latency).
+
+A :class:`SyncDatabase` may be shared by any number of threads. After ``os.fork()`` the child
+notices (the process id changed) and reconnects on its next call, leaving the parent's sockets
+alone.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from typing import Any, Self
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from writebus.client.db import Database
+from writebus.client.errors import ConnectError, WriteBusError
+from writebus.client.loopthread import LoopThread, _inherited, shared_loop
+from writebus.client.pgpool import pg_endpoint, pg_reason
+from writebus.client.procedures import Procedures
+from writebus.client.results import WriteResult
+from writebus.client.retry import RetryPolicy
+from writebus.client.rows import RowFactory
+from writebus.client.settings import Settings
+from writebus.client.tracker import LsnTracker
+from writebus.client.writes import SQL, Params, StatementLike, to_sql
+
+
+def open_sync_pool(
+    conninfo: str, *, name: str, min_size: int, max_size: int, timeout: float
+) -> ConnectionPool[Any]:
+    """A synchronous autocommit pool; ConnectError with the server's reason within
+    ``timeout`` (as :func:`writebus.client.pgpool.open_pool` for the async one)."""
+    try:
+        psycopg.connect(conninfo, connect_timeout=max(1, math.ceil(timeout))).close()
+    except psycopg.Error as exc:
+        raise ConnectError("postgres", pg_endpoint(conninfo), pg_reason(exc)) from exc
+    pool: ConnectionPool[Any] = ConnectionPool(
+        conninfo,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"autocommit": True},
+        open=False,
+        name=name,
+    )
+    try:
+        pool.open(wait=True, timeout=timeout)
+    except Exception as exc:
+        pool.close()
+        raise ConnectError("postgres", pg_endpoint(conninfo), f"pool did not fill: {exc}") from exc
+    return pool
+
+
+class SyncDatabase:
+    """A synchronous handle on the local database with writes routed to the primary.
+
+    ``with SyncDatabase(Settings.from_env()) as db:`` -- the keyword options are those of
+    :class:`Database` (``procedures``, ``min_size``, ``max_size``, ``retry``, ``row_factory``);
+    ``pool`` is a synchronous ``psycopg_pool.ConnectionPool`` for reads. A NATS connection
+    cannot be handed in: the background loop owns its own.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        procedures: Procedures | None = None,
+        pool: ConnectionPool[Any] | None = None,
+        min_size: int = 1,
+        max_size: int = 10,
+        retry: RetryPolicy | None = None,
+        row_factory: RowFactory | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self.procedures = procedures
+        self.retry = retry
+        self.row_factory = row_factory
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool = pool
+        self._owns_pool = pool is None
+        self._adb: Database | None = None
+        self._loop: LoopThread | None = None
+        self._pid = 0
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return f"<SyncDatabase region={s.region!r} primary={s.primary_region!r}>"
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the local read pool and, on the background loop, the async Database (NATS,
+        the tracker; in the primary region the pool its direct writes use)."""
+        self._pid = os.getpid()
+        try:
+            s = self.settings
+            if self._pool is None and s.database_url:
+                self._pool = open_sync_pool(
+                    s.database_url,
+                    name=f"writebus-sync-{s.region}",
+                    min_size=self._min_size,
+                    max_size=self._max_size,
+                    timeout=s.connect_timeout,
+                )
+            self._loop = shared_loop()
+            self._adb = Database(
+                s,
+                procedures=self.procedures,
+                retry=self.retry,
+                row_factory=self.row_factory,
+                min_size=1,
+                max_size=self._max_size,
+                # Reads use the sync pool; the async one is only for direct writes.
+                local_pool=s.is_primary,
+            )
+            self._loop.run(self._adb.open())
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close everything this handle opened. Never raises."""
+        if self._forked():
+            self._abandon()
+            return
+        adb, self._adb = self._adb, None
+        if adb is not None and self._loop is not None:
+            try:
+                self._loop.run(adb.close())
+            except Exception:  # closing must not raise; the loop may be shutting down
+                pass
+        pool = self._pool
+        if pool is not None and self._owns_pool:
+            self._pool = None
+            pool.close()
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _forked(self) -> bool:
+        return self._pid != 0 and self._pid != os.getpid()
+
+    def _abandon(self) -> None:
+        """In a forked child: drop the parent's connections without touching them."""
+        _inherited.extend(x for x in (self._adb, self._pool) if x is not None)
+        self._adb = None
+        if self._owns_pool:
+            self._pool = None
+        self._loop = None
+        self._pid = 0
+
+    def _ready(self) -> tuple[LoopThread, Database]:
+        if self._forked():
+            self._abandon()
+            self.open()  # the child's own connections and loop
+        if self._adb is None or self._loop is None:
+            raise WriteBusError("the SyncDatabase is not open")
+        return self._loop, self._adb
+
+    @property
+    def tracker(self) -> LsnTracker | None:
+        """The process's LSN tracker (None in the primary region)."""
+        return self._adb.tracker if self._adb is not None else None
+
+    @property
+    def database(self) -> Database | None:
+        """The async Database the writes run on (on the background loop)."""
+        return self._adb
+
+    # -- reads: the local database, in the calling thread ---------------------------------
+
+    def _read(self, sql: SQL, params: Params, one: bool, row_factory: RowFactory | None) -> Any:
+        self._ready()
+        if self._pool is None:
+            raise WriteBusError("no local database: set DATABASE_URL and open the SyncDatabase")
+        text, values = to_sql(sql, params)
+        factory = row_factory or self.row_factory
+        for attempt in (1, 2):  # a pooled connection cut while idle is retried once
+            conn: psycopg.Connection[Any] | None = None
+            try:
+                with self._pool.connection() as conn:
+                    cur = conn.cursor(row_factory=factory) if factory else conn.cursor()
+                    with cur:
+                        cur.execute(text, values)
+                        return cur.fetchone() if one else cur.fetchall()
+            except PoolTimeout:
+                raise
+            except psycopg.OperationalError:
+                if attempt == 2 or conn is None or not (conn.broken or conn.closed):
+                    raise
+        raise AssertionError("unreachable")
+
+    def fetch(
+        self, sql: SQL, params: Params = None, *, row_factory: RowFactory | None = None
+    ) -> list[Any]:
+        """All rows of a query on the local database."""
+        return self._read(sql, params, False, row_factory)  # type: ignore[no-any-return]
+
+    def fetchrow(
+        self, sql: SQL, params: Params = None, *, row_factory: RowFactory | None = None
+    ) -> Any:
+        """The first row of a query on the local database, or None."""
+        return self._read(sql, params, True, row_factory)
+
+    def fetchval(self, sql: SQL, params: Params = None) -> Any:
+        """The first column of the first row, or None."""
+        row = self._read(sql, params, True, None)
+        return row[0] if row else None
+
+    # -- writes: the async Database, on the loop thread -----------------------------------
+
+    def execute(self, sql: SQL, params: Params = None, **options: Any) -> WriteResult:
+        """Run one write statement on the primary (:meth:`Database.execute`)."""
+        loop, db = self._ready()
+        return loop.run(db.execute(sql, params, **options))
+
+    def batch(self, statements: Iterable[StatementLike], **options: Any) -> WriteResult:
+        """Run statements atomically in one transaction on the primary (:meth:`Database.batch`)."""
+        loop, db = self._ready()
+        return loop.run(db.batch(list(statements), **options))
+
+    def call(self, procedure: str, *args: Any, **options: Any) -> Any:
+        """Run a registered procedure on the primary and wait for replay (:meth:`Database.call`)."""
+        loop, db = self._ready()
+        return loop.run(db.call(procedure, *args, **options))
+
+    def call_result(self, procedure: str, *args: Any, **options: Any) -> WriteResult:
+        """Like :meth:`call` but returns the whole :class:`WriteResult`."""
+        loop, db = self._ready()
+        return loop.run(db.call_result(procedure, *args, **options))
+
+    def rpc_region(self, region: str, procedure: str, *args: Any, **options: Any) -> Any:
+        """Run a registered procedure in ``region`` (:meth:`Database.rpc_region`)."""
+        loop, db = self._ready()
+        return loop.run(db.rpc_region(region, procedure, *args, **options))
+
+    def rpc_primary(self, procedure: str, *args: Any, **options: Any) -> Any:
+        """Run a registered procedure in the primary region (:meth:`Database.rpc_primary`)."""
+        loop, db = self._ready()
+        return loop.run(db.rpc_primary(procedure, *args, **options))
+
+    def wait_for_lsn(self, lsn: int, timeout: float | None = None) -> int:
+        """Wait until the local replica has replayed ``lsn`` (:meth:`Database.wait_for_lsn`)."""
+        loop, db = self._ready()
+        return loop.run(db.wait_for_lsn(lsn, timeout))
+
+
+def _mirror_signatures() -> None:
+    """Give each delegating method the async method's parameters (``help()``, IDEs, the
+    parity test) -- one list of options, kept in :class:`Database`."""
+    import inspect
+
+    for name in (
+        "execute", "batch", "call", "call_result", "rpc_region", "rpc_primary", "wait_for_lsn",
+    ):
+        method = getattr(SyncDatabase, name)
+        method.__signature__ = inspect.signature(getattr(Database, name))
+
+
+_mirror_signatures()

@@ -1,0 +1,109 @@
+"""What only the synchronous API has to get right: threads, fork, and its signatures."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+import textwrap
+import threading
+from typing import Any
+
+import pytest
+
+from tests.support.stack import REPO, settings_for
+from writebus import Database, SyncDatabase, WriteBusError
+
+
+def test_many_threads_share_one_sync_database(stack: Any, buses: Any, table: str) -> None:
+    """16 threads write and read back through one SyncDatabase at once: every write is seen
+    by its own thread's next read, and every row is there once."""
+    errors: list[BaseException] = []
+    stale = 0
+    lock = threading.Lock()
+
+    def worker(n: int, db: SyncDatabase) -> None:
+        nonlocal stale
+        try:
+            for i in range(10):
+                res = db.execute(f"INSERT INTO {table}(body) VALUES (%s) RETURNING id", [f"t{n}-{i}"])
+                body = db.fetchval(f"SELECT body FROM {table} WHERE id = %s", [res.rows[0][0]])
+                if body != f"t{n}-{i}":
+                    with lock:
+                        stale += 1
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    with SyncDatabase(settings_for(stack, "lax"), max_size=16) as db:
+        threads = [threading.Thread(target=worker, args=(n, db)) for n in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        count = db.fetchval(f"SELECT count(DISTINCT body) FROM {table}")
+    assert errors == [] and stale == 0 and count == 160
+
+
+FORK_SCRIPT = """
+import os, sys
+from writebus import Settings, SyncDatabase
+
+env = {env!r}
+db = SyncDatabase(Settings.from_env(env))
+db.open()
+db.execute("INSERT INTO {table}(body) VALUES ('parent-before')")
+pid = os.fork()
+if pid == 0:
+    # The child: its own connections and loop, created on first use.
+    res = db.execute("INSERT INTO {table}(body) VALUES ('child') RETURNING id")
+    ok = db.fetchval("SELECT body FROM {table} WHERE id = %s", [res.rows[0][0]]) == "child"
+    db.close()
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+# The parent's connections were not touched by the child.
+db.execute("INSERT INTO {table}(body) VALUES ('parent-after')")
+print(os.waitstatus_to_exitcode(status), db.fetchval("SELECT count(*) FROM {table}"))
+db.close()
+"""
+
+
+def test_a_forked_child_reconnects_and_leaves_the_parent_alone(
+    stack: Any, buses: Any, table: str
+) -> None:
+    """After os.fork() (gunicorn --preload, Celery prefork) the child's first call opens its
+    own connections; it writes and reads its write; the parent keeps working afterwards."""
+    code = FORK_SCRIPT.format(env=stack.env("lax"), table=table)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["0", "3"], out.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["execute", "batch", "call", "call_result", "rpc_region", "rpc_primary", "wait_for_lsn"],
+)
+def test_sync_methods_take_the_async_methods_options(name: str) -> None:
+    """Every delegating method presents exactly the async method's parameters."""
+    sync_params = inspect.signature(getattr(SyncDatabase, name)).parameters
+    async_params = inspect.signature(getattr(Database, name)).parameters
+    assert list(sync_params) == list(async_params)
+
+
+def test_the_read_methods_match_too() -> None:
+    """fetch, fetchrow and fetchval take the same parameters in both APIs."""
+    for name in ("fetch", "fetchrow", "fetchval"):
+        a = inspect.signature(getattr(Database, name)).parameters
+        s = inspect.signature(getattr(SyncDatabase, name)).parameters
+        assert list(a) == list(s), name
+
+
+def test_a_closed_sync_database_says_so(stack: Any, buses: Any) -> None:
+    """Calls after close() raise a WriteBusError instead of hanging."""
+    db = SyncDatabase(settings_for(stack, "lax"))
+    db.open()
+    db.close()
+    with pytest.raises(WriteBusError, match="not open"):
+        db.execute("SELECT 1")
