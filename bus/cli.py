@@ -270,6 +270,44 @@ def _check(args: argparse.Namespace) -> int:
     )
 
 
+# -- top ------------------------------------------------------------------------------------
+
+TOP_DESCRIPTION = """\
+A live view of every bus node, redrawn each second until Ctrl-C: per region
+and replica its role, replay LSN, lag in bytes and seconds, when it was last
+heard, requests and errors per second, p50/p99 latency and requests in flight;
+above them the deployment's write throughput and the primary's LSN. Stale and
+lagging nodes are marked. It only subscribes, so the 'dashboard' NATS role is
+enough. Settings come from the environment: NATS_URL, NATS_USER and
+NATS_PASSWORD or NATS_CREDS, NATS_TLS_*, WRITEBUS_PREFIX."""
+
+
+def _top_arguments(p: argparse.ArgumentParser) -> None:
+    from writebus.bus import top
+    from writebus.bus.checklist import positive_seconds
+
+    p.add_argument("--once", action="store_true", help="print the view once and exit")
+    p.add_argument(
+        "--json", action="store_true", help="print one snapshot as JSON (for scripts; implies --once)"
+    )
+    p.add_argument(
+        "--wait", type=positive_seconds, default=top.DEFAULT_WAIT, metavar="SECONDS",
+        help=f"with --once: how long to listen first (default {top.DEFAULT_WAIT:g})",
+    )
+    p.add_argument(
+        "--interval", type=positive_seconds, default=top.DEFAULT_INTERVAL, metavar="SECONDS",
+        help=f"seconds between redraws (default {top.DEFAULT_INTERVAL:g})",
+    )
+
+
+def _top(args: argparse.Namespace) -> int:
+    require_extra("ops", "rich")
+    from writebus.bus.top import TopOptions, main
+
+    once = args.once or args.json  # a live stream of JSON pictures is nothing a script wants
+    return main(TopOptions(once=once, as_json=args.json, wait=args.wait, interval=args.interval))
+
+
 COMMANDS: list[Command] = [
     Command("serve", "run a bus node (settings from the environment)", _serve_arguments, _serve),
     Command(
@@ -285,6 +323,13 @@ COMMANDS: list[Command] = [
         _demo,
     ),
     Command("dev", "development stack (dev up)", _dev_arguments, _dev),
+    Command(
+        "top",
+        "live view of every node: role, LSN, lag, requests, latency, errors",
+        _top_arguments,
+        _top,
+        description=TOP_DESCRIPTION,
+    ),
     Command("bench", "benchmarks (from a source checkout)", _bench_arguments, _bench),
 ]
 
