@@ -21,8 +21,8 @@ import nats
 import pytest
 from rich.console import Console
 
+from tests.support.natsconf import NATS_CONF, NatsServer, region_env
 from tests.support.stack import REPO, settings_for, start_bus
-from tests.test_nats_auth import NATS_CONF, NatsServer, region_env
 from writebus import Database
 from writebus.bus.embedded.bus_process import BusProcess
 from writebus.bus.topview import render
