@@ -308,6 +308,37 @@ def _top(args: argparse.Namespace) -> int:
     return main(TopOptions(once=once, as_json=args.json, wait=args.wait, interval=args.interval))
 
 
+# -- dashboard ------------------------------------------------------------------------------
+
+
+def _dashboard_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="where to serve the page (default 127.0.0.1:8080; port 0 picks a free one); "
+        "its URL is printed on stdout",
+    )
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    require_extra("ops", "aiohttp")
+    from writebus.bus.dashboard import ListenError, parse_listen, run_dashboard
+    from writebus.bus.log import configure_logging
+    from writebus.client.settings import Settings
+
+    try:
+        addr = parse_listen(args.listen)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"--listen {exc}") from None
+    settings = Settings.from_env()
+    configure_logging(fmt="console", level="warning")
+    try:
+        return asyncio.run(run_dashboard(settings, addr))
+    except ListenError as exc:
+        raise UsageError(str(exc)) from None
+
+
 COMMANDS: list[Command] = [
     Command("serve", "run a bus node (settings from the environment)", _serve_arguments, _serve),
     Command(
@@ -331,6 +362,12 @@ COMMANDS: list[Command] = [
         description=TOP_DESCRIPTION,
     ),
     Command("bench", "benchmarks (from a source checkout)", _bench_arguments, _bench),
+    Command(
+        "dashboard",
+        "serve a live web page of every node's lag and traffic (settings from the environment)",
+        _dashboard_arguments,
+        _dashboard,
+    ),
 ]
 
 
