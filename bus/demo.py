@@ -84,4 +84,15 @@ async def _write_and_read(stack: Stack, writes: int, delay_ms: float) -> int:
         f"total {_p50(total):.1f} ms (WAN round trip {2 * delay_ms:.0f} ms)"
     )
     print(f"stale reads: {stale} of {writes}")
+    print(WATCH_HINT)
     return 1 if stale else 0
+
+
+#: How to go on from the demo: a stack that stays up, and the two live views of it.
+WATCH_HINT = """
+To watch a stack live, keep one running and look at it:
+  writebus dev up          # two regions that stay up; prints each region's `export` lines
+  # then, in another terminal, paste one region's export lines and run
+  writebus top             # live terminal view: role, lag, requests/s, p99, errors
+  writebus dashboard       # the same with lag charts, in a browser at http://127.0.0.1:8080
+Each bus node also serves /metrics, /healthz and /readyz?max_lag=1 (its address is in the log)."""

@@ -31,6 +31,8 @@ def test_demo_reads_its_own_writes() -> None:
     rows = [line for line in out.stdout.splitlines() if line.rstrip().endswith(" ok")]
     assert len(rows) == 5
     assert re.search(r"forward [\d.]+ ms, commit [\d.]+ ms, replay wait [\d.]+ ms", out.stdout)
+    # It ends by saying how to watch a stack live.
+    assert "writebus top" in out.stdout and "writebus dashboard" in out.stdout
 
 
 def test_dev_up_prints_environment_and_stops_on_sigint(tmp_path: Path) -> None:
