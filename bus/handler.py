@@ -31,7 +31,7 @@ from writebus.client.errors import (
     WriteBusError,
 )
 from writebus.client.log import get_logger
-from writebus.client.lsn import format_lsn
+from writebus.client.lsn import format_lsn, parse_lsn
 from writebus.client.procedures import PING, Procedures
 from writebus.client.protocol import (
     CONTENT_TYPE_HEADER,
@@ -209,9 +209,16 @@ class Handler:
         info = dict(self.node_info)
         try:
             async with self.pool.connection(timeout=min(2.0, self.limits.acquire_timeout)) as conn:
-                cur = await conn.execute("SELECT pg_is_in_recovery()")
+                cur = await conn.execute(
+                    "SELECT pg_is_in_recovery(), CASE WHEN NOT pg_is_in_recovery() "
+                    "THEN pg_current_wal_flush_lsn()::text END"
+                )
                 row = await cur.fetchone()
-            info.update(database="ok", in_recovery=bool(row and row[0]))
+            assert row is not None
+            info.update(database="ok", in_recovery=bool(row[0]))
+            if row[1] is not None:
+                # Read after the ping arrived: covers every commit before it (strong reads).
+                info.update(flush_lsn=row[1], flush_lsn_int=parse_lsn(row[1]))
         except Exception as exc:  # the ping reports the database's state, it does not fail
             info.update(database=f"unreachable: {type(exc).__name__}", in_recovery=None)
         return Executed([], info, None, False)

@@ -35,6 +35,7 @@ from writebus.client.errors import (
     WriteRejectedError,
 )
 from writebus.client.lsn import format_lsn, parse_lsn
+from writebus.client.middleware import WritebusASGIMiddleware, WritebusWSGIMiddleware
 from writebus.client.procedures import Procedures
 from writebus.client.protocol import Statement
 from writebus.client.region import is_primary, my_region, primary_region
@@ -42,6 +43,7 @@ from writebus.client.results import StatementOutcome, Timings, WriteResult
 from writebus.client.retry import NO_RETRY, RetryPolicy
 from writebus.client.settings import Settings
 from writebus.client.sync import SyncDatabase
+from writebus.client.tokens import Session, session
 from writebus.client.writes import new_request_id
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "ReplicationTimeoutError",
     "RetryPolicy",
     "RpcTimeoutError",
+    "Session",
     "Settings",
     "StaleReadError",
     "Statement",
@@ -71,6 +74,8 @@ __all__ = [
     "TrackerError",
     "UnavailableError",
     "WriteBusError",
+    "WritebusASGIMiddleware",
+    "WritebusWSGIMiddleware",
     "WriteRejectedError",
     "WriteResult",
     "connect",
@@ -80,4 +85,5 @@ __all__ = [
     "new_request_id",
     "parse_lsn",
     "primary_region",
+    "session",
 ]

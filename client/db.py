@@ -12,16 +12,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Self
 
-import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from writebus.client import writes
 from writebus.client.connect import acquire_nats, release_nats
+from writebus.client.dbreads import ReadAPI
 from writebus.client.errors import ProtocolError, WriteBusError
 from writebus.client.log import get_logger
 from writebus.client.pgpool import open_pool
 from writebus.client.procedures import Procedures, load_procedures
 from writebus.client.protocol import Request
+from writebus.client.reads import ReadGate
 from writebus.client.results import WriteResult
 from writebus.client.retry import RetryPolicy, for_procedure_calls
 from writebus.client.rows import RowFactory
@@ -35,14 +36,14 @@ from writebus.client.writes import (
     Params,
     StatementLike,
     new_request_id,
-    to_sql,
     to_statement,
     write_route,
 )
 
 log = get_logger("writebus.client.db")
 
-class Database:
+
+class Database(ReadAPI):
     """A handle on the local database with writes routed to the primary.
 
     Use as ``async with Database(Settings.from_env()) as db:``. Keyword options:
@@ -89,6 +90,8 @@ class Database:
         self._nc = nats
         self._owns_nats = nats is None
         self._tracker: LsnTracker | None = None
+        self._gate = ReadGate(self.settings, self.retry)
+        self._high_lsn: int | None = None
 
     def __repr__(self) -> str:
         s = self.settings
@@ -136,6 +139,7 @@ class Database:
         if nc is not None and self._owns_nats:
             self._nc = None
             await release_nats(nc)
+        await self._gate.close()
         pool = self._pool
         if pool is not None and self._owns_pool:
             self._pool = None
@@ -162,53 +166,6 @@ class Database:
     def pool(self) -> AsyncConnectionPool[Any] | None:
         """The local database's connection pool."""
         return self._pool
-
-    # -- reads: always the local database -------------------------------------------------
-
-    def _local(self) -> AsyncConnectionPool[Any]:
-        if self._pool is None:
-            raise WriteBusError("no local database: set DATABASE_URL and open the Database")
-        return self._pool
-
-    async def _read(
-        self, sql: SQL, params: Params, one: bool, row_factory: RowFactory | None
-    ) -> Any:
-        text, values = to_sql(sql, params)
-        factory = row_factory or self.row_factory
-        # A pooled connection can have been cut while idle (the replica restarted): psycopg
-        # reports that on first use. Try once more on a fresh connection; the pool discards
-        # the broken one.
-        for attempt in (1, 2):
-            conn: psycopg.AsyncConnection[Any] | None = None
-            try:
-                async with self._local().connection() as conn:
-                    cur = conn.cursor(row_factory=factory) if factory else conn.cursor()
-                    async with cur:
-                        await cur.execute(text, values)
-                        return await (cur.fetchone() if one else cur.fetchall())
-            except PoolTimeout:
-                raise
-            except psycopg.OperationalError:
-                if attempt == 2 or conn is None or not (conn.broken or conn.closed):
-                    raise
-        raise AssertionError("unreachable")
-
-    async def fetch(
-        self, sql: SQL, params: Params = None, *, row_factory: RowFactory | None = None
-    ) -> list[Any]:
-        """All rows of a query on the local database."""
-        return await self._read(sql, params, False, row_factory)  # type: ignore[no-any-return]
-
-    async def fetchrow(
-        self, sql: SQL, params: Params = None, *, row_factory: RowFactory | None = None
-    ) -> Any:
-        """The first row of a query on the local database, or None."""
-        return await self._read(sql, params, True, row_factory)
-
-    async def fetchval(self, sql: SQL, params: Params = None) -> Any:
-        """The first column of the first row, or None."""
-        row = await self._read(sql, params, True, None)
-        return row[0] if row else None
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -373,6 +330,21 @@ class Database:
             raise WriteBusError("the Database is not open")
         timeout = rpc_timeout if rpc_timeout is not None else self.settings.rpc_timeout
         factory = row_factory or self.row_factory
+        result = await self._route_write(
+            req, await_replication, timeout, replication_timeout, factory
+        )
+        self.saw(result.lsn)
+        return result
+
+    async def _route_write(
+        self,
+        req: Request,
+        await_replication: bool,
+        timeout: float,
+        replication_timeout: float | None,
+        factory: RowFactory | None,
+    ) -> WriteResult:
+        assert self._nc is not None
         if write_route(self.settings, has_local_pool=self._pool is not None) == "direct":
             assert self._pool is not None
             return await writes.direct(

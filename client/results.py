@@ -76,6 +76,14 @@ class WriteResult:
         return self.statements[-1].rowcount if self.statements else -1
 
     @property
+    def token(self) -> str | None:
+        """The session token of this commit: hand it to another request or process, which
+        passes it as ``fetch(..., after=token)`` to read this write."""
+        from writebus.client.tokens import make_token
+
+        return make_token(self.lsn) if self.lsn is not None else None
+
+    @property
     def lsn_text(self) -> str | None:
         """:attr:`lsn` as Postgres prints it."""
         return format_lsn(self.lsn) if self.lsn is not None else None

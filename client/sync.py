@@ -23,14 +23,16 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from writebus.client.db import Database
-from writebus.client.errors import ConnectError, WriteBusError
+from writebus.client.errors import ConnectError, StaleReadError, WriteBusError
 from writebus.client.loopthread import LoopThread, _inherited, shared_loop
 from writebus.client.pgpool import pg_endpoint, pg_reason
 from writebus.client.procedures import Procedures
+from writebus.client.reads import Consistency, Fallback
 from writebus.client.results import WriteResult
 from writebus.client.retry import RetryPolicy
 from writebus.client.rows import RowFactory
 from writebus.client.settings import Settings
+from writebus.client.tokens import current_session
 from writebus.client.tracker import LsnTracker
 from writebus.client.writes import SQL, Params, StatementLike, to_sql
 
@@ -89,6 +91,7 @@ class SyncDatabase:
         self._pool = pool
         self._owns_pool = pool is None
         self._adb: Database | None = None
+        self._primary_reads: ConnectionPool[Any] | None = None
         self._loop: LoopThread | None = None
         self._pid = 0
 
@@ -143,6 +146,9 @@ class SyncDatabase:
         if pool is not None and self._owns_pool:
             self._pool = None
             pool.close()
+        primary, self._primary_reads = self._primary_reads, None
+        if primary is not None:
+            primary.close()
 
     def __enter__(self) -> Self:
         self.open()
@@ -156,7 +162,8 @@ class SyncDatabase:
 
     def _abandon(self) -> None:
         """In a forked child: drop the parent's connections without touching them."""
-        _inherited.extend(x for x in (self._adb, self._pool) if x is not None)
+        _inherited.extend(x for x in (self._adb, self._pool, self._primary_reads) if x is not None)
+        self._primary_reads = None
         self._adb = None
         if self._owns_pool:
             self._pool = None
@@ -183,16 +190,38 @@ class SyncDatabase:
 
     # -- reads: the local database, in the calling thread ---------------------------------
 
-    def _read(self, sql: SQL, params: Params, one: bool, row_factory: RowFactory | None) -> Any:
-        self._ready()
+    def _read(
+        self,
+        sql: SQL,
+        params: Params,
+        one: bool,
+        row_factory: RowFactory | None,
+        *,
+        after: str | None,
+        consistency: Consistency,
+        max_lag: float | None,
+        fallback: Fallback,
+    ) -> Any:
+        loop, db = self._ready()
         if self._pool is None:
             raise WriteBusError("no local database: set DATABASE_URL and open the SyncDatabase")
         text, values = to_sql(sql, params)
         factory = row_factory or self.row_factory
+        session = current_session()  # the caller's thread: the loop thread has none
+        target = loop.run(
+            db.prepare_read(
+                after=after,
+                consistency=consistency,
+                max_lag=max_lag,
+                fallback=fallback,
+                session_lsn=session.lsn if session is not None else None,
+            )
+        )
+        pool = self._pool if target == "local" else self._primary_pool()
         for attempt in (1, 2):  # a pooled connection cut while idle is retried once
             conn: psycopg.Connection[Any] | None = None
             try:
-                with self._pool.connection() as conn:
+                with pool.connection() as conn:
                     cur = conn.cursor(row_factory=factory) if factory else conn.cursor()
                     with cur:
                         cur.execute(text, values)
@@ -204,44 +233,109 @@ class SyncDatabase:
                     raise
         raise AssertionError("unreachable")
 
+    def _primary_pool(self) -> ConnectionPool[Any]:
+        s = self.settings
+        if self._primary_reads is None:
+            if not s.primary_database_url or s.primary_database_url == s.database_url:
+                raise StaleReadError(
+                    "fallback='primary' needs PRIMARY_DATABASE_URL set apart from DATABASE_URL",
+                    lag=None,
+                    max_lag=0.0,
+                    region=s.region,
+                )
+            self._primary_reads = open_sync_pool(
+                s.primary_database_url,
+                name=f"writebus-sync-primary-{s.region}",
+                min_size=0,
+                max_size=4,
+                timeout=s.connect_timeout,
+            )
+        return self._primary_reads
+
     def fetch(
-        self, sql: SQL, params: Params = None, *, row_factory: RowFactory | None = None
+        self,
+        sql: SQL,
+        params: Params = None,
+        *,
+        row_factory: RowFactory | None = None,
+        after: str | None = None,
+        consistency: Consistency = None,
+        max_lag: float | None = None,
+        fallback: Fallback = "raise",
     ) -> list[Any]:
-        """All rows of a query on the local database."""
-        return self._read(sql, params, False, row_factory)  # type: ignore[no-any-return]
+        """All rows of a query on the local database (options as :meth:`Database.fetch`)."""
+        return self._read(  # type: ignore[no-any-return]
+            sql, params, False, row_factory, after=after, consistency=consistency,
+            max_lag=max_lag, fallback=fallback,
+        )
 
     def fetchrow(
-        self, sql: SQL, params: Params = None, *, row_factory: RowFactory | None = None
+        self,
+        sql: SQL,
+        params: Params = None,
+        *,
+        row_factory: RowFactory | None = None,
+        after: str | None = None,
+        consistency: Consistency = None,
+        max_lag: float | None = None,
+        fallback: Fallback = "raise",
     ) -> Any:
-        """The first row of a query on the local database, or None."""
-        return self._read(sql, params, True, row_factory)
+        """The first row of a query, or None (options as :meth:`Database.fetch`)."""
+        return self._read(
+            sql, params, True, row_factory, after=after, consistency=consistency,
+            max_lag=max_lag, fallback=fallback,
+        )
 
-    def fetchval(self, sql: SQL, params: Params = None) -> Any:
-        """The first column of the first row, or None."""
-        row = self._read(sql, params, True, None)
+    def fetchval(
+        self,
+        sql: SQL,
+        params: Params = None,
+        *,
+        after: str | None = None,
+        consistency: Consistency = None,
+        max_lag: float | None = None,
+        fallback: Fallback = "raise",
+    ) -> Any:
+        """The first column of the first row, or None (options as :meth:`Database.fetch`)."""
+        row = self._read(
+            sql, params, True, None, after=after, consistency=consistency, max_lag=max_lag,
+            fallback=fallback,
+        )
         return row[0] if row else None
+
+    def session_token(self) -> str | None:
+        """The highest token seen: the current session's, else this handle's newest write."""
+        current = current_session()
+        if current is not None and current.lsn is not None:
+            return current.token
+        return self._adb.session_token() if self._adb is not None else None
+
+    def _wrote(self, result: WriteResult) -> WriteResult:
+        session = current_session()  # the caller's, not the loop thread's
+        if session is not None:
+            session.saw(result.lsn)
+        return result
 
     # -- writes: the async Database, on the loop thread -----------------------------------
 
     def execute(self, sql: SQL, params: Params = None, **options: Any) -> WriteResult:
         """Run one write statement on the primary (:meth:`Database.execute`)."""
         loop, db = self._ready()
-        return loop.run(db.execute(sql, params, **options))
+        return self._wrote(loop.run(db.execute(sql, params, **options)))
 
     def batch(self, statements: Iterable[StatementLike], **options: Any) -> WriteResult:
         """Run statements atomically in one transaction on the primary (:meth:`Database.batch`)."""
         loop, db = self._ready()
-        return loop.run(db.batch(list(statements), **options))
+        return self._wrote(loop.run(db.batch(list(statements), **options)))
 
     def call(self, procedure: str, *args: Any, **options: Any) -> Any:
         """Run a registered procedure on the primary and wait for replay (:meth:`Database.call`)."""
-        loop, db = self._ready()
-        return loop.run(db.call(procedure, *args, **options))
+        return self.call_result(procedure, *args, **options).value
 
     def call_result(self, procedure: str, *args: Any, **options: Any) -> WriteResult:
         """Like :meth:`call` but returns the whole :class:`WriteResult`."""
         loop, db = self._ready()
-        return loop.run(db.call_result(procedure, *args, **options))
+        return self._wrote(loop.run(db.call_result(procedure, *args, **options)))
 
     def rpc_region(self, region: str, procedure: str, *args: Any, **options: Any) -> Any:
         """Run a registered procedure in ``region`` (:meth:`Database.rpc_region`)."""

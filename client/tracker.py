@@ -80,6 +80,9 @@ class LsnTracker:
         self._fallback_conn: psycopg.AsyncConnection[Any] | None = None
         self._closed = False
         self.silence: SilenceWatch | None = None
+        #: (lag seconds the replica reported, monotonic time heard) of the latest broadcast.
+        self._lag_report: tuple[float | None, float] | None = None
+        self._report_waiters: set[asyncio.Future[None]] = set()
         self.updates_received = 0
         self.fallback_polls = 0
 
@@ -149,8 +152,47 @@ class LsnTracker:
         if upd.role != "replica" or not upd.in_recovery:
             return
         self.updates_received += 1
-        self._progress.observe(upd.replica_id, lsn, time.monotonic())
-        self.advance(self._progress.replayed(time.monotonic()))
+        now = time.monotonic()
+        self._progress.observe(upd.replica_id, lsn, now)
+        self.advance(self._progress.replayed(now))
+        self._lag_report = (upd.lag_seconds, now)
+        if self._report_waiters:
+            for fut in self._report_waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            self._report_waiters.clear()
+
+    def lag_bound(self, now: float | None = None) -> float | None:
+        """An upper bound on the local replica's lag in seconds, from the latest broadcast:
+        the lag it reported plus the time since (lag can grow no faster than time passes).
+        None when nothing fresh was heard, or the bus node reports no lag."""
+        report = self._lag_report
+        if report is None or report[0] is None:
+            return None
+        age = (time.monotonic() if now is None else now) - report[1]
+        if age > self._progress.stale_after:
+            return None
+        return report[0] + age
+
+    async def lag_within(self, max_lag: float) -> bool:
+        """True once the lag bound is at most ``max_lag`` seconds: at once when it already
+        is, else at the first broadcast that says so within ``max_lag`` seconds."""
+        deadline = time.monotonic() + max_lag
+        while True:
+            bound = self.lag_bound()
+            if bound is not None and bound <= max_lag:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._closed:
+                return False
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._report_waiters.add(fut)
+            try:
+                await asyncio.wait_for(fut, remaining)
+            except TimeoutError:
+                return False
+            finally:
+                self._report_waiters.discard(fut)
 
     def advance(self, replayed: int | None) -> int:
         """Record that the replica has replayed ``replayed``; wake whoever that satisfies.

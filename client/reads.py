@@ -1,0 +1,152 @@
+"""What a read waits for, and where it runs: session, strong and bounded-staleness reads.
+
+* ``after=token`` (and the current session, :mod:`writebus.client.tokens`) -- wait until the local
+  replica has replayed the token's LSN, then read locally. Free when it already has.
+* ``consistency="strong"`` -- see every write committed anywhere before the call started: ask
+  the primary region's bus for the primary's flush LSN (one WAN round trip), wait for the local
+  replica to replay it, read locally. A primary *announcement* is not used: it carries no proof
+  that it was taken after the call started (the regions' clocks are not comparable), so it could
+  miss a write committed just before.
+* ``max_lag=S`` -- read locally at once when the replica's lag (from the progress broadcasts:
+  reported lag plus the report's age) is at most ``S`` seconds; otherwise wait up to ``S`` for a
+  broadcast that says it caught up; then raise :class:`StaleReadError`, or with
+  ``fallback="primary"`` read from the primary (``PRIMARY_DATABASE_URL``) across the WAN.
+  The default fallback is ``"raise"``: a read that silently costs a WAN round trip and loads the
+  primary should be the caller's explicit choice.
+
+In the primary region every read is already on the primary: nothing waits.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from psycopg_pool import AsyncConnectionPool
+
+from writebus.client.errors import StaleReadError, WriteBusError
+from writebus.client.pgpool import open_pool
+from writebus.client.procedures import PING
+from writebus.client.protocol import Request
+from writebus.client.retry import RetryPolicy, for_procedure_calls
+from writebus.client.rpc import request
+from writebus.client.settings import Settings
+from writebus.client.subjects import Subjects
+from writebus.client.tokens import token_lsn
+from writebus.client.tracker import LsnTracker
+from writebus.client.transport import NatsClient
+
+Consistency = Literal["session", "strong"] | None
+Fallback = Literal["raise", "primary"]
+Target = Literal["local", "primary"]
+
+
+def wanted_lsn(*lsns: int | None) -> int | None:
+    """The highest of the positions a read must wait for (None: no wait)."""
+    known = [lsn for lsn in lsns if lsn is not None]
+    return max(known) if known else None
+
+
+class ReadGate:
+    """Decides and awaits what a read needs before it runs; owns the lazily opened pool on the
+    primary for ``fallback="primary"``."""
+
+    def __init__(self, settings: Settings, retry: RetryPolicy) -> None:
+        self.settings = settings
+        self.retry = retry
+        self._primary_pool: AsyncConnectionPool[Any] | None = None
+
+    async def close(self) -> None:
+        """Close the primary pool if one was opened."""
+        pool, self._primary_pool = self._primary_pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def prepare(
+        self,
+        *,
+        nc: NatsClient | None,
+        tracker: LsnTracker | None,
+        after: str | None,
+        session_lsn: int | None,
+        consistency: Consistency,
+        max_lag: float | None,
+        fallback: Fallback,
+        timeout: float | None,
+    ) -> Target:
+        """Wait for what the read needs; return where it must run."""
+        if consistency not in (None, "session", "strong"):
+            raise ValueError(f"consistency must be 'session' or 'strong', not {consistency!r}")
+        if fallback not in ("raise", "primary"):
+            raise ValueError(f"fallback must be 'raise' or 'primary', not {fallback!r}")
+        after_lsn = token_lsn(after) if after else None  # a bad token is an error, even here
+        if self.settings.is_primary or tracker is None:
+            return "local"
+        strong_lsn = await self.primary_flush_lsn(nc) if consistency == "strong" else None
+        lsn = wanted_lsn(after_lsn, session_lsn, strong_lsn)
+        if lsn is not None:
+            wait = timeout if timeout is not None else self.settings.replication_timeout
+            await tracker.wait_for(lsn, wait)  # ReplicationTimeoutError, as for writes
+        if max_lag is None or await tracker.lag_within(max_lag):
+            return "local"
+        if fallback == "primary":
+            return "primary"
+        bound = tracker.lag_bound()
+        raise StaleReadError(
+            f"the replica in {self.settings.region!r} lags "
+            + (f"{bound:.3f}s" if bound is not None else "an unknown time")
+            + f", more than max_lag={max_lag:g}s, and did not catch up within it; pass "
+            "fallback='primary' to read from the primary instead",
+            lag=bound,
+            max_lag=max_lag,
+            region=self.settings.region,
+        )
+
+    async def primary_flush_lsn(self, nc: NatsClient | None) -> int:
+        """The primary's flush LSN, read by the primary region's bus after this call began."""
+        if nc is None:
+            raise WriteBusError("the Database is not open")
+        s = self.settings
+        timeout = s.rpc_timeout
+        ex = await request(
+            nc,
+            Subjects(s.prefix).rpc(s.primary_region),
+            Request(id=_ping_id(), procedure=PING, origin=s.region),
+            timeout=timeout,
+            policy=for_procedure_calls(self.retry, timeout),
+            region=s.primary_region,
+        )
+        value = ex.reply.value if isinstance(ex.reply.value, dict) else {}
+        lsn = value.get("flush_lsn_int")
+        if not isinstance(lsn, int):
+            raise WriteBusError(
+                f"the bus in {s.primary_region!r} did not report a primary flush LSN: is its "
+                "database the primary (or is the bus older than strong reads)?"
+            )
+        return lsn
+
+    async def primary_pool(self) -> AsyncConnectionPool[Any]:
+        """A small pool on the primary (``PRIMARY_DATABASE_URL``), opened on first use."""
+        s = self.settings
+        if not s.primary_database_url or s.primary_database_url == s.database_url:
+            raise StaleReadError(
+                "fallback='primary' needs PRIMARY_DATABASE_URL (the primary, as reachable from "
+                f"{s.region!r}); it is not set apart from DATABASE_URL",
+                lag=None,
+                max_lag=0.0,
+                region=s.region,
+            )
+        if self._primary_pool is None:
+            self._primary_pool = await open_pool(
+                s.primary_database_url,
+                name=f"writebus-primary-reads-{s.region}",
+                min_size=0,
+                max_size=4,
+                timeout=s.connect_timeout,
+            )
+        return self._primary_pool
+
+
+def _ping_id() -> str:
+    from writebus.client.writes import new_request_id
+
+    return new_request_id()

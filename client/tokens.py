@@ -1,0 +1,104 @@
+"""Session tokens: read-your-writes across requests, processes and regions.
+
+A write's result carries a **token**: the commit's LSN in a short, URL- and cookie-safe string
+(``"1.305aaa0"``: format version 1, then the LSN in hex). Whoever holds it -- the next request
+of the same user, on another instance, in another region -- passes it to a read
+(``fetch(..., after=token)``), which first waits until the local replica has replayed that LSN.
+This is LiteFS's ``__txid`` cookie and Aurora's SESSION consistency.
+
+A *session* is the highest token seen in one context: the middleware
+(:mod:`writebus.client.middleware`) opens one per HTTP request from the client's cookie or
+``Writebus-Lsn`` header; every write in it raises it; every read in it waits for it; the
+response carries the newest token back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from writebus.client.errors import ProtocolError
+
+TOKEN_VERSION: Final = 1
+_TOKEN = re.compile(r"^1\.([0-9a-f]{1,16})$")
+#: The cookie and header the middleware reads and sets.
+COOKIE: Final = "writebus_lsn"
+HEADER: Final = "Writebus-Lsn"
+
+
+def make_token(lsn: int) -> str:
+    """The token of a commit at ``lsn``."""
+    if not 0 <= lsn < 1 << 64:
+        raise ValueError(f"LSN out of range: {lsn}")
+    return f"{TOKEN_VERSION}.{lsn:x}"
+
+
+def token_lsn(token: str) -> int:
+    """The LSN a token holds; :class:`ProtocolError` when it is not a writebus token."""
+    match = _TOKEN.match(token.strip()) if isinstance(token, str) else None
+    if match is None:
+        raise ProtocolError(f"not a writebus session token: {token!r}")
+    return int(match.group(1), 16)
+
+
+def newest(*tokens: str | None) -> str | None:
+    """The token with the highest LSN among ``tokens`` (malformed ones are ignored)."""
+    best: tuple[int, str] | None = None
+    for token in tokens:
+        if not token:
+            continue
+        try:
+            lsn = token_lsn(token)
+        except ProtocolError:
+            continue
+        if best is None or lsn > best[0]:
+            best = (lsn, token)
+    return best[1] if best else None
+
+
+@dataclass
+class Session:
+    """The highest LSN seen in one context (a request, a job)."""
+
+    lsn: int | None = None
+
+    @property
+    def token(self) -> str | None:
+        """The session's token, or None before any write or incoming token."""
+        return make_token(self.lsn) if self.lsn is not None else None
+
+    def saw(self, lsn: int | None) -> None:
+        """Raise the session to ``lsn`` if it is newer."""
+        if lsn is not None and (self.lsn is None or lsn > self.lsn):
+            self.lsn = lsn
+
+
+_current: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
+    "writebus_session", default=None
+)
+
+
+def current_session() -> Session | None:
+    """The session of the current context, if one is open."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def session(token: str | None = None) -> Iterator[Session]:
+    """Open a session for the enclosed code, starting from ``token`` (malformed: ignored)::
+
+        with writebus.session(request.cookies.get("writebus_lsn")) as s:
+            ...                      # reads wait for s, writes raise it
+        response.set_cookie("writebus_lsn", s.token)
+    """
+    start = newest(token)
+    state = Session(token_lsn(start) if start else None)
+    reset = _current.set(state)
+    try:
+        yield state
+    finally:
+        _current.reset(reset)
