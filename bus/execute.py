@@ -25,8 +25,9 @@ answered as a duplicate).
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -57,6 +58,7 @@ from writebus.client.protocol import (
 )
 
 log = get_logger("writebus.bus.execute")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Limits:
@@ -109,13 +111,18 @@ async def run_request(
     primary: bool = True,
     encoding: str = MSGPACK,
     region: str = "",
+    deadline: float | None = None,
+    may_commit: Callable[[], str | None] | None = None,
 ) -> Executed:
     """Run ``req`` on a connection from ``pool`` and return what it produced.
 
     ``write`` is true for ``<prefix>.write`` requests (statements allowed) and false for
     ``<prefix>.rpc.<region>`` (procedures only). ``primary`` says the database is the primary:
     then writes are recorded exactly once by id and the flush LSN is read after COMMIT.
-    Raises a :class:`~writebus.client.errors.WriteBusError` subclass.
+    ``deadline`` (monotonic seconds) is when the caller stops waiting for this attempt: the
+    request is not started after it, even if it was waiting for a connection. ``may_commit``
+    is asked right before COMMIT and returns why the node must not commit (the split-brain
+    guard fenced it), or None. Raises a :class:`~writebus.client.errors.WriteBusError` subclass.
     """
     validate_request(
         req,
@@ -129,15 +136,24 @@ async def run_request(
 
     def check(results: list[StatementResult], value: Any) -> None:
         _check_reply_size(req, results, value, limits, encoding, region)
+        refusal = may_commit() if may_commit is not None else None
+        if refusal is not None:
+            raise UnavailableError(f"not committed: {refusal}")
+
+    if deadline is not None:
+        limits = replace(
+            limits,
+            acquire_timeout=max(0.0, min(limits.acquire_timeout, deadline - time.monotonic())),
+        )
 
     try:
-        return await _attempt(pool, req, proc, exactly_once, primary, limits, check)
+        return await _attempt(pool, req, proc, exactly_once, primary, limits, check, deadline)
     except _Lost as first:
         if not exactly_once:
             raise _lost_error(req, first.committing, first.cause) from first.cause
         log.info("execute.retry_on_fresh_connection", request_id=req.id, error=str(first.cause))
         try:
-            return await _attempt(pool, req, proc, exactly_once, primary, limits, check)
+            return await _attempt(pool, req, proc, exactly_once, primary, limits, check, deadline)
         except _Lost as again:
             committing = first.committing or again.committing
             raise _lost_error(req, committing, again.cause) from again.cause
@@ -159,10 +175,19 @@ async def _attempt(
     primary: bool,
     limits: Limits,
     check: Callable[[list[StatementResult], Any], None],
+    deadline: float | None = None,
 ) -> Executed:
     phase = _Phase()
     try:
         async with pool.connection(timeout=limits.acquire_timeout) as conn:
+            if deadline is not None and time.monotonic() >= deadline:
+                # The caller gave up while this waited for a connection (the database was
+                # down): it has retried, perhaps elsewhere. Starting now could apply it twice
+                # on two databases after a failover.
+                raise UnavailableError(
+                    f"request {req.id} waited for a database connection past its timeout; "
+                    "it was not run"
+                )
             try:
                 if req.statements is not None:
                     out = await pipelined.run_write(
@@ -300,9 +325,7 @@ def _check_reply_size(
     try:
         size = len(encode(widest, encoding))
     except Exception as exc:  # before commit, so an unencodable value applies nothing
-        raise ProcedureError(
-            f"result not encodable: {exc}", procedure=req.procedure or ""
-        ) from exc
+        raise ProcedureError(f"result not encodable: {exc}", procedure=req.procedure or "") from exc
     if size > limit:
         raise LimitError(
             f"the reply would take {size} bytes, over the NATS max payload of {limit}; "

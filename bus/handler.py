@@ -130,6 +130,8 @@ class Handler:
         self.on_commit = on_commit
         #: Told about every answered request (the request log, metrics, status).
         self.observers: list[Observer] = list(observers or [])
+        #: Asked right before each COMMIT: why this node must not commit now, or None.
+        self.may_commit: Callable[[], str | None] | None = None
         #: What ``writebus.ping`` reports about this node besides its database's state.
         self.node_info: dict[str, Any] = {"region": region}
 
@@ -167,6 +169,8 @@ class Handler:
                     primary=primary,
                     encoding=parsed.encoding,
                     region=self.region,
+                    deadline=_deadline(parsed.request, received),
+                    may_commit=self.may_commit,
                 )
             reply = self._success(parsed.request.id, done)
         except Exception as exc:
@@ -243,6 +247,13 @@ class Handler:
         elif not isinstance(exc, WriteBusError):
             log.exception("handler.internal_error", request_id=request_id)
         return _error_reply(request_id, exc, self.region)
+
+
+def _deadline(req: Request, received: float | None) -> float | None:
+    """When the caller stops waiting for this attempt (monotonic), if it said."""
+    if req.timeout_ms is None or received is None:
+        return None
+    return received + req.timeout_ms / 1000
 
 
 def _check_deadline(req: Request, received: float | None) -> None:

@@ -25,6 +25,8 @@ class HealthFacts:
     lag_bytes: int | None = None
     lag_seconds: float | None = None
     version: str = ""
+    #: Why the node is not doing its job (fenced by the split-brain guard...), if it is not.
+    problem: str | None = None
 
 
 def healthz(f: HealthFacts) -> tuple[int, dict[str, Any]]:
@@ -33,9 +35,11 @@ def healthz(f: HealthFacts) -> tuple[int, dict[str, Any]]:
         "nats": {"ok": f.nats_connected},
         "database": {"ok": f.database_ok, **({"error": f.database_error} if f.database_error else {})},
     }
-    ok = f.nats_connected and f.database_ok and f.role is not None
+    ok = f.nats_connected and f.database_ok and f.role is not None and f.problem is None
     if f.role is None:
         checks["role"] = {"ok": False, "error": "the node is still starting"}
+    elif f.problem is not None:
+        checks["role"] = {"ok": False, "error": f.problem}
     body = {"status": "ok" if ok else "fail", "region": f.region, "role": f.role,
             "version": f.version, "checks": checks}
     return (200 if ok else 503), body

@@ -29,7 +29,11 @@ _REPLICA_SQL = (
     "SELECT pg_last_wal_replay_lsn()::text, pg_is_in_recovery(), "
     "extract(epoch FROM pg_last_xact_replay_timestamp())::float8"
 )
-_PRIMARY_SQL = "SELECT pg_current_wal_flush_lsn()::text, pg_is_in_recovery()"
+_PRIMARY_SQL = (
+    "SELECT pg_current_wal_flush_lsn()::text, pg_is_in_recovery(), "
+    "CASE WHEN NOT pg_is_in_recovery() "
+    "THEN substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8) END"
+)
 
 
 def _update(
@@ -199,6 +203,8 @@ class PrimaryAnnouncer:
         self.heartbeat = heartbeat
         self.demoted = asyncio.Event()
         self.published = 0
+        #: The database's WAL timeline, from the latest heartbeat (None until then).
+        self.timeline: int | None = None
         self._latest = 0
         self._announced = 0
         self._kick = asyncio.Event()
@@ -239,6 +245,7 @@ class PrimaryAnnouncer:
                     primary_lsn=self._latest,
                     lag_bytes=0,
                     lag_seconds=0.0,
+                    timeline=self.timeline,
                 )
                 if await _publish(self.nc, self.subject, update):
                     self.published += 1
@@ -258,6 +265,7 @@ class PrimaryAnnouncer:
                     log.warning("monitor.demoted", region=self.region)
                     self.demoted.set()
                     return
+                self.timeline = int(row[2], 16) if row[2] else None
                 self.committed(parse_lsn(row[0]))
                 self._announced = 0  # re-announce on the heartbeat even without news
                 self._kick.set()

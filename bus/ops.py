@@ -50,6 +50,10 @@ class Node(Protocol):
 
     def in_flight(self) -> dict[str, int]: ...
 
+    def heard_primary(self, update: LsnUpdate) -> None: ...
+
+    def problem(self) -> str | None: ...
+
 
 class NodeOps:
     """Metrics, health, status and the cluster view of one node."""
@@ -99,7 +103,7 @@ class NodeOps:
             region=s.region,
             prefix=s.prefix,
             replica_id=self.node.replica_id,
-            subjects=sorted(self.node.in_flight()),
+            subjects=[self.subjects.write, self.subjects.rpc(s.region)],
         )
         if s.http_addr is not None:
             from writebus.bus.http import HttpServer  # aiohttp: only when serving HTTP
@@ -128,6 +132,8 @@ class NodeOps:
             self.cluster.observe(upd, time.monotonic())
         except Exception:  # a bad broadcast is the sender's problem; keep listening
             return
+        if upd.role == "primary":
+            self.node.heard_primary(upd)
 
     def _pool_stats(self) -> dict[str, int]:
         pool = self.node.pool
@@ -202,6 +208,7 @@ class NodeOps:
             lag_bytes=lag_bytes,
             lag_seconds=lag_seconds,
             version=VERSION,
+            problem=self.node.problem(),
         )
 
     async def _database_ok(self) -> tuple[bool, str | None]:

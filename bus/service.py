@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from writebus.bus import idempotency
 from writebus.bus.execute import Limits
+from writebus.bus.fence import Fence
 from writebus.bus.handler import Handler
 from writebus.bus.log import log_level
 from writebus.bus.monitor import PrimaryAnnouncer, ReplicaMonitor
@@ -65,7 +66,9 @@ class BusService:
         self.monitor: ReplicaMonitor | None = None
         self.announcer: PrimaryAnnouncer | None = None
         self.ops: NodeOps | None = None
+        self.fence = Fence(self.replica_id)
         self._watch: asyncio.Task[None] | None = None
+        self._fencing: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -97,7 +100,7 @@ class BusService:
             min_size=2,
             max_size=max(2, s.max_concurrency),
             timeout=s.connect_timeout,
-            configure=durable_commits,
+            configure=self._configure_connection,
         )
         in_recovery = await self._in_recovery()
         self.handler = Handler(
@@ -107,6 +110,7 @@ class BusService:
             limits=Limits(allow_sql=s.allow_sql, max_reply_bytes=self.nc.max_payload),
             observers=[RequestLog(log_level(s.request_log_level, "WRITEBUS_REQUEST_LOG_LEVEL"))],
         )
+        self.handler.may_commit = self.problem
         self.ops = NodeOps(self)
         self.handler.observers.extend(self.ops.observers)
         self.handler.node_info.update(
@@ -123,11 +127,11 @@ class BusService:
             concurrency=s.max_concurrency,
         )
         await self.rpc_server.start()
+        await self.ops.start(self.nc)  # hears other primaries before this node serves writes
         if in_recovery:
             await self._become_replica()
         else:
             await self._become_primary()
-        await self.ops.start(self.nc)
         log.info(
             "bus.ready",
             region=s.region,
@@ -181,9 +185,66 @@ class BusService:
             subject=self.subjects.write,
         )
 
+    async def _configure_connection(self, conn: Any) -> None:
+        """Every new database connection: durable commits, and -- on a primary node -- a
+        check that the database is still the primary (it may have been demoted while the
+        connection was down)."""
+        await durable_commits(conn)
+        if self.role == "primary" and self.announcer is not None:
+            cur = await conn.execute("SELECT pg_is_in_recovery()")
+            row = await cur.fetchone()
+            if row and row[0]:
+                log.warning("bus.demoted_on_reconnect", region=self.settings.region)
+                self.announcer.demoted.set()
+
+    def heard_primary(self, update: Any) -> None:
+        """Another node announced itself primary: fence this one if that primary is newer."""
+        if self.role not in ("primary", "starting") or self._stopping:
+            return
+        if self.fence.heard_primary(
+            region=update.region, replica_id=update.replica_id, timeline=update.timeline
+        ):
+            log.error("bus.fenced", region=self.settings.region, reason=self.fence.reason())
+            if self.role == "primary":
+                self._fencing = asyncio.create_task(self._leave_write_group(), name="bus-fence")
+
+    def problem(self) -> str | None:
+        """Why this node is not doing its job, if it is not (for /healthz)."""
+        return self.fence.reason() or None
+
+    async def _leave_write_group(self) -> None:
+        if self.write_server is not None:
+            await self.write_server.stop()
+            self.write_server = None
+        if self.announcer is not None:
+            await self.announcer.stop()
+        self._set_role("fenced")
+
+    def _set_role(self, role: str) -> None:
+        self.role = role
+        if self.handler is not None:
+            self.handler.node_info["role"] = role
+
+    async def _timeline(self) -> int | None:
+        assert self.pool is not None
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8)"
+            )
+            row = await cur.fetchone()
+        return int(row[0], 16) if row and row[0] else None
+
     async def _become_primary(self) -> None:
         s = self.settings
         assert self.pool is not None and self.handler is not None
+        self._set_role("starting")
+        self.fence.timeline = await self._timeline()
+        deadline = asyncio.get_running_loop().time() + s.fence_wait
+        while not self.fence.fenced and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)  # listening for a newer primary (see bus/fence.py)
+        if self.fence.fenced:
+            self._set_role("fenced")
+            return
         async with self.pool.connection() as conn:
             await idempotency.ensure_schema(conn)
         self.announcer = PrimaryAnnouncer(
@@ -206,8 +267,7 @@ class BusService:
         await self.write_server.start()
         self._expiry = asyncio.create_task(self._expire_loop(), name="idempotency-expiry")
         self._watch = asyncio.create_task(self._watch_demotion(), name="watch-demotion")
-        self.role = "primary"
-        self.handler.node_info["role"] = "primary"
+        self._set_role("primary")
 
     async def _become_replica(self) -> None:
         s = self.settings
@@ -221,9 +281,7 @@ class BusService:
         )
         await self.monitor.start()
         self._watch = asyncio.create_task(self._watch_promotion(), name="watch-promotion")
-        self.role = "replica"
-        if self.handler is not None:
-            self.handler.node_info["role"] = "replica"
+        self._set_role("replica")
 
     async def _watch_promotion(self) -> None:
         assert self.monitor is not None
@@ -275,7 +333,7 @@ class BusService:
         log.info("bus.draining", region=self.settings.region)
         servers = [srv for srv in (self.write_server, self.rpc_server) if srv is not None]
         await asyncio.gather(*(srv.stop(timeout) for srv in servers))
-        for task in (self._watch, self._expiry):
+        for task in (self._watch, self._expiry, self._fencing):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

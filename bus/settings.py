@@ -19,6 +19,8 @@ BUS_ENV_VARS: dict[str, str] = {
     "WRITEBUS_LOG_LEVEL": "log level (default 'info')",
     "WRITEBUS_REQUEST_LOG_LEVEL": "level of the one-line-per-request log (default 'info'; "
     "'debug' hides it at the default log level)",
+    "WRITEBUS_FENCE_WAIT": "seconds a node on a primary database listens for a newer primary "
+    "before serving writes (default 1.5)",
     "WRITEBUS_HTTP_ADDR": "host:port of /metrics, /healthz and /readyz (default 0.0.0.0:9091; "
     "'off' disables it)",
 }
@@ -53,6 +55,8 @@ class BusSettings(Settings):
     idempotency_window: float = 24 * 3600.0
     ready_file: str | None = None
     request_log_level: str = "info"
+    #: Seconds a node on a primary database listens for a newer primary before serving writes.
+    fence_wait: float = 1.5
     #: Where /metrics, /healthz and /readyz listen; None: no HTTP listener.
     http_addr: tuple[str, int] | None = None
 
@@ -66,6 +70,7 @@ class BusSettings(Settings):
             ready_file=r.optional("WRITEBUS_READY_FILE"),
             request_log_level=r.text("WRITEBUS_REQUEST_LOG_LEVEL", "info"),
             http_addr=parse_http_addr(r.text("WRITEBUS_HTTP_ADDR", DEFAULT_HTTP_ADDR)),
+            fence_wait=r.seconds("WRITEBUS_FENCE_WAIT", 1.5, positive=False),
         )
         log_level(values["request_log_level"], "WRITEBUS_REQUEST_LOG_LEVEL")  # validate now
         return values

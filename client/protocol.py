@@ -155,6 +155,7 @@ class LsnUpdate(msgspec.Struct, kw_only=True):
     lag_seconds: float | None = None
     replay_timestamp: float | None = None
     version: str = ""
+    timeline: int | None = None
 
 
 class Status(msgspec.Struct, kw_only=True):
@@ -201,6 +202,7 @@ def lsn_update(
     lag_seconds: float | None = None,
     replay_timestamp: float | None = None,
     version: str = "",
+    timeline: int | None = None,
 ) -> LsnUpdate:
     """A progress broadcast for ``lsn`` (an integer), stamped with the current time."""
     return LsnUpdate(
@@ -217,6 +219,7 @@ def lsn_update(
         lag_seconds=lag_seconds,
         replay_timestamp=replay_timestamp,
         version=version,
+        timeline=timeline,
     )
 
 

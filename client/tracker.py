@@ -149,7 +149,11 @@ class LsnTracker:
         except Exception as exc:  # a bad broadcast must not stop the tracker
             log.warning("tracker.bad_update", error=str(exc), subject=msg.subject)
             return
-        if upd.role != "replica" or not upd.in_recovery:
+        if upd.role == "primary" and upd.region == self.region and not upd.in_recovery:
+            # After a failover this region's database is the primary: its flush position is
+            # what it has "replayed" (a promoted standby's replay LSN freezes).
+            pass
+        elif upd.role != "replica" or not upd.in_recovery:
             return
         self.updates_received += 1
         now = time.monotonic()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from tests.support.stack import TEST_DELAY_MS, settings_for, start_bus
+from tests.support.stack import TEST_DELAY_MS, bus_env, http_url, settings_for, start_bus
 from writebus.bus.embedded.stack import Stack
 from writebus.client import Database, RetryPolicy
 
@@ -24,7 +25,9 @@ def own_stack() -> Iterator[Stack]:
 async def test_promoted_replica_takes_over_writes(own_stack: Stack) -> None:
     """Primary down, lax standby promoted: the lax bus node switches to the primary role and
     serves writes; lax clients write and read their writes again, waiting on the new
-    primary's own position."""
+    primary's own position. When the old primary comes back as a primary (split brain), its
+    bus nodes are fenced -- the running one leaves the write group, a new one never joins --
+    and no write lands on it."""
     stack = own_stack
     with psycopg.connect(stack.primary.url, autocommit=True) as conn:
         conn.execute("CREATE TABLE fo (id bigserial PRIMARY KEY, body text)")
@@ -48,8 +51,47 @@ async def test_promoted_replica_takes_over_writes(own_stack: Stack) -> None:
             row = await db.fetchrow("SELECT body FROM fo WHERE id = %s", [res.rows[0][0]])
             assert row == ("after",)
             assert db.tracker is not None and db.tracker.waiting == 0
+
+            # The old primary comes back -- as a primary, on the old timeline: split brain,
+            # unless its bus nodes are fenced.
+            stack.primary.start()
+            deadline = time.monotonic() + 20
+            while '"event": "bus.fenced"' not in buses[0].log_path.read_text():
+                assert time.monotonic() < deadline, buses[0].log_tail()
+                await asyncio.sleep(0.05)
+            health = json.loads(_get(f"{http_url(buses[0])}/healthz"))
+            assert health["status"] == "fail" and "fenced" in health["checks"]["role"]["error"]
+            # A node started afresh on the stale primary is fenced before it serves anything.
+            late = stack.start_bus("syd", env=bus_env(stack, "syd"), log_name="fo-bus-syd-late")
+            buses.append(late)
+            late.wait_ready(30)  # ready, fenced: it never subscribes to writes
+            for i in range(20):
+                await db.execute("INSERT INTO fo(body) VALUES (%s)", [f"after-{i}"])
+            assert '"event": "bus.fenced"' in late.log_path.read_text()
+            served_writes = [
+                line for bus in (buses[0], late) for line in bus.log_path.read_text().splitlines()
+                if '"event": "request"' in line and '.write"' in line and "after-" not in line
+                and '"outcome": "ok"' in line and time.monotonic()
+            ]
+            old = psycopg.connect(stack.primary.url, autocommit=True)
+            with old:
+                rows = old.execute("SELECT body FROM fo ORDER BY id").fetchall()
+                assert rows == [("before",)], rows
+            assert await db.fetchval("SELECT count(*) FROM fo") == 22
+            assert len(served_writes) <= 1  # at most 'before', served before the failover
     finally:
         for bus in buses:
             bus.stop(10)
+
+
+def _get(url: str) -> str:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return str(r.read().decode())
+    except urllib.error.HTTPError as err:
+        return str(err.read().decode())
 
 

@@ -18,8 +18,8 @@ from writebus.client.tracker import LsnTracker, acquire_tracker, release_tracker
 
 
 def _update(lsn: int, *, replica_id: str = "r1", role: str = "replica",
-            in_recovery: bool = True) -> bytes:
-    return encode(lsn_update(region="lax", replica_id=replica_id, lsn=lsn, role=role,
+            in_recovery: bool = True, region: str = "lax") -> bytes:
+    return encode(lsn_update(region=region, replica_id=replica_id, lsn=lsn, role=role,
                              in_recovery=in_recovery))
 
 
@@ -74,14 +74,26 @@ async def test_already_replayed_answers_at_once(isolated: Any) -> None:
 
 
 async def test_bad_and_foreign_broadcasts_are_ignored(isolated: Any) -> None:
-    """Garbage, primary-role and not-in-recovery updates do not move the replica position."""
+    """Garbage, another region's primary announcements and a replica-role update not in
+    recovery (a promoted standby's frozen replay LSN) do not move the position."""
     tracker, pub, subject = isolated
     await pub.publish(subject, b"\xc1garbage")
-    await pub.publish(subject, _update(10**9, role="primary", in_recovery=False))
+    await pub.publish(subject, _update(10**9, role="primary", in_recovery=False, region="syd"))
     await pub.publish(subject, _update(10**9, in_recovery=False))
     await pub.publish(subject, _update(42))
     await _wait_until(lambda: tracker.replayed == 42)
     assert tracker.updates_received == 1
+
+
+async def test_after_failover_the_regions_own_primary_counts(isolated: Any) -> None:
+    """Once this region's database was promoted, its node announces role=primary on this
+    region's subject: its flush position is what the local database holds, so it releases
+    waiters like replay progress did."""
+    tracker, pub, subject = isolated
+    waiter = asyncio.create_task(tracker.wait_for(5000, timeout=5))
+    await _wait_until(lambda: tracker.waiting == 1)
+    await pub.publish(subject, _update(6000, role="primary", in_recovery=False, replica_id="p"))
+    assert await waiter == 6000
 
 
 async def test_replication_timeout_carries_lsn(isolated: Any) -> None:
