@@ -104,7 +104,8 @@ def test_lsn_update_fields() -> None:
     assert raw == {"region": "lax", "replica_id": "r", "lsn": "0/10", "lsn_int": 16,
                    "time": 1.5, "in_recovery": True, "role": "replica", "v": 1,
                    "primary_lsn": None, "primary_lsn_int": None, "lag_bytes": None,
-                   "lag_seconds": None, "replay_timestamp": None, "version": ""}
+                   "lag_seconds": None, "replay_timestamp": None, "version": "",
+                   "timeline": None}
     v1 = msgpack.packb({k: raw[k] for k in list(raw)[:8]})
     assert decode(v1, LsnUpdate) == upd  # a version-1 sender is still understood
 
