@@ -9,6 +9,7 @@ so the caller reads its own write.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any, Self
 
@@ -17,7 +18,13 @@ from psycopg_pool import AsyncConnectionPool
 from writebus.client import writes
 from writebus.client.connect import acquire_nats, release_nats
 from writebus.client.dbreads import ReadAPI
-from writebus.client.errors import ProtocolError, WriteBusError
+from writebus.client.errors import (
+    OutcomeUnknownError,
+    ProtocolError,
+    UnavailableError,
+    WriteBusError,
+    WriteRejectedError,
+)
 from writebus.client.log import get_logger
 from writebus.client.pgpool import open_pool
 from writebus.client.procedures import Procedures, load_procedures
@@ -41,6 +48,10 @@ from writebus.client.writes import (
 )
 
 log = get_logger("writebus.client.db")
+
+#: How long a primary-region write tries its local primary before going over the bus (which
+#: reaches whichever database is the primary now: after a failover, another region's).
+DIRECT_PATIENCE = 1.0
 
 
 class Database(ReadAPI):
@@ -347,16 +358,25 @@ class Database(ReadAPI):
         assert self._nc is not None
         if write_route(self.settings, has_local_pool=self._pool is not None) == "direct":
             assert self._pool is not None
-            return await writes.direct(
-                req,
-                pool=self._pool,
-                procedures=self.procedures,
-                settings=self.settings,
-                retry=self.retry,
-                max_reply_bytes=self._nc.max_payload,
-                timeout=timeout,
-                row_factory=factory,
-            )
+            started = time.monotonic()
+            try:
+                return await writes.direct(
+                    req,
+                    pool=self._pool,
+                    procedures=self.procedures,
+                    settings=self.settings,
+                    retry=self.retry,
+                    max_reply_bytes=self._nc.max_payload,
+                    timeout=min(timeout, DIRECT_PATIENCE),
+                    row_factory=factory,
+                )
+            except (UnavailableError, OutcomeUnknownError, WriteRejectedError) as exc:
+                if not writes.primary_lost(exc):
+                    raise
+                # The local primary is down or was demoted (a failover): whichever database
+                # is the primary now serves the bus. Same request id, so exactly once.
+                log.warning("db.direct_fell_back_to_bus", request_id=req.id, error=str(exc))
+                timeout = max(0.1, timeout - (time.monotonic() - started))
         return await writes.via_bus(
             req,
             nc=self._nc,

@@ -15,7 +15,12 @@ from typing import Any, Literal
 
 from psycopg_pool import AsyncConnectionPool
 
-from writebus.client.errors import TrackerError
+from writebus.client.errors import (
+    OutcomeUnknownError,
+    TrackerError,
+    UnavailableError,
+    WriteRejectedError,
+)
 from writebus.client.procedures import Procedures
 from writebus.client.protocol import MSGPACK, Request, Statement
 from writebus.client.results import StatementOutcome, Timings, WriteResult
@@ -74,6 +79,14 @@ def write_route(settings: Settings, *, has_local_pool: bool) -> Route:
     """Where a write runs: ``"direct"`` on the local database in the primary region (it is the
     primary), else ``"bus"``. A pure decision, kept apart from the I/O."""
     return "direct" if settings.is_primary and has_local_pool else "bus"
+
+
+def primary_lost(exc: BaseException) -> bool:
+    """True when a direct write failed because the local primary is gone or no longer the
+    primary (down, unreachable, or read-only after a demotion), so the bus should take it."""
+    if isinstance(exc, WriteRejectedError):
+        return exc.sqlstate == "25006"  # read_only_sql_transaction: a standby now
+    return isinstance(exc, (UnavailableError, OutcomeUnknownError))
 
 
 async def ensure_exactly_once_table(pool: AsyncConnectionPool[Any]) -> None:

@@ -35,8 +35,9 @@ async def test_promoted_replica_takes_over_writes(own_stack: Stack) -> None:
     buses = [start_bus(stack, r, log_name=f"fo-bus-{r}") for r in ("syd", "lax")]
     retry = RetryPolicy(no_worker_patience=10.0)
     try:
-        async with Database(settings_for(stack, "lax", rpc_timeout=20, replication_timeout=10),
-                            retry=retry) as db:
+        async with Database(
+            settings_for(stack, "lax", rpc_timeout=20, replication_timeout=10), retry=retry
+        ) as db, Database(settings_for(stack, "syd", rpc_timeout=20), retry=retry) as syd_db:
             before = await db.execute("INSERT INTO fo(body) VALUES ('before') RETURNING id")
             assert before.via_bus
             stack.primary.stop("fast")
@@ -48,6 +49,10 @@ async def test_promoted_replica_takes_over_writes(own_stack: Stack) -> None:
                 await asyncio.sleep(0.05)
             res = await db.execute("INSERT INTO fo(body) VALUES ('after') RETURNING id")
             assert res.lsn is not None and res.region == "lax"
+            # An app in syd, whose local primary is gone, writes through the bus to the new
+            # primary: no restart, no change to its environment.
+            moved = await syd_db.execute("INSERT INTO fo(body) VALUES ('from-syd') RETURNING id")
+            assert moved.via_bus and moved.region == "lax"
             row = await db.fetchrow("SELECT body FROM fo WHERE id = %s", [res.rows[0][0]])
             assert row == ("after",)
             assert db.tracker is not None and db.tracker.waiting == 0
@@ -77,7 +82,7 @@ async def test_promoted_replica_takes_over_writes(own_stack: Stack) -> None:
             with old:
                 rows = old.execute("SELECT body FROM fo ORDER BY id").fetchall()
                 assert rows == [("before",)], rows
-            assert await db.fetchval("SELECT count(*) FROM fo") == 22
+            assert await db.fetchval("SELECT count(*) FROM fo") == 23
             assert len(served_writes) <= 1  # at most 'before', served before the failover
     finally:
         for bus in buses:
