@@ -24,25 +24,24 @@ answered as a duplicate).
 
 from __future__ import annotations
 
-import inspect
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
 import psycopg_pool
-from psycopg import pq
 
-from writebus.bus import idempotency, pipelined
-from writebus.bus.pg import connection_lost, read_flush_lsn, rejected
+from writebus.bus import idempotency
+from writebus.bus.group import Executed, GroupCommitFailed, Lost, run_group
+from writebus.bus.pg import connection_lost, rejected
+from writebus.bus.proctx import Phase, run_procedure_tx
 from writebus.client.errors import (
     LimitError,
     OutcomeUnknownError,
     ProcedureError,
     UnavailableError,
     WriteBusError,
-    WriteRejectedError,
 )
 from writebus.client.log import get_logger
 from writebus.client.procedures import Procedure, Procedures
@@ -72,33 +71,8 @@ class Limits:
     #: error *before* commit (a reply that cannot be sent must not hide an applied write). The
     #: direct path checks it too, so a write that works in the primary region works elsewhere.
     max_reply_bytes: int | None = None
-
-
-@dataclass(frozen=True)
-class Executed:
-    """What a request produced."""
-
-    results: list[StatementResult]
-    value: Any
-    #: The primary's flush LSN read after COMMIT (None when not run on the primary).
-    lsn: int | None
-    #: True when the id had already been applied: the stored result, nothing run again.
-    duplicate: bool
-
-
-class _Phase:
-    """How far an attempt got: whether COMMIT may have reached the server."""
-
-    committing = False
-
-
-class _Lost(Exception):
-    """The connection went away during an attempt (internal)."""
-
-    def __init__(self, cause: BaseException, committing: bool) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-        self.committing = committing
+    #: How applied ids are looked up (with an old-format table kept during a migration).
+    find_sql: str = idempotency.FIND_SQL
 
 
 async def run_request(
@@ -131,7 +105,19 @@ async def run_request(
         allow_sql=limits.allow_sql,
         max_param_bytes=limits.max_param_bytes,
     )
-    proc = procedures.get(req.procedure) if req.procedure is not None else None
+    if req.statements is not None:
+        (out,) = await run_statement_writes(
+            pool,
+            [Job(req, encoding, deadline)],
+            limits=limits,
+            region=region,
+            may_commit=may_commit,
+            read_lsn=primary,
+        )
+        if isinstance(out, WriteBusError):
+            raise out
+        return out
+    proc = procedures.get(req.procedure or "")
     exactly_once = write and primary
 
     def check(results: list[StatementResult], value: Any) -> None:
@@ -148,15 +134,131 @@ async def run_request(
 
     try:
         return await _attempt(pool, req, proc, exactly_once, primary, limits, check, deadline)
-    except _Lost as first:
+    except Lost as first:
         if not exactly_once:
             raise _lost_error(req, first.committing, first.cause) from first.cause
         log.info("execute.retry_on_fresh_connection", request_id=req.id, error=str(first.cause))
         try:
             return await _attempt(pool, req, proc, exactly_once, primary, limits, check, deadline)
-        except _Lost as again:
+        except Lost as again:
             committing = first.committing or again.committing
             raise _lost_error(req, committing, again.cause) from again.cause
+
+
+@dataclass(frozen=True)
+class Job:
+    """A statement write to run: the request, the encoding of its reply, and when its caller
+    stops waiting (monotonic seconds; None: no limit)."""
+
+    req: Request
+    encoding: str = MSGPACK
+    deadline: float | None = None
+
+
+async def run_statement_writes(
+    pool: psycopg_pool.AsyncConnectionPool[Any],
+    jobs: list[Job],
+    *,
+    limits: Limits,
+    region: str = "",
+    may_commit: Callable[[], str | None] | None = None,
+    read_lsn: bool = True,
+) -> list[Executed | WriteBusError]:
+    """Run validated statement writes together on one connection (:mod:`.group`): the one
+    function every statement write goes through, alone or in a group. Returns one outcome per
+    job, in order.
+
+    A job whose caller has stopped waiting is not started. A lost connection runs the group
+    again once on a fresh one (safe: applied ids are found and answered as repeats). A failed
+    COMMIT of several runs each again alone, so each gets its own answer.
+    """
+    outcomes: dict[int, Executed | WriteBusError] = {}
+    live = []
+    for n, job in enumerate(jobs):
+        if job.deadline is not None and time.monotonic() >= job.deadline:
+            outcomes[n] = _not_run(job)
+        else:
+            live.append((n, job))
+    first: Lost | None = None
+    for _ in (1, 2):
+        if not live:
+            break
+        try:
+            done = await _group_attempt(pool, live, limits, region, may_commit, read_lsn)
+        except Lost as lost:
+            if first is not None:
+                committing = first.committing or lost.committing
+                for n, job in live:
+                    outcomes[n] = _lost_error(job.req, committing, lost.cause)
+                break
+            first = lost
+            log.info("execute.retry_on_fresh_connection", requests=len(live), error=str(lost))
+            continue
+        except GroupCommitFailed:
+            for n, job in live:
+                (outcomes[n],) = await run_statement_writes(
+                    pool, [job], limits=limits, region=region, may_commit=may_commit,
+                    read_lsn=read_lsn,
+                )
+            break
+        outcomes.update(done)
+        break
+    return [outcomes[n] for n in range(len(jobs))]
+
+
+async def _group_attempt(
+    pool: psycopg_pool.AsyncConnectionPool[Any],
+    live: list[tuple[int, Job]],
+    limits: Limits,
+    region: str,
+    may_commit: Callable[[], str | None] | None,
+    read_lsn: bool,
+) -> dict[int, Executed | WriteBusError]:
+    deadlines = [job.deadline for _, job in live if job.deadline is not None]
+    timeout = limits.acquire_timeout
+    if deadlines and len(deadlines) == len(live):
+        timeout = max(0.0, min(timeout, max(deadlines) - time.monotonic()))
+    by_req = {id(job.req): job for _, job in live}
+
+    def check(req: Request, results: list[StatementResult]) -> None:
+        _check_reply_size(req, results, None, limits, by_req[id(req)].encoding, region)
+
+    out: dict[int, Executed | WriteBusError] = {}
+    try:
+        async with pool.connection(timeout=timeout) as conn:
+            # A job whose caller gave up while this waited for a connection (the database was
+            # down) is not started: its caller has retried, perhaps on another database after
+            # a failover, and running it here could apply it twice.
+            runnable = []
+            for n, job in live:
+                if job.deadline is not None and time.monotonic() >= job.deadline:
+                    out[n] = _not_run(job)
+                else:
+                    runnable.append((n, job))
+            if runnable:
+                results = await run_group(
+                    conn,
+                    [job.req for _, job in runnable],
+                    read_lsn=read_lsn,
+                    check=check,
+                    may_commit=may_commit,
+                    find_sql=limits.find_sql,
+                )
+                for (n, _), result in zip(runnable, results, strict=True):
+                    out[n] = result
+    except psycopg_pool.PoolTimeout as exc:
+        for n, _ in live:
+            out.setdefault(n, UnavailableError(f"database unavailable: {exc}"))
+    except psycopg.OperationalError as exc:
+        # Raised by the pool while handing out or returning a connection that was cut.
+        raise Lost(exc, committing=False) from exc
+    return out
+
+
+def _not_run(job: Job) -> UnavailableError:
+    return UnavailableError(
+        f"request {job.req.id} waited past its caller's timeout; it was not run"
+    )
 
 
 def _lost_error(req: Request, committing: bool, cause: BaseException) -> WriteBusError:
@@ -170,14 +272,14 @@ def _lost_error(req: Request, committing: bool, cause: BaseException) -> WriteBu
 async def _attempt(
     pool: psycopg_pool.AsyncConnectionPool[Any],
     req: Request,
-    proc: Procedure | None,
+    proc: Procedure,
     exactly_once: bool,
     primary: bool,
     limits: Limits,
     check: Callable[[list[StatementResult], Any], None],
     deadline: float | None = None,
 ) -> Executed:
-    phase = _Phase()
+    phase = Phase()
     try:
         async with pool.connection(timeout=limits.acquire_timeout) as conn:
             if deadline is not None and time.monotonic() >= deadline:
@@ -189,114 +291,21 @@ async def _attempt(
                     "it was not run"
                 )
             try:
-                if req.statements is not None:
-                    out = await pipelined.run_write(
-                        conn,
-                        req.id,
-                        req.statements,
-                        digest=idempotency.request_digest(req),
-                        exactly_once=exactly_once,
-                        read_lsn=primary,
-                        check=lambda results: check(results, None),
-                        on_commit=lambda: setattr(phase, "committing", True),
-                    )
-                    executed = Executed(out.results, None, out.lsn, out.duplicate)
-                else:
-                    assert proc is not None
-                    executed = await _run_procedure_tx(
-                        conn, req, proc, exactly_once, primary, check, phase
-                    )
+                executed = await run_procedure_tx(
+                    conn, req, proc, exactly_once, primary, check, phase, limits.find_sql
+                )
             except psycopg.Error as exc:
                 if connection_lost(conn, exc):
-                    raise _Lost(exc, phase.committing) from exc
+                    raise Lost(exc, phase.committing) from exc
                 raise rejected(exc) from exc
     except psycopg_pool.PoolTimeout as exc:
         raise UnavailableError(f"database unavailable: {exc}") from exc
     except psycopg.OperationalError as exc:
         # Raised by the pool while handing out or returning a connection that was cut.
-        raise _Lost(exc, phase.committing) from exc
+        raise Lost(exc, phase.committing) from exc
     if executed.duplicate:
         log.info("execute.duplicate", request_id=req.id)
     return executed
-
-
-async def _run_procedure_tx(
-    conn: psycopg.AsyncConnection[Any],
-    req: Request,
-    proc: Procedure,
-    exactly_once: bool,
-    primary: bool,
-    check: Callable[[list[StatementResult], Any], None],
-    phase: _Phase,
-) -> Executed:
-    name = req.procedure or ""
-    digest = idempotency.request_digest(req)
-    try:
-        async with conn.transaction():
-            if exactly_once and not await idempotency.claim(conn, req.id, digest):
-                raise _Duplicate
-            value = await run_procedure(conn, proc, req.args, req.kwargs, name=name)
-            check([], value)
-            if exactly_once:
-                await idempotency.store(conn, req.id, [], value)
-            phase.committing = True
-    except _Duplicate:
-        stored = await idempotency.fetch(conn, req.id, digest)
-        results, value = (stored.results, stored.value) if stored is not None else ([], None)
-        lsn = await read_flush_lsn(conn) if primary else None
-        return Executed(results, value, lsn, True)
-    except psycopg.Error as exc:
-        # From the claim, the store or COMMIT itself (a deferred constraint, a serialization
-        # failure): the database refused the transaction.
-        if connection_lost(conn, exc):
-            raise
-        raise rejected(exc) from exc
-    lsn = await read_flush_lsn(conn) if primary else None
-    return Executed([], value, lsn, False)
-
-
-class _Duplicate(Exception):
-    pass
-
-
-async def run_procedure(
-    conn: psycopg.AsyncConnection[Any],
-    proc: Procedure,
-    args: Sequence[Any],
-    kwargs: dict[str, Any],
-    *,
-    name: str = "",
-) -> Any:
-    """Call a registered procedure with ``conn`` (the caller holds the transaction).
-
-    Database errors become :class:`WriteRejectedError` (a lost connection is re-raised as is);
-    any other exception becomes :class:`ProcedureError` naming the procedure. Either way the
-    transaction rolls back.
-    """
-    name = name or getattr(proc, "__name__", "?")
-    try:
-        result = proc(conn, *args, **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
-    except psycopg.Error as exc:
-        if connection_lost(conn, exc):
-            raise
-        raise rejected(exc) from exc
-    except WriteBusError:
-        raise
-    except Exception as exc:
-        raise ProcedureError(
-            f"procedure {name!r} raised {type(exc).__name__}: {exc}", procedure=name
-        ) from exc
-    if conn.info.transaction_status == pq.TransactionStatus.INERROR:
-        # The procedure caught a database error and returned: its transaction is aborted and
-        # will roll back. Report that instead of running more queries inside it.
-        raise WriteRejectedError(
-            f"procedure {name!r} caught a database error and returned; its transaction was "
-            "aborted and rolled back",
-            sqlstate="25P02",
-        )
-    return result
 
 
 def _check_reply_size(

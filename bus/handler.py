@@ -22,7 +22,8 @@ from typing import Any
 
 import psycopg_pool
 
-from writebus.bus.execute import Executed, Limits, run_request
+from writebus.bus.execute import Limits, run_request
+from writebus.bus.group import Executed
 from writebus.bus.served import Observer, Served
 from writebus.client.errors import (
     LimitError,

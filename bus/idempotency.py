@@ -1,45 +1,72 @@
 """Exactly-once writes: applied request ids recorded on the primary, in the write's transaction.
 
-A worker *claims* the request id first thing in the transaction. If another transaction holds
-the same id -- a retry racing its original -- Postgres makes the claim wait for it: when the
-original commits the claim finds a conflict and the worker answers with the stored result
-instead of applying the write again; when the original rolled back the claim succeeds.
+One row per applied request, written once, with its result: ``writebus.applied(id,
+applied_at, digest, result)``, range-partitioned by ``applied_at`` so that expiry drops whole
+partitions instead of deleting rows (no dead tuples for autovacuum to chase).
 
-The claim stores a digest of what the request asks for (statements and parameters, or procedure
-and arguments). A repeat whose digest differs is not a retry but a different request under a
-used id: it is refused with :class:`IdempotencyKeyReusedError` (as payment APIs refuse a reused
-idempotency key) instead of being answered, silently, with the first request's result.
+How a transaction applies requests exactly once:
+
+1. It takes a transaction-scoped advisory lock per request id (sorted, so two transactions
+   never wait on each other's ids in a cycle). A retry racing its original -- on this worker or
+   another -- waits there until the original commits or rolls back.
+2. It looks the ids up (:data:`FIND_SQL`, every partition). An id already there is answered
+   with its stored result and not run again; one stored for a *different* request (another
+   digest) is refused with :class:`IdempotencyKeyReusedError`.
+3. It runs the rest, then records them in one multi-row INSERT with their results, then
+   COMMIT -- the lock is released only then.
+
+A partition's primary key cannot span partitions, so uniqueness across them rests on step 1;
+``(id, applied_at)`` keys each partition and its index serves step 2. A table of the old
+format (one unpartitioned table, a claim row then an update) is migrated on first start.
+
+Partitions cover one hour each (:data:`PARTITION_SPAN`, the same for every worker whatever its
+window, so their ranges never overlap); :func:`maintain` creates the current hour's and the
+next two, and drops those entirely older than the window. An id is therefore remembered for at
+least the window and at most an hour more. Several workers may run it at once: it takes an
+advisory lock, and a worker that finds it held skips.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Final
 
 import msgspec
 import psycopg
+from psycopg import sql
 
 from writebus.client.errors import IdempotencyKeyReusedError
 from writebus.client.protocol import Request, StatementResult
 
-SCHEMA_SQL = """
+SCHEMA_SQL: Final = """
 CREATE SCHEMA IF NOT EXISTS writebus;
 CREATE TABLE IF NOT EXISTS writebus.applied (
-    id          text PRIMARY KEY,
+    id          text NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now(),
-    result      bytea
-);
-ALTER TABLE writebus.applied ADD COLUMN IF NOT EXISTS digest bytea;
-CREATE INDEX IF NOT EXISTS applied_applied_at_idx ON writebus.applied (applied_at);
+    digest      bytea,
+    result      bytea,
+    PRIMARY KEY (id, applied_at)
+) PARTITION BY RANGE (applied_at);
 """
 
-CLAIM_SQL = (
-    "INSERT INTO writebus.applied (id, digest) VALUES (%s, %s) ON CONFLICT (id) DO NOTHING"
+#: Step 1: one transaction-scoped advisory lock per id, in a fixed order.
+LOCK_SQL: Final = (
+    "SELECT count(pg_advisory_xact_lock(h)) FROM "
+    "(SELECT DISTINCT hashtextextended(i, 7207) AS h FROM unnest(%s::text[]) AS i ORDER BY 1) k"
 )
-STORE_SQL = "UPDATE writebus.applied SET result = %s WHERE id = %s"
-_FETCH = "SELECT result, digest FROM writebus.applied WHERE id = %s"
-_EXPIRE = "DELETE FROM writebus.applied WHERE applied_at < now() - make_interval(secs => %s)"
-_LOCK_KEY = 0x77726974  # advisory lock serialising schema creation across workers
+#: Step 2: the ids already applied, with what they asked for and what they got.
+FIND_SQL: Final = "SELECT id, digest, result FROM writebus.applied WHERE id = ANY(%s::text[])"
+#: Step 3: record the applied requests, one row each.
+STORE_SQL: Final = (
+    "INSERT INTO writebus.applied (id, digest, result) "
+    "SELECT * FROM unnest(%s::text[], %s::bytea[], %s::bytea[])"
+)
+_MAINTENANCE_LOCK: Final = 0x77726975
+_SCHEMA_LOCK: Final = 0x77726974
+#: Seconds each partition covers. Fixed: partitions of different spans would overlap.
+PARTITION_SPAN: Final = 3600.0
 
 
 class StoredResult(msgspec.Struct, kw_only=True):
@@ -66,10 +93,15 @@ def request_digest(req: Request) -> bytes:
     return hashlib.blake2b(_encoder.encode(body), digest_size=16).digest()
 
 
+def encode_result(results: list[StatementResult], value: Any) -> bytes:
+    """The stored form of a request's result."""
+    return _encoder.encode(StoredResult(results=results, value=value))
+
+
 def check_digest(request_id: str, stored: bytes | None, digest: bytes) -> None:
     """Raise :class:`IdempotencyKeyReusedError` when a repeat of ``request_id`` asks for
-    something else than the request first applied under it (rows from before digests were
-    stored, ``stored`` None, are taken as matching)."""
+    something else than the request first applied under it (rows without a digest, from
+    before digests were stored, are taken as matching)."""
     if stored is not None and bytes(stored) != digest:
         raise IdempotencyKeyReusedError(
             f"request id {request_id!r} was already used for a different request; nothing was "
@@ -78,51 +110,134 @@ def check_digest(request_id: str, stored: bytes | None, digest: bytes) -> None:
         )
 
 
-async def ensure_schema(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Create the ``writebus.applied`` table if missing (safe with concurrent workers)."""
+def stored_answer(request_id: str, row: tuple[Any, ...], digest: bytes) -> StoredResult:
+    """The answer to a repeated id from its :data:`FIND_SQL` row (digest checked)."""
+    _, stored_digest, blob = row
+    check_digest(request_id, stored_digest, digest)
+    return _decoder.decode(blob) if blob is not None else StoredResult()
+
+
+def store_params(rows: Sequence[tuple[str, bytes, bytes]]) -> list[list[Any]]:
+    """Parameters of :data:`STORE_SQL` for ``(id, digest, result)`` rows."""
+    return [[r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]]
+
+
+# -- schema and partitions -----------------------------------------------------------------
+
+
+def partition_bounds(
+    now: datetime.datetime,
+    *,
+    ahead: int = 2,
+    since: datetime.datetime | None = None,
+) -> list[tuple[datetime.datetime, datetime.datetime]]:
+    """The ``[start, end)`` ranges of the partitions that must exist at ``now``: the current
+    one and ``ahead`` more (and, with ``since``, every one back to it). Ranges are whole hours
+    since the epoch, so every worker computes the same ones."""
+    span = PARTITION_SPAN
+    base = now.timestamp() // span * span
+    first = 0 if since is None else -int((base - since.timestamp()) // span + 1)
+    epoch = datetime.datetime.fromtimestamp(0, datetime.UTC)
+    return [
+        (
+            epoch + datetime.timedelta(seconds=base + k * span),
+            epoch + datetime.timedelta(seconds=base + (k + 1) * span),
+        )
+        for k in range(min(first, 0), ahead + 1)
+    ]
+
+
+def partition_name(start: datetime.datetime) -> str:
+    """The name of the partition starting at ``start``."""
+    return "applied_" + start.astimezone(datetime.UTC).strftime("%Y%m%d_%H%M%S")
+
+
+async def ensure_schema(conn: psycopg.AsyncConnection[Any], window: float = 86400.0) -> None:
+    """Create the table (and its partitions) if missing. A table of the old, unpartitioned
+    format is migrated: its rows inside the window are copied into the new one, then it is
+    dropped. Safe with concurrent workers."""
+    now = datetime.datetime.now(datetime.UTC)
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_SCHEMA_LOCK])
+        cur = await conn.execute(
+            "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'writebus' AND c.relname = 'applied'"
+        )
+        row = await cur.fetchone()
+        old = row is not None and row[0] == "r"  # an ordinary table: the old format
+        if old:
+            await conn.execute("ALTER TABLE writebus.applied RENAME TO applied_v1")
         await conn.execute(SCHEMA_SQL)
+        horizon = now - datetime.timedelta(seconds=window)
+        for start, end in partition_bounds(now, since=horizon if old else None):
+            await _create_partition(conn, start, end)
+        if old:
+            await conn.execute(
+                "INSERT INTO writebus.applied (id, applied_at, digest, result) "
+                "SELECT id, applied_at, digest, result FROM writebus.applied_v1 "
+                "WHERE applied_at >= %s",
+                [partition_bounds(now, since=horizon)[0][0]],
+            )
+            await conn.execute("DROP TABLE writebus.applied_v1")
+    await maintain(conn, window)
 
 
-async def claim(conn: psycopg.AsyncConnection[Any], request_id: str, digest: bytes) -> bool:
-    """Claim ``request_id`` inside the caller's transaction; False if it was already applied."""
-    cur = await conn.execute(CLAIM_SQL, [request_id, digest])
-    return cur.rowcount == 1
-
-
-async def store(
-    conn: psycopg.AsyncConnection[Any],
-    request_id: str,
-    results: list[StatementResult],
-    value: Any,
+async def _create_partition(
+    conn: psycopg.AsyncConnection[Any], start: datetime.datetime, end: datetime.datetime
 ) -> None:
-    """Record the result of ``request_id`` inside the caller's transaction."""
-    blob = encode_result(results, value)
-    await conn.execute(STORE_SQL, [blob, request_id])
+    # DDL takes no bind parameters: the bounds are rendered as literals.
+    await conn.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS writebus.{} PARTITION OF writebus.applied "
+            "FOR VALUES FROM ({}) TO ({})"
+        ).format(sql.Identifier(partition_name(start)), sql.Literal(start), sql.Literal(end))
+    )
 
 
-def encode_result(results: list[StatementResult], value: Any) -> bytes:
-    """The stored form of a request's result (for :data:`STORE_SQL`)."""
-    return _encoder.encode(StoredResult(results=results, value=value))
+async def maintain(
+    conn: psycopg.AsyncConnection[Any], window: float, *, now: datetime.datetime | None = None
+) -> int:
+    """Create the partitions needed soon and drop those past the window; return how many were
+    dropped. Skipped (0) when another worker is doing it. ``now`` is for tests."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    dropped = 0
+    async with conn.transaction():
+        cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [_MAINTENANCE_LOCK])
+        row = await cur.fetchone()
+        if not (row and row[0]):
+            return 0
+        for start, end in partition_bounds(now):
+            await _create_partition(conn, start, end)
+        horizon = now - datetime.timedelta(seconds=window)
+        cur = await conn.execute(
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'writebus.applied'::regclass"
+        )
+        for name, bound in await cur.fetchall():
+            upper = _upper_bound(bound)
+            if upper is not None and upper <= horizon:
+                await conn.execute(sql.SQL("DROP TABLE writebus.{}").format(sql.Identifier(name)))
+                dropped += 1
+    return dropped
 
 
-async def fetch(
-    conn: psycopg.AsyncConnection[Any], request_id: str, digest: bytes
-) -> StoredResult | None:
-    """The stored result of an applied request id, or None if it expired meanwhile. Raises
-    :class:`IdempotencyKeyReusedError` when the id was applied for a different request."""
-    cur = await conn.execute(_FETCH, [request_id])
+def _upper_bound(bound: str) -> datetime.datetime | None:
+    """The ``TO`` of a range partition bound (``FOR VALUES FROM ('...') TO ('...')``)."""
+    marker = " TO ('"
+    if marker not in bound:
+        return None
+    text = bound.split(marker, 1)[1].split("')", 1)[0]
+    try:
+        return datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+async def size_bytes(conn: psycopg.AsyncConnection[Any]) -> int:
+    """Bytes the table and its indexes take (every partition)."""
+    cur = await conn.execute(
+        "SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0) FROM pg_inherits i "
+        "WHERE i.inhparent = 'writebus.applied'::regclass"
+    )
     row = await cur.fetchone()
-    if row is None:
-        return None
-    check_digest(request_id, row[1], digest)
-    if row[0] is None:
-        return None
-    return _decoder.decode(row[0])
-
-
-async def expire(conn: psycopg.AsyncConnection[Any], older_than: float) -> int:
-    """Forget request ids applied more than ``older_than`` seconds ago; returns how many."""
-    cur = await conn.execute(_EXPIRE, [older_than])
-    return cur.rowcount
+    return int(row[0]) if row else 0

@@ -246,7 +246,7 @@ class BusService:
             self._set_role("fenced")
             return
         async with self.pool.connection() as conn:
-            await idempotency.ensure_schema(conn)
+            await idempotency.ensure_schema(conn, self.idempotency_window)
         self.announcer = PrimaryAnnouncer(
             nc=self.nc,
             dsn=self.dsn,
@@ -321,9 +321,9 @@ class BusService:
             await asyncio.sleep(interval)
             try:
                 async with self.pool.connection() as conn:
-                    n = await idempotency.expire(conn, self.idempotency_window)
+                    n = await idempotency.maintain(conn, self.idempotency_window)
                 if n:
-                    log.info("bus.idempotency_expired", count=n)
+                    log.info("bus.idempotency_partitions_dropped", count=n)
             except Exception as exc:
                 log.warning("bus.idempotency_expiry_failed", error=str(exc))
 

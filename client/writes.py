@@ -163,7 +163,8 @@ async def direct(
     works from every region.
     """
     # Imported here: only the primary region runs writes itself.
-    from writebus.bus.execute import Executed, Limits, run_request
+    from writebus.bus.execute import Limits, run_request
+    from writebus.bus.group import Executed
 
     registry = procedures if procedures is not None else Procedures()
     attempts = Attempts(retry, timeout, request_id=req.id)

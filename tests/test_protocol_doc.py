@@ -17,6 +17,7 @@ import io
 import json
 import math
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -500,20 +501,19 @@ async def test_timestamptz_is_sent_in_utc_whatever_the_session_time_zone(stack: 
     (``Z`` in JSON), through the same write path the bus and the direct path use. (The
     document's SET LOCAL example cannot show this on its own: psycopg reads the zone when a
     connection's settings are reported, not per statement.)"""
-    from writebus.bus import pipelined
+    from writebus.bus.group import Executed, run_group
 
     url = stack.primary.url
+    req = protocol.Request(
+        id=f"tz-{time.time_ns()}",
+        statements=[protocol.Statement(sql="SELECT timestamptz '2026-07-01 12:00+10', "
+                                           "ARRAY[timestamptz '2026-01-01 00:00+11']")],
+    )
     async with await psycopg.AsyncConnection.connect(
         url, autocommit=True, options="-c TimeZone=Australia/Sydney"
     ) as conn:
-        out = await pipelined.run_write(
-            conn,
-            "tz",
-            [protocol.Statement(sql="SELECT timestamptz '2026-07-01 12:00+10', "
-                                    "ARRAY[timestamptz '2026-01-01 00:00+11']")],
-            exactly_once=False,
-            read_lsn=False,
-        )
+        (out,) = await run_group(conn, [req], read_lsn=False, check=lambda r, res: None)
+    assert isinstance(out, Executed)
     reply = protocol.Reply(id="tz", results=out.results)
     rows = json.loads(protocol.encode(reply, protocol.JSON))["results"][0]["rows"]
     assert rows == [["2026-07-01T02:00:00Z", ["2025-12-31T13:00:00Z"]]]

@@ -1,0 +1,314 @@
+"""Group commit: statement writes run together in one transaction, each answered on its own.
+
+One request is a group of one: the same code runs a lone write in two round trips --
+``BEGIN; lock ids; find ids; statements`` then ``record ids; COMMIT; flush LSN`` -- and a group
+of many in the same two, each request inside its own ``SAVEPOINT``:
+
+* a request whose statement fails (or whose reply would not fit) rolls back to its savepoint
+  and only it gets the error; the requests after it run again in another round trip (in
+  pipeline mode an error cancels what was sent after it);
+* a request whose id was already applied (found by ``find``) is answered with its stored
+  result, its statements rolled back the same way;
+* the ids of the applied requests are recorded in one multi-row INSERT (one row version each,
+  :mod:`writebus.bus.idempotency`), then one COMMIT and one flush-LSN read serve them all.
+
+If COMMIT itself fails (a deferred constraint, a serialization failure) the requests are not
+guessed at: the caller runs each alone again (:class:`GroupCommitFailed`), so each gets its own
+truthful answer. A lost connection raises :class:`Lost` with whether COMMIT was in flight; the
+exactly-once record makes running the group again safe.
+
+Procedures do not join groups (see :mod:`writebus.bus.execute`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import pq
+
+from writebus.bus import idempotency
+from writebus.bus.pg import FLUSH_LSN_SQL, connection_lost, rejected
+from writebus.bus.results import wire_result
+from writebus.client.errors import UnavailableError, WriteBusError, WriteRejectedError
+from writebus.client.lsn import parse_lsn
+from writebus.client.protocol import Request, StatementResult
+
+#: ``check(request, results)``: raises to refuse a request before COMMIT (reply too large).
+Check = Callable[[Request, list[StatementResult]], None]
+
+
+@dataclass
+class Executed:
+    """What a request produced: its results (or a procedure's value), the primary's flush LSN
+    read after COMMIT (None when not run on the primary), and whether the id had already been
+    applied (then this is the stored result; nothing was run again)."""
+
+    results: list[StatementResult]
+    value: Any = None
+    lsn: int | None = None
+    duplicate: bool = False
+
+
+Outcome = Executed | WriteBusError
+
+
+class Lost(Exception):
+    """The connection went away; ``committing`` says whether COMMIT may have reached it."""
+
+    def __init__(self, cause: BaseException, committing: bool) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.committing = committing
+
+
+class GroupCommitFailed(Exception):
+    """COMMIT of a group of several failed: run each request alone to learn its outcome."""
+
+    def __init__(self, cause: psycopg.Error) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+#: Errors psycopg raises while preparing a statement, before sending it.
+_NOT_SENT = (TypeError, ValueError, psycopg.ProgrammingError, psycopg.DataError)
+
+
+@dataclass
+class _Item:
+    req: Request
+    digest: bytes
+    n: int
+    outcome: Outcome | None = None
+    cursors: list[psycopg.AsyncCursor[Any]] = field(default_factory=list)
+
+
+async def run_group(
+    conn: psycopg.AsyncConnection[Any],
+    requests: list[Request],
+    *,
+    read_lsn: bool,
+    check: Check,
+    may_commit: Callable[[], str | None] | None = None,
+    find_sql: str = idempotency.FIND_SQL,
+) -> list[Outcome]:
+    """Run statement ``requests`` on ``conn`` (autocommit, idle) in one transaction; return
+    one outcome per request, in order. Raises :class:`Lost` or :class:`GroupCommitFailed`."""
+    items = [_Item(r, idempotency.request_digest(r), n) for n, r in enumerate(requests)]
+    savepoints = len(items) > 1
+    committing = False
+    try:
+        found, error = await _first_round(conn, items, savepoints, find_sql)
+        pending = [i for i in items if i.outcome is None]
+        while pending:
+            failed = await _settle(conn, pending, found, check, error)
+            if failed is None:
+                break
+            if not savepoints:
+                await _rollback(conn)
+                break
+            await conn.execute(f"ROLLBACK TO SAVEPOINT wb{failed.n}")
+            pending = [i for i in pending if i.outcome is None]
+            if pending:
+                error = await _run_round(conn, pending, savepoints=True)
+        applied = [i for i in items if isinstance(i.outcome, Executed) and not i.outcome.duplicate]
+        refusal = may_commit() if may_commit is not None else None
+        if refusal is not None:
+            await _rollback(conn)
+            for i in applied:
+                i.outcome = UnavailableError(f"not committed: {refusal}")
+            applied = []
+        lsn = None
+        if applied:
+            committing = True
+            lsn = await _commit(conn, applied, read_lsn)
+        else:
+            await _rollback(conn)
+            if read_lsn and any(isinstance(i.outcome, Executed) for i in items):
+                lsn = await _flush_lsn(conn)  # duplicates only: the position covers them
+    except psycopg.Error as exc:
+        if connection_lost(conn, exc):
+            raise Lost(exc, committing) from exc
+        if committing and len(items) > 1:
+            raise GroupCommitFailed(exc) from exc
+        if not conn.closed:
+            await _rollback(conn)
+        for i in items:
+            if i.outcome is None or (isinstance(i.outcome, Executed) and not i.outcome.duplicate):
+                i.outcome = _rejection(exc)
+        return [i.outcome for i in items]  # type: ignore[misc]
+    except BaseException:
+        if not conn.closed:
+            await _rollback(conn)
+        raise
+    out: list[Outcome] = []
+    for i in items:
+        assert i.outcome is not None
+        if isinstance(i.outcome, Executed):
+            i.outcome.lsn = lsn
+        out.append(i.outcome)
+    return out
+
+
+async def _first_round(
+    conn: psycopg.AsyncConnection[Any], items: list[_Item], savepoints: bool, find_sql: str
+) -> tuple[dict[str, tuple[Any, ...]], psycopg.Error | None]:
+    """BEGIN, the locks, the lookup and every request's statements, in one round trip.
+    Returns the ids found and the statement error that stopped the round, if one did."""
+    ids = [i.req.id for i in items]
+    find: psycopg.AsyncCursor[Any] | None = None
+    error: psycopg.Error | None = None
+    try:
+        async with conn.pipeline() as pipe:
+            await conn.execute("BEGIN")
+            await conn.execute(idempotency.LOCK_SQL, [ids])
+            find = await conn.execute(find_sql, [ids])
+            await _queue(conn, items, savepoints)
+            await pipe.sync()
+    except psycopg.Error as exc:
+        # A statement failed (the settling finds which); anything before the statements
+        # failing -- the locks, the lookup -- or a lost connection is the group's failure.
+        if connection_lost(conn, exc) or find is None or find.pgresult is None:
+            raise
+        if find.pgresult.status != pq.ExecStatus.TUPLES_OK:
+            raise
+        error = exc
+    assert find is not None
+    rows = await find.fetchall()
+    return {row[0]: row for row in rows}, error
+
+
+async def _run_round(
+    conn: psycopg.AsyncConnection[Any], items: list[_Item], *, savepoints: bool
+) -> psycopg.Error | None:
+    """Send the statements of ``items`` again (after a rollback to a savepoint); return the
+    statement error that stopped the round, if one did."""
+    try:
+        async with conn.pipeline() as pipe:
+            await _queue(conn, items, savepoints)
+            await pipe.sync()
+    except psycopg.Error as exc:
+        if connection_lost(conn, exc):
+            raise
+        return exc
+    return None
+
+
+async def _queue(conn: psycopg.AsyncConnection[Any], items: list[_Item], savepoints: bool) -> None:
+    for item in items:
+        item.cursors = []
+        if savepoints:
+            await conn.execute(f"SAVEPOINT wb{item.n}")
+        for index, stmt in enumerate(item.req.statements or ()):
+            cur = conn.cursor()
+            try:
+                await cur.execute(stmt.sql, stmt.params)
+            except _NOT_SENT as exc:
+                # Refused by psycopg before anything was sent: parameters that do not fit the
+                # placeholders, a value it cannot adapt (a map for %s).
+                item.outcome = WriteRejectedError(str(exc), statement_index=index)
+                if savepoints:
+                    await conn.execute(f"ROLLBACK TO SAVEPOINT wb{item.n}")
+                break
+            item.cursors.append(cur)
+
+
+async def _settle(
+    conn: psycopg.AsyncConnection[Any],
+    pending: list[_Item],
+    found: dict[str, tuple[Any, ...]],
+    check: Check,
+    error: psycopg.Error | None,
+) -> _Item | None:
+    """Give each pending request its outcome, in order, up to the first whose work must be
+    undone (it failed, was a repeat, or its reply is too large); return that one."""
+    for item in pending:
+        if item.outcome is not None:  # refused before anything was sent (TypeError)
+            continue
+        row = found.get(item.req.id)
+        if row is not None:
+            try:
+                stored = idempotency.stored_answer(item.req.id, row, item.digest)
+                item.outcome = Executed(stored.results, stored.value, duplicate=True)
+            except WriteBusError as exc:
+                item.outcome = exc
+            return item
+        failure = _statement_error(item, error)
+        if failure is not None:
+            item.outcome = failure
+            return item
+        if conn.pgconn.transaction_status == pq.TransactionStatus.IDLE:
+            # A statement ended the transaction (validation refuses BEGIN/COMMIT/...; this
+            # catches whatever slips past): nothing after it may run outside it.
+            item.outcome = WriteRejectedError(
+                "a statement ended the request's transaction; nothing more was run",
+                sqlstate="25000",
+            )
+            return item
+        try:
+            results = [await wire_result(cur) for cur in item.cursors]
+            check(item.req, results)
+        except WriteBusError as exc:
+            item.outcome = exc
+            return item
+        item.outcome = Executed(results)
+    return None
+
+
+def _statement_error(item: _Item, error: psycopg.Error | None) -> WriteBusError | None:
+    """The rejection of the request's failed statement, if one of its statements failed.
+
+    In pipeline mode the failing command's cursor gets no result, and neither do the commands
+    after it; the round's exception is that command's error. The first request with a
+    statement lacking a successful result is therefore the one that raised it.
+    """
+    for index, cur in enumerate(item.cursors):
+        res = cur.pgresult
+        if res is None or res.status == pq.ExecStatus.FATAL_ERROR:
+            if error is None:
+                return UnavailableError(f"statement {index} was not run")
+            return _rejection(error, index)
+    return None
+
+
+def _rejection(error: psycopg.Error, index: int | None = None) -> WriteBusError:
+    """``rejected(error)`` with psycopg's exception as its cause (as when raised from it)."""
+    err = rejected(error, statement_index=index)
+    err.__cause__ = error
+    return err
+
+
+async def _commit(
+    conn: psycopg.AsyncConnection[Any], applied: list[_Item], read_lsn: bool
+) -> int | None:
+    """Record the applied ids with their results, COMMIT, read the flush LSN: one round trip."""
+    rows = [
+        (i.req.id, i.digest, idempotency.encode_result(i.outcome.results, None))  # type: ignore[union-attr]
+        for i in applied
+    ]
+    flush = None
+    async with conn.pipeline() as pipe:
+        await conn.execute(idempotency.STORE_SQL, idempotency.store_params(rows))
+        await conn.execute("COMMIT")
+        if read_lsn:
+            flush = await conn.execute(FLUSH_LSN_SQL)
+        await pipe.sync()
+    if flush is None:
+        return None
+    row = await flush.fetchone()
+    assert row is not None
+    return parse_lsn(row[0])
+
+
+async def _flush_lsn(conn: psycopg.AsyncConnection[Any]) -> int:
+    cur = await conn.execute(FLUSH_LSN_SQL)
+    row = await cur.fetchone()
+    assert row is not None
+    return parse_lsn(row[0])
+
+
+async def _rollback(conn: psycopg.AsyncConnection[Any]) -> None:
+    if conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+        await conn.execute("ROLLBACK")

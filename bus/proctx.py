@@ -1,0 +1,129 @@
+"""A procedure in a transaction of its own, recorded exactly once when it writes.
+
+Procedures do not join statement groups (:mod:`writebus.bus.group`): they run arbitrary code,
+may set the isolation level (only the first statement of a transaction can), take locks or
+catch errors, none of which a savepoint inside someone else's transaction could honour.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import pq
+
+from writebus.bus import idempotency
+from writebus.bus.group import Executed
+from writebus.bus.pg import connection_lost, read_flush_lsn, rejected
+from writebus.client.errors import ProcedureError, WriteBusError, WriteRejectedError
+from writebus.client.procedures import Procedure
+from writebus.client.protocol import Request, StatementResult
+
+
+class Phase:
+    """How far an attempt got: whether COMMIT may have reached the server."""
+
+    committing = False
+
+
+async def run_procedure_tx(
+    conn: psycopg.AsyncConnection[Any],
+    req: Request,
+    proc: Procedure,
+    exactly_once: bool,
+    primary: bool,
+    check: Callable[[list[StatementResult], Any], None],
+    phase: Phase,
+    find_sql: str,
+) -> Executed:
+    """A procedure in a transaction of its own: procedures do not join groups -- they run
+    arbitrary code, may set the isolation level (only the first statement of a transaction
+    can), take locks or catch errors, none of which a savepoint inside someone else's
+    transaction could honour."""
+    name = req.procedure or ""
+    digest = idempotency.request_digest(req)
+    try:
+        async with conn.transaction():
+            if exactly_once:
+                stored = await _find(conn, req.id, digest, find_sql)
+                if stored is not None:
+                    raise _Duplicate(stored)
+            value = await run_procedure(conn, proc, req.args, req.kwargs, name=name)
+            check([], value)
+            if exactly_once:
+                row = (req.id, digest, idempotency.encode_result([], value))
+                await conn.execute(idempotency.STORE_SQL, idempotency.store_params([row]))
+            phase.committing = True
+    except _Duplicate as dup:
+        lsn = await read_flush_lsn(conn) if primary else None
+        return Executed(dup.stored.results, dup.stored.value, lsn, True)
+    except psycopg.Error as exc:
+        # From the lookup, the record or COMMIT itself (a deferred constraint, a
+        # serialization failure): the database refused the transaction.
+        if connection_lost(conn, exc):
+            raise
+        raise rejected(exc) from exc
+    lsn = await read_flush_lsn(conn) if primary else None
+    return Executed([], value, lsn, False)
+
+
+async def _find(
+    conn: psycopg.AsyncConnection[Any], request_id: str, digest: bytes, find_sql: str
+) -> idempotency.StoredResult | None:
+    """Lock the id (a racing retry waits here) and look it up: one round trip."""
+    async with conn.pipeline():
+        await conn.execute(idempotency.LOCK_SQL, [[request_id]])
+        cur = await conn.execute(find_sql, [[request_id]])
+    row = await cur.fetchone()
+    return idempotency.stored_answer(request_id, row, digest) if row is not None else None
+
+
+class _Duplicate(Exception):
+    def __init__(self, stored: idempotency.StoredResult) -> None:
+        super().__init__(stored)
+        self.stored = stored
+
+
+async def run_procedure(
+    conn: psycopg.AsyncConnection[Any],
+    proc: Procedure,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    *,
+    name: str = "",
+) -> Any:
+    """Call a registered procedure with ``conn`` (the caller holds the transaction).
+
+    Database errors become :class:`WriteRejectedError` (a lost connection is re-raised as is);
+    any other exception becomes :class:`ProcedureError` naming the procedure. Either way the
+    transaction rolls back.
+    """
+    name = name or getattr(proc, "__name__", "?")
+    try:
+        result = proc(conn, *args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+    except psycopg.Error as exc:
+        if connection_lost(conn, exc):
+            raise
+        raise rejected(exc) from exc
+    except WriteBusError:
+        raise
+    except Exception as exc:
+        raise ProcedureError(
+            f"procedure {name!r} raised {type(exc).__name__}: {exc}", procedure=name
+        ) from exc
+    if conn.info.transaction_status == pq.TransactionStatus.INERROR:
+        # The procedure caught a database error and returned: its transaction is aborted and
+        # will roll back. Report that instead of running more queries inside it.
+        message = (
+            f"procedure {name!r} caught a database error and returned; its transaction was "
+            "aborted and rolled back"
+        )
+        # The same __cause__ class as a reply from a worker carries (wire_errors).
+        raise WriteRejectedError(message, sqlstate="25P02") from (
+            psycopg.errors.InFailedSqlTransaction(message)
+        )
+    return result

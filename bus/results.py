@@ -1,0 +1,78 @@
+"""A statement's result in its wire form (docs/protocol.md, "Values in results")."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from writebus.client.errors import WriteRejectedError
+from writebus.client.protocol import StatementResult
+
+
+async def wire_result(cur: psycopg.AsyncCursor[Any]) -> StatementResult:
+    """A statement's result in its wire form (docs/protocol.md, "Values in results").
+
+    A value the wire cannot carry faithfully is a :class:`WriteRejectedError` (the write rolls
+    back), never an internal error or a wrong value.
+    """
+    if cur.description is None:
+        return StatementResult(rowcount=cur.rowcount, columns=None, rows=None)
+    columns = [c.name for c in cur.description]
+    _check_interval_style(cur)
+    try:
+        rows: list[list[Any]] = await cur.fetchall()
+    except (psycopg.DataError, NotImplementedError) as exc:
+        # The driver cannot turn a value into Python ('infinity'::timestamptz, a year past
+        # 9999): a value the wire cannot carry, not a bug.
+        raise WriteRejectedError(
+            f"a value in the result cannot be sent: {exc}; select it as text (::text)"
+        ) from exc
+    # psycopg gives timestamptz values in the session's TimeZone. The wire carries them in UTC,
+    # so a reply does not depend on the database's TimeZone setting and a repeated request id
+    # -- answered from the stored result -- gets the same text in JSON.
+    zoned = [i for i, c in enumerate(cur.description) if c.type_code in _TIMESTAMPTZ_OIDS]
+    if zoned:
+        rows = [_in_utc(row, zoned) for row in rows]
+    return StatementResult(rowcount=cur.rowcount, columns=columns, rows=rows)
+
+
+def _check_interval_style(cur: psycopg.AsyncCursor[Any]) -> None:
+    # psycopg parses intervals in IntervalStyle 'postgres' only; under another style (a
+    # statement's SET LOCAL intervalstyle) it raises or, depending on when its loader was made,
+    # misreads the text ('P1D' as 60 seconds). Refuse rather than send a wrong value.
+    assert cur.description is not None
+    if not any(c.type_code in _INTERVAL_OIDS for c in cur.description):
+        return
+    style = cur.connection.pgconn.parameter_status(b"IntervalStyle")
+    if style not in (None, b"postgres"):
+        raise WriteRejectedError(
+            "a value in the result cannot be sent: an interval under IntervalStyle "
+            f"{style.decode(errors='replace')!r}; select it as text (::text)"
+        )
+
+
+_INTERVAL_OIDS = frozenset(
+    {psycopg.postgres.types["interval"].oid, psycopg.postgres.types["interval"].array_oid}
+)
+_TIMESTAMPTZ_OIDS = frozenset(
+    {psycopg.postgres.types["timestamptz"].oid, psycopg.postgres.types["timestamptz"].array_oid}
+)
+
+
+def _in_utc(row: Sequence[Any], columns: list[int]) -> list[Any]:
+    out = list(row)
+    for i in columns:
+        out[i] = _utc(out[i])
+    return out
+
+
+def _utc(value: Any) -> Any:
+    """A timestamptz value (or an array of them, nested) converted to UTC."""
+    if isinstance(value, datetime.datetime):
+        return value.astimezone(datetime.UTC)
+    if isinstance(value, list):
+        return [_utc(v) for v in value]
+    return value
