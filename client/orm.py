@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from psycopg.rows import tuple_row
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import InstanceState, Session, make_transient, make_transient_to_detached
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -43,6 +44,7 @@ from writebus.client.orm_steps import (
     Step,
     describe,
     is_sql,
+    mapped_columns,
 )
 from writebus.client.results import StatementOutcome, WriteResult
 
@@ -91,6 +93,9 @@ class OrmPlan:
     steps: tuple[Step, ...]
     #: Every object the batch settles: written, or holding relationship changes it carries.
     settles: tuple[InstanceState[Any], ...]
+    #: The objects themselves: the session holds some only weakly, and they must live until
+    #: apply() has settled them.
+    held: tuple[object, ...] = ()
 
     @property
     def statements(self) -> list[Any]:
@@ -130,30 +135,36 @@ class OrmPlan:
                 deleted.append(row.state)
                 continue
             fill, drop = fills[row.state], drops[row.state]
-            key = row.state.mapper.get_property_by_column
+            key = dict(mapped_columns(row.state.mapper))  # unmapped columns set nothing
             for col, value in row.where.items():
                 if col.primary_key:  # the identity, even if the attribute was expired
-                    fill[key(col).key] = value
+                    fill[key[col]] = value
             for col, value in row.values.items():
+                if col not in key:
+                    continue
                 if is_sql(value):
-                    drop.add(key(col).key)
+                    drop.add(key[col])
                 else:
-                    fill[key(col).key] = value
-            drop.update(key(col).key for col in row.expire)
+                    fill[key[col]] = value
+            drop.update(key[col] for col in row.expire)
             for col, raw in zip(step.returning, _cells(outcome, step.returning), strict=True):
-                fill[key(col).key] = orm_values.load(col.type, raw)
-                drop.discard(key(col).key)
+                fill[key[col]] = orm_values.load(col.type, raw)
+                drop.discard(key[col])
+        # Strong references: out of the session, an object nobody else holds would be gone.
+        objs = [st.obj() for st in self.settles]
+        if any(obj is None for obj in objs):
+            raise ValueError("an object of this plan is gone: apply() a plan it was made from")
         # All leave the session before any returns: adding one cascades to its relationships,
         # which must find the others detached (re-attached as they are), not pending.
-        for st in self.settles:
-            make_transient(st.obj())
-        for st in self.settles:
+        for obj in objs:
+            make_transient(obj)
+        for st, obj in zip(self.settles, objs, strict=True):
             st.dict.update(fills[st])
             for name in drops[st] - fills[st].keys():
                 st.dict.pop(name, None)
-            make_transient_to_detached(st.obj())  # history committed; missing keys expired
-        for st in self.settles:
-            session.add(st.obj())
+            make_transient_to_detached(obj)  # history committed; missing keys expired
+        for obj in objs:
+            session.add(obj)
         for st in deleted:  # after the adds, whose cascades must not re-attach them
             session.expunge(st.obj())
         for step in self.steps:
@@ -179,21 +190,13 @@ def _expire_detached(session: Session, mapper: Any, key: dict[Column, Any]) -> N
     """Objects in the session that referenced a deleted row had their key set to NULL by one
     set-based UPDATE: expire that key (and the relationships over it) to load again."""
     names = {mapper.get_property_by_column(col).key for col in key}
-    names |= {
-        rel.key for rel in mapper.relationships if {c for c in rel.local_columns} & key.keys()
-    }
+    names |= {rel.key for rel in mapper.relationships if set(rel.local_columns) & key.keys()}
     for obj in list(session.identity_map.values()):
-        state = _state(obj)
+        state: InstanceState[Any] = sa_inspect(obj)
         if state.mapper.isa(mapper) and all(
             state.dict.get(mapper.get_property_by_column(c).key) == v for c, v in key.items()
         ):
             session.expire(obj, list(names))
-
-
-def _state(obj: object) -> InstanceState[Any]:
-    from sqlalchemy import inspect
-
-    return inspect(obj)  # type: ignore[no-any-return]
 
 
 def orm_batch(session: Session) -> OrmPlan:
@@ -203,7 +206,8 @@ def orm_batch(session: Session) -> OrmPlan:
     histories; sends and changes nothing. Raises :class:`OrmRefusedError` (naming the object
     and the :class:`Refusal`) for what one list of statements cannot write correctly."""
     steps, settles = plan_session(session)
-    return OrmPlan(tuple(steps), tuple(settles))
+    held = [st.obj() for st in settles] + [step.row.state.obj() for step in steps if step.row]
+    return OrmPlan(tuple(steps), tuple(settles), tuple(held))
 
 
 async def write_session(

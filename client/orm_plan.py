@@ -103,9 +103,7 @@ class _Planner:
                 if col.default.is_clause_element or col.default.is_sequence:
                     row.server(col)
                 elif col.primary_key:  # now: rows that reference this one need it
-                    row.values[col] = self._default(row, col, col.default)
-                else:
-                    row.defaults.append(col)
+                    row.values[col] = self._evaluate(st, row.values, col, col.default)
             elif not col.primary_key:
                 row.values[col] = None  # as the ORM does: explicit NULL, not the DDL's default
         vcol = version_col(mapper)
@@ -160,23 +158,35 @@ class _Planner:
                 "it: refresh the object, then change it"))
         return None
 
-    def _default(self, row: RowWrite, col: Column, default: Any) -> Any:
+    def _evaluate(
+        self, st: InstanceState[Any], values: dict[Column, Any], col: Column, default: Any
+    ) -> Any:
+        """A Python-side default or onupdate, evaluated on the row's values."""
         if default.is_scalar:
             return default.arg
         try:
-            return default.arg(DefaultContext(row.values, col))
+            return default.arg(DefaultContext(values, col))
         except AttributeError as exc:
-            raise OrmRefusedError(row.state.obj(), Refusal.DEFAULT, (
+            raise OrmRefusedError(st.obj(), Refusal.DEFAULT, (
                 f"the Python default of {col} reads the execution context ({exc}); only "
                 "current_parameters / get_current_parameters() exist before the batch is sent"
             )) from exc
 
+    def _python_defaults(
+        self, st: InstanceState[Any], table: sa.Table, values: dict[Column, Any], *, update: bool
+    ) -> None:
+        """Fill in the Python-side defaults (onupdates) of ``table``'s columns that ``values``
+        lacks, mapped or not: SQLAlchemy evaluates them while executing, which a compiled
+        construct never does -- it would send NULL."""
+        for col in table.columns:
+            made = col.onupdate if update else col.default
+            if col not in values and made is not None and (made.is_scalar or made.is_callable):
+                values[col] = self._evaluate(st, values, col, made)
+
     def _finish(self, row: RowWrite) -> None:
         mapper = row.state.mapper
         if row.op == "insert":
-            for col in row.defaults:
-                if col not in row.values:
-                    row.values[col] = self._default(row, col, col.default)
+            self._python_defaults(row.state, row.table, row.values, update=False)
             return
         if row.op != "update":
             return
@@ -192,13 +202,11 @@ class _Planner:
         for col, _key in mapped_columns(mapper):
             if col in row.values or col is vcol:
                 continue
-            if col.onupdate is not None:
-                if col.onupdate.is_clause_element:
-                    row.server(col)  # Core renders it into the SET clause
-                else:
-                    row.values[col] = self._default(row, col, col.onupdate)
+            if col.onupdate is not None and col.onupdate.is_clause_element:
+                row.server(col)  # Core renders it into the SET clause
             elif col.server_onupdate is not None:
                 row.server(col)
+        self._python_defaults(row.state, row.table, row.values, update=True)
         if vcol is not None:
             old = self._version_where(row)
             if vcol in row.values:
@@ -323,6 +331,8 @@ class _Planner:
         row = self._referenced(st, prop)
         for ref, fk in pairs(prop.secondary_synchronize_pairs):
             row[fk] = self._source_value(child, ref, st, prop)
+        if into is self.links:
+            self._python_defaults(st, secondary, row, update=False)
         into[(secondary, tuple(sorted((c.name, repr(v)) for c, v in row.items())))] = (
             secondary, row)
 
@@ -350,7 +360,9 @@ class _Planner:
                     f"deleting it would set the primary key of the rows of {prop} to NULL; "
                     "delete them too (cascade='all, delete-orphan') or use passive_deletes"))
             table = next(iter(key)).table  # not loaded: one UPDATE for all its rows
-            stmt = sa.update(table).where(*match(key)).values({fk: None for fk in key})
+            nulls: dict[Column, Any] = {fk: None for fk in key}
+            self._python_defaults(st, table, nulls, update=True)
+            stmt = sa.update(table).where(*match(key)).values(nulls)
             step = Step(stmt, detached=(prop.mapper, key))
         elif prop.direction is RelationshipDirection.MANYTOMANY:
             if not isinstance(prop.secondary, sa.Table):

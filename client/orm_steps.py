@@ -86,7 +86,6 @@ class RowWrite:
     #: Columns given by a relationship (``strong``) or nulled by a collection removal.
     strong: set[Column] = field(default_factory=set)
     synced: set[Column] = field(default_factory=set)
-    defaults: list[Column] = field(default_factory=list)
 
     def server(self, col: Column) -> None:
         """``col`` gets its value on the server: read it back, or leave it to load."""

@@ -49,6 +49,7 @@ sa.Table(
     Base.metadata,
     sa.Column("ticket_id", sa.ForeignKey("ticket.id"), primary_key=True),
     sa.Column("node_id", sa.ForeignKey("node.id"), primary_key=True),
+    sa.Column("since", sa.Text, default=lambda: "today"),
 )
 
 
@@ -105,9 +106,18 @@ class Item(Base):
 
 
 class Memo(Base):
-    __tablename__ = "memo"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    ticket_id: Mapped[int | None] = mapped_column(sa.ForeignKey("ticket.id"))
+    """Its table has a column the mapper leaves out, with Python-side default and onupdate."""
+
+    __table__ = sa.Table(
+        "memo",
+        Base.metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("ticket_id", sa.ForeignKey("ticket.id")),
+        sa.Column("stamp", sa.Text, default="new", onupdate="changed"),
+    )
+    __mapper_args__ = {"exclude_properties": ["stamp"]}
+    id: Mapped[int]
+    ticket_id: Mapped[int | None]
 
 
 class Line(Base):
@@ -236,6 +246,16 @@ def test_apply_settles_objects_with_returned_values() -> None:
     assert not (s.new or s.dirty) and inspect(ticket).key == (Ticket, (41,), None)
 
 
+def test_apply_keeps_objects_only_the_session_held() -> None:
+    """An object only the session referenced survives apply() (which takes it out of the
+    session and back) and ends up persistent in the identity map."""
+    s = Session()
+    s.add(Ticket(title="held by the session alone"))
+    plan = orm_batch(s)
+    plan.apply(s, result([[7, "1.50"]]))
+    assert [t.title for t in s.identity_map.values()] == ["held by the session alone"]
+
+
 def test_update_sets_changes_only_and_guards_the_version() -> None:
     """An UPDATE sets the changed columns, the Python onupdate and the next version, matches
     the committed key and version, and fails unless exactly one row matched."""
@@ -315,13 +335,29 @@ def test_unloaded_unversioned_children_are_detached_by_one_update() -> None:
     s.delete(ticket)
     plan = orm_batch(s)
     assert sql(plan) == [
-        "UPDATE memo SET ticket_id=%(ticket_id)s::INTEGER "
+        "UPDATE memo SET ticket_id=%(ticket_id)s::INTEGER, stamp=%(stamp)s::VARCHAR "
         "WHERE memo.ticket_id = %(ticket_id_1)s::INTEGER",
         "DELETE FROM ticket_watcher WHERE ticket_watcher.ticket_id = %(ticket_id_1)s::INTEGER",
         "DELETE FROM ticket WHERE ticket.id = %(id_1)s::INTEGER",
     ]
+    assert compile_construct(plan.statements[0])[1]["stamp"] == "changed"
     plan.apply(s, result(None, None, None))
     assert "ticket_id" in inspect(memo).unloaded and inspect(ticket).detached
+
+
+def test_python_defaults_of_every_column_are_evaluated() -> None:
+    """Python-side defaults are evaluated for columns the mapper leaves out and for
+    association tables too: a compiled construct alone would send NULL for them."""
+    s = Session()
+    memo = Memo(id=1)
+    ticket = loaded(s, Ticket(id=1, title="t", watchers=[]))
+    ticket.watchers.append(node(s))
+    s.add(memo)
+    plan = orm_batch(s)
+    insert_memo, link_row = (compile_construct(st)[1] for st in plan.statements)
+    assert insert_memo["stamp"] == "new" and link_row["since"] == "today"
+    plan.apply(s, result(None, None))
+    assert inspect(memo).persistent and not s.new and not s.dirty
 
 
 def test_many_to_many_rows_follow_the_collection() -> None:
