@@ -22,6 +22,13 @@ object. What one list of statements cannot do correctly is refused before anythi
 
 from __future__ import annotations
 
+try:
+    import sqlalchemy  # noqa: F401
+except ModuleNotFoundError as exc:  # the base install
+    raise ModuleNotFoundError(
+        "writebus.client.orm needs SQLAlchemy: pip install 'writebus[sqlalchemy]'", name=exc.name
+    ) from exc
+
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager

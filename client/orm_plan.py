@@ -32,19 +32,16 @@ from writebus.client.orm_steps import (
     Refusal,
     RowWrite,
     Step,
+    assemble,
     columns,
     describe,
-    guard,
-    guarded_step,
     identity_key,
-    insert_step,
     is_sql,
     mapped_columns,
     match,
     objects,
     pairs,
     table_of,
-    toposort,
     version_col,
 )
 
@@ -386,21 +383,13 @@ class _Planner:
     # -- order ------------------------------------------------------------------------------
 
     def _steps(self) -> list[Step]:
-        rows = list(self.rows.values())
-        inserts = toposort([r for r in rows if r.op == "insert"], lambda r: r.values)
-        deletes = toposort([r for r in rows if r.op == "delete"], self._committed_values)
-        steps = [insert_step(r) for r in inserts]
-        steps += [guarded_step(r, sa.update(r.table)) for r in rows if r.op == "update"]
-        for table, key in self.unlinks.values():
-            steps.append(guard(sa.delete(table), key, (), f"DELETE FROM {table.name} {key}"))
-        steps += [Step(sa.insert(table).values(row)) for table, row in self.links.values()]
-        for row in reversed(deletes):
-            steps += self.before_delete.get(row.state, [])
-            if row.state.mapper.version_id_col is not None:
-                steps.append(guarded_step(row, sa.delete(row.table)))
-            else:
-                steps.append(Step(sa.delete(row.table).where(*match(row.where)), row))
-        return steps
+        return assemble(
+            list(self.rows.values()),
+            committed=self._committed_values,
+            links=list(self.links.values()),
+            unlinks=list(self.unlinks.values()),
+            before_delete=self.before_delete,
+        )
 
     def _committed_values(self, row: RowWrite) -> dict[Column, Any]:
         out = dict(row.where)

@@ -183,6 +183,34 @@ def match(key: dict[Column, Any]) -> list[Any]:
 
 
 
+def assemble(
+    rows: list[RowWrite],
+    *,
+    committed: Callable[[RowWrite], dict[Column, Any]],
+    links: list[tuple[sa.Table, dict[Column, Any]]],
+    unlinks: list[tuple[sa.Table, dict[Column, Any]]],
+    before_delete: dict[InstanceState[Any], list[Step]],
+) -> list[Step]:
+    """The batch, in order: inserts (a row after the rows it references), updates,
+    association rows removed then added, deletes (a row before the rows it references, each
+    after what detaches the rows still referencing it). ``committed`` gives a deleted row's
+    committed values, to order the deletes by."""
+    inserts = toposort([r for r in rows if r.op == "insert"], lambda r: r.values)
+    deletes = toposort([r for r in rows if r.op == "delete"], committed)
+    steps = [insert_step(r) for r in inserts]
+    steps += [guarded_step(r, sa.update(r.table)) for r in rows if r.op == "update"]
+    for table, key in unlinks:
+        steps.append(guard(sa.delete(table), key, (), f"DELETE FROM {table.name} {key}"))
+    steps += [Step(sa.insert(table).values(row)) for table, row in links]
+    for row in reversed(deletes):
+        steps += before_delete.get(row.state, [])
+        if row.state.mapper.version_id_col is not None:
+            steps.append(guarded_step(row, sa.delete(row.table)))
+        else:
+            steps.append(Step(sa.delete(row.table).where(*match(row.where)), row))
+    return steps
+
+
 def insert_step(row: RowWrite) -> Step:
     stmt = sa.insert(row.table).values(row.values)
     if row.fetch:

@@ -223,8 +223,11 @@ async def test_one_batch_then_read_your_writes(orm: SimpleNamespace, db: Any) ->
                      lambda *args: statements.append(args[2]))
         s.flush()
         assert statements == []  # nothing left to write
+        assert new.reviews == [] and statements  # never touched: lazy-loads from the replica
         snapshot = {k: getattr(new, k) for k in ("id", "title", "price", "version", "author_id")}
         joined, touched = ann.joined, old.touched
+        s.rollback()  # ends the session's read transaction: the objects only expire
+        assert inspect(new).persistent and inspect(new).expired and new.title == "new"
     with session(orm) as fresh:  # read-your-writes on the replica, with the ORM
         again = fresh.get(orm.Book, snapshot["id"])
         assert again is not None and again.author is not None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import importlib
+import sys
 import uuid
 from typing import Any
 
@@ -561,3 +563,11 @@ def test_wire_values_load_as_the_orm_would() -> None:
     )
     assert load(sa.Interval(), "PT60S") == datetime.timedelta(minutes=1)
     assert loadable(sa.Text()) and not loadable(INET()) and not loadable(sa.ARRAY(sa.Integer))
+
+
+def test_without_sqlalchemy_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing the helper without SQLAlchemy says which extra to install."""
+    monkeypatch.setitem(sys.modules, "sqlalchemy", None)  # type: ignore[arg-type]
+    monkeypatch.delitem(sys.modules, "writebus.client.orm")
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'writebus\[sqlalchemy\]'"):
+        importlib.import_module("writebus.client.orm")
