@@ -233,7 +233,8 @@ async def write_session(
     replica to replay it (unless ``await_replication`` is false): a
     :class:`~writebus.client.errors.ReplicationTimeoutError` then still leaves a settled
     session. Raises :class:`OrmRefusedError` before sending, :class:`StaleObjectError` when a
-    row changed meanwhile, and any error of :meth:`Database.batch`."""
+    row changed meanwhile, and any error of :meth:`Database.batch`. Nothing else may change
+    the session's objects while this waits: settling commits what they hold."""
     plan = orm_batch(session)
     if not plan.steps:
         plan.apply(session, None)
