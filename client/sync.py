@@ -69,6 +69,11 @@ class SyncDatabase:
     :class:`Database` (``procedures``, ``min_size``, ``max_size``, ``retry``, ``row_factory``);
     ``pool`` is a synchronous ``psycopg_pool.ConnectionPool`` for reads. A NATS connection
     cannot be handed in: the background loop owns its own.
+
+    ``database`` -- an async :class:`Database`, not yet open, to run writes on instead of one
+    built from the settings and options (a test double such as
+    :class:`writebus.testing.FakeBus`). It is opened on the background loop and closed with this
+    handle; ``settings`` default to its own. A forked child cannot reopen it and raises.
     """
 
     def __init__(
@@ -81,7 +86,10 @@ class SyncDatabase:
         max_size: int = 10,
         retry: RetryPolicy | None = None,
         row_factory: RowFactory | None = None,
+        database: Database | None = None,
     ) -> None:
+        if settings is None and database is not None:
+            settings = database.settings
         self.settings = settings or Settings.from_env()
         self.procedures = procedures
         self.retry = retry
@@ -92,6 +100,7 @@ class SyncDatabase:
         self._owns_pool = pool is None
         self._adb: Database | None = None
         self._primary_reads: ConnectionPool[Any] | None = None
+        self._given = database
         self._loop: LoopThread | None = None
         self._pid = 0
 
@@ -116,7 +125,7 @@ class SyncDatabase:
                     timeout=s.connect_timeout,
                 )
             self._loop = shared_loop()
-            self._adb = Database(
+            self._adb = self._given if self._given is not None else Database(
                 s,
                 procedures=self.procedures,
                 retry=self.retry,
@@ -173,6 +182,10 @@ class SyncDatabase:
     def _ready(self) -> tuple[LoopThread, Database]:
         if self._forked():
             self._abandon()
+            if self._given is not None:
+                raise WriteBusError(
+                    "a SyncDatabase around a given Database cannot reconnect after fork"
+                )
             self.open()  # the child's own connections and loop
         if self._adb is None or self._loop is None:
             raise WriteBusError("the SyncDatabase is not open")
