@@ -42,13 +42,13 @@ dev-up: $(STAMP)
 TYPECHECK_TREE = build/typecheck
 typecheck: $(STAMP)
 	rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)/writebus
-	cp writebus/*.py writebus/py.typed $(TYPECHECK_TREE)/writebus/
+	cp -r writebus/. $(TYPECHECK_TREE)/writebus/
 	ln -s $(CURDIR)/client $(TYPECHECK_TREE)/writebus/client
 	ln -s $(CURDIR)/bus $(TYPECHECK_TREE)/writebus/bus
 	cd $(TYPECHECK_TREE) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p writebus
 
 lint: $(STAMP)
-	$(BIN)/ruff check client bus writebus tests bench
+	$(BIN)/ruff check client bus writebus tests bench examples
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -25,7 +25,7 @@ answered as a duplicate).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -53,6 +53,7 @@ from writebus.client.protocol import (
     Request,
     StatementResult,
     encode,
+    param_bytes,
     validate_request,
 )
 
@@ -87,6 +88,7 @@ async def run_request(
     region: str = "",
     deadline: float | None = None,
     may_commit: Callable[[], str | None] | None = None,
+    submit: Callable[[Job, int], Awaitable[Executed | WriteBusError]] | None = None,
 ) -> Executed:
     """Run ``req`` on a connection from ``pool`` and return what it produced.
 
@@ -96,7 +98,9 @@ async def run_request(
     ``deadline`` (monotonic seconds) is when the caller stops waiting for this attempt: the
     request is not started after it, even if it was waiting for a connection. ``may_commit``
     is asked right before COMMIT and returns why the node must not commit (the split-brain
-    guard fenced it), or None. Raises a :class:`~writebus.client.errors.WriteBusError` subclass.
+    guard fenced it), or None. ``submit``, when given, queues a statement write for group
+    commit (:mod:`writebus.bus.committer`) instead of running it alone. Raises a
+    :class:`~writebus.client.errors.WriteBusError` subclass.
     """
     validate_request(
         req,
@@ -106,14 +110,13 @@ async def run_request(
         max_param_bytes=limits.max_param_bytes,
     )
     if req.statements is not None:
-        (out,) = await run_statement_writes(
-            pool,
-            [Job(req, encoding, deadline)],
-            limits=limits,
-            region=region,
-            may_commit=may_commit,
-            read_lsn=primary,
-        )
+        job = Job(req, encoding, deadline)
+        if submit is not None:
+            out = await submit(job, param_bytes(req))
+        else:
+            (out,) = await run_statement_writes(
+                pool, [job], limits=limits, region=region, may_commit=may_commit, read_lsn=primary
+            )
         if isinstance(out, WriteBusError):
             raise out
         return out
@@ -174,10 +177,15 @@ async def run_statement_writes(
     """
     outcomes: dict[int, Executed | WriteBusError] = {}
     live = []
+    repeats: list[tuple[int, Job]] = []
+    seen: set[str] = set()
     for n, job in enumerate(jobs):
         if job.deadline is not None and time.monotonic() >= job.deadline:
             outcomes[n] = _not_run(job)
+        elif job.req.id in seen:
+            repeats.append((n, job))  # the same id twice in a group: after the first commits
         else:
+            seen.add(job.req.id)
             live.append((n, job))
     first: Lost | None = None
     for _ in (1, 2):
@@ -203,6 +211,12 @@ async def run_statement_writes(
             break
         outcomes.update(done)
         break
+    if repeats:
+        later = await run_statement_writes(
+            pool, [job for _, job in repeats], limits=limits, region=region,
+            may_commit=may_commit, read_lsn=read_lsn,
+        )
+        outcomes.update((n, out) for (n, _), out in zip(repeats, later, strict=True))
     return [outcomes[n] for n in range(len(jobs))]
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg_pool
 
+from writebus.bus.committer import Committer
 from writebus.bus.execute import Limits, run_request
 from writebus.bus.group import Executed
 from writebus.bus.served import Observer, Served
@@ -131,6 +132,8 @@ class Handler:
         self.on_commit = on_commit
         #: Told about every answered request (the request log, metrics, status).
         self.observers: list[Observer] = list(observers or [])
+        #: Group commit of statement writes (set while the node is primary).
+        self.committer: Committer | None = None
         #: Asked right before each COMMIT: why this node must not commit now, or None.
         self.may_commit: Callable[[], str | None] | None = None
         #: What ``writebus.ping`` reports about this node besides its database's state.
@@ -172,6 +175,7 @@ class Handler:
                     region=self.region,
                     deadline=_deadline(parsed.request, received),
                     may_commit=self.may_commit,
+                    submit=self.committer.submit if write and self.committer else None,
                 )
             reply = self._success(parsed.request.id, done)
         except Exception as exc:

@@ -47,6 +47,8 @@ class NodeReadings:
     broadcasts: Callable[[], dict[str, int]] = dict
     #: Database polls of the replica monitor so far.
     polls: Callable[[], int] = lambda: 0
+    #: (groups committed, requests in them) by the group committer so far.
+    groups: Callable[[], tuple[int, int]] = lambda: (0, 0)
     #: The node's role now ("primary", "replica", or "starting").
     role: Callable[[], str] = lambda: "starting"
     version: str = ""
@@ -105,6 +107,17 @@ class _NodeCollector(Collector):
         for role, n in sorted(r.broadcasts().items()):
             published.add_metric([role], n)
         yield published
+        groups, grouped = r.groups()
+        yield CounterMetricFamily(
+            "writebus_group_commits",
+            "Transactions that committed statement writes (one group each).",
+            value=groups,
+        )
+        yield CounterMetricFamily(
+            "writebus_group_requests",
+            "Statement writes committed in groups (divided by group commits: the mean group).",
+            value=grouped,
+        )
         yield CounterMetricFamily(
             "writebus_replica_polls",
             "Polls of the local replica's replay position by the progress monitor.",

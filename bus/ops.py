@@ -73,6 +73,7 @@ class NodeOps:
                 broadcasts=self._broadcasts,
                 polls=lambda: node.monitor.polls if node.monitor is not None else 0,
                 role=lambda: node.role or "starting",
+                groups=self._groups,
                 version=VERSION,
             ),
         )
@@ -138,6 +139,10 @@ class NodeOps:
     def _pool_stats(self) -> dict[str, int]:
         pool = self.node.pool
         return pool.get_stats() if pool is not None else {}
+
+    def _groups(self) -> tuple[int, int]:
+        committer = getattr(self.node, "committer", None)
+        return (committer.groups, committer.requests) if committer is not None else (0, 0)
 
     def _broadcasts(self) -> dict[str, int]:
         out: dict[str, int] = {}

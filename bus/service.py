@@ -19,8 +19,10 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from writebus.bus import idempotency
-from writebus.bus.execute import Limits
+from writebus.bus.committer import Committer
+from writebus.bus.execute import Job, Limits, run_statement_writes
 from writebus.bus.fence import Fence
+from writebus.bus.group import Executed
 from writebus.bus.handler import Handler
 from writebus.bus.log import log_level
 from writebus.bus.monitor import PrimaryAnnouncer, ReplicaMonitor
@@ -30,7 +32,7 @@ from writebus.bus.served import RequestLog
 from writebus.bus.settings import BusSettings
 from writebus.bus.worker import SubjectServer
 from writebus.client.connect import connect_nats
-from writebus.client.errors import ConfigError
+from writebus.client.errors import ConfigError, WriteBusError
 from writebus.client.log import get_logger
 from writebus.client.pgpool import open_pool
 from writebus.client.procedures import Procedures, load_procedures
@@ -66,6 +68,7 @@ class BusService:
         self.monitor: ReplicaMonitor | None = None
         self.announcer: PrimaryAnnouncer | None = None
         self.ops: NodeOps | None = None
+        self.committer: Committer | None = None
         self.fence = Fence(self.replica_id)
         self._watch: asyncio.Task[None] | None = None
         self._fencing: asyncio.Task[None] | None = None
@@ -216,6 +219,7 @@ class BusService:
         if self.write_server is not None:
             await self.write_server.stop()
             self.write_server = None
+        await self._stop_committer()
         if self.announcer is not None:
             await self.announcer.stop()
         self._set_role("fenced")
@@ -257,6 +261,7 @@ class BusService:
         )
         self.handler.on_commit = self.announcer.committed
         await self.announcer.start()
+        self._start_committer()
         self.write_server = SubjectServer(
             self.nc,
             self.subjects.write,
@@ -268,6 +273,29 @@ class BusService:
         self._expiry = asyncio.create_task(self._expire_loop(), name="idempotency-expiry")
         self._watch = asyncio.create_task(self._watch_demotion(), name="watch-demotion")
         self._set_role("primary")
+
+    def _start_committer(self) -> None:
+        s = self.settings
+        assert self.handler is not None and self.pool is not None
+        handler, pool = self.handler, self.pool
+
+        async def run(jobs: list[Job]) -> list[Executed | WriteBusError]:
+            return await run_statement_writes(
+                pool, jobs, limits=handler.limits, region=s.region, may_commit=self.problem
+            )
+
+        self.committer = Committer(
+            run, connections=s.group_connections, max_count=s.group_max, name=s.region
+        )
+        self.committer.start()
+        handler.committer = self.committer
+
+    async def _stop_committer(self) -> None:
+        committer, self.committer = self.committer, None
+        if self.handler is not None:
+            self.handler.committer = None
+        if committer is not None:
+            await committer.stop()
 
     async def _become_replica(self) -> None:
         s = self.settings
@@ -305,6 +333,7 @@ class BusService:
         if self.write_server is not None:
             await self.write_server.stop()
             self.write_server = None
+        await self._stop_committer()
         await self.announcer.stop()
         self.announcer = None
         if self.handler is not None:
@@ -333,6 +362,7 @@ class BusService:
         log.info("bus.draining", region=self.settings.region)
         servers = [srv for srv in (self.write_server, self.rpc_server) if srv is not None]
         await asyncio.gather(*(srv.stop(timeout) for srv in servers))
+        await self._stop_committer()  # after the drain: in-flight writes were answered
         for task in (self._watch, self._expiry, self._fencing):
             if task is not None:
                 task.cancel()

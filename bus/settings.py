@@ -19,6 +19,8 @@ BUS_ENV_VARS: dict[str, str] = {
     "WRITEBUS_LOG_LEVEL": "log level (default 'info')",
     "WRITEBUS_REQUEST_LOG_LEVEL": "level of the one-line-per-request log (default 'info'; "
     "'debug' hides it at the default log level)",
+    "WRITEBUS_GROUP_CONNECTIONS": "connections committing statement writes in groups (default 4)",
+    "WRITEBUS_GROUP_MAX": "most statement writes in one group commit (default 64; 1: no grouping)",
     "WRITEBUS_FENCE_WAIT": "seconds a node on a primary database listens for a newer primary "
     "before serving writes (default 1.5)",
     "WRITEBUS_HTTP_ADDR": "host:port of /metrics, /healthz and /readyz (default 0.0.0.0:9091; "
@@ -55,6 +57,9 @@ class BusSettings(Settings):
     idempotency_window: float = 24 * 3600.0
     ready_file: str | None = None
     request_log_level: str = "info"
+    #: Connections that commit statement writes in groups, and the largest group.
+    group_connections: int = 4
+    group_max: int = 64
     #: Seconds a node on a primary database listens for a newer primary before serving writes.
     fence_wait: float = 1.5
     #: Where /metrics, /healthz and /readyz listen; None: no HTTP listener.
@@ -71,6 +76,8 @@ class BusSettings(Settings):
             request_log_level=r.text("WRITEBUS_REQUEST_LOG_LEVEL", "info"),
             http_addr=parse_http_addr(r.text("WRITEBUS_HTTP_ADDR", DEFAULT_HTTP_ADDR)),
             fence_wait=r.seconds("WRITEBUS_FENCE_WAIT", 1.5, positive=False),
+            group_connections=r.integer("WRITEBUS_GROUP_CONNECTIONS", 4, minimum=1),
+            group_max=r.integer("WRITEBUS_GROUP_MAX", 64, minimum=1),
         )
         log_level(values["request_log_level"], "WRITEBUS_REQUEST_LOG_LEVEL")  # validate now
         return values

@@ -37,6 +37,28 @@ def _wire(value: Any) -> Any:
     return value
 
 
+def _python_default(column: Any, update: bool) -> Any:
+    """A column's Python-side default (or onupdate), evaluated as SQLAlchemy would for a
+    statement that does not set it. Defaults that read the execution context are refused."""
+    default = column.onupdate if update else column.default
+    if default is None:
+        return None
+    if getattr(default, "is_scalar", False):
+        return default.arg
+    if getattr(default, "is_callable", False):
+        try:
+            return default.arg(None)  # SQLAlchemy wraps zero-argument callables to take a context
+        except Exception as exc:
+            raise TypeError(
+                f"the Python default of {column.key!r} needs SQLAlchemy's execution context; "
+                "set the column in the statement's values instead"
+            ) from exc
+    raise TypeError(
+        f"column {column.key!r} has a default writebus cannot evaluate before sending; "
+        "set it in the statement's values"
+    )
+
+
 def compile_construct(
     construct: Any, params: dict[str, Any] | None = None
 ) -> tuple[str, dict[str, Any]]:
@@ -45,7 +67,16 @@ def compile_construct(
     compiled = construct.compile(
         dialect=_psycopg_dialect(), compile_kwargs={"render_postcompile": True}
     )
+    from sqlalchemy.sql.compiler import DDLCompiler
+
+    if isinstance(compiled, DDLCompiler):  # CreateTable, CreateIndex...: no parameters
+        return str(compiled), {}
     values = compiled.construct_params(params or None)
+    # Columns with a Python-side default/onupdate that the statement does not set: SQLAlchemy
+    # fills them in while executing; here it must happen before the statement travels.
+    for column in [*compiled.insert_prefetch, *compiled.update_prefetch]:
+        if values.get(column.key) is None and (params or {}).get(column.key) is None:
+            values[column.key] = _python_default(column, column in compiled.update_prefetch)
     processors = compiled._bind_processors
     out = {
         key: _wire(processors[key](value) if key in processors else value)

@@ -1,0 +1,234 @@
+"""Group commit on a real primary: many requests, one transaction, each answered on its own.
+
+The cases call the server-side function every statement write goes through
+(``run_statement_writes``) with hand-made groups, so each situation happens inside one group
+for certain; the end-to-end test drives a bus worker with concurrent clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from tests.support.stack import primary_rows
+from writebus.bus.execute import Job, Limits, run_statement_writes
+from writebus.bus.group import Executed
+from writebus.bus.pg import durable_commits
+from writebus.client.errors import (
+    IdempotencyKeyReusedError,
+    LimitError,
+    UnavailableError,
+    WriteBusError,
+    WriteRejectedError,
+)
+from writebus.client.protocol import Request, Statement
+
+
+@pytest.fixture
+async def pool(stack: Any, buses: Any) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    """A worker-like pool on the primary (the session's bus created the exactly-once table)."""
+    p: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        stack.primary.url, min_size=1, max_size=4, kwargs={"autocommit": True},
+        configure=durable_commits, open=False,
+    )
+    await p.open(wait=True)
+    yield p
+    await p.close()
+
+
+def _insert(table: str, body: str, rid: str | None = None, n: int | None = None) -> Job:
+    sql = f"INSERT INTO {table}(body, n) VALUES (%s, %s) RETURNING id, body"
+    return Job(Request(id=rid or uuid.uuid4().hex, statements=[Statement(sql=sql, params=[body, n])]))
+
+
+async def _run(pool: AsyncConnectionPool[Any], jobs: list[Job], **kw: Any) -> list[Any]:
+    return await run_statement_writes(pool, jobs, limits=Limits(max_reply_bytes=64 * 1024), **kw)
+
+
+def _bodies(stack: Any, table: str) -> list[str]:
+    return sorted(r[0] for r in primary_rows(stack, f"SELECT body FROM {table}"))
+
+
+async def test_a_group_commits_once_and_answers_each(
+    stack: Any, pool: Any, table: str
+) -> None:
+    """Ten requests in one group: each gets its own rows, all share one commit LSN."""
+    jobs = [_insert(table, f"g{i}") for i in range(10)]
+    out = await _run(pool, jobs)
+    assert all(isinstance(o, Executed) and not o.duplicate for o in out)
+    assert [o.results[0].rows[0][1] for o in out] == [f"g{i}" for i in range(10)]
+    assert len({o.lsn for o in out}) == 1 and out[0].lsn is not None
+    assert _bodies(stack, table) == sorted(f"g{i}" for i in range(10))
+
+
+async def test_a_failing_statement_in_the_middle_fails_alone(
+    stack: Any, pool: Any, table: str
+) -> None:
+    """The middle request breaks a CHECK constraint: it alone is rejected (with its SQLSTATE
+    and statement index); the requests before and after it commit."""
+    jobs = [_insert(table, "a"), _insert(table, "bad", n=-1), _insert(table, "c")]
+    a, bad, c = await _run(pool, jobs)
+    assert isinstance(a, Executed) and isinstance(c, Executed)
+    assert isinstance(bad, WriteRejectedError) and bad.sqlstate == "23514"
+    assert bad.statement_index == 0
+    assert _bodies(stack, table) == ["a", "c"]
+
+
+async def test_duplicates_and_retries_inside_one_group(
+    stack: Any, pool: Any, table: str
+) -> None:
+    """An id already applied is answered from the table; an id twice in one group runs once
+    (the second is a duplicate); an applied id reused for another body is refused -- each
+    without disturbing the others in the group."""
+    done = uuid.uuid4().hex
+    (first,) = await _run(pool, [_insert(table, "applied", rid=done)])
+    assert isinstance(first, Executed)
+    twice = uuid.uuid4().hex
+    jobs = [
+        _insert(table, "applied", rid=done),  # a retry of an applied request
+        _insert(table, "fresh"),
+        _insert(table, "twice", rid=twice),
+        _insert(table, "twice", rid=twice),  # the same request twice in the group
+        _insert(table, "other body", rid=done),  # the applied id, another request
+    ]
+    retry, fresh, t1, t2, reused = await _run(pool, jobs)
+    assert isinstance(retry, Executed) and retry.duplicate
+    assert [list(r) for r in retry.results[0].rows or []] == [
+        list(r) for r in first.results[0].rows or []
+    ]
+    assert isinstance(fresh, Executed) and not fresh.duplicate
+    assert isinstance(t1, Executed) and isinstance(t2, Executed)
+    assert [t1.duplicate, t2.duplicate] == [False, True]
+    assert isinstance(reused, IdempotencyKeyReusedError)
+    assert _bodies(stack, table) == ["applied", "fresh", "twice"]
+
+
+async def test_a_reply_too_large_fails_alone(stack: Any, pool: Any, table: str) -> None:
+    """A request whose RETURNING rows would not fit in a reply is refused before COMMIT; the
+    others in its group commit."""
+    big = Job(
+        Request(
+            id=uuid.uuid4().hex,
+            statements=[Statement(sql=f"INSERT INTO {table}(body) SELECT 'x' || g || repeat('y', "
+                                      "200) FROM generate_series(1, 1000) g RETURNING body")],
+        )
+    )
+    ok1, too_big, ok2 = await _run(pool, [_insert(table, "p"), big, _insert(table, "q")])
+    assert isinstance(too_big, LimitError)
+    assert isinstance(ok1, Executed) and isinstance(ok2, Executed)
+    assert _bodies(stack, table) == ["p", "q"]
+
+
+async def test_a_commit_failure_gives_each_its_own_answer(
+    stack: Any, pool: Any, table: str
+) -> None:
+    """A deferred constraint fails at COMMIT: the group is not guessed at -- each request runs
+    alone again, so only the guilty one is rejected (23503) and the others commit once."""
+    parent = f"{table}_parent"
+    with psycopg.connect(stack.primary.url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {parent} (id int PRIMARY KEY)")
+        conn.execute(
+            f"CREATE TABLE {table}_child (pid int REFERENCES {parent} DEFERRABLE INITIALLY "
+            "DEFERRED)"
+        )
+    guilty = Job(Request(id=uuid.uuid4().hex,
+                         statements=[Statement(sql=f"INSERT INTO {table}_child VALUES (42)")]))
+    a, bad, b = await _run(pool, [_insert(table, "x"), guilty, _insert(table, "z")])
+    assert isinstance(bad, WriteRejectedError) and bad.sqlstate == "23503"
+    assert isinstance(a, Executed) and isinstance(b, Executed)
+    assert _bodies(stack, table) == ["x", "z"]
+
+
+async def test_a_group_cut_by_a_terminated_backend_applies_once(
+    stack: Any, pool: Any, table: str
+) -> None:
+    """The primary's backend is terminated while the group runs: the group runs again on a
+    fresh connection, and every request is answered and applied exactly once."""
+    slow = Job(Request(id=uuid.uuid4().hex, statements=[
+        Statement(sql=f"INSERT INTO {table}(body) SELECT 'slow' FROM pg_sleep(0.5) /* cut-me */")
+    ]))
+    jobs = [_insert(table, "before"), slow, _insert(table, "after")]
+    run = asyncio.create_task(_run(pool, jobs))
+    with psycopg.connect(stack.primary.url, autocommit=True) as conn:
+        deadline = time.monotonic() + 10
+        while not conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE state = 'active' AND strpos(query, 'cut-me') > 0 AND pid <> pg_backend_pid()"
+        ).fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+    out = await run
+    assert all(isinstance(o, Executed) for o in out), out
+    assert _bodies(stack, table) == ["after", "before", "slow"]
+
+
+async def test_nothing_commits_when_the_node_may_not(stack: Any, pool: Any, table: str) -> None:
+    """A fenced node (may_commit gives a reason) commits nothing: every request of the group is
+    answered 'unavailable' (not applied)."""
+    out = await _run(pool, [_insert(table, "f1"), _insert(table, "f2")],
+                     may_commit=lambda: "fenced: test")
+    assert all(isinstance(o, UnavailableError) for o in out)
+    assert _bodies(stack, table) == []
+
+
+async def test_a_request_past_its_deadline_is_not_started(
+    stack: Any, pool: Any, table: str
+) -> None:
+    """A request whose caller stopped waiting is answered 'not run' and left out of the
+    group; the rest commit."""
+    late = _insert(table, "late")
+    late = Job(late.req, late.encoding, deadline=time.monotonic() - 1)
+    on_time, dropped = await _run(pool, [_insert(table, "on time"), late])
+    assert isinstance(on_time, Executed)
+    assert isinstance(dropped, WriteBusError) and "not run" in str(dropped)
+    assert _bodies(stack, table) == ["on time"]
+
+
+async def test_a_busy_worker_commits_in_groups(stack: Any, table: str) -> None:
+    """200 concurrent writes from lax through one bus worker: every write is acknowledged and
+    on the primary once, and the worker's metrics show groups of more than one request (while
+    a lone write, sent alone, is a group of one)."""
+    from tests.support.stack import http_url, settings_for, start_bus
+    from writebus import Database
+
+    prefix = f"grp{uuid.uuid4().hex[:8]}"
+    bus = start_bus(stack, "syd", log_name=f"bus-{prefix}", WRITEBUS_PREFIX=prefix,
+                    WRITEBUS_REQUEST_LOG_LEVEL="debug")
+    try:
+        async with Database(settings_for(stack, "lax", prefix=prefix), max_size=2) as db:
+            await db.execute(f"INSERT INTO {table}(body) VALUES ('alone')")
+            single = _metric(http_url(bus), "writebus_group_requests_total")
+            assert single == _metric(http_url(bus), "writebus_group_commits_total") == 1
+            results = await asyncio.gather(*(
+                db.execute(f"INSERT INTO {table}(body) VALUES (%s)", [f"c{i}"],
+                           await_replication=False)
+                for i in range(200)
+            ))
+        assert all(not r.duplicate for r in results)
+        requests = _metric(http_url(bus), "writebus_group_requests_total")
+        groups = _metric(http_url(bus), "writebus_group_commits_total")
+        assert requests == 201 and groups < requests  # some groups held several writes
+        assert len(_bodies(stack, table)) == 201
+    finally:
+        bus.stop(10)
+
+
+def _metric(base: str, name: str) -> float:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    raise AssertionError(f"{name} not exported")
