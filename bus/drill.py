@@ -38,6 +38,7 @@ from writebus.bus.embedded.stack import Stack
 from writebus.client.db import Database
 from writebus.client.lsn import format_lsn, parse_lsn
 from writebus.client.settings import Settings
+from writebus.client.subjects import Subjects
 
 Progress = Callable[[str], None]
 
@@ -74,10 +75,16 @@ async def failover_on(
              for region in stack.regions}  # fmt: skip
     for bus in buses.values():
         await asyncio.to_thread(bus.wait_ready, options.stack_timeout)
+    # Until the other region's gateway knows of the write subscription, a request from there
+    # would find no worker.
+    write_subject = Subjects(Settings.from_env(stack.env(old)).prefix).write
+    await asyncio.to_thread(stack.nats[new].wait_gateway_interest, old, [write_subject],
+                            timeout=options.stack_timeout)  # fmt: skip
     await asyncio.to_thread(_prepare, stack)
     standby_state = await asyncio.to_thread(_standby_state, stack)
     tag = f"{mode}-{uuid.uuid4().hex[:8]}"
     dbs = {region: Database(_settings(stack, region, options)) for region in stack.regions}
+    load: DrillLoad | None = None
     try:
         for db in dbs.values():
             await db.open()
@@ -104,6 +111,8 @@ async def failover_on(
                  f"regions; draining")  # fmt: skip
         await load.drain(options.rpc_timeout + 5)
     finally:
+        if load is not None:
+            await load.drain(0)  # after a failure above: stop the writers before closing
         for db in dbs.values():
             await db.close()
     counts = await asyncio.to_thread(_counts, stack.replica.url, tag)

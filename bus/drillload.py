@@ -105,7 +105,9 @@ class DrillLoad:
         """Wait for the schedules and every running write (each ends within its
         ``rpc_timeout``); after ``timeout`` the rest are cancelled and recorded as unknown."""
         self.stop()
-        await asyncio.gather(*self._pacers)
+        for pacer in self._pacers:
+            pacer.cancel()  # it only starts writes; one waiting for a free slot would wait long
+        await asyncio.gather(*self._pacers, return_exceptions=True)
         if self._writes:
             _, late = await asyncio.wait(set(self._writes), timeout=timeout)
             for task in late:

@@ -7,18 +7,21 @@ must match what is really there.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
 
 import psycopg
 import pytest
 
-from tests.support.stack import TEST_DELAY_MS
+from tests.support.stack import REPO, TEST_DELAY_MS
 from writebus.bus.cli import parser
 from writebus.bus.drill import failover_on
-from writebus.bus.drillload import TABLE, classify
+from writebus.bus.drillload import TABLE, DrillLoad, classify
 from writebus.bus.drilloptions import DrillOptions, from_arguments
 from writebus.bus.drilloutput import drill_json, exit_code, latency_cost, render
 from writebus.bus.drillreport import (
@@ -180,6 +183,45 @@ def test_errors_are_classified_by_what_they_say_about_the_write() -> None:
     assert classify(RuntimeError("a bug")) == "unknown"
 
 
+class FakeDatabase:
+    """Answers writes like a Database: ``hang`` keys never return, ``fail`` keys raise."""
+
+    def __init__(self, region: str, *, fail: str = "", hang: str = "") -> None:
+        self.region, self.fail, self.hang = region, fail, hang
+        self.calls: list[tuple[str, str]] = []
+
+    async def execute(self, sql: str, params: list[str], **options: Any) -> Any:
+        key = params[0]
+        self.calls.append((key, options["request_id"]))
+        if self.hang and key.endswith(self.hang):
+            await asyncio.Event().wait()
+        if self.fail and key.endswith(self.fail):
+            raise NoWorkerError("writebus.write", "syd")
+        return SimpleNamespace(region="syd", lsn=100, duplicate=False, replicated=True)
+
+
+async def test_the_load_records_every_write_and_drain_gives_up_on_hung_ones() -> None:
+    """Writes start on schedule with a fresh request id each; every write ends as one record
+    (acked, failed by what its error says, or unknown when drain gives up on it); nothing is
+    left running and no write starts after stop."""
+    dbs = {"syd": FakeDatabase("syd", fail="000001"), "lax": FakeDatabase("lax", hang="000002")}
+    load = DrillLoad(dbs, rate=200.0, tag="t", rpc_timeout=1.0)  # type: ignore[arg-type]
+    load.start()
+    assert await load.wait_until(lambda ld: min(ld.started.values()) >= 5, 10)
+    await load.drain(0.2)
+    started = dict(load.started)
+    by_key = {r.key: r for r in load.records}
+    assert len(by_key) == len(load.records) == sum(started.values())
+    assert by_key["t-syd-000001"].status == "failed"
+    assert by_key["t-lax-000002"].status == "unknown"
+    assert by_key["t-lax-000002"].error == "Cancelled"
+    assert by_key["t-syd-000000"].status == "acked" and by_key["t-syd-000000"].replicated
+    assert load.acked["syd", "syd"] == started["syd"] - 1
+    ids = [rid for db in dbs.values() for _, rid in db.calls]
+    assert len(set(ids)) == len(ids)
+    assert not load._writes and all(pacer.done() for pacer in load._pacers)
+
+
 def test_command_line_options() -> None:
     """``drill failover`` parses into DrillOptions; --mode both drills async then sync; bad
     values are refused."""
@@ -196,6 +238,16 @@ def test_command_line_options() -> None:
             parser().parse_args(["drill", "failover", *bad])
     with pytest.raises(ValueError):
         DrillOptions(modes=())
+
+
+def test_the_documented_drill_commands_parse() -> None:
+    """Every ``writebus drill`` command line in docs/operations.md is one the CLI accepts."""
+    doc = (REPO / "docs" / "operations.md").read_text()
+    lines = [line.split("#")[0].split() for line in doc.splitlines()
+             if line.startswith("writebus drill ")]  # fmt: skip
+    assert len(lines) >= 2
+    for words in lines:
+        from_arguments(parser().parse_args(words[1:]))
 
 
 # -- the drill on real servers ----------------------------------------------------------------
