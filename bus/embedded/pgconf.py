@@ -50,6 +50,14 @@ def managed_settings(*, host: str, port: int, fsync: bool, name: str) -> dict[st
     }
 
 
+def synchronous_standby_settings(standby_name: str) -> dict[str, SettingValue]:
+    """The primary's parameters that make ``standby_name`` (the ``application_name`` its
+    replication connection gives) its synchronous standby: with ``synchronous_commit = on`` a
+    commit returns only once the standby has flushed it, so an acknowledged write survives the
+    standby's promotion. Double-quoted in the setting: the name holds a ``-``."""
+    return {"synchronous_standby_names": f'"{standby_name}"'}
+
+
 def quote_setting(value: str) -> str:
     """A value quoted for postgresql.conf."""
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"

@@ -35,6 +35,7 @@ from writebus.bus.embedded.bus_process import BusProcess
 from writebus.bus.embedded.child import ChildProcess
 from writebus.bus.embedded.errors import EmbeddedError, WaitTimeout
 from writebus.bus.embedded.nats import NatsServer
+from writebus.bus.embedded.pgconf import synchronous_standby_settings
 from writebus.bus.embedded.ports import LOCALHOST, free_ports
 from writebus.bus.embedded.postgres import AUTO, PostgresServer
 from writebus.bus.embedded.proxy import ProxyProcess, Route
@@ -71,7 +72,8 @@ class Stack:
     ``ports.json``). ``base_port=N`` puts the ports at N, N+1, ... (see :class:`StackPorts`);
     otherwise they are free ones chosen at start. ``fsync=False`` makes Postgres fast and
     crash-unsafe. ``pg_bindir`` and ``pg_run_as`` are passed to :class:`PostgresServer`
-    (default: auto-detected).
+    (default: auto-detected). ``synchronous=True`` makes the replica the primary's synchronous
+    standby (see :func:`synchronous_standby_settings`); once promoted, it has none itself.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class Stack:
         pg_bindir: str | os.PathLike[str] | None = None,
         pg_run_as: str | None = AUTO,
         base_port: int | None = None,
+        synchronous: bool = False,
     ) -> None:
         if primary_region == replica_region:
             raise ValueError("primary_region and replica_region must differ")
@@ -95,6 +98,7 @@ class Stack:
         self.replica_region = replica_region
         self.one_way_delay_ms = one_way_delay_ms
         self.fsync = fsync
+        self.synchronous = synchronous
         self.keep = keep
         self._requested_base_dir = Path(base_dir) if base_dir is not None else None
         self._pg_bindir = pg_bindir
@@ -351,6 +355,7 @@ class Stack:
             bindir=self._pg_bindir,
             run_as=self._pg_run_as,
             fsync=self.fsync,
+            settings=synchronous_standby_settings(f"pg-{r}") if self.synchronous else None,
         )
         self._replica = PostgresServer(
             name=f"pg-{r}",
