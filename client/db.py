@@ -19,6 +19,7 @@ from writebus.client import writes
 from writebus.client.connect import acquire_nats, release_nats
 from writebus.client.dbreads import ReadAPI
 from writebus.client.errors import (
+    Outcome,
     OutcomeUnknownError,
     ProtocolError,
     UnavailableError,
@@ -377,6 +378,10 @@ class Database(ReadAPI):
                 # is the primary now serves the bus. Same request id, so exactly once.
                 log.warning("db.direct_fell_back_to_bus", request_id=req.id, error=str(exc))
                 timeout = max(0.1, timeout - (time.monotonic() - started))
+                if isinstance(exc, OutcomeUnknownError):
+                    return await self._after_ambiguity(
+                        exc, req, await_replication, timeout, replication_timeout, factory
+                    )
         return await writes.via_bus(
             req,
             nc=self._nc,
@@ -388,6 +393,41 @@ class Database(ReadAPI):
             replication_timeout=replication_timeout,
             row_factory=factory,
         )
+
+
+    async def _after_ambiguity(
+        self,
+        first: OutcomeUnknownError,
+        req: Request,
+        await_replication: bool,
+        timeout: float,
+        replication_timeout: float | None,
+        factory: RowFactory | None,
+    ) -> WriteResult:
+        """The bus, after a direct attempt that may have committed: an answer that says "not
+        applied" describes only the bus attempt, so it becomes outcome-unknown too."""
+        assert self._nc is not None
+        try:
+            return await writes.via_bus(
+                req,
+                nc=self._nc,
+                settings=self.settings,
+                retry=self.retry,
+                tracker=self._tracker,
+                await_replication=await_replication,
+                timeout=timeout,
+                replication_timeout=replication_timeout,
+                row_factory=factory,
+            )
+        except WriteBusError as err:
+            if err.outcome is not Outcome.NOT_APPLIED or isinstance(err, WriteRejectedError):
+                raise
+            unknown = OutcomeUnknownError(
+                req.id, f"the direct attempt may have committed ({first.reason}); the bus then "
+                f"said: {err}"
+            )
+            unknown.last_error = err
+            raise unknown from err
 
 
 async def connect(settings: Settings | None = None, **options: Any) -> Database:

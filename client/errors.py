@@ -28,6 +28,7 @@ Every error a write can raise says what happened to the write, in :attr:`WriteBu
      ├── UnavailableError          the worker could not reach its database       NOT_APPLIED
      ├── StaleReadError            the replica lags more than a read allows      (a read)
      └── TrackerError              replay progress cannot be observed
+          └── LostInFailoverError  promoted before replaying it: resend (same id) UNKNOWN
 """
 
 from __future__ import annotations
@@ -268,3 +269,22 @@ class StaleReadError(WriteBusError):
 
 class TrackerError(WriteBusError):
     """Replay progress of the local replica cannot be observed (no broadcasts, no database)."""
+
+
+class LostInFailoverError(TrackerError):
+    """The local replica was promoted before it replayed ``lsn``: the old primary had
+    committed the write, but it never reached this database, which is the primary now. With
+    asynchronous replication that is the price of a failover. Send the write again with the
+    same request id: the new primary has no record of it and applies it."""
+
+    outcome = Outcome.UNKNOWN
+
+    def __init__(self, lsn: int, switch_lsn: int, region: str) -> None:
+        super().__init__(
+            f"the replica in {region!r} was promoted at {format_lsn(switch_lsn)}, before it "
+            f"replayed the write at {format_lsn(lsn)}: the write is not on the new primary; "
+            "resend it with the same request id"
+        )
+        self.lsn = lsn
+        self.switch_lsn = switch_lsn
+        self.region = region

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from writebus.client.errors import ReplicationTimeoutError, TrackerError
+from writebus.client.errors import LostInFailoverError, ReplicationTimeoutError, TrackerError
 from writebus.client.log import get_logger
 from writebus.client.lsn import parse_lsn
 from writebus.client.progress import RegionProgress
@@ -82,6 +82,8 @@ class LsnTracker:
         self.silence: SilenceWatch | None = None
         #: (lag seconds the replica reported, monotonic time heard) of the latest broadcast.
         self._lag_report: tuple[float | None, float] | None = None
+        #: The replayed position when this region's database was promoted (None: not yet).
+        self._switch_lsn: int | None = None
         self._report_waiters: set[asyncio.Future[None]] = set()
         self.updates_received = 0
         self.fallback_polls = 0
@@ -151,8 +153,11 @@ class LsnTracker:
             return
         if upd.role == "primary" and upd.region == self.region and not upd.in_recovery:
             # After a failover this region's database is the primary: its flush position is
-            # what it has "replayed" (a promoted standby's replay LSN freezes).
-            pass
+            # what it has "replayed" (a promoted standby's replay LSN freezes). Positions on
+            # its new timeline say nothing of writes the old primary committed past the point
+            # of promotion: those never arrived here.
+            if self._switch_lsn is None:
+                self._promoted(upd.replica_id)
         elif upd.role != "replica" or not upd.in_recovery:
             return
         self.updates_received += 1
@@ -165,6 +170,18 @@ class LsnTracker:
                 if not fut.done():
                     fut.set_result(None)
             self._report_waiters.clear()
+
+    def _promoted(self, replica_id: str) -> None:
+        """This region's database became the primary: fail the waits it can never satisfy."""
+        switch = self._replayed if self._replayed is not None else 0
+        self._switch_lsn = switch
+        log.warning("tracker.region_promoted", region=self.region, switch_lsn=switch)
+        self._progress = RegionProgress(
+            replica_id=replica_id, stale_after=self._progress.stale_after
+        )
+        for waiter in self._queue.pop_above(switch):
+            if not waiter.payload.done():
+                waiter.payload.set_exception(LostInFailoverError(waiter.lsn, switch, self.region))
 
     def lag_bound(self, now: float | None = None) -> float | None:
         """An upper bound on the local replica's lag in seconds, from the latest broadcast:

@@ -86,6 +86,13 @@ class WaiterQueue(Generic[T]):
                 self._dead -= 1
         return out
 
+    def pop_above(self, lsn: int) -> list[Waiter[T]]:
+        """Remove and return the live waiters whose LSN is ``> lsn`` (a rare event: a scan)."""
+        out = [e[2] for e in self._heap if e[2].active and e[0] > lsn]
+        for w in out:
+            self.discard(w)
+        return out
+
     def drain(self) -> list[Waiter[T]]:
         """Remove and return every live waiter (used on close)."""
         out = [e[2] for e in self._heap if e[2].active]

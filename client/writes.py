@@ -16,6 +16,7 @@ from typing import Any, Literal
 from psycopg_pool import AsyncConnectionPool
 
 from writebus.client.errors import (
+    LostInFailoverError,
     OutcomeUnknownError,
     TrackerError,
     UnavailableError,
@@ -125,7 +126,14 @@ async def via_bus(
             raise TrackerError("no LSN tracker: is this Database open?")
         t0 = time.monotonic()
         wait = replication_timeout if replication_timeout is not None else settings.replication_timeout
-        await tracker.wait_for(lsn, wait)
+        try:
+            await tracker.wait_for(lsn, wait)
+        except LostInFailoverError as e:
+            # The commit is on the old primary only: to the caller that is a write whose
+            # outcome must be settled by sending it again under the same id.
+            err = OutcomeUnknownError(req.id, str(e), subject=subject)
+            err.last_error = e
+            raise err from e
         replication_ms = (time.monotonic() - t0) * 1000
     server_ms = reply.server_ms or 0.0
     return WriteResult(

@@ -16,7 +16,11 @@ import pytest
 
 from tests.support.fake_nats import FakeMsg, FakeServer
 from writebus.client.db import Database
-from writebus.client.errors import ReplicationTimeoutError
+from writebus.client.errors import (
+    LostInFailoverError,
+    OutcomeUnknownError,
+    ReplicationTimeoutError,
+)
 from writebus.client.protocol import Reply, Request, decode, encode, lsn_update
 from writebus.client.retry import RetryPolicy
 from writebus.client.settings import Settings
@@ -104,6 +108,31 @@ async def test_another_regions_broadcast_does_not_release_a_wait(
         with pytest.raises(ReplicationTimeoutError) as info:
             await write
         assert info.value.lsn == 101 and info.value.committed
+        assert db.tracker is not None and db.tracker.waiting == 0
+
+
+async def test_a_promotion_below_the_commit_makes_the_outcome_unknown(
+    fake: tuple[FakeServer, Bus],
+) -> None:
+    """lax's replica replayed 100 and was then promoted: the write the old primary committed
+    at 101 will never arrive. The waiter fails at once with an unknown outcome naming the
+    request id to resend, not a replication timeout; a wait at or below the switch point
+    is released as replayed."""
+    server, bus = fake
+    async with Database(LAX.replace(replication_timeout=30), nats=server.client()) as db:
+        await bus.replayed("lax", 100)
+        await _until(lambda: db.tracker is not None and db.tracker.updates_received == 1)
+        write = asyncio.create_task(db.execute("INSERT INTO t VALUES (1)", request_id="w-1"))
+        await _until(lambda: db.tracker is not None and db.tracker.waiting == 1)
+        promoted = lsn_update(region="lax", replica_id="r", lsn=200, role="primary",
+                              in_recovery=False, timeline=2)
+        await bus.nc.publish("writebus.lsn.lax", encode(promoted))
+        with pytest.raises(OutcomeUnknownError) as info:
+            await asyncio.wait_for(write, 2)
+        assert info.value.request_id == "w-1"
+        lost = info.value.last_error
+        assert isinstance(lost, LostInFailoverError)
+        assert (lost.lsn, lost.switch_lsn, lost.region) == (101, 100, "lax")
         assert db.tracker is not None and db.tracker.waiting == 0
 
 

@@ -86,7 +86,7 @@ def test_the_known_names_are_the_names_read() -> None:
     assert set(BUS_ENV_VARS) <= known and set(ALL_ENV_VARS) <= known
     root = Path(__file__).resolve().parents[2]
     sources = [
-        p.read_text() for d in ("client", "bus", "tests") for p in (root / d).rglob("*.py")
+        p.read_text() for d in ("client", "bus", "writebus", "tests") for p in (root / d).rglob("*.py")
         if p.name != "settings.py" and p.name != "test_settings.py"
     ]
     elsewhere = OTHER_KNOWN_VARS - set(BUS_ENV_VARS)  # the embedded stack's and the tests'
