@@ -19,7 +19,7 @@ COPY pyproject.toml README.md* ./
 COPY writebus ./writebus
 COPY bus ./bus
 COPY client ./client
-RUN pip install '.[service]' \
+RUN pip install '.[service,speed]' \
     && cd / && rm -rf /src
 
 # Run unprivileged: the service needs no file system access.

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from writebus.bus.embedded.errors import EmbeddedError
+from writebus.client import loops
 from writebus.client.errors import ConfigError, ConnectError
 from writebus.client.version import VERSION
 
@@ -90,7 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = BusSettings.from_env()  # malformed settings fail before any output is set up
     configure_logging()
-    asyncio.run(serve(settings))
+    loops.run(serve(settings), settings.event_loop)
     return 0
 
 

@@ -84,7 +84,10 @@ class NodeOps:
 
     @property
     def observers(self) -> list[Observer]:
-        """What the handler must tell about each served request."""
+        """What the handler must tell about each served request. With the HTTP listener off
+        (``WRITEBUS_HTTP_ADDR=off``) nothing can scrape the metrics, so they are not kept."""
+        if self.node.settings.http_addr is None:
+            return [self.window]
         return [self.metrics.observe, self.window]
 
     async def start(self, nc: NatsClient) -> None:

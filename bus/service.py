@@ -145,6 +145,7 @@ class BusService:
             procedures=self.procedures.names(),
             allow_sql=s.allow_sql,
             http=f"{self.ops.http.addr[0]}:{self.ops.http.port}" if self.ops.http else None,
+            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
 
     def in_flight(self) -> dict[str, int]:

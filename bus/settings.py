@@ -7,6 +7,7 @@ from typing import Any
 
 from writebus.bus.log import log_level
 from writebus.client.errors import ConfigError
+from writebus.client.loops import resolve as resolve_loop
 from writebus.client.settings import ENV_VARS, EnvReader, Settings
 
 #: Environment variables only the bus service reads, with their meaning.
@@ -23,6 +24,8 @@ BUS_ENV_VARS: dict[str, str] = {
     "WRITEBUS_GROUP_MAX": "most statement writes in one group commit (default 64; 1: no grouping)",
     "WRITEBUS_FENCE_WAIT": "seconds a node on a primary database listens for a newer primary "
     "before serving writes (default 1.5)",
+    "WRITEBUS_EVENT_LOOP": "'auto' (uvloop when installed: writebus[speed]), 'uvloop' or "
+    "'asyncio'",
     "WRITEBUS_HTTP_ADDR": "host:port of /metrics, /healthz and /readyz (default 0.0.0.0:9091; "
     "'off' disables it)",
 }
@@ -64,6 +67,8 @@ class BusSettings(Settings):
     fence_wait: float = 1.5
     #: Where /metrics, /healthz and /readyz listen; None: no HTTP listener.
     http_addr: tuple[str, int] | None = None
+    #: The event loop the service runs on: "uvloop" or "asyncio" (resolved from auto).
+    event_loop: str = "asyncio"
 
     @classmethod
     def _read_env(cls, r: EnvReader) -> dict[str, Any]:
@@ -78,6 +83,7 @@ class BusSettings(Settings):
             fence_wait=r.seconds("WRITEBUS_FENCE_WAIT", 1.5, positive=False),
             group_connections=r.integer("WRITEBUS_GROUP_CONNECTIONS", 4, minimum=1),
             group_max=r.integer("WRITEBUS_GROUP_MAX", 64, minimum=1),
+            event_loop=resolve_loop(r.text("WRITEBUS_EVENT_LOOP", "auto")),
         )
         log_level(values["request_log_level"], "WRITEBUS_REQUEST_LOG_LEVEL")  # validate now
         return values

@@ -20,6 +20,8 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from writebus.client.loops import loop_factory
+
 T = TypeVar("T")
 
 #: Objects of the parent process a forked child must keep referenced (never garbage-collect:
@@ -32,7 +34,7 @@ class LoopThread:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop_factory()()  # uvloop when installed (writebus[speed])
         self.thread = threading.Thread(
             target=self._run, name="writebus-loop", daemon=True
         )

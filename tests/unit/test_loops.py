@@ -1,0 +1,53 @@
+"""Choosing the event loop: uvloop when installed, asyncio on request, clear errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from writebus.bus.settings import BusSettings
+from writebus.client import loops
+from writebus.client.errors import ConfigError
+from writebus.client.loopthread import LoopThread
+
+
+def test_auto_means_uvloop_when_installed() -> None:
+    """The dev install has the speed extra: auto picks uvloop; asyncio stays available."""
+    assert loops.uvloop_installed()  # `make install` installs writebus[speed]
+    assert loops.resolve("auto") == "uvloop"
+    assert loops.resolve(" Asyncio ") == "asyncio"
+    assert BusSettings.from_env({}).event_loop == "uvloop"
+    assert BusSettings.from_env({"WRITEBUS_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
+
+
+def test_auto_falls_back_to_asyncio_without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the extra, auto is the standard loop and an explicit uvloop is a config error."""
+    monkeypatch.setattr(loops, "uvloop_installed", lambda: False)
+    assert loops.resolve("auto") == "asyncio"
+    with pytest.raises(ConfigError, match=r"writebus\[speed\]") as info:
+        loops.resolve("uvloop")
+    assert info.value.variable == "WRITEBUS_EVENT_LOOP"
+
+
+def test_a_misspelled_choice_names_the_variable_and_the_choices() -> None:
+    with pytest.raises(ConfigError) as info:
+        BusSettings.from_env({"WRITEBUS_EVENT_LOOP": "uv"})
+    assert info.value.variable == "WRITEBUS_EVENT_LOOP"
+    assert "auto, uvloop, asyncio" in str(info.value)
+
+
+@pytest.mark.parametrize(("choice", "module"), [("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_run_uses_the_chosen_loop(choice: str, module: str) -> None:
+    async def which() -> str:
+        return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+    assert loops.run(which(), choice) == module
+
+
+def test_the_sync_apis_loop_thread_runs_uvloop() -> None:
+    thread = LoopThread()
+    try:
+        assert type(thread.loop).__module__.startswith("uvloop")
+    finally:
+        thread.stop()
