@@ -36,13 +36,16 @@ async def start_buses(
     count: int = 1,
     max_concurrency: int = 32,
     name: str = "bus",
+    env: dict[str, str] | None = None,
 ) -> list[BusProcess]:
-    """Start ``count`` bus processes in ``region`` on ``prefix`` and wait until they serve."""
+    """Start ``count`` bus processes in ``region`` on ``prefix`` and wait until they serve.
+    ``env`` adds settings (``WRITEBUS_GROUP_MAX``, ``WRITEBUS_EVENT_LOOP``, ...)."""
     env = {
         "WRITEBUS_PREFIX": prefix,
         "WRITEBUS_MAX_CONCURRENCY": str(max_concurrency),
         "WRITEBUS_LOG_FORMAT": "json",
         "WRITEBUS_LOG_LEVEL": "warning",
+        **(env or {}),
     }
     procs = [
         stack.start_bus(region, env=env, log_name=f"{name}-{region}-{i + 1}") for i in range(count)

@@ -1,13 +1,24 @@
 """Forming groups from the statement writes that are waiting (group commit).
 
-Requests are never held back to make a group: a write that arrives while a committer is free
-starts at once, alone. Groups form only from requests that queued up while every committer
-was busy; the next free committer takes all of them (up to ``max_count`` requests and
-``max_bytes`` of parameters) into one transaction (:mod:`writebus.bus.group`). A lone request
-therefore pays nothing, and a busy worker commits many requests per COMMIT, per flush-LSN read
-and per round trip.
+Requests are never held back to make a group: a write that arrives while a committer slot is
+free starts at once, alone. Groups form only from requests that queued up while every slot was
+busy; the next free slot takes them (up to a count and ``max_bytes`` of parameters) into one
+transaction (:mod:`writebus.bus.group`). A lone request therefore pays nothing, and a busy
+worker commits many requests per COMMIT, per flush-LSN read and per round trip.
 
-How the queue is cut into groups is :func:`take_group`, pure.
+Grouping must not turn slow writes into a queue. Requests in a group run one after another, so
+a group of 64 one-second statements would answer its last request after a minute. Two rules
+keep that from happening:
+
+* **The group size follows the cost.** The committer keeps a running estimate of the time one
+  request takes inside a group; a group holds at most ``budget`` seconds of expected work
+  (:func:`group_limit`). Fast inserts group by the dozen; a ``pg_sleep(1)`` runs alone.
+* **A stalled group gives its slot up.** A group still running after ``budget`` seconds stops
+  counting against the ``connections`` slots, so the next queued requests start on another
+  connection (up to ``max_connections`` groups at once). Slow writes then run side by side, as
+  they would without grouping, while fast writes keep few, large groups.
+
+How the queue is cut is :func:`take_group` and :func:`group_limit`, both pure.
 """
 
 from __future__ import annotations
@@ -27,6 +38,11 @@ log = get_logger("writebus.bus.committer")
 
 Outcome = Executed | WriteBusError
 RunGroup = Callable[[list[Job]], Awaitable[list[Outcome]]]
+
+#: Seconds of expected work in one group, and how long a group runs before its slot is freed.
+DEFAULT_BUDGET = 0.05
+#: Weight of the newest group in the per-request cost estimate.
+COST_WEIGHT = 0.3
 
 
 @dataclass
@@ -50,35 +66,68 @@ def take_group(queue: deque[_Waiting], *, max_count: int, max_bytes: int) -> lis
     return group
 
 
+def group_limit(cost: float, *, budget: float, max_count: int) -> int:
+    """How many requests the next group may hold: as many as fit ``budget`` seconds at
+    ``cost`` seconds each (no estimate yet: ``max_count``), at least one."""
+    if cost <= 0:
+        return max_count
+    return max(1, min(max_count, int(budget / cost)))
+
+
+def next_cost(cost: float, seconds: float, count: int) -> float:
+    """The per-request cost estimate after a group of ``count`` took ``seconds``."""
+    observed = seconds / count
+    return observed if cost <= 0 else cost + COST_WEIGHT * (observed - cost)
+
+
+class _Running:
+    """One group in flight: whether it gave its slot up (stalled)."""
+
+    __slots__ = ("stalled",)
+
+    def __init__(self) -> None:
+        self.stalled = False
+
+
 class Committer:
-    """``connections`` committers, each running one group at a time with ``run``."""
+    """Runs queued statement writes in groups with ``run``: at most ``connections`` groups
+    that are not stalled, and ``max_connections`` in all."""
 
     def __init__(
         self,
         run: RunGroup,
         *,
         connections: int = 4,
+        max_connections: int | None = None,
         max_count: int = 64,
         max_bytes: int = 1024 * 1024,
+        budget: float = DEFAULT_BUDGET,
         name: str = "write",
     ) -> None:
         self.run = run
         self.connections = connections
+        self.max_connections = max(connections, max_connections or connections)
         self.max_count = max_count
         self.max_bytes = max_bytes
+        self.budget = budget
         self.name = name
         self._queue: deque[_Waiting] = deque()
-        self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._busy = 0
-        #: Groups run and requests in them (mean group size = requests / groups).
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._active = 0  # groups holding a slot
+        self._running = 0  # groups in flight, stalled or not
+        self._stopping = False
+        #: Seconds one request takes inside a group (a moving estimate; 0: none yet).
+        self.cost = 0.0
+        #: Groups run, requests in them (mean group size = requests / groups), groups stalled.
         self.groups = 0
         self.requests = 0
+        self.stalls = 0
 
     def __repr__(self) -> str:
         return (
-            f"<Committer {self.name} queued={len(self._queue)} busy={self._busy}/"
-            f"{self.connections} groups={self.groups}>"
+            f"<Committer {self.name} queued={len(self._queue)} active={self._active}/"
+            f"{self.connections} running={self._running}/{self.max_connections} "
+            f"groups={self.groups}>"
         )
 
     @property
@@ -87,20 +136,18 @@ class Committer:
         return self.requests / self.groups if self.groups else 0.0
 
     def start(self) -> None:
-        """Start the committers (named tasks)."""
-        for n in range(self.connections):
-            self._tasks.append(
-                asyncio.create_task(self._committer(), name=f"committer-{self.name}-{n}")
-            )
+        """Accept requests (groups start as they queue)."""
+        self._stopping = False
 
     async def stop(self) -> None:
-        """Stop after the queued requests were answered as not run (retryable)."""
-        for task in self._tasks:
+        """Stop: groups in flight are cancelled (their requests' outcome is unknown) and the
+        queued requests are answered as not run (retryable)."""
+        self._stopping = True
+        for task in list(self._tasks):
             task.cancel()
-        for task in self._tasks:
+        for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._tasks.clear()
         while self._queue:
             waiting = self._queue.popleft()
             if not waiting.future.done():
@@ -111,34 +158,59 @@ class Committer:
         its outcome."""
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._queue.append(_Waiting(job, size, future))
-        self._wake.set()
+        self._dispatch()
         return await future
 
-    async def _committer(self) -> None:
-        while True:
-            while not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
-            group = take_group(self._queue, max_count=self.max_count, max_bytes=self.max_bytes)
-            if self._queue:
-                self._wake.set()  # more waiting: let another free committer take them
-            self._busy += 1
-            try:
-                outcomes = await self.run([w.job for w in group])
-            except asyncio.CancelledError:
-                for w in group:  # the group may or may not have committed
-                    if not w.future.done():
-                        w.future.set_result(
-                            OutcomeUnknownError(w.job.req.id, "the worker stopped mid-commit")
-                        )
-                raise
-            except Exception as exc:  # a bug: answer every request rather than hang them
-                log.exception("committer.failed", requests=len(group))
-                outcomes = [WriteBusError(f"internal: {type(exc).__name__}: {exc}")] * len(group)
-            finally:
-                self._busy -= 1
-            self.groups += 1
-            self.requests += len(group)
-            for waiting, outcome in zip(group, outcomes, strict=True):
-                if not waiting.future.done():
-                    waiting.future.set_result(outcome)
+    def _dispatch(self) -> None:
+        """Start groups from the queue while a slot and a connection are free."""
+        while (
+            self._queue
+            and not self._stopping
+            and self._active < self.connections
+            and self._running < self.max_connections
+        ):
+            limit = group_limit(self.cost, budget=self.budget, max_count=self.max_count)
+            group = take_group(self._queue, max_count=limit, max_bytes=self.max_bytes)
+            self._active += 1
+            self._running += 1
+            task = asyncio.create_task(self._run_group(group), name=f"group-{self.name}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _stall(self, running: _Running, count: int) -> None:
+        """A group has run for ``budget`` seconds: free its slot; it is slow work."""
+        running.stalled = True
+        self.stalls += 1
+        self._active -= 1
+        self.cost = max(self.cost, self.budget / count)
+        self._dispatch()
+
+    async def _run_group(self, group: list[_Waiting]) -> None:
+        loop = asyncio.get_running_loop()
+        running = _Running()
+        started = loop.time()
+        timer = loop.call_later(self.budget, self._stall, running, len(group))
+        try:
+            outcomes = await self.run([w.job for w in group])
+        except asyncio.CancelledError:
+            for w in group:  # the group may or may not have committed
+                if not w.future.done():
+                    w.future.set_result(
+                        OutcomeUnknownError(w.job.req.id, "the worker stopped mid-commit")
+                    )
+            raise
+        except Exception as exc:  # a bug: answer every request rather than hang them
+            log.exception("committer.failed", requests=len(group))
+            outcomes = [WriteBusError(f"internal: {type(exc).__name__}: {exc}")] * len(group)
+        finally:
+            timer.cancel()
+            self._running -= 1
+            if not running.stalled:
+                self._active -= 1
+        self.cost = next_cost(self.cost, loop.time() - started, len(group))
+        self.groups += 1
+        self.requests += len(group)
+        for waiting, outcome in zip(group, outcomes, strict=True):
+            if not waiting.future.done():
+                waiting.future.set_result(outcome)
+        self._dispatch()

@@ -286,7 +286,11 @@ class BusService:
             )
 
         self.committer = Committer(
-            run, connections=s.group_connections, max_count=s.group_max, name=s.region
+            run,
+            connections=s.group_connections,
+            max_connections=s.max_concurrency,
+            max_count=s.group_max,
+            name=s.region,
         )
         self.committer.start()
         handler.committer = self.committer

@@ -220,6 +220,42 @@ async def test_a_busy_worker_commits_in_groups(stack: Any, table: str) -> None:
         bus.stop(10)
 
 
+async def test_slow_writes_run_side_by_side_not_in_one_group(stack: Any, table: str) -> None:
+    """Twelve writes that each spend 0.4 s in their transaction, through a worker with two
+    committer slots: grouping them would answer the last after seconds, one slot after
+    another. Stalled groups give their slots up, so most of them run on the primary at the
+    same moment, and every one is acknowledged once."""
+    from tests.support.stack import settings_for, start_bus
+    from writebus import Database
+
+    prefix = f"slow{uuid.uuid4().hex[:8]}"
+    bus = start_bus(stack, "syd", log_name=f"bus-{prefix}", WRITEBUS_PREFIX=prefix,
+                    WRITEBUS_GROUP_CONNECTIONS="2", WRITEBUS_REQUEST_LOG_LEVEL="debug")
+    sql = f"INSERT INTO {table}(body) SELECT %s FROM pg_sleep(0.4)"
+    most = 0
+    try:
+        async with Database(settings_for(stack, "lax", prefix=prefix), max_size=2) as db:
+            writes = asyncio.gather(*(
+                db.execute(sql, [f"slow{i}"], await_replication=False) for i in range(12)
+            ))
+            async with await psycopg.AsyncConnection.connect(stack.primary.url,
+                                                             autocommit=True) as watch:
+                while not writes.done():
+                    cur = await watch.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                        "AND query LIKE '%%pg_sleep(0.4)%%' AND pid <> pg_backend_pid()"
+                    )
+                    row = await cur.fetchone()
+                    most = max(most, row[0] if row else 0)
+                    await asyncio.sleep(0.02)
+            results = await writes
+        assert len(results) == 12 and not any(r.duplicate for r in results)
+        assert most >= 8, f"at most {most} slow writes ran at once"
+        assert sorted(_bodies(stack, table)) == sorted(f"slow{i}" for i in range(12))
+    finally:
+        bus.stop(10)
+
+
 def _metric(base: str, name: str) -> float:
     import urllib.request
 

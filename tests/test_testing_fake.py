@@ -125,11 +125,6 @@ async def test_the_fake_returns_and_raises_what_the_bus_does(
             "IdempotencyKeyReusedError", "NoWorkerError"} <= kinds  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bus/execute.py run_procedure raises the 25P02 WriteRejectedError with no __cause__; "
-    "a reply from a worker gets psycopg's class as __cause__ (error_from_info)",
-)
 async def test_a_swallowed_database_error_has_psycopg_s_class_as_cause(
     fake: FakeBus, notes: str
 ) -> None:

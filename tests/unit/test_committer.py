@@ -1,0 +1,118 @@
+"""How the committer cuts the queue into groups and when it starts them (fake ``run``).
+
+The database side of a group is tested on real servers in ``tests/test_group_commit.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import deque
+from typing import Any
+
+import pytest
+
+from writebus.bus.committer import Committer, _Waiting, group_limit, next_cost, take_group
+from writebus.bus.execute import Job
+from writebus.bus.group import Executed
+from writebus.client.protocol import Request
+
+
+def _job() -> Job:
+    return Job(Request(id=uuid.uuid4().hex))
+
+
+def test_take_group_keeps_order_and_bounds_count_and_bytes() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        queue = deque(_Waiting(_job(), size, loop.create_future()) for size in (10, 10, 10, 500))
+        first = take_group(queue, max_count=2, max_bytes=1000)
+        assert [w.size for w in first] == [10, 10]
+        second = take_group(queue, max_count=10, max_bytes=100)
+        assert [w.size for w in second] == [10]  # 10 + 500 is over the byte bound
+        assert [w.size for w in take_group(queue, max_count=10, max_bytes=100)] == [500]
+    finally:
+        loop.close()
+
+
+def test_the_group_limit_follows_the_cost() -> None:
+    """Fast requests group up to the maximum, slow ones run alone; no estimate: maximum."""
+    assert group_limit(0.0, budget=0.05, max_count=64) == 64
+    assert group_limit(0.0002, budget=0.05, max_count=64) == 64
+    assert group_limit(0.005, budget=0.05, max_count=64) == 10
+    assert group_limit(1.0, budget=0.05, max_count=64) == 1
+    assert next_cost(0.0, 0.01, 10) == pytest.approx(0.001)
+    assert 0.001 < next_cost(0.001, 0.1, 1) < 0.1  # moves toward the new observation
+
+
+class FakeRun:
+    """Records each group; a group finishes when the test releases it."""
+
+    def __init__(self) -> None:
+        self.groups: list[int] = []
+        self.running = 0
+        self.most_running = 0
+        self.release = asyncio.Event()
+
+    async def __call__(self, jobs: list[Job]) -> list[Any]:
+        self.groups.append(len(jobs))
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await self.release.wait()
+        finally:
+            self.running -= 1
+        return [Executed([]) for _ in jobs]
+
+
+async def _until(cond: Any) -> None:
+    while not cond():
+        await asyncio.sleep(0.001)
+
+
+async def test_a_lone_request_starts_at_once_and_queued_ones_form_a_group() -> None:
+    """One slot: the first request runs alone at once; the nine that arrive while it runs go
+    together in the next group."""
+    run = FakeRun()
+    committer = Committer(run, connections=1, budget=60.0)
+    committer.start()
+    first = asyncio.create_task(committer.submit(_job()))
+    await _until(lambda: run.groups == [1])
+    rest = [asyncio.create_task(committer.submit(_job())) for _ in range(9)]
+    await asyncio.sleep(0.01)
+    assert run.groups == [1]  # nothing else started while the slot was busy
+    run.release.set()
+    outcomes = await asyncio.gather(first, *rest)
+    assert run.groups == [1, 9] and all(isinstance(o, Executed) for o in outcomes)
+    assert committer.mean_group == 5.0
+    await committer.stop()
+
+
+async def test_a_stalled_group_frees_its_slot_and_slow_work_runs_side_by_side() -> None:
+    """Requests that take long (the group outlives the budget) stop holding the slot: the
+    queued ones start on other connections, one per group, up to max_connections."""
+    run = FakeRun()
+    committer = Committer(run, connections=1, max_connections=6, budget=0.01)
+    committer.start()
+    calls = [asyncio.create_task(committer.submit(_job())) for _ in range(6)]
+    await _until(lambda: run.running == 6)
+    assert run.groups == [1] * 6 and committer.stalls >= 5
+    run.release.set()
+    await asyncio.gather(*calls)
+    await committer.stop()
+
+
+async def test_stop_answers_queued_requests_as_not_run_and_running_ones_as_unknown() -> None:
+    from writebus.client.errors import Outcome, OutcomeUnknownError, UnavailableError
+
+    run = FakeRun()
+    committer = Committer(run, connections=1, budget=60.0)
+    committer.start()
+    running = asyncio.create_task(committer.submit(_job()))
+    await _until(lambda: run.running == 1)
+    queued = asyncio.create_task(committer.submit(_job()))
+    await asyncio.sleep(0.01)
+    await committer.stop()
+    unknown, not_run = await running, await queued
+    assert isinstance(unknown, OutcomeUnknownError) and unknown.outcome is Outcome.UNKNOWN
+    assert isinstance(not_run, UnavailableError) and not_run.outcome is Outcome.NOT_APPLIED
