@@ -17,6 +17,9 @@ guessed at: the caller runs each alone again (:class:`GroupCommitFailed`), so ea
 truthful answer. A lost connection raises :class:`Lost` with whether COMMIT was in flight; the
 exactly-once record makes running the group again safe.
 
+A group of several is first tried without savepoints (:mod:`.optimistic`); the way above is
+what runs when that try meets anything unusual, and gives the same answers.
+
 Procedures do not join groups (see :mod:`writebus.bus.execute`).
 """
 
@@ -29,47 +32,26 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
-from writebus.bus import idempotency
-from writebus.bus.pg import FLUSH_LSN_SQL, connection_lost, rejected
+from writebus.bus import idempotency, optimistic
+from writebus.bus.grouptx import (
+    Executed,
+    GroupCommitFailed,
+    Lost,
+    Outcome,
+    commit,
+    flush_lsn,
+    rejection,
+    rollback,
+)
+from writebus.bus.pg import connection_lost
 from writebus.bus.results import wire_result
 from writebus.client.errors import UnavailableError, WriteBusError, WriteRejectedError
-from writebus.client.lsn import parse_lsn
 from writebus.client.protocol import Request, StatementResult
+
+__all__ = ["Check", "Executed", "GroupCommitFailed", "Lost", "Outcome", "run_group"]
 
 #: ``check(request, results)``: raises to refuse a request before COMMIT (reply too large).
 Check = Callable[[Request, list[StatementResult]], None]
-
-
-@dataclass
-class Executed:
-    """What a request produced: its results (or a procedure's value), the primary's flush LSN
-    read after COMMIT (None when not run on the primary), and whether the id had already been
-    applied (then this is the stored result; nothing was run again)."""
-
-    results: list[StatementResult]
-    value: Any = None
-    lsn: int | None = None
-    duplicate: bool = False
-
-
-Outcome = Executed | WriteBusError
-
-
-class Lost(Exception):
-    """The connection went away; ``committing`` says whether COMMIT may have reached it."""
-
-    def __init__(self, cause: BaseException, committing: bool) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-        self.committing = committing
-
-
-class GroupCommitFailed(Exception):
-    """COMMIT of a group of several failed: run each request alone to learn its outcome."""
-
-    def __init__(self, cause: psycopg.Error) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
 
 
 #: Errors psycopg raises while preparing a statement, before sending it.
@@ -98,6 +80,13 @@ async def run_group(
     one outcome per request, in order. Raises :class:`Lost` or :class:`GroupCommitFailed`."""
     items = [_Item(r, idempotency.request_digest(r), n) for n, r in enumerate(requests)]
     savepoints = len(items) > 1
+    if savepoints:
+        fast = await optimistic.run_optimistic(
+            conn, requests, [i.digest for i in items], read_lsn=read_lsn, check=check,
+            may_commit=may_commit, find_sql=find_sql,
+        )  # fmt: skip
+        if fast is not None:
+            return fast
     committing = False
     try:
         found, error = await _first_round(conn, items, savepoints, find_sql)
@@ -107,7 +96,7 @@ async def run_group(
             if failed is None:
                 break
             if not savepoints:
-                await _rollback(conn)
+                await rollback(conn)
                 break
             await conn.execute(f"ROLLBACK TO SAVEPOINT wb{failed.n}")
             pending = [i for i in pending if i.outcome is None]
@@ -116,32 +105,36 @@ async def run_group(
         applied = [i for i in items if isinstance(i.outcome, Executed) and not i.outcome.duplicate]
         refusal = may_commit() if may_commit is not None else None
         if refusal is not None:
-            await _rollback(conn)
+            await rollback(conn)
             for i in applied:
                 i.outcome = UnavailableError(f"not committed: {refusal}")
             applied = []
         lsn = None
         if applied:
             committing = True
-            lsn = await _commit(conn, applied, read_lsn)
+            lsn = await commit(
+                conn,
+                [(i.req, i.digest, i.outcome.results) for i in applied],  # type: ignore[union-attr]
+                read_lsn,
+            )
         else:
-            await _rollback(conn)
+            await rollback(conn)
             if read_lsn and any(isinstance(i.outcome, Executed) for i in items):
-                lsn = await _flush_lsn(conn)  # duplicates only: the position covers them
+                lsn = await flush_lsn(conn)  # duplicates only: the position covers them
     except psycopg.Error as exc:
         if connection_lost(conn, exc):
             raise Lost(exc, committing) from exc
         if committing and len(items) > 1:
             raise GroupCommitFailed(exc) from exc
         if not conn.closed:
-            await _rollback(conn)
+            await rollback(conn)
         for i in items:
             if i.outcome is None or (isinstance(i.outcome, Executed) and not i.outcome.duplicate):
-                i.outcome = _rejection(exc)
+                i.outcome = rejection(exc)
         return [i.outcome for i in items]  # type: ignore[misc]
     except BaseException:
         if not conn.closed:
-            await _rollback(conn)
+            await rollback(conn)
         raise
     out: list[Outcome] = []
     for i in items:
@@ -269,46 +262,5 @@ def _statement_error(item: _Item, error: psycopg.Error | None) -> WriteBusError 
         if res is None or res.status == pq.ExecStatus.FATAL_ERROR:
             if error is None:
                 return UnavailableError(f"statement {index} was not run")
-            return _rejection(error, index)
+            return rejection(error, index)
     return None
-
-
-def _rejection(error: psycopg.Error, index: int | None = None) -> WriteBusError:
-    """``rejected(error)`` with psycopg's exception as its cause (as when raised from it)."""
-    err = rejected(error, statement_index=index)
-    err.__cause__ = error
-    return err
-
-
-async def _commit(
-    conn: psycopg.AsyncConnection[Any], applied: list[_Item], read_lsn: bool
-) -> int | None:
-    """Record the applied ids with their results, COMMIT, read the flush LSN: one round trip."""
-    rows = [
-        (i.req.id, i.digest, idempotency.encode_result(i.outcome.results, None))  # type: ignore[union-attr]
-        for i in applied
-    ]
-    flush = None
-    async with conn.pipeline() as pipe:
-        await conn.execute(idempotency.STORE_SQL, idempotency.store_params(rows))
-        await conn.execute("COMMIT")
-        if read_lsn:
-            flush = await conn.execute(FLUSH_LSN_SQL)
-        await pipe.sync()
-    if flush is None:
-        return None
-    row = await flush.fetchone()
-    assert row is not None
-    return parse_lsn(row[0])
-
-
-async def _flush_lsn(conn: psycopg.AsyncConnection[Any]) -> int:
-    cur = await conn.execute(FLUSH_LSN_SQL)
-    row = await cur.fetchone()
-    assert row is not None
-    return parse_lsn(row[0])
-
-
-async def _rollback(conn: psycopg.AsyncConnection[Any]) -> None:
-    if conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
-        await conn.execute("ROLLBACK")

@@ -20,7 +20,7 @@ BUS_ENV_VARS: dict[str, str] = {
     "WRITEBUS_LOG_LEVEL": "log level (default 'info')",
     "WRITEBUS_REQUEST_LOG_LEVEL": "level of the one-line-per-request log (default 'info'; "
     "'debug' hides it at the default log level)",
-    "WRITEBUS_GROUP_CONNECTIONS": "connections committing statement writes in groups (default 4)",
+    "WRITEBUS_GROUP_CONNECTIONS": "connections committing statement writes in groups (default 2)",
     "WRITEBUS_GROUP_MAX": "most statement writes in one group commit (default 64; 1: no grouping)",
     "WRITEBUS_FENCE_WAIT": "seconds a node on a primary database listens for a newer primary "
     "before serving writes (default 1.5)",
@@ -61,7 +61,7 @@ class BusSettings(Settings):
     ready_file: str | None = None
     request_log_level: str = "info"
     #: Connections that commit statement writes in groups, and the largest group.
-    group_connections: int = 4
+    group_connections: int = 2
     group_max: int = 64
     #: Seconds a node on a primary database listens for a newer primary before serving writes.
     fence_wait: float = 1.5
@@ -81,7 +81,7 @@ class BusSettings(Settings):
             request_log_level=r.text("WRITEBUS_REQUEST_LOG_LEVEL", "info"),
             http_addr=parse_http_addr(r.text("WRITEBUS_HTTP_ADDR", DEFAULT_HTTP_ADDR)),
             fence_wait=r.seconds("WRITEBUS_FENCE_WAIT", 1.5, positive=False),
-            group_connections=r.integer("WRITEBUS_GROUP_CONNECTIONS", 4, minimum=1),
+            group_connections=r.integer("WRITEBUS_GROUP_CONNECTIONS", 2, minimum=1),
             group_max=r.integer("WRITEBUS_GROUP_MAX", 64, minimum=1),
             event_loop=resolve_loop(r.text("WRITEBUS_EVENT_LOOP", "auto")),
         )

@@ -68,6 +68,52 @@ async def test_a_group_commits_once_and_answers_each(
     assert _bodies(stack, table) == sorted(f"g{i}" for i in range(10))
 
 
+async def test_a_clean_group_is_sent_once_without_savepoints(
+    stack: Any, pool: Any, table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group with nothing unusual is answered by the first try (no savepoints): runs of the
+    same statement go as one executemany, a different statement and a two-statement request
+    in between break the runs, and every request still gets its own rows and rowcounts."""
+    from writebus.bus import optimistic
+
+    tries: list[bool] = []
+    real = optimistic.run_optimistic
+
+    async def spy(*args: Any, **kwargs: Any) -> Any:
+        out = await real(*args, **kwargs)
+        tries.append(out is not None)
+        return out
+
+    monkeypatch.setattr(optimistic, "run_optimistic", spy)
+    other = Job(Request(id=uuid.uuid4().hex, statements=[
+        Statement(sql=f"UPDATE {table} SET n = 7 WHERE body = %s", params=["a1"]),
+    ]))  # fmt: skip
+    two = Job(Request(id=uuid.uuid4().hex, statements=[
+        Statement(sql=f"INSERT INTO {table}(body) VALUES ('t1')"),
+        Statement(sql=f"SELECT count(*) FROM {table}"),
+    ]))  # fmt: skip
+    jobs = [_insert(table, "a0"), _insert(table, "a1"), other, _insert(table, "b0"),
+            _insert(table, "b1"), _insert(table, "b2"), two, _insert(table, "c0")]  # fmt: skip
+    assert [(r.start, r.stop, r.batched) for r in optimistic.plan_runs([j.req for j in jobs])] == [
+        (0, 2, True), (2, 3, False), (3, 6, True), (6, 7, False), (7, 8, False)
+    ]
+    out = await _run(pool, jobs)
+    assert tries == [True]
+    assert all(isinstance(o, Executed) and not o.duplicate for o in out)
+    inserted = [o.results[0].rows[0][1] for n, o in enumerate(out) if n not in (2, 6)]
+    assert inserted == ["a0", "a1", "b0", "b1", "b2", "c0"]
+    assert out[2].results[0].rowcount == 1 and out[2].results[0].rows is None
+    assert out[6].results[0].rowcount == 1
+    assert [list(r) for r in out[6].results[1].rows or ()] == [[6]]  # a0..b2 and t1
+    assert len({o.lsn for o in out}) == 1
+    # A repeat of one of them in the next group sends that group the careful way.
+    again = await _run(pool, [jobs[3], _insert(table, "d0")])
+    assert tries == [True, False]
+    assert again[0].duplicate
+    assert [list(r) for r in again[0].results[0].rows] == [list(r) for r in out[3].results[0].rows]
+    assert isinstance(again[1], Executed) and not again[1].duplicate
+
+
 async def test_a_failing_statement_in_the_middle_fails_alone(
     stack: Any, pool: Any, table: str
 ) -> None:
