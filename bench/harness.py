@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 from writebus.bus.embedded.bus_process import BusProcess
+from writebus.bus.embedded.ports import free_port
 from writebus.bus.embedded.stack import Stack
 from writebus.client.settings import Settings
 
@@ -47,8 +48,14 @@ async def start_buses(
         "WRITEBUS_LOG_LEVEL": "warning",
         **(env or {}),
     }
+    # Each node's /metrics on a port known here (the throughput phase reads its group counts).
     procs = [
-        stack.start_bus(region, env=env, log_name=f"{name}-{region}-{i + 1}") for i in range(count)
+        stack.start_bus(
+            region,
+            env={"WRITEBUS_HTTP_ADDR": f"127.0.0.1:{free_port()}", **env},
+            log_name=f"{name}-{region}-{i + 1}",
+        )
+        for i in range(count)
     ]
     await asyncio.gather(*(p.wait_ready_async(30) for p in procs))
     return procs

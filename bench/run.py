@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from bench import throughput, tracker_scale
+from bench import reads, throughput, tracker_scale
 from bench.approaches import (
     DirectLocal,
     Floor,
@@ -45,12 +45,15 @@ from bench.config import BenchConfig
 from bench.harness import PREFIX, create_table, settings, start_buses, start_stack
 from bench.polling import ReplayPoller
 from bench.report import evaluate_targets, table
+from bench.ryw_sync import SyncWritebusRyw
 from bench.sampling import Sample, interleave
 from bench.stats import percentile, summary
 from bench.sync_standby import REMOTE_APPLY, synchronous_standby
+from writebus.bus import idempotency
 from writebus.bus.embedded.stack import Stack
 from writebus.client.connect import connect_nats
 from writebus.client.db import Database
+from writebus.client.sync import SyncDatabase
 
 #: Measured with the read-your-write approaches but reported apart: what the WAN costs alone.
 BASELINES = ("wan_rtt", "nats_echo")
@@ -85,6 +88,8 @@ async def _ryw(stack: Stack, cfg: BenchConfig) -> dict[str, list[Sample]]:
         ReplayPoller(stack.database_url(lax), interval=0.100),
         ReplayPoller(stack.database_url(lax), interval=0.050),
     ]
+    sync_db = SyncDatabase(settings(stack, lax))
+    await asyncio.to_thread(sync_db.open)
     async with Database(settings(stack, lax)) as db:
         floor_conn = await _connect(wan_url)
         direct_conn = await _connect(wan_url)
@@ -101,12 +106,13 @@ async def _ryw(stack: Stack, cfg: BenchConfig) -> dict[str, list[Sample]]:
             await p.start()
         try:
             _progress(
-                f"read-your-write from {lax}: {cfg.ryw_rounds} rounds of 5 approaches "
+                f"read-your-write from {lax}: {cfg.ryw_rounds} rounds of 6 approaches "
                 "and 2 baselines"
             )
             out = await interleave(
                 [
                     WritebusRyw(db),
+                    SyncWritebusRyw(sync_db),
                     Floor(floor_conn),
                     PollRyw("poll_100ms", db, pollers[0]),
                     PollRyw("poll_50ms", db, pollers[1]),
@@ -124,6 +130,7 @@ async def _ryw(stack: Stack, cfg: BenchConfig) -> dict[str, list[Sample]]:
             await direct_conn.close()
             await rtt_conn.close()
             await responder.close()
+            await asyncio.to_thread(sync_db.close)
         _progress(f"remote_apply: {cfg.remote_apply_rounds} rounds, replica as synchronous standby")
         async with synchronous_standby(stack):
             ra_conn = await _connect(wan_url, REMOTE_APPLY)
@@ -141,6 +148,19 @@ async def _ryw(stack: Stack, cfg: BenchConfig) -> dict[str, list[Sample]]:
                 await ra_conn.close()
                 await syd_conn.close()
     return out
+
+
+async def _reads(stack: Stack, cfg: BenchConfig) -> dict[str, list[Sample]]:
+    lax = stack.replica_region
+    _progress(f"reads in {lax}: {cfg.ryw_rounds} rounds of 6 kinds")
+    async with Database(settings(stack, lax)) as db:
+        wan = await _connect(stack.primary_url_from(lax))
+        try:
+            return await interleave(
+                await reads.approaches(db, wan), rounds=cfg.ryw_rounds, warmup=cfg.warmup
+            )
+        finally:
+            await wan.close()
 
 
 async def _batch(stack: Stack, cfg: BenchConfig) -> dict[str, list[Sample]]:
@@ -200,6 +220,15 @@ async def _tracker(stack: Stack, cfg: BenchConfig) -> dict[str, Any]:
     }
 
 
+async def _idempotency_usage(stack: Stack) -> tuple[int, int]:
+    """(bytes, rows) of the exactly-once table on the primary."""
+    async with await psycopg.AsyncConnection.connect(stack.primary.url, autocommit=True) as conn:
+        size = await idempotency.size_bytes(conn)
+        cur = await conn.execute("SELECT count(*) FROM writebus.applied")
+        row = await cur.fetchone()
+    return size, int(row[0]) if row else 0
+
+
 async def collect(cfg: BenchConfig) -> dict[str, Any]:
     """Start a stack, run every phase, stop the stack; return the report (without targets)."""
     started = time.perf_counter()
@@ -214,17 +243,21 @@ async def collect(cfg: BenchConfig) -> dict[str, Any]:
         await create_table(stack)
         ryw = await _ryw(stack, cfg)
         baselines = {name: ryw.pop(name) for name in BASELINES}
+        read_samples = await _reads(stack, cfg)
         batch = await _batch(stack, cfg)
         local = await _primary_local(stack, cfg)
         tracker = await _tracker(stack, cfg)
         _progress(f"throughput: {cfg.throughput_seconds} s per configuration")
+        stored0 = await _idempotency_usage(stack)
         tp = await throughput.measure(
             stack,
             concurrencies=cfg.concurrencies,
             seconds=cfg.throughput_seconds,
             warmup=cfg.throughput_warmup_seconds,
             slices=cfg.throughput_slices,
+            progress=_progress,
         )
+        stored1 = await _idempotency_usage(stack)
     finally:
         await asyncio.to_thread(stack.stop)
     return {
@@ -246,6 +279,8 @@ async def collect(cfg: BenchConfig) -> dict[str, Any]:
             name: _parts_p50(s) for name, s in ryw.items() if s and s[0].parts
         },
         "baselines_ms": {name: summary(_ms(s)) for name, s in baselines.items()},
+        "reads_ms": {name: summary(_ms(s)) for name, s in read_samples.items()},
+        "stale_read_samples": {name: sum(x.stale for x in s) for name, s in read_samples.items()},
         "batch10_ms": {name: summary(_ms(s)) for name, s in batch.items()},
         "throughput_wps": {
             name: {c: round(r.wps, 1) for c, r in runs.items()} for name, runs in tp.items()
@@ -253,6 +288,9 @@ async def collect(cfg: BenchConfig) -> dict[str, Any]:
         "throughput_detail": {
             name: {c: r.as_dict() for c, r in runs.items()} for name, runs in tp.items()
         },
+        # Marginal storage of the exactly-once record: bytes added per row added.
+        "idempotency_bytes_per_write": (stored1[0] - stored0[0]) / max(1, stored1[1] - stored0[1]),
+        "idempotency_rows_measured": stored1[1] - stored0[1],
         "tracker": tracker,
         "primary_local_ms": {name: summary(_ms(s)) for name, s in local.items()},
         "samples_ms": {
@@ -275,7 +313,8 @@ def run_bench(
     """Run the benchmarks, print the table, write the JSON report and the PNG plot.
 
     ``samples`` (tests and CI) overrides every sample count with a tiny one. Returns the exit
-    code: 1 when a writebus read was stale (a correctness failure), else 0. Timings never fail.
+    code: 1 when a writebus read was stale (a correctness failure: a read-your-write, or a
+    read of a row already replayed or awaited by token), else 0. Timings never fail.
     """
     if samples is not None:
         cfg = BenchConfig.tiny(samples=samples, delay_ms=delay_ms)
@@ -298,7 +337,8 @@ def run_bench(
 
     write_plot(plot, report)
     _progress(f"plot: {plot}")
-    return 1 if report["stale_reads"]["writebus"] else 0
+    stale = report["stale_reads"]["writebus"] + report["stale_reads"]["writebus_sync"]
+    return 1 if stale or any(report["stale_read_samples"].values()) else 0
 
 
 def _json_safe(obj: Any) -> Any:

@@ -1,17 +1,28 @@
-"""Write throughput inside the primary region: the bus (1 and 2 worker processes) vs psycopg.
+"""Write throughput inside the primary region: the bus against psycopg and pgbench (issue #12).
 
 Everything runs in the primary region, so no WAN hop is involved ("no delay"). One load
-generator shape for every configuration -- one asyncio process, ``concurrency`` tasks each
+generator shape for psycopg and the bus -- one asyncio process, ``concurrency`` tasks each
 writing in a loop -- so the comparison is fair on a small machine where the generator itself
-needs CPU. Each configuration runs for a warm-up, then a fixed measured window.
+needs CPU. pgbench (C, its own process) is the outside ceiling. Each configuration runs for a
+warm-up, then a measured window; windows of all configurations are interleaved.
+
+The configurations (:data:`BUS_CONFIGS` plus ``direct`` and ``pgbench``):
+
+* ``writebus_1w_grouped`` -- one bus worker, defaults (group commit; uvloop when installed);
+* ``writebus_1w_asyncio`` -- the same on the standard asyncio loop (the uvloop comparison);
+* ``writebus_1w_single`` -- no grouping (``WRITEBUS_GROUP_MAX=1``): one transaction per write;
+* ``writebus_2w`` -- two workers, for information (on 2 cores it measures CPU contention);
+* ``writebus_1w_no_metrics`` -- ``WRITEBUS_HTTP_ADDR=off``, at c16 only (the metrics' cost).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -23,12 +34,33 @@ from bench.harness import (
     start_buses,
     stop_buses,
 )
+from bench.pgbench import PgbenchError, run_pgbench
 from bench.stats import percentile
 from writebus.bus.embedded.bus_process import BusProcess
 from writebus.bus.embedded.stack import Stack
 from writebus.client.db import Database
 
 WriteFn = Callable[[int], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class BusConfig:
+    """Bus workers measured as one configuration: ``env`` on top of the defaults."""
+
+    key: str
+    env: dict[str, str] = field(default_factory=dict)
+    workers: int = 1
+    #: Measured at these concurrencies only (None: all).
+    only_at: tuple[int, ...] | None = None
+
+
+BUS_CONFIGS = (
+    BusConfig("writebus_1w_grouped"),
+    BusConfig("writebus_1w_asyncio", {"WRITEBUS_EVENT_LOOP": "asyncio"}),
+    BusConfig("writebus_1w_single", {"WRITEBUS_GROUP_MAX": "1"}),
+    BusConfig("writebus_2w", workers=2),
+    BusConfig("writebus_1w_no_metrics", {"WRITEBUS_HTTP_ADDR": "off"}, only_at=(16,)),
+)
 
 
 @dataclass(frozen=True)
@@ -42,15 +74,21 @@ class Slice:
     server_cpu_s: float
     machine_busy_s: float
     machine_total_s: float
+    #: Group commits and the requests in them during the window (bus workers with metrics).
+    groups: float = 0.0
+    grouped: float = 0.0
+    #: pgbench's own mean latency (it reports no percentiles without a log).
+    latency_avg_ms: float = math.nan
 
 
 @dataclass(frozen=True)
 class Run:
-    """One configuration, over all its slices.
+    """One configuration at one concurrency, over all its slices.
 
     ``machine_cpu_ms_per_write`` is the CPU the whole machine spent per write (every process:
-    load generator, bus workers, nats-server, Postgres, the WAN proxy, the replica). On a machine
-    where all of them share a few cores, writes/s is about ``cores * 1000`` over it.
+    load generator, bus workers, nats-server, Postgres, the replica). On a machine where all of
+    them share a few cores, writes/s is about ``cores * 1000`` over it. ``mean_group`` is the
+    requests per group commit (NaN where the worker exports no metrics).
     """
 
     wps: float
@@ -62,6 +100,8 @@ class Run:
     server_cpu_ms_per_write: float
     machine_cpu_ms_per_write: float
     machine_busy: float
+    mean_group: float
+    latency_avg_ms: float
 
     @classmethod
     def of(cls, slices: Sequence[Slice]) -> Run:
@@ -71,6 +111,7 @@ class Run:
         busy = sum(s.machine_busy_s for s in slices)
         total = sum(s.machine_total_s for s in slices)
         latencies = [x for s in slices for x in s.latencies_ms]
+        groups = sum(s.groups for s in slices)
         per = max(writes, 1)
         return cls(
             wps=writes / seconds if seconds else 0.0,
@@ -82,11 +123,38 @@ class Run:
             server_cpu_ms_per_write=sum(s.server_cpu_s for s in slices) * 1000 / per,
             machine_cpu_ms_per_write=busy * 1000 / per,
             machine_busy=busy / total if total else 0.0,
+            mean_group=sum(s.grouped for s in slices) / groups if groups else math.nan,
+            latency_avg_ms=(
+                sum(s.latency_avg_ms * s.writes for s in slices) / per
+                if any(not math.isnan(s.latency_avg_ms) for s in slices)
+                else math.nan
+            ),
         )
 
     def as_dict(self) -> dict[str, float]:
         """Rounded values for the report."""
         return {k: round(float(v), 3) for k, v in self.__dict__.items()}
+
+
+def group_counts(procs: Sequence[BusProcess]) -> tuple[float, float]:
+    """``(group commits, requests in them)`` so far, summed over bus processes (scraped from
+    their /metrics); (0, 0) for processes without an HTTP listener."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    groups = grouped = 0.0
+    for proc in procs:
+        addr = proc.env.get("WRITEBUS_HTTP_ADDR", "off")
+        if addr == "off":
+            continue
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "writebus_group_commits_total":
+                    groups += sample.value
+                elif sample.name == "writebus_group_requests_total":
+                    grouped += sample.value
+    return groups, grouped
 
 
 async def drive(
@@ -95,13 +163,14 @@ async def drive(
     concurrency: int,
     seconds: float,
     warmup: float,
-    server_pids: Sequence[int] = (),
+    servers: Sequence[BusProcess] = (),
 ) -> Slice:
     """Run ``concurrency`` tasks calling ``write`` in a loop; measure after ``warmup`` seconds."""
     measuring = False
     stop = False
     count = 0
     latencies: list[float] = []
+    pids = [p.pid for p in servers if p.pid]
 
     async def loop(k: int) -> None:
         nonlocal count
@@ -117,8 +186,9 @@ async def drive(
     tasks = [asyncio.create_task(loop(k), name=f"bench-load-{k}") for k in range(concurrency)]
     try:
         await asyncio.sleep(warmup)
+        groups0 = await asyncio.to_thread(group_counts, servers)
         client0 = time.process_time()
-        server0 = sum(process_cpu_seconds(p) for p in server_pids)
+        server0 = sum(process_cpu_seconds(p) for p in pids)
         busy0, total0 = machine_busy_seconds()
         t0 = time.perf_counter()
         measuring = True
@@ -127,11 +197,12 @@ async def drive(
         elapsed = time.perf_counter() - t0
         writes = count
         client = time.process_time() - client0
-        server = sum(process_cpu_seconds(p) for p in server_pids) - server0
+        server = sum(process_cpu_seconds(p) for p in pids) - server0
         busy1, total1 = machine_busy_seconds()
     finally:
         stop = True
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    groups1 = await asyncio.to_thread(group_counts, servers)
     failures = [o for o in outcomes if isinstance(o, BaseException)]
     if failures:
         raise RuntimeError(f"{len(failures)} of {concurrency} load tasks failed") from failures[0]
@@ -143,7 +214,27 @@ async def drive(
         server_cpu_s=server,
         machine_busy_s=busy1 - busy0,
         machine_total_s=total1 - total0,
+        groups=groups1[0] - groups0[0],
+        grouped=groups1[1] - groups0[1],
     )
+
+
+async def pgbench_slice(url: str, *, concurrency: int, seconds: float) -> Slice:
+    """One pgbench window as a :class:`Slice`."""
+    got = await run_pgbench(url, concurrency=concurrency, seconds=seconds)
+    return Slice(
+        writes=int(got["writes"]),
+        seconds=got["seconds"],
+        latencies_ms=[],
+        client_cpu_s=got["client_cpu_s"],
+        server_cpu_s=0.0,
+        machine_busy_s=got["machine_busy_s"],
+        machine_total_s=got["machine_total_s"],
+        latency_avg_ms=got["latency_avg_ms"],
+    )
+
+
+SliceFn = Callable[[int, float], Awaitable[Slice]]
 
 
 async def measure(
@@ -153,8 +244,9 @@ async def measure(
     seconds: float,
     warmup: float,
     slices: int = 1,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, dict[str, Run]]:
-    """``{"direct"|"writebus_1w"|"writebus_2w": {"c1": Run, ...}}``.
+    """``{"direct"|"pgbench"|<bus config>: {"c1": Run, ...}}``.
 
     Each configuration runs ``seconds`` in all, as ``slices`` windows interleaved with the other
     configurations' (each after ``warmup`` seconds of unmeasured load), so a noisy moment on
@@ -172,22 +264,21 @@ async def measure(
         name="bench-direct",
     )
     await pool.open(wait=True, timeout=30)
-    results: dict[str, dict[str, Run]] = {"direct": {}, "writebus_1w": {}, "writebus_2w": {}}
+    results: dict[str, dict[str, Run]] = {}
     try:
-        for n in (1, 2):
-            key = f"writebus_{n}w"
-            prefix = f"bench_tp{n}w"
-            workers[key] = await start_buses(
-                stack, stack.primary_region, prefix=prefix, count=n, max_concurrency=max_c,
-                name=f"bus-tp{n}w",
-            )
+        for cfg in BUS_CONFIGS:
+            prefix = f"bench_{cfg.key}"
+            workers[cfg.key] = await start_buses(
+                stack, stack.primary_region, prefix=prefix, count=cfg.workers,
+                max_concurrency=max_c, name=f"bus-{cfg.key}", env=cfg.env,
+            )  # fmt: skip
             # A client on the primary region's NATS server that still goes through the bus
             # (it declares itself outside the primary region and does not wait for replay).
             s = settings(stack, stack.primary_region, prefix=prefix).replace(
                 region=stack.replica_region
             )
-            dbs[key] = Database(s, max_size=1)
-            await dbs[key].open()
+            dbs[cfg.key] = Database(s, max_size=1)
+            await dbs[cfg.key].open()
 
         async def direct(seq: int) -> None:
             async with pool.connection() as conn:
@@ -200,31 +291,44 @@ async def measure(
 
             return write
 
-        configs: list[tuple[str, WriteFn, list[int]]] = [
-            ("direct", direct, []),
+        def driven(write: WriteFn, servers: Sequence[BusProcess] = ()) -> SliceFn:
+            def run(c: int, secs: float) -> Awaitable[Slice]:
+                return drive(write, concurrency=c, seconds=secs, warmup=warmup, servers=servers)
+
+            return run
+
+        async def pgbench(c: int, secs: float) -> Slice:
+            return await pgbench_slice(stack.primary.url, concurrency=c, seconds=secs)
+
+        configs: list[tuple[str, SliceFn, tuple[int, ...] | None]] = [
+            ("direct", driven(direct), None),
             *(
-                (key, via_bus(dbs[key], f"tp_{key}"), [p.pid for p in workers[key] if p.pid])
-                for key in ("writebus_1w", "writebus_2w")
+                (cfg.key, driven(via_bus(dbs[cfg.key], cfg.key), workers[cfg.key]), cfg.only_at)
+                for cfg in BUS_CONFIGS
             ),
+            ("pgbench", pgbench, None),
         ]
-        for _, write, _ in configs:  # connections opened, statements prepared, pools grown
-            await drive(write, concurrency=max_c, seconds=0.0, warmup=warmup * 2)
+        for key, _, _ in configs:  # connections opened, statements prepared, pools grown
+            if key != "pgbench":
+                await dict((k, f) for k, f, _ in configs)[key](max_c, 0.0)
+        failed: dict[str, str] = {}
         for c in concurrencies:
-            done: dict[str, list[Slice]] = {key: [] for key, _, _ in configs}
+            here = [x for x in configs if x[2] is None or c in x[2]]
+            progress(f"throughput c{c}: {len(here)} configurations")
+            done: dict[str, list[Slice]] = {key: [] for key, _, _ in here}
             for r in range(slices):
-                for k in range(len(configs)):
-                    key, write, pids = configs[(r + k) % len(configs)]
-                    done[key].append(
-                        await drive(
-                            write,
-                            concurrency=c,
-                            seconds=seconds / slices,
-                            warmup=warmup,
-                            server_pids=pids,
-                        )
-                    )
+                for k in range(len(here)):
+                    key, run, _ = here[(r + k) % len(here)]
+                    if key in failed:
+                        continue
+                    try:
+                        done[key].append(await run(c, seconds / slices))
+                    except PgbenchError as exc:
+                        failed[key] = str(exc)
+                        progress(f"{key}: {exc}")
             for key, got in done.items():
-                results[key][f"c{c}"] = Run.of(got)
+                if got:
+                    results.setdefault(key, {})[f"c{c}"] = Run.of(got)
     finally:
         for db in dbs.values():
             await db.close()
