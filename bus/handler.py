@@ -136,6 +136,8 @@ class Handler:
         self.committer: Committer | None = None
         #: Asked right before each COMMIT: why this node must not commit now, or None.
         self.may_commit: Callable[[], str | None] | None = None
+        #: The primary's WAL timeline, stamped on replies to commits (set while primary).
+        self.timeline: int | None = None
         #: What ``writebus.ping`` reports about this node besides its database's state.
         self.node_info: dict[str, Any] = {"region": region}
 
@@ -244,6 +246,7 @@ class Handler:
             lsn=format_lsn(done.lsn),
             lsn_int=done.lsn,
             duplicate=done.duplicate,
+            timeline=self.timeline,
         )
 
     def _failure(self, request_id: str, exc: Exception) -> Reply:

@@ -244,6 +244,7 @@ class BusService:
         assert self.pool is not None and self.handler is not None
         self._set_role("starting")
         self.fence.timeline = await self._timeline()
+        self.handler.timeline = self.fence.timeline
         deadline = asyncio.get_running_loop().time() + s.fence_wait
         while not self.fence.fenced and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)  # listening for a newer primary (see bus/fence.py)

@@ -124,6 +124,10 @@ class Reply(msgspec.Struct, kw_only=True):
     duplicate: bool = False
     server_ms: float | None = None
     error: ErrorInfo | None = None
+    #: The primary's WAL timeline when it committed (added with a default: nil from older
+    #: workers and where nothing committed). A replica promoted before replaying ``lsn`` is on
+    #: a newer timeline: the tracker then knows the write did not reach it.
+    timeline: int | None = None
 
 
 class LsnUpdate(msgspec.Struct, kw_only=True):

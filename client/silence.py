@@ -32,7 +32,7 @@ def silence_message(region: str, heard: set[str]) -> str:
         )
     others = ", ".join(sorted(heard))
     guess = likely_region(region, heard)
-    hint = f"; did you mean {guess!r}?" if guess else ""
+    hint = f"; did you mean {guess!r}?" if guess else "."
     return (
         f"this process's region is {region!r} (FLY_REGION/MY_REGION), but the regions "
         f"broadcasting are {others}{hint} Writes wait by polling the database meanwhile"

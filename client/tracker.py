@@ -82,8 +82,8 @@ class LsnTracker:
         self.silence: SilenceWatch | None = None
         #: (lag seconds the replica reported, monotonic time heard) of the latest broadcast.
         self._lag_report: tuple[float | None, float] | None = None
-        #: The replayed position when this region's database was promoted (None: not yet).
-        self._switch_lsn: int | None = None
+        #: (replayed position, new timeline) when this region's database was promoted.
+        self._switch: tuple[int, int] | None = None
         self._report_waiters: set[asyncio.Future[None]] = set()
         self.updates_received = 0
         self.fallback_polls = 0
@@ -156,8 +156,8 @@ class LsnTracker:
             # what it has "replayed" (a promoted standby's replay LSN freezes). Positions on
             # its new timeline say nothing of writes the old primary committed past the point
             # of promotion: those never arrived here.
-            if self._switch_lsn is None:
-                self._promoted(upd.replica_id)
+            if self._switch is None and upd.timeline is not None:
+                self._promoted(upd.replica_id, upd.timeline)
         elif upd.role != "replica" or not upd.in_recovery:
             return
         self.updates_received += 1
@@ -171,15 +171,17 @@ class LsnTracker:
                     fut.set_result(None)
             self._report_waiters.clear()
 
-    def _promoted(self, replica_id: str) -> None:
-        """This region's database became the primary: fail the waits it can never satisfy."""
+    def _promoted(self, replica_id: str, timeline: int) -> None:
+        """This region's database became the primary, on ``timeline``: fail the waits for
+        writes of an older timeline past the point it had replayed -- they never arrive."""
         switch = self._replayed if self._replayed is not None else 0
-        self._switch_lsn = switch
-        log.warning("tracker.region_promoted", region=self.region, switch_lsn=switch)
+        self._switch = (switch, timeline)
+        log.warning("tracker.region_promoted", region=self.region, switch_lsn=switch,
+                    timeline=timeline)  # fmt: skip
         self._progress = RegionProgress(
             replica_id=replica_id, stale_after=self._progress.stale_after
         )
-        for waiter in self._queue.pop_above(switch):
+        for waiter in self._queue.pop_lost(switch, timeline):
             if not waiter.payload.done():
                 waiter.payload.set_exception(LostInFailoverError(waiter.lsn, switch, self.region))
 
@@ -239,20 +241,23 @@ class LsnTracker:
 
     # -- waiting --------------------------------------------------------------------------
 
-    async def wait_for(self, lsn: int, timeout: float) -> int:
+    async def wait_for(self, lsn: int, timeout: float, timeline: int | None = None) -> int:
         """Wait until the local replica has replayed ``lsn``; return the replayed position.
 
         Returns at once when already replayed. Raises :class:`ReplicationTimeoutError` (which
         carries ``lsn`` and says the write committed) after ``timeout`` seconds. A timed-out or
         cancelled wait leaves nothing behind.
         """
+        if self._lost(lsn, timeline):
+            assert self._switch is not None
+            raise LostInFailoverError(lsn, self._switch[0], self.region)
         if self._replayed is not None and self._replayed >= lsn:
             return self._replayed
         if self._closed:
             raise TrackerError("the LSN tracker is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
-        waiter = self._queue.add(lsn, fut)
+        waiter = self._queue.add(lsn, fut, timeline)
         # A bare timer rather than asyncio.wait_for: with thousands of waiters the per-waiter
         # cost of waking matters, and a timer handle is the cheapest way to bound the wait.
         timer = loop.call_later(timeout, _expire, fut)
@@ -265,6 +270,13 @@ class LsnTracker:
         finally:
             timer.cancel()
             self._queue.discard(waiter)
+
+    def _lost(self, lsn: int, timeline: int | None) -> bool:
+        """Whether a write at ``lsn`` on ``timeline`` is one this region's promotion left out."""
+        if self._switch is None or timeline is None:
+            return False
+        switch, new_timeline = self._switch
+        return timeline < new_timeline and lsn > switch
 
     # -- fallback: read the replica ourselves when nobody broadcasts --------------------------
 

@@ -127,7 +127,7 @@ async def via_bus(
         t0 = time.monotonic()
         wait = replication_timeout if replication_timeout is not None else settings.replication_timeout
         try:
-            await tracker.wait_for(lsn, wait)
+            await tracker.wait_for(lsn, wait, reply.timeline)
         except LostInFailoverError as e:
             # The commit is on the old primary only: to the caller that is a write whose
             # outcome must be settled by sending it again under the same id.

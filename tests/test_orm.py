@@ -10,17 +10,14 @@ planning alone is tested without servers in tests/unit/test_orm_plan.py.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import datetime
 import enum
 import re
-import sys
 import types
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
-from inspect import CO_COROUTINE
 from types import SimpleNamespace
 from typing import Any
 
@@ -31,6 +28,7 @@ from sqlalchemy import event, inspect
 from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
+from tests.support.docblocks import python_blocks, run_blocks
 from tests.support.stack import REPO, primary_rows, settings_for
 from writebus import Database, Outcome, SyncDatabase, WriteRejectedError
 from writebus.client.orm import (
@@ -420,7 +418,6 @@ async def test_nothing_to_write_sends_nothing(orm: SimpleNamespace, db: Any) -> 
 
 
 DOC = REPO / "docs" / "sqlalchemy.md"
-_PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
 async def test_docs_sqlalchemy_md_runs(
@@ -428,26 +425,17 @@ async def test_docs_sqlalchemy_md_runs(
 ) -> None:
     """Every Python block of docs/sqlalchemy.md runs, in order, as one script in lax: blocks
     with top-level await on the event loop, the others in a thread, as a sync app runs."""
-    text = DOC.read_text(encoding="utf-8")
-    blocks = _PYTHON_BLOCK.findall(text)
-    assert len(blocks) >= 10 and len(blocks) == text.count("```python")
+    blocks = python_blocks(DOC)
+    assert len(blocks) >= 10
     for key, value in stack.env("lax").items():
         monkeypatch.setenv(key, value)
-    tables = sorted(set(re.findall(r'"(doc_\w+)"', text)))
+    tables = sorted(set(re.findall(r'"(doc_\w+)"', DOC.read_text(encoding="utf-8"))))
     with psycopg.connect(stack.primary.url, autocommit=True) as conn:  # a rerun starts clean
         conn.execute(f"DROP TABLE IF EXISTS {', '.join(tables)} CASCADE")
     module = types.ModuleType("docs_sqlalchemy")  # the ORM resolves names in a real module
-    sys.modules[module.__name__] = module
     try:
-        for index, block in enumerate(blocks):
-            code = compile(block, f"docs/sqlalchemy.md, block {index}", "exec",
-                           flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-            if code.co_flags & CO_COROUTINE:
-                await eval(code, module.__dict__)
-            else:
-                await asyncio.to_thread(exec, code, module.__dict__)
+        await run_blocks(DOC, blocks, module)
     finally:
-        del sys.modules[module.__name__]
         if isinstance(module.__dict__.get("db"), Database):
             await module.__dict__["db"].close()
     assert module.__dict__["again"].duplicate

@@ -46,6 +46,7 @@ class Bus:
         self.nc = server.client()
         self.seen: list[tuple[str, Request]] = []
         self.lsn = 100
+        self.timeline = 1
 
     async def start(self) -> None:
         await self.nc.subscribe("writebus.write", queue="q", cb=self._on)
@@ -56,7 +57,8 @@ class Bus:
         self.seen.append((msg.subject, req))
         self.lsn += 1
         value = {"ran_in": msg.subject} if req.procedure else None
-        reply = Reply(id=req.id, lsn=f"0/{self.lsn:X}", lsn_int=self.lsn, value=value)
+        reply = Reply(id=req.id, lsn=f"0/{self.lsn:X}", lsn_int=self.lsn, value=value,
+                      timeline=self.timeline)
         await self.nc.publish(msg.reply, encode(reply))
 
     async def replayed(self, region: str, lsn: int) -> None:
@@ -134,6 +136,36 @@ async def test_a_promotion_below_the_commit_makes_the_outcome_unknown(
         assert isinstance(lost, LostInFailoverError)
         assert (lost.lsn, lost.switch_lsn, lost.region) == (101, 100, "lax")
         assert db.tracker is not None and db.tracker.waiting == 0
+        # The new primary's own commits (timeline 2) wait and are released as before; a
+        # late reply from the old timeline fails at once.
+        bus.timeline, bus.lsn = 2, 250
+        write = asyncio.create_task(db.execute("INSERT INTO t VALUES (2)"))
+        await _until(lambda: db.tracker is not None and db.tracker.waiting == 1)
+        await bus.nc.publish("writebus.lsn.lax", encode(lsn_update(
+            region="lax", replica_id="r", lsn=300, role="primary", in_recovery=False, timeline=2,
+        )))  # fmt: skip
+        assert (await asyncio.wait_for(write, 2)).lsn == 251
+        bus.timeline = 1
+        with pytest.raises(OutcomeUnknownError):
+            await asyncio.wait_for(db.execute("INSERT INTO t VALUES (3)"), 2)
+
+
+async def test_a_commit_on_the_new_timeline_made_before_the_announcement_is_not_lost(
+    fake: tuple[FakeServer, Bus],
+) -> None:
+    """After promotion the new primary commits at 101 on timeline 2 before its announcement
+    reached this tracker: the announcement releases the wait; it is not taken for lost."""
+    server, bus = fake
+    bus.timeline = 2
+    async with Database(LAX.replace(replication_timeout=30), nats=server.client()) as db:
+        await bus.replayed("lax", 100)
+        await _until(lambda: db.tracker is not None and db.tracker.updates_received == 1)
+        write = asyncio.create_task(db.execute("INSERT INTO t VALUES (1)"))
+        await _until(lambda: db.tracker is not None and db.tracker.waiting == 1)
+        await bus.nc.publish("writebus.lsn.lax", encode(lsn_update(
+            region="lax", replica_id="r", lsn=150, role="primary", in_recovery=False, timeline=2,
+        )))  # fmt: skip
+        assert (await asyncio.wait_for(write, 2)).lsn == 101
 
 
 async def test_await_replication_false_returns_after_the_reply(
