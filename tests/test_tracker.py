@@ -90,10 +90,14 @@ async def test_after_failover_the_regions_own_primary_counts(isolated: Any) -> N
     region's subject: its flush position is what the local database holds, so it releases
     waiters like replay progress did."""
     tracker, pub, subject = isolated
-    waiter = asyncio.create_task(tracker.wait_for(5000, timeout=5))
+    # Far above the real replica, which the fallback poll reads while nothing is broadcast.
+    high = 2**62
+    waiter = asyncio.create_task(tracker.wait_for(high + 5000, timeout=5))
     await _wait_until(lambda: tracker.waiting == 1)
-    await pub.publish(subject, _update(6000, role="primary", in_recovery=False, replica_id="p"))
-    assert await waiter == 6000
+    await pub.publish(
+        subject, _update(high + 6000, role="primary", in_recovery=False, replica_id="p")
+    )
+    assert await waiter == high + 6000
 
 
 async def test_replication_timeout_carries_lsn(isolated: Any) -> None:
