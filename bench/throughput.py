@@ -10,7 +10,8 @@ The configurations (:data:`BUS_CONFIGS` plus ``direct`` and ``pgbench``):
 
 * ``writebus_1w_grouped`` -- one bus worker, defaults (group commit; uvloop when installed);
 * ``writebus_1w_asyncio`` -- the same on the standard asyncio loop (the uvloop comparison);
-* ``writebus_1w_single`` -- no grouping (``WRITEBUS_GROUP_MAX=1``): one transaction per write;
+* ``writebus_1w_single`` -- no grouping (``WRITEBUS_GROUP_MAX=1``, 64 slots): one transaction
+  per write, as many at once as requests, as before group commit;
 * ``writebus_2w`` -- two workers, for information (on 2 cores it measures CPU contention);
 * ``writebus_1w_no_metrics`` -- ``WRITEBUS_HTTP_ADDR=off``, at c16 only (the metrics' cost).
 """
@@ -57,7 +58,8 @@ class BusConfig:
 BUS_CONFIGS = (
     BusConfig("writebus_1w_grouped"),
     BusConfig("writebus_1w_asyncio", {"WRITEBUS_EVENT_LOOP": "asyncio"}),
-    BusConfig("writebus_1w_single", {"WRITEBUS_GROUP_MAX": "1"}),
+    # As before group commit: one transaction per write, as many at once as requests.
+    BusConfig("writebus_1w_single", {"WRITEBUS_GROUP_MAX": "1", "WRITEBUS_GROUP_CONNECTIONS": "64"}),
     BusConfig("writebus_2w", workers=2),
     BusConfig("writebus_1w_no_metrics", {"WRITEBUS_HTTP_ADDR": "off"}, only_at=(16,)),
 )
