@@ -162,6 +162,7 @@ class Metrics:
             "Requests answered from the exactly-once table (a retry of an applied id).",
             registry=self.registry,
         )
+        self._request_children: dict[tuple[str, str, str], Any] = {}
         self.registry.register(_NodeCollector(region, self.readings))
 
     def observe(self, served: Served) -> None:
@@ -172,7 +173,11 @@ class Metrics:
             kind = "ping"
         else:
             kind = "procedure"
-        self.requests.labels(served.subject, kind, served.outcome).inc()
+        key = (served.subject, kind, served.outcome)
+        child = self._request_children.get(key)
+        if child is None:  # labels() takes a lock and builds a key each time: look it up once
+            child = self._request_children[key] = self.requests.labels(*key)
+        child.inc()
         self.queue_seconds.observe(served.queue_ms / 1000)
         self.commit_seconds.observe(served.run_ms / 1000)
         self.total_seconds.observe(served.total_ms / 1000)
