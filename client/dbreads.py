@@ -165,6 +165,23 @@ class ReadAPI:
             timeout=None,
         )
 
+    def read_target_now(
+        self,
+        *,
+        after: str | None = None,
+        consistency: Consistency = None,
+        max_lag: float | None = None,
+        fallback: Fallback = "raise",
+        session_lsn: int | None = None,
+    ) -> Target | None:
+        """Where a read runs, when that is known without waiting: a plain read, or one whose
+        tokens are already replayed (``"local"``). None: :meth:`prepare_read` must wait. Safe
+        from any thread (the sync API asks before crossing to the loop)."""
+        return self._gate.at_once(
+            tracker=self._tracker, after=after, session_lsn=session_lsn,
+            consistency=consistency, max_lag=max_lag, fallback=fallback,
+        )  # fmt: skip
+
     def session_token(self) -> str | None:
         """The highest token seen: the current session's, else this Database's newest write."""
         current = current_session()

@@ -74,13 +74,14 @@ class ReadGate:
         timeout: float | None,
     ) -> Target:
         """Wait for what the read needs; return where it must run."""
-        if consistency not in (None, "session", "strong"):
-            raise ValueError(f"consistency must be 'session' or 'strong', not {consistency!r}")
-        if fallback not in ("raise", "primary"):
-            raise ValueError(f"fallback must be 'raise' or 'primary', not {fallback!r}")
-        after_lsn = token_lsn(after) if after else None  # a bad token is an error, even here
-        if self.settings.is_primary or tracker is None:
-            return "local"
+        at_once = self.at_once(
+            tracker=tracker, after=after, session_lsn=session_lsn, consistency=consistency,
+            max_lag=max_lag, fallback=fallback,
+        )  # fmt: skip
+        if at_once is not None:
+            return at_once
+        assert tracker is not None
+        after_lsn = token_lsn(after) if after else None
         strong_lsn = await self.primary_flush_lsn(nc) if consistency == "strong" else None
         lsn = wanted_lsn(after_lsn, session_lsn, strong_lsn)
         if lsn is not None:
@@ -100,6 +101,35 @@ class ReadGate:
             max_lag=max_lag,
             region=self.settings.region,
         )
+
+    def at_once(
+        self,
+        *,
+        tracker: LsnTracker | None,
+        after: str | None,
+        session_lsn: int | None,
+        consistency: Consistency,
+        max_lag: float | None,
+        fallback: Fallback,
+    ) -> Target | None:
+        """``"local"`` when the read needs nothing -- no option asks for anything, or the only
+        positions to wait for are already replayed -- else None: :meth:`prepare` must run. No
+        I/O and no waiting (the sync API calls it from the caller's thread). Raises on invalid
+        options, whatever else the read asks."""
+        if consistency not in (None, "session", "strong"):
+            raise ValueError(f"consistency must be 'session' or 'strong', not {consistency!r}")
+        if fallback not in ("raise", "primary"):
+            raise ValueError(f"fallback must be 'raise' or 'primary', not {fallback!r}")
+        after_lsn = token_lsn(after) if after else None  # a bad token is an error, even here
+        if self.settings.is_primary or tracker is None:
+            return "local"
+        if consistency == "strong" or max_lag is not None:
+            return None
+        lsn = wanted_lsn(after_lsn, session_lsn)
+        if lsn is None:
+            return "local"
+        replayed = tracker.replayed
+        return "local" if replayed is not None and replayed >= lsn else None
 
     async def primary_flush_lsn(self, nc: NatsClient | None) -> int:
         """The primary's flush LSN, read by the primary region's bus after this call began."""

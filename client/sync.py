@@ -221,15 +221,16 @@ class SyncDatabase:
         text, values = to_sql(sql, params)
         factory = row_factory or self.row_factory
         session = current_session()  # the caller's thread: the loop thread has none
-        target = loop.run(
-            db.prepare_read(
-                after=after,
-                consistency=consistency,
-                max_lag=max_lag,
-                fallback=fallback,
-                session_lsn=session.lsn if session is not None else None,
-            )
+        options: dict[str, Any] = dict(
+            after=after,
+            consistency=consistency,
+            max_lag=max_lag,
+            fallback=fallback,
+            session_lsn=session.lsn if session is not None else None,
         )
+        # A plain read (or one whose tokens are already replayed) needs nothing from the loop
+        # thread: asking it would cost two thread switches per read.
+        target = db.read_target_now(**options) or loop.run(db.prepare_read(**options))
         pool = self._pool if target == "local" else self._primary_pool()
         for attempt in (1, 2):  # a pooled connection cut while idle is retried once
             conn: psycopg.Connection[Any] | None = None

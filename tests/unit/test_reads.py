@@ -1,0 +1,49 @@
+"""ReadGate.at_once: which reads need nothing from the tracker's loop (pure decisions)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from writebus.client.errors import ProtocolError
+from writebus.client.reads import ReadGate
+from writebus.client.retry import RetryPolicy
+from writebus.client.settings import Settings
+from writebus.client.tokens import make_token
+
+LAX = Settings(region="lax", primary_region="syd")
+
+
+def _at_once(tracker: Any, settings: Settings = LAX, **options: Any) -> Any:
+    kwargs: dict[str, Any] = dict(after=None, session_lsn=None, consistency=None, max_lag=None,
+                                  fallback="raise")  # fmt: skip
+    kwargs.update(options)
+    return ReadGate(settings, RetryPolicy()).at_once(tracker=tracker, **kwargs)
+
+
+def test_a_plain_read_or_a_replayed_token_runs_at_once() -> None:
+    tracker = SimpleNamespace(replayed=500)
+    assert _at_once(tracker) == "local"
+    assert _at_once(tracker, after=make_token(400)) == "local"
+    assert _at_once(tracker, session_lsn=500, consistency="session") == "local"
+
+
+def test_what_must_wait_or_ask_is_left_to_prepare() -> None:
+    tracker = SimpleNamespace(replayed=500)
+    assert _at_once(tracker, after=make_token(501)) is None
+    assert _at_once(SimpleNamespace(replayed=None), session_lsn=1) is None
+    assert _at_once(tracker, consistency="strong") is None
+    assert _at_once(tracker, max_lag=1.0) is None
+
+
+def test_the_primary_region_never_waits_and_bad_options_always_raise() -> None:
+    syd = Settings(region="syd", primary_region="syd")
+    assert _at_once(None, syd, consistency="strong", max_lag=1.0) == "local"
+    with pytest.raises(ValueError, match="consistency"):
+        _at_once(None, syd, consistency="linearizable")
+    with pytest.raises(ValueError, match="fallback"):
+        _at_once(SimpleNamespace(replayed=1), fallback="replica")
+    with pytest.raises(ProtocolError, match="session token"):
+        _at_once(SimpleNamespace(replayed=1), after="not-a-token")
