@@ -31,7 +31,7 @@ from writebus.client.connect import connect_nats
 from writebus.client.protocol import encode, lsn_update
 
 #: How long to wait for something that should happen.
-EVENTUALLY = 15.0
+EVENTUALLY = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +55,12 @@ async def writing(stack: Any, prefix: str, table: str) -> AsyncIterator[list[int
     """Writes from lax through the bus, one after another, for as long as the block runs;
     yields the running count of writes done."""
     done = [0]
+    stop = asyncio.Event()
 
     async def loop(db: Database) -> None:
-        while True:
+        # A flag, not cancellation alone: on Python 3.11 asyncio.wait_for (inside nats-py's
+        # request) can lose a cancellation that arrives as its reply does.
+        while not stop.is_set():
             await db.execute(f"INSERT INTO {table}(body) VALUES (%s)", [uuid.uuid4().hex])
             done[0] += 1
 
@@ -66,9 +69,9 @@ async def writing(stack: Any, prefix: str, table: str) -> AsyncIterator[list[int
         try:
             yield done
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            stop.set()
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(task, 10)
 
 
 def top_env(stack: Any, prefix: str, **extra: str) -> dict[str, str]:
