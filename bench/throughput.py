@@ -53,6 +53,8 @@ class BusConfig:
     workers: int = 1
     #: Measured at these concurrencies only (None: all).
     only_at: tuple[int, ...] | None = None
+    #: Always measured right beside this configuration (an A/B pair, see :func:`slice_order`).
+    beside: str | None = None
 
 
 BUS_CONFIGS = (
@@ -61,8 +63,32 @@ BUS_CONFIGS = (
     # As before group commit: one transaction per write, as many at once as requests.
     BusConfig("writebus_1w_single", {"WRITEBUS_GROUP_MAX": "1", "WRITEBUS_GROUP_CONNECTIONS": "64"}),
     BusConfig("writebus_2w", workers=2),
-    BusConfig("writebus_1w_no_metrics", {"WRITEBUS_HTTP_ADDR": "off"}, only_at=(16,)),
+    BusConfig(
+        "writebus_1w_no_metrics", {"WRITEBUS_HTTP_ADDR": "off"}, only_at=(16,),
+        beside="writebus_1w_grouped",
+    ),
 )
+#: ``{config: the config it is measured beside}``.
+PAIRS = {cfg.key: cfg.beside for cfg in BUS_CONFIGS if cfg.beside is not None}
+
+
+def slice_order(keys: Sequence[str], r: int, pairs: dict[str, str]) -> list[str]:
+    """The order the configurations ``keys`` run in, in slice ``r``.
+
+    Rotated by ``r``, so no configuration always runs first or always after the same one. A
+    configuration paired with another (``pairs[b] == a``) runs right beside it: after it in
+    even slices, before it in odd ones (AB BA AB BA). A comparison of the two -- the metrics'
+    cost -- then sees the same moment of the machine, and a slow drift cancels out.
+    """
+    followers = {b for b, a in pairs.items() if b in keys and a in keys}
+    lead = [k for k in keys if k not in followers]
+    turn = r % len(lead) if lead else 0
+    out: list[str] = []
+    for key in lead[turn:] + lead[:turn]:
+        mine = [b for b in keys if b in followers and pairs[b] == key]
+        out += mine + [key] if r % 2 else [key] + mine
+    return out
+
 
 
 @dataclass(frozen=True)
@@ -318,9 +344,10 @@ async def measure(
             here = [x for x in configs if x[2] is None or c in x[2]]
             progress(f"throughput c{c}: {len(here)} configurations")
             done: dict[str, list[Slice]] = {key: [] for key, _, _ in here}
+            runs = {key: run for key, run, _ in here}
             for r in range(slices):
-                for k in range(len(here)):
-                    key, run, _ = here[(r + k) % len(here)]
+                for key in slice_order(list(runs), r, PAIRS):
+                    run = runs[key]
                     if key in failed:
                         continue
                     try:

@@ -129,3 +129,19 @@ def test_targets_compare_ratios_from_one_run() -> None:
     assert judged("metrics off vs on") == [False]  # not measured: not met
     assert judged("tracker wake p99") == [True, False]  # 0.91x bare; 2 per broadcast: 9 ms
     assert judged("heap comparisons per woken waiter") == [False]  # grew 5x, log n 2x
+
+
+def test_slice_order_rotates_and_keeps_pairs_side_by_side_in_alternating_order() -> None:
+    from bench.throughput import PAIRS, slice_order
+
+    keys = ["direct", "a", "b", "pgbench"]
+    orders = [slice_order(keys, r, {"b": "a"}) for r in range(4)]
+    assert all(sorted(o) == sorted(keys) for o in orders)
+    for r, order in enumerate(orders):
+        i, j = order.index("a"), order.index("b")
+        assert abs(i - j) == 1  # always beside each other
+        assert (j > i) == (r % 2 == 0)  # AB, BA, AB, BA
+    assert len({o[0] for o in orders}) == 3  # no one always first
+    # Without its partner (the pair is measured at c16 only) a config runs as any other.
+    assert sorted(slice_order(["direct", "b"], 1, {"b": "a"})) == ["b", "direct"]
+    assert PAIRS == {"writebus_1w_no_metrics": "writebus_1w_grouped"}
