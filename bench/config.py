@@ -28,6 +28,8 @@ class BenchConfig:
     concurrencies: tuple[int, ...] = (1, 16, 64)
     tracker_waiters: int = 10_000
     tracker_batch: int = 100
+    #: Runs of the wake-all comparison (tracker and bare futures alternating; medians).
+    tracker_repeats: int = 3
     scaling_sizes: tuple[int, ...] = (10_000, 100_000)
     scaling_release: int = 100
     quick: bool = False
@@ -66,6 +68,7 @@ class BenchConfig:
             throughput_slices=1,
             throughput_warmup_seconds=0.1,
             tracker_waiters=min(cls.tracker_waiters, 100 * samples),
+            tracker_repeats=1,
             scaling_sizes=(1_000, 10_000),
             scaling_release=10,
         )
@@ -73,3 +76,9 @@ class BenchConfig:
     def replace(self, **changes: object) -> Self:
         """A copy with some values changed."""
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+#: The metrics' cost at c16 (issue #9): the worker processes with metrics, and those without
+#: (``WRITEBUS_HTTP_ADDR=off``); each side is the mean of its processes.
+METRICS_ON = ("writebus_1w_grouped", "writebus_1w_metrics_b")
+METRICS_OFF = ("writebus_1w_no_metrics", "writebus_1w_no_metrics_b")

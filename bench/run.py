@@ -199,9 +199,10 @@ async def _primary_local(stack: Stack, cfg: BenchConfig) -> dict[str, list[Sampl
 async def _tracker(stack: Stack, cfg: BenchConfig) -> dict[str, Any]:
     n = cfg.tracker_waiters
     _progress(f"tracker: {n} waiters")
-    at_once = await tracker_scale.wake_run(stack, waiters=n, per_broadcast=n)
+    at_once, bare, p99s = await tracker_scale.wake_all_side_by_side(
+        stack, waiters=n, repeats=cfg.tracker_repeats
+    )
     batched = await tracker_scale.wake_run(stack, waiters=n, per_broadcast=cfg.tracker_batch)
-    bare = await tracker_scale.bare_asyncio_wake(n)
     release = {
         str(size): tracker_scale.release_cost(size, cfg.scaling_release)
         for size in cfg.scaling_sizes
@@ -215,6 +216,7 @@ async def _tracker(stack: Stack, cfg: BenchConfig) -> dict[str, Any]:
         "all_at_once": head,
         "batched": batched.as_dict(),
         "bare_asyncio": bare,
+        "wake_all_p99s_ms": p99s,
         "release_count": cfg.scaling_release,
         "release": release,
     }

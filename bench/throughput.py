@@ -13,7 +13,11 @@ The configurations (:data:`BUS_CONFIGS` plus ``direct`` and ``pgbench``):
 * ``writebus_1w_single`` -- no grouping (``WRITEBUS_GROUP_MAX=1``, 64 slots): one transaction
   per write, as many at once as requests, as before group commit;
 * ``writebus_2w`` -- two workers, for information (on 2 cores it measures CPU contention);
-* ``writebus_1w_no_metrics`` -- ``WRITEBUS_HTTP_ADDR=off``, at c16 only (the metrics' cost).
+* ``writebus_1w_no_metrics`` -- ``WRITEBUS_HTTP_ADDR=off``, at c16 only (the metrics' cost);
+  with ``writebus_1w_metrics_b`` and ``writebus_1w_no_metrics_b``, a second worker process of
+  each kind: two identical worker processes differ by up to 8 % in writes/s on this machine
+  (where each lands among the cores, not what it runs), more than the metrics cost, so each
+  side of that comparison is the mean of two processes (:data:`bench.config.METRICS_ON`, ``METRICS_OFF``).
 """
 
 from __future__ import annotations
@@ -67,7 +71,13 @@ BUS_CONFIGS = (
         "writebus_1w_no_metrics", {"WRITEBUS_HTTP_ADDR": "off"}, only_at=(16,),
         beside="writebus_1w_grouped",
     ),
+    BusConfig("writebus_1w_metrics_b", only_at=(16,)),
+    BusConfig(
+        "writebus_1w_no_metrics_b", {"WRITEBUS_HTTP_ADDR": "off"}, only_at=(16,),
+        beside="writebus_1w_metrics_b",
+    ),
 )
+
 #: ``{config: the config it is measured beside}``.
 PAIRS = {cfg.key: cfg.beside for cfg in BUS_CONFIGS if cfg.beside is not None}
 

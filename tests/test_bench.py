@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.config import METRICS_OFF, METRICS_ON
 from bench.report import evaluate_targets
 from bench.run import run_bench
 from bench.stats import percentile, summary
@@ -47,7 +48,8 @@ def required_keys() -> list[str]:
         keys += [f"throughput_wps.{a}.{c}" for c in ("c1", "c16", "c64")]
         keys += [f"throughput_detail.{a}.c64.{k}" for k in
                  ("client_cpu_ms_per_write", "machine_cpu_ms_per_write")]  # fmt: skip
-    keys += ["throughput_wps.writebus_1w_no_metrics.c16", "idempotency_bytes_per_write"]
+    keys += [f"throughput_wps.{a}.c16" for a in (*METRICS_ON, *METRICS_OFF)]
+    keys += ["idempotency_bytes_per_write"]
     keys += [f"throughput_detail.writebus_1w_grouped.{c}.mean_group" for c in ("c16", "c64")]
     keys += ["throughput_detail.writebus_1w_grouped.c64.server_cpu_ms_per_write"]
     keys += [f"tracker.{k}" for k in ("waiters", "wake_p50_ms", "wake_p99_ms", "cpu_s")]
@@ -99,7 +101,9 @@ def test_targets_compare_ratios_from_one_run() -> None:
         "reads_ms": {"local": {"p50": 0.5}, "token_replayed": {"p50": 0.55},
                      "strong": {"p50": 60.0}, "primary_wan": {"p50": 51.0}},
         "throughput_wps": {"direct": {"c64": 1000.0}, "writebus_1w_grouped": {"c64": 1200.0,
-                           "c16": 900.0}, "writebus_1w_no_metrics": {}},
+                           "c16": 900.0}, "writebus_1w_metrics_b": {"c16": 1000.0},
+                           "writebus_1w_no_metrics": {"c16": 1000.0},
+                           "writebus_1w_no_metrics_b": {}},
         "throughput_detail": {
             "direct": {"c64": run(1000.0, 0.0, 1.0)},
             "writebus_1w_grouped": {"c64": run(1200.0, 0.3, 1.2), "c1": run(200, 1, 1, 2.0)},
@@ -126,7 +130,13 @@ def test_targets_compare_ratios_from_one_run() -> None:
     assert judged("bus worker CPU per write") == [False, False]  # 0.3 ms; no single: NaN
     assert judged("whole-machine CPU per write") == [True]  # 1.2x
     assert judged("c1 p50, grouped") == [True]  # 0.98x
-    assert judged("metrics off vs on") == [False]  # not measured: not met
+    assert judged("metrics on vs off") == [False]  # one process not measured: not met
+    report["throughput_wps"]["writebus_1w_no_metrics_b"] = {"c16": 960.0}  # type: ignore[index]
+    met = {t.name: t.met for t in evaluate_targets(report)}
+    assert judged("metrics on vs off") == [True]  # mean 950 vs 980: 3 %
+    report["throughput_wps"]["writebus_1w_no_metrics_b"] = {"c16": 1100.0}  # type: ignore[index]
+    met = {t.name: t.met for t in evaluate_targets(report)}
+    assert judged("metrics on vs off") == [False]  # 950 vs 1050: 9.5 %
     assert judged("tracker wake p99") == [True, False]  # 0.91x bare; 2 per broadcast: 9 ms
     assert judged("heap comparisons per woken waiter") == [False]  # grew 5x, log n 2x
 
@@ -144,4 +154,5 @@ def test_slice_order_rotates_and_keeps_pairs_side_by_side_in_alternating_order()
     assert len({o[0] for o in orders}) == 3  # no one always first
     # Without its partner (the pair is measured at c16 only) a config runs as any other.
     assert sorted(slice_order(["direct", "b"], 1, {"b": "a"})) == ["b", "direct"]
-    assert PAIRS == {"writebus_1w_no_metrics": "writebus_1w_grouped"}
+    assert PAIRS == {"writebus_1w_no_metrics": "writebus_1w_grouped",
+                     "writebus_1w_no_metrics_b": "writebus_1w_metrics_b"}  # fmt: skip
