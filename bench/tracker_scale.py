@@ -106,13 +106,15 @@ async def wake_run(stack: Stack, *, waiters: int, per_broadcast: int) -> WakeRun
         tasks = [asyncio.create_task(wait(i), name=f"bench-waiter-{i}") for i in range(waiters)]
         await _until(lambda: tracker.waiting == waiters)
         released = [0.0] * waiters
+        gc.collect()  # every waiter in place: start from a clean collector, as bare futures do
         cpu0 = time.process_time()
         for lo in range(0, waiters, per_broadcast):
             hi = min(waiters, lo + per_broadcast)
+            batch = asyncio.gather(*tasks[lo:hi])  # before the clock starts, as for bare futures
             t = time.perf_counter()
             await nc.publish(subject, _update(region, BASE_LSN + hi))
             released[lo:hi] = [t] * (hi - lo)
-            await asyncio.gather(*tasks[lo:hi])
+            await batch
         cpu = time.process_time() - cpu0
     finally:
         await nc.close()
@@ -141,11 +143,15 @@ async def bare_asyncio_wake(waiters: int) -> dict[str, float]:
         woke[i] = time.perf_counter()
 
     tasks = [asyncio.create_task(wait(i)) for i in range(waiters)]
+    # Gathered before the clock starts, as :func:`wake_run` does before its broadcast lands:
+    # gathering 10,000 tasks takes milliseconds that are not waking anyone.
+    everyone = asyncio.gather(*tasks)
     await asyncio.sleep(0)
+    gc.collect()  # as in wake_run: the waiters are not young garbage-collector work
     t = time.perf_counter()
     for f in futures:
         f.set_result(None)
-    await asyncio.gather(*tasks)
+    await everyone
     wake = [(w - t) * 1000 for w in woke]
     return {
         "wake_p50_ms": round(percentile(wake, 50), 4),
@@ -162,17 +168,16 @@ async def wake_all_side_by_side(
     run with the median p99 of their series, and every p99 (``{"tracker": [...], "bare":
     [...]}``).
 
-    A full garbage collection precedes every run. 10,000 waiting tasks are enough garbage for
-    a collection to land inside a wake-up now and then, and one landing there adds tens of
-    milliseconds to that run only: without a common starting point and repeats, the ratio of
-    the two measured whichever side the collector happened to pick.
+    Both start their clock right after a full garbage collection, with every waiter in place.
+    10,000 waiting tasks are enough for a collection to land inside a wake-up, adding tens of
+    milliseconds to that run only, and freshly made tasks (bare futures were made just before
+    their wake-up, the tracker's waiters a while before) cost each young-generation pass more:
+    without a common starting point and repeats, the ratio measured the collector.
     """
     tracker_runs: list[WakeRun] = []
     bare_runs: list[dict[str, float]] = []
     for _ in range(repeats):
-        gc.collect()
         tracker_runs.append(await wake_run(stack, waiters=waiters, per_broadcast=waiters))
-        gc.collect()
         bare_runs.append(await bare_asyncio_wake(waiters))
     tracker_runs.sort(key=lambda r: r.wake_p99_ms)
     bare_runs.sort(key=lambda r: r["wake_p99_ms"])

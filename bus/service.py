@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -421,6 +422,11 @@ async def serve(settings: BusSettings) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await signalled
         starting.result()  # raise the start-up failure
+    # What starting made (modules, pools, the service) lives as long as the process: keep it
+    # out of the collector's full passes, which would otherwise walk it again and again while
+    # requests churn through short-lived objects.
+    gc.collect()
+    gc.freeze()
     ready = Path(settings.ready_file) if settings.ready_file else None
     if ready is not None:
         ready.write_text(f"{os.getpid()}\n")
