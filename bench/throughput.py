@@ -14,10 +14,11 @@ The configurations (:data:`BUS_CONFIGS` plus ``direct`` and ``pgbench``):
   per write, as many at once as requests, as before group commit;
 * ``writebus_2w`` -- two workers, for information (on 2 cores it measures CPU contention);
 * ``writebus_1w_no_metrics`` -- ``WRITEBUS_HTTP_ADDR=off``, at c16 only (the metrics' cost);
-  with ``writebus_1w_metrics_b`` and ``writebus_1w_no_metrics_b``, a second worker process of
-  each kind: two identical worker processes differ by up to 8 % in writes/s on this machine
-  (where each lands among the cores, not what it runs), more than the metrics cost, so each
-  side of that comparison is the mean of two processes (:data:`bench.config.METRICS_ON`, ``METRICS_OFF``).
+  with ``writebus_1w_metrics_b``/``_c``/``_d`` and ``writebus_1w_no_metrics_b``/``_c``/``_d``,
+  four worker processes of each kind: identical worker processes differ by up to 8 % in
+  writes/s on this machine (their standard deviation is about 4 %), more than the metrics
+  cost, so each side of that comparison is the mean of four processes
+  (:data:`bench.config.METRICS_ON`, ``METRICS_OFF``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 
 from psycopg_pool import AsyncConnectionPool
 
+from bench.config import METRICS_OFF, METRICS_ON
 from bench.harness import (
     INSERT_NO_ID_SQL,
     machine_busy_seconds,
@@ -67,17 +69,14 @@ BUS_CONFIGS = (
     # As before group commit: one transaction per write, as many at once as requests.
     BusConfig("writebus_1w_single", {"WRITEBUS_GROUP_MAX": "1", "WRITEBUS_GROUP_CONNECTIONS": "64"}),
     BusConfig("writebus_2w", workers=2),
-    BusConfig(
-        "writebus_1w_no_metrics", {"WRITEBUS_HTTP_ADDR": "off"}, only_at=(16,),
-        beside="writebus_1w_grouped",
-    ),
-    BusConfig("writebus_1w_metrics_b", only_at=(16,)),
-    BusConfig(
-        "writebus_1w_no_metrics_b", {"WRITEBUS_HTTP_ADDR": "off"}, only_at=(16,),
-        beside="writebus_1w_metrics_b",
+    # The metrics' cost: more worker processes with metrics (the first is the grouped one
+    # above), each beside one without, at c16.
+    *(BusConfig(on, only_at=(16,)) for on in METRICS_ON[1:]),
+    *(
+        BusConfig(off, {"WRITEBUS_HTTP_ADDR": "off"}, only_at=(16,), beside=on)
+        for on, off in zip(METRICS_ON, METRICS_OFF, strict=True)
     ),
 )
-
 #: ``{config: the config it is measured beside}``.
 PAIRS = {cfg.key: cfg.beside for cfg in BUS_CONFIGS if cfg.beside is not None}
 

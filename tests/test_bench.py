@@ -101,9 +101,9 @@ def test_targets_compare_ratios_from_one_run() -> None:
         "reads_ms": {"local": {"p50": 0.5}, "token_replayed": {"p50": 0.55},
                      "strong": {"p50": 60.0}, "primary_wan": {"p50": 51.0}},
         "throughput_wps": {"direct": {"c64": 1000.0}, "writebus_1w_grouped": {"c64": 1200.0,
-                           "c16": 900.0}, "writebus_1w_metrics_b": {"c16": 1000.0},
-                           "writebus_1w_no_metrics": {"c16": 1000.0},
-                           "writebus_1w_no_metrics_b": {}},
+                           "c16": 900.0},
+                           **{k: {"c16": 1000.0} for k in METRICS_ON[1:] + METRICS_OFF[:-1]},
+                           METRICS_OFF[-1]: {}},
         "throughput_detail": {
             "direct": {"c64": run(1000.0, 0.0, 1.0)},
             "writebus_1w_grouped": {"c64": run(1200.0, 0.3, 1.2), "c1": run(200, 1, 1, 2.0)},
@@ -131,12 +131,12 @@ def test_targets_compare_ratios_from_one_run() -> None:
     assert judged("whole-machine CPU per write") == [True]  # 1.2x
     assert judged("c1 p50, grouped") == [True]  # 0.98x
     assert judged("metrics on vs off") == [False]  # one process not measured: not met
-    report["throughput_wps"]["writebus_1w_no_metrics_b"] = {"c16": 960.0}  # type: ignore[index]
+    report["throughput_wps"][METRICS_OFF[-1]] = {"c16": 960.0}  # type: ignore[index]
     met = {t.name: t.met for t in evaluate_targets(report)}
-    assert judged("metrics on vs off") == [True]  # mean 950 vs 980: 3 %
-    report["throughput_wps"]["writebus_1w_no_metrics_b"] = {"c16": 1100.0}  # type: ignore[index]
+    assert judged("metrics on vs off") == [True]  # mean 975 vs 990: 1.5 %
+    report["throughput_wps"][METRICS_OFF[-1]] = {"c16": 1400.0}  # type: ignore[index]
     met = {t.name: t.met for t in evaluate_targets(report)}
-    assert judged("metrics on vs off") == [False]  # 950 vs 1050: 9.5 %
+    assert judged("metrics on vs off") == [False]  # 975 vs 1100: 11 %
     assert judged("tracker wake p99") == [True, False]  # 0.91x bare; 2 per broadcast: 9 ms
     assert judged("heap comparisons per woken waiter") == [False]  # grew 5x, log n 2x
 
@@ -154,5 +154,4 @@ def test_slice_order_rotates_and_keeps_pairs_side_by_side_in_alternating_order()
     assert len({o[0] for o in orders}) == 3  # no one always first
     # Without its partner (the pair is measured at c16 only) a config runs as any other.
     assert sorted(slice_order(["direct", "b"], 1, {"b": "a"})) == ["b", "direct"]
-    assert PAIRS == {"writebus_1w_no_metrics": "writebus_1w_grouped",
-                     "writebus_1w_no_metrics_b": "writebus_1w_metrics_b"}  # fmt: skip
+    assert PAIRS == dict(zip(METRICS_OFF, METRICS_ON, strict=True))
