@@ -296,8 +296,9 @@ def table(report: Mapping[str, Any]) -> str:
     p99s = t.get("wake_all_p99s_ms")
     if p99s:
         add("All at once, tracker and bare futures alternating, each after a full garbage "
-            f"collection (the medians above): tracker p99 {p99s['tracker']} ms, bare "
-            f"{p99s['bare']} ms.")
+            "collection (the medians above), p99 ms: tracker "
+            + ", ".join(_f(x, 1) for x in p99s["tracker"]) + "; bare "
+            + ", ".join(_f(x, 1) for x in p99s["bare"]) + ".")
         add("")
     add(f"Releasing {t['release_count']} waiters from the heap:")
     add("")
@@ -319,6 +320,7 @@ def table(report: Mapping[str, Any]) -> str:
     add("| target | this run | limit | |")
     add("|---|---:|---:|---|")
     for tg in report["targets"]:
-        add(f"| {tg['name']} | {_f(tg['value'], 2)} {tg['unit']} | {_f(tg['limit'], 2)} | "
+        name = tg["name"].replace("|", "\\|")  # a pipe inside a cell ends it
+        add(f"| {name} | {_f(tg['value'], 2)} {tg['unit']} | {_f(tg['limit'], 2)} | "
             f"{'met' if tg['met'] else '**missed**'} |")
     return "\n".join(lines) + "\n"
