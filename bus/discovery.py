@@ -40,7 +40,7 @@ async def register(
     from nats.micro import add_service
 
     try:
-        return await add_service(
+        service = await add_service(
             nc,  # type: ignore[arg-type]
             name=SERVICE_NAME,
             version=service_version(),
@@ -53,6 +53,10 @@ async def register(
                 "subjects": ",".join(subjects),
             },
         )
+        # The server has the service's subscriptions once this returns: a $SRV.PING sent
+        # right after (from another connection) finds the node instead of "no responders".
+        await nc.flush()
+        return service
     except Exception as exc:
         log.warning("discovery.unavailable", error=f"{type(exc).__name__}: {exc}")
         return None
