@@ -32,7 +32,6 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
-from writebus.bus import idempotency
 from writebus.bus.group import Executed, GroupCommitFailed, Lost, run_group
 from writebus.bus.pg import connection_lost, rejected
 from writebus.bus.proctx import Phase, run_procedure_tx
@@ -72,8 +71,6 @@ class Limits:
     #: error *before* commit (a reply that cannot be sent must not hide an applied write). The
     #: direct path checks it too, so a write that works in the primary region works elsewhere.
     max_reply_bytes: int | None = None
-    #: How applied ids are looked up (with an old-format table kept during a migration).
-    find_sql: str = idempotency.FIND_SQL
 
 
 async def run_request(
@@ -256,7 +253,6 @@ async def _group_attempt(
                     read_lsn=read_lsn,
                     check=check,
                     may_commit=may_commit,
-                    find_sql=limits.find_sql,
                 )
                 for (n, _), result in zip(runnable, results, strict=True):
                     out[n] = result
@@ -306,7 +302,7 @@ async def _attempt(
                 )
             try:
                 executed = await run_procedure_tx(
-                    conn, req, proc, exactly_once, primary, check, phase, limits.find_sql
+                    conn, req, proc, exactly_once, primary, check, phase
                 )
             except psycopg.Error as exc:
                 if connection_lost(conn, exc):

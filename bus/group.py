@@ -74,7 +74,6 @@ async def run_group(
     read_lsn: bool,
     check: Check,
     may_commit: Callable[[], str | None] | None = None,
-    find_sql: str = idempotency.FIND_SQL,
 ) -> list[Outcome]:
     """Run statement ``requests`` on ``conn`` (autocommit, idle) in one transaction; return
     one outcome per request, in order. Raises :class:`Lost` or :class:`GroupCommitFailed`."""
@@ -83,13 +82,13 @@ async def run_group(
     if savepoints:
         fast = await optimistic.run_optimistic(
             conn, requests, [i.digest for i in items], read_lsn=read_lsn, check=check,
-            may_commit=may_commit, find_sql=find_sql,
+            may_commit=may_commit,
         )  # fmt: skip
         if fast is not None:
             return fast
     committing = False
     try:
-        found, error = await _first_round(conn, items, savepoints, find_sql)
+        found, error = await _first_round(conn, items, savepoints)
         pending = [i for i in items if i.outcome is None]
         while pending:
             failed = await _settle(conn, pending, found, check, error)
@@ -146,7 +145,7 @@ async def run_group(
 
 
 async def _first_round(
-    conn: psycopg.AsyncConnection[Any], items: list[_Item], savepoints: bool, find_sql: str
+    conn: psycopg.AsyncConnection[Any], items: list[_Item], savepoints: bool
 ) -> tuple[dict[str, tuple[Any, ...]], psycopg.Error | None]:
     """BEGIN, the locks, the lookup and every request's statements, in one round trip.
     Returns the ids found and the statement error that stopped the round, if one did."""
@@ -157,7 +156,7 @@ async def _first_round(
         async with conn.pipeline() as pipe:
             await conn.execute("BEGIN")
             await conn.execute(idempotency.LOCK_SQL, [ids])
-            find = await conn.execute(find_sql, [ids])
+            find = await conn.execute(idempotency.FIND_SQL, [ids])
             await _queue(conn, items, savepoints)
             await pipe.sync()
     except psycopg.Error as exc:

@@ -86,14 +86,13 @@ async def run_optimistic(
     read_lsn: bool,
     check: Check,
     may_commit: Callable[[], str | None] | None,
-    find_sql: str,
 ) -> list[Outcome] | None:
     """Run ``requests`` in one transaction without savepoints; None when anything was unusual
     (rolled back, nothing applied). Raises :class:`Lost` or :class:`GroupCommitFailed`."""
     runs = plan_runs(requests)
     try:
         try:
-            find, cursors = await _send(conn, requests, runs, find_sql)
+            find, cursors = await _send(conn, requests, runs)
         except (psycopg.Error, *_NOT_SENT) as exc:
             if isinstance(exc, psycopg.Error) and connection_lost(conn, exc):
                 raise Lost(exc, committing=False) from exc
@@ -129,7 +128,7 @@ async def run_optimistic(
 
 
 async def _send(
-    conn: psycopg.AsyncConnection[Any], requests: list[Request], runs: list[Run], find_sql: str
+    conn: psycopg.AsyncConnection[Any], requests: list[Request], runs: list[Run]
 ) -> tuple[psycopg.AsyncCursor[Any], list[list[psycopg.AsyncCursor[Any]]]]:
     """The first round trip. Returns the lookup's cursor and, per run, its cursors."""
     ids = [r.id for r in requests]
@@ -137,7 +136,7 @@ async def _send(
     async with conn.pipeline() as pipe:
         await conn.execute("BEGIN")
         await conn.execute(idempotency.LOCK_SQL, [ids])
-        find = await conn.execute(find_sql, [ids])
+        find = await conn.execute(idempotency.FIND_SQL, [ids])
         for run in runs:
             if run.batched:
                 cur = conn.cursor()

@@ -36,7 +36,6 @@ async def run_procedure_tx(
     primary: bool,
     check: Callable[[list[StatementResult], Any], None],
     phase: Phase,
-    find_sql: str,
 ) -> Executed:
     """A procedure in a transaction of its own: procedures do not join groups -- they run
     arbitrary code, may set the isolation level (only the first statement of a transaction
@@ -47,7 +46,7 @@ async def run_procedure_tx(
     try:
         async with conn.transaction():
             if exactly_once:
-                stored = await _find(conn, req.id, digest, find_sql)
+                stored = await _find(conn, req.id, digest)
                 if stored is not None:
                     raise _Duplicate(stored)
             value = await run_procedure(conn, proc, req.args, req.kwargs, name=name)
@@ -70,12 +69,12 @@ async def run_procedure_tx(
 
 
 async def _find(
-    conn: psycopg.AsyncConnection[Any], request_id: str, digest: bytes, find_sql: str
+    conn: psycopg.AsyncConnection[Any], request_id: str, digest: bytes
 ) -> idempotency.StoredResult | None:
     """Lock the id (a racing retry waits here) and look it up: one round trip."""
     async with conn.pipeline():
         await conn.execute(idempotency.LOCK_SQL, [[request_id]])
-        cur = await conn.execute(find_sql, [[request_id]])
+        cur = await conn.execute(idempotency.FIND_SQL, [[request_id]])
     row = await cur.fetchone()
     return idempotency.stored_answer(request_id, row, digest) if row is not None else None
 
