@@ -41,7 +41,7 @@ class BenchConfig:
 
     @classmethod
     def quick_run(cls, *, delay_ms: float = 25.0) -> Self:
-        """Fewer samples and shorter throughput runs: under 2 minutes."""
+        """Fewer samples and shorter throughput runs: about 3 minutes."""
         return cls(
             delay_ms=delay_ms,
             ryw_rounds=60,

@@ -106,7 +106,7 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="few samples, under 2 minutes")
+    p.add_argument("--quick", action="store_true", help="few samples, about 3 minutes")
     p.add_argument("--json", dest="json_path", default=None, help="write a JSON report here")
     p.add_argument("--plot", dest="plot_path", default=None, help="write a PNG plot here")
     p.add_argument("--delay-ms", type=float, default=25.0)
