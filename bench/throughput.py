@@ -99,7 +99,6 @@ def slice_order(keys: Sequence[str], r: int, pairs: dict[str, str]) -> list[str]
     return out
 
 
-
 @dataclass(frozen=True)
 class Slice:
     """One measured window of one configuration."""

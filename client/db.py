@@ -382,6 +382,17 @@ class Database(ReadAPI):
                     return await self._after_ambiguity(
                         exc, req, await_replication, timeout, replication_timeout, factory
                     )
+        return await self._via_bus(req, await_replication, timeout, replication_timeout, factory)
+
+    async def _via_bus(
+        self,
+        req: Request,
+        await_replication: bool,
+        timeout: float,
+        replication_timeout: float | None,
+        factory: RowFactory | None,
+    ) -> WriteResult:
+        assert self._nc is not None
         return await writes.via_bus(
             req,
             nc=self._nc,
@@ -394,7 +405,6 @@ class Database(ReadAPI):
             row_factory=factory,
         )
 
-
     async def _after_ambiguity(
         self,
         first: OutcomeUnknownError,
@@ -406,18 +416,9 @@ class Database(ReadAPI):
     ) -> WriteResult:
         """The bus, after a direct attempt that may have committed: an answer that says "not
         applied" describes only the bus attempt, so it becomes outcome-unknown too."""
-        assert self._nc is not None
         try:
-            return await writes.via_bus(
-                req,
-                nc=self._nc,
-                settings=self.settings,
-                retry=self.retry,
-                tracker=self._tracker,
-                await_replication=await_replication,
-                timeout=timeout,
-                replication_timeout=replication_timeout,
-                row_factory=factory,
+            return await self._via_bus(
+                req, await_replication, timeout, replication_timeout, factory
             )
         except WriteBusError as err:
             if err.outcome is not Outcome.NOT_APPLIED or isinstance(err, WriteRejectedError):
