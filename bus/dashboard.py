@@ -31,6 +31,7 @@ from typing import Any, TextIO
 from aiohttp import web
 
 from writebus.bus.dashboard_page import PAGE
+from writebus.bus.listen import listen
 from writebus.bus.watch import Snapshot, Watch
 from writebus.client.connect import connect_nats
 from writebus.client.log import get_logger
@@ -140,16 +141,10 @@ class DashboardServer:
         """Listen (port 0 picks a free one: see :attr:`port`); :class:`ListenError` when the
         address cannot be bound."""
         self._closing.clear()
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.addr[0], self.addr[1])
         try:
-            await site.start()
+            self._runner, self.port = await listen(self.app, self.addr)
         except OSError as exc:
-            await self.stop()
             raise ListenError(self.addr, exc.strerror or str(exc)) from exc
-        sockets = getattr(site._server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self.addr[1]
         log.info("dashboard.listening", url=self.url)
 
     async def stop(self) -> None:

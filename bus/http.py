@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from writebus.bus.health import HealthFacts, healthz, readyz
+from writebus.bus.listen import listen
 from writebus.bus.metrics import Metrics
 from writebus.client.errors import ConfigError
 from writebus.client.log import get_logger
@@ -54,21 +55,14 @@ class HttpServer:
 
     async def start(self) -> None:
         """Listen (port 0 picks a free one: see :attr:`port`)."""
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.addr[0], self.addr[1])
         try:
-            await site.start()
+            self._runner, self.port = await listen(self.app, self.addr)
         except OSError as exc:
-            await self._runner.cleanup()
             raise ConfigError(
                 f"WRITEBUS_HTTP_ADDR={self.addr[0]}:{self.addr[1]}: cannot listen there "
                 f"({exc.strerror or exc}); choose another port, or 'off'",
                 variable="WRITEBUS_HTTP_ADDR",
             ) from exc
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self.addr[1]
         log.info("http.listening", host=self.addr[0], port=self.port)
 
     async def stop(self) -> None:
