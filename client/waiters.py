@@ -2,9 +2,14 @@
 
 Waiters sit in a min-heap keyed by LSN, so releasing the ``k`` waiters a broadcast satisfies costs
 ``O(k log n)`` -- never a scan of all ``n``. A broadcast that satisfies every waiter (the highest
-LSN waited for is known) takes them all at once, without a single heap comparison. A waiter that gives up (timeout, cancellation) is
-marked dead in O(1) and dropped lazily; dead entries are purged when they outnumber live ones and
-the heap is emptied whenever no live waiter remains, so nothing is left behind.
+LSN waited for is known) takes them all at once, without a single heap operation.
+
+A waiter may carry a deadline: those sit in a second min-heap, so the shell needs one timer for
+the whole queue (the earliest deadline) instead of one per waiter -- a timer per waiter cost more
+to create and cancel than waking the waiter itself. A waiter that leaves one heap (released,
+expired, or given up on) is marked done in O(1) and dropped from the other lazily; dead entries
+are purged when they outnumber live ones, and both heaps are emptied whenever no live waiter
+remains, so nothing is left behind.
 """
 
 from __future__ import annotations
@@ -21,14 +26,18 @@ _COMPACT_MIN = 64
 class Waiter(Generic[T]):
     """One caller waiting for ``lsn``; ``payload`` is whatever the shell wakes (a future)."""
 
-    __slots__ = ("lsn", "payload", "active", "timeline")
+    __slots__ = ("lsn", "payload", "active", "timeline", "deadline")
 
-    def __init__(self, lsn: int, payload: T, timeline: int | None = None) -> None:
+    def __init__(
+        self, lsn: int, payload: T, timeline: int | None = None, deadline: float | None = None
+    ) -> None:
         self.lsn = lsn
         self.payload = payload
         self.active = True
         #: The WAL timeline the LSN is on, when known.
         self.timeline = timeline
+        #: When the shell gives up on this waiter (its clock), or None for never.
+        self.deadline = deadline
 
     def __repr__(self) -> str:
         state = "waiting" if self.active else "done"
@@ -36,13 +45,15 @@ class Waiter(Generic[T]):
 
 
 class WaiterQueue(Generic[T]):
-    """Waiters ordered by LSN."""
+    """Waiters ordered by LSN, and by deadline for those that have one."""
 
     def __init__(self) -> None:
         self._heap: list[tuple[int, int, Waiter[T]]] = []
+        self._deadlines: list[tuple[float, int, Waiter[T]]] = []
         self._seq = itertools.count()
         self._live = 0
-        self._dead = 0
+        #: Live waiters with a deadline (the rest of ``_deadlines`` is dead entries).
+        self._timed = 0
         #: At least the highest LSN in the heap (never lowered by a discard; reset when empty).
         self._max = -1
 
@@ -52,13 +63,21 @@ class WaiterQueue(Generic[T]):
 
     @property
     def heap_size(self) -> int:
-        """Entries held, live or dead (for tests: bounded by about twice the live count)."""
-        return len(self._heap)
+        """Entries held in both heaps, live or dead (for tests: bounded by about twice the
+        live count, and 0 when nobody waits)."""
+        return len(self._heap) + len(self._deadlines)
 
-    def add(self, lsn: int, payload: T, timeline: int | None = None) -> Waiter[T]:
-        """Add a waiter for ``lsn`` (on ``timeline``, when known)."""
-        waiter = Waiter(lsn, payload, timeline)
-        heapq.heappush(self._heap, (lsn, next(self._seq), waiter))
+    def add(
+        self, lsn: int, payload: T, timeline: int | None = None, deadline: float | None = None
+    ) -> Waiter[T]:
+        """Add a waiter for ``lsn`` (on ``timeline``, when known), to be given up at
+        ``deadline`` (see :meth:`pop_expired`), if any."""
+        waiter = Waiter(lsn, payload, timeline, deadline)
+        seq = next(self._seq)
+        heapq.heappush(self._heap, (lsn, seq, waiter))
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, seq, waiter))
+            self._timed += 1
         self._live += 1
         if lsn > self._max:
             self._max = lsn
@@ -66,17 +85,9 @@ class WaiterQueue(Generic[T]):
 
     def discard(self, waiter: Waiter[T]) -> None:
         """Forget a waiter that stopped waiting. Idempotent."""
-        if not waiter.active:
-            return
-        waiter.active = False
-        self._live -= 1
-        self._dead += 1
-        if self._live == 0:
-            self._clear()
-        elif self._dead > _COMPACT_MIN and self._dead > self._live:
-            self._heap = [e for e in self._heap if e[2].active]
-            heapq.heapify(self._heap)
-            self._dead = 0
+        if waiter.active:
+            self._retire(waiter)
+            self._tidy()
 
     def pop_reached(self, replayed: int) -> list[Waiter[T]]:
         """Remove and return the live waiters whose LSN is ``<= replayed``, lowest first."""
@@ -87,12 +98,29 @@ class WaiterQueue(Generic[T]):
         while heap and heap[0][0] <= replayed:
             waiter = heapq.heappop(heap)[2]
             if waiter.active:
-                waiter.active = False
-                self._live -= 1
+                self._retire(waiter)
                 out.append(waiter)
-            else:
-                self._dead -= 1
+        self._tidy()
         return out
+
+    def pop_expired(self, now: float) -> list[Waiter[T]]:
+        """Remove and return the live waiters whose deadline is ``<= now``, earliest first."""
+        out: list[Waiter[T]] = []
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            waiter = heapq.heappop(heap)[2]
+            if waiter.active:
+                self._retire(waiter)
+                out.append(waiter)
+        self._tidy()
+        return out
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of a live waiter, or None."""
+        heap = self._deadlines
+        while heap and not heap[0][2].active:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     def pop_lost(self, switch: int, timeline: int) -> list[Waiter[T]]:
         """Remove and return the live waiters a promotion at ``switch`` onto ``timeline`` left
@@ -116,9 +144,29 @@ class WaiterQueue(Generic[T]):
         self._clear()
         return out
 
+    def _retire(self, waiter: Waiter[T]) -> None:
+        waiter.active = False
+        self._live -= 1
+        if waiter.deadline is not None:
+            self._timed -= 1
+
+    def _tidy(self) -> None:
+        """Empty both heaps when nobody waits; purge a heap whose dead entries outnumber its
+        live ones (amortised O(1) a waiter)."""
+        if self._live == 0:
+            self._clear()
+            return
+        if len(self._heap) > 2 * self._live + _COMPACT_MIN:
+            self._heap = [e for e in self._heap if e[2].active]
+            heapq.heapify(self._heap)
+        if len(self._deadlines) > 2 * self._timed + _COMPACT_MIN:
+            self._deadlines = [e for e in self._deadlines if e[2].active]
+            heapq.heapify(self._deadlines)
+
     def _clear(self) -> None:
         self._heap.clear()
+        self._deadlines.clear()
         self._live = 0
-        self._dead = 0
+        self._timed = 0
         self._max = -1
 

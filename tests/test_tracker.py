@@ -114,6 +114,32 @@ async def test_replication_timeout_carries_lsn(isolated: Any) -> None:
     assert tracker.waiting == 0 and tracker.heap_size == 0
 
 
+async def test_each_waiter_times_out_at_its_own_deadline(isolated: Any) -> None:
+    """One timer serves every deadline: a later waiter with a shorter timeout still ends first,
+    a cancelled one leaves nothing, and a released one never times out afterwards."""
+    tracker, pub, subject = isolated
+    await pub.publish(subject, _update(10))
+    await _wait_until(lambda: tracker.replayed == 10)
+    t0 = time.monotonic()
+    slow = asyncio.create_task(tracker.wait_for(10**6, timeout=1.0))
+    released = asyncio.create_task(tracker.wait_for(20, timeout=0.2))
+    cancelled = asyncio.create_task(tracker.wait_for(10**6, timeout=0.1))
+    await _wait_until(lambda: tracker.waiting == 3)
+    fast = asyncio.create_task(tracker.wait_for(10**6, timeout=0.3))
+    await pub.publish(subject, _update(30))
+    assert await released == 30
+    cancelled.cancel()
+    with pytest.raises(ReplicationTimeoutError) as first:
+        await fast
+    fast_at = time.monotonic() - t0
+    assert 0.3 <= fast_at < 0.9 and not slow.done() and first.value.lsn == 10**6
+    with pytest.raises(ReplicationTimeoutError):
+        await slow
+    assert time.monotonic() - t0 >= 1.0
+    assert cancelled.cancelled()
+    assert tracker.waiting == 0 and tracker.heap_size == 0
+
+
 async def test_ten_thousand_waiters_released_by_one_broadcast(isolated: Any) -> None:
     """10,000 concurrent waiters are all woken by one broadcast, none left behind."""
     tracker, pub, subject = isolated

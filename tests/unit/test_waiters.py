@@ -96,3 +96,66 @@ def test_drain_returns_all_live() -> None:
     q.discard(ws[3])
     assert len(q.drain()) == 19
     assert len(q) == 0 and q.heap_size == 0
+
+
+def test_pop_expired_releases_due_waiters_earliest_first() -> None:
+    """Waiters whose deadline has passed leave, earliest first; the rest and the undated stay."""
+    q: WaiterQueue[str] = WaiterQueue()
+    q.add(10, "late", deadline=9.0)
+    q.add(20, "early", deadline=3.0)
+    q.add(30, "never")
+    q.add(40, "mid", deadline=5.0)
+    assert q.next_deadline() == 3.0
+    assert [w.payload for w in q.pop_expired(5.0)] == ["early", "mid"]
+    assert q.next_deadline() == 9.0 and len(q) == 2
+    assert [w.payload for w in q.pop_reached(100)] == ["late", "never"]
+    assert q.next_deadline() is None and q.heap_size == 0
+
+
+def test_released_waiters_never_expire_and_expired_never_release() -> None:
+    """A waiter leaves by exactly one door: released ones are skipped by the deadline heap and
+    expired ones by the LSN heap."""
+    q: WaiterQueue[int] = WaiterQueue()
+    for i in range(10):
+        q.add(i, i, deadline=float(i))
+    assert [w.payload for w in q.pop_reached(4)] == [0, 1, 2, 3, 4]
+    assert q.next_deadline() == 5.0
+    assert [w.payload for w in q.pop_expired(7.0)] == [5, 6, 7]
+    assert [w.payload for w in q.pop_reached(100)] == [8, 9]
+    assert q.pop_expired(100.0) == [] and q.heap_size == 0
+
+
+def test_deadline_heap_stays_bounded_under_churn() -> None:
+    """Waiters released long before their deadline do not pile up in the deadline heap."""
+    q: WaiterQueue[int] = WaiterQueue()
+    keep = [q.add(10**9 + i, i, deadline=1e9) for i in range(100)]
+    for i in range(10_000):
+        q.add(i, i, deadline=1e6 + i)
+        assert len(q.pop_reached(i)) == 1
+    assert len(q) == len(keep)
+    assert q.heap_size <= 2 * (2 * len(keep) + 66)
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 50), st.none() | st.integers(0, 20)), max_size=60),
+    st.integers(0, 60),
+    st.integers(0, 25),
+)
+def test_model_with_deadlines(
+    entries: list[tuple[int, int | None]], replayed: int, now: int
+) -> None:
+    """Against a plain model: expiry takes the live waiters due by ``now``, then a release
+    takes the remaining ones with lsn <= replayed; nobody is handed out twice."""
+    q: WaiterQueue[int] = WaiterQueue()
+    for i, (lsn, deadline) in enumerate(entries):
+        q.add(lsn, i, deadline=None if deadline is None else float(deadline))
+    expired = q.pop_expired(float(now))
+    due = sorted((d, i) for i, (_, d) in enumerate(entries) if d is not None and d <= now)
+    assert [w.payload for w in expired] == [i for _, i in due]
+    gone = {i for _, i in due}
+    released = q.pop_reached(replayed)
+    expected = sorted(
+        (lsn, i) for i, (lsn, _) in enumerate(entries) if i not in gone and lsn <= replayed
+    )
+    assert [(w.lsn, w.payload) for w in released] == expected
+    assert len(q) == len(entries) - len(due) - len(expected)
