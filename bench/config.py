@@ -29,7 +29,7 @@ class BenchConfig:
     tracker_waiters: int = 10_000
     tracker_batch: int = 100
     #: Runs of the wake-all comparison (tracker and bare futures alternating; medians).
-    tracker_repeats: int = 3
+    tracker_repeats: int = 5
     scaling_sizes: tuple[int, ...] = (10_000, 100_000)
     scaling_release: int = 100
     quick: bool = False

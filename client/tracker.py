@@ -235,8 +235,10 @@ class LsnTracker:
         self._replayed = replayed
         woken = self._queue.pop_reached(replayed)
         for w in woken:
-            if not w.payload.done():
+            try:  # no done() check first: this loop is the wake-up's critical path
                 w.payload.set_result(replayed)
+            except asyncio.InvalidStateError:
+                pass  # its task was cancelled; that task discards the waiter
         return len(woken)
 
     def _fresh(self) -> bool:
