@@ -1,8 +1,8 @@
 """Group commit: statement writes run together in one transaction, each answered on its own.
 
-One request is a group of one: the same code runs a lone write in two round trips --
-``BEGIN; lock ids; find ids; statements`` then ``record ids; COMMIT; flush LSN`` -- and a group
-of many in the same two, each request inside its own ``SAVEPOINT``:
+One request is a group of one: the same code runs a lone write in two round trips -- ``BEGIN;
+claim ids (lock and look up); statements`` then ``record ids; COMMIT; flush LSN`` -- and a
+group of many in the same two, each request inside its own ``SAVEPOINT``:
 
 * a request whose statement fails (or whose reply would not fit) rolls back to its savepoint
   and only it gets the error; the requests after it run again in another round trip (in
@@ -147,7 +147,7 @@ async def run_group(
 async def _first_round(
     conn: psycopg.AsyncConnection[Any], items: list[_Item], savepoints: bool
 ) -> tuple[dict[str, tuple[Any, ...]], psycopg.Error | None]:
-    """BEGIN, the locks, the lookup and every request's statements, in one round trip.
+    """BEGIN, the claim (locks and lookup) and every request's statements, in one round trip.
     Returns the ids found and the statement error that stopped the round, if one did."""
     ids = [i.req.id for i in items]
     find: psycopg.AsyncCursor[Any] | None = None
@@ -155,8 +155,7 @@ async def _first_round(
     try:
         async with conn.pipeline() as pipe:
             await conn.execute("BEGIN")
-            await conn.execute(idempotency.LOCK_SQL, [ids])
-            find = await conn.execute(idempotency.FIND_SQL, [ids])
+            find = await conn.execute(idempotency.CLAIM_SQL, idempotency.claim_params(ids))
             await _queue(conn, items, savepoints)
             await pipe.sync()
     except psycopg.Error as exc:

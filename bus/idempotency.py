@@ -9,11 +9,17 @@ How a transaction applies requests exactly once:
 1. It takes a transaction-scoped advisory lock per request id (sorted, so two transactions
    never wait on each other's ids in a cycle). A retry racing its original -- on this worker or
    another -- waits there until the original commits or rolls back.
-2. It looks the ids up (:data:`FIND_SQL`, every partition). An id already there is answered
-   with its stored result and not run again; one stored for a *different* request (another
-   digest) is refused with :class:`IdempotencyKeyReusedError`.
+2. It looks the ids up (every partition). An id already there is answered with its stored
+   result and not run again; one stored for a *different* request (another digest) is refused
+   with :class:`IdempotencyKeyReusedError`.
 3. It runs the rest, then records them in one multi-row INSERT with their results, then
    COMMIT -- the lock is released only then.
+
+Steps 1 and 2 are one command, :data:`CLAIM_SQL`, a call of the PL/pgSQL function
+``writebus.claim_v1(ids)``: a VOLATILE function takes a fresh snapshot for each statement it
+runs, so its lookup, made after the locks were granted, sees what a racing original committed
+while this transaction waited (two statements sent in one pipeline did the same, for one more
+command per transaction).
 
 A partition's primary key cannot span partitions, so uniqueness across them rests on step 1;
 ``(id, applied_at)`` keys each partition and its index serves step 2. A table of the old
@@ -37,6 +43,7 @@ import msgspec
 import psycopg
 from psycopg import sql
 
+from writebus.bus.arrays import ByteaArray, TextArray
 from writebus.client.errors import IdempotencyKeyReusedError
 from writebus.client.protocol import Request, StatementResult
 
@@ -51,13 +58,25 @@ CREATE TABLE IF NOT EXISTS writebus.applied (
 ) PARTITION BY RANGE (applied_at);
 """
 
-#: Step 1: one transaction-scoped advisory lock per id, in a fixed order.
-LOCK_SQL: Final = (
-    "SELECT count(pg_advisory_xact_lock(h)) FROM "
-    "(SELECT DISTINCT hashtextextended(i, 7207) AS h FROM unnest(%s::text[]) AS i ORDER BY 1) k"
-)
-#: Step 2: the ids already applied, with what they asked for and what they got.
-FIND_SQL: Final = "SELECT id, digest, result FROM writebus.applied WHERE id = ANY(%s::text[])"
+#: Steps 1 and 2. Versioned by name: a later format gets a new function, and workers of both
+#: versions can serve side by side during a rolling upgrade.
+CLAIM_FUNCTION_SQL: Final = """
+CREATE FUNCTION writebus.claim_v1(ids text[])
+RETURNS TABLE (id text, digest bytea, result bytea)
+LANGUAGE plpgsql VOLATILE AS $claim$
+BEGIN
+    -- One transaction-scoped advisory lock per id, in a fixed order.
+    PERFORM pg_advisory_xact_lock(k.h) FROM (
+        SELECT DISTINCT hashtextextended(i, 7207) AS h FROM unnest(ids) AS i ORDER BY 1
+    ) k;
+    -- A new statement, so a new snapshot: taken after every lock above was granted.
+    RETURN QUERY SELECT a.id, a.digest, a.result FROM writebus.applied a WHERE a.id = ANY(ids);
+END
+$claim$
+"""
+#: Steps 1 and 2 as one command: lock the ids, then the rows of those already applied (with
+#: what they asked for and what they got).
+CLAIM_SQL: Final = "SELECT id, digest, result FROM writebus.claim_v1(%s::text[])"
 #: Step 3: record the applied requests, one row each.
 STORE_SQL: Final = (
     "INSERT INTO writebus.applied (id, digest, result) "
@@ -111,15 +130,24 @@ def check_digest(request_id: str, stored: bytes | None, digest: bytes) -> None:
 
 
 def stored_answer(request_id: str, row: tuple[Any, ...], digest: bytes) -> StoredResult:
-    """The answer to a repeated id from its :data:`FIND_SQL` row (digest checked)."""
+    """The answer to a repeated id from its :data:`CLAIM_SQL` row (digest checked)."""
     _, stored_digest, blob = row
     check_digest(request_id, stored_digest, digest)
     return _decoder.decode(blob) if blob is not None else StoredResult()
 
 
+def claim_params(ids: Sequence[str]) -> list[TextArray]:
+    """Parameters of :data:`CLAIM_SQL` for request ``ids``."""
+    return [TextArray(ids)]
+
+
 def store_params(rows: Sequence[tuple[str, bytes, bytes]]) -> list[list[Any]]:
     """Parameters of :data:`STORE_SQL` for ``(id, digest, result)`` rows."""
-    return [[r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]]
+    return [
+        TextArray([r[0] for r in rows]),
+        ByteaArray([r[1] for r in rows]),
+        ByteaArray([r[2] for r in rows]),
+    ]
 
 
 # -- schema and partitions -----------------------------------------------------------------
@@ -168,6 +196,7 @@ async def ensure_schema(conn: psycopg.AsyncConnection[Any], window: float = 8640
         if old:
             await conn.execute("ALTER TABLE writebus.applied RENAME TO applied_v1")
         await conn.execute(SCHEMA_SQL)
+        await _create_claim_function(conn)
         horizon = now - datetime.timedelta(seconds=window)
         for start, end in partition_bounds(now, since=horizon if old else None):
             await _create_partition(conn, start, end)
@@ -180,6 +209,15 @@ async def ensure_schema(conn: psycopg.AsyncConnection[Any], window: float = 8640
             )
             await conn.execute("DROP TABLE writebus.applied_v1")
     await maintain(conn, window)
+
+
+async def _create_claim_function(conn: psycopg.AsyncConnection[Any]) -> None:
+    # Created only when missing, never replaced: CREATE OR REPLACE needs the function's owner,
+    # and the bus and the applications' direct writes may connect as different roles.
+    cur = await conn.execute("SELECT to_regprocedure('writebus.claim_v1(text[])') IS NOT NULL")
+    row = await cur.fetchone()
+    if not (row and row[0]):
+        await conn.execute(CLAIM_FUNCTION_SQL)
 
 
 async def _create_partition(

@@ -6,7 +6,8 @@ reply fits. Savepoints then buy nothing and cost a command per request on the wo
 primary, and consecutive requests that run the same single statement (an application's INSERT)
 can go as one ``executemany`` -- psycopg sends it in the same pipeline with half the work per
 request of separate ``execute`` calls. So a group is first sent that way, in the same two round
-trips as always: ``BEGIN; lock ids; find ids; statements`` then ``record ids; COMMIT; flush LSN``.
+trips as always: ``BEGIN; claim ids (lock and look up); statements`` then ``record ids;
+COMMIT; flush LSN``.
 
 When anything is unusual -- a statement fails, an id was already applied, a value cannot be
 sent, a reply is too large, a statement ended the transaction -- this path rolls the whole
@@ -135,8 +136,7 @@ async def _send(
     cursors: list[list[psycopg.AsyncCursor[Any]]] = []
     async with conn.pipeline() as pipe:
         await conn.execute("BEGIN")
-        await conn.execute(idempotency.LOCK_SQL, [ids])
-        find = await conn.execute(idempotency.FIND_SQL, [ids])
+        find = await conn.execute(idempotency.CLAIM_SQL, idempotency.claim_params(ids))
         for run in runs:
             if run.batched:
                 cur = conn.cursor()

@@ -72,9 +72,7 @@ async def _find(
     conn: psycopg.AsyncConnection[Any], request_id: str, digest: bytes
 ) -> idempotency.StoredResult | None:
     """Lock the id (a racing retry waits here) and look it up: one round trip."""
-    async with conn.pipeline():
-        await conn.execute(idempotency.LOCK_SQL, [[request_id]])
-        cur = await conn.execute(idempotency.FIND_SQL, [[request_id]])
+    cur = await conn.execute(idempotency.CLAIM_SQL, idempotency.claim_params([request_id]))
     row = await cur.fetchone()
     return idempotency.stored_answer(request_id, row, digest) if row is not None else None
 
