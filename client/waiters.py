@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -93,27 +93,11 @@ class WaiterQueue(Generic[T]):
         """Remove and return the live waiters whose LSN is ``<= replayed``, lowest first."""
         if replayed >= self._max:
             return self.drain()
-        out: list[Waiter[T]] = []
-        heap = self._heap
-        while heap and heap[0][0] <= replayed:
-            waiter = heapq.heappop(heap)[2]
-            if waiter.active:
-                self._retire(waiter)
-                out.append(waiter)
-        self._tidy()
-        return out
+        return self._pop_upto(self._heap, replayed)
 
     def pop_expired(self, now: float) -> list[Waiter[T]]:
         """Remove and return the live waiters whose deadline is ``<= now``, earliest first."""
-        out: list[Waiter[T]] = []
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            waiter = heapq.heappop(heap)[2]
-            if waiter.active:
-                self._retire(waiter)
-                out.append(waiter)
-        self._tidy()
-        return out
+        return self._pop_upto(self._deadlines, now)
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of a live waiter, or None."""
@@ -142,6 +126,17 @@ class WaiterQueue(Generic[T]):
         for w in out:
             w.active = False
         self._clear()
+        return out
+
+    def _pop_upto(self, heap: list[Any], bound: float) -> list[Waiter[T]]:
+        """Pop ``heap`` (either one) while its key is ``<= bound``; retire the live waiters."""
+        out: list[Waiter[T]] = []
+        while heap and heap[0][0] <= bound:
+            waiter = heapq.heappop(heap)[2]
+            if waiter.active:
+                self._retire(waiter)
+                out.append(waiter)
+        self._tidy()
         return out
 
     def _retire(self, waiter: Waiter[T]) -> None:
