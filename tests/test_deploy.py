@@ -410,6 +410,7 @@ def test_grafana_dashboard_queries_only_metrics_the_bus_exports() -> None:
     import json as _json
 
     from writebus.bus.metrics import Metrics, NodeReadings
+    from writebus.bus.served import Served
 
     metrics = Metrics("syd", NodeReadings(
         in_flight=lambda: {"writebus.write": 0},
@@ -418,7 +419,9 @@ def test_grafana_dashboard_queries_only_metrics_the_bus_exports() -> None:
         lag=lambda: {"lax": (0, 0.0)},
         broadcasts=lambda: {"primary": 1},
     ))
-    metrics.requests.labels("writebus.write", "statements", "ok").inc()
+    metrics.observe(Served(request_id="r", subject="writebus.write", procedure=None,
+                           statements=1, outcome="ok", sqlstate=None, duplicate=False,
+                           queue_ms=0.1, run_ms=1.0, lsn=None, origin="lax"))
     exported = {s.name for fam in metrics.registry.collect() for s in fam.samples}
     dashboard = _json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
     queried = {
