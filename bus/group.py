@@ -154,7 +154,7 @@ async def _first_round(
     error: psycopg.Error | None = None
     try:
         async with conn.pipeline() as pipe:
-            await conn.execute("BEGIN")
+            await conn.execute(idempotency.BEGIN_SQL)
             find = await conn.execute(idempotency.CLAIM_SQL, idempotency.claim_params(ids))
             await _queue(conn, items, savepoints)
             await pipe.sync()

@@ -77,6 +77,10 @@ $claim$
 #: Steps 1 and 2 as one command: lock the ids, then the rows of those already applied (with
 #: what they asked for and what they got).
 CLAIM_SQL: Final = "SELECT id, digest, result FROM writebus.claim_v1(%s::text[])"
+#: How a transaction that claims ids begins, whatever the database's default isolation: under
+#: REPEATABLE READ or SERIALIZABLE the lookup would read the snapshot taken when the claim
+#: started -- before it waited for the lock -- and miss what a racing original committed.
+BEGIN_SQL: Final = "BEGIN ISOLATION LEVEL READ COMMITTED"
 #: Step 3: record the applied requests, one row each.
 STORE_SQL: Final = (
     "INSERT INTO writebus.applied (id, digest, result) "

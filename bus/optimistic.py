@@ -135,7 +135,7 @@ async def _send(
     ids = [r.id for r in requests]
     cursors: list[list[psycopg.AsyncCursor[Any]]] = []
     async with conn.pipeline() as pipe:
-        await conn.execute("BEGIN")
+        await conn.execute(idempotency.BEGIN_SQL)
         find = await conn.execute(idempotency.CLAIM_SQL, idempotency.claim_params(ids))
         for run in runs:
             if run.batched:

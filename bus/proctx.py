@@ -1,8 +1,9 @@
 """A procedure in a transaction of its own, recorded exactly once when it writes.
 
 Procedures do not join statement groups (:mod:`writebus.bus.group`): they run arbitrary code,
-may set the isolation level (only the first statement of a transaction can), take locks or
-catch errors, none of which a savepoint inside someone else's transaction could honour.
+take locks or catch errors, none of which a savepoint inside someone else's transaction could
+honour. A procedure's transaction runs at READ COMMITTED whatever the database's default
+(see :data:`~writebus.bus.idempotency.BEGIN_SQL`); one that needs more takes row locks.
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ async def run_procedure_tx(
     phase: Phase,
 ) -> Executed:
     """A procedure in a transaction of its own: procedures do not join groups -- they run
-    arbitrary code, may set the isolation level (only the first statement of a transaction
-    can), take locks or catch errors, none of which a savepoint inside someone else's
-    transaction could honour."""
+    arbitrary code, take locks or catch errors, none of which a savepoint inside someone
+    else's transaction could honour."""
     name = req.procedure or ""
     digest = idempotency.request_digest(req)
+    if exactly_once and conn.isolation_level is not psycopg.IsolationLevel.READ_COMMITTED:
+        # conn.transaction() begins with the connection's level; set once per connection.
+        await conn.set_isolation_level(psycopg.IsolationLevel.READ_COMMITTED)
     try:
         async with conn.transaction():
             if exactly_once:

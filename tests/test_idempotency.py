@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
 
+from tests.support.stack import primary_rows
 from writebus.bus import idempotency
+from writebus.bus.group import Executed, run_group
+from writebus.bus.proctx import Phase, run_procedure_tx
+from writebus.client.protocol import Request, Statement, StatementResult
 
 
 async def _connect(stack: Any, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
@@ -82,3 +87,66 @@ async def test_ensure_schema_keeps_another_roles_claim_function(stack: Any) -> N
         await admin.execute(f"DROP OWNED BY {role}")
         await admin.execute(f"DROP ROLE {role}")
         await admin.close()
+
+
+async def _race_under_repeatable_read(stack: Any, request: Request, result: bytes,
+                                      run: Callable[[Any], Awaitable[Any]]) -> Any:  # fmt: skip
+    """Hold ``request``'s id, start ``run`` on a connection whose default isolation is
+    REPEATABLE READ (it blocks on the id), commit ``request`` as applied, return what ``run``
+    returned."""
+    holder, runner = await _connect(stack), await _connect(stack)
+    try:
+        await idempotency.ensure_schema(holder)
+        await runner.execute("SET default_transaction_isolation = 'repeatable read'")
+        await holder.execute("BEGIN")
+        await holder.execute(idempotency.CLAIM_SQL, idempotency.claim_params([request.id]))
+        racing = asyncio.create_task(run(runner))
+        await asyncio.sleep(0.3)
+        assert not racing.done()
+        row = (request.id, idempotency.request_digest(request), result)
+        await holder.execute(idempotency.STORE_SQL, idempotency.store_params([row]))
+        await holder.execute("COMMIT")
+        return await asyncio.wait_for(racing, 5)
+    finally:
+        await holder.close()
+        await runner.close()
+
+
+async def test_a_group_claims_at_read_committed_whatever_the_default(
+    stack: Any, table: str
+) -> None:
+    """On a database whose default isolation is REPEATABLE READ, a group racing its original
+    still sees the original's record and answers from it: the group's transaction begins at
+    READ COMMITTED. (At the default, its lookup would use the snapshot taken before the lock
+    wait, miss the record, and apply the write a second time.)"""
+    req = Request(id=uuid.uuid4().hex,
+                  statements=[Statement(sql=f"INSERT INTO {table}(body) VALUES (%s)",
+                                        params=["raced"])])  # fmt: skip
+    stored = idempotency.encode_result([StatementResult(rowcount=1)], None)
+
+    async def run(conn: Any) -> Any:
+        return await run_group(conn, [req], read_lsn=True, check=lambda *_: None)
+
+    [outcome] = await _race_under_repeatable_read(stack, req, stored, run)
+    assert isinstance(outcome, Executed) and outcome.duplicate
+    assert primary_rows(stack, f"SELECT count(*) FROM {table}") == [(0,)]
+
+
+async def test_a_procedure_claims_at_read_committed_whatever_the_default(
+    stack: Any, table: str
+) -> None:
+    """The same race for a procedure: it is answered from the original's record, not run."""
+    req = Request(id=uuid.uuid4().hex, procedure="add", args=["raced"])
+    stored = idempotency.encode_result([], "first")
+
+    async def add(conn: Any, body: str) -> str:
+        await conn.execute(f"INSERT INTO {table}(body) VALUES (%s)", [body])
+        return "second"
+
+    async def run(conn: Any) -> Any:
+        return await run_procedure_tx(conn, req, add, exactly_once=True, primary=True,
+                                      check=lambda *_: None, phase=Phase())  # fmt: skip
+
+    outcome = await _race_under_repeatable_read(stack, req, stored, run)
+    assert outcome.duplicate and outcome.value == "first"
+    assert primary_rows(stack, f"SELECT count(*) FROM {table}") == [(0,)]
