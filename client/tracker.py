@@ -239,6 +239,9 @@ class LsnTracker:
                 w.payload.set_result(replayed)
             except asyncio.InvalidStateError:
                 pass  # its task was cancelled; that task discards the waiter
+        if woken:
+            # After the woken tasks' first steps, which were scheduled just now.
+            asyncio.get_running_loop().call_soon(self._queue.forget_spent)
         return len(woken)
 
     def _fresh(self) -> bool:
