@@ -184,3 +184,14 @@ def test_drained_heaps_are_freed_by_forget_spent() -> None:
     q.forget_spent()
     gc.collect()
     assert ref() is None
+
+
+def test_in_order_releases_leave_no_dead_deadlines() -> None:
+    """Waiters released in the order they came leave the deadline heap as they go: no dead
+    entries pile up for a purge to sweep (which would cost one release a whole-heap pass)."""
+    q: WaiterQueue[int] = WaiterQueue()
+    for i in range(1000):
+        q.add(i, i, deadline=100.0 + i)
+    for top in range(99, 900, 100):
+        assert len(q.pop_reached(top)) == 100
+        assert q.heap_size == 2 * len(q)
