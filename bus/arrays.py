@@ -47,29 +47,40 @@ def encode_array(items: list[bytes], element_oid: int) -> bytes:
     return b"".join(parts)
 
 
-class _TextArrayDumper(Dumper):
+class _ArrayDumper(Dumper):
     format = Format.BINARY
+    array_oid = 0
+    element_oid = 0
 
     def __init__(self, cls: type, context: Any = None) -> None:
         super().__init__(cls, context)
-        self.oid = _TEXT_ARRAY_OID  # per instance: a class oid would be registered by oid
+        self.oid = self.array_oid  # per instance: a class oid would be registered by oid
+
+    def dump(self, obj: Any) -> bytes:
+        return encode_array(self.elements(obj), self.element_oid)
+
+    def elements(self, obj: Any) -> list[bytes]:
+        """The elements' bytes in the binary format."""
+        return obj  # type: ignore[no-any-return]
+
+
+class _TextArrayDumper(_ArrayDumper):
+    array_oid = _TEXT_ARRAY_OID
+    element_oid = _TEXT_OID
+
+    def __init__(self, cls: type, context: Any = None) -> None:
+        super().__init__(cls, context)
         conn = self.connection
         self._encoding = conn.info.encoding if conn is not None else "utf-8"
 
-    def dump(self, obj: Any) -> bytes:
+    def elements(self, obj: Any) -> list[bytes]:
         encoding = self._encoding
-        return encode_array([s.encode(encoding) for s in obj], _TEXT_OID)
+        return [s.encode(encoding) for s in obj]
 
 
-class _ByteaArrayDumper(Dumper):
-    format = Format.BINARY
-
-    def __init__(self, cls: type, context: Any = None) -> None:
-        super().__init__(cls, context)
-        self.oid = _BYTEA_ARRAY_OID
-
-    def dump(self, obj: Any) -> bytes:
-        return encode_array([bytes(b) for b in obj], _BYTEA_OID)
+class _ByteaArrayDumper(_ArrayDumper):
+    array_oid = _BYTEA_ARRAY_OID
+    element_oid = _BYTEA_OID  # the elements are bytes already: sent as they are
 
 
 psycopg.adapters.register_dumper(TextArray, _TextArrayDumper)

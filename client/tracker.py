@@ -297,8 +297,7 @@ class LsnTracker:
         self._timer_at = float("inf")
 
     def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = None
-        self._timer_at = float("inf")
+        self._disarm()  # this timer has run: cancelling it does nothing
         for w in self._queue.pop_expired(loop.time()):
             if not w.payload.done():
                 w.payload.set_exception(_Expired())

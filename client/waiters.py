@@ -169,9 +169,7 @@ class WaiterQueue(Generic[T]):
         # Waiters mostly leave in the order they came (by LSN, and so by deadline): the ones a
         # release took are then at the top of the deadline heap, and go from there at the
         # cost of the pops -- purging the whole heap would put a spike into one release.
-        deadlines = self._deadlines
-        while deadlines and not deadlines[0][2].active:
-            heapq.heappop(deadlines)
+        self.next_deadline()
         if len(self._heap) > 2 * self._live + _COMPACT_MIN:
             self._heap = [e for e in self._heap if e[2].active]
             heapq.heapify(self._heap)
