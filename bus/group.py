@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
-from writebus.bus import idempotency, optimistic
+from writebus.bus import idempotency, literals, optimistic
 from writebus.bus.grouptx import (
     Executed,
     GroupCommitFailed,
@@ -77,6 +77,25 @@ async def run_group(
 ) -> list[Outcome]:
     """Run statement ``requests`` on ``conn`` (autocommit, idle) in one transaction; return
     one outcome per request, in order. Raises :class:`Lost` or :class:`GroupCommitFailed`."""
+    out = await _run_group(conn, requests, read_lsn=read_lsn, check=check, may_commit=may_commit)
+    # What committed may be written out whole next time (:mod:`.literals`).
+    literals.PROVEN.add(
+        s
+        for r, o in zip(requests, out, strict=True)
+        if isinstance(o, Executed) and not o.duplicate
+        for s in r.statements or ()
+    )
+    return out
+
+
+async def _run_group(
+    conn: psycopg.AsyncConnection[Any],
+    requests: list[Request],
+    *,
+    read_lsn: bool,
+    check: Check,
+    may_commit: Callable[[], str | None] | None,
+) -> list[Outcome]:
     items = [_Item(r, idempotency.request_digest(r), n) for n, r in enumerate(requests)]
     savepoints = len(items) > 1
     if savepoints:

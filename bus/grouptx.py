@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
-from writebus.bus import idempotency
+from writebus.bus import idempotency, literals
 from writebus.bus.pg import FLUSH_LSN_SQL, rejected
 from writebus.client.errors import WriteBusError
 from writebus.client.lsn import parse_lsn
@@ -61,19 +61,25 @@ async def commit(
     read_lsn: bool,
 ) -> int | None:
     """Record the applied ids with their digests and results, COMMIT, read the flush LSN:
-    one round trip. Returns the LSN (None when not asked for)."""
-    rows = [(req.id, digest, idempotency.encode_result(results, None))
-            for req, digest, results in applied]  # fmt: skip
-    flush = None
-    async with conn.pipeline() as pipe:
-        await conn.execute(idempotency.STORE_SQL, idempotency.store_params(rows))
-        await conn.execute("COMMIT")
-        if read_lsn:
-            flush = await conn.execute(FLUSH_LSN_SQL)
-        await pipe.sync()
-    if flush is None:
+    one simple query (the values written in by :mod:`.literals`), one round trip. Returns the
+    LSN (None when not asked for)."""
+    render = literals.Renderer(conn)
+    store = render.statement(
+        idempotency.STORE_SQL,
+        [
+            render.array([req.id for req, _, _ in applied]),
+            render.array([digest for _, digest, _ in applied]),
+            render.array([idempotency.encode_result(res, None) for _, _, res in applied]),
+        ],
+    )
+    commands = [store, "COMMIT"] + ([FLUSH_LSN_SQL] if read_lsn else [])
+    cur = conn.cursor()
+    await cur.execute(literals.join(commands))  # the simple query protocol: one round trip
+    if not read_lsn:
         return None
-    row = await flush.fetchone()
+    cur.nextset()
+    cur.nextset()
+    row = await cur.fetchone()
     assert row is not None
     return parse_lsn(row[0])
 

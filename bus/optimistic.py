@@ -1,20 +1,24 @@
-"""The first try at a group of several: no savepoints, and one ``executemany`` per run of
-requests with the same statement.
+"""The first try at a group of several: no savepoints, and the statements sent in one go.
 
 In steady state nothing in a group fails: no statement errors, no request id is a repeat, every
 reply fits. Savepoints then buy nothing and cost a command per request on the worker and on the
-primary, and consecutive requests that run the same single statement (an application's INSERT)
-can go as one ``executemany`` -- psycopg sends it in the same pipeline with half the work per
-request of separate ``execute`` calls. So a group is first sent that way, in the same two round
-trips as always: ``BEGIN; claim ids (lock and look up); statements`` then ``record ids;
-COMMIT; flush LSN``.
+primary. So a group is first sent without them, in the same two round trips as always:
+``BEGIN; claim ids (lock and look up); statements`` then ``record ids; COMMIT; flush LSN``.
+The first round trip goes one of two ways:
+
+* **written out** (:func:`simple_query`): when every statement is plain and has run bound on
+  this worker before (:mod:`.literals`), as one simple query with the values written in --
+  one string for the whole group instead of a bound command per statement;
+* **bound**: otherwise, as a pipeline in which consecutive requests that run the same single
+  statement (an application's INSERT) go as one ``executemany``.
 
 When anything is unusual -- a statement fails, an id was already applied, a value cannot be
-sent, a reply is too large, a statement ended the transaction -- this path rolls the whole
-transaction back and returns None, and :func:`writebus.bus.group.run_group` runs the group the
-careful way, each request inside its own savepoint. The answers are the same either way; the
-unusual group pays one extra round trip. Nothing was committed by the first try, so running
-the requests again cannot apply anything twice.
+sent, a reply is too large, a statement ended the transaction, results do not line up with
+the commands -- this path rolls the whole transaction back and returns None, and
+:func:`writebus.bus.group.run_group` runs the group the careful way, each request inside its
+own savepoint. The answers are the same either way; the unusual group pays one extra round
+trip. Nothing was committed by the first try, so running the requests again cannot apply
+anything twice.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
-from writebus.bus import idempotency
+from writebus.bus import idempotency, literals
 from writebus.bus.grouptx import (
     Executed,
     GroupCommitFailed,
@@ -90,22 +94,36 @@ async def run_optimistic(
 ) -> list[Outcome] | None:
     """Run ``requests`` in one transaction without savepoints; None when anything was unusual
     (rolled back, nothing applied). Raises :class:`Lost` or :class:`GroupCommitFailed`."""
-    runs = plan_runs(requests)
+    query = simple_query(conn, requests)
     try:
         try:
-            find, cursors = await _send(conn, requests, runs)
+            if query is not None:
+                sent = await _send_simple(conn, query, requests)
+            else:
+                sent = await _send_bound(conn, requests)
         except (psycopg.Error, *_NOT_SENT) as exc:
             if isinstance(exc, psycopg.Error) and connection_lost(conn, exc):
                 raise Lost(exc, committing=False) from exc
             await rollback(conn)
             return None
-        if await find.fetchall() or conn.pgconn.transaction_status != pq.TransactionStatus.INTRANS:
-            await rollback(conn)  # a repeated id, or a statement that ended the transaction
-            return None
-        try:
-            results = await _collect(requests, runs, cursors, check)
         except WriteBusError:
-            await rollback(conn)  # a value the wire cannot carry, a reply too large
+            await rollback(conn)  # a value the wire cannot carry
+            return None
+        if (
+            sent is None
+            or sent[0]
+            or conn.pgconn.transaction_status != pq.TransactionStatus.INTRANS
+        ):
+            # Results that do not line up with the statements, a repeated id, or a statement
+            # that ended the transaction.
+            await rollback(conn)
+            return None
+        results = sent[1]
+        try:
+            for req, res in zip(requests, results, strict=True):
+                check(req, res)
+        except WriteBusError:
+            await rollback(conn)  # a reply too large
             return None
         refusal = may_commit() if may_commit is not None else None
         if refusal is not None:
@@ -128,10 +146,52 @@ async def run_optimistic(
     return [Executed(r, lsn=lsn) for r in results]
 
 
-async def _send(
-    conn: psycopg.AsyncConnection[Any], requests: list[Request], runs: list[Run]
-) -> tuple[psycopg.AsyncCursor[Any], list[list[psycopg.AsyncCursor[Any]]]]:
-    """The first round trip. Returns the lookup's cursor and, per run, its cursors."""
+#: What the first round trip gives: the claim's rows (ids already applied) and each
+#: request's results.
+Sent = tuple[list[Any], list[list[StatementResult]]]
+
+
+def simple_query(conn: psycopg.AsyncConnection[Any], requests: list[Request]) -> str | None:
+    """The first round trip as one simple query (:mod:`.literals`); None when a statement
+    must be sent bound (not plain, not yet run bound, or a value not written in)."""
+    statements = [s for r in requests for s in r.statements or ()]
+    if not all(s in literals.PROVEN for s in statements):
+        return None
+    try:
+        render = literals.Renderer(conn)
+        ids = render.array([r.id for r in requests])
+        commands = [idempotency.BEGIN_SQL, render.statement(idempotency.CLAIM_SQL, [ids])]
+        commands += [render.statement(s.sql, s.params) for s in statements]
+    except (literals.Unrenderable, *_NOT_SENT):
+        return None
+    return literals.join(commands)
+
+
+async def _send_simple(
+    conn: psycopg.AsyncConnection[Any], query: str, requests: list[Request]
+) -> Sent | None:
+    """The first round trip as one simple query; None when its results do not line up with
+    BEGIN, the claim and the statements."""
+    cur = conn.cursor()
+    await cur.execute(query)  # no parameters, no pipeline: the simple query protocol
+    if not cur.nextset():  # past BEGIN's
+        return None
+    found = await cur.fetchall()
+    out: list[list[StatementResult]] = []
+    for req in requests:
+        mine = []
+        for _ in req.statements or ():
+            if not cur.nextset():
+                return None
+            mine.append(await wire_result(cur))
+        out.append(mine)
+    return None if cur.nextset() else (found, out)
+
+
+async def _send_bound(conn: psycopg.AsyncConnection[Any], requests: list[Request]) -> Sent:
+    """The first round trip as a pipeline of bound statements, a run of the same statement as
+    one ``executemany``."""
+    runs = plan_runs(requests)
     ids = [r.id for r in requests]
     cursors: list[list[psycopg.AsyncCursor[Any]]] = []
     async with conn.pipeline() as pipe:
@@ -151,16 +211,7 @@ async def _send(
                 mine.append(cur)
             cursors.append(mine)
         await pipe.sync()
-    return find, cursors
-
-
-async def _collect(
-    requests: list[Request],
-    runs: list[Run],
-    cursors: list[list[psycopg.AsyncCursor[Any]]],
-    check: Check,
-) -> list[list[StatementResult]]:
-    """Each request's results, checked (raises the first WriteBusError)."""
+    found = await find.fetchall()
     out: list[list[StatementResult]] = []
     for run, curs in zip(runs, cursors, strict=True):
         if run.batched:
@@ -171,6 +222,4 @@ async def _collect(
                 out.append([await wire_result(cur)])
         else:
             out.append([await wire_result(cur) for cur in curs])
-    for req, results in zip(requests, out, strict=True):
-        check(req, results)
-    return out
+    return found, out

@@ -1,0 +1,188 @@
+"""Groups written out whole (:mod:`writebus.bus.literals`) on the real primary: the values
+arrive as bound ones would, hostile text stays a value, and anything unusual still gets the
+careful answer."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from tests.support.stack import primary_rows
+from writebus.bus import idempotency, literals, optimistic
+from writebus.bus.execute import Job, Limits, run_statement_writes
+from writebus.bus.group import Executed
+from writebus.bus.pg import durable_commits
+from writebus.client.errors import WriteRejectedError
+from writebus.client.protocol import Request, Statement
+
+#: One value of every kind the wire carries as a scalar, at the edges of each bound type.
+VALUES: list[Any] = [
+    None, True, False, 0, -32768, 32767, 40000, -(2**31), 2**40, -(2**63), 2**63 - 1, 2**63,
+    -(2**70), 1.5, -0.0, 1e300, 5e-324, float("inf"), float("-inf"), 0.1,
+    "", "abc", "it's", "back\\slash", "x\ny", "'; DROP TABLE t; --", "*/ ; /*", "ünï 字",
+    "%s", "$1", "$$", b"", b"\x00\x01'\\", bytes(range(256)),
+]  # fmt: skip
+#: Strings that would change a statement if they were ever pasted into its text unescaped.
+HOSTILE = ["it's", "a''b", "back\\slash\\", "x\ny", "'); DELETE FROM notes; --", "*/ ; /*",
+           "$$ ; $$", "E'\\x27'", "%s %(x)s", "\t\r", "ünï 字"]  # fmt: skip
+
+
+@pytest.fixture
+async def conn(stack: Any) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    c = await psycopg.AsyncConnection.connect(stack.primary.url, autocommit=True)
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+async def pool(stack: Any, buses: Any) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    p: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        stack.primary.url, min_size=1, max_size=2, kwargs={"autocommit": True},
+        configure=durable_commits, open=False,
+    )  # fmt: skip
+    await p.open(wait=True)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Each group's first round trip, as it went: "written" or "bound"."""
+    ways: list[str] = []
+    simple, bound = optimistic._send_simple, optimistic._send_bound
+
+    async def spy_simple(*args: Any) -> Any:
+        ways.append("written")
+        return await simple(*args)
+
+    async def spy_bound(*args: Any) -> Any:
+        ways.append("bound")
+        return await bound(*args)
+
+    monkeypatch.setattr(optimistic, "_send_simple", spy_simple)
+    monkeypatch.setattr(optimistic, "_send_bound", spy_bound)
+    return ways
+
+
+def _insert(table: str, body: Any, n: Any = None, rid: str | None = None) -> Job:
+    sql = f"INSERT INTO {table} (body, n) VALUES (%s, %s) RETURNING id, body, n"
+    return Job(Request(id=rid or uuid.uuid4().hex, statements=[Statement(sql=sql, params=[body, n])]))
+
+
+async def _run(pool: AsyncConnectionPool[Any], jobs: list[Job]) -> list[Any]:
+    return await run_statement_writes(pool, jobs, limits=Limits(max_reply_bytes=256 * 1024))
+
+
+@pytest.mark.parametrize("value", VALUES, ids=repr)
+async def test_a_written_value_has_the_bound_type_and_value(
+    conn: psycopg.AsyncConnection[Any], value: Any
+) -> None:
+    """Each value, written in, reaches the server with the type psycopg binds it as, and
+    reads back the same (``str`` and ``None`` unknown-typed, resolved by their context)."""
+    sql = "SELECT pg_typeof(v)::text, v, v::text FROM (SELECT %s AS v) AS s"
+    bound = await (await conn.execute(sql, [value])).fetchone()
+    written = await (await conn.execute(literals.Renderer(conn).statement(sql, [value]))).fetchone()
+    assert bound is not None and written is not None
+    assert written[0] == bound[0] and written[2] == bound[2]
+    assert written[1] == bound[1] or (written[1] != written[1] and bound[1] != bound[1])  # NaN
+
+
+async def test_named_parameters_are_written_like_positional_ones(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    sql = "SELECT %(a)s::text, %(b)s + 1, %(c)s"
+    params = {"a": "it's", "b": 41, "c": None}
+    bound = await (await conn.execute(sql, params)).fetchone()
+    written = await (await conn.execute(literals.Renderer(conn).statement(sql, params))).fetchone()
+    assert written == bound == ("it's", 42, None)
+
+
+async def test_a_group_of_proven_plain_statements_goes_in_one_simple_query(
+    stack: Any, pool: Any, table: str, sent: list[str]
+) -> None:
+    """The first group runs bound (proving the text), the next is written out: every hostile
+    string is stored as the value it is, each request gets its own row, one LSN for all."""
+    first = await _run(pool, [_insert(table, "p0"), _insert(table, "p1", 1)])
+    assert sent == ["bound"] and all(isinstance(o, Executed) for o in first)
+    out = await _run(pool, [_insert(table, s, n) for n, s in enumerate(HOSTILE)])
+    assert sent == ["bound", "written"]
+    assert all(isinstance(o, Executed) and not o.duplicate for o in out)
+    assert [list(o.results[0].rows[0][1:]) for o in out] == [[s, n] for n, s in enumerate(HOSTILE)]
+    assert len({o.lsn for o in out}) == 1
+    stored = primary_rows(stack, f"SELECT body FROM {table} ORDER BY id")
+    assert [r[0] for r in stored] == ["p0", "p1", *HOSTILE]
+
+
+async def test_texts_that_are_not_plain_are_always_sent_bound(
+    stack: Any, pool: Any, table: str, sent: list[str]
+) -> None:
+    sql = f"INSERT INTO {table} (body) VALUES (%s) -- a comment\nRETURNING body"
+
+    def job(body: str) -> Job:
+        return Job(Request(id=uuid.uuid4().hex, statements=[Statement(sql=sql, params=[body])]))
+
+    await _run(pool, [job("a"), job("b")])
+    await _run(pool, [job("c"), job("d")])
+    assert sent == ["bound", "bound"]
+    assert Statement(sql=sql, params=["e"]) not in literals.PROVEN
+
+
+async def test_a_value_type_not_yet_run_bound_is_sent_bound(
+    pool: Any, table: str, sent: list[str]
+) -> None:
+    """Proven with an int, the same text with a str is sent bound -- and refused as bound
+    (no type can be deduced), where a literal would have been accepted."""
+    sql = f"SELECT pg_typeof(%s)::text AS t FROM {table} LIMIT 1"
+
+    def job(value: Any) -> Job:
+        return Job(Request(id=uuid.uuid4().hex, statements=[Statement(sql=sql, params=[value])]))
+
+    assert all(isinstance(o, Executed) for o in await _run(pool, [job(1), job(2)]))
+    ok, refused = await _run(pool, [job(3), job("x")])
+    assert sent == ["bound", "bound"]
+    assert isinstance(ok, Executed)
+    assert isinstance(refused, WriteRejectedError) and refused.sqlstate == "42P18"
+
+
+async def test_a_failing_statement_in_a_written_group_fails_alone(
+    stack: Any, pool: Any, table: str, sent: list[str]
+) -> None:
+    """Written out, a CHECK violation aborts the one query; the group then runs the careful
+    way and only the guilty request is rejected. A repeated id is answered as stored."""
+    rid = uuid.uuid4().hex
+    (done,) = await _run(pool, [_insert(table, "done", 1, rid=rid)])  # alone: proves the text
+    assert isinstance(done, Executed) and sent == []
+    a, bad, c = await _run(pool, [_insert(table, "a", 1), _insert(table, "bad", -1),
+                                  _insert(table, "c", 2)])  # fmt: skip
+    assert sent == ["written"]
+    assert isinstance(a, Executed) and isinstance(c, Executed)
+    assert isinstance(bad, WriteRejectedError) and bad.sqlstate == "23514"
+    again, fresh = await _run(pool, [_insert(table, "done", 1, rid=rid),
+                                     _insert(table, "fresh", 3)])  # fmt: skip
+    assert sent == ["written", "written"]
+    assert isinstance(again, Executed) and again.duplicate
+    assert again.results[0].rows == [list(r) for r in done.results[0].rows or ()]
+    assert isinstance(fresh, Executed) and not fresh.duplicate
+    bodies = sorted(r[0] for r in primary_rows(stack, f"SELECT body FROM {table}"))
+    assert bodies == ["a", "c", "done", "fresh"]
+
+
+async def test_results_that_do_not_line_up_are_not_committed(
+    stack: Any, conn: psycopg.AsyncConnection[Any], table: str
+) -> None:
+    """The guard on a written group: one more result than commands sent means the query is
+    not what was meant -- nothing of it is committed."""
+    await idempotency.ensure_schema(conn)
+    reqs = [_insert(table, f"r{n}").req for n in range(2)]
+    render = literals.Renderer(conn)
+    commands = [idempotency.BEGIN_SQL, render.statement(idempotency.CLAIM_SQL,
+                                                        [render.array([r.id for r in reqs])])]
+    commands += [render.statement(s.sql, s.params) for r in reqs for s in r.statements or ()]
+    assert await optimistic._send_simple(conn, literals.join(commands), reqs[:1]) is None
+    await conn.execute("ROLLBACK")
+    assert primary_rows(stack, f"SELECT body FROM {table}") == []

@@ -1,0 +1,82 @@
+"""Which statements may be written out whole (pure parts of :mod:`writebus.bus.literals`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from writebus.bus.literals import ProvenTexts, join, plain_text, shape
+from writebus.client.protocol import Statement
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO notes (body, n) VALUES (%s, %s) RETURNING id",
+        "UPDATE notes SET n = n + %(by)s WHERE id = %(id)s",
+        'INSERT INTO "user" ("from", "we""ird") VALUES (%s, %s)',
+        "SELECT count(*) FROM notes WHERE n %% 2 = %s",
+        "DELETE FROM notes",
+    ],
+)
+def test_plain_texts(sql: str) -> None:
+    """Placeholders only where expressions stand, one command: may be written out."""
+    assert plain_text(sql)
+
+
+@pytest.mark.parametrize(
+    ("sql", "why"),
+    [
+        ("INSERT INTO notes (body) VALUES ('x')", "a string constant"),
+        ("INSERT INTO notes (body) VALUES (%s) -- %s", "a line comment"),
+        ("INSERT INTO notes (body) VALUES (%s) /* %s */", "a block comment"),
+        ("INSERT INTO notes (body) VALUES ($1)", "a dollar sign"),
+        ("SELECT $$%s$$", "a dollar quote"),
+        ("INSERT INTO notes (body) VALUES (%s); DELETE FROM notes", "two commands"),
+        ("INSERT INTO notes (body) VALUES (%s);", "a trailing semicolon"),
+        ("SELECT E\\'x\\'", "a backslash"),
+        ('INSERT INTO "no%ste" (body) VALUES (%s)', "a placeholder inside an identifier"),
+        ('INSERT INTO "open (body) VALUES (%s)', "an unterminated identifier"),
+        ("SELECT %(a)s, %(a)s::int", "a named placeholder used twice"),
+    ],
+)
+def test_texts_that_are_not_plain(sql: str, why: str) -> None:
+    """Anything where a written-in value could land inside a string, a comment or another
+    command -- or take another type than bound -- is sent bound."""
+    assert not plain_text(sql), why
+
+
+def test_a_proof_covers_the_text_and_the_parameter_types() -> None:
+    """The same text with a str where an int was proven is not covered: an unknown-typed
+    value may be refused bound (no type deduced) where a literal would be accepted."""
+    proven = ProvenTexts()
+    ints = Statement(sql="SELECT pg_typeof(%s)", params=[1])
+    proven.add([ints])
+    assert Statement(sql="SELECT pg_typeof(%s)", params=[2**40]) in proven
+    assert Statement(sql="SELECT pg_typeof(%s)", params=["1"]) not in proven
+    assert Statement(sql="SELECT pg_typeof(%s)", params=[None]) not in proven
+    named = Statement(sql="SELECT %(a)s, %(b)s", params={"a": 1, "b": "x"})
+    proven.add([named])
+    assert Statement(sql="SELECT %(a)s, %(b)s", params={"b": "y", "a": 2}) in proven
+    assert shape(Statement(sql="DELETE FROM t")) == "DELETE FROM t"
+
+
+def test_texts_that_are_not_plain_are_never_recorded() -> None:
+    proven = ProvenTexts()
+    stmt = Statement(sql="INSERT INTO notes (body) VALUES (%s) -- note", params=["x"])
+    proven.add([stmt])
+    assert stmt not in proven and len(proven) == 0
+
+
+def test_the_least_recently_used_proof_goes_first() -> None:
+    proven = ProvenTexts(capacity=2)
+    a, b, c = (Statement(sql=f"DELETE FROM t{n}") for n in "abc")
+    proven.add([a, b])
+    proven.add([a])  # used again: b is now the oldest
+    proven.add([c])
+    assert a in proven and c in proven and b not in proven
+    proven.clear()
+    assert len(proven) == 0
+
+
+def test_commands_are_joined_on_lines_of_their_own() -> None:
+    assert join(["BEGIN", "SELECT 1"]) == "BEGIN\n;\nSELECT 1"
