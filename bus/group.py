@@ -17,8 +17,9 @@ guessed at: the caller runs each alone again (:class:`GroupCommitFailed`), so ea
 truthful answer. A lost connection raises :class:`Lost` with whether COMMIT was in flight; the
 exactly-once record makes running the group again safe.
 
-A group of several is first tried without savepoints (:mod:`.optimistic`); the way above is
-what runs when that try meets anything unusual, and gives the same answers.
+A group is first tried without savepoints (:mod:`.optimistic`) -- a lone write only when it
+can be written out whole, since sent bound it would be the way above minus exact errors --
+and the way above is what runs when that try meets anything unusual, with the same answers.
 
 Procedures do not join groups (see :mod:`writebus.bus.execute`).
 """
@@ -41,6 +42,7 @@ from writebus.bus.grouptx import (
     commit,
     flush_lsn,
     rejection,
+    repeat,
     rollback,
 )
 from writebus.bus.pg import connection_lost
@@ -98,13 +100,12 @@ async def _run_group(
 ) -> list[Outcome]:
     items = [_Item(r, idempotency.request_digest(r), n) for n, r in enumerate(requests)]
     savepoints = len(items) > 1
-    if savepoints:
-        fast = await optimistic.run_optimistic(
-            conn, requests, [i.digest for i in items], read_lsn=read_lsn, check=check,
-            may_commit=may_commit,
-        )  # fmt: skip
-        if fast is not None:
-            return fast
+    fast = await optimistic.run_optimistic(
+        conn, requests, [i.digest for i in items], read_lsn=read_lsn, check=check,
+        may_commit=may_commit,
+    )  # fmt: skip
+    if fast is not None:
+        return fast
     committing = False
     try:
         found, error = await _first_round(conn, items, savepoints)
@@ -239,11 +240,7 @@ async def _settle(
             continue
         row = found.get(item.req.id)
         if row is not None:
-            try:
-                stored = idempotency.stored_answer(item.req.id, row, item.digest)
-                item.outcome = Executed(stored.results, stored.value, duplicate=True)
-            except WriteBusError as exc:
-                item.outcome = exc
+            item.outcome = repeat(item.req, row, item.digest)
             return item
         failure = _statement_error(item, error)
         if failure is not None:

@@ -48,6 +48,16 @@ class GroupCommitFailed(Exception):
         self.cause = cause
 
 
+def repeat(req: Request, row: tuple[Any, ...], digest: bytes) -> Outcome:
+    """The answer to ``req``, whose id the claim found already applied (``row``): its stored
+    result, or :class:`IdempotencyKeyReusedError` when the id was used for another request."""
+    try:
+        stored = idempotency.stored_answer(req.id, row, digest)
+    except WriteBusError as exc:
+        return exc
+    return Executed(stored.results, stored.value, duplicate=True)
+
+
 def rejection(error: psycopg.Error, index: int | None = None) -> WriteBusError:
     """``rejected(error)`` with psycopg's exception as its cause (as when raised from it)."""
     err = rejected(error, statement_index=index)
@@ -72,7 +82,7 @@ async def commit(
             render.array([idempotency.encode_result(res, None) for _, _, res in applied]),
         ],
     )
-    commands = [store, "COMMIT"] + ([FLUSH_LSN_SQL] if read_lsn else [])
+    commands = [store, b"COMMIT"] + ([FLUSH_LSN_SQL.encode()] if read_lsn else [])
     cur = conn.cursor()
     await cur.execute(literals.join(commands))  # the simple query protocol: one round trip
     if not read_lsn:

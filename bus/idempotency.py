@@ -21,6 +21,11 @@ runs, so its lookup, made after the locks were granted, sees what a racing origi
 while this transaction waited (two statements sent in one pipeline did the same, for one more
 command per transaction).
 
+A group's first try, which sends its statements in the same round trip as the claim, uses
+``writebus.claim_fresh_v1(ids)`` instead (:data:`CLAIM_FRESH_SQL`): the same claim, raising
+:data:`REPEATED_SQLSTATE` when an id was already applied, so that the statements after it in
+the round trip do not run; the repeats are then looked up and answered.
+
 A partition's primary key cannot span partitions, so uniqueness across them rests on step 1;
 ``(id, applied_at)`` keys each partition and its index serves step 2. A table of the old
 format (one unpartitioned table, a claim row then an update) is migrated on first start.
@@ -77,6 +82,23 @@ $claim$
 #: Steps 1 and 2 as one command: lock the ids, then the rows of those already applied (with
 #: what they asked for and what they got).
 CLAIM_SQL: Final = "SELECT id, digest, result FROM writebus.claim_v1(%s::text[])"
+#: Steps 1 and 2 for a transaction that runs its statements in the same round trip (a
+#: group's first try): an id already applied is an error, :data:`REPEATED_SQLSTATE`, which
+#: stops the statements after it -- a client's retry does not run them again.
+CLAIM_FRESH_FUNCTION_SQL: Final = """
+CREATE FUNCTION writebus.claim_fresh_v1(ids text[])
+RETURNS void
+LANGUAGE plpgsql VOLATILE AS $claim$
+BEGIN
+    IF EXISTS (SELECT 1 FROM writebus.claim_v1(ids)) THEN
+        RAISE EXCEPTION 'a request id was already applied' USING ERRCODE = 'WB001';
+    END IF;
+END
+$claim$
+"""
+CLAIM_FRESH_SQL: Final = "SELECT writebus.claim_fresh_v1(%s::text[])"
+#: The SQLSTATE :data:`CLAIM_FRESH_SQL` raises when an id was already applied.
+REPEATED_SQLSTATE: Final = "WB001"
 #: How a transaction that claims ids begins, whatever the database's default isolation: under
 #: REPEATABLE READ or SERIALIZABLE the lookup would read the snapshot taken when the claim
 #: started -- before it waited for the lock -- and miss what a racing original committed.
@@ -218,10 +240,14 @@ async def ensure_schema(conn: psycopg.AsyncConnection[Any], window: float = 8640
 async def _create_claim_function(conn: psycopg.AsyncConnection[Any]) -> None:
     # Created only when missing, never replaced: CREATE OR REPLACE needs the function's owner,
     # and the bus and the applications' direct writes may connect as different roles.
-    cur = await conn.execute("SELECT to_regprocedure('writebus.claim_v1(text[])') IS NOT NULL")
-    row = await cur.fetchone()
-    if not (row and row[0]):
-        await conn.execute(CLAIM_FUNCTION_SQL)
+    for signature, create in (
+        ("writebus.claim_v1(text[])", CLAIM_FUNCTION_SQL),
+        ("writebus.claim_fresh_v1(text[])", CLAIM_FRESH_FUNCTION_SQL),
+    ):
+        cur = await conn.execute("SELECT to_regprocedure(%s) IS NOT NULL", [signature])
+        row = await cur.fetchone()
+        if not (row and row[0]):
+            await conn.execute(create)
 
 
 async def _create_partition(

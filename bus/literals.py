@@ -21,16 +21,18 @@ statement goes this way only when both hold:
   where no type can be deduced (``pg_typeof(%s)``) -- is then refused the same way every
   time, whichever way its group is sent.
 
-Each value is written as a parenthesised, escaped literal (libpq's ``PQescapeLiteral``) of
-the type psycopg would bind it as: ``('5'::int2)``, ``('1.5'::float8)``, ``('abc')`` (unknown,
-as psycopg binds ``str``), ``NULL``. A parenthesised expression parses wherever a ``$n``
-parameter does, and a typed string literal is read by the type's input function exactly as a
-parameter sent as text is. Only ``None``, ``bool``, ``int``, ``float``, ``str`` and ``bytes``
-are written in; a statement with any other value is sent bound.
+Each value is written as a parenthesised, escaped literal (libpq's ``PQescapeLiteral`` for
+text) of the type psycopg would bind it as: ``('5'::int2)``, ``('1.5'::float8)``, ``('abc')``
+(unknown, as psycopg binds ``str``), ``(E'\\\\x00ff'::bytea)``, ``NULL``. A parenthesised
+expression parses wherever a ``$n`` parameter does, and a typed string literal is read by the
+type's input function exactly as a parameter sent as text is. Only ``None``, ``bool``,
+``int``, ``float``, ``str`` and ``bytes`` are written in; a statement with any other value is
+sent bound.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Sequence
@@ -38,20 +40,12 @@ from typing import Any, Final
 
 import psycopg
 from psycopg import pq
-from psycopg.adapt import Dumper, PyFormat, Transformer
 
 from writebus.client.protocol import Statement
 
 #: Characters and sequences that may not appear outside double-quoted identifiers.
 _HAZARDS: Final = re.compile(r"['$\\;]|--|/\*")
 _NAMED: Final = re.compile(r"%\(([^)]*)\)")
-#: The Python types written in, with the type each is bound as decided by psycopg's dumper.
-_SCALARS: Final = frozenset({bool, int, float, str, bytes})
-#: Type names for the oids psycopg's dumpers choose for those types (0: unknown, no cast).
-_TYPE_NAMES: Final = {
-    psycopg.postgres.types[name].oid: name.encode()
-    for name in ("bool", "int2", "int4", "int8", "numeric", "float8", "bytea")
-}
 
 
 def plain_text(sql: str) -> bool:
@@ -121,71 +115,109 @@ class Unrenderable(Exception):
     """A value or statement that is not written in (it is sent bound instead)."""
 
 
-class _Written:
-    """An SQL fragment already written: put in place of its placeholder as it is."""
-
-    __slots__ = ("sql",)
-
-    def __init__(self, sql: bytes) -> None:
-        self.sql = sql
+class Written(bytes):
+    """An SQL fragment already written (an ``ARRAY[...]``): put in place as it is."""
 
 
-class _WrittenDumper(Dumper):
-    oid = 0
+#: A placeholder as psycopg reads one: ``%s``, ``%(name)s``, or ``%`` and any character.
+_PLACEHOLDER: Final = re.compile(r"%(?:\(([^)]+)\))?(.)", re.DOTALL)
 
-    def dump(self, obj: Any) -> bytes:
-        return obj.sql  # type: ignore[no-any-return]
 
-    def quote(self, obj: Any) -> bytes:
-        return obj.sql  # type: ignore[no-any-return]
+@functools.lru_cache(maxsize=4096)
+def template(sql: str, encoding: str) -> tuple[tuple[bytes, ...], tuple[int | str, ...]] | None:
+    """``sql`` cut at its placeholders: the encoded text around them, and each one's key (its
+    position, or its name). ``%%`` is a ``%``. None for anything else psycopg would read
+    differently or refuse (``%b``, ``%d``, positional and named mixed): sent bound, psycopg
+    decides."""
+    chunks: list[bytes] = []
+    keys: list[int | str] = []
+    text: list[str] = []
+    pos = 0
+    for m in _PLACEHOLDER.finditer(sql):
+        name, kind = m.group(1), m.group(2)
+        text.append(sql[pos : m.start()])
+        pos = m.end()
+        if kind == "%" and name is None:
+            text.append("%")
+            continue
+        if kind != "s":
+            return None
+        chunks.append("".join(text).encode(encoding))
+        text = []
+        keys.append(len(keys) if name is None else name)
+    text.append(sql[pos:])
+    chunks.append("".join(text).encode(encoding))
+    if len({type(k) for k in keys}) > 1:
+        return None
+    return tuple(chunks), tuple(keys)
 
 
 class Renderer:
     """Writes statements out for one connection (its encoding and escaping rules)."""
 
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        self._cursor = psycopg.AsyncClientCursor(conn)  # only its placeholder substitution
-        self._cursor.adapters.register_dumper(_Written, _WrittenDumper)
-        self._tx = Transformer.from_context(conn)
+        self._encoding = conn.info.encoding
         self._escaping = pq.Escaping(conn.pgconn)
 
     def literal(self, value: Any) -> bytes:
         """``value`` as a parenthesised literal of the type psycopg binds it as."""
+        kind = type(value)
+        if isinstance(value, str) and kind is str:
+            if "\x00" in value:  # refused bound too (text cannot hold NUL)
+                raise Unrenderable("a string with a NUL character")
+            return b"(" + self._escaping.escape_literal(value.encode(self._encoding)) + b")"
+        if isinstance(value, bytes) and kind is bytes:
+            # An escape string, so the backslash means the same whatever
+            # standard_conforming_strings is; hex digits need no escaping.
+            return b"(E'\\\\x" + value.hex().encode() + b"'::bytea)"
         if value is None:
             return b"NULL"
-        if type(value) not in _SCALARS:
-            raise Unrenderable(f"a {type(value).__name__} is sent bound")
-        dumper = self._tx.get_dumper(value, PyFormat.TEXT)
-        data = dumper.dump(value)
-        assert data is not None
-        text = self._escaping.escape_literal(bytes(data))
-        if not dumper.oid:
-            return b"(" + text + b")"
-        name = _TYPE_NAMES.get(dumper.oid)
-        if name is None:
-            raise Unrenderable(f"a {type(value).__name__} bound as oid {dumper.oid}")
-        return b"(" + text + b"::" + name + b")"
+        if kind is bool:
+            return b"('t'::bool)" if value else b"('f'::bool)"
+        if kind is int:
+            return b"('%d'::%s)" % (value, _int_type(value))
+        if kind is float:
+            return b"('%s'::float8)" % str(value).encode()
+        raise Unrenderable(f"a {kind.__name__} is sent bound")
 
-    def array(self, values: Sequence[Any]) -> _Written:
+    def array(self, values: Sequence[Any]) -> Written:
         """An ``ARRAY[...]`` of ``values`` (for a placeholder cast to the array's type)."""
-        return _Written(b"ARRAY[" + b",".join(self.literal(v) for v in values) + b"]")
+        return Written(b"ARRAY[" + b",".join([self.literal(v) for v in values]) + b"]")
 
-    def statement(self, sql: str, params: Any) -> str:
-        """``sql`` with ``params`` written in (as psycopg substitutes placeholders)."""
+    def statement(self, sql: str, params: Any) -> bytes:
+        """``sql`` with ``params`` written in where psycopg would bind them."""
         if params is None:
-            return sql  # sent as it is, as psycopg sends a statement without parameters
+            return sql.encode(self._encoding)  # sent as it is, as psycopg sends it
+        cut = template(sql, self._encoding)
+        if cut is None:
+            raise Unrenderable("placeholders psycopg reads another way")
+        chunks, keys = cut
         if isinstance(params, dict):
-            written: Any = {k: self._written(v) for k, v in params.items()}
-        else:
-            written = [self._written(v) for v in params]
-        return self._cursor.mogrify(sql, written)
+            if not all(isinstance(k, str) and k in params for k in keys):
+                raise Unrenderable("a named placeholder without its value")
+        elif len(keys) != len(params) or (keys and not isinstance(keys[0], int)):
+            raise Unrenderable("placeholders and parameters do not match")
+        out = [chunks[0]]
+        for key, chunk in zip(keys, chunks[1:], strict=True):
+            value = params[key]
+            out.append(value if isinstance(value, Written) else self.literal(value))
+            out.append(chunk)
+        return b"".join(out)
 
-    def _written(self, value: Any) -> Any:
-        return value if isinstance(value, _Written) else _Written(self.literal(value))
+
+def _int_type(value: int) -> bytes:
+    """The type psycopg binds an int as: the smallest integer type that holds it."""
+    if -(2**15) <= value < 2**15:
+        return b"int2"
+    if -(2**31) <= value < 2**31:
+        return b"int4"
+    if -(2**63) <= value < 2**63:
+        return b"int8"
+    return b"numeric"
 
 
-def join(commands: Iterable[str]) -> str:
+def join(commands: Iterable[bytes]) -> bytes:
     """One simple query running ``commands`` in order. Each semicolon has a line of its own,
     so a line comment could never swallow it (plain texts have none; the separator does not
     rely on that)."""
-    return "\n;\n".join(commands)
+    return b"\n;\n".join(commands)

@@ -1,4 +1,4 @@
-"""The first try at a group of several: no savepoints, and the statements sent in one go.
+"""The first try at a group: no savepoints, and the statements sent in one go.
 
 In steady state nothing in a group fails: no statement errors, no request id is a repeat, every
 reply fits. Savepoints then buy nothing and cost a command per request on the worker and on the
@@ -10,10 +10,13 @@ The first round trip goes one of two ways:
   this worker before (:mod:`.literals`), as one simple query with the values written in --
   one string for the whole group instead of a bound command per statement;
 * **bound**: otherwise, as a pipeline in which consecutive requests that run the same single
-  statement (an application's INSERT) go as one ``executemany``.
+  statement (an application's INSERT) go as one ``executemany``. A lone write is not tried
+  this way: bound and without savepoints, the careful way sends the same commands and gives
+  exact errors the first time.
 
-When anything is unusual -- a statement fails, an id was already applied, a value cannot be
-sent, a reply is too large, a statement ended the transaction, results do not line up with
+A group whose ids were all applied already (a client's retry) is answered with the stored
+results at once. When anything else is unusual -- a statement fails, some ids were already
+applied, a value cannot be sent, a reply is too large, a statement ended the transaction, results do not line up with
 the commands -- this path rolls the whole transaction back and returns None, and
 :func:`writebus.bus.group.run_group` runs the group the careful way, each request inside its
 own savepoint. The answers are the same either way; the unusual group pays one extra round
@@ -37,11 +40,13 @@ from writebus.bus.grouptx import (
     Lost,
     Outcome,
     commit,
+    repeat,
     rollback,
 )
-from writebus.bus.pg import connection_lost
+from writebus.bus.pg import FLUSH_LSN_SQL, connection_lost
 from writebus.bus.results import wire_result
 from writebus.client.errors import UnavailableError, WriteBusError
+from writebus.client.lsn import parse_lsn
 from writebus.client.protocol import Request, Statement, StatementResult
 
 Check = Callable[[Request, list[StatementResult]], None]
@@ -95,6 +100,8 @@ async def run_optimistic(
     """Run ``requests`` in one transaction without savepoints; None when anything was unusual
     (rolled back, nothing applied). Raises :class:`Lost` or :class:`GroupCommitFailed`."""
     query = simple_query(conn, requests)
+    if query is None and len(requests) == 1:
+        return None  # bound and alone, the careful way is this way with exact errors
     try:
         try:
             if query is not None:
@@ -105,20 +112,18 @@ async def run_optimistic(
             if isinstance(exc, psycopg.Error) and connection_lost(conn, exc):
                 raise Lost(exc, committing=False) from exc
             await rollback(conn)
+            if isinstance(exc, psycopg.Error) and exc.sqlstate == idempotency.REPEATED_SQLSTATE:
+                return await _repeats(conn, requests, digests, read_lsn)
             return None
         except WriteBusError:
             await rollback(conn)  # a value the wire cannot carry
             return None
-        if (
-            sent is None
-            or sent[0]
-            or conn.pgconn.transaction_status != pq.TransactionStatus.INTRANS
-        ):
-            # Results that do not line up with the statements, a repeated id, or a statement
-            # that ended the transaction.
+        if sent is None or conn.pgconn.transaction_status != pq.TransactionStatus.INTRANS:
+            # Results that do not line up with the statements, or a statement that ended the
+            # transaction.
             await rollback(conn)
             return None
-        results = sent[1]
+        results = sent
         try:
             for req, res in zip(requests, results, strict=True):
                 check(req, res)
@@ -146,12 +151,38 @@ async def run_optimistic(
     return [Executed(r, lsn=lsn) for r in results]
 
 
-#: What the first round trip gives: the claim's rows (ids already applied) and each
-#: request's results.
-Sent = tuple[list[Any], list[list[StatementResult]]]
+async def _repeats(
+    conn: psycopg.AsyncConnection[Any],
+    requests: list[Request],
+    digests: list[bytes],
+    read_lsn: bool,
+) -> list[Outcome] | None:
+    """The claim found an id already applied (a client's retry) and stopped the statements.
+    When every request's id was, their stored answers, in one round trip; None when only some
+    were: the careful way sorts them out (running the statements of the others)."""
+    flush = None
+    async with conn.pipeline() as pipe:
+        ids = idempotency.claim_params([r.id for r in requests])
+        find = await conn.execute(idempotency.CLAIM_SQL, ids)  # autocommit: locks, then lookup
+        if read_lsn:
+            flush = await conn.execute(FLUSH_LSN_SQL)  # the repeats' commits are at or before it
+        await pipe.sync()
+    rows = {row[0]: row for row in await find.fetchall()}
+    if not all(r.id in rows for r in requests):
+        return None
+    out = [repeat(r, rows[r.id], d) for r, d in zip(requests, digests, strict=True)]
+    lsn = parse_lsn((await flush.fetchone() or [""])[0]) if flush is not None else None
+    for o in out:
+        if isinstance(o, Executed):
+            o.lsn = lsn
+    return out
 
 
-def simple_query(conn: psycopg.AsyncConnection[Any], requests: list[Request]) -> str | None:
+#: What the first round trip gives: each request's results.
+Sent = list[list[StatementResult]]
+
+
+def simple_query(conn: psycopg.AsyncConnection[Any], requests: list[Request]) -> bytes | None:
     """The first round trip as one simple query (:mod:`.literals`); None when a statement
     must be sent bound (not plain, not yet run bound, or a value not written in)."""
     statements = [s for r in requests for s in r.statements or ()]
@@ -160,7 +191,10 @@ def simple_query(conn: psycopg.AsyncConnection[Any], requests: list[Request]) ->
     try:
         render = literals.Renderer(conn)
         ids = render.array([r.id for r in requests])
-        commands = [idempotency.BEGIN_SQL, render.statement(idempotency.CLAIM_SQL, [ids])]
+        commands = [
+            render.statement(idempotency.BEGIN_SQL, None),
+            render.statement(idempotency.CLAIM_FRESH_SQL, [ids]),
+        ]
         commands += [render.statement(s.sql, s.params) for s in statements]
     except (literals.Unrenderable, *_NOT_SENT):
         return None
@@ -168,15 +202,14 @@ def simple_query(conn: psycopg.AsyncConnection[Any], requests: list[Request]) ->
 
 
 async def _send_simple(
-    conn: psycopg.AsyncConnection[Any], query: str, requests: list[Request]
+    conn: psycopg.AsyncConnection[Any], query: bytes, requests: list[Request]
 ) -> Sent | None:
     """The first round trip as one simple query; None when its results do not line up with
     BEGIN, the claim and the statements."""
     cur = conn.cursor()
     await cur.execute(query)  # no parameters, no pipeline: the simple query protocol
-    if not cur.nextset():  # past BEGIN's
+    if not cur.nextset():  # past BEGIN's result, at the claim's
         return None
-    found = await cur.fetchall()
     out: list[list[StatementResult]] = []
     for req in requests:
         mine = []
@@ -185,7 +218,7 @@ async def _send_simple(
                 return None
             mine.append(await wire_result(cur))
         out.append(mine)
-    return None if cur.nextset() else (found, out)
+    return None if cur.nextset() else out
 
 
 async def _send_bound(conn: psycopg.AsyncConnection[Any], requests: list[Request]) -> Sent:
@@ -196,7 +229,7 @@ async def _send_bound(conn: psycopg.AsyncConnection[Any], requests: list[Request
     cursors: list[list[psycopg.AsyncCursor[Any]]] = []
     async with conn.pipeline() as pipe:
         await conn.execute(idempotency.BEGIN_SQL)
-        find = await conn.execute(idempotency.CLAIM_SQL, idempotency.claim_params(ids))
+        await conn.execute(idempotency.CLAIM_FRESH_SQL, idempotency.claim_params(ids))
         for run in runs:
             if run.batched:
                 cur = conn.cursor()
@@ -211,7 +244,6 @@ async def _send_bound(conn: psycopg.AsyncConnection[Any], requests: list[Request
                 mine.append(cur)
             cursors.append(mine)
         await pipe.sync()
-    found = await find.fetchall()
     out: list[list[StatementResult]] = []
     for run, curs in zip(runs, cursors, strict=True):
         if run.batched:
@@ -222,4 +254,4 @@ async def _send_bound(conn: psycopg.AsyncConnection[Any], requests: list[Request
                 out.append([await wire_result(cur)])
         else:
             out.append([await wire_result(cur) for cur in curs])
-    return found, out
+    return out

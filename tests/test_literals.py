@@ -17,7 +17,7 @@ from writebus.bus import idempotency, literals, optimistic
 from writebus.bus.execute import Job, Limits, run_statement_writes
 from writebus.bus.group import Executed
 from writebus.bus.pg import durable_commits
-from writebus.client.errors import WriteRejectedError
+from writebus.client.errors import IdempotencyKeyReusedError, WriteRejectedError
 from writebus.client.protocol import Request, Statement
 
 #: One value of every kind the wire carries as a scalar, at the edges of each bound type.
@@ -58,7 +58,10 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     async def spy_simple(*args: Any) -> Any:
         ways.append("written")
-        return await simple(*args)
+        out = await simple(*args)
+        if out is None:
+            ways[-1] = "written, results not lined up"
+        return out
 
     async def spy_bound(*args: Any) -> Any:
         ways.append("bound")
@@ -116,6 +119,58 @@ async def test_a_group_of_proven_plain_statements_goes_in_one_simple_query(
     assert len({o.lsn for o in out}) == 1
     stored = primary_rows(stack, f"SELECT body FROM {table} ORDER BY id")
     assert [r[0] for r in stored] == ["p0", "p1", *HOSTILE]
+
+
+async def test_a_proven_lone_write_is_written_out_and_a_failing_one_answered_exactly(
+    stack: Any, pool: Any, table: str, sent: list[str]
+) -> None:
+    """Alone, an unproven write goes the careful way directly; once proven it is written out.
+    When its second statement fails, the careful way runs it again for the exact answer."""
+    await _run(pool, [_insert(table, "a", 1)])
+    assert sent == []
+    (ok,) = await _run(pool, [_insert(table, "b", 2)])
+    assert sent == ["written"] and isinstance(ok, Executed) and ok.lsn is not None
+    stmt = _insert(table, "c", 3).req.statements[0]  # type: ignore[index]
+    two = Job(Request(id=uuid.uuid4().hex, statements=[
+        stmt, Statement(sql=stmt.sql, params=["d", -1]),
+    ]))  # fmt: skip
+    (bad,) = await _run(pool, [two])
+    assert sent == ["written", "written"]
+    assert isinstance(bad, WriteRejectedError) and bad.sqlstate == "23514"
+    assert bad.statement_index == 1
+    assert sorted(r[0] for r in primary_rows(stack, f"SELECT body FROM {table}")) == ["a", "b"]
+
+
+async def test_repeats_are_answered_from_the_first_try(
+    pool: Any, table: str, sent: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry whose id is already applied is answered with the stored result by the first
+    try; its statements are not run a second time the careful way. So is a group made only
+    of repeats -- one of them reusing an id for another body is refused."""
+    from writebus.bus import group
+
+    careful: list[int] = []
+    first_round = group._first_round
+
+    async def spy(*args: Any) -> Any:
+        careful.append(len(args[1]))
+        return await first_round(*args)
+
+    monkeypatch.setattr(group, "_first_round", spy)
+    a, b = _insert(table, "a", 1), _insert(table, "b", 2)
+    (done_a,) = await _run(pool, [a])  # not proven yet: the careful way
+    assert careful == [1] and sent == []
+    (again,) = await _run(pool, [a])
+    assert sent == ["written"] and careful == [1]
+    assert isinstance(again, Executed) and again.duplicate
+    assert again.results[0].rows == [list(r) for r in done_a.results[0].rows or ()]
+    assert again.lsn is not None and done_a.lsn is not None and again.lsn >= done_a.lsn
+    await _run(pool, [b])
+    reused = _insert(table, "not b", 2, rid=b.req.id)
+    out = await _run(pool, [a, b, reused])
+    assert sent[-1] == "written" and careful == [1]
+    assert [isinstance(o, Executed) and o.duplicate for o in out[:2]] == [True, True]
+    assert isinstance(out[2], IdempotencyKeyReusedError)
 
 
 async def test_texts_that_are_not_plain_are_always_sent_bound(
@@ -180,7 +235,7 @@ async def test_results_that_do_not_line_up_are_not_committed(
     await idempotency.ensure_schema(conn)
     reqs = [_insert(table, f"r{n}").req for n in range(2)]
     render = literals.Renderer(conn)
-    commands = [idempotency.BEGIN_SQL, render.statement(idempotency.CLAIM_SQL,
+    commands = [render.statement(idempotency.BEGIN_SQL, None), render.statement(idempotency.CLAIM_SQL,
                                                         [render.array([r.id for r in reqs])])]
     commands += [render.statement(s.sql, s.params) for r in reqs for s in r.statements or ()]
     assert await optimistic._send_simple(conn, literals.join(commands), reqs[:1]) is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from writebus.bus.literals import ProvenTexts, join, plain_text, shape
+from writebus.bus.literals import ProvenTexts, join, plain_text, shape, template
 from writebus.client.protocol import Statement
 
 
@@ -79,4 +79,18 @@ def test_the_least_recently_used_proof_goes_first() -> None:
 
 
 def test_commands_are_joined_on_lines_of_their_own() -> None:
-    assert join(["BEGIN", "SELECT 1"]) == "BEGIN\n;\nSELECT 1"
+    assert join([b"BEGIN", b"SELECT 1"]) == b"BEGIN\n;\nSELECT 1"
+
+
+def test_placeholders_are_cut_as_psycopg_reads_them() -> None:
+    """``%s`` by position, ``%(name)s`` by name, ``%%`` a percent sign."""
+    assert template("SELECT %s %% 2, %s", "utf-8") == ((b"SELECT ", b" % 2, ", b""), (0, 1))
+    assert template("SELECT %(a)s, %(b)s", "utf-8") == ((b"SELECT ", b", ", b""), ("a", "b"))
+    assert template("SELECT 1", "utf-8") == ((b"SELECT 1",), ())
+
+
+@pytest.mark.parametrize("sql", ["SELECT %b", "SELECT %d", "SELECT %s, %(a)s", "SELECT %()s"])
+def test_placeholders_psycopg_reads_another_way_are_not_cut(sql: str) -> None:
+    """Binary placeholders, unknown ones, and positional mixed with named: sent bound, where
+    psycopg decides (and refuses what it refuses)."""
+    assert template(sql, "utf-8") is None
