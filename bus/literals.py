@@ -22,10 +22,14 @@ statement goes this way only when both hold:
   time, whichever way its group is sent.
 
 Each value is written as a parenthesised, escaped literal (libpq's ``PQescapeLiteral`` for
-text) of the type psycopg would bind it as: ``('5'::int2)``, ``('1.5'::float8)``, ``('abc')``
-(unknown, as psycopg binds ``str``), ``(E'\\\\x00ff'::bytea)``, ``NULL``. A parenthesised
-expression parses wherever a ``$n`` parameter does, and a typed string literal is read by the
-type's input function exactly as a parameter sent as text is. Only ``None``, ``bool``,
+text) of the type psycopg would bind it as: ``('5'::pg_catalog.int2)``, ``('1.5'::
+pg_catalog.float8)``, ``('abc')`` (unknown, as psycopg binds ``str``), ``(E'\\\\x00ff'::
+pg_catalog.bytea)``, ``NULL``. A parenthesised expression parses wherever a ``$n`` parameter
+does, and a typed string literal is read by the type's input function exactly as a parameter
+sent as text is (the type is schema-qualified: a temporary table named ``int2`` cannot stand
+in). One visible difference remains -- a value alone in a select list is named after its cast
+(``int2``) where bound it is ``?column?`` -- so a result with such a column name is not used
+(:func:`renamed`): the careful way runs the group bound. Only ``None``, ``bool``,
 ``int``, ``float``, ``str`` and ``bytes`` are written in; a statement with any other value is
 sent bound.
 """
@@ -53,8 +57,8 @@ def plain_text(sql: str) -> bool:
     quote, dollar sign, backslash, comment or semicolon outside double-quoted identifiers, no
     ``%`` inside one, and no named placeholder used twice."""
     names = _NAMED.findall(sql)
-    if len(names) != len(set(names)):
-        return False
+    if len(names) != len(set(names)) or not all(n.isidentifier() for n in names):
+        return False  # a name with a quote in it would throw the identifier scan below
     parts = sql.split('"')
     if len(parts) % 2 == 0:  # an unterminated identifier
         return False
@@ -169,15 +173,15 @@ class Renderer:
         if isinstance(value, bytes) and kind is bytes:
             # An escape string, so the backslash means the same whatever
             # standard_conforming_strings is; hex digits need no escaping.
-            return b"(E'\\\\x" + value.hex().encode() + b"'::bytea)"
+            return b"(E'\\\\x" + value.hex().encode() + b"'::pg_catalog.bytea)"
         if value is None:
             return b"NULL"
         if kind is bool:
-            return b"('t'::bool)" if value else b"('f'::bool)"
+            return b"('t'::pg_catalog.bool)" if value else b"('f'::pg_catalog.bool)"
         if kind is int:
             return b"('%d'::%s)" % (value, _int_type(value))
         if kind is float:
-            return b"('%s'::float8)" % str(value).encode()
+            return b"('%s'::pg_catalog.float8)" % str(value).encode()
         raise Unrenderable(f"a {kind.__name__} is sent bound")
 
     def array(self, values: Sequence[Any]) -> Written:
@@ -208,12 +212,23 @@ class Renderer:
 def _int_type(value: int) -> bytes:
     """The type psycopg binds an int as: the smallest integer type that holds it."""
     if -(2**15) <= value < 2**15:
-        return b"int2"
+        return b"pg_catalog.int2"
     if -(2**31) <= value < 2**31:
-        return b"int4"
+        return b"pg_catalog.int4"
     if -(2**63) <= value < 2**63:
-        return b"int8"
-    return b"numeric"
+        return b"pg_catalog.int8"
+    return b"pg_catalog.numeric"
+
+
+#: The column names a written value alone in a select list gets from its cast; bound, the
+#: same column is ``?column?``.
+_CAST_NAMES: Final = frozenset({"bool", "int2", "int4", "int8", "numeric", "float8", "bytea"})
+
+
+def renamed(columns: Sequence[str] | None) -> bool:
+    """Whether a written statement's result has a column a cast may have named (a bare
+    ``SELECT %s`` is ``?column?`` bound, ``int2`` written): then it must be run bound."""
+    return columns is not None and any(c in _CAST_NAMES for c in columns)
 
 
 def join(commands: Iterable[bytes]) -> bytes:

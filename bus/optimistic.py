@@ -40,6 +40,7 @@ from writebus.bus.grouptx import (
     Lost,
     Outcome,
     commit,
+    rejection,
     repeat,
     rollback,
 )
@@ -147,7 +148,10 @@ async def run_optimistic(
     except psycopg.Error as exc:
         if connection_lost(conn, exc):
             raise Lost(exc, committing=True) from exc
-        raise GroupCommitFailed(exc) from exc
+        if len(requests) > 1:
+            raise GroupCommitFailed(exc) from exc
+        await rollback(conn)
+        return [rejection(exc)]  # alone, the failed COMMIT is its answer (as the careful way)
     return [Executed(r, lsn=lsn) for r in results]
 
 
@@ -196,8 +200,8 @@ def simple_query(conn: psycopg.AsyncConnection[Any], requests: list[Request]) ->
             render.statement(idempotency.CLAIM_FRESH_SQL, [ids]),
         ]
         commands += [render.statement(s.sql, s.params) for s in statements]
-    except (literals.Unrenderable, *_NOT_SENT):
-        return None
+    except (literals.Unrenderable, psycopg.Error, *_NOT_SENT):
+        return None  # psycopg.Error: escaping refused a value (invalid in the client encoding)
     return literals.join(commands)
 
 
@@ -216,7 +220,10 @@ async def _send_simple(
         for _ in req.statements or ():
             if not cur.nextset():
                 return None
-            mine.append(await wire_result(cur))
+            result = await wire_result(cur)
+            if literals.renamed(result.columns):
+                return None  # a bare value's column, named after its cast: ask the careful way
+            mine.append(result)
         out.append(mine)
     return None if cur.nextset() else out
 

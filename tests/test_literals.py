@@ -95,6 +95,17 @@ async def test_a_written_value_has_the_bound_type_and_value(
     assert written[1] == bound[1] or (written[1] != written[1] and bound[1] != bound[1])  # NaN
 
 
+async def test_written_types_do_not_depend_on_the_search_path(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    """A temporary table named like a type (its row type shadows the name on the search path)
+    does not change what a written value is: the casts name pg_catalog's types."""
+    await conn.execute("CREATE TEMP TABLE int2 (a text)")
+    sql = "SELECT pg_typeof(v)::text, v FROM (SELECT %s AS v) AS s"
+    written = await (await conn.execute(literals.Renderer(conn).statement(sql, [5]))).fetchone()
+    assert written == ("smallint", 5)
+
+
 async def test_named_parameters_are_written_like_positional_ones(
     conn: psycopg.AsyncConnection[Any],
 ) -> None:
@@ -171,6 +182,49 @@ async def test_repeats_are_answered_from_the_first_try(
     assert sent[-1] == "written" and careful == [1]
     assert [isinstance(o, Executed) and o.duplicate for o in out[:2]] == [True, True]
     assert isinstance(out[2], IdempotencyKeyReusedError)
+
+
+async def test_a_value_alone_in_a_select_list_keeps_its_bound_column_name(
+    pool: Any, table: str, sent: list[str]
+) -> None:
+    """Written, ``SELECT %s`` would name its column after the cast: such a result is not used,
+    and the careful way answers with the bound name."""
+    sql = f"SELECT %s AS n, %s FROM {table} RIGHT JOIN (SELECT 1) AS one ON false"
+
+    def job(a: int, b: int) -> Job:
+        return Job(Request(id=uuid.uuid4().hex, statements=[Statement(sql=sql, params=[a, b])]))
+
+    (first,) = await _run(pool, [job(1, 2)])
+    assert isinstance(first, Executed) and first.results[0].columns == ["n", "?column?"]
+    (again,) = await _run(pool, [job(3, 4)])
+    assert sent == ["written, results not lined up"]
+    assert isinstance(again, Executed) and again.results[0].columns == ["n", "?column?"]
+    assert [list(r) for r in again.results[0].rows or ()] == [[3, 4]]
+
+
+async def test_a_proven_lone_write_failing_at_commit_is_rejected(
+    stack: Any, pool: Any, table: str, sent: list[str]
+) -> None:
+    """A deferred constraint fails at COMMIT of a written lone write: the failure is its answer
+    (as the careful way gives it), not a group to split again."""
+    with psycopg.connect(stack.primary.url, autocommit=True) as c:
+        c.execute(f"CREATE TABLE {table}_parent (id int PRIMARY KEY)")
+        c.execute(f"INSERT INTO {table}_parent VALUES (1)")
+        c.execute(
+            f"CREATE TABLE {table}_child (pid int REFERENCES {table}_parent "
+            "DEFERRABLE INITIALLY DEFERRED)"
+        )
+    sql = f"INSERT INTO {table}_child VALUES (%s)"
+
+    def job(pid: int) -> Job:
+        return Job(Request(id=uuid.uuid4().hex, statements=[Statement(sql=sql, params=[pid])]))
+
+    (ok,) = await _run(pool, [job(1)])
+    assert isinstance(ok, Executed)
+    (bad,) = await _run(pool, [job(42)])
+    assert sent == ["written"]
+    assert isinstance(bad, WriteRejectedError) and bad.sqlstate == "23503"
+    assert primary_rows(stack, f"SELECT pid FROM {table}_child") == [(1,)]
 
 
 async def test_texts_that_are_not_plain_are_always_sent_bound(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from writebus.bus.literals import ProvenTexts, join, plain_text, shape, template
+from writebus.bus.literals import ProvenTexts, join, plain_text, renamed, shape, template
 from writebus.client.protocol import Statement
 
 
@@ -37,6 +37,7 @@ def test_plain_texts(sql: str) -> None:
         ('INSERT INTO "no%ste" (body) VALUES (%s)', "a placeholder inside an identifier"),
         ('INSERT INTO "open (body) VALUES (%s)', "an unterminated identifier"),
         ("SELECT %(a)s, %(a)s::int", "a named placeholder used twice"),
+        ('INSERT INTO t VALUES (%(v")s) ; DELETE FROM t --"', "a quote in a placeholder's name"),
     ],
 )
 def test_texts_that_are_not_plain(sql: str, why: str) -> None:
@@ -94,3 +95,9 @@ def test_placeholders_psycopg_reads_another_way_are_not_cut(sql: str) -> None:
     """Binary placeholders, unknown ones, and positional mixed with named: sent bound, where
     psycopg decides (and refuses what it refuses)."""
     assert template(sql, "utf-8") is None
+
+
+def test_columns_a_cast_may_have_named() -> None:
+    """``SELECT %s`` names its column ``?column?`` bound and after the cast written."""
+    assert renamed(["id", "int2"]) and renamed(["bytea"])
+    assert not renamed(["id", "?column?"]) and not renamed(None) and not renamed([])
