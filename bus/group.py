@@ -35,6 +35,8 @@ from psycopg import pq
 
 from writebus.bus import idempotency, literals, optimistic
 from writebus.bus.grouptx import (
+    NOT_SENT,
+    Check,
     Executed,
     GroupCommitFailed,
     Lost,
@@ -48,16 +50,10 @@ from writebus.bus.grouptx import (
 from writebus.bus.pg import connection_lost
 from writebus.bus.results import wire_result
 from writebus.client.errors import UnavailableError, WriteBusError, WriteRejectedError
-from writebus.client.protocol import Request, StatementResult
+from writebus.client.protocol import Request
 
 __all__ = ["Check", "Executed", "GroupCommitFailed", "Lost", "Outcome", "run_group"]
 
-#: ``check(request, results)``: raises to refuse a request before COMMIT (reply too large).
-Check = Callable[[Request, list[StatementResult]], None]
-
-
-#: Errors psycopg raises while preparing a statement, before sending it.
-_NOT_SENT = (TypeError, ValueError, psycopg.ProgrammingError, psycopg.DataError)
 
 
 @dataclass
@@ -216,7 +212,7 @@ async def _queue(conn: psycopg.AsyncConnection[Any], items: list[_Item], savepoi
             cur = conn.cursor()
             try:
                 await cur.execute(stmt.sql, stmt.params)
-            except _NOT_SENT as exc:
+            except NOT_SENT as exc:
                 # Refused by psycopg before anything was sent: parameters that do not fit the
                 # placeholders, a value it cannot adapt (a map for %s).
                 item.outcome = WriteRejectedError(str(exc), statement_index=index)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,12 @@ class Executed:
 
 
 Outcome = Executed | WriteBusError
+
+#: ``check(request, results)``: raises to refuse a request before COMMIT (reply too large).
+Check = Callable[[Request, list[StatementResult]], None]
+
+#: Errors psycopg raises while preparing a statement, before sending it.
+NOT_SENT = (TypeError, ValueError, psycopg.ProgrammingError, psycopg.DataError)
 
 
 class Lost(Exception):

@@ -165,17 +165,17 @@ class Renderer:
 
     def literal(self, value: Any) -> bytes:
         """``value`` as a parenthesised literal of the type psycopg binds it as."""
-        kind = type(value)
-        if isinstance(value, str) and kind is str:
+        if type(value) is str:
             if "\x00" in value:  # refused bound too (text cannot hold NUL)
                 raise Unrenderable("a string with a NUL character")
             return b"(" + self._escaping.escape_literal(value.encode(self._encoding)) + b")"
-        if isinstance(value, bytes) and kind is bytes:
+        if type(value) is bytes:
             # An escape string, so the backslash means the same whatever
             # standard_conforming_strings is; hex digits need no escaping.
             return b"(E'\\\\x" + value.hex().encode() + b"'::pg_catalog.bytea)"
         if value is None:
             return b"NULL"
+        kind = type(value)
         if kind is bool:
             return b"('t'::pg_catalog.bool)" if value else b"('f'::pg_catalog.bool)"
         if kind is int:

@@ -16,10 +16,10 @@ The first round trip goes one of two ways:
 
 A group whose ids were all applied already (a client's retry) is answered with the stored
 results at once. When anything else is unusual -- a statement fails, some ids were already
-applied, a value cannot be sent, a reply is too large, a statement ended the transaction, results do not line up with
-the commands -- this path rolls the whole transaction back and returns None, and
-:func:`writebus.bus.group.run_group` runs the group the careful way, each request inside its
-own savepoint. The answers are the same either way; the unusual group pays one extra round
+applied, a value cannot be sent, a reply is too large, a statement ended the transaction,
+results do not line up with the commands -- this path rolls the whole transaction back and
+returns None, and :func:`writebus.bus.group.run_group` runs the group the careful way, each
+request inside its own savepoint. The answers are the same either way; the unusual group pays one extra round
 trip. Nothing was committed by the first try, so running the requests again cannot apply
 anything twice.
 """
@@ -35,6 +35,8 @@ from psycopg import pq
 
 from writebus.bus import idempotency, literals
 from writebus.bus.grouptx import (
+    NOT_SENT,
+    Check,
     Executed,
     GroupCommitFailed,
     Lost,
@@ -49,11 +51,6 @@ from writebus.bus.results import wire_result
 from writebus.client.errors import UnavailableError, WriteBusError
 from writebus.client.lsn import parse_lsn
 from writebus.client.protocol import Request, Statement, StatementResult
-
-Check = Callable[[Request, list[StatementResult]], None]
-
-#: Errors psycopg raises while preparing a statement, before sending it.
-_NOT_SENT = (TypeError, ValueError, psycopg.ProgrammingError, psycopg.DataError)
 
 
 @dataclass(frozen=True)
@@ -106,10 +103,10 @@ async def run_optimistic(
     try:
         try:
             if query is not None:
-                sent = await _send_simple(conn, query, requests)
+                results = await _send_simple(conn, query, requests)
             else:
-                sent = await _send_bound(conn, requests)
-        except (psycopg.Error, *_NOT_SENT) as exc:
+                results = await _send_bound(conn, requests)
+        except (psycopg.Error, *NOT_SENT) as exc:
             if isinstance(exc, psycopg.Error) and connection_lost(conn, exc):
                 raise Lost(exc, committing=False) from exc
             await rollback(conn)
@@ -119,12 +116,11 @@ async def run_optimistic(
         except WriteBusError:
             await rollback(conn)  # a value the wire cannot carry
             return None
-        if sent is None or conn.pgconn.transaction_status != pq.TransactionStatus.INTRANS:
+        if results is None or conn.pgconn.transaction_status != pq.TransactionStatus.INTRANS:
             # Results that do not line up with the statements, or a statement that ended the
             # transaction.
             await rollback(conn)
             return None
-        results = sent
         try:
             for req, res in zip(requests, results, strict=True):
                 check(req, res)
@@ -175,7 +171,11 @@ async def _repeats(
     if not all(r.id in rows for r in requests):
         return None
     out = [repeat(r, rows[r.id], d) for r, d in zip(requests, digests, strict=True)]
-    lsn = parse_lsn((await flush.fetchone() or [""])[0]) if flush is not None else None
+    lsn = None
+    if flush is not None:
+        row = await flush.fetchone()
+        assert row is not None
+        lsn = parse_lsn(row[0])
     for o in out:
         if isinstance(o, Executed):
             o.lsn = lsn
@@ -200,7 +200,7 @@ def simple_query(conn: psycopg.AsyncConnection[Any], requests: list[Request]) ->
             render.statement(idempotency.CLAIM_FRESH_SQL, [ids]),
         ]
         commands += [render.statement(s.sql, s.params) for s in statements]
-    except (literals.Unrenderable, psycopg.Error, *_NOT_SENT):
+    except (literals.Unrenderable, psycopg.Error, *NOT_SENT):
         return None  # psycopg.Error: escaping refused a value (invalid in the client encoding)
     return literals.join(commands)
 
