@@ -15,7 +15,8 @@ The first round trip goes one of two ways:
   exact errors the first time.
 
 A group whose ids were all applied already (a client's retry) is answered with the stored
-results at once. When anything else is unusual -- a statement fails, some ids were already
+results at once, and a lone one-statement write that fails written out with that statement's
+error (the claim's errors name writebus' functions). When anything else is unusual -- a statement fails, some ids were already
 applied, a value cannot be sent, a reply is too large, a statement ended the transaction,
 results do not line up with the commands -- this path rolls the whole transaction back and
 returns None, and :func:`writebus.bus.group.run_group` runs the group the careful way, each
@@ -110,8 +111,11 @@ async def run_optimistic(
             if isinstance(exc, psycopg.Error) and connection_lost(conn, exc):
                 raise Lost(exc, committing=False) from exc
             await rollback(conn)
-            if isinstance(exc, psycopg.Error) and exc.sqlstate == idempotency.REPEATED_SQLSTATE:
-                return await _repeats(conn, requests, digests, read_lsn)
+            if isinstance(exc, psycopg.Error):
+                if exc.sqlstate == idempotency.REPEATED_SQLSTATE:
+                    return await _repeats(conn, requests, digests, read_lsn)
+                if query is not None and _failed_alone(requests, exc):
+                    return [rejection(exc, 0)]
             return None
         except WriteBusError:
             await rollback(conn)  # a value the wire cannot carry
@@ -149,6 +153,18 @@ async def run_optimistic(
         await rollback(conn)
         return [rejection(exc)]  # alone, the failed COMMIT is its answer (as the careful way)
     return [Executed(r, lsn=lsn) for r in results]
+
+
+def _failed_alone(requests: list[Request], exc: psycopg.Error) -> bool:
+    """Whether ``exc``, raised by a written first try, is the answer of a lone write of one
+    statement: only BEGIN, the claim and that statement ran, and the claim's errors name
+    writebus' functions (in their context, or their message when the function is missing).
+    Anything else is that statement's error -- what the careful way would find by running it
+    again, at the statement's cost again (a lock or statement timeout twice over)."""
+    if len(requests) != 1 or len(requests[0].statements or ()) != 1:
+        return False
+    diag = exc.diag
+    return not any("writebus." in (text or "") for text in (diag.context, diag.message_primary))
 
 
 async def _repeats(

@@ -4,6 +4,7 @@ careful answer."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -70,6 +71,36 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(optimistic, "_send_simple", spy_simple)
     monkeypatch.setattr(optimistic, "_send_bound", spy_bound)
     return ways
+
+
+@pytest.fixture
+def careful(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of each group run the careful way (savepoints, statements bound)."""
+    from writebus.bus import group
+
+    sizes: list[int] = []
+    first_round = group._first_round
+
+    async def spy(*args: Any) -> Any:
+        sizes.append(len(args[1]))
+        return await first_round(*args)
+
+    monkeypatch.setattr(group, "_first_round", spy)
+    return sizes
+
+
+@contextlib.asynccontextmanager
+async def _pool_with(stack: Any, options: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    """A pool whose sessions start with ``options`` (``-c lock_timeout=...``)."""
+    p: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        stack.primary.url, min_size=1, max_size=1, kwargs={"autocommit": True, "options": options},
+        configure=durable_commits, open=False,
+    )  # fmt: skip
+    await p.open(wait=True)
+    try:
+        yield p
+    finally:
+        await p.close()
 
 
 def _insert(table: str, body: Any, n: Any = None, rid: str | None = None) -> Job:
@@ -153,21 +184,11 @@ async def test_a_proven_lone_write_is_written_out_and_a_failing_one_answered_exa
 
 
 async def test_repeats_are_answered_from_the_first_try(
-    pool: Any, table: str, sent: list[str], monkeypatch: pytest.MonkeyPatch
+    pool: Any, table: str, sent: list[str], careful: list[int]
 ) -> None:
     """A retry whose id is already applied is answered with the stored result by the first
     try; its statements are not run a second time the careful way. So is a group made only
     of repeats -- one of them reusing an id for another body is refused."""
-    from writebus.bus import group
-
-    careful: list[int] = []
-    first_round = group._first_round
-
-    async def spy(*args: Any) -> Any:
-        careful.append(len(args[1]))
-        return await first_round(*args)
-
-    monkeypatch.setattr(group, "_first_round", spy)
     a, b = _insert(table, "a", 1), _insert(table, "b", 2)
     (done_a,) = await _run(pool, [a])  # not proven yet: the careful way
     assert careful == [1] and sent == []
@@ -295,3 +316,65 @@ async def test_results_that_do_not_line_up_are_not_committed(
     assert await optimistic._send_simple(conn, literals.join(commands), reqs[:1]) is None
     await conn.execute("ROLLBACK")
     assert primary_rows(stack, f"SELECT body FROM {table}") == []
+
+
+async def test_a_lone_written_write_failing_is_answered_by_its_first_try(
+    stack: Any, pool: Any, table: str, sent: list[str], careful: list[int]
+) -> None:
+    """A proven lone write of one statement that fails written out (a unique violation: an
+    app's "insert unless it exists") is answered with that error at once -- the careful way
+    does not run it again -- and the answer is the one the careful way gives."""
+    await _run(pool, [_insert(table, "a", 1)])  # not proven yet: the careful way
+    assert careful == [1]
+    (fast,) = await _run(pool, [_insert(table, "a", 2)])
+    assert sent == ["written"] and careful == [1]
+    literals.PROVEN.clear()
+    (slow,) = await _run(pool, [_insert(table, "a", 3)])
+    assert careful == [1, 1]
+    for answer in (fast, slow):
+        assert isinstance(answer, WriteRejectedError) and answer.sqlstate == "23505"
+    assert (fast.message, fast.statement_index, fast.detail) == (
+        slow.message, slow.statement_index, slow.detail
+    )
+    assert fast.statement_index == 0 and fast.detail is not None and "(a)" in fast.detail
+    assert primary_rows(stack, f"SELECT body, n FROM {table}") == [("a", 1)]
+
+
+async def test_a_lone_written_write_timing_out_is_not_run_twice(
+    stack: Any, table: str, sent: list[str], careful: list[int]
+) -> None:
+    """A statement that hits ``statement_timeout`` written out gets that error as its answer:
+    running it again the careful way would cost the timeout twice."""
+    sql = f"INSERT INTO {table} (body, n) SELECT %s, %s FROM pg_sleep(%s)"
+
+    def job(body: str, pause: float) -> Job:
+        req = Request(id=uuid.uuid4().hex, statements=[Statement(sql=sql, params=[body, 1, pause])])
+        return Job(req)
+
+    async with _pool_with(stack, "-c statement_timeout=300") as timed:
+        (ok,) = await _run(timed, [job("quick", 0.0)])
+        (slow,) = await _run(timed, [job("slow", 5.0)])
+    assert isinstance(ok, Executed) and careful == [1] and sent == ["written"]
+    assert isinstance(slow, WriteRejectedError) and slow.sqlstate == "57014"
+    assert slow.statement_index == 0
+    assert primary_rows(stack, f"SELECT body FROM {table}") == [("quick",)]
+
+
+async def test_a_claim_failing_in_a_written_lone_write_goes_the_careful_way(
+    stack: Any, table: str, sent: list[str], careful: list[int]
+) -> None:
+    """The claim's own failure (its lock held by another session, past ``lock_timeout``) is
+    not taken for the statement's: the careful way runs and answers it as the claim's, with no
+    statement index."""
+    rid = uuid.uuid4().hex
+    async with _pool_with(stack, "-c lock_timeout=300") as timed:
+        await _run(timed, [_insert(table, "proof", 1)])
+        assert careful == [1]
+        async with await psycopg.AsyncConnection.connect(stack.primary.url) as holder:
+            await holder.execute(idempotency.CLAIM_FRESH_SQL, idempotency.claim_params([rid]))
+            (blocked,) = await _run(timed, [_insert(table, "blocked", 2, rid=rid)])
+            await holder.rollback()
+    assert sent == ["written"] and careful == [1, 1]
+    assert isinstance(blocked, WriteRejectedError) and blocked.sqlstate == "55P03"
+    assert blocked.statement_index is None
+    assert primary_rows(stack, f"SELECT body FROM {table}") == [("proof",)]
