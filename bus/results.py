@@ -18,10 +18,12 @@ async def wire_result(cur: psycopg.AsyncCursor[Any]) -> StatementResult:
     A value the wire cannot carry faithfully is a :class:`WriteRejectedError` (the write rolls
     back), never an internal error or a wrong value.
     """
-    if cur.description is None:
+    description = cur.description  # built anew on each access: read it once
+    if description is None:
         return StatementResult(rowcount=cur.rowcount, columns=None, rows=None)
-    columns = [c.name for c in cur.description]
-    _check_interval_style(cur)
+    columns = [c.name for c in description]
+    types = [c.type_code for c in description]
+    _check_interval_style(cur, types)
     try:
         rows: list[list[Any]] = await cur.fetchall()
     except (psycopg.DataError, NotImplementedError) as exc:
@@ -33,18 +35,17 @@ async def wire_result(cur: psycopg.AsyncCursor[Any]) -> StatementResult:
     # psycopg gives timestamptz values in the session's TimeZone. The wire carries them in UTC,
     # so a reply does not depend on the database's TimeZone setting and a repeated request id
     # -- answered from the stored result -- gets the same text in JSON.
-    zoned = [i for i, c in enumerate(cur.description) if c.type_code in _TIMESTAMPTZ_OIDS]
+    zoned = [i for i, t in enumerate(types) if t in _TIMESTAMPTZ_OIDS]
     if zoned:
         rows = [_in_utc(row, zoned) for row in rows]
     return StatementResult(rowcount=cur.rowcount, columns=columns, rows=rows)
 
 
-def _check_interval_style(cur: psycopg.AsyncCursor[Any]) -> None:
+def _check_interval_style(cur: psycopg.AsyncCursor[Any], types: list[int]) -> None:
     # psycopg parses intervals in IntervalStyle 'postgres' only; under another style (a
     # statement's SET LOCAL intervalstyle) it raises or, depending on when its loader was made,
     # misreads the text ('P1D' as 60 seconds). Refuse rather than send a wrong value.
-    assert cur.description is not None
-    if not any(c.type_code in _INTERVAL_OIDS for c in cur.description):
+    if _INTERVAL_OIDS.isdisjoint(types):
         return
     style = cur.connection.pgconn.parameter_status(b"IntervalStyle")
     if style not in (None, b"postgres"):
