@@ -159,9 +159,10 @@ def _failed_alone(requests: list[Request], exc: psycopg.Error) -> bool:
     """Whether ``exc``, raised by a written first try, is the answer of a lone write of one
     statement: only BEGIN, the claim and that statement ran, and the claim's errors name
     writebus' functions (in their context, or their message when the function is missing).
-    Anything else is that statement's error -- what the careful way would find by running it
-    again, at the statement's cost again (a lock or statement timeout twice over)."""
-    if len(requests) != 1 or len(requests[0].statements or ()) != 1:
+    Any other error from the server is that statement's -- what the careful way would find by
+    running it again, at the statement's cost again (a lock or statement timeout twice over).
+    An error raised in this process (no SQLSTATE) is not taken for the statement's."""
+    if len(requests) != 1 or len(requests[0].statements or ()) != 1 or exc.sqlstate is None:
         return False
     diag = exc.diag
     return not any("writebus." in (text or "") for text in (diag.context, diag.message_primary))
