@@ -85,6 +85,7 @@ async def commit(
         idempotency.STORE_SQL,
         [
             render.array([req.id for req, _, _ in applied]),
+            render.array([idempotency.record_floor(req.id) for req, _, _ in applied]),
             render.array([digest for _, digest, _ in applied]),
             render.array([idempotency.encode_result(res, None) for _, _, res in applied]),
         ],

@@ -9,20 +9,23 @@ How a transaction applies requests exactly once:
 1. It takes a transaction-scoped advisory lock per request id (sorted, so two transactions
    never wait on each other's ids in a cycle). A retry racing its original -- on this worker or
    another -- waits there until the original commits or rolls back.
-2. It looks the ids up (every partition). An id already there is answered with its stored
-   result and not run again; one stored for a *different* request (another digest) is refused
-   with :class:`IdempotencyKeyReusedError`.
+2. It looks the ids up: in every partition, or, when every id is dated (a UUIDv7,
+   :mod:`writebus.client.ids`), only from the earliest date less :data:`ID_CLOCK_SLACK` on
+   (:func:`lookup_since`). An id already there is answered with its stored result and not run
+   again; one stored for a *different* request (another digest) is refused with
+   :class:`IdempotencyKeyReusedError`.
 3. It runs the rest, then records them in one multi-row INSERT with their results, then
-   COMMIT -- the lock is released only then.
+   COMMIT -- the lock is released only then. A dated id's record is stored no earlier than its
+   date less the slack (:func:`record_floor`), so the lookup of step 2 always reaches it.
 
 Steps 1 and 2 are one command, :data:`CLAIM_SQL`, a call of the PL/pgSQL function
-``writebus.claim_v1(ids)``: a VOLATILE function takes a fresh snapshot for each statement it
+``writebus.claim_v2(ids, since)``: a VOLATILE function takes a fresh snapshot for each statement it
 runs, so its lookup, made after the locks were granted, sees what a racing original committed
 while this transaction waited (two statements sent in one pipeline did the same, for one more
 command per transaction).
 
 A group's first try, which sends its statements in the same round trip as the claim, uses
-``writebus.claim_fresh_v1(ids)`` instead (:data:`CLAIM_FRESH_SQL`): the same claim, raising
+``writebus.claim_fresh_v2(ids, since)`` instead (:data:`CLAIM_FRESH_SQL`): the same claim, raising
 :data:`REPEATED_SQLSTATE` when an id was already applied, so that the statements after it in
 the round trip do not run; the repeats are then looked up and answered.
 
@@ -49,7 +52,8 @@ import psycopg
 from psycopg import sql
 
 from writebus.bus.arrays import ByteaArray, TextArray
-from writebus.client.errors import IdempotencyKeyReusedError
+from writebus.client.errors import IdempotencyKeyReusedError, ProtocolError
+from writebus.client.ids import id_time
 from writebus.client.protocol import Request, StatementResult
 
 SCHEMA_SQL: Final = """
@@ -64,9 +68,11 @@ CREATE TABLE IF NOT EXISTS writebus.applied (
 """
 
 #: Steps 1 and 2. Versioned by name: a later format gets a new function, and workers of both
-#: versions can serve side by side during a rolling upgrade.
+#: versions can serve side by side during a rolling upgrade. ``since`` (Unix seconds, or NULL
+#: for everywhere) is where the lookup starts: planned with its value, the partitions before it
+#: are neither opened nor locked.
 CLAIM_FUNCTION_SQL: Final = """
-CREATE FUNCTION writebus.claim_v1(ids text[])
+CREATE FUNCTION writebus.claim_v2(ids text[], since float8)
 RETURNS TABLE (id text, digest bytea, result bytea)
 LANGUAGE plpgsql VOLATILE AS $claim$
 BEGIN
@@ -75,39 +81,49 @@ BEGIN
         SELECT DISTINCT hashtextextended(i, 7207) AS h FROM unnest(ids) AS i ORDER BY 1
     ) k;
     -- A new statement, so a new snapshot: taken after every lock above was granted.
-    RETURN QUERY SELECT a.id, a.digest, a.result FROM writebus.applied a WHERE a.id = ANY(ids);
+    IF since IS NULL THEN
+        RETURN QUERY SELECT a.id, a.digest, a.result FROM writebus.applied a WHERE a.id = ANY(ids);
+    ELSE
+        RETURN QUERY EXECUTE 'SELECT a.id, a.digest, a.result FROM writebus.applied a '
+            'WHERE a.id = ANY($1) AND a.applied_at >= to_timestamp($2)' USING ids, since;
+    END IF;
 END
 $claim$
 """
 #: Steps 1 and 2 as one command: lock the ids, then the rows of those already applied (with
-#: what they asked for and what they got).
-CLAIM_SQL: Final = "SELECT id, digest, result FROM writebus.claim_v1(%s::text[])"
+#: what they asked for and what they got). Parameters: :func:`claim_params`.
+CLAIM_SQL: Final = "SELECT id, digest, result FROM writebus.claim_v2(%s::text[], %s::float8)"
 #: Steps 1 and 2 for a transaction that runs its statements in the same round trip (a
 #: group's first try): an id already applied is an error, :data:`REPEATED_SQLSTATE`, which
 #: stops the statements after it -- a client's retry does not run them again.
 CLAIM_FRESH_FUNCTION_SQL: Final = """
-CREATE FUNCTION writebus.claim_fresh_v1(ids text[])
+CREATE FUNCTION writebus.claim_fresh_v2(ids text[], since float8)
 RETURNS void
 LANGUAGE plpgsql VOLATILE AS $claim$
 BEGIN
-    IF EXISTS (SELECT 1 FROM writebus.claim_v1(ids)) THEN
+    IF EXISTS (SELECT 1 FROM writebus.claim_v2(ids, since)) THEN
         RAISE EXCEPTION 'a request id was already applied' USING ERRCODE = 'WB001';
     END IF;
 END
 $claim$
 """
-CLAIM_FRESH_SQL: Final = "SELECT writebus.claim_fresh_v1(%s::text[])"
+CLAIM_FRESH_SQL: Final = "SELECT writebus.claim_fresh_v2(%s::text[], %s::float8)"
 #: The SQLSTATE :data:`CLAIM_FRESH_SQL` raises when an id was already applied.
 REPEATED_SQLSTATE: Final = "WB001"
 #: How a transaction that claims ids begins, whatever the database's default isolation: under
 #: REPEATABLE READ or SERIALIZABLE the lookup would read the snapshot taken when the claim
 #: started -- before it waited for the lock -- and miss what a racing original committed.
 BEGIN_SQL: Final = "BEGIN ISOLATION LEVEL READ COMMITTED"
-#: Step 3: record the applied requests, one row each.
+#: Step 3: record the applied requests, one row each; a dated id's row no earlier than its
+#: floor (:func:`record_floor`). Parameters: :func:`store_params`.
 STORE_SQL: Final = (
-    "INSERT INTO writebus.applied (id, digest, result) "
-    "SELECT * FROM unnest(%s::text[], %s::bytea[], %s::bytea[])"
+    "INSERT INTO writebus.applied (id, applied_at, digest, result) "
+    "SELECT i, greatest(now(), to_timestamp(f)), d, r "
+    "FROM unnest(%s::text[], %s::float8[], %s::bytea[], %s::bytea[]) AS u(i, f, d, r)"
 )
+#: How far a dated request id (:mod:`writebus.client.ids`) may be ahead of the primary's clock
+#: and still be looked up only from its date on (less this slack).
+ID_CLOCK_SLACK: Final = 3600.0
 _MAINTENANCE_LOCK: Final = 0x77726975
 _SCHEMA_LOCK: Final = 0x77726974
 #: Seconds each partition covers. Fixed: partitions of different spans would overlap.
@@ -162,18 +178,47 @@ def stored_answer(request_id: str, row: tuple[Any, ...], digest: bytes) -> Store
     return _decoder.decode(blob) if blob is not None else StoredResult()
 
 
-def claim_params(ids: Sequence[str]) -> list[TextArray]:
-    """Parameters of :data:`CLAIM_SQL` for request ``ids``."""
-    return [TextArray(ids)]
+def record_floor(request_id: str) -> float | None:
+    """The earliest ``applied_at`` (Unix seconds) a dated id's record may have: its date less
+    :data:`ID_CLOCK_SLACK`. None for an id without a date."""
+    made = id_time(request_id)
+    return None if made is None else made - ID_CLOCK_SLACK
+
+
+def lookup_since(ids: Sequence[str]) -> float | None:
+    """Where the claim of ``ids`` looks from: the earliest floor, when every id is dated (a
+    record is never stored before its floor, see :data:`STORE_SQL`); else None, everywhere."""
+    floors = [record_floor(i) for i in ids]
+    if not floors or None in floors:
+        return None
+    return min(f for f in floors if f is not None)
+
+
+def claim_params(ids: Sequence[str]) -> list[Any]:
+    """Parameters of :data:`CLAIM_SQL` (and :data:`CLAIM_FRESH_SQL`) for request ``ids``."""
+    return [TextArray(ids), lookup_since(ids)]
 
 
 def store_params(rows: Sequence[tuple[str, bytes, bytes]]) -> list[list[Any]]:
     """Parameters of :data:`STORE_SQL` for ``(id, digest, result)`` rows."""
     return [
         TextArray([r[0] for r in rows]),
+        [record_floor(r[0]) for r in rows],
         ByteaArray([r[1] for r in rows]),
         ByteaArray([r[2] for r in rows]),
     ]
+
+
+def check_id_date(request_id: str, now: float) -> None:
+    """Refuse an id dated so far ahead of ``now`` that its record's floor would pass the
+    partitions made ahead of time (the client's clock is wrong): nothing is run."""
+    floor = record_floor(request_id)
+    if floor is not None and floor > now + PARTITION_SPAN:
+        ahead = (floor + ID_CLOCK_SLACK - now) / 60
+        raise ProtocolError(
+            f"request id {request_id!r} is a UUIDv7 dated {ahead:.0f} minutes ahead of the "
+            "worker's clock; check the client's clock (nothing was run)"
+        )
 
 
 # -- schema and partitions -----------------------------------------------------------------
@@ -241,8 +286,8 @@ async def _create_claim_function(conn: psycopg.AsyncConnection[Any]) -> None:
     # Created only when missing, never replaced: CREATE OR REPLACE needs the function's owner,
     # and the bus and the applications' direct writes may connect as different roles.
     for signature, create in (
-        ("writebus.claim_v1(text[])", CLAIM_FUNCTION_SQL),
-        ("writebus.claim_fresh_v1(text[])", CLAIM_FRESH_FUNCTION_SQL),
+        ("writebus.claim_v2(text[], float8)", CLAIM_FUNCTION_SQL),
+        ("writebus.claim_fresh_v2(text[], float8)", CLAIM_FRESH_FUNCTION_SQL),
     ):
         cur = await conn.execute("SELECT to_regprocedure(%s) IS NOT NULL", [signature])
         row = await cur.fetchone()

@@ -211,10 +211,11 @@ def simple_query(conn: psycopg.AsyncConnection[Any], requests: list[Request]) ->
         return None
     try:
         render = literals.Renderer(conn)
-        ids = render.array([r.id for r in requests])
+        ids = [r.id for r in requests]
+        claim = [render.array(ids), idempotency.lookup_since(ids)]
         commands = [
             render.statement(idempotency.BEGIN_SQL, None),
-            render.statement(idempotency.CLAIM_FRESH_SQL, [ids]),
+            render.statement(idempotency.CLAIM_FRESH_SQL, claim),
         ]
         commands += [render.statement(s.sql, s.params) for s in statements]
     except (literals.Unrenderable, psycopg.Error, *NOT_SENT):

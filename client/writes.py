@@ -9,12 +9,12 @@ a :class:`~writebus.client.results.WriteResult` of the same shape.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from psycopg_pool import AsyncConnectionPool
 
+from writebus.client import ids
 from writebus.client.errors import (
     LostInFailoverError,
     OutcomeUnknownError,
@@ -72,8 +72,9 @@ def to_params(params: Params) -> list[Any] | dict[str, Any] | None:
 
 
 def new_request_id() -> str:
-    """A fresh request id (random, 32 hex characters)."""
-    return uuid.uuid4().hex
+    """A fresh request id: a UUIDv7 in 32 hex characters (random, and dated, which lets the
+    primary look it up in fewer places; :mod:`writebus.client.ids`)."""
+    return ids.new_id()
 
 
 def write_route(settings: Settings, *, has_local_pool: bool) -> Route:

@@ -78,7 +78,7 @@ async def test_ensure_schema_keeps_another_roles_claim_function(stack: Any) -> N
             await other.close()
         cur = await admin.execute(
             "SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE oid = "
-            "'writebus.claim_v1(text[])'::regprocedure"
+            "'writebus.claim_v2(text[], float8)'::regprocedure"
         )
         assert await cur.fetchone() != (role,)
     finally:

@@ -310,8 +310,10 @@ async def test_results_that_do_not_line_up_are_not_committed(
     await idempotency.ensure_schema(conn)
     reqs = [_insert(table, f"r{n}").req for n in range(2)]
     render = literals.Renderer(conn)
-    commands = [render.statement(idempotency.BEGIN_SQL, None), render.statement(idempotency.CLAIM_SQL,
-                                                        [render.array([r.id for r in reqs])])]
+    ids = [r.id for r in reqs]
+    claim = [render.array(ids), idempotency.lookup_since(ids)]
+    commands = [render.statement(idempotency.BEGIN_SQL, None),
+                render.statement(idempotency.CLAIM_SQL, claim)]  # fmt: skip
     commands += [render.statement(s.sql, s.params) for r in reqs for s in r.statements or ()]
     assert await optimistic._send_simple(conn, literals.join(commands), reqs[:1]) is None
     await conn.execute("ROLLBACK")

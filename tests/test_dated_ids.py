@@ -1,0 +1,128 @@
+"""Dated request ids (UUIDv7, :mod:`writebus.client.ids`) on the real primary: the claim looks
+their records up only from their date on -- older partitions are not even opened -- and a
+record is never stored before where a retry will look for it."""
+
+from __future__ import annotations
+
+import datetime
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from tests.support.stack import primary_rows
+from writebus.bus import idempotency
+from writebus.bus.execute import Executed, Limits, run_request
+from writebus.bus.pg import durable_commits
+from writebus.client.errors import ProtocolError
+from writebus.client.ids import id_time, new_id
+from writebus.client.procedures import Procedures
+from writebus.client.protocol import Request, Statement
+
+HOUR = 3600.0
+
+
+@pytest.fixture
+async def pool(stack: Any) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    p: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        stack.primary.url, min_size=1, max_size=2, kwargs={"autocommit": True},
+        configure=durable_commits, open=False,
+    )  # fmt: skip
+    await p.open(wait=True)
+    async with p.connection() as conn:
+        await idempotency.ensure_schema(conn)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def past_day(stack: Any) -> AsyncIterator[list[str]]:
+    """Partitions for each of the last 24 hours (as a worker running for a day has), dropped
+    afterwards when this fixture made them."""
+    made: list[str] = []
+    async with await psycopg.AsyncConnection.connect(stack.primary.url, autocommit=True) as conn:
+        await idempotency.ensure_schema(conn)
+        now = datetime.datetime.now(datetime.UTC)
+        for start, end in idempotency.partition_bounds(now, since=now - datetime.timedelta(days=1)):
+            name = idempotency.partition_name(start)
+            cur = await conn.execute("SELECT to_regclass(%s) IS NULL", [f"writebus.{name}"])
+            if (await cur.fetchone() or [False])[0]:
+                await idempotency._create_partition(conn, start, end)
+                made.append(name)
+        yield [idempotency.partition_name(s) for s, _ in
+               idempotency.partition_bounds(now, since=now - datetime.timedelta(days=1))]  # fmt: skip
+        for name in made:
+            await conn.execute(f"DROP TABLE IF EXISTS writebus.{name}")
+
+
+def _write(table: str, body: str, rid: str) -> Request:
+    sql = f"INSERT INTO {table} (body) VALUES (%s) RETURNING body"
+    return Request(id=rid, statements=[Statement(sql=sql, params=[body])])
+
+
+async def _run(pool: AsyncConnectionPool[Any], req: Request) -> Executed:
+    return await run_request(pool, req, procedures=Procedures(), limits=Limits())
+
+
+async def test_a_dated_claim_does_not_open_older_partitions(
+    stack: Any, past_day: list[str]
+) -> None:
+    """With a partition from ten hours ago locked by another session, claiming dated ids goes
+    through (that partition was never opened), while an undated id -- looked up everywhere --
+    waits for it until its lock_timeout."""
+    old = past_day[-14]  # ten hours before the current hour (two are made ahead)
+    holder = await psycopg.AsyncConnection.connect(stack.primary.url)
+    claimer = await psycopg.AsyncConnection.connect(
+        stack.primary.url, autocommit=True, options="-c lock_timeout=300"
+    )
+    try:
+        await holder.execute(f"LOCK TABLE writebus.{old} IN ACCESS EXCLUSIVE MODE")
+        dated = [new_id(), new_id()]
+        async with claimer.transaction():
+            cur = await claimer.execute(idempotency.CLAIM_SQL, idempotency.claim_params(dated))
+            assert await cur.fetchall() == []
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            async with claimer.transaction():
+                undated = idempotency.claim_params([*dated, uuid.uuid4().hex])
+                await claimer.execute(idempotency.CLAIM_SQL, undated)
+    finally:
+        await holder.close()
+        await claimer.close()
+
+
+async def test_a_dated_id_is_stored_where_its_retry_looks(
+    stack: Any, pool: AsyncConnectionPool[Any], table: str
+) -> None:
+    """Ids dated 90 minutes ahead (a fast client clock), now, and 30 hours back (older than the
+    window): each is applied once, its record no earlier than its date less the slack, and its
+    retry answered from the record."""
+    for offset in (1.5 * HOUR, 0.0, -30 * HOUR):
+        rid = new_id(time.time() + offset)
+        first = await _run(pool, _write(table, f"at {offset}", rid))
+        again = await _run(pool, _write(table, f"at {offset}", rid))
+        assert not first.duplicate and again.duplicate
+        assert again.results[0].rows == [list(r) for r in first.results[0].rows or ()]
+        ((stored_at,),) = primary_rows(
+            stack, "SELECT extract(epoch FROM applied_at) FROM writebus.applied WHERE id = %s", [rid]
+        )
+        made = id_time(rid)
+        assert made is not None and float(stored_at) >= made - idempotency.ID_CLOCK_SLACK
+    bodies = [r[0] for r in primary_rows(stack, f"SELECT body FROM {table} ORDER BY id")]
+    assert bodies == [f"at {o}" for o in (1.5 * HOUR, 0.0, -30 * HOUR)]
+
+
+async def test_an_id_dated_hours_ahead_is_refused_before_anything_runs(
+    stack: Any, pool: AsyncConnectionPool[Any], table: str
+) -> None:
+    """Its record could not be stored where a retry would look (no partition is made that far
+    ahead): refused as the client's clock, not run."""
+    rid = new_id(time.time() + 3 * HOUR)
+    with pytest.raises(ProtocolError, match="ahead of the worker's clock") as caught:
+        await _run(pool, _write(table, "from the future", rid))
+    assert caught.value.outcome == "not_applied"
+    assert primary_rows(stack, f"SELECT body FROM {table}") == []
+    assert primary_rows(stack, "SELECT 1 FROM writebus.applied WHERE id = %s", [rid]) == []
