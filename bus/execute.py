@@ -32,7 +32,6 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
-from writebus.bus import idempotency
 from writebus.bus.group import Executed, GroupCommitFailed, Lost, run_group
 from writebus.bus.pg import connection_lost, rejected
 from writebus.bus.proctx import Phase, run_procedure_tx
@@ -107,8 +106,6 @@ async def run_request(
         allow_sql=limits.allow_sql,
         max_param_bytes=limits.max_param_bytes,
     )
-    if write:
-        idempotency.check_id_date(req.id, time.time())
     if req.statements is not None:
         job = Job(req, encoding, deadline)
         if submit is not None:

@@ -36,7 +36,7 @@ format (one unpartitioned table, a claim row then an update) is migrated on firs
 Partitions cover one hour each (:data:`PARTITION_SPAN`, the same for every worker whatever its
 window, so their ranges never overlap); :func:`maintain` creates the current hour's and the
 next two, and drops those entirely older than the window. An id is therefore remembered for at
-least the window and at most an hour more. Several workers may run it at once: it takes an
+least the window and at most an hour more (a dated id from a fast client clock, up to two). Several workers may run it at once: it takes an
 advisory lock, and a worker that finds it held skips.
 """
 
@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import time
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -52,7 +53,7 @@ import psycopg
 from psycopg import sql
 
 from writebus.bus.arrays import ByteaArray, TextArray
-from writebus.client.errors import IdempotencyKeyReusedError, ProtocolError
+from writebus.client.errors import IdempotencyKeyReusedError
 from writebus.client.ids import id_time
 from writebus.client.protocol import Request, StatementResult
 
@@ -122,8 +123,15 @@ STORE_SQL: Final = (
     "FROM unnest(%s::text[], %s::float8[], %s::bytea[], %s::bytea[]) AS u(i, f, d, r)"
 )
 #: How far a dated request id (:mod:`writebus.client.ids`) may be ahead of the primary's clock
-#: and still be looked up only from its date on (less this slack).
+#: and still have its record stored where its date says (see :func:`record_floor`). Never
+#: lower it: records stored under a larger slack would sit before a smaller one's lookups.
 ID_CLOCK_SLACK: Final = 3600.0
+#: An id dated further ahead than this is taken as undated (looked up everywhere): no clock
+#: is that wrong, so its "date" is another kind of id that happens to parse as a UUIDv7 (a
+#: draft-era generator counting seconds reads as the 23rd century). Its record is then
+#: stored at ``now()``; the id would only read as dated again ten years on, long after the
+#: retention window has dropped that record.
+ID_DATE_HORIZON: Final = 10 * 365 * 86400.0
 _MAINTENANCE_LOCK: Final = 0x77726975
 _SCHEMA_LOCK: Final = 0x77726974
 #: Seconds each partition covers. Fixed: partitions of different spans would overlap.
@@ -178,17 +186,25 @@ def stored_answer(request_id: str, row: tuple[Any, ...], digest: bytes) -> Store
     return _decoder.decode(blob) if blob is not None else StoredResult()
 
 
-def record_floor(request_id: str) -> float | None:
+def record_floor(request_id: str, now: float | None = None) -> float | None:
     """The earliest ``applied_at`` (Unix seconds) a dated id's record may have: its date less
-    :data:`ID_CLOCK_SLACK`. None for an id without a date."""
+    :data:`ID_CLOCK_SLACK`. None for an id without a date, or dated past
+    :data:`ID_DATE_HORIZON` from ``now`` (default: the current time).
+
+    A floor past the partitions made ahead (a client clock hours fast) cannot be stored: the
+    write then fails at its record, after the lookup and under the id's lock, as a rejection
+    (SQLSTATE 23514, not applied) -- never as a second application."""
     made = id_time(request_id)
-    return None if made is None else made - ID_CLOCK_SLACK
+    if made is None or made > (time.time() if now is None else now) + ID_DATE_HORIZON:
+        return None
+    return made - ID_CLOCK_SLACK
 
 
 def lookup_since(ids: Sequence[str]) -> float | None:
     """Where the claim of ``ids`` looks from: the earliest floor, when every id is dated (a
     record is never stored before its floor, see :data:`STORE_SQL`); else None, everywhere."""
-    floors = [record_floor(i) for i in ids]
+    now = time.time()
+    floors = [record_floor(i, now) for i in ids]
     if not floors or None in floors:
         return None
     return min(f for f in floors if f is not None)
@@ -207,18 +223,6 @@ def store_params(rows: Sequence[tuple[str, bytes, bytes]]) -> list[list[Any]]:
         ByteaArray([r[1] for r in rows]),
         ByteaArray([r[2] for r in rows]),
     ]
-
-
-def check_id_date(request_id: str, now: float) -> None:
-    """Refuse an id dated so far ahead of ``now`` that its record's floor would pass the
-    partitions made ahead of time (the client's clock is wrong): nothing is run."""
-    floor = record_floor(request_id)
-    if floor is not None and floor > now + PARTITION_SPAN:
-        ahead = (floor + ID_CLOCK_SLACK - now) / 60
-        raise ProtocolError(
-            f"request id {request_id!r} is a UUIDv7 dated {ahead:.0f} minutes ahead of the "
-            "worker's clock; check the client's clock (nothing was run)"
-        )
 
 
 # -- schema and partitions -----------------------------------------------------------------

@@ -72,8 +72,8 @@ def to_params(params: Params) -> list[Any] | dict[str, Any] | None:
 
 
 def new_request_id() -> str:
-    """A fresh request id: a UUIDv7 in 32 hex characters (random, and dated, which lets the
-    primary look it up in fewer places; :mod:`writebus.client.ids`)."""
+    """A fresh request id: a UUIDv7, 36 characters (random, and dated, which lets the primary
+    look it up in fewer places; :mod:`writebus.client.ids`)."""
     return ids.new_id()
 
 

@@ -18,7 +18,7 @@ from tests.support.stack import primary_rows
 from writebus.bus import idempotency
 from writebus.bus.execute import Executed, Limits, run_request
 from writebus.bus.pg import durable_commits
-from writebus.client.errors import ProtocolError
+from writebus.client.errors import WriteRejectedError
 from writebus.client.ids import id_time, new_id
 from writebus.client.procedures import Procedures
 from writebus.client.protocol import Request, Statement
@@ -115,14 +115,31 @@ async def test_a_dated_id_is_stored_where_its_retry_looks(
     assert bodies == [f"at {o}" for o in (1.5 * HOUR, 0.0, -30 * HOUR)]
 
 
-async def test_an_id_dated_hours_ahead_is_refused_before_anything_runs(
+async def test_an_id_dated_hours_ahead_is_rejected_at_its_record_not_applied(
     stack: Any, pool: AsyncConnectionPool[Any], table: str
 ) -> None:
-    """Its record could not be stored where a retry would look (no partition is made that far
-    ahead): refused as the client's clock, not run."""
-    rid = new_id(time.time() + 3 * HOUR)
-    with pytest.raises(ProtocolError, match="ahead of the worker's clock") as caught:
-        await _run(pool, _write(table, "from the future", rid))
-    assert caught.value.outcome == "not_applied"
+    """Its record's floor is past the partitions made ahead: storing it fails after the lookup,
+    under the id's lock, so the write is rejected as not applied -- and so is its retry."""
+    rid = new_id(time.time() + 6 * HOUR)
+    for _ in range(2):
+        with pytest.raises(WriteRejectedError) as caught:
+            await _run(pool, _write(table, "from the future", rid))
+        assert caught.value.sqlstate == "23514" and caught.value.outcome == "not_applied"
     assert primary_rows(stack, f"SELECT body FROM {table}") == []
     assert primary_rows(stack, "SELECT 1 FROM writebus.applied WHERE id = %s", [rid]) == []
+
+
+async def test_an_id_dated_past_the_horizon_is_looked_up_everywhere(
+    stack: Any, pool: AsyncConnectionPool[Any], table: str
+) -> None:
+    """A UUIDv7-shaped id dated centuries ahead (a draft-era generator) is an undated id: applied
+    once, stored now, its retry answered."""
+    rid = new_id(time.time() + 20 * 365 * 86400)
+    first = await _run(pool, _write(table, "undated", rid))
+    again = await _run(pool, _write(table, "undated", rid))
+    assert not first.duplicate and again.duplicate
+    ((age,),) = primary_rows(
+        stack, "SELECT extract(epoch FROM now() - applied_at) FROM writebus.applied WHERE id = %s",
+        [rid],
+    )
+    assert 0 <= float(age) < 600

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
 
 import pytest
@@ -10,13 +11,12 @@ from writebus.client.ids import id_time, new_id
 from writebus.client.writes import new_request_id
 
 
-def test_a_new_id_is_a_uuid7_in_32_hex_digits_dated_to_the_millisecond() -> None:
+def test_a_new_id_is_a_canonical_uuid7_dated_to_the_millisecond() -> None:
     rid = new_id(1_700_000_000.1234)
-    parsed = uuid.UUID(hex=rid)
-    assert len(rid) == 32 and rid == rid.lower() and parsed.hex == rid
+    parsed = uuid.UUID(rid)
+    assert len(rid) == 36 and str(parsed) == rid
     assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
     assert id_time(rid) == 1_700_000_000.123
-    assert id_time(str(parsed)) == 1_700_000_000.123  # the dashed form reads the same
 
 
 def test_ids_are_random_and_the_library_makes_dated_ones() -> None:
@@ -28,10 +28,12 @@ def test_ids_are_random_and_the_library_makes_dated_ones() -> None:
 @pytest.mark.parametrize(
     "rid",
     [
-        uuid.uuid4().hex,  # version 4
-        "0x" + new_id()[2:],  # int() would take it; not 32 hex digits
-        new_id()[:16] + "c" + new_id()[17:],  # variant bits not 10
-        new_id()[:31],
+        str(uuid.uuid4()),  # version 4
+        new_id().replace("-", ""),  # bare hex: what random or digest ids look like
+        "7" * 32,
+        new_id().upper(),
+        new_id()[:19] + "c" + new_id()[20:],  # variant bits not 10
+        new_id()[:35],
         "job-42",
         "",
         " " + new_id()[1:],
@@ -40,3 +42,8 @@ def test_ids_are_random_and_the_library_makes_dated_ones() -> None:
 )
 def test_other_ids_have_no_date(rid: str) -> None:
     assert id_time(rid) is None
+
+
+def test_random_hex_ids_are_never_taken_for_dated_ones() -> None:
+    """One in 64 random 32-digit hex ids has UUIDv7's version and variant digits."""
+    assert all(id_time(secrets.token_hex(16)) is None for _ in range(5000))
