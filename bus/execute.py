@@ -32,6 +32,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
+from writebus.bus import idempotency
 from writebus.bus.group import Executed, GroupCommitFailed, Lost, run_group
 from writebus.bus.pg import connection_lost, rejected
 from writebus.bus.proctx import Phase, run_procedure_tx
@@ -41,6 +42,7 @@ from writebus.client.errors import (
     ProcedureError,
     UnavailableError,
     WriteBusError,
+    WriteRejectedError,
 )
 from writebus.client.log import get_logger
 from writebus.client.procedures import Procedure, Procedures
@@ -108,12 +110,15 @@ async def run_request(
     )
     if req.statements is not None:
         job = Job(req, encoding, deadline)
-        if submit is not None:
+        alone = idempotency.far_ahead(req.id)  # it would fail a group's COMMIT: see below
+        if submit is not None and not alone:
             out = await submit(job, param_bytes(req))
         else:
             (out,) = await run_statement_writes(
                 pool, [job], limits=limits, region=region, may_commit=may_commit, read_lsn=primary
             )
+        if alone and isinstance(out, WriteRejectedError) and out.sqlstate == "23514":
+            out = _unrecordable(req.id, out)
         if isinstance(out, WriteBusError):
             raise out
         return out
@@ -350,3 +355,18 @@ def _check_reply_size(
             f"the reply would take {size} bytes, over the NATS max payload of {limit}; "
             "nothing was applied: return fewer rows or a smaller value"
         )
+
+
+def _unrecordable(request_id: str, error: WriteRejectedError) -> WriteRejectedError:
+    """The rejection of a write whose dated id is hours ahead, when its record (not one of its
+    statements) was refused: say so, rather than leave "no partition ... found for row"."""
+    if error.statement_index is not None:
+        return error  # a statement's own CHECK constraint
+    out = WriteRejectedError(
+        f"request id {request_id!r} is dated hours ahead of the database's clock, too far for "
+        "its exactly-once record to be kept; nothing was applied. Check the client's clock",
+        sqlstate=error.sqlstate,
+        detail=error.message,
+    )
+    out.__cause__ = error
+    return out

@@ -36,7 +36,8 @@ format (one unpartitioned table, a claim row then an update) is migrated on firs
 Partitions cover one hour each (:data:`PARTITION_SPAN`, the same for every worker whatever its
 window, so their ranges never overlap); :func:`maintain` creates the current hour's and the
 next two, and drops those entirely older than the window. An id is therefore remembered for at
-least the window and at most an hour more (a dated id from a fast client clock, up to two). Several workers may run it at once: it takes an
+least the window and at most an hour more (a dated id from a fast client clock, up to about
+four). Several workers may run it at once: it takes an
 advisory lock, and a worker that finds it held skips.
 """
 
@@ -132,6 +133,11 @@ ID_CLOCK_SLACK: Final = 3600.0
 #: stored at ``now()``; the id would only read as dated again ten years on, long after the
 #: retention window has dropped that record.
 ID_DATE_HORIZON: Final = 10 * 365 * 86400.0
+#: A claim looks everywhere when an id is dated more than this ahead (:func:`lookup_since`).
+LOOKUP_AHEAD: Final = 86400.0
+#: How far ahead a record's floor surely has a partition: the current hour and two more are
+#: made ahead, by the maintaining worker's clock (:func:`far_ahead`).
+RECORD_AHEAD: Final = 3600.0
 _MAINTENANCE_LOCK: Final = 0x77726975
 _SCHEMA_LOCK: Final = 0x77726974
 #: Seconds each partition covers. Fixed: partitions of different spans would overlap.
@@ -201,13 +207,31 @@ def record_floor(request_id: str, now: float | None = None) -> float | None:
 
 
 def lookup_since(ids: Sequence[str]) -> float | None:
-    """Where the claim of ``ids`` looks from: the earliest floor, when every id is dated (a
-    record is never stored before its floor, see :data:`STORE_SQL`); else None, everywhere."""
+    """Where the claim of ``ids`` looks from: the earliest floor, when every id is dated and
+    none more than :data:`LOOKUP_AHEAD` ahead (a record is never stored before its floor, see
+    :data:`STORE_SQL`); else None, everywhere.
+
+    Ids dated far ahead are looked up everywhere: one stored as undated (past
+    :data:`ID_DATE_HORIZON` then) reads as dated once the clock gets within the horizon --
+    to a worker whose clock is ahead, minutes later -- and must still be found. Such ids
+    cannot be recorded as dated anyway (their floor is past the partitions made ahead), so
+    looking everywhere for them costs nothing that matters."""
     now = time.time()
     floors = [record_floor(i, now) for i in ids]
     if not floors or None in floors:
         return None
-    return min(f for f in floors if f is not None)
+    since = min(f for f in floors if f is not None)
+    if max(f for f in floors if f is not None) > now + LOOKUP_AHEAD:
+        return None
+    return since
+
+
+def far_ahead(request_id: str, now: float | None = None) -> bool:
+    """Whether a dated id's record floor is past the partitions made ahead of ``now`` (its
+    client's clock is hours fast): its write cannot be recorded and will be rejected, so it
+    runs alone rather than failing a group's COMMIT."""
+    floor = record_floor(request_id, now)
+    return floor is not None and floor > (time.time() if now is None else now) + RECORD_AHEAD
 
 
 def claim_params(ids: Sequence[str]) -> list[Any]:

@@ -119,12 +119,23 @@ async def test_an_id_dated_hours_ahead_is_rejected_at_its_record_not_applied(
     stack: Any, pool: AsyncConnectionPool[Any], table: str
 ) -> None:
     """Its record's floor is past the partitions made ahead: storing it fails after the lookup,
-    under the id's lock, so the write is rejected as not applied -- and so is its retry."""
+    under the id's lock, so the write is rejected as not applied -- and so is its retry. It runs
+    alone, never in a group, and its rejection names the clock."""
     rid = new_id(time.time() + 6 * HOUR)
+    grouped: list[Any] = []
+
+    async def submit(job: Any, size: int) -> Any:  # the committer: must not be used
+        grouped.append(job)
+        raise AssertionError("grouped")
+
     for _ in range(2):
         with pytest.raises(WriteRejectedError) as caught:
-            await _run(pool, _write(table, "from the future", rid))
+            await run_request(pool, _write(table, "from the future", rid),
+                              procedures=Procedures(), limits=Limits(), submit=submit)  # fmt: skip
         assert caught.value.sqlstate == "23514" and caught.value.outcome == "not_applied"
+        assert "dated hours ahead" in caught.value.message
+        assert caught.value.statement_index is None
+    assert grouped == []  # run alone: it would have failed a whole group's COMMIT
     assert primary_rows(stack, f"SELECT body FROM {table}") == []
     assert primary_rows(stack, "SELECT 1 FROM writebus.applied WHERE id = %s", [rid]) == []
 

@@ -40,3 +40,25 @@ def test_store_params_carry_each_records_floor() -> None:
     params = idempotency.store_params([(a, b"d1", b"r1"), ("job-42", b"d2", b"r2")])
     assert params[0] == [a, "job-42"] and params[1] == [10_000.0 - SLACK, None]
     assert params[2] == [b"d1", b"d2"] and params[3] == [b"r1", b"r2"]
+
+
+def test_a_claim_looks_everywhere_when_an_id_is_dated_far_ahead() -> None:
+    """An id stored as undated (past the horizon then) reads as dated once the clock gets
+    within the horizon -- minutes later on a worker whose clock is ahead: while it is that far
+    ahead, its lookups go everywhere and still find the record stored at ``now()``."""
+    now = time.time()
+    edge = new_id(now + idempotency.ID_DATE_HORIZON - 60)
+    assert idempotency.record_floor(edge, now) is not None  # dated by now
+    assert idempotency.lookup_since([edge]) is None
+    assert idempotency.lookup_since([new_id(now), new_id(now + 2 * 86400)]) is None
+    hour_ahead = idempotency.lookup_since([new_id(now + 3600)])
+    assert hour_ahead is not None and abs(hour_ahead - now) < 5
+
+
+def test_only_an_id_whose_record_cannot_be_kept_runs_alone() -> None:
+    now = time.time()
+    assert idempotency.far_ahead(new_id(now + 3 * 3600), now)
+    assert not idempotency.far_ahead(new_id(now + 1.5 * 3600), now)
+    assert not idempotency.far_ahead(new_id(now), now)
+    assert not idempotency.far_ahead("job-42", now)
+    assert not idempotency.far_ahead(new_id(now + 20 * 365 * 86400), now)  # undated
