@@ -20,11 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 import psycopg_pool
 
 from writebus.bus.committer import Committer
 from writebus.bus.execute import Limits, run_request
 from writebus.bus.group import Executed
+from writebus.bus.pg import connection_lost
 from writebus.bus.served import Observer, Served
 from writebus.client.errors import (
     LimitError,
@@ -50,6 +52,11 @@ from writebus.client.protocol import (
 from writebus.client.wire_errors import error_info
 
 log = get_logger("writebus.bus.handler")
+
+_PING_SQL = (
+    "SELECT pg_is_in_recovery(), "
+    "CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_flush_lsn()::text END"
+)
 
 __all__ = ["Handler", "Limits", "Parsed", "encode_reply", "parse"]
 
@@ -219,13 +226,7 @@ class Handler:
         validate_request(req, allow_statements=False)
         info = dict(self.node_info)
         try:
-            async with self.pool.connection(timeout=min(2.0, self.limits.acquire_timeout)) as conn:
-                cur = await conn.execute(
-                    "SELECT pg_is_in_recovery(), CASE WHEN NOT pg_is_in_recovery() "
-                    "THEN pg_current_wal_flush_lsn()::text END"
-                )
-                row = await cur.fetchone()
-            assert row is not None
+            row = await self._ping_query()
             info.update(database="ok", in_recovery=bool(row[0]))
             if row[1] is not None:
                 # Read after the ping arrived: covers every commit before it (strong reads).
@@ -233,6 +234,25 @@ class Handler:
         except Exception as exc:  # the ping reports the database's state, it does not fail
             info.update(database=f"unreachable: {type(exc).__name__}", in_recovery=None)
         return Executed([], info, None, False)
+
+    async def _ping_query(self) -> tuple[Any, ...]:
+        """The database's role and flush position. A pooled connection that died while idle
+        (the server restarted, its session was terminated) says nothing about the database
+        now: the pool checks its idle connections, replacing dead ones, and the ping asks
+        once more."""
+        for attempt in (1, 2):
+            async with self.pool.connection(timeout=min(2.0, self.limits.acquire_timeout)) as conn:
+                try:
+                    cur = await conn.execute(_PING_SQL)
+                    row: tuple[Any, ...] | None = await cur.fetchone()
+                except psycopg.Error as exc:
+                    if attempt == 2 or not connection_lost(conn, exc):
+                        raise
+                    row = None
+            if row is not None:
+                return row
+            await self.pool.check()
+        raise AssertionError("unreachable")
 
     def _success(self, request_id: str, done: Executed) -> Reply:
         if done.lsn is None:
