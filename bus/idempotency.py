@@ -71,8 +71,8 @@ CREATE TABLE IF NOT EXISTS writebus.applied (
 
 #: Steps 1 and 2. Versioned by name: a later format gets a new function, and workers of both
 #: versions can serve side by side during a rolling upgrade. ``since`` (Unix seconds, or NULL
-#: for everywhere) is where the lookup starts: planned with its value, the partitions before it
-#: are neither opened nor locked.
+#: for everywhere) is where the lookup starts: the partitions before it are pruned (when the
+#: plan is made with its value, or as the executor starts) and not searched.
 CLAIM_FUNCTION_SQL: Final = """
 CREATE FUNCTION writebus.claim_v2(ids text[], since float8)
 RETURNS TABLE (id text, digest bytea, result bytea)
@@ -83,12 +83,8 @@ BEGIN
         SELECT DISTINCT hashtextextended(i, 7207) AS h FROM unnest(ids) AS i ORDER BY 1
     ) k;
     -- A new statement, so a new snapshot: taken after every lock above was granted.
-    IF since IS NULL THEN
-        RETURN QUERY SELECT a.id, a.digest, a.result FROM writebus.applied a WHERE a.id = ANY(ids);
-    ELSE
-        RETURN QUERY EXECUTE 'SELECT a.id, a.digest, a.result FROM writebus.applied a '
-            'WHERE a.id = ANY($1) AND a.applied_at >= to_timestamp($2)' USING ids, since;
-    END IF;
+    RETURN QUERY SELECT a.id, a.digest, a.result FROM writebus.applied a
+        WHERE a.id = ANY(ids) AND a.applied_at >= coalesce(to_timestamp(since), '-infinity');
 END
 $claim$
 """

@@ -80,6 +80,9 @@ async def test_a_dated_claim_does_not_open_older_partitions(
         stack.primary.url, autocommit=True, options="-c lock_timeout=300"
     )
     try:
+        for _ in range(8):  # past the plan cache's first five custom plans
+            async with claimer.transaction():
+                await claimer.execute(idempotency.CLAIM_SQL, idempotency.claim_params([new_id()]))
         await holder.execute(f"LOCK TABLE writebus.{old} IN ACCESS EXCLUSIVE MODE")
         dated = [new_id(), new_id()]
         async with claimer.transaction():
