@@ -117,7 +117,7 @@ async def run_request(
             (out,) = await run_statement_writes(
                 pool, [job], limits=limits, region=region, may_commit=may_commit, read_lsn=primary
             )
-        if alone and isinstance(out, WriteRejectedError) and out.sqlstate == "23514":
+        if alone and isinstance(out, WriteRejectedError):
             out = _unrecordable(req.id, out)
         if isinstance(out, WriteBusError):
             raise out
@@ -360,8 +360,8 @@ def _check_reply_size(
 def _unrecordable(request_id: str, error: WriteRejectedError) -> WriteRejectedError:
     """The rejection of a write whose dated id is hours ahead, when its record (not one of its
     statements) was refused: say so, rather than leave "no partition ... found for row"."""
-    if error.statement_index is not None:
-        return error  # a statement's own CHECK constraint
+    if error.sqlstate != "23514" or error.statement_index is not None:
+        return error  # another failure, or a statement's own CHECK constraint
     out = WriteRejectedError(
         f"request id {request_id!r} is dated hours ahead of the database's clock, too far for "
         "its exactly-once record to be kept; nothing was applied. Check the client's clock",

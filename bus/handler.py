@@ -245,14 +245,13 @@ class Handler:
                 try:
                     cur = await conn.execute(_PING_SQL)
                     row: tuple[Any, ...] | None = await cur.fetchone()
+                    assert row is not None
+                    return row
                 except psycopg.Error as exc:
                     if attempt == 2 or not connection_lost(conn, exc):
                         raise
-                    row = None
-            if row is not None:
-                return row
             await self.pool.check()
-        raise AssertionError("unreachable")
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     def _success(self, request_id: str, done: Executed) -> Reply:
         if done.lsn is None:
