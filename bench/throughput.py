@@ -12,6 +12,10 @@ The configurations (:data:`BUS_CONFIGS` plus ``direct`` and ``pgbench``):
 * ``writebus_1w_asyncio`` -- the same on the standard asyncio loop (the uvloop comparison);
 * ``writebus_1w_single`` -- no grouping (``WRITEBUS_GROUP_MAX=1``, 64 slots): one transaction
   per write, as many at once as requests, as before group commit;
+* ``writebus_1w_one_slot`` -- one committer slot (``WRITEBUS_GROUP_CONNECTIONS=1``; the
+  default is two): one group in flight makes larger groups and spends less CPU per write on a
+  machine the worker shares with Postgres; the default's second slot pays off when the
+  database is a network hop away (docs/operations.md has both sides);
 * ``writebus_2w`` -- two workers, for information (on 2 cores it measures CPU contention);
 * ``writebus_1w_no_metrics`` -- ``WRITEBUS_HTTP_ADDR=off``, at c16 only (the metrics' cost);
   with ``writebus_1w_metrics_b``/``_c``/``_d`` and ``writebus_1w_no_metrics_b``/``_c``/``_d``,
@@ -68,6 +72,7 @@ BUS_CONFIGS = (
     BusConfig("writebus_1w_asyncio", {"WRITEBUS_EVENT_LOOP": "asyncio"}),
     # As before group commit: one transaction per write, as many at once as requests.
     BusConfig("writebus_1w_single", {"WRITEBUS_GROUP_MAX": "1", "WRITEBUS_GROUP_CONNECTIONS": "64"}),
+    BusConfig("writebus_1w_one_slot", {"WRITEBUS_GROUP_CONNECTIONS": "1"}),
     BusConfig("writebus_2w", workers=2),
     # The metrics' cost: more worker processes with metrics (the first is the grouped one
     # above), each beside one without, at c16.

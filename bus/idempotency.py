@@ -131,13 +131,16 @@ ID_CLOCK_SLACK: Final = 3600.0
 ID_DATE_HORIZON: Final = 10 * 365 * 86400.0
 #: A claim looks everywhere when an id is dated more than this ahead (:func:`lookup_since`).
 LOOKUP_AHEAD: Final = 86400.0
-#: How far ahead a record's floor surely has a partition: the current hour and two more are
-#: made ahead, by the maintaining worker's clock (:func:`far_ahead`).
-RECORD_AHEAD: Final = 3600.0
 _MAINTENANCE_LOCK: Final = 0x77726975
 _SCHEMA_LOCK: Final = 0x77726974
 #: Seconds each partition covers. Fixed: partitions of different spans would overlap.
 PARTITION_SPAN: Final = 3600.0
+#: Partitions made ahead of the current one (:func:`partition_bounds`).
+PARTITIONS_AHEAD: Final = 2
+#: How far ahead a record's floor surely has a partition (:func:`far_ahead`): the current
+#: partition and :data:`PARTITIONS_AHEAD` more are made by the maintaining worker's clock; one
+#: span is kept back for a maintenance pass that has not yet run since the hour turned.
+RECORD_AHEAD: Final = (PARTITIONS_AHEAD - 1) * PARTITION_SPAN
 
 
 class StoredResult(msgspec.Struct, kw_only=True):
@@ -251,7 +254,7 @@ def store_params(rows: Sequence[tuple[str, bytes, bytes]]) -> list[list[Any]]:
 def partition_bounds(
     now: datetime.datetime,
     *,
-    ahead: int = 2,
+    ahead: int = PARTITIONS_AHEAD,
     since: datetime.datetime | None = None,
 ) -> list[tuple[datetime.datetime, datetime.datetime]]:
     """The ``[start, end)`` ranges of the partitions that must exist at ``now``: the current

@@ -14,6 +14,7 @@ a UUIDv7 by its version and variant digits. Pure functions, no I/O.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import time
@@ -30,9 +31,14 @@ def new_id(now: float | None = None) -> str:
     return str(uuid.UUID(int=value))
 
 
+@functools.lru_cache(maxsize=4096)
 def id_time(request_id: str) -> float | None:
     """When a UUIDv7 in the canonical lowercase dashed form was made (Unix seconds); None for
-    any other id."""
+    any other id.
+
+    Memoised (the last 4,096 ids): a worker reads each write's date three times on its way --
+    whether it may join a group, where its claim looks, where its record goes -- and the
+    pattern match is most of a microsecond each time."""
     if len(request_id) != 36 or not _DASHED.fullmatch(request_id):
         return None
     return int(request_id[:8] + request_id[9:13], 16) / 1000

@@ -21,7 +21,7 @@ RYW = ("writebus", "writebus_sync", "floor", "poll_100ms", "poll_50ms", "direct_
        "remote_apply")  # fmt: skip
 READS = ("local", "token_replayed", "token_fresh", "strong", "bounded", "primary_wan")
 THROUGHPUT = ("direct", "pgbench", "writebus_1w_grouped", "writebus_1w_asyncio",
-              "writebus_1w_single", "writebus_2w")  # fmt: skip
+              "writebus_1w_single", "writebus_1w_one_slot", "writebus_2w")  # fmt: skip
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -50,8 +50,9 @@ def required_keys() -> list[str]:
                  ("client_cpu_ms_per_write", "machine_cpu_ms_per_write")]  # fmt: skip
     keys += [f"throughput_wps.{a}.c16" for a in (*METRICS_ON, *METRICS_OFF)]
     keys += ["idempotency_bytes_per_write"]
-    keys += [f"throughput_detail.writebus_1w_grouped.{c}.mean_group" for c in ("c16", "c64")]
-    keys += ["throughput_detail.writebus_1w_grouped.c64.server_cpu_ms_per_write"]
+    for a in ("writebus_1w_grouped", "writebus_1w_one_slot"):
+        keys += [f"throughput_detail.{a}.{c}.mean_group" for c in ("c16", "c64")]
+        keys += [f"throughput_detail.{a}.c64.server_cpu_ms_per_write"]
     keys += [f"tracker.{k}" for k in ("waiters", "wake_p50_ms", "wake_p99_ms", "cpu_s")]
     for a in ("writebus", "direct"):
         keys += [f"primary_local_ms.{a}.p50", f"primary_local_ms.{a}.p99"]

@@ -4,6 +4,7 @@ tests/test_idempotency.py and tests/test_dated_ids.py."""
 
 from __future__ import annotations
 
+import datetime
 import time
 import uuid
 
@@ -62,3 +63,18 @@ def test_only_an_id_whose_record_cannot_be_kept_runs_alone() -> None:
     assert not idempotency.far_ahead(new_id(now), now)
     assert not idempotency.far_ahead("job-42", now)
     assert not idempotency.far_ahead(new_id(now + 20 * 365 * 86400), now)  # undated
+
+
+def test_a_floor_that_may_join_a_group_always_has_a_partition() -> None:
+    """Whatever the minute, and with the last maintenance pass up to a span before it (the
+    hour turned, partitions not yet made), the partitions made reach past ``now +
+    RECORD_AHEAD``: an id :func:`far_ahead` lets into a group can be recorded."""
+    span = idempotency.PARTITION_SPAN
+    hour = 1_800_000_000 // span * span
+    for minute in range(0, 60, 7):
+        now = hour + minute * 60 + 13.5
+        for lag in (0.0, span / 2, span):
+            made = idempotency.partition_bounds(
+                datetime.datetime.fromtimestamp(now - lag, datetime.UTC)
+            )
+            assert made[-1][1].timestamp() >= now + idempotency.RECORD_AHEAD
