@@ -12,10 +12,11 @@ The configurations (:data:`BUS_CONFIGS` plus ``direct`` and ``pgbench``):
 * ``writebus_1w_asyncio`` -- the same on the standard asyncio loop (the uvloop comparison);
 * ``writebus_1w_single`` -- no grouping (``WRITEBUS_GROUP_MAX=1``, 64 slots): one transaction
   per write, as many at once as requests, as before group commit;
-* ``writebus_1w_one_slot`` -- one committer slot (``WRITEBUS_GROUP_CONNECTIONS=1``; the
-  default is two): one group in flight makes larger groups and spends less CPU per write on a
-  machine the worker shares with Postgres; the default's second slot pays off when the
-  database is a network hop away (docs/operations.md has both sides);
+* ``writebus_1w_one_slot`` -- one fixed committer slot (``WRITEBUS_GROUP_CONNECTIONS=1``).
+  The default has two, the second closed while the CPU is busy (:mod:`writebus.bus.cpuload`):
+  on this machine, shared with Postgres and the load, the default should come close to one
+  slot at c64; the second slot pays off when the database is a network hop away
+  (docs/operations.md has both sides);
 * ``writebus_2w`` -- two workers, for information (on 2 cores it measures CPU contention);
 * ``writebus_1w_no_metrics`` -- ``WRITEBUS_HTTP_ADDR=off``, at c16 only (the metrics' cost);
   with ``writebus_1w_metrics_b``/``_c``/``_d`` and ``writebus_1w_no_metrics_b``/``_c``/``_d``,

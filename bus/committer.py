@@ -18,6 +18,10 @@ keep that from happening:
   connection (up to ``max_connections`` groups at once). Slow writes then run side by side, as
   they would without grouping, while fast writes keep few, large groups.
 
+How many slots are open follows the CPU (``adaptive``, :mod:`writebus.bus.cpuload`): all of
+them while it has room -- a second group overlaps the first one's wait on the database -- and
+one while it is busy, when a second group would only split the queue into smaller groups.
+
 How the queue is cut is :func:`take_group` and :func:`group_limit`, both pure.
 """
 
@@ -29,6 +33,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from writebus.bus.cpuload import CpuSampler, SlotPolicy, adapt
 from writebus.bus.execute import Job
 from writebus.bus.group import Executed
 from writebus.client.errors import OutcomeUnknownError, UnavailableError, WriteBusError
@@ -91,7 +96,10 @@ class _Running:
 
 class Committer:
     """Runs queued statement writes in groups with ``run``: at most ``connections`` groups
-    that are not stalled, and ``max_connections`` in all."""
+    that are not stalled, and ``max_connections`` in all.
+
+    With ``adaptive``, the slots past the first are open only while the CPU has room
+    (:mod:`writebus.bus.cpuload`): a busy CPU gets fewer, larger groups."""
 
     def __init__(
         self,
@@ -103,9 +111,14 @@ class Committer:
         max_bytes: int = 1024 * 1024,
         budget: float = DEFAULT_BUDGET,
         name: str = "write",
+        adaptive: bool = False,
     ) -> None:
         self.run = run
         self.connections = connections
+        #: Slots open now: ``connections``, or fewer while the CPU is busy (``adaptive``).
+        self.slots = connections
+        self.adaptive = adaptive and connections > 1
+        self._adapter: asyncio.Task[None] | None = None
         self.max_connections = max(connections, max_connections or connections)
         self.max_count = max_count
         self.max_bytes = max_bytes
@@ -126,7 +139,7 @@ class Committer:
     def __repr__(self) -> str:
         return (
             f"<Committer {self.name} queued={len(self._queue)} active={self._active}/"
-            f"{self.connections} running={self._running}/{self.max_connections} "
+            f"{self.slots} of {self.connections} running={self._running}/{self.max_connections} "
             f"groups={self.groups}>"
         )
 
@@ -136,13 +149,30 @@ class Committer:
         return self.requests / self.groups if self.groups else 0.0
 
     def start(self) -> None:
-        """Accept requests (groups start as they queue)."""
+        """Accept requests (groups start as they queue); with ``adaptive``, start following
+        the CPU (call from the event loop)."""
         self._stopping = False
+        if self.adaptive and self._adapter is None:
+            self._adapter = asyncio.create_task(
+                adapt(self.set_slots, SlotPolicy(self.connections), CpuSampler()),
+                name=f"group-slots-{self.name}",
+            )
+
+    def set_slots(self, slots: int) -> None:
+        """Keep ``slots`` groups in flight (1 to ``connections``); more open slots start
+        queued requests at once, fewer let the groups in flight finish."""
+        self.slots = max(1, min(slots, self.connections))
+        self._dispatch()
 
     async def stop(self) -> None:
         """Stop: groups in flight are cancelled (their requests' outcome is unknown) and the
         queued requests are answered as not run (retryable)."""
         self._stopping = True
+        if self._adapter is not None:
+            self._adapter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._adapter
+            self._adapter = None
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -166,7 +196,7 @@ class Committer:
         while (
             self._queue
             and not self._stopping
-            and self._active < self.connections
+            and self._active < self.slots
             and self._running < self.max_connections
         ):
             limit = group_limit(self.cost, budget=self.budget, max_count=self.max_count)

@@ -61,6 +61,8 @@ class NodeReadings:
     polls: Callable[[], int] = lambda: 0
     #: (groups committed, requests in them) by the group committer so far.
     groups: Callable[[], tuple[int, int]] = lambda: (0, 0)
+    #: Committer slots open now (0: no committer, the node is not the primary).
+    group_slots: Callable[[], int] = lambda: 0
     #: The node's role now ("primary", "replica", or "starting").
     role: Callable[[], str] = lambda: "starting"
     version: str = ""
@@ -129,6 +131,12 @@ class _NodeCollector(Collector):
             "writebus_group_requests",
             "Statement writes committed in groups (divided by group commits: the mean group).",
             value=grouped,
+        )
+        yield GaugeMetricFamily(
+            "writebus_group_slots",
+            "Groups of statement writes this node lets run at once now: WRITEBUS_GROUP_CONNECTIONS, "
+            "or 1 while the CPU is busy.",
+            value=r.group_slots(),
         )
         yield CounterMetricFamily(
             "writebus_replica_polls",

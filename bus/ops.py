@@ -74,6 +74,7 @@ class NodeOps:
                 polls=lambda: node.monitor.polls if node.monitor is not None else 0,
                 role=lambda: node.role or "starting",
                 groups=self._groups,
+                group_slots=self._group_slots,
                 version=VERSION,
             ),
         )
@@ -146,6 +147,10 @@ class NodeOps:
     def _groups(self) -> tuple[int, int]:
         committer = getattr(self.node, "committer", None)
         return (committer.groups, committer.requests) if committer is not None else (0, 0)
+
+    def _group_slots(self) -> int:
+        committer = getattr(self.node, "committer", None)
+        return committer.slots if committer is not None else 0
 
     def _broadcasts(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -293,6 +293,7 @@ class BusService:
             max_connections=s.max_concurrency,
             max_count=s.group_max,
             name=s.region,
+            adaptive=s.group_adaptive and s.group_max > 1,
         )
         self.committer.start()
         handler.committer = self.committer

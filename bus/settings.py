@@ -22,6 +22,8 @@ BUS_ENV_VARS: dict[str, str] = {
     "'debug' hides it at the default log level)",
     "WRITEBUS_GROUP_CONNECTIONS": "connections committing statement writes in groups (default 2)",
     "WRITEBUS_GROUP_MAX": "most statement writes in one group commit (default 64; 1: no grouping)",
+    "WRITEBUS_GROUP_ADAPTIVE": "'false' keeps every committer slot open; by default the slots "
+    "past the first close while the CPU is busy",
     "WRITEBUS_FENCE_WAIT": "seconds a node on a primary database listens for a newer primary "
     "before serving writes (default 1.5)",
     "WRITEBUS_EVENT_LOOP": "'auto' (uvloop when installed: writebus[speed]), 'uvloop' or "
@@ -63,6 +65,8 @@ class BusSettings(Settings):
     #: Connections that commit statement writes in groups, and the largest group.
     group_connections: int = 2
     group_max: int = 64
+    #: Close the slots past the first while the CPU is busy (:mod:`writebus.bus.cpuload`).
+    group_adaptive: bool = True
     #: Seconds a node on a primary database listens for a newer primary before serving writes.
     fence_wait: float = 1.5
     #: Where /metrics, /healthz and /readyz listen; None: no HTTP listener.
@@ -83,6 +87,7 @@ class BusSettings(Settings):
             fence_wait=r.seconds("WRITEBUS_FENCE_WAIT", 1.5, positive=False),
             group_connections=r.integer("WRITEBUS_GROUP_CONNECTIONS", 2, minimum=1),
             group_max=r.integer("WRITEBUS_GROUP_MAX", 64, minimum=1),
+            group_adaptive=r.flag("WRITEBUS_GROUP_ADAPTIVE", True),
             event_loop=resolve_loop(r.text("WRITEBUS_EVENT_LOOP", "auto")),
         )
         log_level(values["request_log_level"], "WRITEBUS_REQUEST_LOG_LEVEL")  # validate now

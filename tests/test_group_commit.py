@@ -302,6 +302,53 @@ async def test_slow_writes_run_side_by_side_not_in_one_group(stack: Any, table: 
         bus.stop(10)
 
 
+async def test_a_worker_keeps_one_group_in_flight_while_the_cpu_is_busy(
+    stack: Any, table: str
+) -> None:
+    """A worker with two committer slots (the default) shows both open on an idle machine;
+    with every core spinning it closes the second (``writebus_group_slots`` 1) and still
+    answers writes; once the spinning stops it reopens it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.stack import http_url, settings_for, start_bus
+    from writebus import Database
+
+    prefix = f"slots{uuid.uuid4().hex[:8]}"
+    bus = start_bus(stack, "syd", log_name=f"bus-{prefix}", WRITEBUS_PREFIX=prefix,
+                    WRITEBUS_REQUEST_LOG_LEVEL="debug")
+
+    async def slots_become(n: int) -> None:
+        deadline = time.monotonic() + 20
+        while _metric(http_url(bus), "writebus_group_slots") != n:
+            assert time.monotonic() < deadline, f"writebus_group_slots never became {n}"
+            await asyncio.sleep(0.1)
+
+    spinners: list[subprocess.Popen[bytes]] = []
+    try:
+        await slots_become(2)
+        spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                    for _ in range(os.cpu_count() or 2)]  # fmt: skip
+        await slots_become(1)
+        async with Database(settings_for(stack, "lax", prefix=prefix), max_size=2) as db:
+            results = await asyncio.gather(*(
+                db.execute(f"INSERT INTO {table}(body) VALUES (%s)", [f"busy{i}"],
+                           await_replication=False)
+                for i in range(20)
+            ))
+        assert len(results) == 20 and len(_bodies(stack, table)) == 20
+        for p in spinners:
+            p.kill()
+            p.wait()
+        await slots_become(2)
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+        bus.stop(10)
+
+
 def _metric(base: str, name: str) -> float:
     import urllib.request
 

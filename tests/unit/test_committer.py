@@ -116,3 +116,41 @@ async def test_stop_answers_queued_requests_as_not_run_and_running_ones_as_unkno
     unknown, not_run = await running, await queued
     assert isinstance(unknown, OutcomeUnknownError) and unknown.outcome is Outcome.UNKNOWN
     assert isinstance(not_run, UnavailableError) and not_run.outcome is Outcome.NOT_APPLIED
+
+
+async def test_closing_a_slot_keeps_one_group_in_flight_and_opening_it_starts_the_queue() -> None:
+    """Two slots, one open (a busy CPU): the second request waits for the first group instead
+    of starting beside it; reopening the slot starts it at once."""
+    run = FakeRun()
+    committer = Committer(run, connections=2, budget=60.0)
+    committer.start()
+    committer.set_slots(1)
+    first = asyncio.create_task(committer.submit(_job()))
+    await _until(lambda: run.running == 1)
+    second = asyncio.create_task(committer.submit(_job()))
+    await asyncio.sleep(0.01)
+    assert run.running == 1 and run.groups == [1]
+    committer.set_slots(5)  # capped at the two configured
+    assert committer.slots == 2
+    await _until(lambda: run.running == 2)
+    run.release.set()
+    assert all(isinstance(o, Executed) for o in await asyncio.gather(first, second))
+    await committer.stop()
+
+
+async def test_an_adaptive_committer_follows_the_cpu_and_leaves_nothing_behind() -> None:
+    """``adaptive`` runs one sampling task while started, none after stop; with one slot
+    configured there is nothing to adapt."""
+    committer = Committer(FakeRun(), connections=2, adaptive=True)
+    committer.start()
+    names = {t.get_name() for t in asyncio.all_tasks()}
+    assert "group-slots-write" in names
+    await committer.stop()
+    await asyncio.sleep(0)
+    assert "group-slots-write" not in {t.get_name() for t in asyncio.all_tasks()}
+    single = Committer(FakeRun(), connections=1, adaptive=True)
+    single.start()
+    assert not single.adaptive and "group-slots-write" not in {
+        t.get_name() for t in asyncio.all_tasks()
+    }
+    await single.stop()

@@ -1,0 +1,147 @@
+"""How many committer slots to keep open: all of them while there is CPU to spare, one when not.
+
+A second group in flight (:mod:`writebus.bus.committer`) pays off while the first waits on the
+database: the worker prepares and sends it in time it would otherwise spend idle, and a write
+that arrives meanwhile starts at once. When the CPU is what limits -- the worker's own process
+near a core, or a machine it shares with Postgres near all of its cores -- a second group buys
+no overlap; it only splits the queue into smaller groups, each paying a group's fixed cost. One
+group in flight then makes groups about twice as large: measured on a 2-core machine running
+the worker, Postgres and the load, a fifth less worker CPU per write and no fewer writes per
+second (docs/operations.md has the figures, and the case of a database a network hop away).
+
+:class:`SlotPolicy` decides, from how busy the CPU was (pure, with hysteresis so that it does
+not flap at one threshold); :class:`CpuSampler` measures: the machine from ``/proc/stat`` where
+there is one (Linux), and this process from :func:`time.process_time`; the busier counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+#: Busy fraction at which the extra slots close, and at which they open again.
+CLOSE_AT: Final = 0.9
+OPEN_AT: Final = 0.75
+#: Seconds between samples.
+INTERVAL: Final = 0.25
+
+_PROC_STAT: Final = Path("/proc/stat")
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """Cumulative CPU seconds: ``busy`` of ``total`` (all cores, for a machine)."""
+
+    busy: float
+    total: float
+
+
+def parse_proc_stat(text: str, ticks_per_second: float = 100.0) -> CpuTimes | None:
+    """The machine's cumulative CPU times from ``/proc/stat``'s ``cpu`` line (idle and iowait
+    count as not busy; steal as busy: time the machine wanted and did not get); None when the
+    line is missing or malformed."""
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields or fields[0] != "cpu":
+            continue
+        try:
+            ticks = [int(f) for f in fields[1:9]]
+        except ValueError:
+            return None
+        if len(ticks) < 5:
+            return None
+        total = sum(ticks)
+        idle = ticks[3] + ticks[4]
+        return CpuTimes((total - idle) / ticks_per_second, total / ticks_per_second)
+    return None
+
+
+def busy_fraction(before: CpuTimes, after: CpuTimes) -> float | None:
+    """The busy share of the time between two readings; None when no time passed."""
+    elapsed = after.total - before.total
+    if elapsed <= 0:
+        return None
+    return min(1.0, max(0.0, (after.busy - before.busy) / elapsed))
+
+
+class SlotPolicy:
+    """Open committer slots, from ``max_slots`` down to one while the CPU is busy.
+
+    The extra slots close once the busy fraction reaches ``close_at`` and reopen once it falls
+    to ``open_at``; in between, nothing changes. An unknown fraction (None) changes nothing.
+    """
+
+    def __init__(
+        self, max_slots: int, *, close_at: float = CLOSE_AT, open_at: float = OPEN_AT
+    ) -> None:
+        if not 0.0 < open_at < close_at <= 1.0:
+            raise ValueError(f"need 0 < open_at < close_at <= 1, got {open_at}, {close_at}")
+        self.max_slots = max(1, max_slots)
+        self.close_at = close_at
+        self.open_at = open_at
+        self.slots = self.max_slots
+
+    def __repr__(self) -> str:
+        return f"<SlotPolicy slots={self.slots}/{self.max_slots}>"
+
+    def update(self, busy: float | None) -> int:
+        """The slots to keep open after a sample whose busy fraction was ``busy``."""
+        if busy is not None:
+            if busy >= self.close_at:
+                self.slots = 1
+            elif busy <= self.open_at:
+                self.slots = self.max_slots
+        return self.slots
+
+
+class CpuSampler:
+    """Busy fraction since the previous :meth:`sample`: the machine's (``/proc/stat``) or this
+    process's share of one core, whichever is higher. Reads are cheap (a small file the kernel
+    writes on demand); an unreadable ``/proc/stat`` leaves the process's figure."""
+
+    def __init__(self, proc_stat: Path | None = _PROC_STAT) -> None:
+        self._path = proc_stat
+        self._machine = self._read_machine()
+        self._process = (time.process_time(), time.monotonic())
+
+    def sample(self) -> float | None:
+        """The busy fraction since the last call (None before any time has passed)."""
+        machine = self._read_machine()
+        now = (time.process_time(), time.monotonic())
+        shares: list[float] = []
+        if machine is not None and self._machine is not None:
+            share = busy_fraction(self._machine, machine)
+            if share is not None:
+                shares.append(share)
+        wall = now[1] - self._process[1]
+        if wall > 0:
+            shares.append(min(1.0, (now[0] - self._process[0]) / wall))
+        self._machine, self._process = machine, now
+        return max(shares) if shares else None
+
+    def _read_machine(self) -> CpuTimes | None:
+        if self._path is None:
+            return None
+        try:
+            return parse_proc_stat(self._path.read_text())
+        except OSError:
+            self._path = None  # not Linux, or no /proc in this container: the process's only
+            return None
+
+
+async def adapt(
+    apply: Callable[[int], None],
+    policy: SlotPolicy,
+    sampler: CpuSampler,
+    *,
+    interval: float = INTERVAL,
+) -> None:
+    """Every ``interval`` seconds, ``apply`` the slots ``policy`` chooses for the busy fraction
+    ``sampler`` measured. Runs until cancelled."""
+    while True:
+        await asyncio.sleep(interval)
+        apply(policy.update(sampler.sample()))
