@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from writebus.bus.cpuload import CpuSampler, SlotPolicy, adapt
+from writebus.bus.cpuload import INTERVAL, CpuSampler, SlotPolicy, adapt
 from writebus.bus.execute import Job
 from writebus.bus.group import Executed
 from writebus.client.errors import OutcomeUnknownError, UnavailableError, WriteBusError
@@ -112,12 +112,16 @@ class Committer:
         budget: float = DEFAULT_BUDGET,
         name: str = "write",
         adaptive: bool = False,
+        sampler: CpuSampler | None = None,
+        sample_every: float = INTERVAL,
     ) -> None:
         self.run = run
         self.connections = connections
         #: Slots open now: ``connections``, or fewer while the CPU is busy (``adaptive``).
         self.slots = connections
         self.adaptive = adaptive and connections > 1
+        self._sampler = sampler
+        self._sample_every = sample_every
         self._adapter: asyncio.Task[None] | None = None
         self.max_connections = max(connections, max_connections or connections)
         self.max_count = max_count
@@ -152,9 +156,15 @@ class Committer:
         """Accept requests (groups start as they queue); with ``adaptive``, start following
         the CPU (call from the event loop)."""
         self._stopping = False
+        self.slots = self.connections
         if self.adaptive and self._adapter is None:
             self._adapter = asyncio.create_task(
-                adapt(self.set_slots, SlotPolicy(self.connections), CpuSampler()),
+                adapt(
+                    self.set_slots,
+                    SlotPolicy(self.connections),
+                    self._sampler or CpuSampler(),
+                    interval=self._sample_every,
+                ),
                 name=f"group-slots-{self.name}",
             )
 
@@ -169,10 +179,9 @@ class Committer:
         queued requests are answered as not run (retryable)."""
         self._stopping = True
         if self._adapter is not None:
-            self._adapter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._adapter
-            self._adapter = None
+            adapter, self._adapter = self._adapter, None
+            adapter.cancel()
+            await asyncio.wait([adapter])  # its end, however it ended; cancelling stop() raises
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

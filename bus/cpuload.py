@@ -23,9 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-#: Busy fraction at which the extra slots close, and at which they open again.
+from writebus.client.log import get_logger
+
+log = get_logger("writebus.bus.cpuload")
+
+#: Busy fraction at which the extra slots close, and at which they open again. The gap is
+#: wider than what closing saves (a fifth of the worker's CPU per write): a worker at 0.9 of a
+#: core that closes falls to about 0.72, not below 0.6, so it does not reopen at once.
 CLOSE_AT: Final = 0.9
-OPEN_AT: Final = 0.75
+OPEN_AT: Final = 0.6
+#: Samples in a row that must agree before the slots change: half a second to close, a second
+#: to reopen (one busy or idle moment changes nothing).
+CLOSE_AFTER: Final = 2
+OPEN_AFTER: Final = 4
 #: Seconds between samples.
 INTERVAL: Final = 0.25
 
@@ -71,30 +81,44 @@ def busy_fraction(before: CpuTimes, after: CpuTimes) -> float | None:
 class SlotPolicy:
     """Open committer slots, from ``max_slots`` down to one while the CPU is busy.
 
-    The extra slots close once the busy fraction reaches ``close_at`` and reopen once it falls
-    to ``open_at``; in between, nothing changes. An unknown fraction (None) changes nothing.
+    The extra slots close after ``close_after`` samples in a row at ``close_at`` or above, and
+    reopen after ``open_after`` samples in a row below ``open_at``; anything else, an unknown
+    fraction (None) included, breaks the run and changes nothing.
     """
 
     def __init__(
-        self, max_slots: int, *, close_at: float = CLOSE_AT, open_at: float = OPEN_AT
+        self,
+        max_slots: int,
+        *,
+        close_at: float = CLOSE_AT,
+        open_at: float = OPEN_AT,
+        close_after: int = CLOSE_AFTER,
+        open_after: int = OPEN_AFTER,
     ) -> None:
         if not 0.0 < open_at < close_at <= 1.0:
             raise ValueError(f"need 0 < open_at < close_at <= 1, got {open_at}, {close_at}")
         self.max_slots = max(1, max_slots)
         self.close_at = close_at
         self.open_at = open_at
+        self.close_after = max(1, close_after)
+        self.open_after = max(1, open_after)
         self.slots = self.max_slots
+        self._run = 0  # samples in a row pointing away from the current slots
 
     def __repr__(self) -> str:
         return f"<SlotPolicy slots={self.slots}/{self.max_slots}>"
 
     def update(self, busy: float | None) -> int:
         """The slots to keep open after a sample whose busy fraction was ``busy``."""
-        if busy is not None:
-            if busy >= self.close_at:
-                self.slots = 1
-            elif busy <= self.open_at:
-                self.slots = self.max_slots
+        if self.slots < self.max_slots:
+            want = busy is not None and busy < self.open_at
+            needed, then = self.open_after, self.max_slots
+        else:
+            want = busy is not None and busy >= self.close_at
+            needed, then = self.close_after, 1
+        self._run = self._run + 1 if want else 0
+        if self._run >= needed:
+            self.slots, self._run = then, 0
         return self.slots
 
 
@@ -103,15 +127,23 @@ class CpuSampler:
     process's share of one core, whichever is higher. Reads are cheap (a small file the kernel
     writes on demand); an unreadable ``/proc/stat`` leaves the process's figure."""
 
-    def __init__(self, proc_stat: Path | None = _PROC_STAT) -> None:
+    def __init__(
+        self,
+        proc_stat: Path | None = _PROC_STAT,
+        *,
+        process_time: Callable[[], float] = time.process_time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._path = proc_stat
+        self._process_time = process_time
+        self._clock = clock
         self._machine = self._read_machine()
-        self._process = (time.process_time(), time.monotonic())
+        self._process = (process_time(), clock())
 
     def sample(self) -> float | None:
         """The busy fraction since the last call (None before any time has passed)."""
         machine = self._read_machine()
-        now = (time.process_time(), time.monotonic())
+        now = (self._process_time(), self._clock())
         shares: list[float] = []
         if machine is not None and self._machine is not None:
             share = busy_fraction(self._machine, machine)
@@ -128,7 +160,7 @@ class CpuSampler:
             return None
         try:
             return parse_proc_stat(self._path.read_text())
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             self._path = None  # not Linux, or no /proc in this container: the process's only
             return None
 
@@ -141,7 +173,18 @@ async def adapt(
     interval: float = INTERVAL,
 ) -> None:
     """Every ``interval`` seconds, ``apply`` the slots ``policy`` chooses for the busy fraction
-    ``sampler`` measured. Runs until cancelled."""
-    while True:
-        await asyncio.sleep(interval)
-        apply(policy.update(sampler.sample()))
+    ``sampler`` measured, logging each change. Runs until cancelled; should measuring fail, it
+    logs why, reopens every slot and ends (the committer then runs as configured)."""
+    slots = policy.slots
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            busy = sampler.sample()
+            now = policy.update(busy)
+            if now != slots:
+                log.info("committer.slots_changed", slots=now, busy=busy)
+                slots = now
+            apply(now)
+    except Exception:
+        log.exception("committer.slots_failed")
+        apply(policy.max_slots)

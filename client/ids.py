@@ -31,7 +31,6 @@ def new_id(now: float | None = None) -> str:
     return str(uuid.UUID(int=value))
 
 
-@functools.lru_cache(maxsize=4096)
 def id_time(request_id: str) -> float | None:
     """When a UUIDv7 in the canonical lowercase dashed form was made (Unix seconds); None for
     any other id.
@@ -39,6 +38,11 @@ def id_time(request_id: str) -> float | None:
     Memoised (the last 4,096 ids): a worker reads each write's date three times on its way --
     whether it may join a group, where its claim looks, where its record goes -- and the
     pattern match is most of a microsecond each time."""
+    return _id_time(request_id)
+
+
+@functools.lru_cache(maxsize=4096)
+def _id_time(request_id: str) -> float | None:
     if len(request_id) != 36 or not _DASHED.fullmatch(request_id):
         return None
     return int(request_id[:8] + request_id[9:13], 16) / 1000

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from writebus.bus.committer import Committer, _Waiting, group_limit, next_cost, take_group
+from writebus.bus.cpuload import CpuSampler
 from writebus.bus.execute import Job
 from writebus.bus.group import Executed
 from writebus.client.protocol import Request
@@ -154,3 +155,43 @@ async def test_an_adaptive_committer_follows_the_cpu_and_leaves_nothing_behind()
         t.get_name() for t in asyncio.all_tasks()
     }
     await single.stop()
+
+
+async def test_closing_a_slot_while_two_groups_run_lets_them_finish_and_starts_no_third() -> None:
+    """Both slots busy, then one closed: the running groups finish and are answered; the
+    queued request starts only once a group has finished, alone in flight."""
+    run = FakeRun()
+    committer = Committer(run, connections=2, budget=60.0)
+    committer.start()
+    running = [asyncio.create_task(committer.submit(_job())) for _ in range(2)]
+    await _until(lambda: run.running == 2)
+    committer.set_slots(1)
+    queued = asyncio.create_task(committer.submit(_job()))
+    await asyncio.sleep(0.01)
+    assert run.groups == [1, 1]
+    run.release.set()
+    assert all(isinstance(o, Executed) for o in await asyncio.gather(*running, queued))
+    assert run.groups == [1, 1, 1] and run.most_running == 2
+    await committer.stop()
+
+
+async def test_an_adaptive_committer_closes_its_slots_on_a_busy_cpu_and_restarts_open() -> None:
+    """With a sampler that always reads busy, the committer is down to one slot within a few
+    samples; after stop, a new start begins with every slot open."""
+
+    class Busy(CpuSampler):
+        def __init__(self) -> None:
+            pass
+
+        def sample(self) -> float | None:
+            return 1.0
+
+    committer = Committer(
+        FakeRun(), connections=2, adaptive=True, sampler=Busy(), sample_every=0.001
+    )
+    committer.start()
+    await asyncio.wait_for(_until(lambda: committer.slots == 1), 5)
+    await committer.stop()
+    committer.start()
+    assert committer.slots == 2
+    await committer.stop()

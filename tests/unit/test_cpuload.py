@@ -32,29 +32,41 @@ def test_proc_stat_counts_idle_and_iowait_as_not_busy() -> None:
 
 
 def test_a_malformed_or_missing_cpu_line_reads_as_unknown() -> None:
+    """No ``cpu`` line, a non-number, too few fields: unknown, not a guess."""
     assert parse_proc_stat("intr 1 2 3\n") is None
     assert parse_proc_stat("cpu  1 2 x 4 5\n") is None
     assert parse_proc_stat("cpu  1 2 3\n") is None
 
 
 def test_busy_fraction_between_two_readings() -> None:
+    """The busy share of the ticks between readings; none passed: unknown; clamped to 0..1."""
     before, after = CpuTimes(8.0, 20.0), CpuTimes(17.0, 30.0)
     assert busy_fraction(before, after) == pytest.approx(0.9)
     assert busy_fraction(after, after) is None  # no time passed
     assert busy_fraction(CpuTimes(0.0, 0.0), CpuTimes(5.0, 4.0)) == 1.0  # clamped
 
 
-def test_extra_slots_close_when_busy_and_reopen_only_well_below() -> None:
-    """Hysteresis: the slots change at 0.9 and 0.75 busy, not in between; unknown changes
-    nothing."""
+def test_extra_slots_close_after_busy_samples_in_a_row_and_reopen_after_idle_ones() -> None:
+    """Two samples in a row at 0.9 or more close the extra slots; four in a row below 0.6
+    reopen them; a sample in between (or unknown) breaks the run."""
     policy = SlotPolicy(2)
-    assert [policy.update(b) for b in (0.5, 0.89, 0.9, 0.8, None, 0.76, 0.75, 0.85)] == [
-        2, 2, 1, 1, 1, 1, 2, 2,
-    ]  # fmt: skip
-    assert SlotPolicy(1).update(0.1) == 1
+    busy = [0.95, 0.5, 0.95, 0.95]  # one busy moment is not enough; two in a row are
+    assert [policy.update(b) for b in busy] == [2, 2, 2, 1]
+    idle = [0.1, 0.1, 0.7, 0.1, 0.1, None, 0.1, 0.1, 0.1, 0.59]
+    assert [policy.update(b) for b in idle] == [1] * 9 + [2]
+    assert SlotPolicy(1).update(0.99) == 1
     assert "slots=2/2" in repr(policy)
     with pytest.raises(ValueError):
         SlotPolicy(2, close_at=0.5, open_at=0.6)
+
+
+def test_a_worker_that_closing_relieved_does_not_reopen_at_once() -> None:
+    """Closing saves about a fifth of the worker's CPU: 0.9 of a core becomes about 0.72,
+    which must not count as idle (the slots would flap)."""
+    policy = SlotPolicy(2)
+    for b in (0.9, 0.9):
+        policy.update(b)
+    assert [policy.update(0.72) for _ in range(20)] == [1] * 20
 
 
 def test_the_sampler_reads_the_machine_from_proc_stat(tmp_path: Path) -> None:
@@ -69,13 +81,13 @@ def test_the_sampler_reads_the_machine_from_proc_stat(tmp_path: Path) -> None:
 
 
 def test_without_proc_stat_the_process_share_counts(tmp_path: Path) -> None:
-    """No /proc (not Linux, or hidden): the process's share of a core, here spinning."""
-    sampler = CpuSampler(tmp_path / "missing")
-    end = time.monotonic() + 0.05
-    while time.monotonic() < end:
-        pass
-    busy = sampler.sample()
-    assert busy is not None and busy > 0.5
+    """No /proc (not Linux, or hidden): the process's CPU over the wall clock between samples
+    (clocks injected: 0.3 s of CPU in 0.4 s)."""
+    cpu, wall = iter([1.0, 1.3]), iter([10.0, 10.4])
+    sampler = CpuSampler(
+        tmp_path / "missing", process_time=lambda: next(cpu), clock=lambda: next(wall)
+    )
+    assert sampler.sample() == pytest.approx(0.75)
     assert CpuSampler(None).sample() is not None
 
 
@@ -92,9 +104,30 @@ async def test_adapt_applies_the_policy_to_each_sample() -> None:
             return next(shares, 0.5)
 
     task = asyncio.create_task(adapt(applied.append, SlotPolicy(3), Fake(), interval=0.001))
-    while len(applied) < 3:
+    while len(applied) < 6:
         await asyncio.sleep(0.001)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert applied[:3] == [1, 1, 3]
+    assert applied[:6] == [3, 1, 1, 1, 1, 3]  # closed on the 2nd busy, reopened on the 4th idle
+
+
+async def test_adapt_reopens_every_slot_and_ends_when_measuring_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sampler that raises ends the loop with an error log and every slot open: the
+    committer then runs as configured, and nothing is left to cancel."""
+    applied: list[int] = []
+
+    class Broken(CpuSampler):
+        def __init__(self) -> None:
+            pass
+
+        def sample(self) -> float | None:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad")
+
+    policy = SlotPolicy(2)
+    policy.slots = 1
+    await asyncio.wait_for(adapt(applied.append, policy, Broken(), interval=0.001), 5)
+    assert applied == [2]
+    assert "committer.slots_failed" in caplog.text
