@@ -56,7 +56,10 @@ from psycopg import sql
 from writebus.bus.arrays import ByteaArray, TextArray
 from writebus.client.errors import IdempotencyKeyReusedError
 from writebus.client.ids import id_time
+from writebus.client.log import get_logger
 from writebus.client.protocol import Request, StatementResult
+
+log = get_logger("writebus.bus.idempotency")
 
 SCHEMA_SQL: Final = """
 CREATE SCHEMA IF NOT EXISTS writebus;
@@ -135,6 +138,10 @@ _MAINTENANCE_LOCK: Final = 0x77726975
 _SCHEMA_LOCK: Final = 0x77726974
 #: Seconds each partition covers. Fixed: partitions of different spans would overlap.
 PARTITION_SPAN: Final = 3600.0
+#: How long maintenance waits for the table's lock (creating or dropping a partition locks
+#: the whole table, and every write queued behind it waits too); past it, the pass is left
+#: to the next one.
+MAINTENANCE_LOCK_TIMEOUT: Final = "200ms"
 #: Partitions made ahead of the current one (:func:`partition_bounds`).
 PARTITIONS_AHEAD: Final = 2
 #: How far ahead a record's floor surely has a partition (:func:`far_ahead`): the current
@@ -338,14 +345,32 @@ async def maintain(
     conn: psycopg.AsyncConnection[Any], window: float, *, now: datetime.datetime | None = None
 ) -> int:
     """Create the partitions needed soon and drop those past the window; return how many were
-    dropped. Skipped (0) when another worker is doing it. ``now`` is for tests."""
-    now = now or datetime.datetime.now(datetime.UTC)
+    dropped. Skipped (0) when another worker is doing it, or left to the next pass (0, logged)
+    when the table's lock is not free within :data:`MAINTENANCE_LOCK_TIMEOUT`: creating or
+    dropping a partition locks the whole table, so waiting behind a long transaction would
+    stall every write queued behind the wait. Partitions are made hours ahead, so a pass can
+    wait for the next. ``now`` is for tests."""
+    try:
+        return await _maintain(conn, window, now or datetime.datetime.now(datetime.UTC))
+    except psycopg.errors.LockNotAvailable:
+        log.warning(
+            "idempotency.maintenance_deferred",
+            reason=f"writebus.applied stayed locked for {MAINTENANCE_LOCK_TIMEOUT} "
+            "(a long transaction on it); the next pass tries again",
+        )
+        return 0
+
+
+async def _maintain(
+    conn: psycopg.AsyncConnection[Any], window: float, now: datetime.datetime
+) -> int:
     dropped = 0
     async with conn.transaction():
         cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [_MAINTENANCE_LOCK])
         row = await cur.fetchone()
         if not (row and row[0]):
             return 0
+        await conn.execute(f"SET LOCAL lock_timeout = '{MAINTENANCE_LOCK_TIMEOUT}'")
         for start, end in partition_bounds(now):
             await _create_partition(conn, start, end)
         horizon = now - datetime.timedelta(seconds=window)

@@ -113,6 +113,45 @@ async def test_applied_ids_expire_with_their_partition(
         assert not again.duplicate and again.rowcount == 1
 
 
+async def test_maintenance_never_queues_writes_behind_a_long_transaction(
+    stack: Any, buses: Any
+) -> None:
+    """Creating a partition locks the whole exactly-once table. While another session's
+    transaction holds the table (a long write), maintenance gives up within its lock timeout
+    -- rather than waiting, with every new write queued behind it -- creates nothing, and
+    the next pass, once the table is free, makes the partitions."""
+    import datetime
+
+    from writebus.bus import idempotency
+
+    ahead = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=10)
+    names = [idempotency.partition_name(b[0]) for b in idempotency.partition_bounds(ahead)]
+    year = 365 * 86400.0  # a window that drops nothing here
+
+    def made() -> list[str]:
+        rows = primary_rows(stack, "SELECT relname FROM pg_class WHERE relname = ANY(%s)",
+                            [names])  # fmt: skip
+        return sorted(r[0] for r in rows)
+
+    url = stack.primary.url
+    async with await psycopg.AsyncConnection.connect(url) as holder, \
+            await psycopg.AsyncConnection.connect(url, autocommit=True) as c:  # fmt: skip
+        try:
+            await holder.execute("LOCK TABLE writebus.applied IN ROW EXCLUSIVE MODE")
+            t0 = time.monotonic()
+            skipped = await asyncio.wait_for(idempotency.maintain(c, year, now=ahead), 10)
+            waited = time.monotonic() - t0
+            assert skipped == 0 and made() == []
+            assert waited < 5, f"maintenance waited {waited:.1f} s for the table"
+            await holder.rollback()
+            await idempotency.maintain(c, year, now=ahead)
+            assert made() == sorted(names)
+        finally:
+            await holder.rollback()
+            for name in made():
+                await c.execute(f'DROP TABLE IF EXISTS writebus."{name}"')
+
+
 async def test_worker_connections_flush_commits(stack: Any) -> None:
     """Even when the database or role sets synchronous_commit=off, worker connections commit
     with a local flush, so the flush LSN read after COMMIT covers the commit record."""
