@@ -42,12 +42,11 @@ from writebus.bus.grouptx import (
     Lost,
     Outcome,
     commit,
-    flush_lsn,
     rejection,
     repeat,
     rollback,
 )
-from writebus.bus.pg import connection_lost
+from writebus.bus.pg import connection_lost, read_flush_lsn
 from writebus.bus.results import wire_result
 from writebus.client.errors import UnavailableError, WriteBusError, WriteRejectedError
 from writebus.client.protocol import Request
@@ -135,7 +134,7 @@ async def _run_group(
         else:
             await rollback(conn)
             if read_lsn and any(isinstance(i.outcome, Executed) for i in items):
-                lsn = await flush_lsn(conn)  # duplicates only: the position covers them
+                lsn = await read_flush_lsn(conn)  # duplicates only: the position covers them
     except psycopg.Error as exc:
         if connection_lost(conn, exc):
             raise Lost(exc, committing) from exc

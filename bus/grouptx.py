@@ -102,14 +102,6 @@ async def commit(
     return parse_lsn(row[0])
 
 
-async def flush_lsn(conn: psycopg.AsyncConnection[Any]) -> int:
-    """The primary's flush position."""
-    cur = await conn.execute(FLUSH_LSN_SQL)
-    row = await cur.fetchone()
-    assert row is not None
-    return parse_lsn(row[0])
-
-
 async def rollback(conn: psycopg.AsyncConnection[Any]) -> None:
     """ROLLBACK, when a transaction is open."""
     if conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
