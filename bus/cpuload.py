@@ -11,18 +11,23 @@ second (docs/operations.md has the figures, and the case of a database a network
 
 :class:`SlotPolicy` decides, from how busy the CPU was (pure, with hysteresis so that it does
 not flap at one threshold); :class:`CpuSampler` measures: the machine from ``/proc/stat`` where
-there is one (Linux), and this process from :func:`time.process_time`; the busier counts.
+there is one (Linux), this process from :func:`time.process_time`, and -- in a container
+limited to fewer cores than the machine has -- its control group's use of its limit
+(:mod:`writebus.bus.cgroup`); the busiest counts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from writebus.bus import cgroup
+from writebus.bus.cgroup import CgroupCpu
 from writebus.client.log import get_logger
 
 log = get_logger("writebus.bus.cpuload")
@@ -122,10 +127,28 @@ class SlotPolicy:
         return self.slots
 
 
+@dataclass(frozen=True)
+class _GroupUse:
+    """A control group's CPU seconds used so far, and the cores it may use."""
+
+    group: CgroupCpu
+    seconds: float
+    cores: float
+
+
+def group_share(used: float, elapsed: float, cores: float) -> float | None:
+    """The share of a control group's ``cores`` that ``used`` CPU seconds took in ``elapsed``
+    seconds (clamped to 0..1); None when no time passed or there are no cores."""
+    if elapsed <= 0 or cores <= 0:
+        return None
+    return min(1.0, max(0.0, used / (elapsed * cores)))
+
+
 class CpuSampler:
-    """Busy fraction since the previous :meth:`sample`: the machine's (``/proc/stat``) or this
-    process's share of one core, whichever is higher. Reads are cheap (a small file the kernel
-    writes on demand); an unreadable ``/proc/stat`` leaves the process's figure."""
+    """Busy fraction since the previous :meth:`sample`: the machine's (``/proc/stat``), this
+    process's share of one core, or -- when its control group may use fewer cores than the
+    machine has (a container's CPU limit) -- the group's share of those; the highest. Reads are
+    cheap (small files the kernel writes on demand); what cannot be read is left out."""
 
     def __init__(
         self,
@@ -133,12 +156,17 @@ class CpuSampler:
         *,
         process_time: Callable[[], float] = time.process_time,
         clock: Callable[[], float] = time.monotonic,
+        find_group: Callable[[], CgroupCpu | None] = cgroup.find,
+        machine_cpus: int | None = None,
     ) -> None:
         self._path = proc_stat
         self._process_time = process_time
         self._clock = clock
+        self._find_group = find_group
+        self._machine_cpus = machine_cpus or os.cpu_count() or 1
         self._machine = self._read_machine()
         self._process = (process_time(), clock())
+        self._used = self._read_group()
 
     def sample(self) -> float | None:
         """The busy fraction since the last call (None before any time has passed)."""
@@ -152,8 +180,27 @@ class CpuSampler:
         wall = now[1] - self._process[1]
         if wall > 0:
             shares.append(min(1.0, (now[0] - self._process[0]) / wall))
-        self._machine, self._process = machine, now
+        used = self._read_group()
+        if used is not None and self._used is not None and used.group == self._used.group:
+            share = group_share(used.seconds - self._used.seconds, wall, used.cores)
+            if share is not None:
+                shares.append(share)
+        self._machine, self._process, self._used = machine, now, used
         return max(shares) if shares else None
+
+    def _read_group(self) -> _GroupUse | None:
+        """What this process's control group has used, when it may use fewer cores than the
+        machine has; None otherwise (then ``/proc/stat`` says the same). The group is looked
+        up each time: a process moved to another group is measured in its new one (from the
+        sample after the move)."""
+        group = self._find_group()
+        if group is None:
+            return None
+        cores = group.cores()
+        if cores >= self._machine_cpus:
+            return None
+        used = group.usage()
+        return None if used is None else _GroupUse(group, used, cores)
 
     def _read_machine(self) -> CpuTimes | None:
         if self._path is None:

@@ -10,20 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from writebus.bus.cgroup import CgroupCpu
 from writebus.bus.cpuload import (
     CpuSampler,
     CpuTimes,
     SlotPolicy,
     adapt,
     busy_fraction,
+    group_share,
     parse_proc_stat,
 )
 
-STAT = (
-    "cpu  600 0 200 1000 200 0 0 0 0 0\n"
-    "cpu0 300 0 100 500 100 0 0 0 0 0\n"
-    "intr 12345 0 0\n"
-)
+STAT = "cpu  600 0 200 1000 200 0 0 0 0 0\ncpu0 300 0 100 500 100 0 0 0 0 0\nintr 12345 0 0\n"
 
 
 def test_proc_stat_counts_idle_and_iowait_as_not_busy() -> None:
@@ -74,7 +72,7 @@ def test_the_sampler_reads_the_machine_from_proc_stat(tmp_path: Path) -> None:
     zero here) is lower, so the machine's counts."""
     stat = tmp_path / "stat"
     stat.write_text(STAT)
-    sampler = CpuSampler(stat)
+    sampler = CpuSampler(stat, find_group=lambda: None)
     stat.write_text("cpu  1500 0 200 1100 200 0 0 0 0 0\n")  # 900 of 1000 ticks busy
     time.sleep(0.01)
     assert sampler.sample() == pytest.approx(0.9)
@@ -85,10 +83,77 @@ def test_without_proc_stat_the_process_share_counts(tmp_path: Path) -> None:
     (clocks injected: 0.3 s of CPU in 0.4 s)."""
     cpu, wall = iter([1.0, 1.3]), iter([10.0, 10.4])
     sampler = CpuSampler(
-        tmp_path / "missing", process_time=lambda: next(cpu), clock=lambda: next(wall)
+        tmp_path / "missing",
+        process_time=lambda: next(cpu),
+        clock=lambda: next(wall),
+        find_group=lambda: None,
     )
     assert sampler.sample() == pytest.approx(0.75)
     assert CpuSampler(None).sample() is not None
+
+
+def _group(tmp_path: Path, quota: str, usage_usec: int, cpus: int = 8) -> CgroupCpu:
+    (tmp_path / "cpu.max").write_text(quota + "\n")
+    (tmp_path / "cpu.stat").write_text(f"usage_usec {usage_usec}\nuser_usec 0\n")
+    return CgroupCpu((tmp_path / "cpu.max",), tmp_path / "cpu.stat", cpus=lambda: cpus)
+
+
+def test_a_container_limited_below_the_machine_counts_its_share_of_the_limit(
+    tmp_path: Path,
+) -> None:
+    """A group allowed 1.5 of 8 cores that used 1.35 core-seconds in one second is 90 % busy,
+    while the host's /proc/stat (missing here) and this process (0.5 of a core) read lower."""
+    group = _group(tmp_path, "150000 100000", 1_000_000)
+    cpu, wall = iter([1.0, 1.5]), iter([10.0, 11.0])
+    sampler = CpuSampler(
+        None,
+        process_time=lambda: next(cpu),
+        clock=lambda: next(wall),
+        find_group=lambda: group,
+        machine_cpus=8,
+    )
+    (tmp_path / "cpu.stat").write_text("usage_usec 2350000\n")
+    assert sampler.sample() == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize(
+    ("quota", "cpus"), [("max 100000", 8), ("1600000 100000", 8), ("max 100000", 16)]
+)
+def test_a_group_as_wide_as_the_machine_adds_nothing(tmp_path: Path, quota: str, cpus: int) -> None:
+    """No quota and every core allowed (or a quota of at least the machine's cores): the
+    group's figure is /proc/stat's, so it is not read; the process's share stands."""
+    group = _group(tmp_path, quota, 0, cpus=cpus)
+    cpu, wall = iter([1.0, 1.2]), iter([10.0, 11.0])
+    sampler = CpuSampler(
+        None,
+        process_time=lambda: next(cpu),
+        clock=lambda: next(wall),
+        find_group=lambda: group,
+        machine_cpus=8,
+    )
+    (tmp_path / "cpu.stat").write_text("usage_usec 8000000\n")  # 8 cores busy
+    assert sampler.sample() == pytest.approx(0.2)
+
+
+def test_a_cpuset_narrows_the_cores_without_a_quota(tmp_path: Path) -> None:
+    """Pinned to 2 of 8 cores with no quota: 1.8 core-seconds in a second is 90 % busy."""
+    group = _group(tmp_path, "max 100000", 0, cpus=2)
+    wall = iter([10.0, 11.0])
+    sampler = CpuSampler(
+        None, process_time=lambda: 0.0, clock=lambda: next(wall), find_group=lambda: group,
+        machine_cpus=8,
+    )  # fmt: skip
+    (tmp_path / "cpu.stat").write_text("usage_usec 1800000\n")
+    assert sampler.sample() == pytest.approx(0.9)
+
+
+def test_group_share_of_its_cores() -> None:
+    """Used seconds over elapsed times cores, clamped; nothing elapsed or no cores: unknown."""
+    assert group_share(0.45, 1.0, 0.5) == pytest.approx(0.9)
+    assert group_share(3.0, 1.0, 2.0) == 1.0
+    assert group_share(-1.0, 1.0, 2.0) == 0.0
+    assert group_share(1.0, 0.0, 2.0) is None
+    assert group_share(1.0, 1.0, 0.0) is None
 
 
 async def test_adapt_applies_the_policy_to_each_sample() -> None:
@@ -131,3 +196,23 @@ async def test_adapt_reopens_every_slot_and_ends_when_measuring_fails(
     await asyncio.wait_for(adapt(applied.append, policy, Broken(), interval=0.001), 5)
     assert applied == [2]
     assert "committer.slots_failed" in caplog.text
+
+
+def test_a_process_moved_to_another_group_is_measured_there_from_the_next_sample(
+    tmp_path: Path,
+) -> None:
+    """The group is looked up at each sample; across a move the two groups' counters are not
+    compared (that sample leaves the group out), and the next sample measures the new one."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = _group(tmp_path / "a", "50000 100000", 0)
+    second = _group(tmp_path / "b", "50000 100000", 90_000_000)  # a far larger counter
+    groups = iter([first, second, second])
+    wall = iter([10.0, 11.0, 12.0])
+    sampler = CpuSampler(
+        None, process_time=lambda: 0.0, clock=lambda: next(wall),
+        find_group=lambda: next(groups), machine_cpus=8,
+    )  # fmt: skip
+    assert sampler.sample() == 0.0  # moved: only the process's share (idle)
+    (tmp_path / "b" / "cpu.stat").write_text("usage_usec 90450000\n")  # 0.45 s of its 0.5 core
+    assert sampler.sample() == pytest.approx(0.9)
