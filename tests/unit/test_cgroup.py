@@ -10,8 +10,10 @@ import pytest
 
 from writebus.bus.cgroup import (
     CgroupCpu,
+    Lookup,
     find,
     parse_cfs,
+    parse_cpu_list,
     parse_cpu_max,
     parse_self_cgroup,
     parse_usage_ns,
@@ -65,10 +67,10 @@ def test_find_v2_reads_the_process_group(tmp_path: Path) -> None:
     _write(group / "cpu.max", "250000 100000\n")
     _write(group / "cpu.stat", "usage_usec 7000000\n")
     _write(tmp_path / "fs" / "cpu.max", "max 100000\n")  # the root's: not this process's
+    _write(group / "cpuset.cpus.effective", "0-3\n")
     cg = find(tmp_path / "fs", me)
     assert cg is not None
-    assert cg.quota() == 2.5
-    assert cg.usage() == 7.0
+    assert (cg.quota(), cg.usage(), cg.cpus(), cg.cores()) == (2.5, 7.0, 4, 2.5)
 
 
 def test_find_v1_with_separate_cpu_and_cpuacct_mounts(tmp_path: Path) -> None:
@@ -80,7 +82,11 @@ def test_find_v1_with_separate_cpu_and_cpuacct_mounts(tmp_path: Path) -> None:
     _write(tmp_path / "fs" / "cpuacct" / "g" / "cpuacct.usage", "3000000000\n")
     cg = find(tmp_path / "fs", me)
     assert cg is not None
-    assert (cg.quota(), cg.usage()) == (0.5, 3.0)
+    assert (cg.quota(), cg.usage(), cg.cpus()) == (0.5, 3.0, None)  # no cpuset controller
+    me.write_text("4:cpuset:/s\n3:cpuacct:/g\n2:cpu:/g\n0::/\n")
+    _write(tmp_path / "fs" / "cpuset" / "s" / "cpuset.effective_cpus", "0-1\n")
+    cg = find(tmp_path / "fs", me)
+    assert cg is not None and cg.cpus() == 2
 
 
 def test_find_v1_in_a_container_whose_group_is_its_mount_root(tmp_path: Path) -> None:
@@ -108,24 +114,56 @@ def test_no_group_files_is_none(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("quota", "cpus", "cores"),
-    [("150000 100000", 8, 1.5), ("max 100000", 3, 3.0), ("800000 100000", 2, 2.0)],
-)
-def test_cores_are_the_quota_or_the_allowed_cpus_whichever_fewer(
-    tmp_path: Path, quota: str, cpus: int, cores: float
+    ("quota", "cpuset", "cores"),
+    [("150000 100000", "0-7", 1.5), ("max 100000", "0,2-3", 3.0), ("800000 100000", "4-5", 2.0),
+     ("max 100000", None, None)],
+)  # fmt: skip
+def test_cores_are_the_quota_or_the_cpuset_whichever_fewer(
+    tmp_path: Path, quota: str, cpuset: str | None, cores: float | None
 ) -> None:
     """A quota of 1.5 on 8 CPUs is 1.5 cores; no quota on a 3-CPU cpuset is 3; a quota of 8
-    pinned to 2 CPUs is 2."""
+    pinned to 2 CPUs is 2; neither is no limit."""
     (tmp_path / "cpu.max").write_text(quota)
-    cg = CgroupCpu((tmp_path / "cpu.max",), tmp_path / "cpu.stat", cpus=lambda: cpus)
+    if cpuset is not None:
+        (tmp_path / "cpuset.cpus.effective").write_text(cpuset + "\n")
+    cg = CgroupCpu(
+        (tmp_path / "cpu.max",), tmp_path / "cpu.stat", tmp_path / "cpuset.cpus.effective"
+    )
     assert cg.cores() == cores
 
 
+def test_cpu_lists_count_their_cpus() -> None:
+    """The kernel's list format: ranges and single CPUs; malformed or empty: unknown."""
+    assert parse_cpu_list("0-3,8,10-11\n") == 7
+    assert parse_cpu_list("5") == 1
+    assert parse_cpu_list("") is None
+    assert parse_cpu_list("3-1") is None
+    assert parse_cpu_list("a-b") is None
+
+
 def test_unreadable_files_read_as_unknown(tmp_path: Path) -> None:
-    """Files that vanished (the group was removed): no quota, no usage; not an exception."""
-    cg = CgroupCpu((tmp_path / "cpu.max",), tmp_path / "cpu.stat", cpus=lambda: 4)
-    assert cg.quota() is None
-    assert cg.cores() == 4.0
-    assert cg.usage() is None
+    """Files that vanished (the group was removed): no quota, no CPU set, no usage; not an
+    exception."""
+    cg = CgroupCpu((tmp_path / "cpu.max",), tmp_path / "cpu.stat", tmp_path / "cpuset")
+    assert (cg.quota(), cg.cpus(), cg.cores(), cg.usage()) == (None, None, None, None)
     v1 = CgroupCpu((tmp_path / "q", tmp_path / "p"), tmp_path / "cpuacct.usage")
-    assert v1.usage() is None
+    assert (v1.quota(), v1.cpus(), v1.usage()) == (None, None, None)
+
+
+def test_lookup_finds_again_only_when_the_process_moved(tmp_path: Path) -> None:
+    """The same /proc/self/cgroup text gives the group found before (files are not searched
+    again); a new text -- the process was moved -- finds the new group; no file, no group."""
+    me = tmp_path / "self"
+    me.write_text("0::/a\n")
+    for name in ("a", "b"):
+        _write(tmp_path / "fs" / name / "cpu.max", "50000 100000\n")
+    lookup = Lookup(tmp_path / "fs", me)
+    first = lookup()
+    assert first is not None and first.usage_file.parent.name == "a"
+    (tmp_path / "fs" / "a" / "cpu.max").unlink()  # unseen: the text did not change
+    assert lookup() is first
+    me.write_text("0::/b\n")
+    moved = lookup()
+    assert moved is not None and moved.usage_file.parent.name == "b"
+    me.unlink()
+    assert lookup() is None

@@ -95,7 +95,10 @@ def test_without_proc_stat_the_process_share_counts(tmp_path: Path) -> None:
 def _group(tmp_path: Path, quota: str, usage_usec: int, cpus: int = 8) -> CgroupCpu:
     (tmp_path / "cpu.max").write_text(quota + "\n")
     (tmp_path / "cpu.stat").write_text(f"usage_usec {usage_usec}\nuser_usec 0\n")
-    return CgroupCpu((tmp_path / "cpu.max",), tmp_path / "cpu.stat", cpus=lambda: cpus)
+    (tmp_path / "cpuset.cpus.effective").write_text(f"0-{cpus - 1}\n")
+    return CgroupCpu(
+        (tmp_path / "cpu.max",), tmp_path / "cpu.stat", tmp_path / "cpuset.cpus.effective"
+    )
 
 
 def test_a_container_limited_below_the_machine_counts_its_share_of_the_limit(
