@@ -32,6 +32,13 @@ class RegionProgress:
         fresh = [lsn for lsn, at in self._seen.values() if now - at <= self.stale_after]
         return min(fresh) if fresh else None
 
+    def single(self, now: float) -> bool:
+        """Whether one replica is all this process may read from: the one it follows
+        (``replica_id``), or the only one heard from recently."""
+        if self.replica_id is not None:
+            return True
+        return sum(1 for _, at in self._seen.values() if now - at <= self.stale_after) == 1
+
     def last_heard(self) -> float | None:
         """Monotonic time of the latest broadcast counted."""
         return max((at for _, at in self._seen.values()), default=None)

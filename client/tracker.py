@@ -5,6 +5,14 @@ reference-counted instance. It listens to ``<prefix>.lsn.<region>`` broadcasts (
 and keeps waiters in a heap (:mod:`writebus.client.waiters`). When broadcasts stop -- the region's bus is
 down -- it falls back to reading ``pg_last_wal_replay_lsn()`` from its own database while anyone
 waits, so a wait never hangs and never depends on a single publisher.
+
+It also reads that position once when a wait begins in a quiet spell (no broadcast for
+:data:`PROBE_QUIET`; the probe): a write's reply and the announcement that sets the region's
+monitor polling cross the WAN together, and the WAL has usually been replayed by then, so one
+query from here answers sooner than the monitor's query and its broadcast. Only where the
+region has a single replica (or this process names its own, ``replica_id``): the position
+read is then the one this process reads from. Under load, broadcasts come every millisecond
+or so and no probe is made.
 """
 
 from __future__ import annotations
@@ -14,13 +22,11 @@ import contextlib
 import time
 from typing import Any
 
-import psycopg
-
 from writebus.client.errors import LostInFailoverError, ReplicationTimeoutError, TrackerError
 from writebus.client.log import get_logger
-from writebus.client.lsn import parse_lsn
 from writebus.client.progress import RegionProgress
 from writebus.client.protocol import LsnUpdate, decode, encoding_of, update_lsn
+from writebus.client.replay import ReplayReader
 from writebus.client.settings import Settings
 from writebus.client.silence import SilenceWatch
 from writebus.client.subjects import Subjects
@@ -29,12 +35,8 @@ from writebus.client.waiters import WaiterQueue
 
 log = get_logger("writebus.client.tracker")
 
-# After a failover the local database may have been promoted: its replay LSN then freezes, but
-# it now holds every commit itself, so its own flush position is the one that counts.
-_REPLAY_SQL = (
-    "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
-    "ELSE pg_current_wal_flush_lsn() END::text"
-)
+#: A wait that begins this long (seconds) after the latest broadcast probes the replica.
+PROBE_QUIET = 0.005
 
 
 class _Expired(Exception):
@@ -60,6 +62,7 @@ class LsnTracker:
         *,
         stale_after: float | None = None,
         fallback_interval: float = 0.005,
+        probe: bool = True,
     ) -> None:
         self.settings = settings
         self.region = settings.region
@@ -80,7 +83,9 @@ class LsnTracker:
         self._sub: Any = None
         self._wake = asyncio.Event()
         self._fallback_task: asyncio.Task[None] | None = None
-        self._fallback_conn: psycopg.AsyncConnection[Any] | None = None
+        self._reader = ReplayReader(settings.database_url)
+        self._probe = probe
+        self._probe_task: asyncio.Task[None] | None = None
         self._closed = False
         self.silence: SilenceWatch | None = None
         #: (lag seconds the replica reported, monotonic time heard) of the latest broadcast.
@@ -90,6 +95,7 @@ class LsnTracker:
         self._report_waiters: set[asyncio.Future[None]] = set()
         self.updates_received = 0
         self.fallback_polls = 0
+        self.probes = 0
 
     def __repr__(self) -> str:
         return (
@@ -136,12 +142,12 @@ class LsnTracker:
         for w in self._queue.drain():
             if not w.payload.done():
                 w.payload.set_exception(TrackerError("the LSN tracker was closed"))
-        if self._fallback_task is not None:
-            self._fallback_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._fallback_task
-        if self._fallback_conn is not None:
-            await self._fallback_conn.close()
+        for task in (self._fallback_task, self._probe_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self._reader.close()
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
@@ -272,6 +278,8 @@ class LsnTracker:
             self._arm(loop, deadline)
         if not self._fresh():
             self._wake.set()  # broadcasts are missing: let the fallback poll now
+        elif self._probe and self._probe_task is None and self._quiet():
+            self._probe_task = loop.create_task(self._probe_once())
         # Nothing runs on the way out of a successful wait: the queue already let the waiter
         # go, and with thousands woken at once every step per waiter adds to the last one's
         # latency (a timer per waiter, or a `finally`, cost about a third on top of the wake).
@@ -312,7 +320,28 @@ class LsnTracker:
         switch, new_timeline = self._switch
         return timeline < new_timeline and lsn > switch
 
-    # -- fallback: read the replica ourselves when nobody broadcasts --------------------------
+    # -- reading the replica ourselves: a probe when quiet, a fallback when nobody broadcasts --
+
+    def _quiet(self) -> bool:
+        now = time.monotonic()
+        last = self._progress.last_heard()
+        return self._progress.single(now) and (last is None or now - last >= PROBE_QUIET)
+
+    async def _probe_once(self) -> None:
+        try:
+            lsn, standby = await self._reader.read()
+        except Exception as exc:  # the broadcasts still come: nothing is lost
+            log.debug("tracker.probe_failed", region=self.region, error=str(exc))
+        else:
+            self.probes += 1
+            # A promoted database's position says nothing of the old primary's last writes:
+            # that is for the promotion broadcast to settle (failover, above). Never back: a
+            # broadcast may have come in meanwhile.
+            if standby and self._switch is None and lsn is not None:
+                if self._replayed is None or lsn > self._replayed:
+                    self.advance(lsn)
+        finally:
+            self._probe_task = None
 
     async def _fallback_loop(self) -> None:
         while not self._closed:
@@ -335,7 +364,7 @@ class LsnTracker:
                     )
                     logged = True
                 try:
-                    lsn = await self._read_replay_lsn()
+                    lsn, _ = await self._reader.read()
                 except Exception as exc:
                     log.warning("tracker.fallback_failed", region=self.region, error=str(exc))
                     await asyncio.sleep(0.2)
@@ -343,25 +372,6 @@ class LsnTracker:
                 self.fallback_polls += 1
                 self.advance(lsn)
                 await asyncio.sleep(self._fallback_interval)
-
-    async def _read_replay_lsn(self) -> int | None:
-        if not self.settings.database_url:
-            raise TrackerError("no DATABASE_URL to read replay progress from")
-        conn = self._fallback_conn
-        if conn is None or conn.closed:
-            conn = self._fallback_conn = await psycopg.AsyncConnection.connect(
-                self.settings.database_url, autocommit=True, connect_timeout=2
-            )
-        try:
-            cur = await conn.execute(_REPLAY_SQL)
-            row = await cur.fetchone()
-        except psycopg.Error:
-            await conn.close()
-            self._fallback_conn = None
-            raise
-        if row is None or row[0] is None:
-            return None
-        return parse_lsn(row[0])
 
 
 # -- one tracker per process and database ---------------------------------------------------

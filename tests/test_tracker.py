@@ -25,11 +25,12 @@ def _update(lsn: int, *, replica_id: str = "r1", role: str = "replica",
 
 @pytest.fixture
 async def isolated(stack: Any) -> Any:
-    """A tracker on a private prefix (no bus publishes there) and a publisher connection."""
+    """A tracker on a private prefix (no bus publishes there) and a publisher connection. It
+    does not probe the replica: the tests' positions are made up, far below the real one's."""
     prefix = f"trk{uuid.uuid4().hex[:8]}"
     settings = settings_for(stack, "lax", prefix=prefix)
     nc = await nats.connect(stack.nats_url("lax"))
-    tracker = LsnTracker(settings, nc)
+    tracker = LsnTracker(settings, nc, probe=False)
     await tracker.start()
     pub = await nats.connect(stack.nats_url("lax"))
     try:
@@ -237,3 +238,77 @@ async def test_a_misspelled_region_is_warned_once_on_real_servers(
     (warning,) = [r for r in caplog.records if r.writebus["event"] == "tracker.region_silent"]
     assert warning.writebus["heard"] == ["lax", "syd"]
     assert "did you mean 'lax'" in warning.writebus["message"]
+
+
+async def _replica_caught_up(stack: Any) -> int:
+    """The primary's flush position, once the lax replica has replayed it."""
+    import psycopg
+
+    from writebus.client.lsn import parse_lsn
+
+    with psycopg.connect(stack.primary.url, autocommit=True) as conn:
+        lsn = parse_lsn(conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0])
+    await asyncio.to_thread(stack.wait_replica_caught_up, 10)
+    return lsn
+
+
+async def test_a_wait_in_a_quiet_spell_probes_the_replica(stack: Any) -> None:
+    """Broadcasts are fresh but say nothing new (one heard, then silence): a wait for a
+    position the replica has replayed is answered by one query of the replica, not after the
+    next broadcast (none comes here, so without the probe it would time out)."""
+    prefix = f"trk{uuid.uuid4().hex[:8]}"
+    nc = await nats.connect(stack.nats_url("lax"))
+    tracker = LsnTracker(settings_for(stack, "lax", prefix=prefix), nc)
+    await tracker.start()
+    try:
+        await nc.publish(f"{prefix}.lsn.lax", _update(1))
+        await _wait_until(lambda: tracker.replayed == 1)
+        lsn = await _replica_caught_up(stack)
+        await asyncio.sleep(0.01)  # quiet: no broadcast for longer than PROBE_QUIET
+        assert await tracker.wait_for(lsn, timeout=2) >= lsn
+        assert tracker.probes == 1 and tracker.updates_received == 1
+        assert tracker.fallback_polls == 0
+    finally:
+        await tracker.close()
+        await nc.close()
+
+
+async def test_no_probe_where_the_region_has_several_replicas(stack: Any) -> None:
+    """Two replicas heard and none named as this process's: the position read could be
+    another replica's than the one a read lands on, so the wait is left to broadcasts."""
+    prefix = f"trk{uuid.uuid4().hex[:8]}"
+    nc = await nats.connect(stack.nats_url("lax"))
+    tracker = LsnTracker(settings_for(stack, "lax", prefix=prefix), nc)
+    await tracker.start()
+    try:
+        await nc.publish(f"{prefix}.lsn.lax", _update(1, replica_id="a"))
+        await nc.publish(f"{prefix}.lsn.lax", _update(1, replica_id="b"))
+        await _wait_until(lambda: tracker.updates_received == 2)
+        lsn = await _replica_caught_up(stack)
+        await asyncio.sleep(0.01)
+        with pytest.raises(ReplicationTimeoutError):
+            await tracker.wait_for(lsn, timeout=0.3)
+        assert tracker.probes == 0
+    finally:
+        await tracker.close()
+        await nc.close()
+
+
+async def test_a_probe_never_moves_the_position_back(stack: Any) -> None:
+    """A probe that reads less than a broadcast already said (made up here, far ahead of the
+    real replica) leaves the position where it was, and wakes nobody early."""
+    prefix = f"trk{uuid.uuid4().hex[:8]}"
+    nc = await nats.connect(stack.nats_url("lax"))
+    tracker = LsnTracker(settings_for(stack, "lax", prefix=prefix), nc)
+    await tracker.start()
+    ahead = 1 << 44
+    try:
+        await nc.publish(f"{prefix}.lsn.lax", _update(ahead))
+        await _wait_until(lambda: tracker.replayed == ahead)
+        await asyncio.sleep(0.01)
+        with pytest.raises(ReplicationTimeoutError):
+            await tracker.wait_for(ahead + 1, timeout=0.3)
+        assert tracker.probes == 1 and tracker.replayed == ahead
+    finally:
+        await tracker.close()
+        await nc.close()

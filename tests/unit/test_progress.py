@@ -59,3 +59,16 @@ async def test_tracker_follows_the_region_minimum() -> None:
     assert not w.done() and tracker.waiting == 1
     tracker.advance(800)
     assert await w == 800
+
+
+def test_single_is_one_fresh_replica_or_the_one_named() -> None:
+    """One replica heard recently: single. Two: not (a read may land on either). A stale one
+    does not count. A named replica is always the one this process reads."""
+    p = RegionProgress(stale_after=3.0)
+    assert not p.single(0.0)  # none heard yet
+    p.observe("a", 10, 0.0)
+    assert p.single(1.0)
+    p.observe("b", 10, 1.0)
+    assert not p.single(2.0)
+    assert p.single(3.5)  # a went stale
+    assert RegionProgress(replica_id="a").single(0.0)
