@@ -54,6 +54,7 @@ import psycopg
 from psycopg import sql
 
 from writebus.bus.arrays import ByteaArray, TextArray
+from writebus.bus.pg import lock_holders
 from writebus.client.errors import IdempotencyKeyReusedError
 from writebus.client.ids import id_time
 from writebus.client.log import get_logger
@@ -142,6 +143,9 @@ PARTITION_SPAN: Final = 3600.0
 #: the whole table, and every write queued behind it waits too); past it, the pass is left
 #: to the next one.
 MAINTENANCE_LOCK_TIMEOUT: Final = "200ms"
+#: How long the schema step at a worker's start waits for the table's lock before it says
+#: who holds it, and tries again (it cannot serve writes without the current partitions).
+SCHEMA_LOCK_TIMEOUT: Final = "1s"
 #: Partitions made ahead of the current one (:func:`partition_bounds`).
 PARTITIONS_AHEAD: Final = 2
 #: How far ahead a record's floor surely has a partition (:func:`far_ahead`): the current
@@ -285,12 +289,43 @@ def partition_name(start: datetime.datetime) -> str:
     return "applied_" + start.astimezone(datetime.UTC).strftime("%Y%m%d_%H%M%S")
 
 
-async def ensure_schema(conn: psycopg.AsyncConnection[Any], window: float = 86400.0) -> None:
+async def ensure_schema(
+    conn: psycopg.AsyncConnection[Any],
+    window: float = 86400.0,
+    *,
+    now: datetime.datetime | None = None,
+) -> None:
     """Create the table (and its partitions) if missing. A table of the old, unpartitioned
     format is migrated: its rows inside the window are copied into the new one, then it is
-    dropped. Safe with concurrent workers."""
-    now = datetime.datetime.now(datetime.UTC)
+    dropped. Safe with concurrent workers.
+
+    Creating a partition locks the whole table: behind a long transaction on it this waits,
+    as long as that takes, :data:`SCHEMA_LOCK_TIMEOUT` at a time, and says who holds the lock
+    (warning ``idempotency.schema_waiting``, then every tenth try). ``now`` is for tests."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    tries = 0
+    while True:
+        try:
+            await _ensure_schema(conn, window, now)
+            break
+        except psycopg.errors.LockNotAvailable:
+            tries += 1
+            if tries == 1 or tries % 10 == 0:
+                log.warning(
+                    "idempotency.schema_waiting",
+                    reason="writebus.applied is locked by another transaction; its partitions "
+                    "are made once it ends",
+                    tries=tries,
+                    holders=await lock_holders(conn, "writebus.applied"),
+                )
+    await maintain(conn, window, now=now)
+
+
+async def _ensure_schema(
+    conn: psycopg.AsyncConnection[Any], window: float, now: datetime.datetime
+) -> None:
     async with conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = '{SCHEMA_LOCK_TIMEOUT}'")
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_SCHEMA_LOCK])
         cur = await conn.execute(
             "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -313,7 +348,6 @@ async def ensure_schema(conn: psycopg.AsyncConnection[Any], window: float = 8640
                 [partition_bounds(now, since=horizon)[0][0]],
             )
             await conn.execute("DROP TABLE writebus.applied_v1")
-    await maintain(conn, window)
 
 
 async def _create_claim_function(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -42,6 +42,22 @@ async def read_flush_lsn(conn: psycopg.AsyncConnection[Any]) -> int:
     return parse_lsn(row[0])
 
 
+async def lock_holders(conn: psycopg.AsyncConnection[Any], relation: str) -> list[dict[str, Any]]:
+    """Other sessions holding a lock on ``relation``: pid, application, state, seconds into
+    their transaction and the lock's mode -- what a log line needs to name them. Their query
+    text is left out: it may carry an application's data."""
+    cur = await conn.execute(
+        "SELECT a.pid, a.application_name, a.state, "
+        "round(extract(epoch FROM now() - a.xact_start)::numeric, 1)::float8, l.mode "
+        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.relation = to_regclass(%s) AND l.granted AND l.pid <> pg_backend_pid() "
+        "ORDER BY a.xact_start",
+        [relation],
+    )
+    keys = ("pid", "application", "state", "transaction_s", "mode")
+    return [dict(zip(keys, row, strict=True)) for row in await cur.fetchall()]
+
+
 def connection_lost(conn: psycopg.AsyncConnection[Any], exc: psycopg.Error) -> bool:
     """True when ``exc`` means the connection went away (the primary restarted, the network
     cut it) rather than that the database refused the write."""

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import nats
 import psycopg
+import pytest
 
 from tests.procedures import procedures
 from tests.support.stack import bus_settings_for, primary_rows, settings_for, start_bus
@@ -145,6 +146,52 @@ async def test_maintenance_never_queues_writes_behind_a_long_transaction(
             assert waited < 5, f"maintenance waited {waited:.1f} s for the table"
             await holder.rollback()
             await idempotency.maintain(c, year, now=ahead)
+            assert made() == sorted(names)
+        finally:
+            await holder.rollback()
+            for name in made():
+                await c.execute(f'DROP TABLE IF EXISTS writebus."{name}"')
+
+
+async def test_the_schema_step_waits_for_a_locked_table_and_says_who_holds_it(
+    stack: Any, buses: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker's start creates the partitions it needs. While another session's transaction
+    holds the table it cannot, and waits -- a worker cannot serve writes without them -- but
+    within about a second it logs who holds the lock (that session's pid, no query text),
+    and it finishes once the transaction ends."""
+    import datetime
+    import logging
+
+    from writebus.bus import idempotency
+
+    ahead = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=20)
+    names = [idempotency.partition_name(b[0]) for b in idempotency.partition_bounds(ahead)]
+    year = 365 * 86400.0
+
+    def made() -> list[str]:
+        rows = primary_rows(stack, "SELECT relname FROM pg_class WHERE relname = ANY(%s)",
+                            [names])  # fmt: skip
+        return sorted(r[0] for r in rows)
+
+    url = stack.primary.url
+    caplog.set_level(logging.WARNING, logger="writebus.bus.idempotency")
+    async with await psycopg.AsyncConnection.connect(url) as holder, \
+            await psycopg.AsyncConnection.connect(url, autocommit=True) as c:  # fmt: skip
+        try:
+            await holder.execute("LOCK TABLE writebus.applied IN ROW EXCLUSIVE MODE")
+            await holder.execute("SELECT 'a secret' AS note")
+            task = asyncio.create_task(idempotency.ensure_schema(c, year, now=ahead))
+            deadline = time.monotonic() + 5
+            while "idempotency.schema_waiting" not in caplog.text:
+                assert time.monotonic() < deadline, "no warning while the table stayed locked"
+                assert not task.done(), "the schema step ended while the table was locked"
+                await asyncio.sleep(0.05)
+            assert f"'pid': {holder.info.backend_pid}" in caplog.text
+            assert "a secret" not in caplog.text
+            assert not task.done() and made() == []
+            await holder.rollback()
+            await asyncio.wait_for(task, 10)
             assert made() == sorted(names)
         finally:
             await holder.rollback()
