@@ -28,7 +28,6 @@ How the queue is cut is :func:`take_group` and :func:`group_limit`, both pure.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -176,21 +175,21 @@ class Committer:
 
     async def stop(self) -> None:
         """Stop: groups in flight are cancelled (their requests' outcome is unknown) and the
-        queued requests are answered as not run (retryable)."""
+        queued requests are answered as not run (retryable). Cancelling ``stop`` itself
+        cancels only its wait for the cancelled groups to end (they still answer theirs)."""
         self._stopping = True
+        tasks = list(self._tasks)
         if self._adapter is not None:
-            adapter, self._adapter = self._adapter, None
-            adapter.cancel()
-            await asyncio.wait([adapter])  # its end, however it ended; cancelling stop() raises
-        for task in list(self._tasks):
+            tasks.append(self._adapter)
+            self._adapter = None
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         while self._queue:
             waiting = self._queue.popleft()
             if not waiting.future.done():
                 waiting.future.set_result(UnavailableError("the worker is stopping; not run"))
+        if tasks:
+            await asyncio.wait(tasks)  # their end, however they ended; cancelling stop() raises
 
     async def submit(self, job: Job, size: int = 0) -> Outcome:
         """Queue a validated statement write (``size``: its parameters' bytes) and wait for

@@ -119,6 +119,40 @@ async def test_stop_answers_queued_requests_as_not_run_and_running_ones_as_unkno
     assert isinstance(not_run, UnavailableError) and not_run.outcome is Outcome.NOT_APPLIED
 
 
+async def test_cancelling_stop_is_not_swallowed_and_leaves_no_request_waiting() -> None:
+    """A group slow to end (its run finishes a step after being cancelled): cancelling the
+    task that stops the committer raises CancelledError there -- it used to be swallowed, and
+    the caller went on as if stopped -- while the queued request is already answered and the
+    running one is answered once its group ends."""
+    from writebus.client.errors import OutcomeUnknownError, UnavailableError
+
+    gate = asyncio.Event()
+
+    async def stubborn(jobs: list[Job]) -> list[Any]:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await gate.wait()  # cleaning up takes a while
+            raise
+        return []
+
+    committer = Committer(stubborn, connections=1, budget=60.0)
+    committer.start()
+    running = asyncio.create_task(committer.submit(_job()))
+    await asyncio.sleep(0.01)
+    queued = asyncio.create_task(committer.submit(_job()))
+    await asyncio.sleep(0.01)
+    stopping = asyncio.create_task(committer.stop())
+    await asyncio.sleep(0.01)
+    assert isinstance(await asyncio.wait_for(queued, 5), UnavailableError)
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(stopping, 5)
+    assert not running.done()
+    gate.set()
+    assert isinstance(await asyncio.wait_for(running, 5), OutcomeUnknownError)
+
+
 async def test_closing_a_slot_keeps_one_group_in_flight_and_opening_it_starts_the_queue() -> None:
     """Two slots, one open (a busy CPU): the second request waits for the first group instead
     of starting beside it; reopening the slot starts it at once."""
