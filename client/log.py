@@ -15,6 +15,7 @@ structured fields travel in the record's ``writebus`` attribute, which the servi
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import MutableMapping
 from typing import Any, Final
 
@@ -26,9 +27,14 @@ RECORD_ATTR: Final = "writebus"
 logging.getLogger("writebus").addHandler(logging.NullHandler())
 
 
+#: A value holding any of these is quoted in the message (one search: a per-character scan of
+#: each field cost a sixth of the service's request log line).
+_QUOTE: Final = re.compile(r'[ ="\n]')
+
+
 def _value(value: Any) -> str:
     text = str(value)
-    if text == "" or any(c in text for c in ' ="\n'):
+    if text == "" or _QUOTE.search(text):
         return repr(text)
     return text
 

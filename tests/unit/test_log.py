@@ -1,0 +1,73 @@
+"""The service's log output (:mod:`writebus.bus.log`) and the library's messages
+(:mod:`writebus.client.log`), on an in-memory stream."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from writebus.bus.log import configure_logging
+from writebus.client.log import get_logger
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """configure_logging sets up the whole process: put the test run's set-up back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    flags = (logging._srcfile, logging.logThreads, logging.logProcesses,
+             logging.logMultiprocessing)  # fmt: skip
+    yield
+    root.handlers, root.level = handlers, level
+    (logging._srcfile, logging.logThreads, logging.logProcesses,
+     logging.logMultiprocessing) = flags  # fmt: skip
+
+
+def test_json_lines_keep_fields_unicode_and_odd_values(restore_logging: None) -> None:
+    """One JSON object per line: the event's fields as keys, non-ASCII text as it is, a value
+    JSON has no type for as its repr, an exception as text; the process's caller, thread and
+    process lookups are off."""
+    out = io.StringIO()
+    configure_logging(fmt="json", level="info", stream=out)
+    log = get_logger("writebus.test.log")
+
+    class Odd:
+        def __repr__(self) -> str:
+            return "<odd>"
+
+    log.info("request", region="São Paulo", queue_ms=0.125, odd=Odd(), lsn=None)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("failed", n=1)
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["event"] == "request" and first["region"] == "São Paulo"
+    assert first["queue_ms"] == 0.125 and first["lsn"] is None and first["odd"] == "<odd>"
+    assert first["logger"] == "writebus.test.log" and first["level"] == "info"
+    assert "São Paulo" in out.getvalue()  # not \\u-escaped
+    assert second["event"] == "failed" and "ValueError: boom" in second["exception"]
+    assert logging._srcfile is None and not logging.logThreads
+
+
+def test_messages_quote_values_with_spaces_quotes_or_newlines() -> None:
+    """Under a plain logging set-up a record's message is ``event key=value``; a value that
+    is empty or holds a space, ``=``, ``"`` or a newline is quoted."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    std = logging.getLogger("writebus.test.quote")
+    std.addHandler(Keep())
+    std.setLevel(logging.INFO)
+    get_logger("writebus.test.quote").info(
+        "e", a="plain", b="two words", c="", d="k=v", e='say "hi"', f="a\nb", g=3
+    )
+    assert records[0].getMessage() == (
+        "e a=plain b='two words' c='' d='k=v' e='say \"hi\"' f='a\\nb' g=3"
+    )
