@@ -300,6 +300,11 @@ def table(report: Mapping[str, Any]) -> str:
             + ", ".join(_f(x, 1) for x in p99s["tracker"]) + "; bare "
             + ", ".join(_f(x, 1) for x in p99s["bare"]) + ".")
         add("")
+    batched_p99s = t.get("batched_p99s_ms")
+    if batched_p99s:
+        add(f"{t['batched']['per_broadcast']} per broadcast: the run with the median p99 of "
+            f"{len(batched_p99s)}, p99 ms " + ", ".join(_f(x, 2) for x in batched_p99s) + ".")
+        add("")
     add(f"Releasing {t['release_count']} waiters from the heap:")
     add("")
     add("| waiters | µs per release | comparisons per woken | log2 n | a scan, µs |")
