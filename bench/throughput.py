@@ -17,6 +17,9 @@ The configurations (:data:`BUS_CONFIGS` plus ``direct`` and ``pgbench``):
   on this machine, shared with Postgres and the load, the default should come close to one
   slot at c64; the second slot pays off when the database is a network hop away
   (docs/operations.md has both sides);
+* ``writebus_1w_request_log`` -- the defaults with the worker's log at INFO, as deployed: one
+  request log line per write (every other configuration logs warnings only), at c64, right
+  beside ``writebus_1w_grouped``;
 * ``writebus_2w`` -- two workers, for information (on 2 cores it measures CPU contention);
 * ``writebus_1w_no_metrics`` -- ``WRITEBUS_HTTP_ADDR=off``, at c16 only (the metrics' cost);
   with ``writebus_1w_metrics_b``/``_c``/``_d`` and ``writebus_1w_no_metrics_b``/``_c``/``_d``,
@@ -74,6 +77,14 @@ BUS_CONFIGS = (
     # As before group commit: one transaction per write, as many at once as requests.
     BusConfig("writebus_1w_single", {"WRITEBUS_GROUP_MAX": "1", "WRITEBUS_GROUP_CONNECTIONS": "64"}),
     BusConfig("writebus_1w_one_slot", {"WRITEBUS_GROUP_CONNECTIONS": "1"}),
+    # The default request log (one line per request at INFO), beside the grouped worker whose
+    # logs are at WARNING like every other configuration's, at c64.
+    BusConfig(
+        "writebus_1w_request_log",
+        {"WRITEBUS_LOG_LEVEL": "info"},
+        only_at=(64,),
+        beside="writebus_1w_grouped",
+    ),
     BusConfig("writebus_2w", workers=2),
     # The metrics' cost: more worker processes with metrics (the first is the grouped one
     # above), each beside one without, at c16.

@@ -53,6 +53,7 @@ def required_keys() -> list[str]:
     for a in ("writebus_1w_grouped", "writebus_1w_one_slot"):
         keys += [f"throughput_detail.{a}.{c}.mean_group" for c in ("c16", "c64")]
         keys += [f"throughput_detail.{a}.c64.server_cpu_ms_per_write"]
+    keys += ["throughput_detail.writebus_1w_request_log.c64.server_cpu_ms_per_write"]
     keys += [f"tracker.{k}" for k in ("waiters", "wake_p50_ms", "wake_p99_ms", "cpu_s")]
     for a in ("writebus", "direct"):
         keys += [f"primary_local_ms.{a}.p50", f"primary_local_ms.{a}.p99"]
@@ -155,4 +156,9 @@ def test_slice_order_rotates_and_keeps_pairs_side_by_side_in_alternating_order()
     assert len({o[0] for o in orders}) == 3  # no one always first
     # Without its partner (the pair is measured at c16 only) a config runs as any other.
     assert sorted(slice_order(["direct", "b"], 1, {"b": "a"})) == ["b", "direct"]
-    assert PAIRS == dict(zip(METRICS_OFF, METRICS_ON, strict=True))
+    assert PAIRS == {**dict(zip(METRICS_OFF, METRICS_ON, strict=True)),
+                     "writebus_1w_request_log": "writebus_1w_grouped"}  # fmt: skip
+    # Two followers of one config both run beside it, in the same alternating order.
+    two = [slice_order(["a", "b", "c", "d"], r, {"b": "a", "c": "a"}) for r in range(2)]
+    assert two[0][two[0].index("a") : two[0].index("a") + 3] == ["a", "b", "c"]
+    assert two[1][two[1].index("a") - 2 : two[1].index("a") + 1] == ["b", "c", "a"]
