@@ -9,7 +9,6 @@ runtime would, it gives the group half a core and moves the worker into it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import subprocess
 import sys
@@ -21,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.stack import http_url, settings_for, start_bus
-from tests.test_group_commit import _bodies, _metric
-from writebus import Database
+from tests.support.slots import slots_become, write_twenty
+from tests.support.stack import start_bus
+from tests.test_group_commit import _bodies
 from writebus.bus import cgroup
 
 #: The group's quota, in cores: a spinning process in it takes it all, a quarter of two cores.
@@ -121,30 +120,19 @@ async def test_a_worker_in_a_group_at_its_quota_keeps_one_group_in_flight(
     prefix = f"cgq{uuid.uuid4().hex[:8]}"
     bus = start_bus(stack, "syd", log_name=f"bus-{prefix}", WRITEBUS_PREFIX=prefix)
 
-    async def slots_become(n: int) -> None:
-        deadline = time.monotonic() + 20
-        while _metric(http_url(bus), "writebus_group_slots") != n:
-            assert time.monotonic() < deadline, f"writebus_group_slots never became {n}"
-            await asyncio.sleep(0.1)
-
     spinner: subprocess.Popen[bytes] | None = None
     try:
         with limited_group(QUOTA) as move:
             try:
                 move(bus.pid)
-                await slots_become(2)
+                await slots_become(bus, 2)
                 spinner = _spin_in(move)
-                await slots_become(1)
-                async with Database(settings_for(stack, "lax", prefix=prefix), max_size=2) as db:
-                    results = await asyncio.gather(*(
-                        db.execute(f"INSERT INTO {table}(body) VALUES (%s)", [f"quota{i}"],
-                                   await_replication=False)
-                        for i in range(20)
-                    ))  # fmt: skip
-                assert len(results) == 20 and len(_bodies(stack, table)) == 20
+                await slots_become(bus, 1)
+                assert await write_twenty(stack, prefix, table, "quota") == 20
+                assert len(_bodies(stack, table)) == 20
                 spinner.kill()
                 spinner.wait()
-                await slots_become(2)
+                await slots_become(bus, 2)
             finally:
                 if spinner is not None:
                     spinner.kill()

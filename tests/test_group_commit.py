@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from tests.support.slots import metric
 from tests.support.stack import primary_rows
 from writebus.bus.execute import Job, Limits, run_statement_writes
 from writebus.bus.group import Executed
@@ -250,16 +251,16 @@ async def test_a_busy_worker_commits_in_groups(stack: Any, table: str) -> None:
     try:
         async with Database(settings_for(stack, "lax", prefix=prefix), max_size=2) as db:
             await db.execute(f"INSERT INTO {table}(body) VALUES ('alone')")
-            single = _metric(http_url(bus), "writebus_group_requests_total")
-            assert single == _metric(http_url(bus), "writebus_group_commits_total") == 1
+            single = metric(http_url(bus), "writebus_group_requests_total")
+            assert single == metric(http_url(bus), "writebus_group_commits_total") == 1
             results = await asyncio.gather(*(
                 db.execute(f"INSERT INTO {table}(body) VALUES (%s)", [f"c{i}"],
                            await_replication=False)
                 for i in range(200)
             ))
         assert all(not r.duplicate for r in results)
-        requests = _metric(http_url(bus), "writebus_group_requests_total")
-        groups = _metric(http_url(bus), "writebus_group_commits_total")
+        requests = metric(http_url(bus), "writebus_group_requests_total")
+        groups = metric(http_url(bus), "writebus_group_commits_total")
         assert requests == 201 and groups < requests  # some groups held several writes
         assert len(_bodies(stack, table)) == 201
     finally:
@@ -312,8 +313,8 @@ async def test_a_worker_keeps_one_group_in_flight_while_the_cpu_is_busy(
     import subprocess
     import sys
 
-    from tests.support.stack import http_url, settings_for, start_bus
-    from writebus import Database
+    from tests.support.slots import slots_become, write_twenty
+    from tests.support.stack import start_bus
     from writebus.bus import cgroup
 
     cores = os.cpu_count() or 2
@@ -326,46 +327,20 @@ async def test_a_worker_keeps_one_group_in_flight_while_the_cpu_is_busy(
     prefix = f"slots{uuid.uuid4().hex[:8]}"
     bus = start_bus(stack, "syd", log_name=f"bus-{prefix}", WRITEBUS_PREFIX=prefix,
                     WRITEBUS_REQUEST_LOG_LEVEL="debug")
-
-    async def slots_become(n: int) -> None:
-        deadline = time.monotonic() + 20
-        while _metric(http_url(bus), "writebus_group_slots") != n:
-            assert time.monotonic() < deadline, f"writebus_group_slots never became {n}"
-            await asyncio.sleep(0.1)
-
     spinners: list[subprocess.Popen[bytes]] = []
     try:
-        await slots_become(2)
+        await slots_become(bus, 2)
         spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
                     for _ in range(cores)]  # fmt: skip
-        await slots_become(1)
-        async with Database(settings_for(stack, "lax", prefix=prefix), max_size=2) as db:
-            results = await asyncio.gather(*(
-                db.execute(f"INSERT INTO {table}(body) VALUES (%s)", [f"busy{i}"],
-                           await_replication=False)
-                for i in range(20)
-            ))
-        assert len(results) == 20 and len(_bodies(stack, table)) == 20
+        await slots_become(bus, 1)
+        assert await write_twenty(stack, prefix, table, "busy") == 20
+        assert len(_bodies(stack, table)) == 20
         for p in spinners:
             p.kill()
             p.wait()
-        await slots_become(2)
+        await slots_become(bus, 2)
     finally:
         for p in spinners:
             p.kill()
             p.wait()
         bus.stop(10)
-
-
-def _metric(base: str, name: str) -> float:
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                return float(sample.value)
-    raise AssertionError(f"{name} not exported")

@@ -101,20 +101,26 @@ def _group(tmp_path: Path, quota: str, usage_usec: int, cpus: int = 8) -> Cgroup
     )
 
 
+def _sampler(group: CgroupCpu, *, cpu: list[float]) -> CpuSampler:
+    """A sampler on an 8-core machine without /proc/stat, whose process used ``cpu`` seconds
+    at its two readings, one second apart, in ``group``."""
+    cpus, wall = iter(cpu), iter([10.0, 11.0])
+    return CpuSampler(
+        None,
+        process_time=lambda: next(cpus),
+        clock=lambda: next(wall),
+        find_group=lambda: group,
+        machine_cpus=8,
+    )
+
+
 def test_a_container_limited_below_the_machine_counts_its_share_of_the_limit(
     tmp_path: Path,
 ) -> None:
     """A group allowed 1.5 of 8 cores that used 1.35 core-seconds in one second is 90 % busy,
     while the host's /proc/stat (missing here) and this process (0.5 of a core) read lower."""
     group = _group(tmp_path, "150000 100000", 1_000_000)
-    cpu, wall = iter([1.0, 1.5]), iter([10.0, 11.0])
-    sampler = CpuSampler(
-        None,
-        process_time=lambda: next(cpu),
-        clock=lambda: next(wall),
-        find_group=lambda: group,
-        machine_cpus=8,
-    )
+    sampler = _sampler(group, cpu=[1.0, 1.5])
     (tmp_path / "cpu.stat").write_text("usage_usec 2350000\n")
     assert sampler.sample() == pytest.approx(0.9)
 
@@ -125,27 +131,14 @@ def test_a_container_limited_below_the_machine_counts_its_share_of_the_limit(
 def test_a_group_as_wide_as_the_machine_adds_nothing(tmp_path: Path, quota: str, cpus: int) -> None:
     """No quota and every core allowed (or a quota of at least the machine's cores): the
     group's figure is /proc/stat's, so it is not read; the process's share stands."""
-    group = _group(tmp_path, quota, 0, cpus=cpus)
-    cpu, wall = iter([1.0, 1.2]), iter([10.0, 11.0])
-    sampler = CpuSampler(
-        None,
-        process_time=lambda: next(cpu),
-        clock=lambda: next(wall),
-        find_group=lambda: group,
-        machine_cpus=8,
-    )
+    sampler = _sampler(_group(tmp_path, quota, 0, cpus=cpus), cpu=[1.0, 1.2])
     (tmp_path / "cpu.stat").write_text("usage_usec 8000000\n")  # 8 cores busy
     assert sampler.sample() == pytest.approx(0.2)
 
 
 def test_a_cpuset_narrows_the_cores_without_a_quota(tmp_path: Path) -> None:
     """Pinned to 2 of 8 cores with no quota: 1.8 core-seconds in a second is 90 % busy."""
-    group = _group(tmp_path, "max 100000", 0, cpus=2)
-    wall = iter([10.0, 11.0])
-    sampler = CpuSampler(
-        None, process_time=lambda: 0.0, clock=lambda: next(wall), find_group=lambda: group,
-        machine_cpus=8,
-    )  # fmt: skip
+    sampler = _sampler(_group(tmp_path, "max 100000", 0, cpus=2), cpu=[0.0, 0.0])
     (tmp_path / "cpu.stat").write_text("usage_usec 1800000\n")
     assert sampler.sample() == pytest.approx(0.9)
 
