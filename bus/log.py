@@ -14,7 +14,6 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
-import msgspec
 import structlog
 
 from writebus.client.errors import ConfigError
@@ -36,12 +35,6 @@ def _restore_fields(
     if isinstance(fields, dict):
         event_dict.update(fields)
     return event_dict
-
-
-def _json(event_dict: Any, default: Any = repr, **_: Any) -> str:
-    """structlog's JSON serializer, as msgspec (a tenth of ``json.dumps``' time): UTF-8 kept
-    as it is, ``default`` for what JSON has no type for."""
-    return msgspec.json.encode(event_dict, enc_hook=default).decode()
 
 
 def log_level(name: str | None, variable: str = "WRITEBUS_LOG_LEVEL") -> int:
@@ -80,7 +73,7 @@ def configure_logging(
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
     else:
-        renderer = structlog.processors.JSONRenderer(serializer=_json)
+        renderer = structlog.processors.JSONRenderer()
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
             _restore_fields,
