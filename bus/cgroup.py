@@ -148,8 +148,7 @@ def _read(path: Path) -> str | None:
 def find(root: Path = _ROOT, self_cgroup: Path = _SELF) -> CgroupCpu | None:
     """This process's group's CPU files, v1 first (on a hybrid host v2 holds no CPU limit);
     None when there are none (not Linux, no cgroup file system mounted)."""
-    text = _read(self_cgroup)
-    return None if text is None else _find_in(parse_self_cgroup(text), root)
+    return Lookup(root, self_cgroup)()
 
 
 class Lookup:

@@ -75,12 +75,18 @@ def parse_proc_stat(text: str, ticks_per_second: float = 100.0) -> CpuTimes | No
     return None
 
 
+def busy_share(used: float, elapsed: float, cores: float = 1.0) -> float | None:
+    """The share of ``cores`` that ``used`` CPU seconds took in ``elapsed`` seconds (clamped
+    to 0..1); None when no time passed or there are no cores. Every figure the sampler takes
+    -- the machine's, the process's, a control group's -- is one of these."""
+    if elapsed <= 0 or cores <= 0:
+        return None
+    return min(1.0, max(0.0, used / (elapsed * cores)))
+
+
 def busy_fraction(before: CpuTimes, after: CpuTimes) -> float | None:
     """The busy share of the time between two readings; None when no time passed."""
-    elapsed = after.total - before.total
-    if elapsed <= 0:
-        return None
-    return min(1.0, max(0.0, (after.busy - before.busy) / elapsed))
+    return busy_share(after.busy - before.busy, after.total - before.total)
 
 
 class SlotPolicy:
@@ -136,14 +142,6 @@ class _GroupUse:
     cores: float
 
 
-def group_share(used: float, elapsed: float, cores: float) -> float | None:
-    """The share of a control group's ``cores`` that ``used`` CPU seconds took in ``elapsed``
-    seconds (clamped to 0..1); None when no time passed or there are no cores."""
-    if elapsed <= 0 or cores <= 0:
-        return None
-    return min(1.0, max(0.0, used / (elapsed * cores)))
-
-
 class CpuSampler:
     """Busy fraction since the previous :meth:`sample`: the machine's (``/proc/stat``), this
     process's share of one core, or -- when its control group may use fewer cores than the
@@ -174,21 +172,16 @@ class CpuSampler:
         """The busy fraction since the last call (None before any time has passed)."""
         machine = self._read_machine()
         now = (self._process_time(), self._clock())
-        shares: list[float] = []
-        if machine is not None and self._machine is not None:
-            share = busy_fraction(self._machine, machine)
-            if share is not None:
-                shares.append(share)
         wall = now[1] - self._process[1]
-        if wall > 0:
-            shares.append(min(1.0, (now[0] - self._process[0]) / wall))
         used = self._read_group()
+        shares = [busy_share(now[0] - self._process[0], wall)]
+        if machine is not None and self._machine is not None:
+            shares.append(busy_fraction(self._machine, machine))
         if used is not None and self._used is not None and used.group == self._used.group:
-            share = group_share(used.seconds - self._used.seconds, wall, used.cores)
-            if share is not None:
-                shares.append(share)
+            shares.append(busy_share(used.seconds - self._used.seconds, wall, used.cores))
         self._machine, self._process, self._used = machine, now, used
-        return max(shares) if shares else None
+        known = [s for s in shares if s is not None]
+        return max(known) if known else None
 
     def _read_group(self) -> _GroupUse | None:
         """What this process's control group has used, when it may use fewer cores than the

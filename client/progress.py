@@ -29,15 +29,17 @@ class RegionProgress:
 
     def replayed(self, now: float) -> int | None:
         """The position this process may rely on, or None when nothing fresh was heard."""
-        fresh = [lsn for lsn, at in self._seen.values() if now - at <= self.stale_after]
+        fresh = self._fresh(now)
         return min(fresh) if fresh else None
 
     def single(self, now: float) -> bool:
         """Whether one replica is all this process may read from: the one it follows
         (``replica_id``), or the only one heard from recently."""
-        if self.replica_id is not None:
-            return True
-        return sum(1 for _, at in self._seen.values() if now - at <= self.stale_after) == 1
+        return self.replica_id is not None or len(self._fresh(now)) == 1
+
+    def _fresh(self, now: float) -> list[int]:
+        """The positions of the replicas heard from within ``stale_after``."""
+        return [lsn for lsn, at in self._seen.values() if now - at <= self.stale_after]
 
     def last_heard(self) -> float | None:
         """Monotonic time of the latest broadcast counted."""

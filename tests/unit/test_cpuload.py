@@ -17,7 +17,7 @@ from writebus.bus.cpuload import (
     SlotPolicy,
     adapt,
     busy_fraction,
-    group_share,
+    busy_share,
     parse_proc_stat,
 )
 
@@ -143,13 +143,13 @@ def test_a_cpuset_narrows_the_cores_without_a_quota(tmp_path: Path) -> None:
     assert sampler.sample() == pytest.approx(0.9)
 
 
-def test_group_share_of_its_cores() -> None:
+def test_busy_share_of_some_cores() -> None:
     """Used seconds over elapsed times cores, clamped; nothing elapsed or no cores: unknown."""
-    assert group_share(0.45, 1.0, 0.5) == pytest.approx(0.9)
-    assert group_share(3.0, 1.0, 2.0) == 1.0
-    assert group_share(-1.0, 1.0, 2.0) == 0.0
-    assert group_share(1.0, 0.0, 2.0) is None
-    assert group_share(1.0, 1.0, 0.0) is None
+    assert busy_share(0.45, 1.0, 0.5) == pytest.approx(0.9)
+    assert busy_share(3.0, 1.0, 2.0) == 1.0
+    assert busy_share(-1.0, 1.0, 2.0) == 0.0
+    assert busy_share(1.0, 0.0, 2.0) is None
+    assert busy_share(1.0, 1.0, 0.0) is None
 
 
 async def test_adapt_applies_the_policy_to_each_sample() -> None:
