@@ -1,13 +1,15 @@
 """Log output of the service and the command-line tools: JSON in production, console for people.
 
 Every writebus logger writes to the standard ``logging`` module (:mod:`writebus.client.log`).
-The service routes the root logger through structlog's ``ProcessorFormatter``, so in JSON mode
-every line is one JSON object -- writebus' own events with their fields as keys, and the
-messages of psycopg_pool, nats-py or anything else under their logger's name.
+The service formats every record of the root logger with :class:`LineFormatter` and one of
+structlog's renderers, so in JSON mode every line is one JSON object -- writebus' own events
+with their fields as keys, and the messages of psycopg_pool, nats-py or anything else under
+their logger's name.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import sys
@@ -26,15 +28,36 @@ FORMATS = ("json", "console")
 CHATTY = ("psycopg", "asyncio", "nats")
 
 
-def _restore_fields(
-    logger: Any, method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    """Put a writebus event's own fields back (its message is their rendered form)."""
-    record = event_dict.get("_record")
-    fields = getattr(record, RECORD_ATTR, None)
-    if isinstance(fields, dict):
-        event_dict.update(fields)
-    return event_dict
+class LineFormatter(logging.Formatter):
+    """Formats a record as one line with structlog's ``renderer`` (JSON or console).
+
+    The line's fields are a writebus event's own (:data:`~writebus.client.log.RECORD_ATTR`) or,
+    for any other library's record, its message as the ``event``; then the logger's name, the
+    level, the record's time (ISO 8601, UTC) and the exception's text, if any.
+
+    Built for the request log's rate: structlog's ``ProcessorFormatter`` copied every record
+    and rebuilt its fields through a processor chain, about a third of a line's cost.
+    """
+
+    def __init__(self, renderer: Any) -> None:
+        super().__init__()
+        self._render = renderer
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record's line (without the newline)."""
+        fields = getattr(record, RECORD_ATTR, None)
+        ed: MutableMapping[str, Any] = (
+            dict(fields) if isinstance(fields, dict) else {"event": record.getMessage()}
+        )
+        ed["logger"] = record.name
+        method = record.levelname.lower()
+        ed["level"] = method
+        stamp = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        ed["timestamp"] = stamp.isoformat().replace("+00:00", "Z")
+        if record.exc_info:
+            ed["exc_info"] = record.exc_info
+            ed = structlog.processors.format_exc_info(None, method, ed)
+        return self._render(None, method, ed)  # type: ignore[no-any-return]
 
 
 def log_level(name: str | None, variable: str = "WRITEBUS_LOG_LEVEL") -> int:
@@ -74,19 +97,7 @@ def configure_logging(
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
     else:
         renderer = structlog.processors.JSONRenderer()
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[
-            _restore_fields,
-            structlog.stdlib.add_logger_name,
-            structlog.stdlib.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-        ],
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-    )
+    formatter = LineFormatter(renderer)
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(out)

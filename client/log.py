@@ -39,17 +39,40 @@ def _value(value: Any) -> str:
     return text
 
 
+class Message:
+    """A record's message, ``event key=value ...``: made when a handler first asks for it.
+
+    The service's formatter reads the fields and never asks, and the message cost a sixth of a
+    request log line. Under a plain ``logging`` set-up it reads as before (``str(record.msg)``,
+    ``record.getMessage()``).
+    """
+
+    __slots__ = ("fields", "_text")
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+        self._text: str | None = None
+
+    def __str__(self) -> str:
+        if self._text is None:
+            items = iter(self.fields.items())
+            _, event = next(items)  # the event comes first
+            self._text = " ".join([str(event), *(f"{k}={_value(v)}" for k, v in items)])
+        return self._text
+
+    def __repr__(self) -> str:
+        return repr(str(self))
+
+
 def _to_stdlib(
     logger: Any, method: str, event_dict: MutableMapping[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    fields = dict(event_dict)
-    event = str(fields.pop("event", ""))
-    exc_info = fields.pop("exc_info", None)
-    message = " ".join([event, *(f"{k}={_value(v)}" for k, v in fields.items())])
-    kwargs: dict[str, Any] = {"extra": {RECORD_ATTR: {"event": event, **fields}}}
+    exc_info = event_dict.pop("exc_info", None)
+    fields = {"event": str(event_dict.pop("event", "")), **event_dict}
+    kwargs: dict[str, Any] = {"extra": {RECORD_ATTR: fields}}
     if exc_info:
         kwargs["exc_info"] = exc_info
-    return (message,), kwargs
+    return (Message(fields),), kwargs
 
 
 def get_logger(name: str) -> Any:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import logging
@@ -71,3 +72,84 @@ def test_messages_quote_values_with_spaces_quotes_or_newlines() -> None:
     assert records[0].getMessage() == (
         "e a=plain b='two words' c='' d='k=v' e='say \"hi\"' f='a\\nb' g=3"
     )
+
+
+def test_other_libraries_records_become_events_with_their_own_time(
+    restore_logging: None,
+) -> None:
+    """A record from outside writebus (psycopg_pool, nats-py...) is one JSON line too: its
+    message (arguments merged) as the event, its logger and level; the time stamp is
+    when the record was made, in UTC, as structlog's ISO stamp spells it."""
+    out = io.StringIO()
+    configure_logging(fmt="json", level="info", stream=out)
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    other = logging.getLogger("someone.else")
+    keep = Keep()
+    other.addHandler(keep)
+    try:
+        other.warning("pool %s is %d%% full", "main", 90)
+    finally:
+        other.removeHandler(keep)
+    line = json.loads(out.getvalue())
+    assert line["event"] == "pool main is 90% full"
+    assert line["logger"] == "someone.else" and line["level"] == "warning"
+    made = datetime.datetime.fromtimestamp(records[0].created, datetime.UTC)
+    assert line["timestamp"] == made.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert list(line)[-3:] == ["logger", "level", "timestamp"]
+
+
+def test_console_lines_carry_the_event_its_fields_and_the_exception(
+    restore_logging: None,
+) -> None:
+    """The console format (people at a terminal) renders the same fields."""
+    out = io.StringIO()
+    configure_logging(fmt="console", level="info", stream=out)
+    log = get_logger("writebus.test.console")
+    try:
+        raise KeyError("gone")
+    except KeyError:
+        log.exception("lost", region="lax")
+    text = out.getvalue()
+    assert "lost" in text and "region=lax" in text and "writebus.test.console" in text
+    assert "KeyError: 'gone'" in text
+
+
+def test_the_message_is_made_only_when_asked_for(restore_logging: None) -> None:
+    """The service's JSON lines are made from the fields: the ``event key=value`` message is
+    never rendered for them (it cost a sixth of a request log line); a handler that asks
+    gets it, made once."""
+    out = io.StringIO()
+    configure_logging(fmt="json", level="info", stream=out)
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    made: list[int] = []
+
+    class Counted:
+        def __str__(self) -> str:
+            made.append(1)
+            return "counted"
+
+        def __repr__(self) -> str:
+            return "<counted>"
+
+    std = logging.getLogger("writebus.test.lazy")
+    keep = Keep()
+    std.addHandler(keep)
+    try:
+        get_logger("writebus.test.lazy").info("request", value=Counted(), n=2)
+    finally:
+        std.removeHandler(keep)
+    assert json.loads(out.getvalue())["value"] == "<counted>"
+    assert made == []
+    assert records[0].getMessage() == "request value=counted n=2"
+    assert str(records[0].msg) == "request value=counted n=2"
+    assert made == [1]
