@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import io
 import json
@@ -153,3 +154,45 @@ def test_the_message_is_made_only_when_asked_for(restore_logging: None) -> None:
     assert records[0].getMessage() == "request value=counted n=2"
     assert str(records[0].msg) == "request value=counted n=2"
     assert made == [1]
+
+
+class _CountingStream(io.StringIO):
+    """A stream that counts its flushes (each would be a write to a pipe or file)."""
+
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def test_lines_in_one_loop_step_are_flushed_once(restore_logging: None) -> None:
+    """Inside an event loop the lines written in one step go out in one flush, at the end of
+    the step; outside a loop every line is flushed as it is written, even when a flush was
+    left due on a loop that has closed."""
+    out = _CountingStream()
+    configure_logging(fmt="json", level="info", stream=out)
+    log = get_logger("writebus.test.flush")
+
+    async def step() -> tuple[int, int]:
+        for n in range(5):
+            log.info("request", n=n)
+        before = out.flushes
+        await asyncio.sleep(0)
+        return before, out.flushes
+
+    assert asyncio.run(step()) == (0, 1)
+    assert len(out.getvalue().splitlines()) == 5
+
+    loop = asyncio.new_event_loop()
+    loop.call_soon(log.info, "late")  # its flush is due on a loop that will never run again
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    loop.close()
+    flushed = out.flushes
+    log.info("after", n=1)
+    log.info("after", n=2)
+    assert out.flushes == flushed + 2
+    assert [json.loads(x)["event"] for x in out.getvalue().splitlines()][-3:] == [
+        "late", "after", "after"
+    ]  # fmt: skip
