@@ -325,7 +325,15 @@ def table(report: Mapping[str, Any]) -> str:
     add("| target | this run | limit | |")
     add("|---|---:|---:|---|")
     for tg in report["targets"]:
-        name = tg["name"].replace("|", "\\|")  # a pipe inside a cell ends it
-        add(f"| {name} | {_f(tg['value'], 2)} {tg['unit']} | {_f(tg['limit'], 2)} | "
-            f"{'met' if tg['met'] else '**missed**'} |")
+        add(target_row(tg))
     return "\n".join(lines) + "\n"
+
+
+def target_row(tg: Mapping[str, Any]) -> str:
+    """One target's row of the table. A value that rounds to its limit gets a third digit,
+    so a miss never reads as equal to the limit."""
+    name = tg["name"].replace("|", "\\|")  # a pipe inside a cell ends it
+    value, limit = tg["value"], tg["limit"]
+    digits = 3 if _f(value, 2) == _f(limit, 2) and _f(value, 3) != _f(limit, 3) else 2
+    return (f"| {name} | {_f(value, digits)} {tg['unit']} | {_f(limit, 2)} | "
+            f"{'met' if tg['met'] else '**missed**'} |")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.config import METRICS_OFF, METRICS_ON
-from bench.report import evaluate_targets
+from bench.report import evaluate_targets, target_row
 from bench.run import run_bench
 from bench.stats import percentile, summary
 
@@ -141,6 +141,18 @@ def test_targets_compare_ratios_from_one_run() -> None:
     assert judged("metrics on vs off") == [False]  # 975 vs 1100: 11 %
     assert judged("tracker wake p99") == [True, False]  # 0.91x bare; 2 per broadcast: 9 ms
     assert judged("heap comparisons per woken waiter") == [False]  # grew 5x, log n 2x
+
+
+def test_a_target_row_never_shows_a_miss_as_the_limit() -> None:
+    """Two digits, unless the value rounds to its limit: 0.204 ms against 0.2 reads 0.204."""
+
+    def row(value: float) -> str:
+        return target_row({"name": "cpu | x", "value": value, "limit": 0.2, "unit": "ms",
+                           "met": value <= 0.2})  # fmt: skip
+
+    assert row(0.204) == "| cpu \\| x | 0.204 ms | 0.20 | **missed** |"
+    assert row(0.2) == "| cpu \\| x | 0.20 ms | 0.20 | met |"
+    assert row(0.18) == "| cpu \\| x | 0.18 ms | 0.20 | met |"
 
 
 def test_slice_order_rotates_and_keeps_pairs_side_by_side_in_alternating_order() -> None:
