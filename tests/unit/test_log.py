@@ -9,6 +9,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -27,6 +28,24 @@ def restore_logging() -> Iterator[None]:
     root.handlers, root.level = handlers, level
     (logging._srcfile, logging.logThreads, logging.logProcesses,
      logging.logMultiprocessing) = flags  # fmt: skip
+
+
+@contextmanager
+def kept(name: str) -> Iterator[list[logging.LogRecord]]:
+    """The records that reach the logger ``name`` inside the block, kept by its own handler."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep()
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
 
 
 def test_json_lines_keep_fields_unicode_and_odd_values(restore_logging: None) -> None:
@@ -58,18 +77,11 @@ def test_json_lines_keep_fields_unicode_and_odd_values(restore_logging: None) ->
 def test_messages_quote_values_with_spaces_quotes_or_newlines() -> None:
     """Under a plain logging set-up a record's message is ``event key=value``; a value that
     is empty or holds a space, ``=``, ``"`` or a newline is quoted."""
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    std = logging.getLogger("writebus.test.quote")
-    std.addHandler(Keep())
-    std.setLevel(logging.INFO)
-    get_logger("writebus.test.quote").info(
-        "e", a="plain", b="two words", c="", d="k=v", e='say "hi"', f="a\nb", g=3
-    )
+    logging.getLogger("writebus.test.quote").setLevel(logging.INFO)
+    with kept("writebus.test.quote") as records:
+        get_logger("writebus.test.quote").info(
+            "e", a="plain", b="two words", c="", d="k=v", e='say "hi"', f="a\nb", g=3
+        )
     assert records[0].getMessage() == (
         "e a=plain b='two words' c='' d='k=v' e='say \"hi\"' f='a\\nb' g=3"
     )
@@ -83,19 +95,8 @@ def test_other_libraries_records_become_events_with_their_own_time(
     when the record was made, in UTC, as structlog's ISO stamp spells it."""
     out = io.StringIO()
     configure_logging(fmt="json", level="info", stream=out)
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    other = logging.getLogger("someone.else")
-    keep = Keep()
-    other.addHandler(keep)
-    try:
-        other.warning("pool %s is %d%% full", "main", 90)
-    finally:
-        other.removeHandler(keep)
+    with kept("someone.else") as records:
+        logging.getLogger("someone.else").warning("pool %s is %d%% full", "main", 90)
     line = json.loads(out.getvalue())
     assert line["event"] == "pool main is 90% full"
     assert line["logger"] == "someone.else" and line["level"] == "warning"
@@ -126,12 +127,6 @@ def test_the_message_is_made_only_when_asked_for(restore_logging: None) -> None:
     gets it, made once."""
     out = io.StringIO()
     configure_logging(fmt="json", level="info", stream=out)
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
     made: list[int] = []
 
     class Counted:
@@ -142,13 +137,8 @@ def test_the_message_is_made_only_when_asked_for(restore_logging: None) -> None:
         def __repr__(self) -> str:
             return "<counted>"
 
-    std = logging.getLogger("writebus.test.lazy")
-    keep = Keep()
-    std.addHandler(keep)
-    try:
+    with kept("writebus.test.lazy") as records:
         get_logger("writebus.test.lazy").info("request", value=Counted(), n=2)
-    finally:
-        std.removeHandler(keep)
     assert json.loads(out.getvalue())["value"] == "<counted>"
     assert made == []
     assert records[0].getMessage() == "request value=counted n=2"
