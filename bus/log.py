@@ -97,7 +97,10 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def _flush_due(self) -> None:
         self._due = None
-        self.flush()
+        try:
+            self.flush()
+        except (OSError, ValueError):
+            pass  # the stream closed (or its reader left) since: as logging.shutdown does
 
 
 def log_level(name: str | None, variable: str = "WRITEBUS_LOG_LEVEL") -> int:

@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +187,25 @@ def test_lines_in_one_loop_step_are_flushed_once(restore_logging: None) -> None:
     assert [json.loads(x)["event"] for x in out.getvalue().splitlines()][-3:] == [
         "late", "after", "after"
     ]  # fmt: skip
+
+
+def test_a_due_flush_on_a_stream_closed_since_is_dropped_quietly(
+    restore_logging: None, tmp_path: Path
+) -> None:
+    """A stream closed between a line and the end of its step (a reader gone, a test's
+    stream) does not surface as an error in the event loop: as ``logging.shutdown`` does,
+    the flush is dropped."""
+    out = (tmp_path / "log").open("w")
+    configure_logging(fmt="json", level="info", stream=out)
+    log = get_logger("writebus.test.closed")
+    errors: list[dict[str, object]] = []
+
+    async def step() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+        log.info("request", n=1)
+        out.close()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    asyncio.run(step())
+    assert errors == []
