@@ -202,14 +202,9 @@ async def _tracker(stack: Stack, cfg: BenchConfig) -> dict[str, Any]:
     at_once, bare, p99s = await tracker_scale.wake_all_side_by_side(
         stack, waiters=n, repeats=cfg.tracker_repeats
     )
-    # One run's p99 is one of its 100 broadcasts meeting a pause (a collection, the scheduler):
-    # the run with the median p99 of several is reported, all of them beside it.
-    batched_runs = [
-        await tracker_scale.wake_run(stack, waiters=n, per_broadcast=cfg.tracker_batch)
-        for _ in range(cfg.tracker_repeats)
-    ]
-    batched_runs.sort(key=lambda r: r.wake_p99_ms)
-    batched = batched_runs[len(batched_runs) // 2]
+    batched, batched_p99s = await tracker_scale.wake_repeated(
+        stack, waiters=n, per_broadcast=cfg.tracker_batch, repeats=cfg.tracker_repeats
+    )
     release = {
         str(size): tracker_scale.release_cost(size, cfg.scaling_release)
         for size in cfg.scaling_sizes
@@ -222,7 +217,7 @@ async def _tracker(stack: Stack, cfg: BenchConfig) -> dict[str, Any]:
         "cpu_s": head["cpu_s"],
         "all_at_once": head,
         "batched": batched.as_dict(),
-        "batched_p99s_ms": [round(r.wake_p99_ms, 3) for r in batched_runs],
+        "batched_p99s_ms": batched_p99s,
         "bare_asyncio": bare,
         "wake_all_p99s_ms": p99s,
         "release_count": cfg.scaling_release,

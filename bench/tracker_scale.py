@@ -19,7 +19,9 @@ import math
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from bench.harness import settings
 from bench.stats import percentile
@@ -33,6 +35,8 @@ from writebus.client.waiters import WaiterQueue
 #: Synthetic LSNs start here: far beyond the real replica, so its fallback reads release nobody.
 BASE_LSN = 1 << 44
 REPLICA_ID = "bench-replica"
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -180,16 +184,27 @@ async def wake_all_side_by_side(
     for _ in range(repeats):
         tracker_runs.append(await wake_run(stack, waiters=waiters, per_broadcast=waiters))
         bare_runs.append(await bare_asyncio_wake(waiters))
-    tracker_runs.sort(key=lambda r: r.wake_p99_ms)
-    bare_runs.sort(key=lambda r: r["wake_p99_ms"])
-    return (
-        tracker_runs[len(tracker_runs) // 2],
-        bare_runs[len(bare_runs) // 2],
-        {
-            "tracker": [round(r.wake_p99_ms, 3) for r in tracker_runs],
-            "bare": [r["wake_p99_ms"] for r in bare_runs],
-        },
-    )
+    tracker, tracker_p99s = median_p99(tracker_runs, lambda r: r.wake_p99_ms)
+    bare, bare_p99s = median_p99(bare_runs, lambda r: r["wake_p99_ms"])
+    return tracker, bare, {"tracker": tracker_p99s, "bare": bare_p99s}
+
+
+async def wake_repeated(
+    stack: Stack, *, waiters: int, per_broadcast: int, repeats: int
+) -> tuple[WakeRun, list[float]]:
+    """:func:`wake_run` ``repeats`` times: the run with the median p99, and every p99 (one
+    run's p99 is one of its broadcasts meeting a pause -- a collection, the scheduler)."""
+    runs = [
+        await wake_run(stack, waiters=waiters, per_broadcast=per_broadcast)
+        for _ in range(repeats)
+    ]
+    return median_p99(runs, lambda r: r.wake_p99_ms)
+
+
+def median_p99(runs: list[R], p99: Callable[[R], float]) -> tuple[R, list[float]]:
+    """The run with the median p99 of ``runs``, and their p99s in order (ms, rounded)."""
+    ordered = sorted(runs, key=p99)
+    return ordered[len(ordered) // 2], [round(p99(r), 3) for r in ordered]
 
 
 class _Counted(int):
