@@ -17,6 +17,14 @@ keep that from happening:
   counting against the ``connections`` slots, so the next queued requests start on another
   connection (up to ``max_connections`` groups at once). Slow writes then run side by side, as
   they would without grouping, while fast writes keep few, large groups.
+* **Nothing waits for a slot that grouping cannot use.** Writes a little under the budget
+  (a 30 ms transaction) never stall, so the slots alone would cap a worker at ``connections``
+  such writes at a time -- about 60 a second with two slots -- however many connections it
+  has. So a group also starts past the slots (up to ``max_connections``) when it could hold
+  only one request at the current cost (``"alone"``: waiting would form no group), and when
+  the oldest queued request has waited ``budget`` seconds (``"overdue"``: the slots are not
+  keeping up). Fast writes, whose groups hold dozens and end well within the budget, meet
+  neither and keep their few, large groups.
 
 How many slots are open follows the CPU (``adaptive``, :mod:`writebus.bus.cpuload`): all of
 them while it has room -- a second group overlaps the first one's wait on the database -- and
@@ -28,8 +36,9 @@ How the queue is cut is :func:`take_group` and :func:`group_limit`, both pure.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from writebus.bus.cpuload import INTERVAL, CpuSampler, SlotPolicy, adapt
@@ -47,6 +56,8 @@ RunGroup = Callable[[list[Job]], Awaitable[list[Outcome]]]
 DEFAULT_BUDGET = 0.05
 #: Weight of the newest group in the per-request cost estimate.
 COST_WEIGHT = 0.3
+#: Seconds early a queued request still counts as having waited the budget.
+OVERDUE_SLACK = 0.001
 
 
 @dataclass
@@ -54,6 +65,8 @@ class _Waiting:
     job: Job
     size: int
     future: asyncio.Future[Outcome]
+    #: Event-loop time it was queued.
+    queued: float = 0.0
 
 
 def take_group(queue: deque[_Waiting], *, max_count: int, max_bytes: int) -> list[_Waiting]:
@@ -78,6 +91,27 @@ def group_limit(cost: float, *, budget: float, max_count: int) -> int:
     return max(1, min(max_count, int(budget / cost)))
 
 
+def overdue(waited: float, budget: float) -> bool:
+    """Whether a request that has waited ``waited`` seconds in the queue may start past the
+    slots. A millisecond early counts: the timer that checks may fire that much before."""
+    return waited + OVERDUE_SLACK >= budget
+
+
+def placement(*, slot_free: bool, waited: float, budget: float, limit: int) -> str | None:
+    """Where the next group starts, for a queue whose oldest request has waited ``waited``
+    seconds and whose groups may hold ``limit`` requests: ``"slot"`` (a slot is free),
+    ``"overdue"`` (past the slots: it waited the budget), ``"alone"`` (past the slots: a group
+    could hold only this one request, so waiting for a slot would form nothing), or None
+    (wait for a slot)."""
+    if slot_free:
+        return "slot"
+    if overdue(waited, budget):
+        return "overdue"
+    if limit == 1:
+        return "alone"
+    return None
+
+
 def next_cost(cost: float, seconds: float, count: int) -> float:
     """The per-request cost estimate after a group of ``count`` took ``seconds``."""
     observed = seconds / count
@@ -85,12 +119,23 @@ def next_cost(cost: float, seconds: float, count: int) -> float:
 
 
 class _Running:
-    """One group in flight: whether it gave its slot up (stalled)."""
+    """One group in flight: when it started, its size, and whether it holds no slot (it
+    stalled, or started past the slots)."""
 
-    __slots__ = ("stalled",)
+    __slots__ = ("begun", "count", "stalled", "started")
 
-    def __init__(self) -> None:
-        self.stalled = False
+    def __init__(self, started: float, count: int, *, stalled: bool = False) -> None:
+        self.started = started
+        self.count = count
+        self.stalled = stalled
+        #: The group's task has started running (a task cancelled before that never does).
+        self.begun = False
+
+
+def least_cost(now: float, running: Iterable[_Running]) -> float:
+    """What one request costs at least, judging by the groups still running: a group of ``n``
+    that has run ``t`` seconds takes at least ``t / n`` a request (0: none running)."""
+    return max(((now - r.started) / r.count for r in running), default=0.0)
 
 
 class Committer:
@@ -130,20 +175,24 @@ class Committer:
         self._queue: deque[_Waiting] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._active = 0  # groups holding a slot
-        self._running = 0  # groups in flight, stalled or not
+        self._running: set[_Running] = set()  # groups in flight, stalled or not
         self._stopping = False
         #: Seconds one request takes inside a group (a moving estimate; 0: none yet).
         self.cost = 0.0
-        #: Groups run, requests in them (mean group size = requests / groups), groups stalled.
+        #: Groups run, requests in them (mean group size = requests / groups), groups stalled,
+        #: and groups started past the slots, by :func:`placement`'s reason.
         self.groups = 0
         self.requests = 0
         self.stalls = 0
+        self.past_slots: dict[str, int] = {"overdue": 0, "alone": 0}
+        self._overdue_timer: asyncio.TimerHandle | None = None
+        self._overdue_head: _Waiting | None = None
 
     def __repr__(self) -> str:
         return (
             f"<Committer {self.name} queued={len(self._queue)} active={self._active}/"
-            f"{self.slots} of {self.connections} running={self._running}/{self.max_connections} "
-            f"groups={self.groups}>"
+            f"{self.slots} of {self.connections} running={len(self._running)}/"
+            f"{self.max_connections} groups={self.groups}>"
         )
 
     @property
@@ -184,6 +233,7 @@ class Committer:
             self._adapter = None
         for task in tasks:
             task.cancel()
+        self._disarm()
         while self._queue:
             waiting = self._queue.popleft()
             if not waiting.future.done():
@@ -194,40 +244,93 @@ class Committer:
     async def submit(self, job: Job, size: int = 0) -> Outcome:
         """Queue a validated statement write (``size``: its parameters' bytes) and wait for
         its outcome."""
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Waiting(job, size, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        self._queue.append(_Waiting(job, size, future, loop.time()))
         self._dispatch()
         return await future
 
     def _dispatch(self) -> None:
-        """Start groups from the queue while a slot and a connection are free."""
-        while (
-            self._queue
-            and not self._stopping
-            and self._active < self.slots
-            and self._running < self.max_connections
-        ):
+        """Start groups from the queue while a connection is free: in a free slot, or past the
+        slots when the oldest queued request has waited ``budget`` seconds or when groups can
+        hold only one request anyway (:func:`placement`). Then watch the new oldest request."""
+        loop = asyncio.get_running_loop()
+        while self._queue and not self._stopping and len(self._running) < self.max_connections:
+            now = loop.time()
+            waited = now - self._queue[0].queued
+            if self._active >= self.slots and overdue(waited, self.budget):
+                # The groups that kept this request waiting say what a request costs at
+                # least -- before any group has ended, the only estimate there is.
+                self.cost = max(self.cost, least_cost(now, self._running))
             limit = group_limit(self.cost, budget=self.budget, max_count=self.max_count)
+            where = placement(
+                slot_free=self._active < self.slots, waited=waited, budget=self.budget, limit=limit
+            )
+            if where is None:
+                break
             group = take_group(self._queue, max_count=limit, max_bytes=self.max_bytes)
-            self._active += 1
-            self._running += 1
-            task = asyncio.create_task(self._run_group(group), name=f"group-{self.name}")
+            running = _Running(now, len(group), stalled=where != "slot")
+            if where == "slot":
+                self._active += 1
+            else:
+                self.past_slots[where] += 1
+            self._running.add(running)
+            task = asyncio.create_task(
+                self._run_group(group, running), name=f"group-{self.name}"
+            )
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(functools.partial(self._ended, group, running))
+        self._watch_head(loop)
 
-    def _stall(self, running: _Running, count: int) -> None:
+    def _ended(self, group: list[_Waiting], running: _Running, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if running.begun:
+            return  # _run_group answered its requests
+        # Cancelled (by stop) before it ran: nothing reached the database.
+        self._running.discard(running)
+        if not running.stalled:
+            self._active -= 1
+        for w in group:
+            if not w.future.done():
+                w.future.set_result(UnavailableError("the worker is stopping; not run"))
+
+    def _watch_head(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Have :meth:`_dispatch` run again when the oldest queued request has waited the
+        budget (one timer, moved only when the oldest request changes). With every
+        connection busy there is nothing to watch for: the next group to end dispatches."""
+        waiting = (
+            self._queue and not self._stopping and len(self._running) < self.max_connections
+        )
+        head = self._queue[0] if waiting else None
+        if head is self._overdue_head:
+            return
+        self._disarm()
+        if head is not None:
+            self._overdue_head = head
+            self._overdue_timer = loop.call_at(head.queued + self.budget, self._on_overdue)
+
+    def _on_overdue(self) -> None:
+        self._overdue_timer = self._overdue_head = None
+        self._dispatch()
+
+    def _disarm(self) -> None:
+        if self._overdue_timer is not None:
+            self._overdue_timer.cancel()
+        self._overdue_timer = self._overdue_head = None
+
+    def _stall(self, running: _Running) -> None:
         """A group has run for ``budget`` seconds: free its slot; it is slow work."""
         running.stalled = True
         self.stalls += 1
         self._active -= 1
-        self.cost = max(self.cost, self.budget / count)
+        self.cost = max(self.cost, self.budget / running.count)
         self._dispatch()
 
-    async def _run_group(self, group: list[_Waiting]) -> None:
+    async def _run_group(self, group: list[_Waiting], running: _Running) -> None:
+        running.begun = True
         loop = asyncio.get_running_loop()
-        running = _Running()
-        started = loop.time()
-        timer = loop.call_later(self.budget, self._stall, running, len(group))
+        started = running.started
+        timer = None if running.stalled else loop.call_later(self.budget, self._stall, running)
         try:
             outcomes = await self.run([w.job for w in group])
         except asyncio.CancelledError:
@@ -241,8 +344,9 @@ class Committer:
             log.exception("committer.failed", requests=len(group))
             outcomes = [WriteBusError(f"internal: {type(exc).__name__}: {exc}")] * len(group)
         finally:
-            timer.cancel()
-            self._running -= 1
+            if timer is not None:
+                timer.cancel()
+            self._running.discard(running)
             if not running.stalled:
                 self._active -= 1
         self.cost = next_cost(self.cost, loop.time() - started, len(group))

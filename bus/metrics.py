@@ -63,6 +63,8 @@ class NodeReadings:
     groups: Callable[[], tuple[int, int]] = lambda: (0, 0)
     #: Committer slots open now (0: no committer, the node is not the primary).
     group_slots: Callable[[], int] = lambda: 0
+    #: reason ("stalled", "overdue", "alone") -> groups that ran past the committer slots.
+    group_past_slots: Callable[[], dict[str, int]] = dict
     #: The node's role now ("primary", "replica", or "starting").
     role: Callable[[], str] = lambda: "starting"
     version: str = ""
@@ -138,6 +140,16 @@ class _NodeCollector(Collector):
             "or 1 while the CPU is busy.",
             value=r.group_slots(),
         )
+        past = CounterMetricFamily(
+            "writebus_group_past_slots",
+            "Groups of statement writes that ran past the committer slots: stalled (still "
+            "running after the 50 ms budget), overdue (started for a write queued that long) "
+            "or alone (writes too slow to share a group, started at once).",
+            labels=["reason"],
+        )
+        for reason, n in sorted(r.group_past_slots().items()):
+            past.add_metric([reason], n)
+        yield past
         yield CounterMetricFamily(
             "writebus_replica_polls",
             "Polls of the local replica's replay position by the progress monitor.",

@@ -75,6 +75,7 @@ class NodeOps:
                 role=lambda: node.role or "starting",
                 groups=self._groups,
                 group_slots=self._group_slots,
+                group_past_slots=self._group_past_slots,
                 version=VERSION,
             ),
         )
@@ -151,6 +152,12 @@ class NodeOps:
     def _group_slots(self) -> int:
         committer = getattr(self.node, "committer", None)
         return committer.slots if committer is not None else 0
+
+    def _group_past_slots(self) -> dict[str, int]:
+        committer = getattr(self.node, "committer", None)
+        if committer is None:
+            return {}
+        return {"stalled": committer.stalls, **committer.past_slots}
 
     def _broadcasts(self) -> dict[str, int]:
         out: dict[str, int] = {}

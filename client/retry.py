@@ -28,8 +28,10 @@ from writebus.client.errors import (
     OutcomeUnknownError,
     WriteBusError,
 )
+from writebus.client.log import get_logger
 
 T = TypeVar("T")
+log = get_logger("writebus.client.retry")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,6 +174,10 @@ class Attempts:
                     if final is err:
                         raise
                     raise final from err
+                log.debug(
+                    "request.retrying", request_id=self.request_id, subject=self.subject,
+                    attempt=self.attempt, error=type(err).__name__, delay=round(delay, 4),
+                )  # fmt: skip
             await self._sleep(delay)
 
     def final(self, err: WriteBusError) -> WriteBusError:

@@ -303,6 +303,58 @@ async def test_slow_writes_run_side_by_side_not_in_one_group(stack: Any, table: 
         bus.stop(10)
 
 
+def most_at_once(spans: list[tuple[Any, Any]]) -> int:
+    """The most ``(start, end)`` spans that cover one moment."""
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+async def test_writes_under_the_budget_do_not_queue_behind_one_slot(
+    stack: Any, table: str
+) -> None:
+    """Writes that each spend 30 ms in their transaction -- under the committer's 50 ms
+    budget, so their groups never stall -- through a worker with one committer slot: a 50 ms
+    group holds one of them, so they start on other connections at once instead of one after
+    another (12 x 30 ms). The primary's own clocks show the transactions overlapping; the
+    worker's metrics count the groups started past the slot."""
+    from tests.support.stack import http_url, settings_for, start_bus
+    from writebus import Database
+
+    prefix = f"mid{uuid.uuid4().hex[:8]}"
+    bus = start_bus(stack, "syd", log_name=f"bus-{prefix}", WRITEBUS_PREFIX=prefix,
+                    WRITEBUS_GROUP_CONNECTIONS="1", WRITEBUS_REQUEST_LOG_LEVEL="debug")
+    with psycopg.connect(stack.primary.url, autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN began timestamptz, "
+                     "ADD COLUMN ended timestamptz")
+    # now(): the group's transaction began; clock_timestamp() after the sleep: it is ending.
+    mid = f"INSERT INTO {table}(body, began, ended) SELECT %s, now(), clock_timestamp() " \
+          "FROM pg_sleep(0.03)"
+    try:
+        async with Database(settings_for(stack, "lax", prefix=prefix), max_size=2) as db:
+            # Slow writes first: they stall, run side by side and leave the worker's pool
+            # with a dozen open connections (opening them is not what is measured).
+            await asyncio.gather(*(
+                db.execute(f"INSERT INTO {table}(body) SELECT %s FROM pg_sleep(0.3)",
+                           [f"warm{i}"], await_replication=False)
+                for i in range(12)
+            ))
+            await asyncio.gather(*(
+                db.execute(mid, [f"mid{i}"], await_replication=False) for i in range(12)
+            ))
+        spans = primary_rows(stack, f"SELECT began, ended FROM {table} WHERE body LIKE 'mid%'")
+        assert len(spans) == 12
+        assert most_at_once(spans) >= 5, f"at most {most_at_once(spans)} ran at once"
+        past = [metric(http_url(bus), "writebus_group_past_slots_total", reason=reason)
+                for reason in ("alone", "overdue")]  # fmt: skip
+        assert sum(past) >= 5, past
+    finally:
+        bus.stop(10)
+
+
 async def test_a_worker_keeps_one_group_in_flight_while_the_cpu_is_busy(
     stack: Any, table: str
 ) -> None:

@@ -15,15 +15,15 @@ from writebus import Database
 from writebus.bus.embedded.bus_process import BusProcess
 
 
-def metric(base: str, name: str) -> float:
-    """The value of the sample ``name`` on ``base``'s ``/metrics``."""
+def metric(base: str, name: str, **labels: str) -> float:
+    """The value of the sample ``name`` (with ``labels``) on ``base``'s ``/metrics``."""
     with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:
         text = r.read().decode()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == name:
+            if sample.name == name and labels.items() <= sample.labels.items():
                 return float(sample.value)
-    raise AssertionError(f"{name} not exported")
+    raise AssertionError(f"{name} {labels or ''} not exported")
 
 
 async def slots_become(bus: BusProcess, n: int, timeout: float = 20.0) -> None:

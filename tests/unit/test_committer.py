@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 
-from writebus.bus.committer import Committer, _Waiting, group_limit, next_cost, take_group
+from writebus.bus.committer import (
+    Committer,
+    _Waiting,
+    group_limit,
+    next_cost,
+    overdue,
+    placement,
+    take_group,
+)
 from writebus.bus.cpuload import CpuSampler
 from writebus.bus.execute import Job
 from writebus.bus.group import Executed
@@ -47,20 +55,25 @@ def test_the_group_limit_follows_the_cost() -> None:
 
 
 class FakeRun:
-    """Records each group; a group finishes when the test releases it."""
+    """Records each group; a group finishes when the test releases it (or, with ``hold``,
+    after that many seconds)."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold: float | None = None) -> None:
         self.groups: list[int] = []
         self.running = 0
         self.most_running = 0
         self.release = asyncio.Event()
+        self.hold = hold
 
     async def __call__(self, jobs: list[Job]) -> list[Any]:
         self.groups.append(len(jobs))
         self.running += 1
         self.most_running = max(self.most_running, self.running)
         try:
-            await self.release.wait()
+            if self.hold is None:
+                await self.release.wait()
+            else:
+                await asyncio.sleep(self.hold)
         finally:
             self.running -= 1
         return [Executed([]) for _ in jobs]
@@ -90,16 +103,109 @@ async def test_a_lone_request_starts_at_once_and_queued_ones_form_a_group() -> N
 
 
 async def test_a_stalled_group_frees_its_slot_and_slow_work_runs_side_by_side() -> None:
-    """Requests that take long (the group outlives the budget) stop holding the slot: the
-    queued ones start on other connections, one per group, up to max_connections."""
+    """Requests that take long (the group outlives the budget) stop holding the slot, and the
+    queued ones, past the budget, start on other connections -- one per group, judged by how
+    long the running group has taken, though no group has ended yet -- up to
+    max_connections."""
     run = FakeRun()
     committer = Committer(run, connections=1, max_connections=6, budget=0.01)
     committer.start()
     calls = [asyncio.create_task(committer.submit(_job())) for _ in range(6)]
     await _until(lambda: run.running == 6)
-    assert run.groups == [1] * 6 and committer.stalls >= 5
+    assert run.groups == [1] * 6 and committer.stalls >= 1
+    assert committer.stalls + sum(committer.past_slots.values()) >= 5
     run.release.set()
     await asyncio.gather(*calls)
+    await committer.stop()
+
+
+def test_where_the_next_group_starts() -> None:
+    """A free slot first; past the slots once the oldest request waited the budget (a timer
+    may fire a little early), or when a group could hold only one request; else wait."""
+    assert not overdue(0.03, 0.05)
+    assert overdue(0.05, 0.05) and overdue(0.0495, 0.05) and overdue(1.0, 0.05)
+    assert placement(slot_free=True, waited=9.0, budget=0.05, limit=1) == "slot"
+    assert placement(slot_free=False, waited=0.05, budget=0.05, limit=64) == "overdue"
+    assert placement(slot_free=False, waited=0.0, budget=0.05, limit=1) == "alone"
+    assert placement(slot_free=False, waited=0.03, budget=0.05, limit=2) is None
+
+
+async def test_a_queue_that_waits_past_the_budget_starts_groups_past_the_slots() -> None:
+    """Groups of two that end well within the budget never stall, so one slot alone would run
+    forty requests twenty groups one after another (a second). Once the oldest queued one has
+    waited the budget, the queue starts on other connections: several groups run at once."""
+    run = FakeRun(hold=0.05)  # each group takes 50 ms: well under the 200 ms budget
+    committer = Committer(run, connections=1, max_connections=8, max_count=2, budget=0.2)
+    committer.start()
+    outcomes = await asyncio.gather(*(committer.submit(_job()) for _ in range(40)))
+    assert all(isinstance(o, Executed) for o in outcomes)
+    assert sum(run.groups) == 40 and max(run.groups) == 2
+    assert committer.past_slots["overdue"] >= 1 and run.most_running >= 2
+    assert committer.past_slots["alone"] == 0 and committer.stalls == 0
+    await committer.stop()
+
+
+async def test_requests_too_slow_to_share_a_group_start_at_once() -> None:
+    """At a cost of 30 ms a request, a 50 ms group holds one: four requests start at once on
+    four connections, past the one slot, without waiting for anything."""
+    run = FakeRun()
+    committer = Committer(run, connections=1, max_connections=4, budget=0.05)
+    committer.cost = 0.03
+    committer.start()
+    calls = [asyncio.create_task(committer.submit(_job())) for _ in range(4)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert run.groups == [1] * 4 and committer.past_slots == {"overdue": 0, "alone": 3}
+    run.release.set()
+    assert all(isinstance(o, Executed) for o in await asyncio.gather(*calls))
+    await committer.stop()
+
+
+async def test_with_every_connection_busy_the_queue_waits_without_a_timer() -> None:
+    """One slot, two connections, both taken (the second by an overdue group): the queued
+    requests wait for a group to end -- no timer is left re-firing for them -- and start as
+    groups end; stop leaves no timer behind."""
+    run = FakeRun()
+    committer = Committer(run, connections=1, max_connections=2, budget=0.01)
+    committer.start()
+    calls = [asyncio.create_task(committer.submit(_job())) for _ in range(5)]
+    await _until(lambda: run.running == 2)
+    await asyncio.sleep(0.05)
+    assert run.running == 2 and committer._overdue_timer is None
+    run.release.set()
+    assert all(isinstance(o, Executed) for o in await asyncio.gather(*calls))
+    assert sum(run.groups) == 5 and run.most_running == 2
+    await committer.stop()
+    run = FakeRun()
+    committer = Committer(run, connections=1, max_connections=2, budget=60.0)
+    committer.start()
+    running = asyncio.create_task(committer.submit(_job()))
+    await _until(lambda: run.running == 1)
+    queued = asyncio.create_task(committer.submit(_job()))
+    await asyncio.sleep(0)
+    assert committer._overdue_timer is not None  # a connection is free: watched
+    await committer.stop()
+    assert committer._overdue_timer is None
+    await asyncio.gather(running, queued)
+
+
+async def test_a_group_stopped_before_it_ran_answers_not_run() -> None:
+    """Stop in the same step as a request was handed a group: its task is cancelled before
+    it runs, nothing reached the database, and the request is answered "not run" (it used to
+    be left waiting for ever); start again and the committer serves."""
+    from writebus.client.errors import Outcome, UnavailableError
+
+    run = FakeRun(hold=0.0)
+    committer = Committer(run, connections=1, budget=60.0)
+    committer.start()
+    submitted = asyncio.create_task(committer.submit(_job()))
+    await asyncio.sleep(0)  # submit has queued it and created the group's task, not run it
+    await committer.stop()
+    not_run = await asyncio.wait_for(submitted, 5)
+    assert isinstance(not_run, UnavailableError) and not_run.outcome is Outcome.NOT_APPLIED
+    assert run.groups == []
+    committer.start()
+    assert isinstance(await asyncio.wait_for(committer.submit(_job()), 5), Executed)
     await committer.stop()
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import random
+
+import pytest
 
 from writebus.client.errors import (
     NoWorkerError,
@@ -12,7 +15,7 @@ from writebus.client.errors import (
     UnavailableError,
     WriteRejectedError,
 )
-from writebus.client.retry import NO_RETRY, RetryPolicy
+from writebus.client.retry import NO_RETRY, Attempts, RetryPolicy
 
 P = RetryPolicy(base_delay=0.02, max_delay=0.5, no_worker_patience=0.5)
 
@@ -84,3 +87,32 @@ def test_procedure_calls_do_not_retry_ambiguous_failures() -> None:
     assert p.should_retry(UnavailableError("x"), attempt=1, elapsed=0, remaining=5) is not None
     assert p.should_retry(NoWorkerError("s", "syd"), attempt=1, elapsed=0,
                           remaining=5) is not None
+
+
+async def test_each_retry_is_logged_at_debug_with_what_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The attempt loop says why it retries, on ``writebus.client.retry`` at DEBUG: the
+    request id, the attempt, the error's type and the delay -- and nothing at INFO or above
+    (a library stays quiet)."""
+    calls = 0
+
+    async def once(budget: float) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise UnavailableError("the worker is stopping; not run")
+        return "done"
+
+    async def no_sleep(delay: float) -> None:
+        return None
+
+    attempts = Attempts(P, 5.0, request_id="req-1", subject="wb.write", sleep=no_sleep)
+    with caplog.at_level(logging.DEBUG, logger="writebus.client.retry"):
+        assert await attempts.run(once) == "done"
+    records = [r for r in caplog.records if r.name == "writebus.client.retry"]
+    assert [r.levelno for r in records] == [logging.DEBUG]
+    message = records[0].getMessage()
+    assert message.startswith("request.retrying ")
+    for part in ("request_id=req-1", "subject=wb.write", "attempt=1", "error=UnavailableError"):
+        assert part in message
