@@ -20,6 +20,9 @@ The configurations (:data:`BUS_CONFIGS` plus ``direct`` and ``pgbench``):
 * ``writebus_1w_request_log`` -- the defaults with the worker's log at INFO, as deployed: one
   request log line per write (every other configuration logs warnings only), at c64, right
   beside ``writebus_1w_grouped``;
+* ``writebus_1w_grouped_30ms`` and ``writebus_1w_single_30ms`` -- writes that spend 30 ms in
+  their transaction (:data:`SLOW_WRITE_SQL`), at c16, through the grouped worker and the
+  one-transaction-per-write worker, side by side: grouping must not cap them;
 * ``writebus_2w`` -- two workers, for information (on 2 cores it measures CPU contention);
 * ``writebus_1w_no_metrics`` -- ``WRITEBUS_HTTP_ADDR=off``, at c16 only (the metrics' cost);
   with ``writebus_1w_metrics_b``/``_c``/``_d`` and ``writebus_1w_no_metrics_b``/``_c``/``_d``,
@@ -94,8 +97,20 @@ BUS_CONFIGS = (
         for on, off in zip(METRICS_ON, METRICS_OFF, strict=True)
     ),
 )
+#: A write that spends 30 ms in its transaction: under the committer's 50 ms budget, so its
+#: groups never stall -- the writes two committer slots used to cap (bus/committer.py).
+SLOW_WRITE_SQL = "INSERT INTO bench_writes(approach, body) SELECT %s, %s FROM pg_sleep(0.03)"
+#: Those writes through the grouped worker and the one-transaction-per-write worker, side by
+#: side at c16: ``{key: the bus config whose workers serve it}``.
+SLOW_CONFIGS = {
+    "writebus_1w_grouped_30ms": "writebus_1w_grouped",
+    "writebus_1w_single_30ms": "writebus_1w_single",
+}
+SLOW_AT = (16,)
 #: ``{config: the config it is measured beside}``.
-PAIRS = {cfg.key: cfg.beside for cfg in BUS_CONFIGS if cfg.beside is not None}
+PAIRS = {cfg.key: cfg.beside for cfg in BUS_CONFIGS if cfg.beside is not None} | {
+    "writebus_1w_single_30ms": "writebus_1w_grouped_30ms"
+}
 
 
 def slice_order(keys: Sequence[str], r: int, pairs: dict[str, str]) -> list[str]:
@@ -338,9 +353,9 @@ async def measure(
                 async with conn.transaction():
                     await conn.execute(INSERT_NO_ID_SQL, ["tp_direct", str(seq)])
 
-        def via_bus(db: Database, tag: str) -> WriteFn:
+        def via_bus(db: Database, tag: str, sql: str = INSERT_NO_ID_SQL) -> WriteFn:
             async def write(seq: int) -> None:
-                await db.execute(INSERT_NO_ID_SQL, [tag, str(seq)], await_replication=False)
+                await db.execute(sql, [tag, str(seq)], await_replication=False)
 
             return write
 
@@ -358,6 +373,10 @@ async def measure(
             *(
                 (cfg.key, driven(via_bus(dbs[cfg.key], cfg.key), workers[cfg.key]), cfg.only_at)
                 for cfg in BUS_CONFIGS
+            ),
+            *(
+                (key, driven(via_bus(dbs[bus], key, SLOW_WRITE_SQL), workers[bus]), SLOW_AT)
+                for key, bus in SLOW_CONFIGS.items()
             ),
             ("pgbench", pgbench, None),
         ]

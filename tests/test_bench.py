@@ -54,6 +54,7 @@ def required_keys() -> list[str]:
         keys += [f"throughput_detail.{a}.{c}.mean_group" for c in ("c16", "c64")]
         keys += [f"throughput_detail.{a}.c64.server_cpu_ms_per_write"]
     keys += ["throughput_detail.writebus_1w_request_log.c64.server_cpu_ms_per_write"]
+    keys += [f"throughput_wps.writebus_1w_{a}_30ms.c16" for a in ("grouped", "single")]
     keys += [f"tracker.{k}" for k in ("waiters", "wake_p50_ms", "wake_p99_ms", "cpu_s")]
     for a in ("writebus", "direct"):
         keys += [f"primary_local_ms.{a}.p50", f"primary_local_ms.{a}.p99"]
@@ -141,6 +142,14 @@ def test_targets_compare_ratios_from_one_run() -> None:
     assert judged("metrics on vs off") == [False]  # 975 vs 1100: 11 %
     assert judged("tracker wake p99") == [True, False]  # 0.91x bare; 2 per broadcast: 9 ms
     assert judged("heap comparisons per woken waiter") == [False]  # grew 5x, log n 2x
+    assert judged("30 ms writes at c16") == [False]  # not measured
+    report["throughput_wps"]["writebus_1w_grouped_30ms"] = {"c16": 460.0}  # type: ignore[index]
+    report["throughput_wps"]["writebus_1w_single_30ms"] = {"c16": 500.0}  # type: ignore[index]
+    met = {t.name: t.met for t in evaluate_targets(report)}
+    assert judged("30 ms writes at c16") == [True]  # 0.92x
+    report["throughput_wps"]["writebus_1w_grouped_30ms"] = {"c16": 60.0}  # type: ignore[index]
+    met = {t.name: t.met for t in evaluate_targets(report)}
+    assert judged("30 ms writes at c16") == [False]  # capped by the slots: 0.12x
 
 
 def test_a_target_row_never_shows_a_miss_as_the_limit() -> None:
@@ -169,7 +178,8 @@ def test_slice_order_rotates_and_keeps_pairs_side_by_side_in_alternating_order()
     # Without its partner (the pair is measured at c16 only) a config runs as any other.
     assert sorted(slice_order(["direct", "b"], 1, {"b": "a"})) == ["b", "direct"]
     assert PAIRS == {**dict(zip(METRICS_OFF, METRICS_ON, strict=True)),
-                     "writebus_1w_request_log": "writebus_1w_grouped"}  # fmt: skip
+                     "writebus_1w_request_log": "writebus_1w_grouped",
+                     "writebus_1w_single_30ms": "writebus_1w_grouped_30ms"}  # fmt: skip
     # Two followers of one config both run beside it, in the same alternating order.
     two = [slice_order(["a", "b", "c", "d"], r, {"b": "a", "c": "a"}) for r in range(2)]
     assert two[0][two[0].index("a") : two[0].index("a") + 3] == ["a", "b", "c"]
