@@ -86,7 +86,7 @@ def take_group(queue: deque[_Waiting], *, max_count: int, max_bytes: int) -> lis
 def group_limit(cost: float, *, budget: float, max_count: int) -> int:
     """How many requests the next group may hold: as many as fit ``budget`` seconds at
     ``cost`` seconds each (no estimate yet: ``max_count``), at least one."""
-    if cost <= 0:
+    if cost * max_count <= budget:  # no estimate yet, or cheap: no overflow for a tiny cost
         return max_count
     return max(1, min(max_count, int(budget / cost)))
 
@@ -247,7 +247,11 @@ class Committer:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         self._queue.append(_Waiting(job, size, future, loop.time()))
-        self._dispatch()
+        if len(self._queue) == 1:
+            # A new head. Behind an older one nothing has changed since the last dispatch left
+            # it waiting (every change -- a group's end, a stall, the slots -- dispatches), so
+            # only the head's timer can start it.
+            self._dispatch()
         return await future
 
     def _dispatch(self) -> None:
@@ -259,9 +263,11 @@ class Committer:
             now = loop.time()
             waited = now - self._queue[0].queued
             if self._active >= self.slots and overdue(waited, self.budget):
-                # The groups that kept this request waiting say what a request costs at
-                # least -- before any group has ended, the only estimate there is.
-                self.cost = max(self.cost, least_cost(now, self._running))
+                # The groups that kept this request waiting -- those holding slots, not the
+                # stalled ones -- say what a request costs at least: before any group has
+                # ended, the only estimate there is.
+                holding = (r for r in self._running if not r.stalled)
+                self.cost = max(self.cost, least_cost(now, holding))
             limit = group_limit(self.cost, budget=self.budget, max_count=self.max_count)
             where = placement(
                 slot_free=self._active < self.slots, waited=waited, budget=self.budget, limit=limit

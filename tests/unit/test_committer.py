@@ -50,6 +50,7 @@ def test_the_group_limit_follows_the_cost() -> None:
     assert group_limit(0.0002, budget=0.05, max_count=64) == 64
     assert group_limit(0.005, budget=0.05, max_count=64) == 10
     assert group_limit(1.0, budget=0.05, max_count=64) == 1
+    assert group_limit(1e-310, budget=0.05, max_count=64) == 64  # no overflow
     assert next_cost(0.0, 0.01, 10) == pytest.approx(0.001)
     assert 0.001 < next_cost(0.001, 0.1, 1) < 0.1  # moves toward the new observation
 
@@ -158,6 +159,38 @@ async def test_requests_too_slow_to_share_a_group_start_at_once() -> None:
     assert run.groups == [1] * 4 and committer.past_slots == {"overdue": 0, "alone": 3}
     run.release.set()
     assert all(isinstance(o, Executed) for o in await asyncio.gather(*calls))
+    await committer.stop()
+
+
+async def test_a_stalled_slow_write_does_not_stop_the_fast_ones_grouping() -> None:
+    """One write holds its group for seconds (stalled: it holds no slot) while bursts of fast
+    writes queue behind the slot. The cost estimate follows the groups that hold slots, not
+    the stalled one, so the fast writes group again while the slow one still runs (judged by
+    the slow write's time, every overdue group was cut to one request)."""
+    slow_id = uuid.uuid4().hex
+    release = asyncio.Event()
+    sizes: list[int] = []
+
+    async def run(jobs: list[Job]) -> list[Any]:
+        if any(j.req.id == slow_id for j in jobs):
+            await release.wait()
+        else:
+            sizes.append(len(jobs))
+            await asyncio.sleep(0.002 + 0.0005 * len(jobs))
+        return [Executed([]) for _ in jobs]
+
+    committer = Committer(run, connections=1, max_connections=8, budget=0.05)
+    committer.start()
+    slow = asyncio.create_task(committer.submit(Job(Request(id=slow_id))))
+    await _until(lambda: committer.stalls == 1)
+    await asyncio.sleep(0.2)
+    for _ in range(5):
+        await asyncio.gather(*(committer.submit(_job()) for _ in range(150)))
+    assert not slow.done()
+    assert max(sizes[-10:]) >= 10, sizes
+    assert committer.cost < 0.05
+    release.set()
+    assert isinstance(await slow, Executed)
     await committer.stop()
 
 
