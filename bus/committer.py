@@ -132,6 +132,13 @@ class _Running:
         self.begun = False
 
 
+def _not_run(waiting: Iterable[_Waiting]) -> None:
+    """Answer requests that never reached the database: the worker is stopping."""
+    for w in waiting:
+        if not w.future.done():
+            w.future.set_result(UnavailableError("the worker is stopping; not run"))
+
+
 def least_cost(now: float, running: Iterable[_Running]) -> float:
     """What one request costs at least, judging by the groups still running: a group of ``n``
     that has run ``t`` seconds takes at least ``t / n`` a request (0: none running)."""
@@ -179,12 +186,12 @@ class Committer:
         self._stopping = False
         #: Seconds one request takes inside a group (a moving estimate; 0: none yet).
         self.cost = 0.0
-        #: Groups run, requests in them (mean group size = requests / groups), groups stalled,
-        #: and groups started past the slots, by :func:`placement`'s reason.
+        #: Groups run, and requests in them (mean group size = requests / groups).
         self.groups = 0
         self.requests = 0
-        self.stalls = 0
-        self.past_slots: dict[str, int] = {"overdue": 0, "alone": 0}
+        #: Groups that ran past the slots, by reason: "stalled" (gave its slot up after the
+        #: budget), or :func:`placement`'s "overdue" and "alone".
+        self.past_slots: dict[str, int] = {"stalled": 0, "overdue": 0, "alone": 0}
         self._overdue_timer: asyncio.TimerHandle | None = None
         self._overdue_head: _Waiting | None = None
 
@@ -194,6 +201,11 @@ class Committer:
             f"{self.slots} of {self.connections} running={len(self._running)}/"
             f"{self.max_connections} groups={self.groups}>"
         )
+
+    @property
+    def stalls(self) -> int:
+        """Groups that gave their slot up after running for the budget."""
+        return self.past_slots["stalled"]
 
     @property
     def mean_group(self) -> float:
@@ -234,10 +246,8 @@ class Committer:
         for task in tasks:
             task.cancel()
         self._disarm()
-        while self._queue:
-            waiting = self._queue.popleft()
-            if not waiting.future.done():
-                waiting.future.set_result(UnavailableError("the worker is stopping; not run"))
+        _not_run(self._queue)
+        self._queue.clear()
         if tasks:
             await asyncio.wait(tasks)  # their end, however they ended; cancelling stop() raises
 
@@ -262,16 +272,15 @@ class Committer:
         while self._queue and not self._stopping and len(self._running) < self.max_connections:
             now = loop.time()
             waited = now - self._queue[0].queued
-            if self._active >= self.slots and overdue(waited, self.budget):
+            slot_free = self._active < self.slots
+            if not slot_free and overdue(waited, self.budget):
                 # The groups that kept this request waiting -- those holding slots, not the
                 # stalled ones -- say what a request costs at least: before any group has
                 # ended, the only estimate there is.
                 holding = (r for r in self._running if not r.stalled)
                 self.cost = max(self.cost, least_cost(now, holding))
             limit = group_limit(self.cost, budget=self.budget, max_count=self.max_count)
-            where = placement(
-                slot_free=self._active < self.slots, waited=waited, budget=self.budget, limit=limit
-            )
+            where = placement(slot_free=slot_free, waited=waited, budget=self.budget, limit=limit)
             if where is None:
                 break
             group = take_group(self._queue, max_count=limit, max_bytes=self.max_bytes)
@@ -296,9 +305,7 @@ class Committer:
         self._running.discard(running)
         if not running.stalled:
             self._active -= 1
-        for w in group:
-            if not w.future.done():
-                w.future.set_result(UnavailableError("the worker is stopping; not run"))
+        _not_run(group)
 
     def _watch_head(self, loop: asyncio.AbstractEventLoop) -> None:
         """Have :meth:`_dispatch` run again when the oldest queued request has waited the
@@ -327,7 +334,7 @@ class Committer:
     def _stall(self, running: _Running) -> None:
         """A group has run for ``budget`` seconds: free its slot; it is slow work."""
         running.stalled = True
-        self.stalls += 1
+        self.past_slots["stalled"] += 1
         self._active -= 1
         self.cost = max(self.cost, self.budget / running.count)
         self._dispatch()

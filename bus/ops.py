@@ -157,7 +157,7 @@ class NodeOps:
         committer = getattr(self.node, "committer", None)
         if committer is None:
             return {}
-        return {"stalled": committer.stalls, **committer.past_slots}
+        return dict(committer.past_slots)
 
     def _broadcasts(self) -> dict[str, int]:
         out: dict[str, int] = {}
