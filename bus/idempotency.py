@@ -25,13 +25,14 @@ while this transaction waited (two statements sent in one pipeline did the same,
 command per transaction).
 
 A group's first try, which sends its statements in the same round trip as the claim, uses
-``writebus.claim_fresh_v2(ids, since)`` instead (:data:`CLAIM_FRESH_SQL`): the same claim, raising
+``writebus.claim_fresh_v3(ids, since)`` instead (:data:`CLAIM_FRESH_SQL`): the same claim, raising
 :data:`REPEATED_SQLSTATE` when an id was already applied, so that the statements after it in
 the round trip do not run; the repeats are then looked up and answered.
 
 A partition's primary key cannot span partitions, so uniqueness across them rests on step 1;
 ``(id, applied_at)`` keys each partition and its index serves step 2. A table of the old
 format (one unpartitioned table, a claim row then an update) is migrated on first start.
+The table's and the functions' SQL is in :mod:`writebus.bus.claimsql`.
 
 Partitions cover one hour each (:data:`PARTITION_SPAN`, the same for every worker whatever its
 window, so their ranges never overlap); :func:`maintain` creates the current hour's and the
@@ -53,7 +54,9 @@ import msgspec
 import psycopg
 from psycopg import sql
 
+from writebus.bus import claimsql
 from writebus.bus.arrays import ByteaArray, TextArray
+from writebus.bus.claimsql import SCHEMA_SQL
 from writebus.bus.pg import lock_holders
 from writebus.client.errors import IdempotencyKeyReusedError
 from writebus.client.ids import id_time
@@ -62,54 +65,13 @@ from writebus.client.protocol import Request, StatementResult
 
 log = get_logger("writebus.bus.idempotency")
 
-SCHEMA_SQL: Final = """
-CREATE SCHEMA IF NOT EXISTS writebus;
-CREATE TABLE IF NOT EXISTS writebus.applied (
-    id          text NOT NULL,
-    applied_at  timestamptz NOT NULL DEFAULT now(),
-    digest      bytea,
-    result      bytea,
-    PRIMARY KEY (id, applied_at)
-) PARTITION BY RANGE (applied_at);
-"""
-
-#: Steps 1 and 2. Versioned by name: a later format gets a new function, and workers of both
-#: versions can serve side by side during a rolling upgrade. ``since`` (Unix seconds, or NULL
-#: for everywhere) is where the lookup starts: the partitions before it are pruned (when the
-#: plan is made with its value, or as the executor starts) and not searched.
-CLAIM_FUNCTION_SQL: Final = """
-CREATE FUNCTION writebus.claim_v2(ids text[], since float8)
-RETURNS TABLE (id text, digest bytea, result bytea)
-LANGUAGE plpgsql VOLATILE AS $claim$
-BEGIN
-    -- One transaction-scoped advisory lock per id, in a fixed order.
-    PERFORM pg_advisory_xact_lock(k.h) FROM (
-        SELECT DISTINCT hashtextextended(i, 7207) AS h FROM unnest(ids) AS i ORDER BY 1
-    ) k;
-    -- A new statement, so a new snapshot: taken after every lock above was granted.
-    RETURN QUERY SELECT a.id, a.digest, a.result FROM writebus.applied a
-        WHERE a.id = ANY(ids) AND a.applied_at >= coalesce(to_timestamp(since), '-infinity');
-END
-$claim$
-"""
 #: Steps 1 and 2 as one command: lock the ids, then the rows of those already applied (with
 #: what they asked for and what they got). Parameters: :func:`claim_params`.
 CLAIM_SQL: Final = "SELECT id, digest, result FROM writebus.claim_v2(%s::text[], %s::float8)"
 #: Steps 1 and 2 for a transaction that runs its statements in the same round trip (a
 #: group's first try): an id already applied is an error, :data:`REPEATED_SQLSTATE`, which
 #: stops the statements after it -- a client's retry does not run them again.
-CLAIM_FRESH_FUNCTION_SQL: Final = """
-CREATE FUNCTION writebus.claim_fresh_v2(ids text[], since float8)
-RETURNS void
-LANGUAGE plpgsql VOLATILE AS $claim$
-BEGIN
-    IF EXISTS (SELECT 1 FROM writebus.claim_v2(ids, since)) THEN
-        RAISE EXCEPTION 'a request id was already applied' USING ERRCODE = 'WB001';
-    END IF;
-END
-$claim$
-"""
-CLAIM_FRESH_SQL: Final = "SELECT writebus.claim_fresh_v2(%s::text[], %s::float8)"
+CLAIM_FRESH_SQL: Final = "SELECT writebus.claim_fresh_v3(%s::text[], %s::float8)"
 #: The SQLSTATE :data:`CLAIM_FRESH_SQL` raises when an id was already applied.
 REPEATED_SQLSTATE: Final = "WB001"
 #: How a transaction that claims ids begins, whatever the database's default isolation: under
@@ -353,10 +315,7 @@ async def _ensure_schema(
 async def _create_claim_function(conn: psycopg.AsyncConnection[Any]) -> None:
     # Created only when missing, never replaced: CREATE OR REPLACE needs the function's owner,
     # and the bus and the applications' direct writes may connect as different roles.
-    for signature, create in (
-        ("writebus.claim_v2(text[], float8)", CLAIM_FUNCTION_SQL),
-        ("writebus.claim_fresh_v2(text[], float8)", CLAIM_FRESH_FUNCTION_SQL),
-    ):
+    for signature, create in claimsql.FUNCTIONS:
         cur = await conn.execute("SELECT to_regprocedure(%s) IS NOT NULL", [signature])
         row = await cur.fetchone()
         if not (row and row[0]):

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.support.stack import primary_rows
 from writebus.bus import idempotency
 from writebus.bus.group import Executed, run_group
 from writebus.bus.proctx import Phase, run_procedure_tx
+from writebus.client import ids
 from writebus.client.protocol import Request, Statement, StatementResult
 
 
@@ -51,6 +54,73 @@ async def test_claim_waits_for_a_racing_original_and_sees_its_commit(stack: Any)
     finally:
         await first.close()
         await second.close()
+
+
+async def test_fresh_claim_waits_for_a_racing_original_and_refuses_its_id(stack: Any) -> None:
+    """The first try's claim (``claim_fresh_v3``) blocked on the id's lock raises ``WB001``
+    once the lock holder commits the id: its lookup, too, runs after the lock was granted."""
+    rid = str(ids.new_id())
+    first, second = await _connect(stack), await _connect(stack)
+    try:
+        await idempotency.ensure_schema(first)
+        await first.execute("BEGIN")
+        await first.execute(idempotency.CLAIM_FRESH_SQL, idempotency.claim_params([rid]))
+
+        async def racing_claim() -> None:
+            await second.execute("BEGIN")
+            try:
+                await second.execute(idempotency.CLAIM_FRESH_SQL, idempotency.claim_params([rid]))
+            finally:
+                await second.execute("ROLLBACK")
+
+        racing = asyncio.create_task(racing_claim())
+        await asyncio.sleep(0.3)
+        assert not racing.done()  # waiting on the advisory lock
+        await first.execute(idempotency.STORE_SQL,
+                            idempotency.store_params([(rid, b"digest", b"result")]))  # fmt: skip
+        await first.execute("COMMIT")
+        try:
+            await asyncio.wait_for(racing, 5)
+        except psycopg.Error as exc:
+            assert exc.sqlstate == idempotency.REPEATED_SQLSTATE
+        else:
+            raise AssertionError("the racing claim did not see the committed id")
+    finally:
+        await first.close()
+        await second.close()
+
+
+@pytest.mark.parametrize("dated", [True, False], ids=["uuid7", "undated"])
+async def test_fresh_claim_finds_applied_ids_in_any_partition(stack: Any, dated: bool) -> None:
+    """An id applied in an earlier hour's partition is found (the lookup's one generic plan is
+    pruned by ``since`` as it starts, never past the record); a new id in the same call is
+    not what stops it, and a claim of new ids alone passes."""
+    conn = await _connect(stack)
+    try:
+        earlier = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=50)
+        await idempotency.ensure_schema(conn, now=earlier)  # that hour's partition too
+        old = str(ids.new_id()) if dated else uuid.uuid4().hex
+        await conn.execute(
+            "INSERT INTO writebus.applied (id, applied_at, digest, result) "
+            "VALUES (%s, greatest(now() - interval '50 minutes', to_timestamp(%s)), "
+            "'d', 'r')",
+            [old, idempotency.record_floor(old) or 0],
+        )
+        for _ in range(7):  # past PL/pgSQL's five custom plans: the cached plan answers too
+            new = str(ids.new_id()) if dated else uuid.uuid4().hex
+            async with conn.transaction():
+                await conn.execute(idempotency.CLAIM_FRESH_SQL, idempotency.claim_params([new]))
+            try:
+                async with conn.transaction():
+                    await conn.execute(
+                        idempotency.CLAIM_FRESH_SQL, idempotency.claim_params([new, old])
+                    )
+            except psycopg.Error as exc:
+                assert exc.sqlstate == idempotency.REPEATED_SQLSTATE
+            else:
+                raise AssertionError("an applied id was not found")
+    finally:
+        await conn.close()
 
 
 async def test_ensure_schema_keeps_another_roles_claim_function(stack: Any) -> None:
