@@ -86,6 +86,9 @@ async def wake_run(stack: Stack, *, waiters: int, per_broadcast: int) -> WakeRun
     # Broadcasts wake these waiters (their positions are made up): no probe of the replica.
     tracker = LsnTracker(s, tracker_nc, stale_after=3600.0, probe=False)
     await tracker.start()
+    # The subscription reaches the server before the first broadcast does: that goes out on
+    # another connection, and without the round trip it can be processed first and lost.
+    await tracker_nc.flush()
     advance_s = 0.0
     advance = tracker.advance
 

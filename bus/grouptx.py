@@ -81,15 +81,14 @@ async def commit(
     one simple query (the values written in by :mod:`.literals`), one round trip. Returns the
     LSN (None when not asked for)."""
     render = literals.Renderer(conn)
-    store = render.statement(
-        idempotency.STORE_SQL,
-        [
-            render.array([req.id for req, _, _ in applied]),
-            render.array([idempotency.record_floor(req.id) for req, _, _ in applied]),
-            render.array([digest for _, digest, _ in applied]),
-            render.array([idempotency.encode_result(res, None) for _, _, res in applied]),
-        ],
-    )
+    rows = [
+        render.statement(
+            idempotency.STORE_ROW_SQL,
+            [req.id, idempotency.record_floor(req.id), digest, idempotency.encode_result(res, None)],
+        )
+        for req, digest, res in applied
+    ]
+    store = idempotency.STORE_VALUES_SQL.encode() + b", ".join(rows)
     commands = [store, b"COMMIT"] + ([FLUSH_LSN_SQL.encode()] if read_lsn else [])
     cur = conn.cursor()
     await cur.execute(literals.join(commands))  # the simple query protocol: one round trip

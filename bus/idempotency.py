@@ -85,6 +85,11 @@ STORE_SQL: Final = (
     "SELECT i, greatest(now(), to_timestamp(f)), d, r "
     "FROM unnest(%s::text[], %s::float8[], %s::bytea[], %s::bytea[]) AS u(i, f, d, r)"
 )
+#: Step 3 written out (a group's last round trip, :mod:`writebus.bus.literals`): the same
+#: rows as ``VALUES``, one :data:`STORE_ROW_SQL` each (``id, floor, digest, result``). Planned
+#: and run, a lone record costs the primary about 0.1 ms less than through four arrays.
+STORE_VALUES_SQL: Final = "INSERT INTO writebus.applied (id, applied_at, digest, result) VALUES "
+STORE_ROW_SQL: Final = "(%s, greatest(now(), to_timestamp(%s)), %s, %s)"
 #: How far a dated request id (:mod:`writebus.client.ids`) may be ahead of the primary's clock
 #: and still have its record stored where its date says (see :func:`record_floor`). Never
 #: lower it: records stored under a larger slack would sit before a smaller one's lookups.
