@@ -23,53 +23,21 @@ async def _connect(stack: Any, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
     return await psycopg.AsyncConnection.connect(stack.primary.url, autocommit=True, **kwargs)
 
 
-async def test_claim_waits_for_a_racing_original_and_sees_its_commit(stack: Any) -> None:
-    """A claim blocked on the id's lock returns the row the lock holder committed meanwhile:
-    the lookup runs after the lock was granted, on a fresh snapshot. (With the lookup on the
-    snapshot the claim started with, the row would be missing and the id applied twice.)"""
-    rid = uuid.uuid4().hex
+async def _claim_racing_an_original(stack: Any, claim_sql: str, rid: str) -> list[Any]:
+    """Claim ``rid`` with ``claim_sql`` while another transaction holds its claim, then let that
+    one record the id and commit: the racing claim's rows (or its error)."""
     first, second = await _connect(stack), await _connect(stack)
     try:
         await idempotency.ensure_schema(first)
         await first.execute("BEGIN")
-        cur = await first.execute(idempotency.CLAIM_SQL, idempotency.claim_params([rid]))
-        assert await cur.fetchall() == []
+        await first.execute(claim_sql, idempotency.claim_params([rid]))
 
         async def racing_claim() -> list[Any]:
             await second.execute("BEGIN")
-            # This statement's own snapshot is taken before it waits for the lock.
-            cur = await second.execute(idempotency.CLAIM_SQL, idempotency.claim_params([rid]))
-            rows = await cur.fetchall()
-            await second.execute("ROLLBACK")
-            return rows
-
-        racing = asyncio.create_task(racing_claim())
-        await asyncio.sleep(0.3)
-        assert not racing.done()  # waiting on the advisory lock
-        await first.execute(idempotency.STORE_SQL,
-                            idempotency.store_params([(rid, b"digest", b"result")]))  # fmt: skip
-        await first.execute("COMMIT")
-        rows = await asyncio.wait_for(racing, 5)
-        assert [(r[0], bytes(r[1]), bytes(r[2])) for r in rows] == [(rid, b"digest", b"result")]
-    finally:
-        await first.close()
-        await second.close()
-
-
-async def test_fresh_claim_waits_for_a_racing_original_and_refuses_its_id(stack: Any) -> None:
-    """The first try's claim (``claim_fresh_v3``) blocked on the id's lock raises ``WB001``
-    once the lock holder commits the id: its lookup, too, runs after the lock was granted."""
-    rid = str(ids.new_id())
-    first, second = await _connect(stack), await _connect(stack)
-    try:
-        await idempotency.ensure_schema(first)
-        await first.execute("BEGIN")
-        await first.execute(idempotency.CLAIM_FRESH_SQL, idempotency.claim_params([rid]))
-
-        async def racing_claim() -> None:
-            await second.execute("BEGIN")
             try:
-                await second.execute(idempotency.CLAIM_FRESH_SQL, idempotency.claim_params([rid]))
+                # This statement's own snapshot is taken before it waits for the lock.
+                cur = await second.execute(claim_sql, idempotency.claim_params([rid]))
+                return await cur.fetchall() if cur.description else []
             finally:
                 await second.execute("ROLLBACK")
 
@@ -79,15 +47,27 @@ async def test_fresh_claim_waits_for_a_racing_original_and_refuses_its_id(stack:
         await first.execute(idempotency.STORE_SQL,
                             idempotency.store_params([(rid, b"digest", b"result")]))  # fmt: skip
         await first.execute("COMMIT")
-        try:
-            await asyncio.wait_for(racing, 5)
-        except psycopg.Error as exc:
-            assert exc.sqlstate == idempotency.REPEATED_SQLSTATE
-        else:
-            raise AssertionError("the racing claim did not see the committed id")
+        return await asyncio.wait_for(racing, 5)
     finally:
         await first.close()
         await second.close()
+
+
+async def test_claim_waits_for_a_racing_original_and_sees_its_commit(stack: Any) -> None:
+    """A claim blocked on the id's lock returns the row the lock holder committed meanwhile:
+    the lookup runs after the lock was granted, on a fresh snapshot. (With the lookup on the
+    snapshot the claim started with, the row would be missing and the id applied twice.)"""
+    rid = uuid.uuid4().hex
+    rows = await _claim_racing_an_original(stack, idempotency.CLAIM_SQL, rid)
+    assert [(r[0], bytes(r[1]), bytes(r[2])) for r in rows] == [(rid, b"digest", b"result")]
+
+
+async def test_fresh_claim_waits_for_a_racing_original_and_refuses_its_id(stack: Any) -> None:
+    """The first try's claim (``claim_fresh_v3``) blocked on the id's lock raises ``WB001``
+    once the lock holder commits the id: its lookup, too, runs after the lock was granted."""
+    with pytest.raises(psycopg.Error) as caught:
+        await _claim_racing_an_original(stack, idempotency.CLAIM_FRESH_SQL, str(ids.new_id()))
+    assert caught.value.sqlstate == idempotency.REPEATED_SQLSTATE
 
 
 @pytest.mark.parametrize("dated", [True, False], ids=["uuid7", "undated"])
