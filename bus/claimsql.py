@@ -39,30 +39,22 @@ END
 $claim$
 """
 
-#: Steps 1 and 2 for a group's first try: the same locks and lookup, raising SQLSTATE
-#: ``WB001`` when an id was already applied.
+#: Steps 1 and 2 for a group's first try: the same locks and lookup (``claim_v2`` itself),
+#: raising SQLSTATE ``WB001`` when an id was already applied.
 #:
-#: Version 3 (``claim_fresh_v2`` called ``claim_v2`` and tested its rows) makes the lookup
-#: itself, an ``EXISTS``, and keeps one generic plan for it, pruned as the executor starts:
-#: with its own lookup nested in a second function, and planned afresh for each call (PL/pgSQL
-#: kept choosing custom plans, which prune while planning), the claim took about 0.15 ms more
-#: of the primary's time per transaction with 3 partitions, and 0.2 ms more with the 27 a
-#: day's window holds.
+#: A flattened version, with its own ``EXISTS`` lookup, was tried and dropped. On a generic
+#: plan, pruned as the executor starts, it took 0.2 ms less with a day's 27 partitions, but
+#: running a generic plan locks every partition first: a claim then waits behind a lock on an
+#: old partition (a long query on it with its DROP queued), which a dated claim never touches
+#: otherwise (``tests/test_dated_ids.py``). Left to choose, PL/pgSQL took the generic plan for
+#: that ``EXISTS`` once the partitions looked empty to its estimates; forced to custom plans it
+#: was 0.03-0.07 ms slower than this one.
 CLAIM_FRESH_FUNCTION_SQL: Final = """
-CREATE FUNCTION writebus.claim_fresh_v3(ids text[], since float8)
+CREATE FUNCTION writebus.claim_fresh_v2(ids text[], since float8)
 RETURNS void
-LANGUAGE plpgsql VOLATILE
-SET plan_cache_mode = force_generic_plan AS $claim$
+LANGUAGE plpgsql VOLATILE AS $claim$
 BEGIN
-    -- One transaction-scoped advisory lock per id, in a fixed order (as claim_v2).
-    PERFORM pg_advisory_xact_lock(k.h) FROM (
-        SELECT DISTINCT hashtextextended(i, 7207) AS h FROM unnest(ids) AS i ORDER BY 1
-    ) k;
-    -- A new statement, so a new snapshot: taken after every lock above was granted.
-    IF EXISTS (
-        SELECT 1 FROM writebus.applied a
-        WHERE a.id = ANY(ids) AND a.applied_at >= coalesce(to_timestamp(since), '-infinity')
-    ) THEN
+    IF EXISTS (SELECT 1 FROM writebus.claim_v2(ids, since)) THEN
         RAISE EXCEPTION 'a request id was already applied' USING ERRCODE = 'WB001';
     END IF;
 END
@@ -72,5 +64,5 @@ $claim$
 #: ``(signature, CREATE statement)`` of every function this version calls.
 FUNCTIONS: Final = (
     ("writebus.claim_v2(text[], float8)", CLAIM_FUNCTION_SQL),
-    ("writebus.claim_fresh_v3(text[], float8)", CLAIM_FRESH_FUNCTION_SQL),
+    ("writebus.claim_fresh_v2(text[], float8)", CLAIM_FRESH_FUNCTION_SQL),
 )

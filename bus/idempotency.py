@@ -25,7 +25,7 @@ while this transaction waited (two statements sent in one pipeline did the same,
 command per transaction).
 
 A group's first try, which sends its statements in the same round trip as the claim, uses
-``writebus.claim_fresh_v3(ids, since)`` instead (:data:`CLAIM_FRESH_SQL`): the same claim, raising
+``writebus.claim_fresh_v2(ids, since)`` instead (:data:`CLAIM_FRESH_SQL`): the same claim, raising
 :data:`REPEATED_SQLSTATE` when an id was already applied, so that the statements after it in
 the round trip do not run; the repeats are then looked up and answered.
 
@@ -71,7 +71,7 @@ CLAIM_SQL: Final = "SELECT id, digest, result FROM writebus.claim_v2(%s::text[],
 #: Steps 1 and 2 for a transaction that runs its statements in the same round trip (a
 #: group's first try): an id already applied is an error, :data:`REPEATED_SQLSTATE`, which
 #: stops the statements after it -- a client's retry does not run them again.
-CLAIM_FRESH_SQL: Final = "SELECT writebus.claim_fresh_v3(%s::text[], %s::float8)"
+CLAIM_FRESH_SQL: Final = "SELECT writebus.claim_fresh_v2(%s::text[], %s::float8)"
 #: The SQLSTATE :data:`CLAIM_FRESH_SQL` raises when an id was already applied.
 REPEATED_SQLSTATE: Final = "WB001"
 #: How a transaction that claims ids begins, whatever the database's default isolation: under

@@ -63,7 +63,7 @@ async def test_claim_waits_for_a_racing_original_and_sees_its_commit(stack: Any)
 
 
 async def test_fresh_claim_waits_for_a_racing_original_and_refuses_its_id(stack: Any) -> None:
-    """The first try's claim (``claim_fresh_v3``) blocked on the id's lock raises ``WB001``
+    """The first try's claim (``claim_fresh_v2``) blocked on the id's lock raises ``WB001``
     once the lock holder commits the id: its lookup, too, runs after the lock was granted."""
     with pytest.raises(psycopg.Error) as caught:
         await _claim_racing_an_original(stack, idempotency.CLAIM_FRESH_SQL, str(ids.new_id()))
@@ -72,9 +72,9 @@ async def test_fresh_claim_waits_for_a_racing_original_and_refuses_its_id(stack:
 
 @pytest.mark.parametrize("dated", [True, False], ids=["uuid7", "undated"])
 async def test_fresh_claim_finds_applied_ids_in_any_partition(stack: Any, dated: bool) -> None:
-    """An id applied in an earlier hour's partition is found (the lookup's one generic plan is
-    pruned by ``since`` as it starts, never past the record); a new id in the same call is
-    not what stops it, and a claim of new ids alone passes."""
+    """The first try's claim finds an id applied in an earlier hour's partition (its lookup is
+    pruned by ``since``, never past the record), in a call with a new id and past PL/pgSQL's
+    five custom plans; a claim of new ids alone passes."""
     conn = await _connect(stack)
     try:
         earlier = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=50)
