@@ -56,7 +56,6 @@ from psycopg import sql
 
 from writebus.bus import claimsql
 from writebus.bus.arrays import ByteaArray, TextArray
-from writebus.bus.claimsql import SCHEMA_SQL
 from writebus.bus.pg import lock_holders
 from writebus.client.errors import IdempotencyKeyReusedError
 from writebus.client.ids import id_time
@@ -302,7 +301,7 @@ async def _ensure_schema(
         old = row is not None and row[0] == "r"  # an ordinary table: the old format
         if old:
             await conn.execute("ALTER TABLE writebus.applied RENAME TO applied_v1")
-        await conn.execute(SCHEMA_SQL)
+        await conn.execute(claimsql.SCHEMA_SQL)
         await _create_claim_function(conn)
         horizon = now - datetime.timedelta(seconds=window)
         for start, end in partition_bounds(now, since=horizon if old else None):
