@@ -35,6 +35,9 @@ from writebus.client.waiters import WaiterQueue
 
 log = get_logger("writebus.client.tracker")
 
+#: Seconds start() waits for the server to confirm the subscription (a NATS outage must not
+#: hold up opening a database).
+START_FLUSH_TIMEOUT = 1
 #: A wait that begins this long (seconds) after the latest broadcast probes the replica.
 PROBE_QUIET = 0.005
 
@@ -121,6 +124,13 @@ class LsnTracker:
     async def start(self) -> None:
         """Subscribe to the region's progress subject and start the fallback watcher."""
         self._sub = await self._nc.subscribe(self.subject, cb=self._on_message)
+        # One round trip, so the server has the subscription when start() returns; without
+        # it, one broadcast in five published at once from another connection was missed. A
+        # publish that close can still miss it (about one in twenty here: the server takes a
+        # moment to route to a subscription that new); the next broadcast, the probe and the
+        # fallback cover that. Not connected just now: the subscription goes on reconnect.
+        with contextlib.suppress(Exception):
+            await self._nc.flush(timeout=START_FLUSH_TIMEOUT)
         self._fallback_task = asyncio.create_task(
             self._fallback_loop(), name=f"writebus-tracker-fallback-{self.region}"
         )

@@ -209,6 +209,26 @@ async def test_one_tracker_per_process_and_database(stack: Any) -> None:
         await nc.close()
 
 
+async def test_the_server_has_the_subscription_when_start_returns(stack: Any) -> None:
+    """start() makes a round trip after subscribing, so a broadcast sent right after it is not
+    published before the server knows the tracker listens. The server is asked from this very
+    loop step, blocking it: nats-py's flusher has had no chance to send anything since."""
+    nc = await nats.connect(stack.nats_url("lax"))
+    try:
+        for _ in range(5):
+            prefix = f"trk{uuid.uuid4().hex[:8]}"
+            tracker = LsnTracker(settings_for(stack, "lax", prefix=prefix), nc, probe=False)
+            await tracker.start()
+            try:
+                subz = stack.nats["lax"].monitor(f"subsz?subs=1&test={prefix}.lsn.lax")
+                listed = [s["subject"] for s in subz.get("subscriptions_list") or []]
+                assert listed == [f"{prefix}.lsn.lax"]
+            finally:
+                await tracker.close()
+    finally:
+        await nc.close()
+
+
 async def test_closing_wakes_waiters_with_an_error(isolated: Any) -> None:
     """Closing the tracker fails pending waits instead of leaving them hanging."""
     from writebus.client.errors import TrackerError
