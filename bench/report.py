@@ -214,7 +214,8 @@ def table(report: Mapping[str, Any]) -> str:
     lines: list[str] = []
     add = lines.append
     m = report["machine"]
-    add(f"One-way WAN delay {_f(d)} ms (RTT {_f(2 * d)} ms); {m['cpus']} CPUs, load average "
+    add(f"One-way WAN delay {_f(d)} ms (RTT {_f(2 * d)} ms); {m['cpus']} CPUs "
+        f"(`{m.get('platform', '?')}`), load average "
         f"{_f(m['loadavg_start'], 1)} at the start, {_f(m['loadavg_end'], 1)} at the end; "
         f"{'quick' if report['quick'] else 'full'} run, {_f(report['duration_s'], 0)} s.")
     add("")

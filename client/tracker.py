@@ -124,11 +124,11 @@ class LsnTracker:
     async def start(self) -> None:
         """Subscribe to the region's progress subject and start the fallback watcher."""
         self._sub = await self._nc.subscribe(self.subject, cb=self._on_message)
-        # One round trip, so the server has the subscription when start() returns; without
-        # it, one broadcast in five published at once from another connection was missed. A
-        # publish that close can still miss it (about one in twenty here: the server takes a
-        # moment to route to a subscription that new); the next broadcast, the probe and the
-        # fallback cover that. Not connected just now: the subscription goes on reconnect.
+        # One round trip, so the server has the subscription when start() returns. Without
+        # it about one broadcast in six published at once from another connection was missed;
+        # with it, up to one in ten still can be (the server routes to a subscription that new
+        # a moment later; none were missed 2-5 ms later). The next broadcast, the probe and
+        # the fallback cover a missed one. Not connected: the subscription goes on reconnect.
         with contextlib.suppress(Exception):
             await self._nc.flush(timeout=START_FLUSH_TIMEOUT)
         self._fallback_task = asyncio.create_task(
