@@ -210,9 +210,10 @@ async def test_one_tracker_per_process_and_database(stack: Any) -> None:
 
 
 async def test_the_server_has_the_subscription_when_start_returns(stack: Any) -> None:
-    """start() makes a round trip after subscribing, so a broadcast sent right after it is not
-    published before the server knows the tracker listens. The server is asked from this very
-    loop step, blocking it: nats-py's flusher has had no chance to send anything since."""
+    """start() makes a round trip after subscribing: when it returns, the server has the
+    subscription (a broadcast sent from elsewhere right after can still, rarely, miss it; see
+    the comment in start()). The server is asked from this very loop step, blocking it:
+    nats-py's flusher has had no chance to send anything since."""
     nc = await nats.connect(stack.nats_url("lax"))
     try:
         for _ in range(5):
