@@ -84,7 +84,7 @@ async def commit(
     rows = [
         render.statement(
             idempotency.STORE_ROW_SQL,
-            [req.id, idempotency.record_floor(req.id), digest, idempotency.encode_result(res, None)],
+            idempotency.store_row(req.id, digest, idempotency.encode_result(res, None)),
         )
         for req, digest, res in applied
     ]

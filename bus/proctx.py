@@ -56,7 +56,7 @@ async def run_procedure_tx(
             check([], value)
             if exactly_once:
                 row = (req.id, digest, idempotency.encode_result([], value))
-                await conn.execute(idempotency.STORE_SQL, idempotency.store_params([row]))
+                await conn.execute(*idempotency.store_statement([row]))
             phase.committing = True
     except _Duplicate as dup:
         lsn = await read_flush_lsn(conn) if primary else None

@@ -44,8 +44,7 @@ async def _claim_racing_an_original(stack: Any, claim_sql: str, rid: str) -> lis
         racing = asyncio.create_task(racing_claim())
         await asyncio.sleep(0.3)
         assert not racing.done()  # waiting on the advisory lock
-        await first.execute(idempotency.STORE_SQL,
-                            idempotency.store_params([(rid, b"digest", b"result")]))  # fmt: skip
+        await first.execute(*idempotency.store_statement([(rid, b"digest", b"result")]))
         await first.execute("COMMIT")
         return await asyncio.wait_for(racing, 5)
     finally:
@@ -154,7 +153,7 @@ async def _race_under_repeatable_read(stack: Any, request: Request, result: byte
         await asyncio.sleep(0.3)
         assert not racing.done()
         row = (request.id, idempotency.request_digest(request), result)
-        await holder.execute(idempotency.STORE_SQL, idempotency.store_params([row]))
+        await holder.execute(*idempotency.store_statement([row]))
         await holder.execute("COMMIT")
         return await asyncio.wait_for(racing, 5)
     finally:

@@ -36,11 +36,12 @@ def test_a_claim_looks_from_the_earliest_floor_only_when_every_id_is_dated() -> 
     assert idempotency.claim_params([a])[1] == 10_000.0 - SLACK
 
 
-def test_store_params_carry_each_records_floor() -> None:
+def test_store_statement_carries_each_records_floor() -> None:
     a = new_id(10_000.0)
-    params = idempotency.store_params([(a, b"d1", b"r1"), ("job-42", b"d2", b"r2")])
-    assert params[0] == [a, "job-42"] and params[1] == [10_000.0 - SLACK, None]
-    assert params[2] == [b"d1", b"d2"] and params[3] == [b"r1", b"r2"]
+    sql, params = idempotency.store_statement([(a, b"d1", b"r1"), ("job-42", b"d2", b"r2")])
+    assert sql == idempotency.STORE_VALUES_SQL + ", ".join([idempotency.STORE_ROW_SQL] * 2)
+    assert params[0::4] == [a, "job-42"] and params[1::4] == [10_000.0 - SLACK, None]
+    assert params[2::4] == [b"d1", b"d2"] and params[3::4] == [b"r1", b"r2"]
 
 
 def test_a_claim_looks_everywhere_when_an_id_is_dated_far_ahead() -> None:
