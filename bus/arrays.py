@@ -1,12 +1,13 @@
-"""Array parameters of the exactly-once statements, sent without psycopg's type inference.
+"""Array parameters of the exactly-once claim, sent without psycopg's type inference.
 
 psycopg adapts a Python ``list`` by looking at its elements on every call to choose the array
-type and an element dumper; for the id, digest and result arrays every write sends, that was
-about a tenth of a lone write's CPU in the worker. Their types are known: :class:`TextArray`
-and :class:`ByteaArray` are lists that dump straight to Postgres' binary array format as
-``text[]`` and ``bytea[]``.
+type and an element dumper; for the arrays every write sent (ids, and once the records'
+digests and results), that was about a tenth of a lone write's CPU in the worker. The type of
+the one left, the claim's ids, is known: :class:`TextArray` is a list that dumps straight to
+Postgres' binary array format as ``text[]``. (The records now go in as ``VALUES``,
+:mod:`writebus.bus.idempotency`.)
 
-The dumpers are registered on psycopg's global adapters for these two classes only (no oid is
+The dumper is registered on psycopg's global adapters for this class only (no oid is
 registered, so nothing else -- a ``list``, ``COPY`` with declared types -- changes).
 """
 
@@ -20,9 +21,7 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
 _TEXT_OID = 25
-_BYTEA_OID = 17
 _TEXT_ARRAY_OID = 1009
-_BYTEA_ARRAY_OID = 1001
 
 _HEADER = struct.Struct("!iiiii")
 _LENGTH = struct.Struct("!i")
@@ -30,10 +29,6 @@ _LENGTH = struct.Struct("!i")
 
 class TextArray(list[str]):
     """A list of str sent as ``text[]``. None elements are not allowed."""
-
-
-class ByteaArray(list[bytes]):
-    """A list of bytes sent as ``bytea[]``. None elements are not allowed."""
 
 
 def encode_array(items: list[bytes], element_oid: int) -> bytes:
@@ -47,41 +42,18 @@ def encode_array(items: list[bytes], element_oid: int) -> bytes:
     return b"".join(parts)
 
 
-class _ArrayDumper(Dumper):
+class _TextArrayDumper(Dumper):
     format = Format.BINARY
-    array_oid = 0
-    element_oid = 0
 
     def __init__(self, cls: type, context: Any = None) -> None:
         super().__init__(cls, context)
-        self.oid = self.array_oid  # per instance: a class oid would be registered by oid
-
-    def dump(self, obj: Any) -> bytes:
-        return encode_array(self.elements(obj), self.element_oid)
-
-    def elements(self, obj: Any) -> list[bytes]:
-        """The elements' bytes in the binary format."""
-        return obj  # type: ignore[no-any-return]
-
-
-class _TextArrayDumper(_ArrayDumper):
-    array_oid = _TEXT_ARRAY_OID
-    element_oid = _TEXT_OID
-
-    def __init__(self, cls: type, context: Any = None) -> None:
-        super().__init__(cls, context)
+        self.oid = _TEXT_ARRAY_OID  # per instance: a class oid would be registered by oid
         conn = self.connection
         self._encoding = conn.info.encoding if conn is not None else "utf-8"
 
-    def elements(self, obj: Any) -> list[bytes]:
+    def dump(self, obj: Any) -> bytes:
         encoding = self._encoding
-        return [s.encode(encoding) for s in obj]
-
-
-class _ByteaArrayDumper(_ArrayDumper):
-    array_oid = _BYTEA_ARRAY_OID
-    element_oid = _BYTEA_OID  # the elements are bytes already: sent as they are
+        return encode_array([s.encode(encoding) for s in obj], _TEXT_OID)
 
 
 psycopg.adapters.register_dumper(TextArray, _TextArrayDumper)
-psycopg.adapters.register_dumper(ByteaArray, _ByteaArrayDumper)
