@@ -22,16 +22,20 @@ CREATE TABLE IF NOT EXISTS writebus.applied (
 ) PARTITION BY RANGE (applied_at);
 """
 
-#: Steps 1 and 2: the ids' locks, then the rows of those already applied.
-CLAIM_FUNCTION_SQL: Final = """
-CREATE FUNCTION writebus.claim_v2(ids text[], since float8)
-RETURNS TABLE (id text, digest bytea, result bytea)
-LANGUAGE plpgsql VOLATILE AS $claim$
-BEGIN
-    -- One transaction-scoped advisory lock per id, in a fixed order.
+#: Step 1: one transaction-scoped advisory lock per id, in a fixed order. Every claim
+#: function takes exactly these locks, so that they serialise each other.
+LOCK_IDS: Final = """
     PERFORM pg_advisory_xact_lock(k.h) FROM (
         SELECT DISTINCT hashtextextended(i, 7207) AS h FROM unnest(ids) AS i ORDER BY 1
     ) k;
+"""
+
+#: Steps 1 and 2: the ids' locks, then the rows of those already applied.
+CLAIM_FUNCTION_SQL: Final = f"""
+CREATE FUNCTION writebus.claim_v2(ids text[], since float8)
+RETURNS TABLE (id text, digest bytea, result bytea)
+LANGUAGE plpgsql VOLATILE AS $claim$
+BEGIN{LOCK_IDS}
     -- A new statement, so a new snapshot: taken after every lock above was granted.
     RETURN QUERY SELECT a.id, a.digest, a.result FROM writebus.applied a
         WHERE a.id = ANY(ids) AND a.applied_at >= coalesce(to_timestamp(since), '-infinity');
@@ -61,8 +65,20 @@ END
 $claim$
 """
 
+#: Step 1 alone, for ids nobody can have applied (``unseen``, see
+#: :func:`writebus.bus.idempotency.claim_sql`): the same locks, so that a retry's claim still
+#: waits for this transaction, and no lookup. No rows, in ``claim_v2``'s shape.
+CLAIM_UNSEEN_FUNCTION_SQL: Final = f"""
+CREATE FUNCTION writebus.claim_unseen_v2(ids text[])
+RETURNS TABLE (id text, digest bytea, result bytea)
+LANGUAGE plpgsql VOLATILE AS $claim$
+BEGIN{LOCK_IDS}END
+$claim$
+"""
+
 #: ``(signature, CREATE statement)`` of every function this version calls.
 FUNCTIONS: Final = (
     ("writebus.claim_v2(text[], float8)", CLAIM_FUNCTION_SQL),
     ("writebus.claim_fresh_v2(text[], float8)", CLAIM_FRESH_FUNCTION_SQL),
+    ("writebus.claim_unseen_v2(text[])", CLAIM_UNSEEN_FUNCTION_SQL),
 )

@@ -88,6 +88,7 @@ async def run_request(
     deadline: float | None = None,
     may_commit: Callable[[], str | None] | None = None,
     submit: Callable[[Job, int], Awaitable[Executed | WriteBusError]] | None = None,
+    unseen: bool = False,
 ) -> Executed:
     """Run ``req`` on a connection from ``pool`` and return what it produced.
 
@@ -98,7 +99,10 @@ async def run_request(
     request is not started after it, even if it was waiting for a connection. ``may_commit``
     is asked right before COMMIT and returns why the node must not commit (the split-brain
     guard fenced it), or None. ``submit``, when given, queues a statement write for group
-    commit (:mod:`writebus.bus.committer`) instead of running it alone. Raises a
+    commit (:mod:`writebus.bus.committer`) instead of running it alone. ``unseen`` is the
+    primary-region caller's promise that nobody can have applied ``req.id`` (see
+    :func:`writebus.bus.idempotency.claim_sql`): the first try then only locks the id; a try
+    after a lost connection looks it up. Raises a
     :class:`~writebus.client.errors.WriteBusError` subclass.
     """
     validate_request(
@@ -109,7 +113,7 @@ async def run_request(
         max_param_bytes=limits.max_param_bytes,
     )
     if req.statements is not None:
-        job = Job(req, encoding, deadline)
+        job = Job(req, encoding, deadline, unseen)
         alone = idempotency.far_ahead(req.id)  # it would fail a group's COMMIT: see below
         if submit is not None and not alone:
             out = await submit(job, param_bytes(req))
@@ -138,7 +142,9 @@ async def run_request(
         )
 
     try:
-        return await _attempt(pool, req, proc, exactly_once, primary, limits, check, deadline)
+        return await _attempt(
+            pool, req, proc, exactly_once, primary, limits, check, deadline, unseen
+        )
     except Lost as first:
         if not exactly_once:
             raise _lost_error(req, first.committing, first.cause) from first.cause
@@ -158,6 +164,9 @@ class Job:
     req: Request
     encoding: str = MSGPACK
     deadline: float | None = None
+    #: Nobody can have applied the id (:func:`writebus.bus.idempotency.claim_sql`): true only
+    #: for the primary-region direct path's first try of an id it made.
+    unseen: bool = False
 
 
 async def run_statement_writes(
@@ -193,8 +202,10 @@ async def run_statement_writes(
     for _ in (1, 2):
         if not live:
             break
+        # Unseen only until a try has been sent: after a lost connection it may have committed.
+        unseen = first is None and all(job.unseen for _, job in live)
         try:
-            done = await _group_attempt(pool, live, limits, region, may_commit, read_lsn)
+            done = await _group_attempt(pool, live, limits, region, may_commit, read_lsn, unseen)
         except Lost as lost:
             if first is not None:
                 committing = first.committing or lost.committing
@@ -207,16 +218,16 @@ async def run_statement_writes(
         except GroupCommitFailed:
             for n, job in live:
                 (outcomes[n],) = await run_statement_writes(
-                    pool, [job], limits=limits, region=region, may_commit=may_commit,
-                    read_lsn=read_lsn,
+                    pool, [replace(job, unseen=False)], limits=limits, region=region,
+                    may_commit=may_commit, read_lsn=read_lsn,
                 )
             break
         outcomes.update(done)
         break
     if repeats:
         later = await run_statement_writes(
-            pool, [job for _, job in repeats], limits=limits, region=region,
-            may_commit=may_commit, read_lsn=read_lsn,
+            pool, [replace(job, unseen=False) for _, job in repeats], limits=limits,
+            region=region, may_commit=may_commit, read_lsn=read_lsn,
         )
         outcomes.update((n, out) for (n, _), out in zip(repeats, later, strict=True))
     return [outcomes[n] for n in range(len(jobs))]
@@ -229,6 +240,7 @@ async def _group_attempt(
     region: str,
     may_commit: Callable[[], str | None] | None,
     read_lsn: bool,
+    unseen: bool,
 ) -> dict[int, Executed | WriteBusError]:
     deadlines = [job.deadline for _, job in live if job.deadline is not None]
     timeout = limits.acquire_timeout
@@ -258,6 +270,7 @@ async def _group_attempt(
                     read_lsn=read_lsn,
                     check=check,
                     may_commit=may_commit,
+                    unseen=unseen,
                 )
                 for (n, _), result in zip(runnable, results, strict=True):
                     out[n] = result
@@ -293,6 +306,7 @@ async def _attempt(
     limits: Limits,
     check: Callable[[list[StatementResult], Any], None],
     deadline: float | None = None,
+    unseen: bool = False,
 ) -> Executed:
     phase = Phase()
     try:
@@ -307,7 +321,7 @@ async def _attempt(
                 )
             try:
                 executed = await run_procedure_tx(
-                    conn, req, proc, exactly_once, primary, check, phase
+                    conn, req, proc, exactly_once, primary, check, phase, unseen
                 )
             except psycopg.Error as exc:
                 if connection_lost(conn, exc):

@@ -71,10 +71,15 @@ async def run_group(
     read_lsn: bool,
     check: Check,
     may_commit: Callable[[], str | None] | None = None,
+    unseen: bool = False,
 ) -> list[Outcome]:
     """Run statement ``requests`` on ``conn`` (autocommit, idle) in one transaction; return
-    one outcome per request, in order. Raises :class:`Lost` or :class:`GroupCommitFailed`."""
-    out = await _run_group(conn, requests, read_lsn=read_lsn, check=check, may_commit=may_commit)
+    one outcome per request, in order. Raises :class:`Lost` or :class:`GroupCommitFailed`.
+    ``unseen``: nobody can have applied their ids, so the claim only locks them (see
+    :func:`writebus.bus.idempotency.claim_sql`)."""
+    out = await _run_group(
+        conn, requests, read_lsn=read_lsn, check=check, may_commit=may_commit, unseen=unseen
+    )
     # What committed may be written out whole next time (:mod:`.literals`).
     literals.PROVEN.add(
         s
@@ -92,18 +97,20 @@ async def _run_group(
     read_lsn: bool,
     check: Check,
     may_commit: Callable[[], str | None] | None,
+    unseen: bool,
 ) -> list[Outcome]:
     items = [_Item(r, idempotency.request_digest(r), n) for n, r in enumerate(requests)]
     savepoints = len(items) > 1
     fast = await optimistic.run_optimistic(
         conn, requests, [i.digest for i in items], read_lsn=read_lsn, check=check,
-        may_commit=may_commit,
+        may_commit=may_commit, unseen=unseen,
     )  # fmt: skip
     if fast is not None:
         return fast
     committing = False
     try:
-        found, error = await _first_round(conn, items, savepoints)
+        # Still unseen after a first try that was rolled back: nothing of it committed.
+        found, error = await _first_round(conn, items, savepoints, unseen)
         pending = [i for i in items if i.outcome is None]
         while pending:
             failed = await _settle(conn, pending, found, check, error)
@@ -160,7 +167,7 @@ async def _run_group(
 
 
 async def _first_round(
-    conn: psycopg.AsyncConnection[Any], items: list[_Item], savepoints: bool
+    conn: psycopg.AsyncConnection[Any], items: list[_Item], savepoints: bool, unseen: bool
 ) -> tuple[dict[str, tuple[Any, ...]], psycopg.Error | None]:
     """BEGIN, the claim (locks and lookup) and every request's statements, in one round trip.
     Returns the ids found and the statement error that stopped the round, if one did."""
@@ -170,7 +177,10 @@ async def _first_round(
     try:
         async with conn.pipeline() as pipe:
             await conn.execute(idempotency.BEGIN_SQL)
-            find = await conn.execute(idempotency.CLAIM_SQL, idempotency.claim_params(ids))
+            find = await conn.execute(
+                idempotency.claim_sql(unseen=unseen),
+                idempotency.claim_params(ids, unseen=unseen),
+            )
             await _queue(conn, items, savepoints)
             await pipe.sync()
     except psycopg.Error as exc:

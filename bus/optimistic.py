@@ -95,10 +95,12 @@ async def run_optimistic(
     read_lsn: bool,
     check: Check,
     may_commit: Callable[[], str | None] | None,
+    unseen: bool = False,
 ) -> list[Outcome] | None:
     """Run ``requests`` in one transaction without savepoints; None when anything was unusual
-    (rolled back, nothing applied). Raises :class:`Lost` or :class:`GroupCommitFailed`."""
-    query = simple_query(conn, requests)
+    (rolled back, nothing applied). Raises :class:`Lost` or :class:`GroupCommitFailed`.
+    ``unseen``: see :func:`writebus.bus.group.run_group`."""
+    query = simple_query(conn, requests, unseen)
     if query is None and len(requests) == 1:
         return None  # bound and alone, the careful way is this way with exact errors
     try:
@@ -106,7 +108,7 @@ async def run_optimistic(
             if query is not None:
                 results = await _send_simple(conn, query, requests)
             else:
-                results = await _send_bound(conn, requests)
+                results = await _send_bound(conn, requests, unseen)
         except (psycopg.Error, *NOT_SENT) as exc:
             if isinstance(exc, psycopg.Error) and connection_lost(conn, exc):
                 raise Lost(exc, committing=False) from exc
@@ -203,7 +205,9 @@ async def _repeats(
 Sent = list[list[StatementResult]]
 
 
-def simple_query(conn: psycopg.AsyncConnection[Any], requests: list[Request]) -> bytes | None:
+def simple_query(
+    conn: psycopg.AsyncConnection[Any], requests: list[Request], unseen: bool = False
+) -> bytes | None:
     """The first round trip as one simple query (:mod:`.literals`); None when a statement
     must be sent bound (not plain, not yet run bound, or a value not written in)."""
     statements = [s for r in requests for s in r.statements or ()]
@@ -212,10 +216,10 @@ def simple_query(conn: psycopg.AsyncConnection[Any], requests: list[Request]) ->
     try:
         render = literals.Renderer(conn)
         ids = [r.id for r in requests]
-        claim = [render.array(ids), idempotency.lookup_since(ids)]
+        claim = idempotency.claim_params(ids, unseen=unseen, array=render.array)
         commands = [
             render.statement(idempotency.BEGIN_SQL, None),
-            render.statement(idempotency.CLAIM_FRESH_SQL, claim),
+            render.statement(idempotency.claim_sql(unseen=unseen, first_try=True), claim),
         ]
         commands += [render.statement(s.sql, s.params) for s in statements]
     except (literals.Unrenderable, psycopg.Error, *NOT_SENT):
@@ -246,7 +250,9 @@ async def _send_simple(
     return None if cur.nextset() else out
 
 
-async def _send_bound(conn: psycopg.AsyncConnection[Any], requests: list[Request]) -> Sent:
+async def _send_bound(
+    conn: psycopg.AsyncConnection[Any], requests: list[Request], unseen: bool
+) -> Sent:
     """The first round trip as a pipeline of bound statements, a run of the same statement as
     one ``executemany``."""
     runs = plan_runs(requests)
@@ -254,7 +260,10 @@ async def _send_bound(conn: psycopg.AsyncConnection[Any], requests: list[Request
     cursors: list[list[psycopg.AsyncCursor[Any]]] = []
     async with conn.pipeline() as pipe:
         await conn.execute(idempotency.BEGIN_SQL)
-        await conn.execute(idempotency.CLAIM_FRESH_SQL, idempotency.claim_params(ids))
+        await conn.execute(
+            idempotency.claim_sql(unseen=unseen, first_try=True),
+            idempotency.claim_params(ids, unseen=unseen),
+        )
         for run in runs:
             if run.batched:
                 cur = conn.cursor()

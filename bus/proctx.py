@@ -37,10 +37,12 @@ async def run_procedure_tx(
     primary: bool,
     check: Callable[[list[StatementResult], Any], None],
     phase: Phase,
+    unseen: bool = False,
 ) -> Executed:
     """A procedure in a transaction of its own: procedures do not join groups -- they run
     arbitrary code, take locks or catch errors, none of which a savepoint inside someone
-    else's transaction could honour."""
+    else's transaction could honour. ``unseen``: nobody can have applied the id, so the claim
+    only locks it (:func:`writebus.bus.idempotency.claim_sql`)."""
     name = req.procedure or ""
     digest = idempotency.request_digest(req)
     if exactly_once and conn.isolation_level is not psycopg.IsolationLevel.READ_COMMITTED:
@@ -49,7 +51,7 @@ async def run_procedure_tx(
     try:
         async with conn.transaction():
             if exactly_once:
-                stored = await _find(conn, req.id, digest)
+                stored = await _find(conn, req.id, digest, unseen)
                 if stored is not None:
                     raise _Duplicate(stored)
             value = await run_procedure(conn, proc, req.args, req.kwargs, name=name)
@@ -72,10 +74,13 @@ async def run_procedure_tx(
 
 
 async def _find(
-    conn: psycopg.AsyncConnection[Any], request_id: str, digest: bytes
+    conn: psycopg.AsyncConnection[Any], request_id: str, digest: bytes, unseen: bool
 ) -> idempotency.StoredResult | None:
-    """Lock the id (a racing retry waits here) and look it up: one round trip."""
-    cur = await conn.execute(idempotency.CLAIM_SQL, idempotency.claim_params([request_id]))
+    """Lock the id (a racing retry waits here) and look it up (unless ``unseen``): one round
+    trip."""
+    cur = await conn.execute(
+        idempotency.claim_sql(unseen=unseen), idempotency.claim_params([request_id], unseen=unseen)
+    )
     row = await cur.fetchone()
     return idempotency.stored_answer(request_id, row, digest) if row is not None else None
 

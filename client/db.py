@@ -230,8 +230,9 @@ class Database(ReadAPI):
             id=request_id or new_request_id(), statements=stmts, origin=self.settings.region
         )
         return await self._write(
-            req, await_replication, rpc_timeout, replication_timeout, row_factory
-        )
+            req, await_replication, rpc_timeout, replication_timeout, row_factory,
+            made_id=request_id is None,
+        )  # fmt: skip
 
     async def call(
         self,
@@ -274,7 +275,9 @@ class Database(ReadAPI):
             kwargs=kwargs or {},
             origin=self.settings.region,
         )
-        return await self._write(req, await_replication, rpc_timeout, replication_timeout)
+        return await self._write(
+            req, await_replication, rpc_timeout, replication_timeout, made_id=request_id is None
+        )
 
     async def rpc_region(
         self,
@@ -337,13 +340,15 @@ class Database(ReadAPI):
         rpc_timeout: float | None,
         replication_timeout: float | None,
         row_factory: RowFactory | None = None,
+        *,
+        made_id: bool = False,
     ) -> WriteResult:
         if self._nc is None:
             raise WriteBusError("the Database is not open")
         timeout = rpc_timeout if rpc_timeout is not None else self.settings.rpc_timeout
         factory = row_factory or self.row_factory
         result = await self._route_write(
-            req, await_replication, timeout, replication_timeout, factory
+            req, await_replication, timeout, replication_timeout, factory, made_id
         )
         self.saw(result.lsn)
         return result
@@ -355,6 +360,7 @@ class Database(ReadAPI):
         timeout: float,
         replication_timeout: float | None,
         factory: RowFactory | None,
+        made_id: bool,
     ) -> WriteResult:
         assert self._nc is not None
         if write_route(self.settings, has_local_pool=self._pool is not None) == "direct":
@@ -370,6 +376,7 @@ class Database(ReadAPI):
                     max_reply_bytes=self._nc.max_payload,
                     timeout=min(timeout, DIRECT_PATIENCE),
                     row_factory=factory,
+                    made_id=made_id,
                 )
             except (UnavailableError, OutcomeUnknownError, WriteRejectedError) as exc:
                 if not writes.primary_lost(exc):

@@ -165,11 +165,14 @@ async def direct(
     max_reply_bytes: int | None,
     timeout: float,
     row_factory: RowFactory | None = None,
+    made_id: bool = False,
 ) -> WriteResult:
     """Run ``req`` on the local primary with the bus workers' own function.
 
     The reply-size limit is the NATS max payload, as on the bus, so a write that works here
-    works from every region.
+    works from every region. ``made_id``: the caller made ``req.id`` for this call, so no
+    one can have applied it before the first attempt, which then only locks the id instead
+    of looking it up (:func:`writebus.bus.idempotency.claim_sql`); later attempts look it up.
     """
     # Imported here: only the primary region runs writes itself.
     from writebus.bus.execute import Limits, run_request
@@ -181,8 +184,9 @@ async def direct(
     async def once(budget: float) -> Executed:
         limits = Limits(acquire_timeout=max(0.1, budget), max_reply_bytes=max_reply_bytes)
         return await run_request(
-            pool, req, procedures=registry, limits=limits, encoding=MSGPACK, region=settings.region
-        )
+            pool, req, procedures=registry, limits=limits, encoding=MSGPACK,
+            region=settings.region, unseen=made_id and attempts.attempt == 1,
+        )  # fmt: skip
 
     start = time.monotonic()
     done = await attempts.run(once)

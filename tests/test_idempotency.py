@@ -23,14 +23,23 @@ async def _connect(stack: Any, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
     return await psycopg.AsyncConnection.connect(stack.primary.url, autocommit=True, **kwargs)
 
 
-async def _claim_racing_an_original(stack: Any, claim_sql: str, rid: str) -> list[Any]:
-    """Claim ``rid`` with ``claim_sql`` while another transaction holds its claim, then let that
-    one record the id and commit: the racing claim's rows (or its error)."""
+async def _claim_racing_an_original(
+    stack: Any, claim_sql: str, rid: str, *, original_unseen: bool = False
+) -> list[Any]:
+    """Claim ``rid`` with ``claim_sql`` while another transaction holds its claim (the same
+    command, or the unseen claim), then let that one record the id and commit: the racing
+    claim's rows (or its error)."""
     first, second = await _connect(stack), await _connect(stack)
     try:
         await idempotency.ensure_schema(first)
         await first.execute("BEGIN")
-        await first.execute(claim_sql, idempotency.claim_params([rid]))
+        if original_unseen:
+            cur = await first.execute(
+                idempotency.claim_sql(unseen=True), idempotency.claim_params([rid], unseen=True)
+            )
+            assert await cur.fetchall() == []  # nothing looked up
+        else:
+            await first.execute(claim_sql, idempotency.claim_params([rid]))
 
         async def racing_claim() -> list[Any]:
             await second.execute("BEGIN")
@@ -59,6 +68,43 @@ async def test_claim_waits_for_a_racing_original_and_sees_its_commit(stack: Any)
     rid = uuid.uuid4().hex
     rows = await _claim_racing_an_original(stack, idempotency.CLAIM_SQL, rid)
     assert [(r[0], bytes(r[1]), bytes(r[2])) for r in rows] == [(rid, b"digest", b"result")]
+
+
+@pytest.mark.parametrize("retry_sql", ["CLAIM_SQL", "CLAIM_FRESH_SQL"])
+async def test_a_retry_waits_for_an_unseen_original_and_sees_its_commit(
+    stack: Any, retry_sql: str
+) -> None:
+    """The unseen claim (``claim_unseen_v2``: an original that skips the lookup) takes the
+    same lock as every other claim: a retry's claim, either kind, waits for the original and
+    then finds what it committed. With another lock, or none, the retry would run again."""
+    rid = str(ids.new_id())
+    claim_sql = getattr(idempotency, retry_sql)
+    if claim_sql == idempotency.CLAIM_SQL:
+        rows = await _claim_racing_an_original(stack, claim_sql, rid, original_unseen=True)
+        assert [(r[0], bytes(r[1]), bytes(r[2])) for r in rows] == [(rid, b"digest", b"result")]
+        return
+    with pytest.raises(psycopg.Error) as caught:
+        await _claim_racing_an_original(stack, claim_sql, rid, original_unseen=True)
+    assert caught.value.sqlstate == idempotency.REPEATED_SQLSTATE
+
+
+async def test_unseen_claim_does_not_look_up(stack: Any) -> None:
+    """The unseen claim returns no rows even for an applied id: it is for ids nobody can have
+    used, and skipping the lookup is the point (the caller's promise, not the database's)."""
+    conn = await _connect(stack)
+    try:
+        await idempotency.ensure_schema(conn)
+        rid = str(ids.new_id())
+        await conn.execute(*idempotency.store_statement([(rid, b"digest", b"result")]))
+        async with conn.transaction():
+            found = await conn.execute(idempotency.CLAIM_SQL, idempotency.claim_params([rid]))
+            assert len(await found.fetchall()) == 1
+            unseen = await conn.execute(
+                idempotency.claim_sql(unseen=True), idempotency.claim_params([rid], unseen=True)
+            )
+            assert await unseen.fetchall() == []
+    finally:
+        await conn.close()
 
 
 async def test_fresh_claim_waits_for_a_racing_original_and_refuses_its_id(stack: Any) -> None:

@@ -16,9 +16,19 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from tests.faults.conftest import Rig
 from writebus.client import Database
+from writebus.client.procedures import Procedures
+
+procedures = Procedures()
+
+
+@procedures.register
+async def put_key(conn: Any, table: str, key: str) -> None:
+    """Insert ``key`` into a rig's table (a procedure's exactly-once claim)."""
+    await conn.execute(f"INSERT INTO {table}(key, region) VALUES (%s, 'proc')", [key])
 
 
 def _terminate_client_backends(primary_url: str) -> int:
@@ -98,3 +108,68 @@ async def test_write_cut_mid_statement_is_run_again(rig: Rig, path: str) -> None
         res = await write
     assert res.timings.attempts == 1 and not res.duplicate
     assert _count(rig.stack.primary.url, rig.table, "mid") == 1
+
+
+#: The claim functions, as ``pg_stat_user_functions`` names them.
+CLAIMS = ("claim_unseen_v2", "claim_v2")
+
+
+def _claim_calls(primary_url: str) -> dict[str, int]:
+    with psycopg.connect(primary_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT funcname, calls FROM pg_stat_user_functions "
+            "WHERE schemaname = 'writebus' AND funcname = ANY(%s)",
+            [list(CLAIMS)],
+        ).fetchall()
+    return {name: 0 for name in CLAIMS} | {name: int(calls) for name, calls in rows}
+
+
+async def _claims_by(rig: Rig, writes: Any) -> dict[str, int]:
+    """The claim functions a primary-region client's ``writes(db)`` called, counted by the
+    server: only this client's sessions track function calls, and their counts reach
+    ``pg_stat_user_functions`` when the sessions end."""
+    url = rig.stack.primary.url
+    before = _claim_calls(url)
+    traced = make_conninfo(url, options="-c track_functions=pl")
+    settings = rig.settings("syd").replace(database_url=traced, primary_database_url=traced)
+    async with Database(settings, min_size=1, max_size=2, procedures=procedures) as db:
+        await writes(db)
+    deadline = time.monotonic() + 10
+    while True:
+        await asyncio.sleep(0.05)
+        after = _claim_calls(url)
+        calls = {name: after[name] - before[name] for name in CLAIMS}
+        if calls != {name: 0 for name in CLAIMS} or time.monotonic() > deadline:
+            await asyncio.sleep(0.5)  # every session's counts, not only the first to end
+            after = _claim_calls(url)
+            return {name: after[name] - before[name] for name in CLAIMS}
+
+
+async def test_direct_first_try_locks_its_own_id_and_a_retry_looks_it_up(rig: Rig) -> None:
+    """In the primary region a write (statements or a procedure) whose id the client made is
+    claimed without a lookup (``claim_unseen_v2``: nobody can have used that id), but only in
+    its first try: the try after a cut connection looks the id up (``claim_v2``), as does a
+    write whose id the caller chose. The row is there once either way."""
+    insert = f"INSERT INTO {rig.table}(key, region) VALUES (%s, 'direct')"
+
+    async def made_ids(db: Database) -> None:
+        for n in range(3):
+            await db.execute(insert, [f"made-{n}"])
+        await db.call("put_key", rig.table, "made-proc")
+
+    assert await _claims_by(rig, made_ids) == {"claim_unseen_v2": 4, "claim_v2": 0}
+
+    async def chosen_ids(db: Database) -> None:
+        await db.execute(insert, ["chosen"], request_id="chosen-by-the-caller")
+        await db.call("put_key", rig.table, "chosen-proc", request_id="chosen-for-the-call")
+
+    assert await _claims_by(rig, chosen_ids) == {"claim_unseen_v2": 0, "claim_v2": 2}
+
+    async def cut(db: Database) -> None:
+        write = asyncio.create_task(db.execute(SLOW_INSERT.format(table=rig.table), ["cut", "d"]))
+        await asyncio.to_thread(_terminate_running, rig.stack.primary.url, "cut-me")
+        assert not (await write).duplicate
+
+    assert await _claims_by(rig, cut) == {"claim_unseen_v2": 1, "claim_v2": 1}
+    for key in ("made-0", "made-2", "made-proc", "chosen", "chosen-proc", "cut"):
+        assert _count(rig.stack.primary.url, rig.table, key) == 1

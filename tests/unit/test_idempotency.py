@@ -36,6 +36,22 @@ def test_a_claim_looks_from_the_earliest_floor_only_when_every_id_is_dated() -> 
     assert idempotency.claim_params([a])[1] == 10_000.0 - SLACK
 
 
+def test_the_claim_of_unseen_ids_only_locks_them() -> None:
+    """Unseen ids (a primary-region client's own, in their first try) are claimed by the
+    function that locks without looking up, with the ids alone; the others look up from
+    their floor, a group's first try with the function that stops its statements."""
+    a = new_id(10_000.0)
+    assert idempotency.claim_sql() == idempotency.CLAIM_SQL
+    assert idempotency.claim_sql(first_try=True) == idempotency.CLAIM_FRESH_SQL
+    for first_try in (False, True):
+        assert idempotency.claim_sql(unseen=True, first_try=first_try) == (
+            idempotency.CLAIM_UNSEEN_SQL
+        )
+    assert "claim_unseen_v2(%s::text[])" in idempotency.CLAIM_UNSEEN_SQL
+    assert idempotency.claim_params([a], unseen=True, array=list) == [[a]]
+    assert idempotency.claim_params([a], array=list) == [[a], 10_000.0 - SLACK]
+
+
 def test_store_statement_carries_each_records_floor() -> None:
     a = new_id(10_000.0)
     sql, params = idempotency.store_statement([(a, b"d1", b"r1"), ("job-42", b"d2", b"r2")])
