@@ -38,6 +38,7 @@ from writebus.bus.pg import connection_lost, rejected
 from writebus.bus.proctx import Phase, run_procedure_tx
 from writebus.client.errors import (
     LimitError,
+    Outcome,
     OutcomeUnknownError,
     ProcedureError,
     UnavailableError,
@@ -154,6 +155,13 @@ async def run_request(
         except Lost as again:
             committing = first.committing or again.committing
             raise _lost_error(req, committing, again.cause) from again.cause
+        except WriteBusError as err:
+            if not first.committing:
+                raise
+            answer = after_lost_commit(req, err, first.cause)
+            if answer is err or not isinstance(answer, WriteBusError):
+                raise
+            raise answer from err
 
 
 @dataclass(frozen=True)
@@ -222,6 +230,9 @@ async def run_statement_writes(
                     may_commit=may_commit, read_lsn=read_lsn,
                 )
             break
+        if first is not None and first.committing:
+            by_n = dict(live)
+            done = {n: after_lost_commit(by_n[n].req, out, first.cause) for n, out in done.items()}
         outcomes.update(done)
         break
     if repeats:
@@ -287,6 +298,29 @@ def _not_run(job: Job) -> UnavailableError:
     return UnavailableError(
         f"request {job.req.id} waited past its caller's timeout; it was not run"
     )
+
+
+def after_lost_commit(
+    req: Request, out: Executed | WriteBusError, cause: BaseException
+) -> Executed | WriteBusError:
+    """The answer of the try that followed one whose connection was lost (``cause``) while
+    COMMIT was in flight. A "not applied" that no statement of it gave -- no connection to be
+    had, the claim or COMMIT refused, a procedure failing -- may have come before its claim
+    looked the id up, so it cannot say the lost try did not commit: the outcome is unknown
+    (``last_error`` is the try's own). A statement's error came after the claim found the id
+    unapplied, and stands."""
+    if not isinstance(out, WriteBusError) or out.outcome is not Outcome.NOT_APPLIED:
+        return out
+    if isinstance(out, WriteRejectedError) and out.statement_index is not None:
+        return out
+    unknown = OutcomeUnknownError(
+        req.id,
+        f"the database connection was lost while COMMIT was in flight: {cause}; the try after "
+        f"it said: {out}",
+    )
+    unknown.last_error = out
+    unknown.__cause__ = out
+    return unknown
 
 
 def _lost_error(req: Request, committing: bool, cause: BaseException) -> WriteBusError:

@@ -16,10 +16,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.faults.conftest import Rig
+from writebus.bus.embedded.proxy import DelayProxy
 from writebus.client import Database
+from writebus.client.errors import Outcome, WriteBusError
 from writebus.client.procedures import Procedures
 
 procedures = Procedures()
@@ -173,3 +175,57 @@ async def test_direct_first_try_locks_its_own_id_and_a_retry_looks_it_up(rig: Ri
     assert await _claims_by(rig, cut) == {"claim_unseen_v2": 1, "claim_v2": 1}
     for key in ("made-0", "made-2", "made-proc", "chosen", "chosen-proc", "cut"):
         assert _count(rig.stack.primary.url, rig.table, key) == 1
+
+
+def _wait_for_sleeping_commit(primary_url: str, timeout: float = 10.0) -> None:
+    """Wait until a session sleeps inside a COMMIT (the deferred trigger below)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(primary_url, autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+                "AND strpos(query, 'COMMIT') > 0 AND pid <> pg_backend_pid()"
+            ).fetchone()
+            if row is not None and row[0] > 0:
+                return
+            assert time.monotonic() < deadline, "no COMMIT slept"
+            time.sleep(0.01)
+
+
+async def test_a_commit_cut_then_no_database_is_unknown_never_not_applied(rig: Rig) -> None:
+    """A direct write whose connection is cut while its COMMIT runs, and whose next try finds
+    no database to connect to, is reported as outcome-unknown -- here the COMMIT did land, and
+    "not applied" (the next try's own answer, before its claim could look the id up) would be
+    false. The client reaches the primary through a proxy, closed mid-COMMIT; a deferred
+    trigger makes the COMMIT take half a second."""
+    url, table = rig.stack.primary.url, rig.table
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE FUNCTION {table}_slow() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(0.5); RETURN NULL; END $$"
+        )
+        conn.execute(
+            f"CREATE CONSTRAINT TRIGGER {table}_slow AFTER INSERT ON {table} DEFERRABLE "
+            "INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.key = 'commit-cut') "
+            f"EXECUTE FUNCTION {table}_slow()"
+        )
+    proxy = DelayProxy(target_port=int(conninfo_to_dict(url)["port"]))
+    await proxy.start()
+    proxied = make_conninfo(url, port=str(proxy.port))
+    settings = rig.settings("syd").replace(database_url=proxied, primary_database_url=proxied)
+    try:
+        async with Database(settings, min_size=1, max_size=2) as db:
+            write = asyncio.create_task(
+                db.execute(
+                    f"INSERT INTO {table}(key, region) VALUES ('commit-cut', 'direct')",
+                    rpc_timeout=3.0,
+                )
+            )
+            await asyncio.to_thread(_wait_for_sleeping_commit, url)
+            await proxy.close()  # the client's side goes; the server's COMMIT goes on
+            with pytest.raises(WriteBusError) as caught:
+                await write
+    finally:
+        await proxy.close()
+    assert caught.value.outcome is Outcome.UNKNOWN, repr(caught.value)
+    assert _count(url, table, "commit-cut") == 1

@@ -1,0 +1,45 @@
+"""What a write's try says after the try before it lost its connection with COMMIT in flight
+(:func:`writebus.bus.execute.after_lost_commit`, pure); the path itself, with a real proxy cut
+under a real COMMIT, is tested in tests/faults/test_connection_loss.py."""
+
+from __future__ import annotations
+
+from writebus.bus.execute import after_lost_commit
+from writebus.bus.group import Executed
+from writebus.client.errors import (
+    LimitError,
+    Outcome,
+    OutcomeUnknownError,
+    ProcedureError,
+    UnavailableError,
+    WriteRejectedError,
+)
+from writebus.client.protocol import Request
+
+REQ = Request(id="r1", procedure="p")
+CUT = ConnectionError("server closed the connection unexpectedly")
+
+
+def test_a_not_applied_answer_from_before_the_claim_becomes_unknown() -> None:
+    """No connection, the claim or COMMIT refused, a procedure failing: the lost try may have
+    committed, so the answer cannot be "not applied"."""
+    for err in (
+        UnavailableError("database unavailable: pool timeout"),
+        WriteRejectedError("cannot execute in a read-only transaction", sqlstate="25006"),
+        ProcedureError("boom", procedure="p"),
+        LimitError("the reply would take too many bytes"),
+    ):
+        out = after_lost_commit(REQ, err, CUT)
+        assert isinstance(out, OutcomeUnknownError) and out.outcome is Outcome.UNKNOWN
+        assert out.request_id == "r1" and out.last_error is err and out.__cause__ is err
+        assert "COMMIT was in flight" in str(out) and str(err) in str(out)
+
+
+def test_answers_that_settle_the_outcome_stand() -> None:
+    """A statement's error came after the claim looked the id up and found it unapplied; a
+    result (or a duplicate's) and an unknown need nothing."""
+    statement = WriteRejectedError("duplicate key", sqlstate="23505", statement_index=0)
+    done = Executed([], lsn=1, duplicate=True)
+    unknown = OutcomeUnknownError("r1", "again")
+    for out in (statement, done, unknown):
+        assert after_lost_commit(REQ, out, CUT) is out
