@@ -91,6 +91,12 @@ def primary_lost(exc: BaseException) -> bool:
     return isinstance(exc, (UnavailableError, OutcomeUnknownError))
 
 
+def unseen_claim_missing(error: WriteRejectedError) -> bool:
+    """Whether ``error`` is the database lacking ``writebus.claim_unseen_v2`` (SQLSTATE
+    42883, undefined function, from the claim: no statement of the write had run)."""
+    return error.sqlstate == "42883" and error.statement_index is None
+
+
 async def ensure_exactly_once_table(pool: AsyncConnectionPool[Any]) -> None:
     """Create ``writebus.applied`` if missing. Direct writes record their ids like bus workers
     do; the table is normally created by the primary's bus node, but an app may start first."""
@@ -181,12 +187,23 @@ async def direct(
     registry = procedures if procedures is not None else Procedures()
     attempts = Attempts(retry, timeout, request_id=req.id)
 
-    async def once(budget: float) -> Executed:
+    async def run(budget: float, unseen: bool) -> Executed:
         limits = Limits(acquire_timeout=max(0.1, budget), max_reply_bytes=max_reply_bytes)
         return await run_request(
             pool, req, procedures=registry, limits=limits, encoding=MSGPACK,
-            region=settings.region, unseen=made_id and attempts.attempt == 1,
+            region=settings.region, unseen=unseen,
         )  # fmt: skip
+
+    async def once(budget: float) -> Executed:
+        unseen = made_id and attempts.attempt == 1
+        try:
+            return await run(budget, unseen)
+        except WriteRejectedError as exc:
+            if not (unseen and unseen_claim_missing(exc)):
+                raise
+        # A database set up by an older writebus after this app opened (restored, or swapped
+        # in): the claim was refused and nothing ran. Every version has the one that looks up.
+        return await run(budget, False)
 
     start = time.monotonic()
     done = await attempts.run(once)

@@ -9,9 +9,11 @@ from typing import Any
 
 import msgpack
 import nats
+import psycopg
 import pytest
 
 from tests.support.stack import PROCEDURES, primary_rows, settings_for
+from writebus.bus import claimsql
 from writebus.client import (
     Database,
     NoWorkerError,
@@ -67,6 +69,23 @@ async def test_primary_region_writes_directly(syd_db: Database, table: str) -> N
         == "local"
     new_id = await syd_db.call("add_note", table, "via-proc")
     assert await syd_db.fetchval(f"SELECT body FROM {table} WHERE id = %s", [new_id]) == "via-proc"
+
+
+async def test_a_primary_region_write_without_the_unseen_claim_looks_its_id_up(
+    syd_db: Database, stack: Any, table: str
+) -> None:
+    """A database that lost ``writebus.claim_unseen_v2`` after the app opened (one set up by
+    an older writebus, restored or swapped in) still takes writes of ids the client made:
+    refused at the claim, nothing ran, the write runs again with the claim that looks up."""
+    with psycopg.connect(stack.primary.url, autocommit=True) as conn:
+        conn.execute("DROP FUNCTION writebus.claim_unseen_v2(text[])")
+    try:
+        res = await syd_db.execute(f"INSERT INTO {table}(body) VALUES ('no unseen claim')")
+    finally:
+        with psycopg.connect(stack.primary.url, autocommit=True) as conn:
+            conn.execute(claimsql.CLAIM_UNSEEN_FUNCTION_SQL)
+    assert not res.via_bus and not res.duplicate and res.timings.attempts == 1
+    assert primary_rows(stack, f"SELECT count(*) FROM {table}") == [(1,)]
 
 
 async def test_batch_is_atomic(lax_db: Database, stack: Any, table: str) -> None:
