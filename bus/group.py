@@ -41,10 +41,13 @@ from writebus.bus.grouptx import (
     GroupCommitFailed,
     Lost,
     Outcome,
+    TransactionEnded,
     commit,
+    ended,
     rejection,
     repeat,
     rollback,
+    transaction_ended,
 )
 from writebus.bus.pg import connection_lost, read_flush_lsn
 from writebus.bus.results import wire_result
@@ -142,6 +145,11 @@ async def _run_group(
             await rollback(conn)
             if read_lsn and any(isinstance(i.outcome, Executed) for i in items):
                 lsn = await read_flush_lsn(conn)  # duplicates only: the position covers them
+    except TransactionEnded:
+        for i in items:
+            if i.outcome is None or (isinstance(i.outcome, Executed) and not i.outcome.duplicate):
+                i.outcome = ended(i.req)
+        return [i.outcome for i in items]  # type: ignore[misc]
     except psycopg.Error as exc:
         if connection_lost(conn, exc):
             raise Lost(exc, committing) from exc
@@ -239,7 +247,11 @@ async def _settle(
     error: psycopg.Error | None,
 ) -> _Item | None:
     """Give each pending request its outcome, in order, up to the first whose work must be
-    undone (it failed, was a repeat, or its reply is too large); return that one."""
+    undone (it failed, was a repeat, or its reply is too large); return that one. Raises
+    :class:`TransactionEnded` when a statement ended the transaction (validation refuses
+    BEGIN/COMMIT/...; this catches whatever slips past)."""
+    if transaction_ended(conn):
+        raise TransactionEnded
     for item in pending:
         if item.outcome is not None:  # refused before anything was sent (TypeError)
             continue
@@ -250,14 +262,6 @@ async def _settle(
         failure = _statement_error(item, error)
         if failure is not None:
             item.outcome = failure
-            return item
-        if conn.pgconn.transaction_status == pq.TransactionStatus.IDLE:
-            # A statement ended the transaction (validation refuses BEGIN/COMMIT/...; this
-            # catches whatever slips past): nothing after it may run outside it.
-            item.outcome = WriteRejectedError(
-                "a statement ended the request's transaction; nothing more was run",
-                sqlstate="25000",
-            )
             return item
         try:
             results = [await wire_result(cur) for cur in item.cursors]

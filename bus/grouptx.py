@@ -12,7 +12,7 @@ from psycopg import pq
 
 from writebus.bus import idempotency, literals
 from writebus.bus.pg import FLUSH_LSN_SQL, rejected
-from writebus.client.errors import WriteBusError
+from writebus.client.errors import OutcomeUnknownError, WriteBusError
 from writebus.client.lsn import parse_lsn
 from writebus.client.protocol import Request, StatementResult
 
@@ -45,6 +45,29 @@ class Lost(Exception):
         super().__init__(str(cause))
         self.cause = cause
         self.committing = committing
+
+
+class TransactionEnded(Exception):
+    """A statement ended the transaction (a COMMIT or ROLLBACK that got past validation)."""
+
+
+def ended(req: Request) -> OutcomeUnknownError:
+    """The answer to each request of a transaction one of its statements ended: what ran
+    before that statement may have committed -- without its exactly-once record -- and what
+    ran after it did outside any transaction, so nothing of it is run again."""
+    return OutcomeUnknownError(
+        req.id,
+        "a statement ended the transaction (a COMMIT or ROLLBACK inside the request): what "
+        "ran before it may have committed without its exactly-once record, so nothing was run "
+        "again",
+    )
+
+
+def transaction_ended(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether a statement ended the transaction this code began: the connection is idle
+    where it should be in a transaction (validation refuses BEGIN/COMMIT/...; this catches
+    whatever slips past, and a procedure's own COMMIT)."""
+    return conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
 
 
 class GroupCommitFailed(Exception):

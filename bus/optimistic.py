@@ -43,9 +43,11 @@ from writebus.bus.grouptx import (
     Lost,
     Outcome,
     commit,
+    ended,
     rejection,
     repeat,
     rollback,
+    transaction_ended,
 )
 from writebus.bus.pg import FLUSH_LSN_SQL, connection_lost
 from writebus.bus.results import wire_result
@@ -112,6 +114,9 @@ async def run_optimistic(
         except (psycopg.Error, *NOT_SENT) as exc:
             if isinstance(exc, psycopg.Error) and connection_lost(conn, exc):
                 raise Lost(exc, committing=False) from exc
+            if query is None and isinstance(exc, psycopg.Error) and transaction_ended(conn):
+                # Bound, BEGIN ran first; a simple query parsed whole and ran nothing.
+                return [ended(r) for r in requests]  # never run again: some of it committed
             await rollback(conn)
             if isinstance(exc, psycopg.Error):
                 if exc.sqlstate == idempotency.REPEATED_SQLSTATE:
@@ -122,10 +127,10 @@ async def run_optimistic(
         except WriteBusError:
             await rollback(conn)  # a value the wire cannot carry
             return None
+        if transaction_ended(conn):
+            return [ended(r) for r in requests]  # never run again: some of it committed
         if results is None or conn.pgconn.transaction_status != pq.TransactionStatus.INTRANS:
-            # Results that do not line up with the statements, or a statement that ended the
-            # transaction.
-            await rollback(conn)
+            await rollback(conn)  # results that do not line up with the statements
             return None
         try:
             for req, res in zip(requests, results, strict=True):

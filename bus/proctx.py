@@ -17,6 +17,7 @@ from psycopg import pq
 
 from writebus.bus import idempotency
 from writebus.bus.group import Executed
+from writebus.bus.grouptx import ended, transaction_ended
 from writebus.bus.pg import connection_lost, read_flush_lsn, rejected
 from writebus.client.errors import ProcedureError, WriteBusError, WriteRejectedError
 from writebus.client.procedures import Procedure
@@ -54,7 +55,14 @@ async def run_procedure_tx(
                 stored = await _find(conn, req.id, digest, unseen)
                 if stored is not None:
                     raise _Duplicate(stored)
-            value = await run_procedure(conn, proc, req.args, req.kwargs, name=name)
+            try:
+                value = await run_procedure(conn, proc, req.args, req.kwargs, name=name)
+            except WriteBusError as err:
+                if transaction_ended(conn):
+                    raise ended(req) from err
+                raise
+            if transaction_ended(conn):
+                raise ended(req)  # the procedure sent COMMIT or ROLLBACK itself
             check([], value)
             if exactly_once:
                 row = (req.id, digest, idempotency.encode_result([], value))

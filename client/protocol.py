@@ -305,12 +305,31 @@ def param_bytes(req: Request) -> int:
 
 
 # BEGIN/COMMIT/ROLLBACK/SAVEPOINT... inside a request would end the request's own transaction
-# (and with it the exactly-once record) half-way through.
+# (and with it the exactly-once record) half-way through. Postgres drops empty statements, so
+# ";COMMIT" is one command, and its block comments nest: both are skipped before the keyword.
 _TRANSACTION_CONTROL = re.compile(
-    r"\A(?:\s|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*\(*\s*"
-    r"(?:BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|PREPARE\s+TRANSACTION)\b",
-    re.IGNORECASE | re.DOTALL,
+    r"\(*\s*(?:BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|PREPARE\s+TRANSACTION)\b",
+    re.IGNORECASE,
 )
+_SKIPPED = re.compile(r"(?:\s|;|--[^\n]*(?:\n|\Z))*")
+
+
+def _first_command(sql: str) -> str:
+    """``sql`` from its first token on: past whitespace, empty statements (``;``), line
+    comments and block comments, nested as Postgres nests them."""
+    pos = 0
+    while True:
+        pos = _SKIPPED.match(sql, pos).end()  # type: ignore[union-attr]
+        if not sql.startswith("/*", pos):
+            return sql[pos:]
+        depth, pos = 1, pos + 2
+        while depth and pos < len(sql):
+            if sql.startswith("/*", pos):
+                depth, pos = depth + 1, pos + 2
+            elif sql.startswith("*/", pos):
+                depth, pos = depth - 1, pos + 2
+            else:
+                pos += 1
 
 
 def validate_request(
@@ -359,7 +378,7 @@ def validate_request(
         for i, stmt in enumerate(req.statements):
             if not stmt.sql.strip():
                 raise ProtocolError(f"statement {i} has empty SQL")
-            if _TRANSACTION_CONTROL.match(stmt.sql):
+            if _TRANSACTION_CONTROL.match(_first_command(stmt.sql)):
                 raise ProtocolError(
                     f"statement {i} controls the transaction ({stmt.sql.split()[0]!r}); the bus "
                     "runs each request as one transaction of its own"

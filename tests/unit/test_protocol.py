@@ -125,17 +125,20 @@ def test_reply_values_of_postgres_types_encode() -> None:
 
 @pytest.mark.parametrize("sql", ["COMMIT", " rollback", "/* c */ BEGIN", "-- x\nEND",
                                  "SAVEPOINT a", "release a", "PREPARE TRANSACTION 'x'",
-                                 "start transaction"])
+                                 "start transaction", ";COMMIT", " ;; ROLLBACK",
+                                 "/* a /* nested */ comment */ COMMIT", "-- x\n;\n/**/end"])
 def test_transaction_control_is_refused(sql: str) -> None:
     """Statements that would end the request's own transaction (and its exactly-once record)
-    are refused before anything runs."""
+    are refused before anything runs -- also behind empty statements (Postgres drops them:
+    ";COMMIT" is one command) and nested block comments."""
     with pytest.raises(ProtocolError, match="controls the transaction"):
         validate_request(Request(id="a", statements=[Statement(sql="SELECT 1"),
                                                      Statement(sql=sql)]))
 
 
 @pytest.mark.parametrize("sql", ["UPDATE t SET end_at = now()", "SELECT begin_x()",
-                                 "INSERT INTO commits VALUES (1)"])
+                                 "INSERT INTO commits VALUES (1)", "SELECT 1 /* ; COMMIT */",
+                                 "/* /* */ */ SELECT 'COMMIT'"])
 def test_ordinary_statements_pass(sql: str) -> None:
     """Words like 'end' or 'commit' inside ordinary statements are fine."""
     validate_request(Request(id="a", statements=[Statement(sql=sql)]))
