@@ -355,7 +355,10 @@ class Committer:
             raise
         except Exception as exc:  # a bug: answer every request rather than hang them
             log.exception("committer.failed", requests=len(group))
-            outcomes = [WriteBusError(f"internal: {type(exc).__name__}: {exc}")] * len(group)
+            outcomes = [
+                OutcomeUnknownError(w.job.req.id, f"internal: {type(exc).__name__}: {exc}")
+                for w in group
+            ]  # a bug, before or after COMMIT: nothing says which
         finally:
             if timer is not None:
                 timer.cancel()

@@ -121,11 +121,19 @@ async def _attempt(
             timeout=attempts.elapsed,
         ) from exc
     rpc_ms = (time.monotonic() - sent) * 1000
-    reply = decode(msg.data, Reply, encoding_of(msg.headers, msg.data))
+    try:
+        reply = decode(msg.data, Reply, encoding_of(msg.headers, msg.data))
+        if not reply.ok and reply.error is None:
+            raise ProtocolError("the reply has ok=false and no error")
+    except ProtocolError as exc:
+        # Something answered, so the request was delivered; what it did is unreadable.
+        raise OutcomeUnknownError(
+            req.id, f"the reply could not be read: {exc}", subject=subject,
+            timeout=attempts.elapsed,
+        ) from exc
     if reply.ok:
         return Exchange(reply, rpc_ms, attempts.attempt)
-    if reply.error is None:
-        raise ProtocolError("reply has ok=false and no error")
+    assert reply.error is not None
     raise error_from_info(
         reply.error, request_id=req.id, subject=subject, procedure=req.procedure
     )

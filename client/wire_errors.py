@@ -15,6 +15,7 @@ from writebus.client.errors import (
     ForbiddenError,
     IdempotencyKeyReusedError,
     LimitError,
+    Outcome,
     OutcomeUnknownError,
     ProcedureError,
     ProtocolError,
@@ -118,6 +119,9 @@ def error_from_info(
         return ProcedureError(info.message, procedure=procedure or "")
     if kind == "unknown":
         return OutcomeUnknownError(request_id, info.message, subject=subject)
+    # "internal" (a bug on the worker, before or after COMMIT) or a kind newer than this
+    # client: nothing says whether the write was applied.
     err = WriteBusError(f"{kind}: {info.message}")
     err.retryable = info.retryable
+    err.outcome = Outcome.UNKNOWN
     return err

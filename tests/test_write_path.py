@@ -17,6 +17,7 @@ from writebus.bus import claimsql
 from writebus.client import (
     Database,
     NoWorkerError,
+    OutcomeUnknownError,
     ProcedureError,
     ProtocolError,
     ReplicationTimeoutError,
@@ -141,6 +142,30 @@ async def test_no_worker_fails_fast(stack: Any, buses: Any) -> None:
     assert elapsed < 1.0
     assert info.value.region == "syd"
     assert "syd" in str(info.value)
+
+
+async def test_an_unreadable_reply_is_an_unknown_outcome(stack: Any, buses: Any) -> None:
+    """Something on the write subject answers with bytes no reply decodes from: the request
+    was delivered and may have run, so the caller hears "unknown" with the id to resend
+    under -- never "not applied"."""
+    prefix = f"garbled{uuid.uuid4().hex[:8]}"
+    responder = await nats.connect(stack.nats_url("syd"))
+    seen: list[str] = []
+
+    async def garble(msg: Any) -> None:
+        seen.append(msg.subject)
+        await msg.respond(b"\xc1 not a reply")
+
+    await responder.subscribe(f"{prefix}.write", queue="writebus-workers", cb=garble)
+    await responder.flush()
+    try:
+        async with Database(settings_for(stack, "lax", prefix=prefix)) as db:
+            with pytest.raises(OutcomeUnknownError) as info:
+                await db.execute("SELECT 1", request_id="garbled-1", rpc_timeout=1.0)
+    finally:
+        await responder.close()
+    assert info.value.request_id == "garbled-1" and "could not be read" in str(info.value)
+    assert seen and set(seen) == {f"{prefix}.write"}
 
 
 async def test_call_procedure_and_read_back(lax_db: Database, table: str) -> None:

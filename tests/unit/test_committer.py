@@ -369,3 +369,23 @@ async def test_an_adaptive_committer_closes_its_slots_on_a_busy_cpu_and_restarts
     committer.start()
     assert committer.slots == 2
     await committer.stop()
+
+
+async def test_a_bug_in_a_group_answers_each_request_unknown() -> None:
+    """A group whose run raises (a bug, before or after its COMMIT) answers every request,
+    each with its own id and outcome unknown -- never "not applied", never a hang."""
+    from writebus.client.errors import Outcome, OutcomeUnknownError
+
+    async def broken(jobs: list[Job]) -> list[Any]:
+        raise RuntimeError("a bug")
+
+    committer = Committer(broken, connections=1, budget=60.0)
+    committer.start()
+    try:
+        jobs = [_job() for _ in range(3)]
+        out = await asyncio.gather(*(committer.submit(j) for j in jobs))
+    finally:
+        await committer.stop()
+    for job, answer in zip(jobs, out, strict=True):
+        assert isinstance(answer, OutcomeUnknownError) and answer.outcome is Outcome.UNKNOWN
+        assert answer.request_id == job.req.id and "RuntimeError: a bug" in str(answer)

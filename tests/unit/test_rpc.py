@@ -216,3 +216,29 @@ async def test_a_request_over_the_max_payload_is_not_sent() -> None:
     with pytest.raises(LimitError):
         await _send(client, big)
     assert client.requests == 0
+
+
+@pytest.mark.parametrize("answer", [b"\xc1 not msgpack", encode(Reply(id="r1", ok=False))])
+async def test_an_unreadable_reply_is_an_unknown_outcome(answer: bytes) -> None:
+    """Something answered -- so the request was delivered -- but what it did cannot be read
+    (undecodable bytes, or ok=false without an error): unknown, never "not applied"."""
+    server = FakeServer()
+    worker_nc = server.client()
+
+    async def on(msg: FakeMsg) -> None:
+        await worker_nc.publish(msg.reply, answer)
+
+    await worker_nc.subscribe(SUBJECT, queue="writebus-workers", cb=on)
+    with pytest.raises(OutcomeUnknownError) as info:
+        await _send(server.client(), _req("garbled"), timeout=0.3)
+    assert info.value.request_id == "garbled" and info.value.outcome is Outcome.UNKNOWN
+
+
+def test_an_internal_or_unknown_error_kind_has_an_unknown_outcome() -> None:
+    """A worker's bug ("internal") or a kind newer than this client says nothing about
+    whether the write was applied."""
+    from writebus.client.wire_errors import error_from_info
+
+    for kind in ("internal", "from-the-future"):
+        err = error_from_info(ErrorInfo(kind=kind, message="x"), request_id="r")
+        assert err.outcome is Outcome.UNKNOWN
