@@ -44,6 +44,7 @@ from writebus.client.errors import (
     UnavailableError,
     WriteBusError,
     WriteRejectedError,
+    settles_an_earlier_try,
 )
 from writebus.client.log import get_logger
 from writebus.client.procedures import Procedure, Procedures
@@ -311,7 +312,7 @@ def after_lost_commit(
     unapplied, and stands."""
     if not isinstance(out, WriteBusError) or out.outcome is not Outcome.NOT_APPLIED:
         return out
-    if isinstance(out, WriteRejectedError) and out.statement_index is not None:
+    if settles_an_earlier_try(out):
         return out
     unknown = OutcomeUnknownError(
         req.id,

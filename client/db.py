@@ -25,6 +25,7 @@ from writebus.client.errors import (
     UnavailableError,
     WriteBusError,
     WriteRejectedError,
+    settles_an_earlier_try,
 )
 from writebus.client.log import get_logger
 from writebus.client.pgpool import open_pool
@@ -428,7 +429,7 @@ class Database(ReadAPI):
                 req, await_replication, timeout, replication_timeout, factory
             )
         except WriteBusError as err:
-            if err.outcome is not Outcome.NOT_APPLIED or isinstance(err, WriteRejectedError):
+            if err.outcome is not Outcome.NOT_APPLIED or settles_an_earlier_try(err):
                 raise
             unknown = OutcomeUnknownError(
                 req.id, f"the direct attempt may have committed ({first.reason}); the bus then "

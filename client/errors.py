@@ -288,3 +288,12 @@ class LostInFailoverError(TrackerError):
         self.lsn = lsn
         self.switch_lsn = switch_lsn
         self.region = region
+
+
+def settles_an_earlier_try(err: WriteBusError) -> bool:
+    """Whether ``err``, a later try's "not applied", also settles an earlier try of the same
+    id that may have committed. Only a statement's rejection does: it came after the later
+    try's claim waited for the id's lock and looked the id up. Anything else -- no worker, no
+    connection, the claim or COMMIT refused -- may have come before that, so the write's
+    outcome stays unknown."""
+    return isinstance(err, WriteRejectedError) and err.statement_index is not None

@@ -19,9 +19,10 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.faults.conftest import Rig
+from tests.support.stack import bus_env
 from writebus.bus.embedded.proxy import DelayProxy
 from writebus.client import Database
-from writebus.client.errors import Outcome, WriteBusError
+from writebus.client.errors import Outcome, OutcomeUnknownError, WriteBusError
 from writebus.client.procedures import Procedures
 
 procedures = Procedures()
@@ -192,17 +193,15 @@ def _wait_for_sleeping_commit(primary_url: str, timeout: float = 10.0) -> None:
             time.sleep(0.01)
 
 
-async def test_a_commit_cut_then_no_database_is_unknown_never_not_applied(rig: Rig) -> None:
-    """A direct write whose connection is cut while its COMMIT runs, and whose next try finds
-    no database to connect to, is reported as outcome-unknown -- here the COMMIT did land, and
-    "not applied" (the next try's own answer, before its claim could look the id up) would be
-    false. The client reaches the primary through a proxy, closed mid-COMMIT; a deferred
-    trigger makes the COMMIT take half a second."""
+async def _commit_cut(rig: Rig, sleep: float) -> WriteBusError:
+    """A direct write from syd whose connection is cut while its COMMIT runs: the client
+    reaches the primary through a proxy, closed mid-COMMIT, and a deferred trigger makes the
+    COMMIT sleep ``sleep`` seconds. Returns the error the caller got; the COMMIT lands."""
     url, table = rig.stack.primary.url, rig.table
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             f"CREATE FUNCTION {table}_slow() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN PERFORM pg_sleep(0.5); RETURN NULL; END $$"
+            f"$$ BEGIN PERFORM pg_sleep({sleep}); RETURN NULL; END $$"
         )
         conn.execute(
             f"CREATE CONSTRAINT TRIGGER {table}_slow AFTER INSERT ON {table} DEFERRABLE "
@@ -227,5 +226,33 @@ async def test_a_commit_cut_then_no_database_is_unknown_never_not_applied(rig: R
                 await write
     finally:
         await proxy.close()
-    assert caught.value.outcome is Outcome.UNKNOWN, repr(caught.value)
+    deadline = time.monotonic() + sleep + 5
+    while _count(url, table, "commit-cut") == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)  # the COMMIT is still sleeping
     assert _count(url, table, "commit-cut") == 1
+    return caught.value
+
+
+async def test_a_commit_cut_then_no_database_is_unknown_never_not_applied(rig: Rig) -> None:
+    """The try after the cut finds no database to connect to, and the bus no worker: the
+    caller hears outcome-unknown -- the COMMIT did land, and "not applied" (the next try's own
+    answer, before its claim could look the id up) would be false."""
+    err = await _commit_cut(rig, sleep=0.5)
+    assert err.outcome is Outcome.UNKNOWN, repr(err)
+
+
+async def test_a_commit_cut_then_a_claim_refused_on_the_bus_is_unknown(rig: Rig) -> None:
+    """After the cut the write goes over the bus, and the worker's claim gives up waiting for
+    the id's lock -- still held by the sleeping COMMIT (the worker's lock_timeout is 100 ms):
+    a rejection from the claim, not from a statement, says nothing of the first try, so the
+    caller hears outcome-unknown; the COMMIT then lands."""
+    url = make_conninfo(rig.stack.primary.url, options="-c lock_timeout=100")
+    env = bus_env(
+        rig.stack, "syd", WRITEBUS_PREFIX=rig.prefix, DATABASE_URL=url, PRIMARY_DATABASE_URL=url
+    )
+    bus = rig.stack.start_bus("syd", env=env, log_name=f"{rig.name}-impatient")
+    rig.buses.append(bus)
+    await bus.wait_ready_async(30)
+    err = await _commit_cut(rig, sleep=3.0)
+    assert err.outcome is Outcome.UNKNOWN, repr(err)
+    assert isinstance(err, OutcomeUnknownError) and "55P03" in str(err.last_error), repr(err)
