@@ -133,6 +133,7 @@ class Database(ReadAPI):
                 min_size=self._min_size,
                 max_size=self._max_size,
                 timeout=s.connect_timeout,
+                configure=writes.local_pool_configure(s),
             )
         if self._nc is None:
             self._nc = await acquire_nats(s, name=f"writebus-{s.region}")

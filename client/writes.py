@@ -9,9 +9,10 @@ a :class:`~writebus.client.results.WriteResult` of the same shape.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from writebus.client import ids
@@ -89,6 +90,19 @@ def primary_lost(exc: BaseException) -> bool:
     if isinstance(exc, WriteRejectedError):
         return exc.sqlstate == "25006"  # read_only_sql_transaction: a standby now
     return isinstance(exc, (UnavailableError, OutcomeUnknownError))
+
+
+def local_pool_configure(
+    settings: Settings,
+) -> Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] | None:
+    """The local pool's ``configure`` hook. In the primary region direct writes commit on
+    it, so an acknowledged write must be durable, as on the bus workers' pool
+    (``synchronous_commit=off`` would let it vanish in a crash)."""
+    if not settings.is_primary:
+        return None
+    from writebus.bus.pg import durable_commits
+
+    return durable_commits
 
 
 def unseen_claim_missing(error: WriteRejectedError) -> bool:

@@ -11,6 +11,7 @@ import msgpack
 import nats
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from tests.support.stack import PROCEDURES, primary_rows, settings_for
 from writebus.bus import claimsql
@@ -70,6 +71,19 @@ async def test_primary_region_writes_directly(syd_db: Database, table: str) -> N
         == "local"
     new_id = await syd_db.call("add_note", table, "via-proc")
     assert await syd_db.fetchval(f"SELECT body FROM {table} WHERE id = %s", [new_id]) == "via-proc"
+
+
+async def test_primary_region_commits_are_durable_whatever_the_session_default(
+    stack: Any, buses: Any
+) -> None:
+    """Direct writes are acknowledged once their COMMIT is flushed, as on the bus: a
+    database (or role, or URL) defaulting to synchronous_commit=off gets 'local' on the
+    primary region's pool, whose connections serve both reads and direct writes."""
+    url = make_conninfo(stack.primary.url, options="-c synchronous_commit=off")
+    async with Database(settings_for(stack, "syd", database_url=url)) as db:
+        assert await db.fetchval("SELECT current_setting('synchronous_commit')") == "local"
+        res = await db.execute("SELECT 1")
+        assert not res.via_bus and res.lsn is not None
 
 
 async def test_a_primary_region_write_without_the_unseen_claim_looks_its_id_up(
