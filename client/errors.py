@@ -2,8 +2,11 @@
 
 Every error a write can raise says what happened to the write, in :attr:`WriteBusError.outcome`:
 
-* ``Outcome.NOT_APPLIED`` -- nothing was committed. Sending the write again (under any id) cannot
-  apply it twice.
+* ``Outcome.NOT_APPLIED`` -- nothing this call sent was committed. Sending the write again
+  (under any id) cannot apply it twice -- unless this call was itself a resend, under
+  ``request_id=``, of a write whose outcome was unknown: an answer from before any database
+  was reached (``NoWorkerError``, ``DisconnectedError``, ``UnavailableError``) says nothing
+  of that earlier send, so keep resending under the same id until a worker answers.
 * ``Outcome.APPLIED`` -- the write committed (``ReplicationTimeoutError``: the local replica has
   not shown it yet).
 * ``Outcome.UNKNOWN`` -- it may or may not have committed. Send it again with the same
