@@ -243,7 +243,7 @@ async def write_session(
         result = await db.batch(plan.statements, **_batch_options(rpc_timeout, request_id))
     plan.apply(session, result)
     if await_replication and result.lsn is not None and result.via_bus:
-        await db.wait_for_lsn(result.lsn, replication_timeout)
+        await db.wait_for_lsn(result.lsn, replication_timeout, result.timeline)
         result = dataclasses.replace(result, replicated=True)
     return result
 
@@ -267,7 +267,7 @@ def write_session_sync(
         result = sdb.batch(plan.statements, **_batch_options(rpc_timeout, request_id))
     plan.apply(session, result)
     if await_replication and result.lsn is not None and result.via_bus:
-        sdb.wait_for_lsn(result.lsn, replication_timeout)
+        sdb.wait_for_lsn(result.lsn, replication_timeout, result.timeline)
         result = dataclasses.replace(result, replicated=True)
     return result
 

@@ -64,6 +64,10 @@ class WriteResult:
     value: Any = None
     duplicate: bool = False
     replicated: bool = False
+    #: The WAL timeline of ``lsn`` when the worker reported it (pass it to
+    #: :meth:`~writebus.client.db.Database.wait_for_lsn`, so a wait spanning a failover that
+    #: lost the write says so instead of passing on the new primary's positions).
+    timeline: int | None = None
 
     @property
     def rows(self) -> list[Any]:

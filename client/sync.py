@@ -361,10 +361,12 @@ class SyncDatabase:
         loop, db = self._ready()
         return loop.run(db.rpc_primary(procedure, *args, **options))
 
-    def wait_for_lsn(self, lsn: int, timeout: float | None = None) -> int:
+    def wait_for_lsn(
+        self, lsn: int, timeout: float | None = None, timeline: int | None = None
+    ) -> int:
         """Wait until the local replica has replayed ``lsn`` (:meth:`Database.wait_for_lsn`)."""
         loop, db = self._ready()
-        return loop.run(db.wait_for_lsn(lsn, timeout))
+        return loop.run(db.wait_for_lsn(lsn, timeout, timeline))
 
 
 def _mirror_signatures() -> None:

@@ -165,6 +165,7 @@ async def via_bus(
         value=reply.value,
         duplicate=reply.duplicate,
         replicated=replication_ms is not None,
+        timeline=reply.timeline,
         timings=Timings(
             forward_ms=max(0.0, ex.rpc_ms - server_ms),
             commit_ms=server_ms,

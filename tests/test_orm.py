@@ -159,16 +159,24 @@ def orm(stack: Any) -> Iterator[SimpleNamespace]:
 
 @pytest.fixture
 async def db(lax_db: Database, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Database]:
-    """The lax Database, counting the batches it sends (``db.sent``)."""
+    """The lax Database, counting the batches it sends (``db.sent``) and recording the
+    timelines its replay waits were given (``db.waited_on``)."""
     sent: list[Any] = []
-    batch = lax_db.batch
+    waited_on: list[int | None] = []
+    batch, wait_for_lsn = lax_db.batch, lax_db.wait_for_lsn
 
     async def counting(statements: Any, **options: Any) -> Any:
         sent.append(statements)
         return await batch(statements, **options)
 
+    async def waiting(lsn: int, timeout: float | None = None, timeline: int | None = None) -> int:
+        waited_on.append(timeline)
+        return await wait_for_lsn(lsn, timeout, timeline)
+
     monkeypatch.setattr(lax_db, "batch", counting)
+    monkeypatch.setattr(lax_db, "wait_for_lsn", waiting)
     lax_db.sent = sent  # type: ignore[attr-defined]
+    lax_db.waited_on = waited_on  # type: ignore[attr-defined]
     yield lax_db
 
 
@@ -208,6 +216,8 @@ async def test_one_batch_then_read_your_writes(orm: SimpleNamespace, db: Any) ->
         s.delete(doomed)
         result = await write_session(db, s)
         assert result is not None and result.via_bus and result.replicated
+        # The replay wait knows the write's timeline: a failover that lost it would say so.
+        assert result.timeline is not None and db.waited_on[-1] == result.timeline
         # author, book, update, the doomed book's association rows, the doomed book
         assert len(db.sent) == 2 and len(result.statements) == 5
         # The session's objects: keys, defaults, versions; persistent and clean.
