@@ -15,10 +15,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg_pool import AsyncConnectionPool
 
 from tests.support.servers import make_stack
 from tests.support.stack import TEST_DELAY_MS, settings_for, start_bus
 from writebus.bus.embedded.bus_process import BusProcess
+from writebus.bus.pg import durable_commits
 from writebus.client.db import Database
 
 
@@ -71,3 +73,17 @@ async def syd_db(stack: Any, buses: Any) -> AsyncIterator[Database]:
 
     async with Database(settings_for(stack, "syd"), procedures=procedures) as db:
         yield db
+
+
+@pytest.fixture
+async def worker_pool(stack: Any, buses: Any) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    """A bus worker's kind of pool on the primary: autocommit, durable commits (the
+    session's bus created the exactly-once table), for tests that call the executor."""
+    p: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        stack.primary.url, min_size=1, max_size=4, kwargs={"autocommit": True},
+        configure=durable_commits, open=False,
+    )
+    await p.open(wait=True)
+    yield p
+    await p.close()
+

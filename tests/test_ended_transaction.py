@@ -10,7 +10,6 @@ nothing of it runs again.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,7 +17,6 @@ from psycopg_pool import AsyncConnectionPool
 
 from tests.support.stack import primary_rows
 from writebus.bus.execute import Job, Limits, run_request, run_statement_writes
-from writebus.bus.pg import durable_commits
 from writebus.client.errors import Outcome, OutcomeUnknownError, WriteBusError
 from writebus.client.procedures import Procedures
 from writebus.client.protocol import Request, Statement
@@ -43,15 +41,9 @@ async def commits_then_raises(conn: Any, table: str, body: str) -> None:
 
 
 @pytest.fixture
-async def pool(stack: Any, buses: Any) -> AsyncIterator[AsyncConnectionPool[Any]]:
-    """A worker-like pool on the primary (the session's bus created the exactly-once table)."""
-    p: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        stack.primary.url, min_size=1, max_size=2, kwargs={"autocommit": True},
-        configure=durable_commits, open=False,
-    )
-    await p.open(wait=True)
-    yield p
-    await p.close()
+def pool(worker_pool: AsyncConnectionPool[Any]) -> AsyncConnectionPool[Any]:
+    """The worker-like pool on the primary (``worker_pool``)."""
+    return worker_pool
 
 
 def _job(*sqls: str) -> Job:

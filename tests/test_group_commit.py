@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -21,7 +20,6 @@ from tests.support.slots import metric
 from tests.support.stack import primary_rows
 from writebus.bus.execute import Job, Limits, run_statement_writes
 from writebus.bus.group import Executed
-from writebus.bus.pg import durable_commits
 from writebus.client.errors import (
     IdempotencyKeyReusedError,
     LimitError,
@@ -33,15 +31,9 @@ from writebus.client.protocol import Request, Statement
 
 
 @pytest.fixture
-async def pool(stack: Any, buses: Any) -> AsyncIterator[AsyncConnectionPool[Any]]:
-    """A worker-like pool on the primary (the session's bus created the exactly-once table)."""
-    p: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        stack.primary.url, min_size=1, max_size=4, kwargs={"autocommit": True},
-        configure=durable_commits, open=False,
-    )
-    await p.open(wait=True)
-    yield p
-    await p.close()
+def pool(worker_pool: AsyncConnectionPool[Any]) -> AsyncConnectionPool[Any]:
+    """The worker-like pool on the primary (``worker_pool``)."""
+    return worker_pool
 
 
 def _insert(table: str, body: str, rid: str | None = None, n: int | None = None) -> Job:
