@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from writebus.client import ids
 from writebus.client.errors import (
     LostInFailoverError,
+    Outcome,
     OutcomeUnknownError,
     TrackerError,
     UnavailableError,
@@ -143,11 +144,11 @@ async def via_bus(
     replication_ms: float | None = None
     # In the primary region reads go to the primary itself: nothing to wait for.
     if await_replication and lsn is not None and not settings.is_primary:
-        if tracker is None:
-            raise TrackerError("no LSN tracker: is this Database open?")
         t0 = time.monotonic()
         wait = replication_timeout if replication_timeout is not None else settings.replication_timeout
         try:
+            if tracker is None:
+                raise TrackerError("no LSN tracker: is this Database open?")
             await tracker.wait_for(lsn, wait, reply.timeline)
         except LostInFailoverError as e:
             # The commit is on the old primary only: to the caller that is a write whose
@@ -155,6 +156,11 @@ async def via_bus(
             err = OutcomeUnknownError(req.id, str(e), subject=subject)
             err.last_error = e
             raise err from e
+        except TrackerError as e:
+            # Only the wait failed (no tracker, or it was closed): the write committed.
+            e.outcome = Outcome.APPLIED
+            e.args = (f"{e} (the write committed at {reply.lsn}; request {req.id})",)
+            raise
         replication_ms = (time.monotonic() - t0) * 1000
     server_ms = reply.server_ms or 0.0
     return WriteResult(

@@ -18,11 +18,13 @@ from writebus.bus import claimsql
 from writebus.client import (
     Database,
     NoWorkerError,
+    Outcome,
     OutcomeUnknownError,
     ProcedureError,
     ProtocolError,
     ReplicationTimeoutError,
     Statement,
+    TrackerError,
     WriteRejectedError,
 )
 from writebus.client.lsn import format_lsn
@@ -180,6 +182,24 @@ async def test_an_unreadable_reply_is_an_unknown_outcome(stack: Any, buses: Any)
         await responder.close()
     assert info.value.request_id == "garbled-1" and "could not be read" in str(info.value)
     assert seen and set(seen) == {f"{prefix}.write"}
+
+
+async def test_a_write_whose_replay_wait_cannot_run_reports_it_committed(
+    stack: Any, buses: Any, table: str
+) -> None:
+    """The tracker is gone (closed under the Database) when the reply comes back: the write
+    committed, so the error says applied and where, never leaving the outcome open."""
+    nc = await nats.connect(stack.nats_url("lax"))  # a tracker of its own, not the session's
+    try:
+        async with Database(settings_for(stack, "lax"), nats=nc) as db:
+            assert db.tracker is not None
+            await db.tracker.close()
+            with pytest.raises(TrackerError) as info:
+                await db.execute(f"INSERT INTO {table}(body) VALUES ('untracked')")
+    finally:
+        await nc.close()
+    assert info.value.outcome is Outcome.APPLIED and "committed at" in str(info.value)
+    assert primary_rows(stack, f"SELECT count(*) FROM {table}") == [(1,)]
 
 
 async def test_call_procedure_and_read_back(lax_db: Database, table: str) -> None:
