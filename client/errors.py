@@ -30,7 +30,7 @@ Every error a write can raise says what happened to the write, in :attr:`WriteBu
      │    └── IdempotencyKeyReusedError  the id was used for another request     NOT_APPLIED
      ├── UnavailableError          the worker could not reach its database       NOT_APPLIED
      ├── StaleReadError            the replica lags more than a read allows      (a read)
-     └── TrackerError              replay progress cannot be observed      APPLIED after a write
+     └── TrackerError              no replay progress (after a write's commit)   APPLIED
           └── LostInFailoverError  promoted before replaying it: resend (same id) UNKNOWN
 """
 
