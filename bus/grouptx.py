@@ -12,7 +12,7 @@ from psycopg import pq
 
 from writebus.bus import idempotency, literals
 from writebus.bus.pg import FLUSH_LSN_SQL, rejected
-from writebus.client.errors import OutcomeUnknownError, WriteBusError
+from writebus.client.errors import TransactionEndedError, WriteBusError
 from writebus.client.lsn import parse_lsn
 from writebus.client.protocol import Request, StatementResult
 
@@ -51,15 +51,15 @@ class TransactionEnded(Exception):
     """A statement ended the transaction (a COMMIT or ROLLBACK that got past validation)."""
 
 
-def ended(req: Request) -> OutcomeUnknownError:
+def ended(req: Request) -> TransactionEndedError:
     """The answer to each request of a transaction one of its statements ended: what ran
     before that statement may have committed -- without its exactly-once record -- and what
-    ran after it did outside any transaction, so nothing of it is run again."""
-    return OutcomeUnknownError(
+    ran after it did outside any transaction, so nothing of it is run again, here or by a
+    client's retry (the error is not retryable)."""
+    return TransactionEndedError(
         req.id,
         "a statement ended the transaction (a COMMIT or ROLLBACK inside the request): what "
-        "ran before it may have committed without its exactly-once record, so nothing was run "
-        "again",
+        "ran before it may have committed, without its exactly-once record",
     )
 
 

@@ -115,7 +115,8 @@ async def run_optimistic(
             if isinstance(exc, psycopg.Error) and connection_lost(conn, exc):
                 raise Lost(exc, committing=False) from exc
             if query is None and isinstance(exc, psycopg.Error) and transaction_ended(conn):
-                # Bound, BEGIN ran first; a simple query parsed whole and ran nothing.
+                # Bound only: a simple query carries only statements already proven in a
+                # bound run (validated, committed), which cannot end the transaction.
                 return [ended(r) for r in requests]  # never run again: some of it committed
             await rollback(conn)
             if isinstance(exc, psycopg.Error):

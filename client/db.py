@@ -63,8 +63,8 @@ class Database(ReadAPI):
 
     * ``procedures`` -- the :class:`~writebus.client.procedures.Procedures` registry run
       directly in the primary region (default: ``WRITEBUS_PROCEDURES``);
-    * ``pool`` -- an open ``psycopg_pool.AsyncConnectionPool`` on the local database to use
-      instead of opening one (it is not closed by :meth:`close`);
+    * ``pool`` -- an open ``psycopg_pool.AsyncConnectionPool`` on the local database (not
+      closed by :meth:`close`; in the primary region, ``configure=bus.pg.durable_commits``);
     * ``nats`` -- a connected NATS client to use instead of the process's shared connection
       (not closed by :meth:`close`);
     * ``row_factory`` -- psycopg's row factory for reads and write results alike

@@ -21,6 +21,7 @@ Every error a write can raise says what happened to the write, in :attr:`WriteBu
      ├── DisconnectedError         NATS is down: the request was never sent      NOT_APPLIED
      ├── RpcTimeoutError           no reply in time                              UNKNOWN
      │    └── OutcomeUnknownError  ... or any attempt may have been applied      UNKNOWN
+     │         └── TransactionEndedError  a statement ended the transaction   UNKNOWN
      ├── ReplicationTimeoutError   committed; the local replica is behind        APPLIED
      ├── WriteRejectedError        the database refused the write (SQLSTATE)     NOT_APPLIED
      ├── ProcedureError            a procedure is unknown, or raised             NOT_APPLIED
@@ -30,7 +31,7 @@ Every error a write can raise says what happened to the write, in :attr:`WriteBu
      │    └── IdempotencyKeyReusedError  the id was used for another request     NOT_APPLIED
      ├── UnavailableError          the worker could not reach its database       NOT_APPLIED
      ├── StaleReadError            the replica lags more than a read allows      (a read)
-     └── TrackerError              no replay progress (after a write's commit)   APPLIED
+     └── TrackerError              no replay progress (in a write's own wait: APPLIED)
           └── LostInFailoverError  promoted before replaying it: resend (same id) UNKNOWN
 """
 
@@ -142,6 +143,25 @@ class OutcomeUnknownError(RpcTimeoutError):
             f"request_id={request_id!r} to learn whether it was applied",
         )
         self.reason = reason
+
+
+class TransactionEndedError(OutcomeUnknownError):
+    """A statement or procedure ended the request's own transaction (a ``COMMIT`` or
+    ``ROLLBACK`` inside it). What ran before it may have committed, and without the
+    exactly-once record: a resend under the same id would run it again. So it is not retried
+    -- check the data before sending the write again."""
+
+    retryable = False
+
+    def __init__(
+        self, request_id: str, reason: str = "", *, subject: str = "", timeout: float = 0.0
+    ) -> None:
+        super().__init__(request_id, reason, subject=subject, timeout=timeout)
+        why = reason or "a statement ended the request's transaction"
+        self.args = (
+            f"outcome unknown for request {request_id}: {why}; it was not sent again -- check "
+            "the data before sending the write again (a resend would run it again)",
+        )
 
 
 class ReplicationTimeoutError(WriteBusError):

@@ -311,7 +311,7 @@ _TRANSACTION_CONTROL = re.compile(
     r"\(*\s*(?:BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|PREPARE\s+TRANSACTION)\b",
     re.IGNORECASE,
 )
-_SKIPPED = re.compile(r"(?:\s|;|--[^\n]*(?:\n|\Z))*")
+_SKIPPED = re.compile(r"(?:\s|;|--[^\n\r]*(?:[\n\r]|\Z))*")  # "--" ends at \n or \r
 
 
 def _first_command(sql: str) -> str:
@@ -378,9 +378,10 @@ def validate_request(
         for i, stmt in enumerate(req.statements):
             if not stmt.sql.strip():
                 raise ProtocolError(f"statement {i} has empty SQL")
-            if _TRANSACTION_CONTROL.match(_first_command(stmt.sql)):
+            command = _first_command(stmt.sql)
+            if _TRANSACTION_CONTROL.match(command):
                 raise ProtocolError(
-                    f"statement {i} controls the transaction ({stmt.sql.split()[0]!r}); the bus "
+                    f"statement {i} controls the transaction ({command.split()[0]!r}); the bus "
                     "runs each request as one transaction of its own"
                 )
             if stmt.params is not None and len(stmt.params) > MAX_PARAMS_PER_STATEMENT:

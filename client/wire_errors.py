@@ -15,10 +15,10 @@ from writebus.client.errors import (
     ForbiddenError,
     IdempotencyKeyReusedError,
     LimitError,
-    Outcome,
     OutcomeUnknownError,
     ProcedureError,
     ProtocolError,
+    TransactionEndedError,
     UnavailableError,
     WriteBusError,
     WriteRejectedError,
@@ -31,6 +31,8 @@ MAX_ERROR_TEXT: Final = 4096
 
 #: The ``code`` of an :class:`IdempotencyKeyReusedError` (a ``protocol`` error): its ``detail``.
 IDEMPOTENCY_KEY_REUSED: Final = "IdempotencyKeyReused"
+#: ``detail`` of an ``unknown`` error whose transaction a statement ended: not retryable.
+TRANSACTION_ENDED: Final = "TransactionEnded"
 
 
 def clip(text: str) -> str:
@@ -56,6 +58,11 @@ def _reused(exc: BaseException) -> ErrorInfo:
     return ErrorInfo(kind="protocol", message=str(exc), detail=IDEMPOTENCY_KEY_REUSED)
 
 
+def _ended(exc: BaseException) -> ErrorInfo:
+    reason = getattr(exc, "reason", "") or str(exc)  # the client words the rest again
+    return ErrorInfo(kind="unknown", message=reason, detail=TRANSACTION_ENDED)
+
+
 def _kind(kind: str, retryable: bool = False) -> Callable[[BaseException], ErrorInfo]:
     def build(exc: BaseException) -> ErrorInfo:
         return ErrorInfo(kind=kind, message=str(exc), retryable=retryable)
@@ -71,6 +78,7 @@ TO_WIRE: Final[tuple[tuple[type[BaseException], Callable[[BaseException], ErrorI
     (ForbiddenError, _kind("forbidden")),
     (ProtocolError, _kind("protocol")),
     (ProcedureError, _kind("procedure")),
+    (TransactionEndedError, _ended),
     (OutcomeUnknownError, _kind("unknown", retryable=True)),
     (UnavailableError, _kind("unavailable", retryable=True)),
 )
@@ -117,11 +125,12 @@ def error_from_info(
         return simple[kind](info.message)
     if kind == "procedure":
         return ProcedureError(info.message, procedure=procedure or "")
+    if kind == "unknown" and info.detail == TRANSACTION_ENDED:
+        return TransactionEndedError(request_id, info.message, subject=subject)
     if kind == "unknown":
         return OutcomeUnknownError(request_id, info.message, subject=subject)
     # "internal" (a bug on the worker, before or after COMMIT) or a kind newer than this
     # client: nothing says whether the write was applied.
-    err = WriteBusError(f"{kind}: {info.message}")
-    err.retryable = info.retryable
-    err.outcome = Outcome.UNKNOWN
-    return err
+    unknown = OutcomeUnknownError(request_id, f"{kind}: {info.message}", subject=subject)
+    unknown.retryable = info.retryable
+    return unknown

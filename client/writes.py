@@ -21,6 +21,7 @@ from writebus.client.errors import (
     Outcome,
     OutcomeUnknownError,
     TrackerError,
+    TransactionEndedError,
     UnavailableError,
     WriteRejectedError,
 )
@@ -90,6 +91,8 @@ def primary_lost(exc: BaseException) -> bool:
     primary (down, unreachable, or read-only after a demotion), so the bus should take it."""
     if isinstance(exc, WriteRejectedError):
         return exc.sqlstate == "25006"  # read_only_sql_transaction: a standby now
+    if isinstance(exc, TransactionEndedError):
+        return False  # the primary answered: the write itself ended its transaction
     return isinstance(exc, (UnavailableError, OutcomeUnknownError))
 
 
@@ -108,8 +111,12 @@ def local_pool_configure(
 
 def unseen_claim_missing(error: WriteRejectedError) -> bool:
     """Whether ``error`` is the database lacking ``writebus.claim_unseen_v2`` (SQLSTATE
-    42883, undefined function, from the claim: no statement of the write had run)."""
-    return error.sqlstate == "42883" and error.statement_index is None
+    42883, undefined function, naming it: the claim failed, so nothing of the write ran)."""
+    return (
+        error.sqlstate == "42883"
+        and error.statement_index is None
+        and "claim_unseen_v2" in str(error)
+    )
 
 
 async def ensure_exactly_once_table(pool: AsyncConnectionPool[Any]) -> None:

@@ -68,3 +68,12 @@ async def violate_at_commit(conn: Any, table: str) -> str:
     )
     await conn.execute(f"INSERT INTO child_{table} VALUES (42)")
     return "returned"
+
+
+@procedures.register
+async def ends_its_transaction(conn: Any, table: str, marker: int) -> None:
+    """Insert a row marked ``marker``, then send COMMIT itself (which a procedure must not)."""
+    await conn.execute(
+        f"INSERT INTO {table}(body, n) VALUES (gen_random_uuid()::text, %s)", [marker]
+    )
+    await conn.execute("COMMIT")

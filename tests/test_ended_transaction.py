@@ -17,7 +17,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from tests.support.stack import primary_rows
 from writebus.bus.execute import Job, Limits, run_request, run_statement_writes
-from writebus.client.errors import Outcome, OutcomeUnknownError, WriteBusError
+from writebus.client.db import Database
+from writebus.client.errors import (
+    Outcome,
+    OutcomeUnknownError,
+    TransactionEndedError,
+    WriteBusError,
+)
 from writebus.client.procedures import Procedures
 from writebus.client.protocol import Request, Statement
 
@@ -91,3 +97,20 @@ async def test_a_procedure_ending_its_transaction_makes_the_outcome_unknown(
         await run_request(pool, req, procedures=procedures, limits=Limits())
     assert caught.value.outcome is Outcome.UNKNOWN, repr(caught.value)
     assert _count(stack, table, body) == 1
+
+
+@pytest.mark.parametrize("region", ["lax", "syd"])
+async def test_a_write_that_ended_its_transaction_is_not_sent_again(
+    lax_db: Database, syd_db: Database, stack: Any, table: str, region: str
+) -> None:
+    """Through a Database, over the bus (lax) and directly (syd): the answer is
+    TransactionEndedError -- unknown, and not retryable -- so neither the client's retry loop
+    nor the primary region's fallback to the bus runs the write again (no record was kept to
+    stop a resend). The procedure's row is there once."""
+    db = lax_db if region == "lax" else syd_db
+    marker = uuid.uuid4().int % 2**31
+    with pytest.raises(TransactionEndedError) as info:
+        await db.call("ends_its_transaction", table, marker)
+    assert info.value.outcome is Outcome.UNKNOWN and not info.value.retryable
+    rows = primary_rows(stack, f"SELECT count(*) FROM {table} WHERE n = %s", [marker])
+    assert rows == [(1,)]

@@ -39,6 +39,7 @@ from writebus.client.errors import (
     OutcomeUnknownError,
     ProcedureError,
     ProtocolError,
+    TransactionEndedError,
     UnavailableError,
     WriteRejectedError,
 )
@@ -574,6 +575,7 @@ def test_error_kinds_table_matches_the_code() -> None:
         ForbiddenError("m"),
         ProtocolError("m"),
         ProcedureError("m", procedure="p"),
+        TransactionEndedError("id", "m"),
         OutcomeUnknownError("id", "m"),
         UnavailableError("m"),
         RuntimeError("a bug"),

@@ -89,18 +89,46 @@ async def test_primary_region_commits_are_durable_whatever_the_session_default(
 
 
 async def test_a_primary_region_write_without_the_unseen_claim_looks_its_id_up(
-    syd_db: Database, stack: Any, table: str
+    stack: Any, table: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A database that lost ``writebus.claim_unseen_v2`` after the app opened (one set up by
     an older writebus, restored or swapped in) still takes writes of ids the client made:
-    refused at the claim, nothing ran, the write runs again with the claim that looks up."""
-    with psycopg.connect(stack.primary.url, autocommit=True) as conn:
-        conn.execute("DROP FUNCTION writebus.claim_unseen_v2(text[])")
+    refused at the claim, nothing ran, the write runs again with the claim that looks up.
+    (No bus here: a syd bus starting meanwhile would create the function again.)"""
+    from writebus.client import db as db_module
+
+    writes = db_module.writes  # the module Database calls (tests may have re-imported others)
+    missing: list[bool] = []
+    check = writes.unseen_claim_missing
+
+    def seen(error: Any) -> bool:
+        missing.append(check(error))
+        return missing[-1]
+
+    monkeypatch.setattr(writes, "unseen_claim_missing", seen)
+    # The refused claim can also surface as psycopg's PipelineAborted (the statement queued
+    # after it, when the error arrives first), which the executor takes for a lost connection
+    # and answers by running the write again on a fresh one, looking its id up: also safe.
+    from writebus.bus import execute
+
+    retried: list[str] = []
+    info = execute.log.info
+
+    def logged(event: str, **fields: Any) -> None:
+        retried.append(event)
+        info(event, **fields)
+
+    monkeypatch.setattr(execute.log, "info", logged)
     try:
-        res = await syd_db.execute(f"INSERT INTO {table}(body) VALUES ('no unseen claim')")
+        async with Database(settings_for(stack, "syd")) as db:  # opening makes the function
+            with psycopg.connect(stack.primary.url, autocommit=True) as conn:
+                conn.execute("DROP FUNCTION writebus.claim_unseen_v2(text[])")
+            res = await db.execute(f"INSERT INTO {table}(body) VALUES ('no unseen claim')")
     finally:
         with psycopg.connect(stack.primary.url, autocommit=True) as conn:
             conn.execute(claimsql.CLAIM_UNSEEN_FUNCTION_SQL)
+    # The unseen claim was tried and refused, then replaced by the claim that looks up.
+    assert missing == [True] or "execute.retry_on_fresh_connection" in retried
     assert not res.via_bus and not res.duplicate and res.timings.attempts == 1
     assert primary_rows(stack, f"SELECT count(*) FROM {table}") == [(1,)]
 

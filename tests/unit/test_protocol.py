@@ -126,7 +126,8 @@ def test_reply_values_of_postgres_types_encode() -> None:
 @pytest.mark.parametrize("sql", ["COMMIT", " rollback", "/* c */ BEGIN", "-- x\nEND",
                                  "SAVEPOINT a", "release a", "PREPARE TRANSACTION 'x'",
                                  "start transaction", ";COMMIT", " ;; ROLLBACK",
-                                 "/* a /* nested */ comment */ COMMIT", "-- x\n;\n/**/end"])
+                                 "/* a /* nested */ comment */ COMMIT", "-- x\n;\n/**/end",
+                                 "-- x\rCOMMIT"])
 def test_transaction_control_is_refused(sql: str) -> None:
     """Statements that would end the request's own transaction (and its exactly-once record)
     are refused before anything runs -- also behind empty statements (Postgres drops them:

@@ -241,4 +241,20 @@ def test_an_internal_or_unknown_error_kind_has_an_unknown_outcome() -> None:
 
     for kind in ("internal", "from-the-future"):
         err = error_from_info(ErrorInfo(kind=kind, message="x"), request_id="r")
-        assert err.outcome is Outcome.UNKNOWN
+        assert isinstance(err, OutcomeUnknownError) and err.outcome is Outcome.UNKNOWN
+        assert err.request_id == "r" and not err.retryable and kind in str(err)
+
+
+def test_an_ended_transaction_crosses_the_wire_as_not_retryable() -> None:
+    """A worker's TransactionEndedError is an ``unknown`` error with its own detail and
+    ``retryable: false``; the client makes it a TransactionEndedError again, which the retry
+    policy never resends (no exactly-once record stops a resend)."""
+    from writebus.client.errors import TransactionEndedError
+    from writebus.client.wire_errors import TRANSACTION_ENDED, error_from_info, error_info
+
+    info = error_info(TransactionEndedError("r1", "a statement ended the transaction"))
+    assert (info.kind, info.detail, info.retryable) == ("unknown", TRANSACTION_ENDED, False)
+    err = error_from_info(info, request_id="r1")
+    assert isinstance(err, TransactionEndedError) and err.outcome is Outcome.UNKNOWN
+    assert not err.retryable and "not sent again" in str(err) and str(err).count("r1") == 1
+    assert FAST.should_retry(err, attempt=1, elapsed=0.0, remaining=5.0) is None
