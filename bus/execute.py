@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -38,13 +38,12 @@ from writebus.bus.pg import connection_lost, rejected
 from writebus.bus.proctx import Phase, run_procedure_tx
 from writebus.client.errors import (
     LimitError,
-    Outcome,
     OutcomeUnknownError,
     ProcedureError,
     UnavailableError,
     WriteBusError,
     WriteRejectedError,
-    settles_an_earlier_try,
+    after_an_uncertain_try,
 )
 from writebus.client.log import get_logger
 from writebus.client.procedures import Procedure, Procedures
@@ -61,6 +60,8 @@ from writebus.client.protocol import (
 )
 
 log = get_logger("writebus.bus.execute")
+
+A = TypeVar("A")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,10 +158,8 @@ async def run_request(
             committing = first.committing or again.committing
             raise _lost_error(req, committing, again.cause) from again.cause
         except WriteBusError as err:
-            if not first.committing:
-                raise
-            answer = after_lost_commit(req, err, first.cause)
-            if answer is err or not isinstance(answer, WriteBusError):
+            answer = after_lost_commit(req, err, first)
+            if answer is err:
                 raise
             raise answer from err
 
@@ -231,9 +230,9 @@ async def run_statement_writes(
                     may_commit=may_commit, read_lsn=read_lsn,
                 )
             break
-        if first is not None and first.committing:
+        if first is not None:
             by_n = dict(live)
-            done = {n: after_lost_commit(by_n[n].req, out, first.cause) for n, out in done.items()}
+            done = {n: after_lost_commit(by_n[n].req, out, first) for n, out in done.items()}
         outcomes.update(done)
         break
     if repeats:
@@ -301,27 +300,15 @@ def _not_run(job: Job) -> UnavailableError:
     )
 
 
-def after_lost_commit(
-    req: Request, out: Executed | WriteBusError, cause: BaseException
-) -> Executed | WriteBusError:
-    """The answer of the try that followed one whose connection was lost (``cause``) while
-    COMMIT was in flight. A "not applied" that no statement of it gave -- no connection to be
-    had, the claim or COMMIT refused, a procedure failing -- may have come before its claim
-    looked the id up, so it cannot say the lost try did not commit: the outcome is unknown
-    (``last_error`` is the try's own). A statement's error came after the claim found the id
-    unapplied, and stands."""
-    if not isinstance(out, WriteBusError) or out.outcome is not Outcome.NOT_APPLIED:
+def after_lost_commit(req: Request, out: A, first: Lost) -> A | OutcomeUnknownError:
+    """The answer of the try that followed ``first``, a try whose connection was lost: when
+    COMMIT was in flight then, a "not applied" that no statement of the later try gave is no
+    answer for the write (:func:`~writebus.client.errors.after_an_uncertain_try`)."""
+    if not first.committing:
         return out
-    if settles_an_earlier_try(out):
-        return out
-    unknown = OutcomeUnknownError(
-        req.id,
-        f"the database connection was lost while COMMIT was in flight: {cause}; the try after "
-        f"it said: {out}",
+    return after_an_uncertain_try(
+        out, req.id, f"the database connection was lost while COMMIT was in flight: {first.cause}"
     )
-    unknown.last_error = out
-    unknown.__cause__ = out
-    return unknown
 
 
 def _lost_error(req: Request, committing: bool, cause: BaseException) -> WriteBusError:

@@ -19,13 +19,12 @@ from writebus.client import writes
 from writebus.client.connect import acquire_nats, release_nats
 from writebus.client.dbreads import ReadAPI
 from writebus.client.errors import (
-    Outcome,
     OutcomeUnknownError,
     ProtocolError,
     UnavailableError,
     WriteBusError,
     WriteRejectedError,
-    settles_an_earlier_try,
+    after_an_uncertain_try,
 )
 from writebus.client.log import get_logger
 from writebus.client.pgpool import open_pool
@@ -433,14 +432,12 @@ class Database(ReadAPI):
                 req, await_replication, timeout, replication_timeout, factory
             )
         except WriteBusError as err:
-            if err.outcome is not Outcome.NOT_APPLIED or settles_an_earlier_try(err):
-                raise
-            unknown = OutcomeUnknownError(
-                req.id, f"the direct attempt may have committed ({first.reason}); the bus then "
-                f"said: {err}"
+            answer = after_an_uncertain_try(
+                err, req.id, f"the direct attempt may have committed ({first.reason})"
             )
-            unknown.last_error = err
-            raise unknown from err
+            if answer is err:
+                raise
+            raise answer from err
 
 
 async def connect(settings: Settings | None = None, **options: Any) -> Database:

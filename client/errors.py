@@ -38,9 +38,11 @@ Every error a write can raise says what happened to the write, in :attr:`WriteBu
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, TypeVar
 
 from writebus.client.lsn import format_lsn
+
+A = TypeVar("A")
 
 
 class Outcome(enum.StrEnum):
@@ -313,10 +315,18 @@ class LostInFailoverError(TrackerError):
         self.region = region
 
 
-def settles_an_earlier_try(err: WriteBusError) -> bool:
-    """Whether ``err``, a later try's "not applied", also settles an earlier try of the same
-    id that may have committed. Only a statement's rejection does: it came after the later
+def after_an_uncertain_try(answer: A, request_id: str, uncertainty: str) -> A | OutcomeUnknownError:
+    """A later try's ``answer`` (a result or an error) when an earlier try of the same id may
+    have committed (``uncertainty`` says why). It stands unless it says "not applied" without
+    settling the earlier try. Only a statement's rejection settles it: it came after the later
     try's claim waited for the id's lock and looked the id up. Anything else -- no worker, no
-    connection, the claim or COMMIT refused -- may have come before that, so the write's
-    outcome stays unknown."""
-    return isinstance(err, WriteRejectedError) and err.statement_index is not None
+    connection, the claim or COMMIT refused -- may have come before that, so the outcome is
+    unknown (``last_error``: the answer)."""
+    if not isinstance(answer, WriteBusError) or answer.outcome is not Outcome.NOT_APPLIED:
+        return answer
+    if isinstance(answer, WriteRejectedError) and answer.statement_index is not None:
+        return answer
+    unknown = OutcomeUnknownError(request_id, f"{uncertainty}; the try after it said: {answer}")
+    unknown.last_error = answer
+    unknown.__cause__ = answer
+    return unknown

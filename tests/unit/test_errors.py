@@ -1,15 +1,27 @@
 """Which later answers settle an earlier try that may have committed
-(:func:`writebus.client.errors.settles_an_earlier_try`); the paths that use it run on real
+(:func:`writebus.client.errors.after_an_uncertain_try`); the paths that use it run on real
 servers in tests/faults/test_connection_loss.py."""
 
 from __future__ import annotations
 
 from writebus.client.errors import (
     NoWorkerError,
+    OutcomeUnknownError,
     UnavailableError,
+    WriteBusError,
     WriteRejectedError,
-    settles_an_earlier_try,
+    after_an_uncertain_try,
 )
+
+
+def settles_an_earlier_try(err: WriteBusError) -> bool:
+    """Whether ``err`` stands as the write's answer after an uncertain earlier try."""
+    answer = after_an_uncertain_try(err, "r1", "an earlier try may have committed")
+    if answer is err:
+        return True
+    assert isinstance(answer, OutcomeUnknownError) and answer.last_error is err
+    assert answer.request_id == "r1" and str(err) in str(answer)
+    return False
 
 
 def test_only_a_statements_rejection_settles_an_earlier_try() -> None:
@@ -19,3 +31,6 @@ def test_only_a_statements_rejection_settles_an_earlier_try() -> None:
     assert not settles_an_earlier_try(WriteRejectedError("lock timeout", sqlstate="55P03"))
     assert not settles_an_earlier_try(NoWorkerError("writebus.write", "syd"))
     assert not settles_an_earlier_try(UnavailableError("database unavailable"))
+    unknown = OutcomeUnknownError("r1", "lost again")  # not a "not applied": it stands
+    assert after_an_uncertain_try(unknown, "r1", "lost") is unknown
+    assert after_an_uncertain_try(None, "r1", "lost") is None  # a result stands

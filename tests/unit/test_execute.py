@@ -5,7 +5,7 @@ under a real COMMIT, is tested in tests/faults/test_connection_loss.py."""
 from __future__ import annotations
 
 from writebus.bus.execute import after_lost_commit
-from writebus.bus.group import Executed
+from writebus.bus.group import Executed, Lost
 from writebus.client.errors import (
     LimitError,
     Outcome,
@@ -18,6 +18,7 @@ from writebus.client.protocol import Request
 
 REQ = Request(id="r1", procedure="p")
 CUT = ConnectionError("server closed the connection unexpectedly")
+LOST = Lost(CUT, committing=True)
 
 
 def test_a_not_applied_answer_from_before_the_claim_becomes_unknown() -> None:
@@ -29,7 +30,7 @@ def test_a_not_applied_answer_from_before_the_claim_becomes_unknown() -> None:
         ProcedureError("boom", procedure="p"),
         LimitError("the reply would take too many bytes"),
     ):
-        out = after_lost_commit(REQ, err, CUT)
+        out = after_lost_commit(REQ, err, LOST)
         assert isinstance(out, OutcomeUnknownError) and out.outcome is Outcome.UNKNOWN
         assert out.request_id == "r1" and out.last_error is err and out.__cause__ is err
         assert "COMMIT was in flight" in str(out) and str(err) in str(out)
@@ -42,4 +43,11 @@ def test_answers_that_settle_the_outcome_stand() -> None:
     done = Executed([], lsn=1, duplicate=True)
     unknown = OutcomeUnknownError("r1", "again")
     for out in (statement, done, unknown):
-        assert after_lost_commit(REQ, out, CUT) is out
+        assert after_lost_commit(REQ, out, LOST) is out
+
+
+def test_a_try_lost_before_its_commit_leaves_the_next_answer_as_it_is() -> None:
+    """Lost before COMMIT was sent, the first try cannot have committed: the next try's
+    "not applied" is the write's."""
+    err = UnavailableError("database unavailable: pool timeout")
+    assert after_lost_commit(REQ, err, Lost(CUT, committing=False)) is err
