@@ -49,7 +49,7 @@ from writebus.bus.grouptx import (
     rollback,
     transaction_ended,
 )
-from writebus.bus.pg import connection_lost, read_flush_lsn
+from writebus.bus.pg import connection_lost, pipelined, read_flush_lsn, server_error
 from writebus.bus.results import wire_result
 from writebus.client.errors import UnavailableError, WriteBusError, WriteRejectedError
 from writebus.client.protocol import Request
@@ -180,27 +180,26 @@ async def _first_round(
     """BEGIN, the claim (locks and lookup) and every request's statements, in one round trip.
     Returns the ids found and the statement error that stopped the round, if one did."""
     ids = [i.req.id for i in items]
-    find: psycopg.AsyncCursor[Any] | None = None
+    claimed: list[psycopg.AsyncCursor[Any]] = []
+
+    async def queue() -> None:
+        await conn.execute(idempotency.BEGIN_SQL)
+        claim_sql = idempotency.claim_sql(unseen=unseen)
+        claimed.append(await conn.execute(claim_sql, idempotency.claim_params(ids, unseen=unseen)))
+        await _queue(conn, items, savepoints)
+
     error: psycopg.Error | None = None
     try:
-        async with conn.pipeline() as pipe:
-            await conn.execute(idempotency.BEGIN_SQL)
-            find = await conn.execute(
-                idempotency.claim_sql(unseen=unseen),
-                idempotency.claim_params(ids, unseen=unseen),
-            )
-            await _queue(conn, items, savepoints)
-            await pipe.sync()
+        await pipelined(conn, queue)
     except psycopg.Error as exc:
         # A statement failed (the settling finds which); anything before the statements
         # failing -- the locks, the lookup -- or a lost connection is the group's failure.
-        if connection_lost(conn, exc) or find is None or find.pgresult is None:
+        if connection_lost(conn, exc) or not claimed or claimed[0].pgresult is None:
             raise
-        if find.pgresult.status != pq.ExecStatus.TUPLES_OK:
+        if claimed[0].pgresult.status != pq.ExecStatus.TUPLES_OK:
             raise
         error = exc
-    assert find is not None
-    rows = await find.fetchall()
+    rows = await claimed[0].fetchall()
     return {row[0]: row for row in rows}, error
 
 
@@ -210,9 +209,7 @@ async def _run_round(
     """Send the statements of ``items`` again (after a rollback to a savepoint); return the
     statement error that stopped the round, if one did."""
     try:
-        async with conn.pipeline() as pipe:
-            await _queue(conn, items, savepoints)
-            await pipe.sync()
+        await pipelined(conn, lambda: _queue(conn, items, savepoints))
     except psycopg.Error as exc:
         if connection_lost(conn, exc):
             raise
@@ -223,6 +220,7 @@ async def _run_round(
 async def _queue(conn: psycopg.AsyncConnection[Any], items: list[_Item], savepoints: bool) -> None:
     for item in items:
         item.cursors = []
+    for item in items:
         if savepoints:
             await conn.execute(f"SAVEPOINT wb{item.n}")
         for index, stmt in enumerate(item.req.statements or ()):
@@ -230,6 +228,8 @@ async def _queue(conn: psycopg.AsyncConnection[Any], items: list[_Item], savepoi
             try:
                 await cur.execute(stmt.sql, stmt.params)
             except NOT_SENT as exc:
+                if server_error(exc):
+                    raise  # an earlier command's error, read while sending this one
                 # Refused by psycopg before anything was sent: parameters that do not fit the
                 # placeholders, a value it cannot adapt (a map for %s).
                 item.outcome = WriteRejectedError(str(exc), statement_index=index)
@@ -277,11 +277,12 @@ def _statement_error(item: _Item, error: psycopg.Error | None) -> WriteBusError 
     """The rejection of the request's failed statement, if one of its statements failed.
 
     In pipeline mode the failing command's cursor gets no result, and neither do the commands
-    after it; the round's exception is that command's error. The first request with a
-    statement lacking a successful result is therefore the one that raised it.
+    after it (nor those never queued: the error stops the queuing); the round's exception is
+    that command's error. The first request with a statement lacking a successful result is
+    therefore the one that raised it.
     """
-    for index, cur in enumerate(item.cursors):
-        res = cur.pgresult
+    for index in range(len(item.req.statements or ())):
+        res = item.cursors[index].pgresult if index < len(item.cursors) else None
         if res is None or res.status == pq.ExecStatus.FATAL_ERROR:
             if error is None:
                 return UnavailableError(f"statement {index} was not run")

@@ -49,7 +49,7 @@ from writebus.bus.grouptx import (
     rollback,
     transaction_ended,
 )
-from writebus.bus.pg import FLUSH_LSN_SQL, connection_lost
+from writebus.bus.pg import FLUSH_LSN_SQL, connection_lost, pipelined
 from writebus.bus.results import wire_result
 from writebus.client.errors import UnavailableError, WriteBusError
 from writebus.client.lsn import parse_lsn
@@ -186,13 +186,17 @@ async def _repeats(
     When every request's id was, their stored answers, in one round trip; None when only some
     were: the careful way sorts them out (running the statements of the others)."""
     flush = None
-    async with conn.pipeline() as pipe:
+    found: list[psycopg.AsyncCursor[Any]] = []
+
+    async def queue() -> None:
+        nonlocal flush
         ids = idempotency.claim_params([r.id for r in requests])
-        find = await conn.execute(idempotency.CLAIM_SQL, ids)  # autocommit: locks, then lookup
+        found.append(await conn.execute(idempotency.CLAIM_SQL, ids))  # autocommit: locks, lookup
         if read_lsn:
             flush = await conn.execute(FLUSH_LSN_SQL)  # the repeats' commits are at or before it
-        await pipe.sync()
-    rows = {row[0]: row for row in await find.fetchall()}
+
+    await pipelined(conn, queue)
+    rows = {row[0]: row for row in await found[0].fetchall()}
     if not all(r.id in rows for r in requests):
         return None
     out = [repeat(r, rows[r.id], d) for r, d in zip(requests, digests, strict=True)]
@@ -264,7 +268,8 @@ async def _send_bound(
     runs = plan_runs(requests)
     ids = [r.id for r in requests]
     cursors: list[list[psycopg.AsyncCursor[Any]]] = []
-    async with conn.pipeline() as pipe:
+
+    async def queue() -> None:
         await conn.execute(idempotency.BEGIN_SQL)
         await conn.execute(
             idempotency.claim_sql(unseen=unseen, first_try=True),
@@ -283,7 +288,8 @@ async def _send_bound(
                 await cur.execute(stmt.sql, stmt.params)
                 mine.append(cur)
             cursors.append(mine)
-        await pipe.sync()
+
+    await pipelined(conn, queue)
     out: list[list[StatementResult]] = []
     for run, curs in zip(runs, cursors, strict=True):
         if run.batched:

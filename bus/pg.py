@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import psycopg
@@ -22,6 +23,42 @@ DURABLE_COMMIT_SQL: Final = (
 
 #: The server ended the session (shutdown, crash, restart): about the connection, not the write.
 SESSION_ENDED_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+def server_error(exc: BaseException) -> bool:
+    """Whether ``exc`` came from the server (it carries a SQLSTATE). psycopg raises some of the
+    same classes itself, before sending anything: ``ProgrammingError`` for parameters that do
+    not fit the placeholders, ``DataError`` for a value it cannot dump."""
+    return isinstance(exc, psycopg.Error) and exc.sqlstate is not None
+
+
+async def pipelined(
+    conn: psycopg.AsyncConnection[Any], queue: Callable[[], Awaitable[None]]
+) -> None:
+    """Send the commands ``queue`` makes as one pipeline, then sync and wait for every result.
+
+    Raises the first error the server returned for them, wherever psycopg met it. psycopg
+    reads results while it still sends, so a command's error can surface from a later
+    command's ``execute``; the commands queued after it are then reported as
+    ``PipelineAborted`` (an ``OperationalError`` with no SQLSTATE, which reads like a lost
+    connection). Here the error stops the queuing -- the server skips everything after it
+    until the sync anyway -- and is raised after the sync, in place of ``PipelineAborted``.
+    """
+    first: psycopg.Error | None = None
+    async with conn.pipeline() as pipe:
+        try:
+            await queue()
+        except psycopg.Error as exc:
+            if not server_error(exc):
+                raise
+            first = exc
+        try:
+            await pipe.sync()
+        except psycopg.errors.PipelineAborted:
+            if first is None:
+                raise
+    if first is not None:
+        raise first
 
 
 async def durable_commits(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from tests.support.pause import MARK, pause_before_marked
 from tests.support.slots import metric
 from tests.support.stack import primary_rows
 from writebus.bus.execute import Job, Limits, run_statement_writes
@@ -388,3 +389,55 @@ async def test_a_worker_keeps_one_group_in_flight_while_the_cpu_is_busy(
             p.kill()
             p.wait()
         bus.stop(10)
+
+
+
+async def test_an_error_met_while_the_group_is_still_being_sent(
+    stack: Any, pool: Any, table: str, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """psycopg reads results while it sends a pipeline, so a statement's error can surface
+    from a later request's send, and psycopg then reports the commands after it as
+    ``PipelineAborted`` (an OperationalError with no SQLSTATE, like a lost connection). It is
+    still the failed request's rejection, with its SQLSTATE -- 22P02, a DataError, a class
+    psycopg also raises for values it refuses before sending -- and the others commit on the
+    same connection: no retry on a fresh one, no later request blamed."""
+    from writebus.bus import execute
+
+    paused = pause_before_marked(monkeypatch)
+    retried: list[str] = []
+    monkeypatch.setattr(execute.log, "info", lambda event, **_: retried.append(event))
+    bad_sql = f"INSERT INTO {table}(body, n) VALUES ('bad', 'x'::int)"
+    slow_sql = f"INSERT INTO {table}(body) VALUES (%s) {MARK}"
+    jobs = [
+        _insert(table, "a"),
+        Job(Request(id=uuid.uuid4().hex, statements=[Statement(sql=bad_sql)])),
+        Job(Request(id=uuid.uuid4().hex, statements=[Statement(sql=slow_sql, params=["b"])])),
+        _insert(table, "c"),
+    ]
+    a, bad, b, c = await _run(pool, jobs)
+    assert paused  # the error was waiting when the next request was sent
+    assert isinstance(bad, WriteRejectedError) and bad.sqlstate == "22P02"
+    assert bad.statement_index == 0
+    assert all(isinstance(o, Executed) and not o.duplicate for o in (a, b, c))
+    assert "execute.retry_on_fresh_connection" not in retried
+    assert _bodies(stack, table) == ["a", "b", "c"]
+    assert not [r for r in caplog.records if r.name.startswith("psycopg")]  # nothing ignored
+
+
+async def test_a_request_psycopg_refuses_to_send_fails_alone(
+    stack: Any, pool: Any, table: str
+) -> None:
+    """Parameters that do not fit the placeholders are refused by psycopg before anything is
+    sent (a ProgrammingError with no SQLSTATE): that request alone is rejected, the others
+    in the group commit."""
+    refused_sql = f"INSERT INTO {table}(body, n) VALUES (%s, %s)"
+    jobs = [
+        _insert(table, "a"),
+        Job(Request(id=uuid.uuid4().hex, statements=[Statement(sql=refused_sql, params=["b"])])),
+        _insert(table, "c"),
+    ]
+    a, refused, c = await _run(pool, jobs)
+    assert isinstance(refused, WriteRejectedError) and refused.sqlstate is None
+    assert refused.statement_index == 0 and "placeholder" in str(refused)
+    assert isinstance(a, Executed) and isinstance(c, Executed)
+    assert _bodies(stack, table) == ["a", "c"]

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from tests.support.pause import MARK, pause_before_marked
 from tests.support.stack import PROCEDURES, primary_rows, settings_for
 from writebus.bus import claimsql
 from writebus.client import (
@@ -106,29 +107,24 @@ async def test_a_primary_region_write_without_the_unseen_claim_looks_its_id_up(
         return missing[-1]
 
     monkeypatch.setattr(writes, "unseen_claim_missing", seen)
-    # The refused claim can also surface as psycopg's PipelineAborted (the statement queued
-    # after it, when the error arrives first), which the executor takes for a lost connection
-    # and answers by running the write again on a fresh one, looking its id up: also safe.
+    # The claim's error waits while the statement is sent (psycopg then meets it there and
+    # reports the statement as PipelineAborted): still the claim's refusal, not a lost
+    # connection answered by a retry on a fresh one.
+    paused = pause_before_marked(monkeypatch)
     from writebus.bus import execute
 
     retried: list[str] = []
-    info = execute.log.info
-
-    def logged(event: str, **fields: Any) -> None:
-        retried.append(event)
-        info(event, **fields)
-
-    monkeypatch.setattr(execute.log, "info", logged)
+    monkeypatch.setattr(execute.log, "info", lambda event, **_: retried.append(event))
     try:
         async with Database(settings_for(stack, "syd")) as db:  # opening makes the function
             with psycopg.connect(stack.primary.url, autocommit=True) as conn:
                 conn.execute("DROP FUNCTION writebus.claim_unseen_v2(text[])")
-            res = await db.execute(f"INSERT INTO {table}(body) VALUES ('no unseen claim')")
+            res = await db.execute(f"INSERT INTO {table}(body) VALUES ('no unseen claim') {MARK}")
     finally:
         with psycopg.connect(stack.primary.url, autocommit=True) as conn:
             conn.execute(claimsql.CLAIM_UNSEEN_FUNCTION_SQL)
     # The unseen claim was tried and refused, then replaced by the claim that looks up.
-    assert missing == [True] or "execute.retry_on_fresh_connection" in retried
+    assert paused and missing == [True] and retried == []
     assert not res.via_bus and not res.duplicate and res.timings.attempts == 1
     assert primary_rows(stack, f"SELECT count(*) FROM {table}") == [(1,)]
 
