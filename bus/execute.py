@@ -367,25 +367,32 @@ def _check_reply_size(
     encoding: str,
     region: str,
 ) -> None:
-    """Raise :class:`LimitError` when the reply to ``req`` would exceed the NATS max payload."""
+    """Raise :class:`LimitError` when the reply to ``req`` would exceed the NATS max payload,
+    and a rejection when a value has no form in the reply or in the exactly-once record (a
+    JSON number past 64 bits: JSON carries it, the record's msgpack does not)."""
     limit = limits.max_reply_bytes
-    if limit is None:
-        return
-    # The largest reply these results can make: every optional field at its widest.
-    widest = Reply(
-        id=req.id,
-        results=results,
-        value=value,
-        lsn="FFFFFFFF/FFFFFFFF",
-        lsn_int=2**64 - 1,
-        region=region,
-        duplicate=True,
-        server_ms=1e9,
-    )
     try:
+        if limit is None or encoding != MSGPACK:
+            idempotency.encode_result(results, value)  # else the widest reply proves it
+        if limit is None:
+            return
+        # The largest reply these results can make: every optional field at its widest.
+        widest = Reply(
+            id=req.id,
+            results=results,
+            value=value,
+            lsn="FFFFFFFF/FFFFFFFF",
+            lsn_int=2**64 - 1,
+            region=region,
+            duplicate=True,
+            server_ms=1e9,
+        )
         size = len(encode(widest, encoding))
     except Exception as exc:  # before commit, so an unencodable value applies nothing
-        raise ProcedureError(f"result not encodable: {exc}", procedure=req.procedure or "") from exc
+        message = f"a value in the result cannot be sent or recorded: {exc}"
+        if req.procedure is not None:
+            raise ProcedureError(message, procedure=req.procedure) from exc
+        raise WriteRejectedError(f"{message}; select it as text (::text)") from exc
     if size > limit:
         raise LimitError(
             f"the reply would take {size} bytes, over the NATS max payload of {limit}; "

@@ -26,18 +26,19 @@ async def wire_result(cur: psycopg.AsyncCursor[Any]) -> StatementResult:
     _check_interval_style(cur, types)
     try:
         rows: list[list[Any]] = await cur.fetchall()
-    except (psycopg.DataError, NotImplementedError) as exc:
+        # psycopg gives timestamptz values in the session's TimeZone. The wire carries them in
+        # UTC, so a reply does not depend on the database's TimeZone setting and a repeated
+        # request id -- answered from the stored result -- gets the same text in JSON.
+        zoned = [i for i, t in enumerate(types) if t in _TIMESTAMPTZ_OIDS]
+        if zoned:
+            rows = [_in_utc(row, zoned) for row in rows]
+    except (psycopg.DataError, NotImplementedError, ValueError, OverflowError) as exc:
         # The driver cannot turn a value into Python ('infinity'::timestamptz, a year past
-        # 9999): a value the wire cannot carry, not a bug.
+        # 9999, a JSON number of more than 4,300 digits), or it has no UTC form (9999-12-31
+        # 23:00 in New York): a value the wire cannot carry, not a bug.
         raise WriteRejectedError(
             f"a value in the result cannot be sent: {exc}; select it as text (::text)"
         ) from exc
-    # psycopg gives timestamptz values in the session's TimeZone. The wire carries them in UTC,
-    # so a reply does not depend on the database's TimeZone setting and a repeated request id
-    # -- answered from the stored result -- gets the same text in JSON.
-    zoned = [i for i, t in enumerate(types) if t in _TIMESTAMPTZ_OIDS]
-    if zoned:
-        rows = [_in_utc(row, zoned) for row in rows]
     return StatementResult(rowcount=cur.rowcount, columns=columns, rows=rows)
 
 

@@ -19,16 +19,19 @@ from psycopg_pool import AsyncConnectionPool
 from tests.support.pause import MARK, pause_before_marked
 from tests.support.slots import metric
 from tests.support.stack import primary_rows
-from writebus.bus.execute import Job, Limits, run_statement_writes
+from writebus.bus.execute import Job, Limits, run_request, run_statement_writes
 from writebus.bus.group import Executed
 from writebus.client.errors import (
     IdempotencyKeyReusedError,
     LimitError,
+    Outcome,
+    ProcedureError,
     UnavailableError,
     WriteBusError,
     WriteRejectedError,
 )
-from writebus.client.protocol import Request, Statement
+from writebus.client.procedures import Procedures
+from writebus.client.protocol import JSON, Request, Statement
 
 
 @pytest.fixture
@@ -441,3 +444,44 @@ async def test_a_request_psycopg_refuses_to_send_fails_alone(
     assert refused.statement_index == 0 and "placeholder" in str(refused)
     assert isinstance(a, Executed) and isinstance(c, Executed)
     assert _bodies(stack, table) == ["a", "c"]
+
+
+async def test_a_result_the_record_cannot_store_fails_alone(
+    stack: Any, pool: Any, table: str
+) -> None:
+    """JSON carries a number past 64 bits, the exactly-once record (msgpack) does not: a JSON
+    request returning one is rejected before COMMIT, alone -- not failed at the record with
+    the whole group, and not answered "unknown" -- and the others commit."""
+    big_sql = (
+        f"INSERT INTO {table}(body) VALUES ('big') "
+        "RETURNING '{\"n\": 100000000000000000000}'::jsonb AS j"
+    )
+    jobs = [
+        Job(_insert(table, "a").req, JSON),
+        Job(Request(id=uuid.uuid4().hex, statements=[Statement(sql=big_sql)]), JSON),
+        Job(_insert(table, "c").req, JSON),
+    ]
+    a, big, c = await _run(pool, jobs)
+    assert isinstance(big, WriteRejectedError) and "recorded" in str(big)
+    assert big.outcome is Outcome.NOT_APPLIED
+    assert isinstance(a, Executed) and isinstance(c, Executed)
+    assert _bodies(stack, table) == ["a", "c"]
+
+
+async def test_a_procedure_value_the_record_cannot_store_applies_nothing(
+    stack: Any, pool: Any, table: str
+) -> None:
+    """The same for a procedure's return value: a ProcedureError before COMMIT, nothing
+    applied (its row is not there), instead of an untyped OverflowError from the record."""
+    procs = Procedures()
+
+    @procs.register
+    async def add_and_return_a_big_number(conn: Any, table: str) -> int:
+        await conn.execute(f"INSERT INTO {table}(body) VALUES ('proc')")
+        return 2**70
+
+    req = Request(id=uuid.uuid4().hex, procedure="add_and_return_a_big_number", args=[table])
+    with pytest.raises(ProcedureError) as caught:
+        await run_request(pool, req, procedures=procs, limits=Limits(), encoding=JSON)
+    assert caught.value.outcome is Outcome.NOT_APPLIED and "recorded" in str(caught.value)
+    assert _bodies(stack, table) == []

@@ -70,3 +70,18 @@ async def test_a_value_the_driver_cannot_load_is_refused(
 ) -> None:
     with pytest.raises(WriteRejectedError, match="select it as text"):
         await wire_result(await conn.execute("SELECT 'infinity'::timestamptz AS t"))
+
+
+async def test_a_value_python_cannot_hold_or_put_in_utc_is_refused(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    """Values the driver reads with a plain Python error are refused the same way: a JSON
+    number past Python's 4,300-digit limit (ValueError), and a timestamp near year 9999 that
+    has no UTC form in the session's time zone (OverflowError)."""
+    with pytest.raises(WriteRejectedError, match="select it as text"):
+        await wire_result(await conn.execute("SELECT ('{\"n\": ' || repeat('9', 5000) || '}')::jsonb AS j"))
+    await conn.execute("SET TimeZone = 'America/New_York'")
+    with pytest.raises(WriteRejectedError, match="select it as text"):
+        await wire_result(await conn.execute("SELECT '9999-12-31 23:00'::timestamptz AS t"))
+    res = await wire_result(await conn.execute("SELECT '9999-12-31 23:00'::timestamptz::text AS t"))
+    assert [list(r) for r in res.rows or ()] == [["9999-12-31 23:00:00-05"]]
