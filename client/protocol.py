@@ -311,6 +311,9 @@ _TRANSACTION_CONTROL = re.compile(
     r"\(*\s*(?:BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|PREPARE\s+TRANSACTION)\b",
     re.IGNORECASE,
 )
+# COPY ... FROM STDIN / TO STDOUT needs the connection to itself; in the pipeline a group runs
+# in, psycopg cannot send it (an error with no SQLSTATE, like a lost connection's).
+_COPY = re.compile(r"COPY\b", re.IGNORECASE)
 _SKIPPED = re.compile(r"(?:\s|;|--[^\n\r]*(?:[\n\r]|\Z))*")  # "--" ends at \n or \r
 
 
@@ -383,6 +386,12 @@ def validate_request(
                 raise ProtocolError(
                     f"statement {i} controls the transaction ({command.split()[0]!r}); the bus "
                     "runs each request as one transaction of its own"
+                )
+            if _COPY.match(command):
+                raise ProtocolError(
+                    f"statement {i} is a COPY, which the bus cannot run in a batch; insert the "
+                    "rows with parameters (INSERT ... SELECT * FROM unnest(%s, ...)), or copy "
+                    "them in a procedure"
                 )
             if stmt.params is not None and len(stmt.params) > MAX_PARAMS_PER_STATEMENT:
                 raise LimitError(

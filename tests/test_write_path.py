@@ -448,6 +448,18 @@ async def test_error_at_commit_is_rejected_with_sqlstate(lax_db: Database, table
     assert info.value.sqlstate == "23503"
 
 
+async def test_copy_is_refused_in_every_region(
+    lax_db: Database, syd_db: Database, stack: Any, table: str
+) -> None:
+    """A batch with a COPY is refused before anything runs, over the bus and directly: in the
+    pipeline a batch is sent in psycopg fails it with no SQLSTATE, which read as a lost
+    connection (retried on fresh connections, then "unavailable" for the whole group)."""
+    for db in (lax_db, syd_db):
+        with pytest.raises(ProtocolError, match="statement 1 is a COPY"):
+            await db.batch([f"INSERT INTO {table}(body) VALUES ('x')", f"COPY {table} FROM STDIN"])
+    assert primary_rows(stack, f"SELECT count(*) FROM {table}") == [(0,)]
+
+
 async def test_transaction_control_statements_are_refused(lax_db: Database, stack: Any,
                                                           table: str) -> None:
     """A batch containing COMMIT is refused before anything runs."""

@@ -137,9 +137,20 @@ def test_transaction_control_is_refused(sql: str) -> None:
                                                      Statement(sql=sql)]))
 
 
+@pytest.mark.parametrize("sql", ["COPY t FROM STDIN", "copy (SELECT 1) TO STDOUT",
+                                 "/* x */ COPY t TO '/tmp/t.csv'"])
+def test_copy_is_refused(sql: str) -> None:
+    """COPY cannot run in the pipeline a batch is sent in (psycopg fails it with an error
+    that has no SQLSTATE, as a lost connection's): refused before anything runs."""
+    with pytest.raises(ProtocolError, match="statement 1 is a COPY"):
+        validate_request(Request(id="a", statements=[Statement(sql="SELECT 1"),
+                                                     Statement(sql=sql)]))
+
+
 @pytest.mark.parametrize("sql", ["UPDATE t SET end_at = now()", "SELECT begin_x()",
                                  "INSERT INTO commits VALUES (1)", "SELECT 1 /* ; COMMIT */",
-                                 "/* /* */ */ SELECT 'COMMIT'"])
+                                 "/* /* */ */ SELECT 'COMMIT'", "SELECT copy_rows()",
+                                 "INSERT INTO copy VALUES (1)"])
 def test_ordinary_statements_pass(sql: str) -> None:
     """Words like 'end' or 'commit' inside ordinary statements are fine."""
     validate_request(Request(id="a", statements=[Statement(sql=sql)]))
