@@ -35,13 +35,16 @@ from psycopg import pq
 
 from writebus.bus import idempotency, literals, optimistic
 from writebus.bus.grouptx import (
+    CLAIM_CONTENDED,
     NOT_SENT,
     Check,
+    ClaimFailed,
     Executed,
     GroupCommitFailed,
     Lost,
     Outcome,
     TransactionEnded,
+    claim_failure,
     commit,
     ended,
     rejection,
@@ -104,10 +107,13 @@ async def _run_group(
 ) -> list[Outcome]:
     items = [_Item(r, idempotency.request_digest(r), n) for n, r in enumerate(requests)]
     savepoints = len(items) > 1
-    fast = await optimistic.run_optimistic(
-        conn, requests, [i.digest for i in items], read_lsn=read_lsn, check=check,
-        may_commit=may_commit, unseen=unseen,
-    )  # fmt: skip
+    try:
+        fast = await optimistic.run_optimistic(
+            conn, requests, [i.digest for i in items], read_lsn=read_lsn, check=check,
+            may_commit=may_commit, unseen=unseen,
+        )  # fmt: skip
+    except ClaimFailed as refused:
+        return _claim_failed(items, refused.cause)
     if fast is not None:
         return fast
     committing = False
@@ -145,6 +151,10 @@ async def _run_group(
             await rollback(conn)
             if read_lsn and any(isinstance(i.outcome, Executed) for i in items):
                 lsn = await read_flush_lsn(conn)  # duplicates only: the position covers them
+    except ClaimFailed as refused:
+        if not conn.closed:
+            await rollback(conn)
+        return _claim_failed(items, refused.cause)
     except TransactionEnded:
         for i in items:
             if i.outcome is None or (isinstance(i.outcome, Executed) and not i.outcome.duplicate):
@@ -174,6 +184,16 @@ async def _run_group(
     return out
 
 
+def _claim_failed(items: list[_Item], error: psycopg.Error) -> list[Outcome]:
+    """The answers when the group's claim failed (nothing ran). When it may have met another
+    try of one of the ids (:data:`~writebus.bus.grouptx.CLAIM_CONTENDED`), the requests run
+    again each alone, so that only that id's answer is unknown; otherwise each gets the
+    claim's answer (:func:`~writebus.bus.grouptx.claim_failure`)."""
+    if len(items) > 1 and error.sqlstate in CLAIM_CONTENDED:
+        raise GroupCommitFailed(error) from error
+    return [claim_failure(i.req, error) for i in items]
+
+
 async def _first_round(
     conn: psycopg.AsyncConnection[Any], items: list[_Item], savepoints: bool, unseen: bool
 ) -> tuple[dict[str, tuple[Any, ...]], psycopg.Error | None]:
@@ -192,12 +212,13 @@ async def _first_round(
     try:
         await pipelined(conn, queue)
     except psycopg.Error as exc:
-        # A statement failed (the settling finds which); anything before the statements
-        # failing -- the locks, the lookup -- or a lost connection is the group's failure.
-        if connection_lost(conn, exc) or not claimed or claimed[0].pgresult is None:
+        # A statement failed (the settling finds which), or the claim did -- the locks, the
+        # lookup -- before any statement ran; or the connection was lost.
+        if connection_lost(conn, exc):
             raise
-        if claimed[0].pgresult.status != pq.ExecStatus.TUPLES_OK:
-            raise
+        result = claimed[0].pgresult if claimed else None
+        if result is None or result.status != pq.ExecStatus.TUPLES_OK:
+            raise ClaimFailed(exc) from exc
         error = exc
     rows = await claimed[0].fetchall()
     return {row[0]: row for row in rows}, error

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 from psycopg import pq
 
 from writebus.bus import idempotency, literals
 from writebus.bus.pg import FLUSH_LSN_SQL, rejected
-from writebus.client.errors import TransactionEndedError, WriteBusError
+from writebus.client.errors import OutcomeUnknownError, TransactionEndedError, WriteBusError
 from writebus.client.lsn import parse_lsn
 from writebus.client.protocol import Request, StatementResult
 
@@ -63,6 +63,36 @@ def ended(req: Request) -> TransactionEndedError:
     )
 
 
+#: A claim failing with one of these may have met another try of one of its ids, holding the
+#: id's lock in a transaction that can still commit: a lock or statement timeout, a deadlock.
+CLAIM_CONTENDED: Final = frozenset({"55P03", "57014", "40P01"})
+
+
+class ClaimFailed(Exception):
+    """The claim (the ids' locks and lookup) failed, before any statement ran."""
+
+    def __init__(self, cause: psycopg.Error) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def claim_failure(req: Request, error: psycopg.Error) -> WriteBusError:
+    """The answer to ``req`` when its claim failed with ``error``, the request alone. Nothing
+    ran, but a claim that may have met another try of the id (a client's resend while the
+    first try still runs) learnt nothing of the id: that try may yet commit it. So the
+    outcome is unknown, and a resend under the same id (retryable) finds out. Any other
+    failure is the claim's rejection."""
+    if error.sqlstate not in CLAIM_CONTENDED:
+        return rejection(error)
+    message = error.diag.message_primary or str(error).strip()
+    err = OutcomeUnknownError(
+        req.id, f"its exactly-once claim failed ({error.sqlstate}: {message}) -- another try "
+        "of this id may hold it and still commit",
+    )  # fmt: skip
+    err.__cause__ = error
+    return err
+
+
 def transaction_ended(conn: psycopg.AsyncConnection[Any]) -> bool:
     """Whether a statement ended the transaction this code began: the connection is idle
     where it should be in a transaction (validation refuses BEGIN/COMMIT/...; this catches
@@ -71,7 +101,8 @@ def transaction_ended(conn: psycopg.AsyncConnection[Any]) -> bool:
 
 
 class GroupCommitFailed(Exception):
-    """COMMIT of a group of several failed: run each request alone to learn its outcome."""
+    """COMMIT of a group of several failed, or its claim met another try's lock: run each
+    request alone to learn its outcome."""
 
     def __init__(self, cause: psycopg.Error) -> None:
         super().__init__(str(cause))

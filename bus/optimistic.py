@@ -36,8 +36,10 @@ from psycopg import pq
 
 from writebus.bus import idempotency, literals
 from writebus.bus.grouptx import (
+    CLAIM_CONTENDED,
     NOT_SENT,
     Check,
+    ClaimFailed,
     Executed,
     GroupCommitFailed,
     Lost,
@@ -122,6 +124,8 @@ async def run_optimistic(
             if isinstance(exc, psycopg.Error):
                 if exc.sqlstate == idempotency.REPEATED_SQLSTATE:
                     return await _repeats(conn, requests, digests, read_lsn)
+                if exc.sqlstate in CLAIM_CONTENDED and _from_claim(exc):
+                    raise ClaimFailed(exc) from exc  # the careful way would only wait again
                 if query is not None and _failed_alone(requests, exc):
                     return [rejection(exc, 0)]
             return None
@@ -172,8 +176,14 @@ def _failed_alone(requests: list[Request], exc: psycopg.Error) -> bool:
     An error raised in this process (no SQLSTATE) is not taken for the statement's."""
     if len(requests) != 1 or len(requests[0].statements or ()) != 1 or exc.sqlstate is None:
         return False
+    return not _from_claim(exc)
+
+
+def _from_claim(exc: psycopg.Error) -> bool:
+    """Whether the server's error ``exc`` came from the claim: its errors name writebus'
+    functions, in their context (or their message, when the function is missing)."""
     diag = exc.diag
-    return not any("writebus." in (text or "") for text in (diag.context, diag.message_primary))
+    return any("writebus." in (text or "") for text in (diag.context, diag.message_primary))
 
 
 async def _repeats(
@@ -184,7 +194,22 @@ async def _repeats(
 ) -> list[Outcome] | None:
     """The claim found an id already applied (a client's retry) and stopped the statements.
     When every request's id was, their stored answers, in one round trip; None when only some
-    were: the careful way sorts them out (running the statements of the others)."""
+    were: the careful way sorts them out (running the statements of the others). Raises
+    :class:`ClaimFailed` when this lookup's own claim fails (not a lost connection)."""
+    try:
+        return await _stored_answers(conn, requests, digests, read_lsn)
+    except psycopg.Error as exc:
+        if connection_lost(conn, exc):
+            raise Lost(exc, committing=False) from exc
+        raise ClaimFailed(exc) from exc
+
+
+async def _stored_answers(
+    conn: psycopg.AsyncConnection[Any],
+    requests: list[Request],
+    digests: list[bytes],
+    read_lsn: bool,
+) -> list[Outcome] | None:
     flush = None
     found: list[psycopg.AsyncCursor[Any]] = []
 

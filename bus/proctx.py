@@ -17,7 +17,7 @@ from psycopg import pq
 
 from writebus.bus import idempotency
 from writebus.bus.group import Executed
-from writebus.bus.grouptx import ended, transaction_ended
+from writebus.bus.grouptx import claim_failure, ended, transaction_ended
 from writebus.bus.pg import connection_lost, read_flush_lsn, rejected
 from writebus.client.errors import ProcedureError, WriteBusError, WriteRejectedError
 from writebus.client.procedures import Procedure
@@ -52,7 +52,12 @@ async def run_procedure_tx(
     try:
         async with conn.transaction():
             if exactly_once:
-                stored = await _find(conn, req.id, digest, unseen)
+                try:
+                    stored = await _find(conn, req.id, digest, unseen)
+                except psycopg.Error as exc:
+                    if connection_lost(conn, exc):
+                        raise
+                    raise claim_failure(req, exc) from exc  # it may have met another try
                 if stored is not None:
                     raise _Duplicate(stored)
             try:

@@ -58,9 +58,11 @@ def _reused(exc: BaseException) -> ErrorInfo:
     return ErrorInfo(kind="protocol", message=str(exc), detail=IDEMPOTENCY_KEY_REUSED)
 
 
-def _ended(exc: BaseException) -> ErrorInfo:
+def _unknown(exc: BaseException) -> ErrorInfo:
     reason = getattr(exc, "reason", "") or str(exc)  # the client words the rest again
-    return ErrorInfo(kind="unknown", message=reason, detail=TRANSACTION_ENDED)
+    if isinstance(exc, TransactionEndedError):
+        return ErrorInfo(kind="unknown", message=reason, detail=TRANSACTION_ENDED)
+    return ErrorInfo(kind="unknown", message=reason, retryable=True)
 
 
 def _kind(kind: str, retryable: bool = False) -> Callable[[BaseException], ErrorInfo]:
@@ -78,8 +80,7 @@ TO_WIRE: Final[tuple[tuple[type[BaseException], Callable[[BaseException], ErrorI
     (ForbiddenError, _kind("forbidden")),
     (ProtocolError, _kind("protocol")),
     (ProcedureError, _kind("procedure")),
-    (TransactionEndedError, _ended),
-    (OutcomeUnknownError, _kind("unknown", retryable=True)),
+    (OutcomeUnknownError, _unknown),
     (UnavailableError, _kind("unavailable", retryable=True)),
 )
 

@@ -244,8 +244,8 @@ async def test_a_commit_cut_then_no_database_is_unknown_never_not_applied(rig: R
 async def test_a_commit_cut_then_a_claim_refused_on_the_bus_is_unknown(rig: Rig) -> None:
     """After the cut the write goes over the bus, and the worker's claim gives up waiting for
     the id's lock -- still held by the sleeping COMMIT (the worker's lock_timeout is 100 ms):
-    a rejection from the claim, not from a statement, says nothing of the first try, so the
-    caller hears outcome-unknown; the COMMIT then lands."""
+    the worker answers unknown (the try holding the lock may still commit), and so does the
+    caller; the COMMIT then lands."""
     url = make_conninfo(rig.stack.primary.url, options="-c lock_timeout=100")
     env = bus_env(
         rig.stack, "syd", WRITEBUS_PREFIX=rig.prefix, DATABASE_URL=url, PRIMARY_DATABASE_URL=url
@@ -255,4 +255,6 @@ async def test_a_commit_cut_then_a_claim_refused_on_the_bus_is_unknown(rig: Rig)
     await bus.wait_ready_async(30)
     err = await _commit_cut(rig, sleep=3.0)
     assert err.outcome is Outcome.UNKNOWN, repr(err)
-    assert isinstance(err, OutcomeUnknownError) and "55P03" in str(err.last_error), repr(err)
+    # The client keeps resending while the worker answers unknown (until the COMMIT lands or
+    # the call's time runs out), so the last attempt's own words vary: the class does not.
+    assert isinstance(err, OutcomeUnknownError), repr(err)

@@ -258,3 +258,17 @@ def test_an_ended_transaction_crosses_the_wire_as_not_retryable() -> None:
     assert isinstance(err, TransactionEndedError) and err.outcome is Outcome.UNKNOWN
     assert not err.retryable and "not sent again" in str(err) and str(err).count("r1") == 1
     assert FAST.should_retry(err, attempt=1, elapsed=0.0, remaining=5.0) is None
+
+
+def test_a_workers_unknown_answer_keeps_its_reason_once() -> None:
+    """A worker's OutcomeUnknownError goes on the wire as its reason (kind ``unknown``,
+    retryable); the client words the rest again, so the request id and the advice to resend
+    appear once, not nested."""
+    from writebus.client.wire_errors import error_from_info, error_info
+
+    info = error_info(OutcomeUnknownError("r1", "its exactly-once claim failed (55P03: x)"))
+    assert (info.kind, info.detail, info.retryable) == ("unknown", None, True)
+    assert info.message == "its exactly-once claim failed (55P03: x)"
+    err = error_from_info(info, request_id="r1")
+    assert isinstance(err, OutcomeUnknownError) and err.retryable
+    assert "55P03" in str(err) and str(err).count("send it again") == 1
