@@ -225,10 +225,13 @@ async def run_statement_writes(
             continue
         except GroupCommitFailed:
             for n, job in live:
-                (outcomes[n],) = await run_statement_writes(
+                (out,) = await run_statement_writes(
                     pool, [replace(job, unseen=False)], limits=limits, region=region,
                     may_commit=may_commit, read_lsn=read_lsn,
                 )
+                # After a cut COMMIT, a lone rerun's "not applied" (its deadline passed, no
+                # connection) says nothing of the first try, which may have committed.
+                outcomes[n] = after_lost_commit(job.req, out, first) if first is not None else out
             break
         if first is not None:
             by_n = dict(live)

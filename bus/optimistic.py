@@ -27,6 +27,7 @@ anything twice.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -180,10 +181,14 @@ def _failed_alone(requests: list[Request], exc: psycopg.Error) -> bool:
 
 
 def _from_claim(exc: psycopg.Error) -> bool:
-    """Whether the server's error ``exc`` came from the claim: its errors name writebus'
-    functions, in their context (or their message, when the function is missing)."""
+    """Whether the server's error ``exc`` came from the claim: its errors name writebus' claim
+    functions, in their context (or their message, when the function is missing) -- not an
+    application's function that merely has "writebus." in its name."""
     diag = exc.diag
-    return any("writebus." in (text or "") for text in (diag.context, diag.message_primary))
+    return any(_CLAIM_FUNCTION.search(text or "") for text in (diag.context, diag.message_primary))
+
+
+_CLAIM_FUNCTION = re.compile(r"(?<![\w$\"])writebus\.claim_")
 
 
 async def _repeats(

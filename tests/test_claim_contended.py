@@ -9,8 +9,10 @@ resend finds out), and the other requests of its group are not held to it.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -22,7 +24,7 @@ from writebus.bus import idempotency, optimistic
 from writebus.bus.execute import Job, Limits, run_request, run_statement_writes
 from writebus.bus.group import Executed
 from writebus.bus.pg import durable_commits
-from writebus.client.errors import OutcomeUnknownError
+from writebus.client.errors import OutcomeUnknownError, WriteRejectedError
 from writebus.client.procedures import Procedures
 from writebus.client.protocol import Request, Statement
 
@@ -134,3 +136,74 @@ async def test_a_procedure_resend_meeting_its_first_try_is_unknown(
     await holder.execute("ROLLBACK")
     out = await run_request(impatient, req, procedures=procs, limits=Limits())
     assert not out.duplicate and _bodies(stack, table) == ["proc"]
+
+
+async def test_after_a_cut_commit_a_contended_rerun_never_says_not_applied(
+    stack: Any, impatient: Any, holder: Any, table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group's COMMIT is cut (its session lives on, holding the ids' locks, and then
+    commits). The retry's claim gives up on those locks, so each request runs again alone;
+    y's deadline passes meanwhile. Its "not run" would say not applied -- but the first try
+    may have committed y, and does: both answers are unknown."""
+    from writebus.bus import execute
+    from writebus.bus.grouptx import Lost
+
+    now = time.monotonic()
+    x = replace(_insert(table, "x"), deadline=now + 5)
+    y = replace(_insert(table, "y"), deadline=now + 0.35)
+    await holder.execute("BEGIN")
+    await holder.execute(idempotency.CLAIM_SQL, idempotency.claim_params([x.req.id, y.req.id]))
+    real = execute._group_attempt
+    tries: list[int] = []
+
+    async def cut_first(*args: Any) -> Any:
+        tries.append(1)
+        if len(tries) == 1:
+            cause = psycopg.OperationalError("server closed the connection unexpectedly")
+            raise Lost(cause, committing=True)
+        return await real(*args)
+
+    monkeypatch.setattr(execute, "_group_attempt", cut_first)
+    out = await run_statement_writes(impatient, [x, y], limits=Limits())
+    assert all(isinstance(o, OutcomeUnknownError) for o in out), out
+    # The first try commits both after all.
+    await holder.execute(f"INSERT INTO {table}(body) VALUES ('x'), ('y')")
+    records = [(j.req.id, idempotency.request_digest(j.req), None) for j in (x, y)]
+    await holder.execute(*idempotency.store_statement(records))
+    await holder.execute("COMMIT")
+    assert _bodies(stack, table) == ["x", "y"]
+
+
+async def test_an_application_function_named_like_writebus_is_not_the_claim(
+    stack: Any, impatient: Any, holder: Any, table: str
+) -> None:
+    """A statement's own lock timeout is its rejection (not applied) even when its error
+    names a function of a schema ending in "writebus" -- alone and in a group, and once
+    the statement has run before (sent written out, where the claim's errors are told apart
+    by the functions they name)."""
+    schema = f"app_{uuid.uuid4().hex[:6]}_writebus"
+    async with await psycopg.AsyncConnection.connect(stack.primary.url, autocommit=True) as c:
+        await c.execute(f"INSERT INTO {table}(body) VALUES ('locked'), ('free')")
+        await c.execute(
+            f"CREATE SCHEMA {schema}; CREATE FUNCTION {schema}.touch(b text) RETURNS int "
+            f"LANGUAGE plpgsql AS $$ BEGIN UPDATE {table} SET n = 1 WHERE body = b; "
+            "RETURN 1; END $$"
+        )
+    sql = f"SELECT {schema}.touch(%s) AS n"
+
+    def touch(body: str) -> Job:
+        return Job(Request(id=uuid.uuid4().hex, statements=[Statement(sql=sql, params=[body])]))
+
+    (proven,) = await run_statement_writes(impatient, [touch("free")], limits=Limits())
+    assert isinstance(proven, Executed)
+    await holder.execute("BEGIN")
+    await holder.execute(f"SELECT 1 FROM {table} WHERE body = 'locked' FOR UPDATE")
+    (alone,) = await run_statement_writes(impatient, [touch("locked")], limits=Limits())
+    first, locked, last = await run_statement_writes(
+        impatient, [touch("free"), touch("locked"), touch("free")], limits=Limits()
+    )
+    await holder.execute("ROLLBACK")
+    for out in (alone, locked):
+        assert isinstance(out, WriteRejectedError) and out.sqlstate == "55P03", repr(out)
+        assert out.statement_index == 0
+    assert isinstance(first, Executed) and isinstance(last, Executed)

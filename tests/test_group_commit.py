@@ -418,7 +418,8 @@ async def test_an_error_met_while_the_group_is_still_being_sent(
         _insert(table, "c"),
     ]
     a, bad, b, c = await _run(pool, jobs)
-    assert paused  # the error was waiting when the next request was sent
+    # The error was waiting when b was sent, in the first try and in the careful way.
+    assert paused[:2] == [True, True]
     assert isinstance(bad, WriteRejectedError) and bad.sqlstate == "22P02"
     assert bad.statement_index == 0
     assert all(isinstance(o, Executed) and not o.duplicate for o in (a, b, c))
