@@ -231,12 +231,10 @@ async def run_statement_writes(
                 )
                 # After a cut COMMIT, a lone rerun's "not applied" (its deadline passed, no
                 # connection) says nothing of the first try, which may have committed.
-                outcomes[n] = after_lost_commit(job.req, out, first) if first is not None else out
+                outcomes[n] = after_lost_commit(job.req, out, first)
             break
-        if first is not None:
-            by_n = dict(live)
-            done = {n: after_lost_commit(by_n[n].req, out, first) for n, out in done.items()}
-        outcomes.update(done)
+        by_n = dict(live)
+        outcomes.update((n, after_lost_commit(by_n[n].req, out, first)) for n, out in done.items())
         break
     if repeats:
         later = await run_statement_writes(
@@ -303,11 +301,12 @@ def _not_run(job: Job) -> UnavailableError:
     )
 
 
-def after_lost_commit(req: Request, out: A, first: Lost) -> A | OutcomeUnknownError:
-    """The answer of the try that followed ``first``, a try whose connection was lost: when
-    COMMIT was in flight then, a "not applied" that no statement of the later try gave is no
-    answer for the write (:func:`~writebus.client.errors.after_an_uncertain_try`)."""
-    if not first.committing:
+def after_lost_commit(req: Request, out: A, first: Lost | None) -> A | OutcomeUnknownError:
+    """The answer of the try that followed ``first``, a try whose connection was lost (None:
+    no try was): when COMMIT was in flight then, a "not applied" that no statement of the
+    later try gave is no answer for the write
+    (:func:`~writebus.client.errors.after_an_uncertain_try`)."""
+    if first is None or not first.committing:
         return out
     return after_an_uncertain_try(
         out, req.id, f"the database connection was lost while COMMIT was in flight: {first.cause}"

@@ -201,20 +201,6 @@ async def _repeats(
     When every request's id was, their stored answers, in one round trip; None when only some
     were: the careful way sorts them out (running the statements of the others). Raises
     :class:`ClaimFailed` when this lookup's own claim fails (not a lost connection)."""
-    try:
-        return await _stored_answers(conn, requests, digests, read_lsn)
-    except psycopg.Error as exc:
-        if connection_lost(conn, exc):
-            raise Lost(exc, committing=False) from exc
-        raise ClaimFailed(exc) from exc
-
-
-async def _stored_answers(
-    conn: psycopg.AsyncConnection[Any],
-    requests: list[Request],
-    digests: list[bytes],
-    read_lsn: bool,
-) -> list[Outcome] | None:
     flush = None
     found: list[psycopg.AsyncCursor[Any]] = []
 
@@ -225,7 +211,12 @@ async def _stored_answers(
         if read_lsn:
             flush = await conn.execute(FLUSH_LSN_SQL)  # the repeats' commits are at or before it
 
-    await pipelined(conn, queue)
+    try:
+        await pipelined(conn, queue)
+    except psycopg.Error as exc:
+        if connection_lost(conn, exc):
+            raise Lost(exc, committing=False) from exc
+        raise ClaimFailed(exc) from exc
     rows = {row[0]: row for row in await found[0].fetchall()}
     if not all(r.id in rows for r in requests):
         return None
