@@ -2,8 +2,9 @@
 
 One tracker runs per process and (region, database): :func:`acquire_tracker` hands out a shared,
 reference-counted instance. It listens to ``<prefix>.lsn.<region>`` broadcasts (push, no polling)
-and keeps waiters in a heap (:mod:`writebus.client.waiters`). When broadcasts stop -- the region's bus is
-down -- it falls back to reading ``pg_last_wal_replay_lsn()`` from its own database while anyone
+and keeps waiters in a heap (:mod:`writebus.client.waiters`); the waiters a broadcast
+releases resume together, from one event-loop callback (:mod:`writebus.client.wakeup`).
+When broadcasts stop -- the region's bus is down -- it falls back to reading ``pg_last_wal_replay_lsn()`` from its own database while anyone
 waits, so a wait never hangs and never depends on a single publisher.
 
 It also reads that position once when a wait begins in a quiet spell (no broadcast for
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import time
 from typing import Any
 
@@ -32,6 +34,7 @@ from writebus.client.silence import SilenceWatch
 from writebus.client.subjects import Subjects
 from writebus.client.transport import NatsClient
 from writebus.client.waiters import WaiterQueue
+from writebus.client.wakeup import BatchFuture, release
 
 log = get_logger("writebus.client.tracker")
 
@@ -40,6 +43,9 @@ log = get_logger("writebus.client.tracker")
 START_FLUSH_TIMEOUT = 1
 #: A wait that begins this long (seconds) after the latest broadcast probes the replica.
 PROBE_QUIET = 0.005
+
+
+_payload = operator.attrgetter("payload")
 
 
 class _Expired(Exception):
@@ -77,7 +83,7 @@ class LsnTracker:
         )
         self._check_interval = min(0.5, hb / 2)
         self._fallback_interval = fallback_interval
-        self._queue: WaiterQueue[asyncio.Future[int]] = WaiterQueue()
+        self._queue: WaiterQueue[BatchFuture[int]] = WaiterQueue()
         #: The one timer for every waiter's deadline (the queue's earliest), and when it fires.
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -250,15 +256,15 @@ class LsnTracker:
             return 0
         self._replayed = replayed
         woken = self._queue.pop_reached(replayed)
-        for w in woken:
-            try:  # no done() check first: this loop is the wake-up's critical path
-                w.payload.set_result(replayed)
-            except asyncio.InvalidStateError:
-                pass  # its task was cancelled; that task discards the waiter
-        if woken:
-            # After the woken tasks' first steps, which were scheduled just now.
-            asyncio.get_running_loop().call_soon(self._queue.forget_spent)
-        return len(woken)
+        if not woken:
+            return 0
+        loop = asyncio.get_running_loop()
+        # One callback resumes every woken task (not one each): a cancelled waiter's future
+        # is skipped, and its task discards the waiter.
+        n = release(loop, map(_payload, woken), replayed)
+        # After the woken tasks' first steps, which were scheduled just now.
+        loop.call_soon(self._queue.forget_spent)
+        return n
 
     def _fresh(self) -> bool:
         last = self._progress.last_heard()
@@ -281,7 +287,7 @@ class LsnTracker:
         if self._closed:
             raise TrackerError("the LSN tracker is closed")
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
+        fut: BatchFuture[int] = BatchFuture(loop=loop)
         deadline = loop.time() + timeout
         waiter = self._queue.add(lsn, fut, timeline, deadline)
         if deadline < self._timer_at:

@@ -1,0 +1,188 @@
+"""Batch-released futures: one callback resumes many waiting tasks, and everything else
+behaves as a plain future."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from typing import Any
+
+import pytest
+
+from writebus.client.wakeup import BatchFuture, release
+
+who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+
+
+def _counting_call_soon(loop: asyncio.AbstractEventLoop, monkeypatch: Any) -> list[Any]:
+    """Record every callback ``loop.call_soon`` schedules from now on."""
+    scheduled: list[Any] = []
+    plain = loop.call_soon
+
+    def call_soon(callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
+        scheduled.append(callback)
+        return plain(callback, *args, context=context)
+
+    monkeypatch.setattr(loop, "call_soon", call_soon)
+    return scheduled
+
+
+async def test_release_resumes_every_waiter_with_the_value_from_one_callback(
+    monkeypatch: Any,
+) -> None:
+    """Each task gets the value, in its own context; the loop ran one callback for all of
+    them, not one each (what a plain future's set_result schedules)."""
+    loop = asyncio.get_running_loop()
+    futures = [BatchFuture[int](loop=loop) for _ in range(50)]
+    order: list[int] = []
+
+    async def wait(i: int) -> tuple[int, str]:
+        who.set(f"task {i}")
+        value = await futures[i]
+        order.append(i)
+        return value, who.get()
+
+    tasks = [asyncio.create_task(wait(i)) for i in range(50)]
+    await asyncio.sleep(0)
+    scheduled = _counting_call_soon(loop, monkeypatch)
+    assert release(loop, futures, 7) == 50
+    assert all(f.done() for f in futures)
+    assert len(scheduled) == 1
+    results = await asyncio.gather(*tasks)
+    assert results == [(7, f"task {i}") for i in range(50)]
+    assert order == list(range(50))
+
+
+async def test_release_skips_a_cancelled_waiter() -> None:
+    """A cancelled task's future is skipped: that task sees CancelledError, the others the
+    value, and the count leaves it out."""
+    loop = asyncio.get_running_loop()
+    futures = [BatchFuture[str](loop=loop) for _ in range(3)]
+
+    async def through(f: BatchFuture[str]) -> str:
+        return await f
+
+    tasks = [asyncio.create_task(through(f)) for f in futures]
+    await asyncio.sleep(0)
+    tasks[1].cancel()
+    await asyncio.sleep(0)
+    assert futures[1].cancelled()
+    assert release(loop, futures, "up") == 2
+    assert await tasks[0] == "up" and await tasks[2] == "up"
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[1]
+
+
+async def test_release_with_nothing_pending_schedules_nothing(monkeypatch: Any) -> None:
+    """Futures already done are not touched and no callback is scheduled."""
+    loop = asyncio.get_running_loop()
+    done = BatchFuture[int](loop=loop)
+    done.set_result(1)
+    scheduled = _counting_call_soon(loop, monkeypatch)
+    assert release(loop, [done], 2) == 0
+    assert scheduled == []
+    assert done.result() == 1
+
+
+@pytest.mark.parametrize("settle", ["set_result", "set_exception", "cancel"])
+async def test_plain_settling_wakes_the_waiter_as_a_plain_future_does(settle: str) -> None:
+    """set_result, set_exception and cancel schedule the held callbacks themselves."""
+    loop = asyncio.get_running_loop()
+    fut = BatchFuture[int](loop=loop)
+
+    async def wait() -> int:
+        return await fut
+
+    task = asyncio.create_task(wait())
+    await asyncio.sleep(0)
+    if settle == "set_result":
+        fut.set_result(3)
+        assert await asyncio.wait_for(task, 1) == 3
+    elif settle == "set_exception":
+        fut.set_exception(KeyError("k"))
+        with pytest.raises(KeyError):
+            await asyncio.wait_for(task, 1)
+    else:
+        assert fut.cancel()
+        assert not fut.cancel()  # already done
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 1)
+
+
+async def test_done_callbacks_added_removed_and_added_late() -> None:
+    """A removed callback never runs; one added after settling is scheduled at once."""
+    loop = asyncio.get_running_loop()
+    fut = BatchFuture[int](loop=loop)
+    calls: list[str] = []
+
+    def first(f: asyncio.Future[int]) -> None:
+        calls.append(f"first {f.result()}")
+
+    def second(f: asyncio.Future[int]) -> None:
+        calls.append("second")
+
+    fut.add_done_callback(first)
+    fut.add_done_callback(second)
+    fut.add_done_callback(second)
+    assert fut.remove_done_callback(second) == 2
+    release(loop, [fut], 5)
+    fut.add_done_callback(first)
+    assert fut.remove_done_callback(second) == 0
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert calls == ["first 5", "first 5"]
+
+
+async def test_a_failing_callback_is_reported_and_the_rest_still_run() -> None:
+    """An exception in one held callback goes to the loop's exception handler, as a handle's
+    would, and the callbacks after it still run."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        futures = [BatchFuture[int](loop=loop) for _ in range(3)]
+        ran: list[int] = []
+
+        def boom(f: asyncio.Future[int]) -> None:
+            raise RuntimeError("callback failed")
+
+        futures[0].add_done_callback(lambda f: ran.append(0))
+        futures[1].add_done_callback(boom)
+        futures[2].add_done_callback(lambda f: ran.append(2))
+        release(loop, futures, 1)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    assert ran == [0, 2]
+    assert len(reported) == 1
+    assert isinstance(reported[0]["exception"], RuntimeError)
+
+
+async def test_keyboard_interrupt_propagates_and_the_rest_run_later() -> None:
+    """A KeyboardInterrupt from a held callback propagates out of the batch, as from a
+    handle; the callbacks after it are rescheduled, and none runs twice."""
+    loop = asyncio.get_running_loop()
+    futures = [BatchFuture[int](loop=loop) for _ in range(3)]
+    ran: list[str] = []
+    interrupted = False
+
+    def interrupt(f: asyncio.Future[int]) -> None:
+        nonlocal interrupted
+        ran.append("interrupt")
+        if not interrupted:
+            interrupted = True
+            raise KeyboardInterrupt
+
+    futures[0].add_done_callback(lambda f: ran.append("a"))
+    futures[1].add_done_callback(interrupt)
+    futures[1].add_done_callback(lambda f: ran.append("b"))
+    futures[2].add_done_callback(lambda f: ran.append("c"))
+    release(loop, futures, 1)
+    handle_resume = loop._ready.pop()  # type: ignore[attr-defined]  # run it here, not in the loop
+    with pytest.raises(KeyboardInterrupt):
+        handle_resume._run()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert ran == ["a", "interrupt", "b", "c"]
