@@ -24,6 +24,7 @@ from tests.support.slots import slots_become, write_twenty
 from tests.support.stack import start_bus
 from tests.test_group_commit import _bodies
 from writebus.bus import cgroup
+from writebus.bus.cpuload import CLOSE_AT
 
 #: The group's quota, in cores: a spinning process in it takes it all, a quarter of two cores.
 QUOTA = 0.5
@@ -107,8 +108,11 @@ def test_the_sampler_counts_the_group_share_of_its_quota() -> None:
         move(child.pid)
         out, _ = child.communicate("", timeout=30)
     full, bare = (float(x) for x in out.strip()[1:-1].split(","))
-    assert full >= 0.9, (full, bare)
-    assert bare < 0.75, (full, bare)  # throttled to half a core: the slots would stay open
+    assert full >= CLOSE_AT, (full, bare)
+    # Throttled to half a core (about 0.5 here): without the group the slots would stay open.
+    # The bound is the closing threshold itself, not a tighter one: the machine's share counts
+    # too, and other load on it (0.76 once, with another process spinning) is not this test's.
+    assert bare < CLOSE_AT, (full, bare)
 
 
 async def test_a_worker_in_a_group_at_its_quota_keeps_one_group_in_flight(
