@@ -261,7 +261,7 @@ class LsnTracker:
         loop = asyncio.get_running_loop()
         # One callback resumes every woken task (not one each): a cancelled waiter's future
         # is skipped, and its task discards the waiter.
-        n = release(loop, map(_payload, woken), replayed)
+        n = release(map(_payload, woken), replayed)
         # After the woken tasks' first steps, which were scheduled just now.
         loop.call_soon(self._queue.forget_spent)
         return n

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 _T = TypeVar("_T")
 
 _Callback = Callable[[Any], object]
-_Held = list[tuple[_Callback, contextvars.Context]]
+_Held = tuple[tuple[_Callback, contextvars.Context], ...]
 
 #: The plain future's own methods: settling through them schedules nothing, since a
 #: BatchFuture never hands its callbacks to the plain future while pending.
@@ -43,7 +43,7 @@ class BatchFuture(asyncio.Future[_T]):
 
     def __init__(self, *, loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(loop=loop)
-        self._held: _Held = []
+        self._held: _Held = ()
 
     def add_done_callback(
         self, fn: _Callback, *, context: contextvars.Context | None = None
@@ -52,13 +52,14 @@ class BatchFuture(asyncio.Future[_T]):
         if self.done():
             super().add_done_callback(fn, context=context)
         else:
-            self._held.append((fn, context if context is not None else contextvars.copy_context()))
+            ctx = context if context is not None else contextvars.copy_context()
+            self._held = (*self._held, (fn, ctx))
 
     def remove_done_callback(self, fn: _Callback) -> int:
         """Remove every ``fn`` not yet run or scheduled; return how many were removed."""
         if self.done():  # settled: the held callbacks have run or are about to
             return super().remove_done_callback(fn)
-        kept = [(f, ctx) for f, ctx in self._held if f != fn]
+        kept = tuple((f, ctx) for f, ctx in self._held if f != fn)
         removed = len(self._held) - len(kept)
         self._held = kept
         return removed + super().remove_done_callback(fn)
@@ -82,17 +83,16 @@ class BatchFuture(asyncio.Future[_T]):
 
     def _schedule_held(self) -> None:
         loop = self.get_loop()
-        held, self._held = self._held, []
+        held, self._held = self._held, ()
         for fn, ctx in held:
             loop.call_soon(fn, self, context=ctx)
 
 
-def release(
-    loop: asyncio.AbstractEventLoop, futures: Iterable[BatchFuture[_T]], value: _T
-) -> int:
+def release(futures: Iterable[BatchFuture[_T]], value: _T) -> int:
     """Set ``value`` as the result of every future of ``futures`` still pending, and resume
-    whoever waits on them from one callback scheduled on ``loop``. Futures already done (a
-    cancelled waiter's) are skipped. Returns how many were settled."""
+    whoever waits on them from one callback, scheduled on their event loop (they must share
+    one). Futures already done (a cancelled waiter's) are skipped. Returns how many were
+    settled."""
     settled: list[BatchFuture[_T]] = []
     for fut in futures:
         try:  # no done() check first: this loop is on the wake-up's critical path
@@ -101,33 +101,25 @@ def release(
             continue
         settled.append(fut)
     if settled:
+        loop = settled[0].get_loop()
         loop.call_soon(_resume, loop, settled)
     return len(settled)
 
 
 def _resume(loop: asyncio.AbstractEventLoop, settled: list[BatchFuture[Any]]) -> None:
     """Run the held callbacks of ``settled``: what their handles would have run."""
-    for fut in settled:
-        for fn, ctx in fut._held:
+    for i, fut in enumerate(settled):
+        # Taken off the future: a settled future must not keep its waiting task alive.
+        held, fut._held = fut._held, ()
+        for j, (fn, ctx) in enumerate(held):
             try:
                 ctx.run(fn, fut)
             except (SystemExit, KeyboardInterrupt):
-                # As a handle would: this propagates, and the rest still run, later.
-                _resume_later(loop, settled, fut, fn)
+                # As a handle would: this propagates, and the callbacks after it run later.
+                fut._held = held[j + 1 :]
+                loop.call_soon(_resume, loop, settled[i:])
                 raise
             except BaseException as exc:
                 loop.call_exception_handler(
                     {"message": f"Exception in callback {fn!r}", "exception": exc, "future": fut}
                 )
-    # The futures are done: their held callbacks go with them (nothing reads them again).
-
-
-def _resume_later(
-    loop: asyncio.AbstractEventLoop, settled: list[BatchFuture[Any]], fut: BatchFuture[Any],
-    fn: _Callback,
-) -> None:
-    """Schedule what :func:`_resume` had not run when ``fn`` (held by ``fut``) raised."""
-    held = fut._held
-    fut._held = held[next(j for j, (f, _) in enumerate(held) if f is fn) + 1 :]
-    rest = settled[next(i for i, f in enumerate(settled) if f is fut) :]
-    loop.call_soon(_resume, loop, rest)

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
+import weakref
 from typing import Any
 
 import pytest
+import uvloop
 
 from writebus.client.wakeup import BatchFuture, release
 
@@ -45,7 +48,7 @@ async def test_release_resumes_every_waiter_with_the_value_from_one_callback(
     tasks = [asyncio.create_task(wait(i)) for i in range(50)]
     await asyncio.sleep(0)
     scheduled = _counting_call_soon(loop, monkeypatch)
-    assert release(loop, futures, 7) == 50
+    assert release(futures, 7) == 50
     assert all(f.done() for f in futures)
     assert len(scheduled) == 1
     results = await asyncio.gather(*tasks)
@@ -67,7 +70,7 @@ async def test_release_skips_a_cancelled_waiter() -> None:
     tasks[1].cancel()
     await asyncio.sleep(0)
     assert futures[1].cancelled()
-    assert release(loop, futures, "up") == 2
+    assert release(futures, "up") == 2
     assert await tasks[0] == "up" and await tasks[2] == "up"
     with pytest.raises(asyncio.CancelledError):
         await tasks[1]
@@ -79,7 +82,7 @@ async def test_release_with_nothing_pending_schedules_nothing(monkeypatch: Any) 
     done = BatchFuture[int](loop=loop)
     done.set_result(1)
     scheduled = _counting_call_soon(loop, monkeypatch)
-    assert release(loop, [done], 2) == 0
+    assert release([done], 2) == 0
     assert scheduled == []
     assert done.result() == 1
 
@@ -125,7 +128,7 @@ async def test_done_callbacks_added_removed_and_added_late() -> None:
     fut.add_done_callback(second)
     fut.add_done_callback(second)
     assert fut.remove_done_callback(second) == 2
-    release(loop, [fut], 5)
+    release([fut], 5)
     fut.add_done_callback(first)
     assert fut.remove_done_callback(second) == 0
     for _ in range(3):
@@ -150,7 +153,7 @@ async def test_a_failing_callback_is_reported_and_the_rest_still_run() -> None:
         futures[0].add_done_callback(lambda f: ran.append(0))
         futures[1].add_done_callback(boom)
         futures[2].add_done_callback(lambda f: ran.append(2))
-        release(loop, futures, 1)
+        release(futures, 1)
         await asyncio.sleep(0)
         await asyncio.sleep(0)
     finally:
@@ -179,10 +182,108 @@ async def test_keyboard_interrupt_propagates_and_the_rest_run_later() -> None:
     futures[1].add_done_callback(interrupt)
     futures[1].add_done_callback(lambda f: ran.append("b"))
     futures[2].add_done_callback(lambda f: ran.append("c"))
-    release(loop, futures, 1)
+    release(futures, 1)
     handle_resume = loop._ready.pop()  # type: ignore[attr-defined]  # run it here, not in the loop
     with pytest.raises(KeyboardInterrupt):
         handle_resume._run()
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert ran == ["a", "interrupt", "b", "c"]
+
+
+async def test_a_released_future_keeps_no_task_alive() -> None:
+    """Once its task has run, a released future (kept, as the tracker's spent heap keeps it
+    for a while) holds no reference to that task or its result: both are freed without the
+    cyclic collector."""
+    loop = asyncio.get_running_loop()
+    fut = BatchFuture[int](loop=loop)
+
+    class Result:
+        pass
+
+    async def wait() -> Result:
+        await fut
+        return Result()
+
+    task = asyncio.create_task(wait())
+    await asyncio.sleep(0)
+    release([fut], 1)
+    while not task.done():  # not awaited: the handle resuming us would hold the task
+        await asyncio.sleep(0)
+    result = weakref.ref(task.result())
+    gone = weakref.ref(task)
+    gc.disable()
+    try:
+        del task
+        await asyncio.sleep(0)
+        assert gone() is None and result() is None
+    finally:
+        gc.enable()
+    assert fut.result() == 1
+
+
+async def test_a_task_cancelled_between_release_and_resume_is_cancelled() -> None:
+    """Cancelled after its future was settled but before it ran: the task ends cancelled (its
+    future, done, refuses the cancel), as with a plain future; the others get the value."""
+    loop = asyncio.get_running_loop()
+    futures = [BatchFuture[int](loop=loop) for _ in range(2)]
+
+    async def wait(f: BatchFuture[int]) -> int:
+        return await f
+
+    tasks = [asyncio.create_task(wait(f)) for f in futures]
+    await asyncio.sleep(0)
+    assert release(futures, 4) == 2
+    assert tasks[0].cancel()
+    assert not futures[0].cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[0]
+    assert await tasks[1] == 4
+    assert futures[0].result() == 4
+
+
+async def test_after_an_interrupt_no_held_callback_runs_twice() -> None:
+    """The same callable held twice, the second run interrupted: the rest resumes after the
+    one that raised, not after the first copy."""
+    loop = asyncio.get_running_loop()
+    fut = BatchFuture[int](loop=loop)
+    runs: list[int] = []
+
+    def twice(f: asyncio.Future[int]) -> None:
+        runs.append(len(runs))
+        if len(runs) == 2:
+            raise KeyboardInterrupt
+
+    fut.add_done_callback(twice)
+    fut.add_done_callback(twice)
+    fut.add_done_callback(lambda f: runs.append(-1))
+    release([fut], 1)
+    handle = loop._ready.pop()  # type: ignore[attr-defined]
+    with pytest.raises(KeyboardInterrupt):
+        handle._run()
+    await asyncio.sleep(0)
+    assert runs == [0, 1, -1]
+
+
+def test_release_on_uvloop() -> None:
+    """The same wake-up on uvloop's event loop, with a cancelled waiter among them."""
+
+    async def main() -> tuple[int, list[Any]]:
+        loop = asyncio.get_running_loop()
+        futures = [BatchFuture[int](loop=loop) for _ in range(100)]
+
+        async def wait(f: BatchFuture[int]) -> int:
+            return await f
+
+        tasks = [asyncio.create_task(wait(f)) for f in futures]
+        await asyncio.sleep(0)
+        tasks[7].cancel()
+        await asyncio.sleep(0)
+        n = release(futures, 9)
+        return n, await asyncio.gather(*tasks, return_exceptions=True)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        n, results = runner.run(main())
+    assert n == 99
+    assert isinstance(results[7], asyncio.CancelledError)
+    assert results[:7] + results[8:] == [9] * 99
