@@ -30,6 +30,19 @@ def _counting_call_soon(loop: asyncio.AbstractEventLoop, monkeypatch: Any) -> li
     return scheduled
 
 
+async def _waiting(n: int) -> tuple[list[BatchFuture[Any]], list[asyncio.Task[Any]]]:
+    """``n`` futures, and a started task awaiting each."""
+    loop = asyncio.get_running_loop()
+    futures: list[BatchFuture[Any]] = [BatchFuture(loop=loop) for _ in range(n)]
+
+    async def wait(f: BatchFuture[Any]) -> Any:
+        return await f
+
+    tasks = [asyncio.create_task(wait(f)) for f in futures]
+    await asyncio.sleep(0)
+    return futures, tasks
+
+
 async def test_release_resumes_every_waiter_with_the_value_from_one_callback(
     monkeypatch: Any,
 ) -> None:
@@ -59,14 +72,7 @@ async def test_release_resumes_every_waiter_with_the_value_from_one_callback(
 async def test_release_skips_a_cancelled_waiter() -> None:
     """A cancelled task's future is skipped: that task sees CancelledError, the others the
     value, and the count leaves it out."""
-    loop = asyncio.get_running_loop()
-    futures = [BatchFuture[str](loop=loop) for _ in range(3)]
-
-    async def through(f: BatchFuture[str]) -> str:
-        return await f
-
-    tasks = [asyncio.create_task(through(f)) for f in futures]
-    await asyncio.sleep(0)
+    futures, tasks = await _waiting(3)
     tasks[1].cancel()
     await asyncio.sleep(0)
     assert futures[1].cancelled()
@@ -225,14 +231,7 @@ async def test_a_released_future_keeps_no_task_alive() -> None:
 async def test_a_task_cancelled_between_release_and_resume_is_cancelled() -> None:
     """Cancelled after its future was settled but before it ran: the task ends cancelled (its
     future, done, refuses the cancel), as with a plain future; the others get the value."""
-    loop = asyncio.get_running_loop()
-    futures = [BatchFuture[int](loop=loop) for _ in range(2)]
-
-    async def wait(f: BatchFuture[int]) -> int:
-        return await f
-
-    tasks = [asyncio.create_task(wait(f)) for f in futures]
-    await asyncio.sleep(0)
+    futures, tasks = await _waiting(2)
     assert release(futures, 4) == 2
     assert tasks[0].cancel()
     assert not futures[0].cancel()
@@ -269,14 +268,7 @@ def test_release_on_uvloop() -> None:
     """The same wake-up on uvloop's event loop, with a cancelled waiter among them."""
 
     async def main() -> tuple[int, list[Any]]:
-        loop = asyncio.get_running_loop()
-        futures = [BatchFuture[int](loop=loop) for _ in range(100)]
-
-        async def wait(f: BatchFuture[int]) -> int:
-            return await f
-
-        tasks = [asyncio.create_task(wait(f)) for f in futures]
-        await asyncio.sleep(0)
+        futures, tasks = await _waiting(100)
         tasks[7].cancel()
         await asyncio.sleep(0)
         n = release(futures, 9)
