@@ -385,9 +385,9 @@ class Database(ReadAPI):
             except (UnavailableError, OutcomeUnknownError, WriteRejectedError) as exc:
                 if not writes.primary_lost(exc):
                     raise
-                # The local primary is down or was demoted (a failover): whichever database
-                # is the primary now serves the bus. Same request id, so exactly once.
-                log.warning("db.direct_fell_back_to_bus", request_id=req.id, error=str(exc))
+                # The local primary is down or was demoted (a failover), or it holds another
+                # try of this id: the bus, the primary's now, keeps trying. Exactly once by id.
+                log.log(*writes.fallback_event(exc), request_id=req.id, error=str(exc))
                 timeout = max(0.1, timeout - (time.monotonic() - started))
                 if isinstance(exc, OutcomeUnknownError):
                     return await self._after_ambiguity(

@@ -8,6 +8,7 @@ a :class:`~writebus.client.results.WriteResult` of the same shape.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
@@ -94,6 +95,20 @@ def primary_lost(exc: BaseException) -> bool:
     if isinstance(exc, TransactionEndedError):
         return False  # the primary answered: the write itself ended its transaction
     return isinstance(exc, (UnavailableError, OutcomeUnknownError))
+
+
+def fallback_event(exc: BaseException) -> tuple[int, str]:
+    """The log level and event of a primary-region write that goes over the bus after its
+    local primary failed it (:func:`primary_lost`): a warning that the primary is lost -- or,
+    when the write's exactly-once claim met another try of its id still running there (a
+    resend under the database's ``lock_timeout``), an info: that primary is fine, and the bus
+    keeps trying until the call's deadline."""
+    from writebus.bus.grouptx import CLAIM_CONTENDED  # only the primary region comes here
+
+    cause = exc.__cause__
+    if isinstance(cause, psycopg.Error) and cause.sqlstate in CLAIM_CONTENDED:
+        return logging.INFO, "db.direct_claim_held_by_another_try"
+    return logging.WARNING, "db.direct_fell_back_to_bus"
 
 
 def local_pool_configure(

@@ -9,6 +9,8 @@ resend finds out), and the other requests of its group are not held to it.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,14 +19,18 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
-from tests.support.stack import primary_rows
+from tests.support.stack import primary_rows, settings_for
+from writebus import Database
 from writebus.bus import idempotency, optimistic
 from writebus.bus.execute import Job, Limits, run_request, run_statement_writes
 from writebus.bus.group import Executed
 from writebus.bus.pg import durable_commits
+from writebus.client.db import DIRECT_PATIENCE
 from writebus.client.errors import OutcomeUnknownError, WriteRejectedError
+from writebus.client.ids import new_id
 from writebus.client.procedures import Procedures
 from writebus.client.protocol import Request, Statement
 
@@ -207,3 +213,28 @@ async def test_an_application_function_named_like_writebus_is_not_the_claim(
         assert isinstance(out, WriteRejectedError) and out.sqlstate == "55P03", repr(out)
         assert out.statement_index == 0
     assert isinstance(first, Executed) and isinstance(last, Executed)
+
+
+async def test_a_primary_region_resend_meeting_its_first_try_is_not_a_lost_primary(
+    stack: Any, buses: Any, holder: Any, table: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A primary-region app whose database has a ``lock_timeout`` resends a write while its
+    first try holds the id: its direct tries time out on the claim, and it goes on over the
+    bus, logged as what it is -- not as a lost primary. Once that try rolls back, the bus
+    applies the write, once."""
+    rid = new_id()
+    await _hold_claim(holder, rid)
+    url = make_conninfo(stack.primary.url, options="-c lock_timeout=200")
+    sql = f"INSERT INTO {table}(body) VALUES (%s) RETURNING id"
+    with caplog.at_level(logging.INFO, logger="writebus"):
+        async with Database(settings_for(stack, "syd", database_url=url)) as db:
+            write = asyncio.create_task(db.execute(sql, ["r"], request_id=rid, rpc_timeout=10))
+            await asyncio.sleep(DIRECT_PATIENCE + 0.5)  # past the direct tries
+            assert not write.done()
+            await holder.execute("ROLLBACK")
+            result = await asyncio.wait_for(write, 10)
+    assert result.via_bus and not result.duplicate
+    logged = {getattr(r, "writebus", {}).get("event"): r.levelno for r in caplog.records}
+    assert logged.get("db.direct_claim_held_by_another_try") == logging.INFO
+    assert "db.direct_fell_back_to_bus" not in logged
+    assert _bodies(stack, table) == ["r"]

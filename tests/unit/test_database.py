@@ -9,9 +9,11 @@ call goes and how the tracker releases it. The real-server versions are in
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.support.fake_nats import FakeMsg, FakeServer
@@ -24,7 +26,7 @@ from writebus.client.errors import (
 from writebus.client.protocol import Reply, Request, decode, encode, lsn_update
 from writebus.client.retry import RetryPolicy
 from writebus.client.settings import Settings
-from writebus.client.writes import write_route
+from writebus.client.writes import fallback_event, write_route
 
 LAX = Settings(region="lax", primary_region="syd", replication_timeout=2.0)
 
@@ -36,6 +38,22 @@ def test_write_route_is_direct_only_in_the_primary_region_with_a_database() -> N
     assert write_route(syd, has_local_pool=False) == "bus"
     assert write_route(LAX, has_local_pool=True) == "bus"
     assert write_route(Settings(), has_local_pool=True) == "direct"  # "local" is primary
+
+
+def test_a_claim_held_by_another_try_is_not_logged_as_a_lost_primary() -> None:
+    """Going to the bus after an unknown direct outcome: a warning of a lost primary, unless
+    the write's claim timed out (55P03), was cancelled (57014) or deadlocked (40P01) on
+    another try of its id -- then an info."""
+    for sqlstate in ("55P03", "57014", "40P01"):
+        held = OutcomeUnknownError("r1", "its exactly-once claim failed")
+        held.__cause__ = psycopg.errors.lookup(sqlstate)()
+        assert fallback_event(held) == (logging.INFO, "db.direct_claim_held_by_another_try")
+    lost = OutcomeUnknownError("r1", "connection lost during COMMIT")
+    lost.__cause__ = psycopg.OperationalError("server closed the connection")
+    assert fallback_event(lost) == (logging.WARNING, "db.direct_fell_back_to_bus")
+    assert fallback_event(OutcomeUnknownError("r1")) == (
+        logging.WARNING, "db.direct_fell_back_to_bus"
+    )
 
 
 class Bus:
