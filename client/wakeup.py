@@ -94,15 +94,17 @@ def release(futures: Iterable[BatchFuture[_T]], value: _T) -> int:
     one). Futures already done (a cancelled waiter's) are skipped. Returns how many were
     settled."""
     settled: list[BatchFuture[_T]] = []
-    for fut in futures:
-        try:  # no done() check first: this loop is on the wake-up's critical path
-            _set_result(fut, value)
-        except asyncio.InvalidStateError:
-            continue
-        settled.append(fut)
-    if settled:
-        loop = settled[0].get_loop()
-        loop.call_soon(_resume, loop, settled)
+    try:
+        for fut in futures:
+            try:  # no done() check first: this loop is on the wake-up's critical path
+                _set_result(fut, value)
+            except asyncio.InvalidStateError:
+                continue
+            settled.append(fut)
+    finally:  # even when interrupted: a settled future's waiter must still be resumed
+        if settled:
+            loop = settled[0].get_loop()
+            loop.call_soon(_resume, loop, settled)
     return len(settled)
 
 

@@ -69,6 +69,10 @@ def _bodies(stack: Any, table: str) -> list[str]:
     return sorted(r[0] for r in primary_rows(stack, f"SELECT body FROM {table}"))
 
 
+def _logged(caplog: pytest.LogCaptureFixture, event: str) -> bool:
+    return any(getattr(r, "writebus", {}).get("event") == event for r in caplog.records)
+
+
 def _unknown(out: Any) -> bool:
     return isinstance(out, OutcomeUnknownError) and out.retryable and "claim" in str(out)
 
@@ -229,8 +233,10 @@ async def test_a_primary_region_resend_meeting_its_first_try_is_not_a_lost_prima
     with caplog.at_level(logging.INFO, logger="writebus"):
         async with Database(settings_for(stack, "syd", database_url=url)) as db:
             write = asyncio.create_task(db.execute(sql, ["r"], request_id=rid, rpc_timeout=10))
-            await asyncio.sleep(DIRECT_PATIENCE + 0.5)  # past the direct tries
-            assert not write.done()
+            deadline = time.monotonic() + DIRECT_PATIENCE + 10
+            while not _logged(caplog, "db.direct_claim_held_by_another_try"):  # on the bus now
+                assert time.monotonic() < deadline and not write.done()
+                await asyncio.sleep(0.02)
             await holder.execute("ROLLBACK")
             result = await asyncio.wait_for(write, 10)
     assert result.via_bus and not result.duplicate

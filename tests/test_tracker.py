@@ -11,6 +11,7 @@ import nats
 import pytest
 
 from tests.support.stack import settings_for
+from writebus.client import wakeup
 from writebus.client.errors import ReplicationTimeoutError
 from writebus.client.protocol import encode, lsn_update
 from writebus.client.settings import Settings
@@ -152,6 +153,32 @@ async def test_ten_thousand_waiters_released_by_one_broadcast(isolated: Any) -> 
     results = await asyncio.gather(*waits)
     assert results.count(5000) == 4001 and results.count(20_000) == 5999
     assert tracker.waiting == 0 and tracker.heap_size == 0
+
+
+async def test_one_broadcast_resumes_its_waiters_from_one_callback(
+    isolated: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The waiters a broadcast releases are resumed by one event-loop callback
+    (:mod:`writebus.client.wakeup`), not one handle each."""
+    tracker, pub, subject = isolated
+    await pub.publish(subject, _update(100))  # heard: no fallback reads of the real replica
+    await _wait_until(lambda: tracker.replayed == 100)
+    waits = [asyncio.create_task(tracker.wait_for(1000 + i, timeout=30)) for i in range(100)]
+    await _wait_until(lambda: tracker.waiting == 100)
+    loop = asyncio.get_running_loop()
+    scheduled: list[Any] = []
+    plain = loop.call_soon
+
+    def call_soon(callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
+        scheduled.append(callback)
+        return plain(callback, *args, context=context)
+
+    monkeypatch.setattr(loop, "call_soon", call_soon)
+    await pub.publish(subject, _update(5000))
+    results = await asyncio.gather(*waits)
+    monkeypatch.undo()
+    assert results == [5000] * 100
+    assert scheduled.count(wakeup._resume) == 1
 
 
 async def test_replica_id_filter(stack: Any) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import contextvars
 import gc
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -279,3 +280,23 @@ def test_release_on_uvloop() -> None:
     assert n == 99
     assert isinstance(results[7], asyncio.CancelledError)
     assert results[:7] + results[8:] == [9] * 99
+
+
+async def test_an_interrupted_release_still_resumes_what_it_settled() -> None:
+    """Interrupted while settling (a KeyboardInterrupt from the iterable, as from a signal):
+    the futures already settled still resume their tasks; the rest stay pending."""
+    futures, tasks = await _waiting(3)
+
+    def interrupted() -> Iterator[BatchFuture[Any]]:
+        yield futures[0]
+        yield futures[1]
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        release(interrupted(), 5)
+    for _ in range(3):  # not awaited: a task left unresumed could then never be cancelled
+        await asyncio.sleep(0)
+    assert tasks[0].done() and tasks[1].done()
+    assert tasks[0].result() == tasks[1].result() == 5
+    assert not futures[2].done()
+    tasks[2].cancel()
