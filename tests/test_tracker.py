@@ -10,6 +10,7 @@ from typing import Any
 import nats
 import pytest
 
+from tests.support.scheduled import record_call_soon
 from tests.support.stack import settings_for
 from writebus.client import wakeup
 from writebus.client.errors import ReplicationTimeoutError
@@ -165,15 +166,7 @@ async def test_one_broadcast_resumes_its_waiters_from_one_callback(
     await _wait_until(lambda: tracker.replayed == 100)
     waits = [asyncio.create_task(tracker.wait_for(1000 + i, timeout=30)) for i in range(100)]
     await _wait_until(lambda: tracker.waiting == 100)
-    loop = asyncio.get_running_loop()
-    scheduled: list[Any] = []
-    plain = loop.call_soon
-
-    def call_soon(callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
-        scheduled.append(callback)
-        return plain(callback, *args, context=context)
-
-    monkeypatch.setattr(loop, "call_soon", call_soon)
+    scheduled = record_call_soon(asyncio.get_running_loop(), monkeypatch)
     await pub.publish(subject, _update(5000))
     results = await asyncio.gather(*waits)
     monkeypatch.undo()

@@ -13,22 +13,10 @@ from typing import Any
 import pytest
 import uvloop
 
+from tests.support.scheduled import record_call_soon
 from writebus.client.wakeup import BatchFuture, release
 
 who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
-
-
-def _counting_call_soon(loop: asyncio.AbstractEventLoop, monkeypatch: Any) -> list[Any]:
-    """Record every callback ``loop.call_soon`` schedules from now on."""
-    scheduled: list[Any] = []
-    plain = loop.call_soon
-
-    def call_soon(callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
-        scheduled.append(callback)
-        return plain(callback, *args, context=context)
-
-    monkeypatch.setattr(loop, "call_soon", call_soon)
-    return scheduled
 
 
 async def _waiting(n: int) -> tuple[list[BatchFuture[Any]], list[asyncio.Task[Any]]]:
@@ -61,7 +49,7 @@ async def test_release_resumes_every_waiter_with_the_value_from_one_callback(
 
     tasks = [asyncio.create_task(wait(i)) for i in range(50)]
     await asyncio.sleep(0)
-    scheduled = _counting_call_soon(loop, monkeypatch)
+    scheduled = record_call_soon(loop, monkeypatch)
     assert release(futures, 7) == 50
     assert all(f.done() for f in futures)
     assert len(scheduled) == 1
@@ -88,7 +76,7 @@ async def test_release_with_nothing_pending_schedules_nothing(monkeypatch: Any) 
     loop = asyncio.get_running_loop()
     done = BatchFuture[int](loop=loop)
     done.set_result(1)
-    scheduled = _counting_call_soon(loop, monkeypatch)
+    scheduled = record_call_soon(loop, monkeypatch)
     assert release([done], 2) == 0
     assert scheduled == []
     assert done.result() == 1
