@@ -4,8 +4,9 @@ One tracker runs per process and (region, database): :func:`acquire_tracker` han
 reference-counted instance. It listens to ``<prefix>.lsn.<region>`` broadcasts (push, no polling)
 and keeps waiters in a heap (:mod:`writebus.client.waiters`); the waiters a broadcast
 releases resume together, from one event-loop callback (:mod:`writebus.client.wakeup`).
-When broadcasts stop -- the region's bus is down -- it falls back to reading ``pg_last_wal_replay_lsn()`` from its own database while anyone
-waits, so a wait never hangs and never depends on a single publisher.
+When broadcasts stop -- the region's bus is down -- it falls back to reading
+``pg_last_wal_replay_lsn()`` from its own database while anyone waits, so a wait never hangs
+and never depends on a single publisher.
 
 It also reads that position once when a wait begins in a quiet spell (no broadcast for
 :data:`PROBE_QUIET`; the probe): a write's reply and the announcement that sets the region's

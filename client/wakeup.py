@@ -59,10 +59,11 @@ class BatchFuture(asyncio.Future[_T]):
         """Remove every ``fn`` not yet run or scheduled; return how many were removed."""
         if self.done():  # settled: the held callbacks have run or are about to
             return super().remove_done_callback(fn)
+        # Pending, every callback is held here (the plain future has none until settled).
         kept = tuple((f, ctx) for f, ctx in self._held if f != fn)
         removed = len(self._held) - len(kept)
         self._held = kept
-        return removed + super().remove_done_callback(fn)
+        return removed
 
     def set_result(self, result: _T) -> None:
         """Settle with ``result``, scheduling each held callback (as a plain future does)."""
