@@ -44,6 +44,7 @@ from writebus.bus.grouptx import (
     Lost,
     Outcome,
     TransactionEnded,
+    applied_position,
     claim_failure,
     commit,
     ended,
@@ -52,7 +53,7 @@ from writebus.bus.grouptx import (
     rollback,
     transaction_ended,
 )
-from writebus.bus.pg import connection_lost, pipelined, read_flush_lsn, server_error
+from writebus.bus.pg import connection_lost, pipelined, server_error
 from writebus.bus.results import wire_result
 from writebus.client.errors import UnavailableError, WriteBusError, WriteRejectedError
 from writebus.client.protocol import Request
@@ -150,7 +151,7 @@ async def _run_group(
         else:
             await rollback(conn)
             if read_lsn and any(isinstance(i.outcome, Executed) for i in items):
-                lsn = await read_flush_lsn(conn)  # duplicates only: the position covers them
+                lsn = await applied_position(conn)  # duplicates only: it covers them
     except ClaimFailed as refused:
         if not conn.closed:
             await rollback(conn)

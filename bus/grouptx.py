@@ -11,10 +11,13 @@ import psycopg
 from psycopg import pq
 
 from writebus.bus import idempotency, literals
-from writebus.bus.pg import FLUSH_LSN_SQL, rejected
+from writebus.bus.pg import FLUSH_LSN_SQL, connection_lost, read_flush_lsn, rejected
 from writebus.client.errors import OutcomeUnknownError, TransactionEndedError, WriteBusError
+from writebus.client.log import get_logger
 from writebus.client.lsn import parse_lsn
 from writebus.client.protocol import Request, StatementResult
+
+log = get_logger("writebus.bus.grouptx")
 
 
 @dataclass
@@ -133,19 +136,29 @@ async def commit(
 ) -> int | None:
     """Record the applied ids with their digests and results, COMMIT, read the flush LSN:
     one simple query (the values written in by :mod:`.literals`), one round trip. Returns the
-    LSN (None when not asked for)."""
+    LSN (None when not asked for).
+
+    Returns only when the transaction committed; raises the server's error when it did not,
+    and :class:`Lost` when that cannot be known. An error after COMMIT ran is told apart by
+    looking the ids up (:func:`_after_commit_error`): the flush read can fail after COMMIT
+    succeeded, as when a cancel that COMMIT held off lands on it."""
     render = literals.Renderer(conn)
+    records = [idempotency.encode_result(res, None) for _, _, res in applied]
     rows = [
         render.statement(
-            idempotency.STORE_ROW_SQL,
-            idempotency.store_row(req.id, digest, idempotency.encode_result(res, None)),
+            idempotency.STORE_ROW_SQL, idempotency.store_row(req.id, digest, record)
         )
-        for req, digest, res in applied
+        for (req, digest, _), record in zip(applied, records, strict=True)
     ]
     store = idempotency.STORE_VALUES_SQL.encode() + b", ".join(rows)
     commands = [store, b"COMMIT"] + ([FLUSH_LSN_SQL.encode()] if read_lsn else [])
     cur = conn.cursor()
-    await cur.execute(literals.join(commands))  # the simple query protocol: one round trip
+    try:
+        await cur.execute(literals.join(commands))  # the simple query protocol: one round trip
+    except psycopg.Error as exc:
+        if connection_lost(conn, exc) or not transaction_ended(conn):
+            raise  # lost, or refused before COMMIT: the transaction is still open, aborted
+        return await _after_commit_error(conn, applied, records, read_lsn, exc)
     if not read_lsn:
         return None
     cur.nextset()
@@ -153,6 +166,59 @@ async def commit(
     row = await cur.fetchone()
     assert row is not None
     return parse_lsn(row[0])
+
+
+async def _after_commit_error(
+    conn: psycopg.AsyncConnection[Any],
+    applied: list[tuple[Request, bytes, list[StatementResult]]],
+    records: list[bytes],
+    read_lsn: bool,
+    error: psycopg.Error,
+) -> int | None:
+    """COMMIT ran and ``error`` came back: COMMIT failed (a deferred constraint), or it
+    committed and the statement after it failed. The ids' records say which. Committed with
+    this transaction's records: the flush LSN, read now (:func:`applied_position`). Nothing
+    recorded: ``error`` stands -- nothing committed. Anything else (the lookup failed; a
+    record another try of an id committed once this transaction's locks were gone) is
+    :class:`Lost`, committing: the caller runs the requests again, and their claims answer
+    from the records."""
+    try:
+        found = await look_up(conn, [req.id for req, _, _ in applied])
+    except psycopg.Error as exc:
+        raise Lost(exc, committing=True) from error
+    if not found:
+        raise error
+    ours = [
+        (req.id, digest, record)
+        for (req, digest, _), record in zip(applied, records, strict=True)
+    ]
+    if [found.get(row[0]) for row in ours] != ours:
+        raise Lost(error, committing=True) from error
+    log.warning(
+        "group.failed_after_commit", requests=len(applied), sqlstate=error.sqlstate,
+        error=str(error).strip(),
+    )  # fmt: skip
+    return await applied_position(conn) if read_lsn else None
+
+
+async def look_up(
+    conn: psycopg.AsyncConnection[Any], ids: list[str]
+) -> dict[str, tuple[Any, ...]]:
+    """Lock and look up ``ids`` on ``conn`` (autocommit, idle): the records found, ``(id,
+    digest, result)`` by id. Raises the server's error."""
+    cur = await conn.execute(idempotency.CLAIM_SQL, idempotency.claim_params(ids))
+    return {row[0]: tuple(row) for row in await cur.fetchall()}
+
+
+async def applied_position(conn: psycopg.AsyncConnection[Any]) -> int:
+    """The flush LSN, read once the writes are applied (committed now, or found committed):
+    it covers them. Its failure says nothing against them: :class:`Lost`, committing, so the
+    caller runs them again on a fresh connection, where their claims answer from the
+    records -- never "not applied", and never an answer without a position to wait for."""
+    try:
+        return await read_flush_lsn(conn)
+    except psycopg.Error as exc:
+        raise Lost(exc, committing=True) from exc
 
 
 async def rollback(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -45,17 +45,18 @@ from writebus.bus.grouptx import (
     GroupCommitFailed,
     Lost,
     Outcome,
+    applied_position,
     commit,
     ended,
+    look_up,
     rejection,
     repeat,
     rollback,
     transaction_ended,
 )
-from writebus.bus.pg import FLUSH_LSN_SQL, connection_lost, pipelined
+from writebus.bus.pg import connection_lost, pipelined
 from writebus.bus.results import wire_result
 from writebus.client.errors import UnavailableError, WriteBusError
-from writebus.client.lsn import parse_lsn
 from writebus.client.protocol import Request, Statement, StatementResult
 
 
@@ -198,34 +199,20 @@ async def _repeats(
     read_lsn: bool,
 ) -> list[Outcome] | None:
     """The claim found an id already applied (a client's retry) and stopped the statements.
-    When every request's id was, their stored answers, in one round trip; None when only some
-    were: the careful way sorts them out (running the statements of the others). Raises
-    :class:`ClaimFailed` when this lookup's own claim fails (not a lost connection)."""
-    flush = None
-    found: list[psycopg.AsyncCursor[Any]] = []
-
-    async def queue() -> None:
-        nonlocal flush
-        ids = idempotency.claim_params([r.id for r in requests])
-        found.append(await conn.execute(idempotency.CLAIM_SQL, ids))  # autocommit: locks, lookup
-        if read_lsn:
-            flush = await conn.execute(FLUSH_LSN_SQL)  # the repeats' commits are at or before it
-
+    When every request's id was, their stored answers and the flush LSN, in two round trips;
+    None when only some were: the careful way sorts them out (running the statements of the
+    others). Raises :class:`ClaimFailed` when this lookup's own claim fails (not a lost
+    connection), and :class:`Lost` when the LSN cannot be read (the ids are applied)."""
     try:
-        await pipelined(conn, queue)
+        rows = await look_up(conn, [r.id for r in requests])
     except psycopg.Error as exc:
         if connection_lost(conn, exc):
             raise Lost(exc, committing=False) from exc
         raise ClaimFailed(exc) from exc
-    rows = {row[0]: row for row in await found[0].fetchall()}
     if not all(r.id in rows for r in requests):
         return None
     out = [repeat(r, rows[r.id], d) for r, d in zip(requests, digests, strict=True)]
-    lsn = None
-    if flush is not None:
-        row = await flush.fetchone()
-        assert row is not None
-        lsn = parse_lsn(row[0])
+    lsn = await applied_position(conn) if read_lsn else None  # their commits are before it
     for o in out:
         if isinstance(o, Executed):
             o.lsn = lsn

@@ -17,8 +17,8 @@ from psycopg import pq
 
 from writebus.bus import idempotency
 from writebus.bus.group import Executed
-from writebus.bus.grouptx import claim_failure, ended, transaction_ended
-from writebus.bus.pg import connection_lost, read_flush_lsn, rejected
+from writebus.bus.grouptx import applied_position, claim_failure, ended, transaction_ended
+from writebus.bus.pg import connection_lost, rejected
 from writebus.client.errors import ProcedureError, WriteBusError, WriteRejectedError
 from writebus.client.procedures import Procedure
 from writebus.client.protocol import Request, StatementResult
@@ -74,7 +74,7 @@ async def run_procedure_tx(
                 await conn.execute(*idempotency.store_statement([row]))
             phase.committing = True
     except _Duplicate as dup:
-        lsn = await read_flush_lsn(conn) if primary else None
+        lsn = await applied_position(conn) if primary else None
         return Executed(dup.stored.results, dup.stored.value, lsn, True)
     except psycopg.Error as exc:
         # From the lookup, the record or COMMIT itself (a deferred constraint, a
@@ -82,7 +82,7 @@ async def run_procedure_tx(
         if connection_lost(conn, exc):
             raise
         raise rejected(exc) from exc
-    lsn = await read_flush_lsn(conn) if primary else None
+    lsn = await applied_position(conn) if primary else None
     return Executed([], value, lsn, False)
 
 
