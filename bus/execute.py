@@ -15,11 +15,13 @@ translating database failures into typed errors:
   exception; ``pg_error_class`` names its class);
 * the connection was lost before COMMIT was sent, or no connection could be had ->
   :class:`UnavailableError` (not applied; retryable);
-* the connection was lost while COMMIT was in flight -> :class:`OutcomeUnknownError`.
+* the connection was lost while COMMIT was in flight, or an error came after COMMIT ran that
+  the ids' records could not settle -> :class:`OutcomeUnknownError`, unless the next try
+  settles it.
 
-An exactly-once request whose connection was cut runs once more on a fresh connection: the id
-claimed in the write's own transaction makes that safe (a commit that did land is found and
-answered as a duplicate).
+An exactly-once request whose connection was cut (:class:`~.grouptx.Lost`) runs once more on a
+connection from the pool: the id claimed in the write's own transaction makes that safe (a
+commit that did land is found and answered as a duplicate).
 """
 
 from __future__ import annotations
@@ -150,13 +152,13 @@ async def run_request(
         )
     except Lost as first:
         if not exactly_once:
-            raise _lost_error(req, first.committing, first.cause) from first.cause
+            raise _lost_error(req, first) from first.cause
         log.info("execute.retry_on_fresh_connection", request_id=req.id, error=str(first.cause))
         try:
             return await _attempt(pool, req, proc, exactly_once, primary, limits, check, deadline)
         except Lost as again:
-            committing = first.committing or again.committing
-            raise _lost_error(req, committing, again.cause) from again.cause
+            last = first if first.committing else again
+            raise _lost_error(req, last) from again.cause
         except WriteBusError as err:
             answer = after_lost_commit(req, err, first)
             if answer is err:
@@ -216,9 +218,9 @@ async def run_statement_writes(
             done = await _group_attempt(pool, live, limits, region, may_commit, read_lsn, unseen)
         except Lost as lost:
             if first is not None:
-                committing = first.committing or lost.committing
+                last = first if first.committing else lost
                 for n, job in live:
-                    outcomes[n] = _lost_error(job.req, committing, lost.cause)
+                    outcomes[n] = _lost_error(job.req, last)
                 break
             first = lost
             log.info("execute.retry_on_fresh_connection", requests=len(live), error=str(lost))
@@ -308,17 +310,14 @@ def after_lost_commit(req: Request, out: A, first: Lost | None) -> A | OutcomeUn
     (:func:`~writebus.client.errors.after_an_uncertain_try`)."""
     if first is None or not first.committing:
         return out
-    return after_an_uncertain_try(
-        out, req.id, f"the database connection was lost while COMMIT was in flight: {first.cause}"
-    )
+    return after_an_uncertain_try(out, req.id, first.uncertainty)
 
 
-def _lost_error(req: Request, committing: bool, cause: BaseException) -> WriteBusError:
-    if committing:
-        return OutcomeUnknownError(
-            req.id, f"the database connection was lost while COMMIT was in flight: {cause}"
-        )
-    return UnavailableError(f"database unavailable: {cause}")
+def _lost_error(req: Request, lost: Lost) -> WriteBusError:
+    """The answer when tries ended in ``lost`` (the one that may have committed, if any)."""
+    if lost.committing:
+        return OutcomeUnknownError(req.id, lost.uncertainty)
+    return UnavailableError(f"database unavailable: {lost.cause}")
 
 
 async def _attempt(

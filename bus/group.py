@@ -14,7 +14,8 @@ group of many in the same two, each request inside its own ``SAVEPOINT``:
 
 If COMMIT itself fails (a deferred constraint, a serialization failure) the requests are not
 guessed at: the caller runs each alone again (:class:`GroupCommitFailed`), so each gets its own
-truthful answer. A lost connection raises :class:`Lost` with whether COMMIT was in flight; the
+truthful answer. A lost connection raises :class:`Lost` with whether COMMIT was in flight, as
+does an error after COMMIT ran that the records cannot settle (:func:`.grouptx.commit`); the
 exactly-once record makes running the group again safe.
 
 A group is first tried without savepoints (:mod:`.optimistic`) -- a lone write only when it
@@ -53,9 +54,14 @@ from writebus.bus.grouptx import (
     rollback,
     transaction_ended,
 )
-from writebus.bus.pg import connection_lost, pipelined, server_error
+from writebus.bus.pg import connection_lost, pipelined, read_flush_lsn, server_error
 from writebus.bus.results import wire_result
-from writebus.client.errors import UnavailableError, WriteBusError, WriteRejectedError
+from writebus.client.errors import (
+    OutcomeUnknownError,
+    UnavailableError,
+    WriteBusError,
+    WriteRejectedError,
+)
 from writebus.client.protocol import Request
 
 __all__ = ["Check", "Executed", "GroupCommitFailed", "Lost", "Outcome", "run_group"]
@@ -160,7 +166,7 @@ async def _run_group(
         for i in items:
             if i.outcome is None or (isinstance(i.outcome, Executed) and not i.outcome.duplicate):
                 i.outcome = ended(i.req)
-        return [i.outcome for i in items]  # type: ignore[misc]
+        return await _with_repeats_placed(conn, items, read_lsn)
     except psycopg.Error as exc:
         if connection_lost(conn, exc):
             raise Lost(exc, committing) from exc
@@ -171,7 +177,7 @@ async def _run_group(
         for i in items:
             if i.outcome is None or (isinstance(i.outcome, Executed) and not i.outcome.duplicate):
                 i.outcome = rejection(exc)
-        return [i.outcome for i in items]  # type: ignore[misc]
+        return await _with_repeats_placed(conn, items, read_lsn)
     except BaseException:
         if not conn.closed:
             await rollback(conn)
@@ -183,6 +189,28 @@ async def _run_group(
             i.outcome.lsn = lsn
         out.append(i.outcome)
     return out
+
+
+async def _with_repeats_placed(
+    conn: psycopg.AsyncConnection[Any], items: list[_Item], read_lsn: bool
+) -> list[Outcome]:
+    """The answers of a group that failed: its repeats (ids applied before) keep their stored
+    results, with the flush LSN to wait for -- or, when it cannot be read, an unknown
+    outcome, which a resend settles. Nothing is run again: some of the group may have
+    ended its own transaction."""
+    repeats = [i for i in items if isinstance(i.outcome, Executed)]
+    if read_lsn and repeats:
+        try:
+            lsn = await read_flush_lsn(conn)
+        except psycopg.Error as exc:
+            for i in repeats:
+                i.outcome = OutcomeUnknownError(
+                    i.req.id, f"it was applied before, but no position to wait for was read: {exc}"
+                )
+        else:
+            for i in repeats:
+                i.outcome.lsn = lsn  # type: ignore[union-attr]
+    return [i.outcome for i in items]  # type: ignore[misc]
 
 
 def _claim_failed(items: list[_Item], error: psycopg.Error) -> list[Outcome]:

@@ -42,12 +42,24 @@ NOT_SENT = (TypeError, ValueError, psycopg.ProgrammingError, psycopg.DataError)
 
 
 class Lost(Exception):
-    """The connection went away; ``committing`` says whether COMMIT may have reached it."""
+    """A try ended without an answer: the connection went away or, ``after_commit``, an error
+    came once COMMIT had run that the ids' records could not settle. ``committing`` says
+    whether COMMIT may have reached the server. The caller runs the try again, once."""
 
-    def __init__(self, cause: BaseException, committing: bool) -> None:
+    def __init__(
+        self, cause: BaseException, committing: bool, *, after_commit: bool = False
+    ) -> None:
         super().__init__(str(cause))
         self.cause = cause
         self.committing = committing
+        self.after_commit = after_commit
+
+    @property
+    def uncertainty(self) -> str:
+        """Why the write may have committed, for the message of an answer that says so."""
+        if self.after_commit:
+            return f"an error came after COMMIT had run: {self.cause}"
+        return f"the database connection was lost while COMMIT was in flight: {self.cause}"
 
 
 class TransactionEnded(Exception):
@@ -138,10 +150,11 @@ async def commit(
     one simple query (the values written in by :mod:`.literals`), one round trip. Returns the
     LSN (None when not asked for).
 
-    Returns only when the transaction committed; raises the server's error when it did not,
-    and :class:`Lost` when that cannot be known. An error after COMMIT ran is told apart by
-    looking the ids up (:func:`_after_commit_error`): the flush read can fail after COMMIT
-    succeeded, as when a cancel that COMMIT held off lands on it."""
+    Returns when the ids' records committed as this transaction wrote them; raises the
+    server's error when the transaction did not commit, and :class:`Lost` when that cannot be
+    known. An error after COMMIT ran is told apart by looking the ids up
+    (:func:`_after_commit_error`): the flush read can fail after COMMIT succeeded, as when a
+    cancel that COMMIT held off lands on it."""
     render = literals.Renderer(conn)
     records = [idempotency.encode_result(res, None) for _, _, res in applied]
     rows = [
@@ -157,7 +170,7 @@ async def commit(
         await cur.execute(literals.join(commands))  # the simple query protocol: one round trip
     except psycopg.Error as exc:
         if connection_lost(conn, exc) or not transaction_ended(conn):
-            raise  # lost, or refused before COMMIT: the transaction is still open, aborted
+            raise  # lost, or failed before COMMIT ran: the transaction is still open
         return await _after_commit_error(conn, applied, records, read_lsn, exc)
     if not read_lsn:
         return None
@@ -181,11 +194,13 @@ async def _after_commit_error(
     recorded: ``error`` stands -- nothing committed. Anything else (the lookup failed; a
     record another try of an id committed once this transaction's locks were gone) is
     :class:`Lost`, committing: the caller runs the requests again, and their claims answer
-    from the records."""
+    from the records. (A record that another try of an id committed after this COMMIT failed
+    and let its locks go passes for this one's only when its digest and result are the same
+    bytes: the answer is then the same, though not marked as a repeat.)"""
     try:
         found = await look_up(conn, [req.id for req, _, _ in applied])
     except psycopg.Error as exc:
-        raise Lost(exc, committing=True) from error
+        raise Lost(exc, committing=True, after_commit=True) from error
     if not found:
         raise error
     ours = [
@@ -193,7 +208,7 @@ async def _after_commit_error(
         for (req, digest, _), record in zip(applied, records, strict=True)
     ]
     if [found.get(row[0]) for row in ours] != ours:
-        raise Lost(error, committing=True) from error
+        raise Lost(error, committing=True, after_commit=True) from error
     log.warning(
         "group.failed_after_commit", requests=len(applied), sqlstate=error.sqlstate,
         error=str(error).strip(),
@@ -213,12 +228,12 @@ async def look_up(
 async def applied_position(conn: psycopg.AsyncConnection[Any]) -> int:
     """The flush LSN, read once the writes are applied (committed now, or found committed):
     it covers them. Its failure says nothing against them: :class:`Lost`, committing, so the
-    caller runs them again on a fresh connection, where their claims answer from the
-    records -- never "not applied", and never an answer without a position to wait for."""
+    caller runs them again, and their claims answer from the records -- never "not
+    applied", and never an answer without a position to wait for."""
     try:
         return await read_flush_lsn(conn)
     except psycopg.Error as exc:
-        raise Lost(exc, committing=True) from exc
+        raise Lost(exc, committing=True, after_commit=True) from exc
 
 
 async def rollback(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -15,7 +15,7 @@ The first round trip goes one of two ways:
   exact errors the first time.
 
 A group whose ids were all applied already (a client's retry) is answered with the stored
-results at once, and a lone one-statement write that fails written out with that statement's
+results after a lookup and a position read, and a lone one-statement write that fails written out with that statement's
 error (the claim's errors name writebus' functions). When anything else is unusual -- a statement fails, some ids were already
 applied, a value cannot be sent, a reply is too large, a statement ended the transaction,
 results do not line up with the commands -- this path rolls the whole transaction back and
@@ -212,7 +212,8 @@ async def _repeats(
     if not all(r.id in rows for r in requests):
         return None
     out = [repeat(r, rows[r.id], d) for r, d in zip(requests, digests, strict=True)]
-    lsn = await applied_position(conn) if read_lsn else None  # their commits are before it
+    placed = read_lsn and any(isinstance(o, Executed) for o in out)
+    lsn = await applied_position(conn) if placed else None  # their commits are before it
     for o in out:
         if isinstance(o, Executed):
             o.lsn = lsn

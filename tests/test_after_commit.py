@@ -56,6 +56,19 @@ def _rows(out: Executed) -> list[list[Any]]:
     return [list(r) for r in out.results[0].rows or ()]
 
 
+def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[Any]:
+    """Record the arguments (past the connection) of each call of ``grouptx.<name>``."""
+    real = getattr(grouptx, name)
+    calls: list[Any] = []
+
+    async def counted(conn: Any, *args: Any) -> Any:
+        calls.append(args[0] if len(args) == 1 else args)
+        return await real(conn, *args)
+
+    monkeypatch.setattr(grouptx, name, counted)
+    return calls
+
+
 def _logged(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if getattr(r, "writebus", {}).get("event") == event]
 
@@ -105,14 +118,15 @@ async def test_a_group_whose_flush_read_fails_after_commit_is_applied_once(
 async def test_when_no_position_can_be_read_the_outcome_is_unknown_not_rejected(
     stack: Any, worker_pool: Any, table: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every flush read fails: after COMMIT, in the lookup, and in the rerun's. The write
-    committed once, and the answer says "unknown" (a resend under its id finds out) --
-    never "not applied"."""
+    """Every flush read fails: after COMMIT, after the lookup that finds the records, and in
+    the rerun. The write committed once, and the answer says "unknown" (a resend under its id
+    finds out) -- never "not applied"."""
     monkeypatch.setattr(grouptx, "FLUSH_LSN_SQL", FAILS)
     monkeypatch.setattr(pg, "FLUSH_LSN_SQL", FAILS)
     (out,) = await _run(worker_pool, [_insert(table, "u")])
     assert isinstance(out, OutcomeUnknownError), out
     assert out.outcome is Outcome.UNKNOWN
+    assert "after COMMIT had run" in str(out) and "connection was lost" not in str(out)
     assert _bodies(stack, table) == ["u"]
 
 
@@ -128,8 +142,8 @@ async def test_a_repeat_is_never_answered_without_a_position(
         await _run(worker_pool, [_insert(table, "proving")])
     (first,) = await _run(worker_pool, [job])
     assert isinstance(first, Executed)
-    if way == "careful":
-        literals.PROVEN.clear()  # so the resend is sent bound: the careful way finds the id
+    if way == "careful":  # the resend is sent bound: the careful way finds the id
+        monkeypatch.setattr(literals, "PROVEN", literals.ProvenTexts())
     assert (job.req.statements[0] in literals.PROVEN) is (way == "written")  # type: ignore[index]
     monkeypatch.setattr(pg, "FLUSH_LSN_SQL", FAILS)
     (again,) = await _run(worker_pool, [job])
@@ -141,23 +155,102 @@ async def test_a_repeat_is_never_answered_without_a_position(
     assert _bodies(stack, table).count("r") == 1
 
 
+@pytest.mark.parametrize("way", ["careful", "written"])
 async def test_a_commit_that_fails_is_still_its_rejection(
-    stack: Any, worker_pool: Any, table: str
+    stack: Any, worker_pool: Any, table: str, way: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """COMMIT itself fails (a deferred constraint): the lookup after it finds no record, so
     the answer stays the constraint's rejection, not applied."""
     with psycopg.connect(stack.primary.url, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table}_parent (id int PRIMARY KEY)")
+        conn.execute(f"INSERT INTO {table}_parent VALUES (1)")
         conn.execute(
             f"CREATE TABLE {table}_child (pid int REFERENCES {table}_parent "
             "DEFERRABLE INITIALLY DEFERRED)"
         )
-    job = Job(Request(id=str(uuid.uuid4()),
-                      statements=[Statement(sql=f"INSERT INTO {table}_child VALUES (7)")]))
+    sql = f"INSERT INTO {table}_child VALUES (%s)"
+
+    def child(pid: int) -> Job:
+        return Job(Request(id=str(uuid.uuid4()), statements=[Statement(sql=sql, params=[pid])]))
+
+    if way == "written":
+        (proving,) = await _run(worker_pool, [child(1)])
+        assert isinstance(proving, Executed)
+    looked = _count_calls(monkeypatch, "look_up")
+    job = child(7)
+    assert (job.req.statements[0] in literals.PROVEN) is (way == "written")  # type: ignore[index]
     (out,) = await _run(worker_pool, [job])
     assert getattr(out, "sqlstate", None) == "23503", out
     assert out.outcome is Outcome.NOT_APPLIED
-    assert primary_rows(stack, f"SELECT count(*) FROM {table}_child") == [(0,)]
+    assert looked == [[job.req.id]]  # the answer came after the lookup found nothing
+    assert primary_rows(stack, f"SELECT pid FROM {table}_child") == (
+        [(1,)] if way == "written" else []
+    )
+
+
+async def test_when_the_lookup_after_commit_fails_a_rerun_answers_from_the_record(
+    stack: Any, worker_pool: Any, table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flush read after COMMIT fails, and so does the lookup meant to settle it: the
+    write runs again, and its claim finds the record -- applied once, answered with the
+    stored result and a position."""
+    monkeypatch.setattr(grouptx, "FLUSH_LSN_SQL", FAILS)
+    real = grouptx.look_up
+    calls: list[list[str]] = []
+
+    async def first_fails(conn: psycopg.AsyncConnection[Any], ids: list[str]) -> Any:
+        calls.append(ids)
+        if len(calls) == 1:
+            await conn.execute(FAILS)
+        return await real(conn, ids)
+
+    monkeypatch.setattr(grouptx, "look_up", first_fails)
+    job = _insert(table, "l")
+    (out,) = await _run(worker_pool, [job])
+    assert isinstance(out, Executed) and out.duplicate and out.lsn is not None, out
+    assert _rows(out)[0][1] == "l"
+    assert calls == [[job.req.id]]  # the rerun's claim found the record, not look_up
+    assert _bodies(stack, table) == ["l"]
+
+
+async def test_a_record_that_is_not_this_transactions_is_answered_by_a_rerun(
+    stack: Any, worker_pool: Any, table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lookup after a failed flush read finds the id recorded with another result (as
+    when another try of it committed once this one's locks were gone; here the lookup's
+    answer is altered): this try's results are not claimed -- the write runs again, and
+    its claim answers from the record that is there."""
+    monkeypatch.setattr(grouptx, "FLUSH_LSN_SQL", FAILS)
+    real = grouptx.look_up
+
+    async def altered(conn: psycopg.AsyncConnection[Any], ids: list[str]) -> Any:
+        found = await real(conn, ids)
+        return {k: (k, digest, b"another") for k, (_, digest, _) in found.items()}
+
+    monkeypatch.setattr(grouptx, "look_up", altered)
+    (out,) = await _run(worker_pool, [_insert(table, "n")])
+    assert isinstance(out, Executed) and out.duplicate and out.lsn is not None, out
+    assert _bodies(stack, table) == ["n"]
+
+
+async def test_a_repeat_in_a_group_that_failed_still_gets_a_position(
+    stack: Any, worker_pool: Any, table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group ends early (a statement past validation ends its transaction): its repeat, an
+    id applied before, is answered with its stored result and a position to wait for; when
+    no position can be read, "unknown" -- never an answer without one."""
+    done = _insert(table, "done")
+    (first,) = await _run(worker_pool, [done])
+    assert isinstance(first, Executed)
+    ends = Job(Request(id=str(uuid.uuid4()), statements=[Statement(sql=";COMMIT")]))
+    repeat, ended = await _run(worker_pool, [done, ends])
+    assert isinstance(repeat, Executed) and repeat.duplicate and repeat.lsn is not None, repeat
+    assert ended.outcome is Outcome.UNKNOWN
+    monkeypatch.setattr(pg, "FLUSH_LSN_SQL", FAILS)
+    ends = Job(Request(id=str(uuid.uuid4()), statements=[Statement(sql=";COMMIT")]))
+    repeat, _ = await _run(worker_pool, [done, ends])
+    assert isinstance(repeat, OutcomeUnknownError), repeat
+    assert _bodies(stack, table) == ["done"]
 
 
 async def test_a_procedure_whose_flush_read_fails_after_commit_is_applied(
