@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from tests.support.stack import primary_rows
+from tests.support.stack import deferred_child, primary_rows
 from writebus.bus import grouptx, literals, pg
 from writebus.bus.execute import Job, Limits, run_request, run_statement_writes
 from writebus.bus.group import Executed
@@ -161,14 +161,8 @@ async def test_a_commit_that_fails_is_still_its_rejection(
 ) -> None:
     """COMMIT itself fails (a deferred constraint): the lookup after it finds no record, so
     the answer stays the constraint's rejection, not applied."""
-    with psycopg.connect(stack.primary.url, autocommit=True) as conn:
-        conn.execute(f"CREATE TABLE {table}_parent (id int PRIMARY KEY)")
-        conn.execute(f"INSERT INTO {table}_parent VALUES (1)")
-        conn.execute(
-            f"CREATE TABLE {table}_child (pid int REFERENCES {table}_parent "
-            "DEFERRABLE INITIALLY DEFERRED)"
-        )
-    sql = f"INSERT INTO {table}_child VALUES (%s)"
+    child_table = deferred_child(stack, table, parents=(1,))
+    sql = f"INSERT INTO {child_table} VALUES (%s)"
 
     def child(pid: int) -> Job:
         return Job(Request(id=str(uuid.uuid4()), statements=[Statement(sql=sql, params=[pid])]))
@@ -183,7 +177,7 @@ async def test_a_commit_that_fails_is_still_its_rejection(
     assert getattr(out, "sqlstate", None) == "23503", out
     assert out.outcome is Outcome.NOT_APPLIED
     assert looked == [[job.req.id]]  # the answer came after the lookup found nothing
-    assert primary_rows(stack, f"SELECT pid FROM {table}_child") == (
+    assert primary_rows(stack, f"SELECT pid FROM {child_table}") == (
         [(1,)] if way == "written" else []
     )
 

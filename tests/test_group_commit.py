@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from tests.support.pause import MARK, pause_before_marked
 from tests.support.slots import metric
-from tests.support.stack import primary_rows
+from tests.support.stack import deferred_child, primary_rows
 from writebus.bus.execute import Job, Limits, run_request, run_statement_writes
 from writebus.bus.group import Executed
 from writebus.client.errors import (
@@ -174,15 +174,9 @@ async def test_a_commit_failure_gives_each_its_own_answer(
 ) -> None:
     """A deferred constraint fails at COMMIT: the group is not guessed at -- each request runs
     alone again, so only the guilty one is rejected (23503) and the others commit once."""
-    parent = f"{table}_parent"
-    with psycopg.connect(stack.primary.url, autocommit=True) as conn:
-        conn.execute(f"CREATE TABLE {parent} (id int PRIMARY KEY)")
-        conn.execute(
-            f"CREATE TABLE {table}_child (pid int REFERENCES {parent} DEFERRABLE INITIALLY "
-            "DEFERRED)"
-        )
+    child = deferred_child(stack, table)
     guilty = Job(Request(id=uuid.uuid4().hex,
-                         statements=[Statement(sql=f"INSERT INTO {table}_child VALUES (42)")]))
+                         statements=[Statement(sql=f"INSERT INTO {child} VALUES (42)")]))
     a, bad, b = await _run(pool, [_insert(table, "x"), guilty, _insert(table, "z")])
     assert isinstance(bad, WriteRejectedError) and bad.sqlstate == "23503"
     assert isinstance(a, Executed) and isinstance(b, Executed)

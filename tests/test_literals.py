@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from tests.support.stack import primary_rows
+from tests.support.stack import deferred_child, primary_rows
 from writebus.bus import idempotency, literals, optimistic
 from writebus.bus.execute import Job, Limits, run_statement_writes
 from writebus.bus.group import Executed
@@ -232,14 +232,7 @@ async def test_a_proven_lone_write_failing_at_commit_is_rejected(
 ) -> None:
     """A deferred constraint fails at COMMIT of a written lone write: the failure is its answer
     (as the careful way gives it), not a group to split again."""
-    with psycopg.connect(stack.primary.url, autocommit=True) as c:
-        c.execute(f"CREATE TABLE {table}_parent (id int PRIMARY KEY)")
-        c.execute(f"INSERT INTO {table}_parent VALUES (1)")
-        c.execute(
-            f"CREATE TABLE {table}_child (pid int REFERENCES {table}_parent "
-            "DEFERRABLE INITIALLY DEFERRED)"
-        )
-    sql = f"INSERT INTO {table}_child VALUES (%s)"
+    sql = f"INSERT INTO {deferred_child(stack, table, parents=(1,))} VALUES (%s)"
 
     def job(pid: int) -> Job:
         return Job(Request(id=uuid.uuid4().hex, statements=[Statement(sql=sql, params=[pid])]))

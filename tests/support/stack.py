@@ -72,6 +72,21 @@ def primary_rows(stack: Any, sql: str, params: Any = None) -> list[tuple[Any, ..
         return conn.execute(sql, params).fetchall()
 
 
+def deferred_child(stack: Any, table: str, parents: tuple[int, ...] = ()) -> str:
+    """Make ``<table>_parent`` (holding ``parents``) and ``<table>_child``, whose foreign key
+    to it is checked at COMMIT (deferred): an insert of a missing parent fails COMMIT with
+    23503. Returns the child table's name."""
+    with psycopg.connect(stack.primary.url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table}_parent (id int PRIMARY KEY)")
+        for pid in parents:
+            conn.execute(f"INSERT INTO {table}_parent VALUES (%s)", [pid])
+        conn.execute(
+            f"CREATE TABLE {table}_child (pid int REFERENCES {table}_parent "
+            "DEFERRABLE INITIALLY DEFERRED)"
+        )
+    return f"{table}_child"
+
+
 def http_url(bus: BusProcess) -> str:
     """Base URL of a bus process's HTTP listener, read from its ``bus.ready`` log line."""
     import json
