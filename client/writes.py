@@ -165,6 +165,8 @@ async def via_bus(
     lsn = reply.lsn_int
     replication_ms: float | None = None
     # In the primary region reads go to the primary itself: nothing to wait for.
+    if await_replication and lsn is None and not settings.is_primary:
+        raise _no_position(req.id, subject)
     if await_replication and lsn is not None and not settings.is_primary:
         t0 = time.monotonic()
         wait = replication_timeout if replication_timeout is not None else settings.replication_timeout
@@ -202,6 +204,19 @@ async def via_bus(
             attempts=ex.attempts,
         ),
     )
+
+
+def _no_position(request_id: str, subject: str) -> TrackerError:
+    """A reply that says a write committed but carries no LSN (docs/protocol.md: only errors,
+    pings and replicas' rpc replies go without): nothing to wait for, so the call cannot
+    promise the local replica has it. Applied, and said so -- not returned as if replicated."""
+    err = TrackerError(
+        f"the reply to request {request_id} on {subject} says the write committed but carries "
+        "no LSN, so the local replica's replay of it cannot be waited for (a worker that "
+        "does not follow the protocol)"
+    )
+    err.outcome = Outcome.APPLIED
+    return err
 
 
 async def direct(

@@ -208,6 +208,35 @@ async def test_an_unreadable_reply_is_an_unknown_outcome(stack: Any, buses: Any)
     assert seen and set(seen) == {f"{prefix}.write"}
 
 
+async def test_a_committed_reply_without_a_position_is_not_taken_as_replicated(
+    stack: Any, buses: Any
+) -> None:
+    """A worker of another make answers "ok" with no LSN: the caller cannot wait for its
+    replica, so it hears that the write committed and that the wait could not run --
+    rather than a result that reads as replicated when the replica may not have it."""
+    prefix = f"nolsn{uuid.uuid4().hex[:8]}"
+    responder = await nats.connect(stack.nats_url("syd"))
+
+    async def answer(msg: Any) -> None:
+        req = msgpack.unpackb(msg.data)
+        await msg.respond(msgpack.packb({"ok": True, "id": req["id"], "results": []}))
+
+    await responder.subscribe(f"{prefix}.write", queue="writebus-workers", cb=answer)
+    await responder.flush()
+    try:
+        async with Database(settings_for(stack, "lax", prefix=prefix)) as db:
+            with pytest.raises(TrackerError) as info:
+                await db.execute("SELECT 1", request_id="no-lsn-1", rpc_timeout=1.0)
+            unwaited = await db.execute(
+                "SELECT 1", request_id="no-lsn-2", rpc_timeout=1.0, await_replication=False
+            )
+    finally:
+        await responder.close()
+    assert info.value.outcome is Outcome.APPLIED
+    assert "no-lsn-1" in str(info.value) and "no LSN" in str(info.value)
+    assert unwaited.lsn is None and not unwaited.replicated  # not asked to wait: as before
+
+
 async def test_a_write_whose_replay_wait_cannot_run_reports_it_committed(
     stack: Any, buses: Any, table: str
 ) -> None:
