@@ -158,7 +158,7 @@ async def run_request(
             return await _attempt(pool, req, proc, exactly_once, primary, limits, check, deadline)
         except Lost as again:
             last = first if first.committing else again
-            raise _lost_error(req, last) from again.cause
+            raise _lost_error(req, last) from last.cause
         except WriteBusError as err:
             answer = after_lost_commit(req, err, first)
             if answer is err:

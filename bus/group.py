@@ -45,7 +45,6 @@ from writebus.bus.grouptx import (
     Lost,
     Outcome,
     TransactionEnded,
-    applied_position,
     claim_failure,
     commit,
     ended,
@@ -156,8 +155,7 @@ async def _run_group(
             )
         else:
             await rollback(conn)
-            if read_lsn and any(isinstance(i.outcome, Executed) for i in items):
-                lsn = await applied_position(conn)  # duplicates only: it covers them
+            return await _with_repeats_placed(conn, items, read_lsn)  # nothing new committed
     except ClaimFailed as refused:
         if not conn.closed:
             await rollback(conn)
@@ -194,10 +192,11 @@ async def _run_group(
 async def _with_repeats_placed(
     conn: psycopg.AsyncConnection[Any], items: list[_Item], read_lsn: bool
 ) -> list[Outcome]:
-    """The answers of a group that failed: its repeats (ids applied before) keep their stored
-    results, with the flush LSN to wait for -- or, when it cannot be read, an unknown
-    outcome, which a resend settles. Nothing is run again: some of the group may have
-    ended its own transaction."""
+    """The answers of a group that committed nothing new (it failed, or every request was a
+    repeat or refused): its repeats (ids applied before) keep their stored results, with the
+    flush LSN to wait for -- or, when it cannot be read, an unknown outcome, which a resend
+    settles. Nothing is run again: the others' answers stand, and some of the group may
+    have ended its own transaction."""
     repeats = [i for i in items if isinstance(i.outcome, Executed)]
     if read_lsn and repeats:
         try:
@@ -205,7 +204,7 @@ async def _with_repeats_placed(
         except psycopg.Error as exc:
             for i in repeats:
                 i.outcome = OutcomeUnknownError(
-                    i.req.id, f"it was applied before, but no position to wait for was read: {exc}"
+                    i.req.id, f"it was applied before, but its position could not be read: {exc}"
                 )
         else:
             for i in repeats:

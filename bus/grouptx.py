@@ -42,23 +42,21 @@ NOT_SENT = (TypeError, ValueError, psycopg.ProgrammingError, psycopg.DataError)
 
 
 class Lost(Exception):
-    """A try ended without an answer: the connection went away or, ``after_commit``, an error
-    came once COMMIT had run that the ids' records could not settle. ``committing`` says
-    whether COMMIT may have reached the server. The caller runs the try again, once."""
+    """A try ended without an answer: the connection went away, or an error came that the
+    ids' records could not settle (``why`` says which). ``committing`` says whether the write
+    may have committed. The caller runs the try again, once."""
 
-    def __init__(
-        self, cause: BaseException, committing: bool, *, after_commit: bool = False
-    ) -> None:
+    def __init__(self, cause: BaseException, committing: bool, *, why: str | None = None) -> None:
         super().__init__(str(cause))
         self.cause = cause
         self.committing = committing
-        self.after_commit = after_commit
+        self._why = why
 
     @property
     def uncertainty(self) -> str:
         """Why the write may have committed, for the message of an answer that says so."""
-        if self.after_commit:
-            return f"an error came after COMMIT had run: {self.cause}"
+        if self._why is not None:
+            return self._why
         return f"the database connection was lost while COMMIT was in flight: {self.cause}"
 
 
@@ -197,10 +195,11 @@ async def _after_commit_error(
     from the records. (A record that another try of an id committed after this COMMIT failed
     and let its locks go passes for this one's only when its digest and result are the same
     bytes: the answer is then the same, though not marked as a repeat.)"""
+    after = f"an error came after COMMIT had run ({error})"
     try:
         found = await look_up(conn, [req.id for req, _, _ in applied])
     except psycopg.Error as exc:
-        raise Lost(exc, committing=True, after_commit=True) from error
+        raise Lost(exc, True, why=f"{after}, and looking the ids up failed: {exc}") from error
     if not found:
         raise error
     ours = [
@@ -208,7 +207,7 @@ async def _after_commit_error(
         for (req, digest, _), record in zip(applied, records, strict=True)
     ]
     if [found.get(row[0]) for row in ours] != ours:
-        raise Lost(error, committing=True, after_commit=True) from error
+        raise Lost(error, True, why=f"{after}, and the records found are not this try's") from error
     log.warning(
         "group.failed_after_commit", requests=len(applied), sqlstate=error.sqlstate,
         error=str(error).strip(),
@@ -229,11 +228,14 @@ async def applied_position(conn: psycopg.AsyncConnection[Any]) -> int:
     """The flush LSN, read once the writes are applied (committed now, or found committed):
     it covers them. Its failure says nothing against them: :class:`Lost`, committing, so the
     caller runs them again, and their claims answer from the records -- never "not
-    applied", and never an answer without a position to wait for."""
+    applied", and never an answer without a position to wait for. (A group whose other
+    requests must not run again answers its repeats "unknown" instead:
+    :func:`writebus.bus.group.run_group`.)"""
     try:
         return await read_flush_lsn(conn)
     except psycopg.Error as exc:
-        raise Lost(exc, committing=True, after_commit=True) from exc
+        why = f"the write was applied, but its position could not be read: {exc}"
+        raise Lost(exc, committing=True, why=why) from exc
 
 
 async def rollback(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -18,7 +18,7 @@ from psycopg import pq
 from writebus.bus import idempotency
 from writebus.bus.group import Executed
 from writebus.bus.grouptx import applied_position, claim_failure, ended, transaction_ended
-from writebus.bus.pg import connection_lost, rejected
+from writebus.bus.pg import connection_lost, read_flush_lsn, rejected
 from writebus.client.errors import ProcedureError, WriteBusError, WriteRejectedError
 from writebus.client.procedures import Procedure
 from writebus.client.protocol import Request, StatementResult
@@ -82,8 +82,21 @@ async def run_procedure_tx(
         if connection_lost(conn, exc):
             raise
         raise rejected(exc) from exc
-    lsn = await applied_position(conn) if primary else None
+    lsn = await _position(conn, exactly_once) if primary else None
     return Executed([], value, lsn, False)
+
+
+async def _position(conn: psycopg.AsyncConnection[Any], exactly_once: bool) -> int | None:
+    """The flush LSN after the procedure committed. A recorded call's comes from
+    :func:`~writebus.bus.grouptx.applied_position` (its failure: run again, the record
+    answers). An ``rpc`` call is not recorded, so running it again would run it twice, and
+    nobody waits on its position: its failure is only a missing LSN."""
+    if exactly_once:
+        return await applied_position(conn)
+    try:
+        return await read_flush_lsn(conn)
+    except psycopg.Error:
+        return None
 
 
 async def _find(

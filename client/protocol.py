@@ -238,6 +238,17 @@ def update_lsn(update: LsnUpdate) -> int:
         raise ProtocolError(f"invalid LsnUpdate: {exc}") from exc
 
 
+def reply_lsn(reply: Reply) -> int | None:
+    """The position a :class:`Reply` carries: ``lsn_int``, else its ``lsn`` text (a worker
+    that sends only the text); None when it has neither, or only malformed text."""
+    if reply.lsn_int is not None or not reply.lsn:
+        return reply.lsn_int
+    try:
+        return parse_lsn(reply.lsn)
+    except ValueError:
+        return None
+
+
 def _enc_hook(obj: Any) -> Any:
     # msgspec encodes datetime, date, time, timedelta (ISO 8601 duration), UUID, Decimal (text),
     # bytes and enums itself -- this hook never sees them; docs/protocol.md ("Values") lists the

@@ -27,7 +27,7 @@ from writebus.client.errors import (
     WriteRejectedError,
 )
 from writebus.client.procedures import Procedures
-from writebus.client.protocol import MSGPACK, Request, Statement
+from writebus.client.protocol import MSGPACK, Request, Statement, reply_lsn
 from writebus.client.results import StatementOutcome, Timings, WriteResult
 from writebus.client.retry import Attempts, RetryPolicy
 from writebus.client.rows import RowFactory
@@ -162,7 +162,7 @@ async def via_bus(
         nc, subject, req, timeout=timeout, policy=retry, region=settings.primary_region
     )
     reply = ex.reply
-    lsn = reply.lsn_int
+    lsn = reply_lsn(reply)
     replication_ms: float | None = None
     # In the primary region reads go to the primary itself: nothing to wait for.
     if await_replication and lsn is None and not settings.is_primary:
@@ -212,8 +212,8 @@ def _no_position(request_id: str, subject: str) -> TrackerError:
     promise the local replica has it. Applied, and said so -- not returned as if replicated."""
     err = TrackerError(
         f"the reply to request {request_id} on {subject} says the write committed but carries "
-        "no LSN, so the local replica's replay of it cannot be waited for (a worker that "
-        "does not follow the protocol)"
+        "no LSN, so the local replica's replay of it cannot be waited for (an older writebus "
+        "worker answering a repeat, or a worker that does not follow the protocol)"
     )
     err.outcome = Outcome.APPLIED
     return err

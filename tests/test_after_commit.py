@@ -90,13 +90,14 @@ async def test_a_write_whose_flush_read_fails_after_commit_is_applied(
         assert isinstance(proving, Executed)
     job = _insert(table, "a")
     assert (job.req.statements[0] in literals.PROVEN) is (way == "written")  # type: ignore[index]
+    before = _flush_lsn(stack)
     monkeypatch.setattr(grouptx, "FLUSH_LSN_SQL", FAILS)
     with caplog.at_level(logging.WARNING, logger="writebus"):
         (out,) = await _run(worker_pool, [job])
     assert isinstance(out, Executed), out
     assert not out.duplicate  # this try's own result, not a rerun's stored one
     assert out.results[0].rows is not None and out.results[0].rows[0][1] == "a"
-    assert out.lsn is not None and out.lsn <= _flush_lsn(stack)
+    assert out.lsn is not None and before < out.lsn <= _flush_lsn(stack)  # it covers the commit
     assert _bodies(stack, table) == (["a", "proving"] if way == "written" else ["a"])
     (record,) = _logged(caplog, "group.failed_after_commit")
     assert record.writebus["sqlstate"] == "22012"  # type: ignore[attr-defined]
@@ -126,7 +127,7 @@ async def test_when_no_position_can_be_read_the_outcome_is_unknown_not_rejected(
     (out,) = await _run(worker_pool, [_insert(table, "u")])
     assert isinstance(out, OutcomeUnknownError), out
     assert out.outcome is Outcome.UNKNOWN
-    assert "after COMMIT had run" in str(out) and "connection was lost" not in str(out)
+    assert "its position could not be read" in str(out) and "connection was lost" not in str(out)
     assert _bodies(stack, table) == ["u"]
 
 
@@ -232,7 +233,12 @@ async def test_a_repeat_in_a_group_that_failed_still_gets_a_position(
 ) -> None:
     """A group ends early (a statement past validation ends its transaction): its repeat, an
     id applied before, is answered with its stored result and a position to wait for; when
-    no position can be read, "unknown" -- never an answer without one."""
+    no position can be read, "unknown" -- never an answer without one.
+
+    The careful way runs a repeat's statements too, to roll them back to its savepoint; here
+    the table's UNIQUE body stops them before the ``;COMMIT`` runs. Without such a key, a
+    statement that ends the transaction would commit them a second time: validation, which
+    refuses such statements, is what prevents that (noted in the session note)."""
     done = _insert(table, "done")
     (first,) = await _run(worker_pool, [done])
     assert isinstance(first, Executed)
@@ -274,6 +280,28 @@ async def test_a_procedure_whose_flush_read_fails_after_commit_is_applied(
     assert out.value == "P" and out.duplicate and out.lsn is not None
     assert len(calls) == 2
     assert _bodies(stack, table) == ["p"]
+
+
+async def test_an_rpc_procedure_whose_position_read_fails_is_not_run_again(
+    stack: Any, worker_pool: Any, table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A procedure called over ``rpc`` on the primary is not recorded, so running it again
+    would run it twice, and nobody waits on its position: it commits once and answers its
+    value, without an LSN."""
+    procs = Procedures()
+
+    @procs.register
+    async def add_once(conn: Any, table: str) -> str:
+        await conn.execute(f"INSERT INTO {table}(body) VALUES ('rpc')")
+        return "added"
+
+    monkeypatch.setattr(pg, "FLUSH_LSN_SQL", FAILS)
+    req = Request(id=str(uuid.uuid4()), procedure="add_once", args=[table])
+    out = await run_request(
+        worker_pool, req, procedures=procs, limits=Limits(), write=False, primary=True
+    )
+    assert out.value == "added" and out.lsn is None and not out.duplicate
+    assert _bodies(stack, table) == ["rpc"]
 
 
 async def test_a_primary_region_write_gets_its_rows_after_a_failed_flush_read(

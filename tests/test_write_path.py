@@ -219,7 +219,10 @@ async def test_a_committed_reply_without_a_position_is_not_taken_as_replicated(
 
     async def answer(msg: Any) -> None:
         req = msgpack.unpackb(msg.data)
-        await msg.respond(msgpack.packb({"ok": True, "id": req["id"], "results": []}))
+        reply = {"ok": True, "id": req["id"], "results": []}
+        if req["id"].startswith("text-"):
+            reply["lsn"] = "0/1"  # the text alone: the client reads it (replayed long ago)
+        await msg.respond(msgpack.packb(reply))
 
     await responder.subscribe(f"{prefix}.write", queue="writebus-workers", cb=answer)
     await responder.flush()
@@ -230,11 +233,13 @@ async def test_a_committed_reply_without_a_position_is_not_taken_as_replicated(
             unwaited = await db.execute(
                 "SELECT 1", request_id="no-lsn-2", rpc_timeout=1.0, await_replication=False
             )
+            text_only = await db.execute("SELECT 1", request_id="text-1", rpc_timeout=1.0)
     finally:
         await responder.close()
     assert info.value.outcome is Outcome.APPLIED
     assert "no-lsn-1" in str(info.value) and "no LSN" in str(info.value)
     assert unwaited.lsn is None and not unwaited.replicated  # not asked to wait: as before
+    assert text_only.lsn == 1 and text_only.replicated
 
 
 async def test_a_write_whose_replay_wait_cannot_run_reports_it_committed(
