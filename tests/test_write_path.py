@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import msgpack
@@ -184,26 +186,35 @@ async def test_no_worker_fails_fast(stack: Any, buses: Any) -> None:
     assert "syd" in str(info.value)
 
 
+@asynccontextmanager
+async def _worker_of_another_make(
+    stack: Any, prefix: str, answer: Callable[[Any], Awaitable[None]]
+) -> AsyncIterator[None]:
+    """Something other than a bus worker serving ``<prefix>.write`` in syd with ``answer``."""
+    responder = await nats.connect(stack.nats_url("syd"))
+    try:
+        await responder.subscribe(f"{prefix}.write", queue="writebus-workers", cb=answer)
+        await responder.flush()
+        yield
+    finally:
+        await responder.close()
+
+
 async def test_an_unreadable_reply_is_an_unknown_outcome(stack: Any, buses: Any) -> None:
     """Something on the write subject answers with bytes no reply decodes from: the request
     was delivered and may have run, so the caller hears "unknown" with the id to resend
     under -- never "not applied"."""
     prefix = f"garbled{uuid.uuid4().hex[:8]}"
-    responder = await nats.connect(stack.nats_url("syd"))
     seen: list[str] = []
 
     async def garble(msg: Any) -> None:
         seen.append(msg.subject)
         await msg.respond(b"\xc1 not a reply")
 
-    await responder.subscribe(f"{prefix}.write", queue="writebus-workers", cb=garble)
-    await responder.flush()
-    try:
+    async with _worker_of_another_make(stack, prefix, garble):
         async with Database(settings_for(stack, "lax", prefix=prefix)) as db:
             with pytest.raises(OutcomeUnknownError) as info:
                 await db.execute("SELECT 1", request_id="garbled-1", rpc_timeout=1.0)
-    finally:
-        await responder.close()
     assert info.value.request_id == "garbled-1" and "could not be read" in str(info.value)
     assert seen and set(seen) == {f"{prefix}.write"}
 
@@ -215,7 +226,6 @@ async def test_a_committed_reply_without_a_position_is_not_taken_as_replicated(
     replica, so it hears that the write committed and that the wait could not run --
     rather than a result that reads as replicated when the replica may not have it."""
     prefix = f"nolsn{uuid.uuid4().hex[:8]}"
-    responder = await nats.connect(stack.nats_url("syd"))
 
     async def answer(msg: Any) -> None:
         req = msgpack.unpackb(msg.data)
@@ -224,9 +234,7 @@ async def test_a_committed_reply_without_a_position_is_not_taken_as_replicated(
             reply["lsn"] = "0/1"  # the text alone: the client reads it (replayed long ago)
         await msg.respond(msgpack.packb(reply))
 
-    await responder.subscribe(f"{prefix}.write", queue="writebus-workers", cb=answer)
-    await responder.flush()
-    try:
+    async with _worker_of_another_make(stack, prefix, answer):
         async with Database(settings_for(stack, "lax", prefix=prefix)) as db:
             with pytest.raises(TrackerError) as info:
                 await db.execute("SELECT 1", request_id="no-lsn-1", rpc_timeout=1.0)
@@ -234,8 +242,6 @@ async def test_a_committed_reply_without_a_position_is_not_taken_as_replicated(
                 "SELECT 1", request_id="no-lsn-2", rpc_timeout=1.0, await_replication=False
             )
             text_only = await db.execute("SELECT 1", request_id="text-1", rpc_timeout=1.0)
-    finally:
-        await responder.close()
     assert info.value.outcome is Outcome.APPLIED
     assert "no-lsn-1" in str(info.value) and "no LSN" in str(info.value)
     assert unwaited.lsn is None and not unwaited.replicated  # not asked to wait: as before
