@@ -282,6 +282,30 @@ async def test_a_procedure_whose_flush_read_fails_after_commit_is_applied(
     assert _bodies(stack, table) == ["p"]
 
 
+async def test_a_repeat_in_a_group_that_fails_outside_its_statements_gets_a_position(
+    stack: Any, worker_pool: Any, table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The careful way fails outside any statement: rolling back to the repeat's savepoint,
+    here swapped for a savepoint that does not exist (3B001, from the server). The group's
+    new request is not applied, and says so; its repeat keeps its stored result, with a
+    position to wait for."""
+    done = _insert(table, "kept")
+    (first,) = await _run(worker_pool, [done])
+    assert isinstance(first, Executed)
+    real = psycopg.AsyncConnection.execute
+
+    async def execute(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(query, str) and query.startswith("ROLLBACK TO SAVEPOINT"):
+            query = "ROLLBACK TO SAVEPOINT writebus_test_no_such_savepoint"
+        return await real(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "execute", execute)
+    repeat, new = await _run(worker_pool, [done, _insert(table, "new")])
+    assert isinstance(repeat, Executed) and repeat.duplicate and repeat.lsn is not None, repeat
+    assert getattr(new, "sqlstate", None) == "3B001" and new.outcome is Outcome.NOT_APPLIED
+    assert _bodies(stack, table) == ["kept"]
+
+
 async def test_an_rpc_procedure_whose_position_read_fails_is_not_run_again(
     stack: Any, worker_pool: Any, table: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
