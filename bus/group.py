@@ -145,17 +145,15 @@ async def _run_group(
             for i in applied:
                 i.outcome = UnavailableError(f"not committed: {refusal}")
             applied = []
-        lsn = None
-        if applied:
-            committing = True
-            lsn = await commit(
-                conn,
-                [(i.req, i.digest, i.outcome.results) for i in applied],  # type: ignore[union-attr]
-                read_lsn,
-            )
-        else:
+        if not applied:
             await rollback(conn)
             return await _with_repeats_placed(conn, items, read_lsn)  # nothing new committed
+        committing = True
+        lsn = await commit(
+            conn,
+            [(i.req, i.digest, i.outcome.results) for i in applied],  # type: ignore[union-attr]
+            read_lsn,
+        )
     except ClaimFailed as refused:
         if not conn.closed:
             await rollback(conn)

@@ -154,12 +154,12 @@ async def commit(
     (:func:`_after_commit_error`): the flush read can fail after COMMIT succeeded, as when a
     cancel that COMMIT held off lands on it."""
     render = literals.Renderer(conn)
-    records = [idempotency.encode_result(res, None) for _, _, res in applied]
+    records = [
+        (req.id, digest, idempotency.encode_result(res, None)) for req, digest, res in applied
+    ]
     rows = [
-        render.statement(
-            idempotency.STORE_ROW_SQL, idempotency.store_row(req.id, digest, record)
-        )
-        for (req, digest, _), record in zip(applied, records, strict=True)
+        render.statement(idempotency.STORE_ROW_SQL, idempotency.store_row(*record))
+        for record in records
     ]
     store = idempotency.STORE_VALUES_SQL.encode() + b", ".join(rows)
     commands = [store, b"COMMIT"] + ([FLUSH_LSN_SQL.encode()] if read_lsn else [])
@@ -169,7 +169,7 @@ async def commit(
     except psycopg.Error as exc:
         if connection_lost(conn, exc) or not transaction_ended(conn):
             raise  # lost, or failed before COMMIT ran: the transaction is still open
-        return await _after_commit_error(conn, applied, records, read_lsn, exc)
+        return await _after_commit_error(conn, records, read_lsn, exc)
     if not read_lsn:
         return None
     cur.nextset()
@@ -181,13 +181,13 @@ async def commit(
 
 async def _after_commit_error(
     conn: psycopg.AsyncConnection[Any],
-    applied: list[tuple[Request, bytes, list[StatementResult]]],
-    records: list[bytes],
+    records: list[tuple[str, bytes, bytes]],
     read_lsn: bool,
     error: psycopg.Error,
 ) -> int | None:
     """COMMIT ran and ``error`` came back: COMMIT failed (a deferred constraint), or it
-    committed and the statement after it failed. The ids' records say which. Committed with
+    committed and the statement after it failed. The ids' records (``records``: this
+    transaction's ``id, digest, result``) say which. Committed with
     this transaction's records: the flush LSN, read now (:func:`applied_position`). Nothing
     recorded: ``error`` stands -- nothing committed. Anything else (the lookup failed; a
     record another try of an id committed once this transaction's locks were gone) is
@@ -197,19 +197,15 @@ async def _after_commit_error(
     bytes: the answer is then the same, though not marked as a repeat.)"""
     after = f"an error came after COMMIT had run ({error})"
     try:
-        found = await look_up(conn, [req.id for req, _, _ in applied])
+        found = await look_up(conn, [request_id for request_id, _, _ in records])
     except psycopg.Error as exc:
         raise Lost(exc, True, why=f"{after}, and looking the ids up failed: {exc}") from error
     if not found:
         raise error
-    ours = [
-        (req.id, digest, record)
-        for (req, digest, _), record in zip(applied, records, strict=True)
-    ]
-    if [found.get(row[0]) for row in ours] != ours:
+    if [found.get(record[0]) for record in records] != records:
         raise Lost(error, True, why=f"{after}, and the records found are not this try's") from error
     log.warning(
-        "group.failed_after_commit", requests=len(applied), sqlstate=error.sqlstate,
+        "group.failed_after_commit", requests=len(records), sqlstate=error.sqlstate,
         error=str(error).strip(),
     )  # fmt: skip
     return await applied_position(conn) if read_lsn else None

@@ -15,8 +15,8 @@ The first round trip goes one of two ways:
   exact errors the first time.
 
 A group whose ids were all applied already (a client's retry) is answered with the stored
-results after a lookup and a position read, and a lone one-statement write that fails written out with that statement's
-error (the claim's errors name writebus' functions). When anything else is unusual -- a statement fails, some ids were already
+results after a lookup and a position read, and a lone one-statement write that fails written
+out with that statement's error (the claim's errors name writebus' functions). When anything else is unusual -- a statement fails, some ids were already
 applied, a value cannot be sent, a reply is too large, a statement ended the transaction,
 results do not line up with the commands -- this path rolls the whole transaction back and
 returns None, and :func:`writebus.bus.group.run_group` runs the group the careful way, each

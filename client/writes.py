@@ -165,9 +165,9 @@ async def via_bus(
     lsn = reply_lsn(reply)
     replication_ms: float | None = None
     # In the primary region reads go to the primary itself: nothing to wait for.
-    if await_replication and lsn is None and not settings.is_primary:
-        raise _no_position(req.id, subject)
-    if await_replication and lsn is not None and not settings.is_primary:
+    if await_replication and not settings.is_primary:
+        if lsn is None:
+            raise _no_position(req.id, subject)
         t0 = time.monotonic()
         wait = replication_timeout if replication_timeout is not None else settings.replication_timeout
         try:
