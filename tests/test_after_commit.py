@@ -56,13 +56,18 @@ def _rows(out: Executed) -> list[list[Any]]:
     return [list(r) for r in out.results[0].rows or ()]
 
 
-def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[Any]:
-    """Record the arguments (past the connection) of each call of ``grouptx.<name>``."""
+def _count_calls(
+    monkeypatch: pytest.MonkeyPatch, name: str, *, fail_first: bool = False
+) -> list[Any]:
+    """Record the arguments (past the connection) of each call of ``grouptx.<name>``; with
+    ``fail_first``, the first call fails with the server's error (:data:`FAILS`)."""
     real = getattr(grouptx, name)
     calls: list[Any] = []
 
     async def counted(conn: Any, *args: Any) -> Any:
         calls.append(args[0] if len(args) == 1 else args)
+        if fail_first and len(calls) == 1:
+            await conn.execute(FAILS)
         return await real(conn, *args)
 
     monkeypatch.setattr(grouptx, name, counted)
@@ -190,16 +195,7 @@ async def test_when_the_lookup_after_commit_fails_a_rerun_answers_from_the_recor
     write runs again, and its claim finds the record -- applied once, answered with the
     stored result and a position."""
     monkeypatch.setattr(grouptx, "FLUSH_LSN_SQL", FAILS)
-    real = grouptx.look_up
-    calls: list[list[str]] = []
-
-    async def first_fails(conn: psycopg.AsyncConnection[Any], ids: list[str]) -> Any:
-        calls.append(ids)
-        if len(calls) == 1:
-            await conn.execute(FAILS)
-        return await real(conn, ids)
-
-    monkeypatch.setattr(grouptx, "look_up", first_fails)
+    calls = _count_calls(monkeypatch, "look_up", fail_first=True)
     job = _insert(table, "l")
     (out,) = await _run(worker_pool, [job])
     assert isinstance(out, Executed) and out.duplicate and out.lsn is not None, out
@@ -265,16 +261,7 @@ async def test_a_procedure_whose_flush_read_fails_after_commit_is_applied(
         await conn.execute(f"INSERT INTO {table}(body) VALUES (%s)", [body])
         return body.upper()
 
-    real = grouptx.read_flush_lsn
-    calls: list[int] = []
-
-    async def first_fails(conn: psycopg.AsyncConnection[Any]) -> int:
-        calls.append(1)
-        if len(calls) == 1:
-            await conn.execute(FAILS)
-        return await real(conn)
-
-    monkeypatch.setattr(grouptx, "read_flush_lsn", first_fails)
+    calls = _count_calls(monkeypatch, "read_flush_lsn", fail_first=True)
     req = Request(id=str(uuid.uuid4()), procedure="add", args=[table, "p"])
     out = await run_request(worker_pool, req, procedures=procs, limits=Limits())
     assert out.value == "P" and out.duplicate and out.lsn is not None
