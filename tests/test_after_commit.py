@@ -22,6 +22,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from tests.support.logs import logged
 from tests.support.stack import deferred_child, primary_rows
 from writebus.bus import grouptx, literals, pg
 from writebus.bus.execute import Job, Limits, run_request, run_statement_writes
@@ -74,10 +75,6 @@ def _count_calls(
     return calls
 
 
-def _logged(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if getattr(r, "writebus", {}).get("event") == event]
-
-
 @pytest.mark.parametrize("way", ["careful", "written"])
 async def test_a_write_whose_flush_read_fails_after_commit_is_applied(
     stack: Any,
@@ -104,7 +101,7 @@ async def test_a_write_whose_flush_read_fails_after_commit_is_applied(
     assert out.results[0].rows is not None and out.results[0].rows[0][1] == "a"
     assert out.lsn is not None and before < out.lsn <= _flush_lsn(stack)  # it covers the commit
     assert _bodies(stack, table) == (["a", "proving"] if way == "written" else ["a"])
-    (record,) = _logged(caplog, "group.failed_after_commit")
+    (record,) = logged(caplog, "group.failed_after_commit")
     assert record.writebus["sqlstate"] == "22012"  # type: ignore[attr-defined]
 
 

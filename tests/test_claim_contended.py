@@ -22,6 +22,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
+from tests.support.logs import logged
 from tests.support.stack import primary_rows, settings_for
 from writebus import Database
 from writebus.bus import idempotency, optimistic
@@ -67,10 +68,6 @@ def _insert(table: str, body: str, rid: str | None = None) -> Job:
 
 def _bodies(stack: Any, table: str) -> list[str]:
     return sorted(r[0] for r in primary_rows(stack, f"SELECT body FROM {table}"))
-
-
-def _logged(caplog: pytest.LogCaptureFixture, event: str) -> bool:
-    return any(getattr(r, "writebus", {}).get("event") == event for r in caplog.records)
 
 
 def _unknown(out: Any) -> bool:
@@ -234,13 +231,13 @@ async def test_a_primary_region_resend_meeting_its_first_try_is_not_a_lost_prima
         async with Database(settings_for(stack, "syd", database_url=url)) as db:
             write = asyncio.create_task(db.execute(sql, ["r"], request_id=rid, rpc_timeout=10))
             deadline = time.monotonic() + DIRECT_PATIENCE + 10
-            while not _logged(caplog, "db.direct_claim_held_by_another_try"):  # on the bus now
+            while not logged(caplog, "db.direct_claim_held_by_another_try"):  # on the bus now
                 assert time.monotonic() < deadline and not write.done()
                 await asyncio.sleep(0.02)
             await holder.execute("ROLLBACK")
             result = await asyncio.wait_for(write, 10)
     assert result.via_bus and not result.duplicate
-    logged = {getattr(r, "writebus", {}).get("event"): r.levelno for r in caplog.records}
-    assert logged.get("db.direct_claim_held_by_another_try") == logging.INFO
-    assert "db.direct_fell_back_to_bus" not in logged
+    levels = {getattr(r, "writebus", {}).get("event"): r.levelno for r in caplog.records}
+    assert levels.get("db.direct_claim_held_by_another_try") == logging.INFO
+    assert "db.direct_fell_back_to_bus" not in levels
     assert _bodies(stack, table) == ["r"]
