@@ -19,12 +19,14 @@ from writebus.client import writes
 from writebus.client.connect import acquire_nats, release_nats
 from writebus.client.dbreads import ReadAPI
 from writebus.client.errors import (
+    Outcome,
     OutcomeUnknownError,
     ProtocolError,
     UnavailableError,
     WriteBusError,
     WriteRejectedError,
     after_an_uncertain_try,
+    committed_lsn,
 )
 from writebus.client.log import get_logger
 from writebus.client.pgpool import open_pool
@@ -348,12 +350,18 @@ class Database(ReadAPI):
         made_id: bool = False,
     ) -> WriteResult:
         if self._nc is None:
-            raise WriteBusError("the Database is not open")
+            closed = WriteBusError("the Database is not open: the write was not sent")
+            closed.outcome = Outcome.NOT_APPLIED
+            raise closed
         timeout = rpc_timeout if rpc_timeout is not None else self.settings.rpc_timeout
         factory = row_factory or self.row_factory
-        result = await self._route_write(
-            req, await_replication, timeout, replication_timeout, factory, made_id
-        )
+        try:
+            result = await self._route_write(
+                req, await_replication, timeout, replication_timeout, factory, made_id
+            )
+        except WriteBusError as err:
+            self.saw(committed_lsn(err))  # committed, not seen replayed: reads must wait for it
+            raise
         self.saw(result.lsn)
         return result
 

@@ -293,7 +293,12 @@ class StaleReadError(WriteBusError):
 
 
 class TrackerError(WriteBusError):
-    """Replay progress of the local replica cannot be observed (no broadcasts, no database)."""
+    """Replay progress of the local replica cannot be observed (no broadcasts, no database).
+
+    Raised by a write that committed (``outcome`` applied) when only its wait failed; ``lsn``
+    is then the commit's position, when the reply carried one."""
+
+    lsn: int | None = None
 
 
 class LostInFailoverError(TrackerError):
@@ -330,3 +335,13 @@ def after_an_uncertain_try(answer: A, request_id: str, uncertainty: str) -> A | 
     unknown.last_error = answer
     unknown.__cause__ = answer
     return unknown
+
+
+def committed_lsn(error: BaseException) -> int | None:
+    """The position of a write that raised ``error`` although it committed -- its replay wait
+    timed out or failed -- else None. A session must still count that write: the next read
+    has to wait for it (the replica is known to be behind it)."""
+    if not isinstance(error, WriteBusError) or error.outcome is not Outcome.APPLIED:
+        return None
+    lsn = getattr(error, "lsn", None)
+    return lsn if isinstance(lsn, int) else None

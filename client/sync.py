@@ -23,7 +23,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from writebus.client.db import Database
-from writebus.client.errors import ConnectError, StaleReadError, WriteBusError
+from writebus.client.errors import ConnectError, Outcome, StaleReadError, WriteBusError
 from writebus.client.loopthread import LoopThread, _inherited, shared_loop
 from writebus.client.pgpool import pg_endpoint, pg_reason
 from writebus.client.procedures import Procedures
@@ -179,7 +179,9 @@ class SyncDatabase:
         self._loop = None
         self._pid = 0
 
-    def _ready(self) -> tuple[LoopThread, Database]:
+    def _ready(self, *, write: bool = False) -> tuple[LoopThread, Database]:
+        """The loop and the async Database; "not open" otherwise (for a ``write``, with the
+        outcome it has: nothing was sent)."""
         if self._forked():
             self._abandon()
             if self._given is not None:
@@ -188,7 +190,10 @@ class SyncDatabase:
                 )
             self.open()  # the child's own connections and loop
         if self._adb is None or self._loop is None:
-            raise WriteBusError("the SyncDatabase is not open")
+            closed = WriteBusError("the SyncDatabase is not open")
+            if write:
+                closed.outcome = Outcome.NOT_APPLIED
+            raise closed
         return self._loop, self._adb
 
     @property
@@ -334,12 +339,12 @@ class SyncDatabase:
 
     def execute(self, sql: SQL, params: Params = None, **options: Any) -> WriteResult:
         """Run one write statement on the primary (:meth:`Database.execute`)."""
-        loop, db = self._ready()
+        loop, db = self._ready(write=True)
         return self._wrote(loop.run(db.execute(sql, params, **options)))
 
     def batch(self, statements: Iterable[StatementLike], **options: Any) -> WriteResult:
         """Run statements atomically in one transaction on the primary (:meth:`Database.batch`)."""
-        loop, db = self._ready()
+        loop, db = self._ready(write=True)
         return self._wrote(loop.run(db.batch(list(statements), **options)))
 
     def call(self, procedure: str, *args: Any, **options: Any) -> Any:
@@ -348,17 +353,17 @@ class SyncDatabase:
 
     def call_result(self, procedure: str, *args: Any, **options: Any) -> WriteResult:
         """Like :meth:`call` but returns the whole :class:`WriteResult`."""
-        loop, db = self._ready()
+        loop, db = self._ready(write=True)
         return self._wrote(loop.run(db.call_result(procedure, *args, **options)))
 
     def rpc_region(self, region: str, procedure: str, *args: Any, **options: Any) -> Any:
         """Run a registered procedure in ``region`` (:meth:`Database.rpc_region`)."""
-        loop, db = self._ready()
+        loop, db = self._ready(write=True)
         return loop.run(db.rpc_region(region, procedure, *args, **options))
 
     def rpc_primary(self, procedure: str, *args: Any, **options: Any) -> Any:
         """Run a registered procedure in the primary region (:meth:`Database.rpc_primary`)."""
-        loop, db = self._ready()
+        loop, db = self._ready(write=True)
         return loop.run(db.rpc_primary(procedure, *args, **options))
 
     def wait_for_lsn(

@@ -183,6 +183,7 @@ async def via_bus(
         except TrackerError as e:
             # Only the wait failed (no tracker, or it was closed): the write committed.
             e.outcome = Outcome.APPLIED
+            e.lsn = lsn
             e.args = (f"{e} (the write committed at {reply.lsn}; request {req.id})",)
             raise
         replication_ms = (time.monotonic() - t0) * 1000

@@ -8,6 +8,7 @@ stale read it prevents: each test proves it can fail.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import pytest
 from tests.support.stack import REPO, settings_for
 from writebus import (
     Database,
+    ReplicationTimeoutError,
     StaleReadError,
     SyncDatabase,
     WritebusASGIMiddleware,
@@ -196,6 +198,45 @@ async def test_a_session_carries_the_newest_token(stack: Any, buses: Any, table:
                                    await_replication=False)
             assert s.token == res.token == db.session_token()
             assert await db.fetchval(f"SELECT count(*) FROM {table}") == 1  # waited for s
+
+
+async def test_a_write_whose_replay_wait_timed_out_still_counts_for_the_session(
+    stack: Any, buses: Any, table: str
+) -> None:
+    """A write that committed but was not seen replayed in time raises ReplicationTimeoutError
+    (applied). The session still carries it, so the next read waits for it instead of reading
+    the replica that is known to be behind."""
+    async with Database(settings_for(stack, "lax")) as db:
+        with replay_paused(stack), session() as s:
+            with pytest.raises(ReplicationTimeoutError) as info:
+                await db.execute(f"INSERT INTO {table}(body) VALUES ('late')",
+                                 replication_timeout=0.2)
+            assert s.lsn == info.value.lsn
+            assert db.session_token() == make_token(info.value.lsn)
+            read = asyncio.create_task(db.fetchval(f"SELECT count(*) FROM {table}"))
+            done, _ = await asyncio.wait({read}, timeout=0.5)
+            assert not done  # waiting for the write, not reading the stale replica
+            _resume(stack)
+            assert await asyncio.wait_for(read, 10) == 1
+
+
+def test_a_sync_write_whose_replay_wait_timed_out_still_counts_for_the_session(
+    stack: Any, buses: Any, table: str
+) -> None:
+    """The same through the SyncDatabase, whose session lives in the caller's thread."""
+    with SyncDatabase(settings_for(stack, "lax")) as db:
+        with replay_paused(stack), session() as s:
+            with pytest.raises(ReplicationTimeoutError) as info:
+                db.execute(f"INSERT INTO {table}(body) VALUES ('late')", replication_timeout=0.2)
+            assert s.lsn == info.value.lsn and db.session_token() == s.token
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                # The session lives in this thread: the reader thread gets the token.
+                read = pool.submit(db.fetchval, f"SELECT count(*) FROM {table}", after=s.token)
+                with pytest.raises(concurrent.futures.TimeoutError):
+                    read.result(0.5)  # waiting for the write
+                _resume(stack)
+                assert read.result(10) == 1
+            assert db.fetchval(f"SELECT count(*) FROM {table}") == 1  # the session's read
 
 
 # -- the middleware -------------------------------------------------------------------------

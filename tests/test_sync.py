@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.support.stack import REPO, settings_for
-from writebus import Database, SyncDatabase, WriteBusError
+from writebus import Database, Outcome, SyncDatabase, WriteBusError
 
 
 def test_many_threads_share_one_sync_database(stack: Any, buses: Any, table: str) -> None:
@@ -105,5 +105,6 @@ def test_a_closed_sync_database_says_so(stack: Any, buses: Any) -> None:
     db = SyncDatabase(settings_for(stack, "lax"))
     db.open()
     db.close()
-    with pytest.raises(WriteBusError, match="not open"):
+    with pytest.raises(WriteBusError, match="not open") as info:
         db.execute("SELECT 1")
+    assert info.value.outcome is Outcome.NOT_APPLIED

@@ -5,12 +5,17 @@ servers in tests/faults/test_connection_loss.py."""
 from __future__ import annotations
 
 from writebus.client.errors import (
+    LostInFailoverError,
     NoWorkerError,
+    Outcome,
     OutcomeUnknownError,
+    ReplicationTimeoutError,
+    TrackerError,
     UnavailableError,
     WriteBusError,
     WriteRejectedError,
     after_an_uncertain_try,
+    committed_lsn,
 )
 
 
@@ -34,3 +39,20 @@ def test_only_a_statements_rejection_settles_an_earlier_try() -> None:
     unknown = OutcomeUnknownError("r1", "lost again")  # not a "not applied": it stands
     assert after_an_uncertain_try(unknown, "r1", "lost") is unknown
     assert after_an_uncertain_try(None, "r1", "lost") is None  # a result stands
+
+
+def test_a_committed_write_whose_wait_failed_keeps_its_position() -> None:
+    """committed_lsn: a timed-out replay wait, or a failed one the write path marked applied,
+    gives the commit's position (the session must count it); a lost or unknown write, an
+    unmarked tracker failure and other exceptions give None."""
+    assert committed_lsn(ReplicationTimeoutError(0x3000A38, 0.2, 0x3000000, "lax")) == 0x3000A38
+    failed_wait = TrackerError("the LSN tracker is closed")
+    assert committed_lsn(failed_wait) is None  # not (yet) about a write
+    failed_wait.outcome, failed_wait.lsn = Outcome.APPLIED, 0x3000A38
+    assert committed_lsn(failed_wait) == 0x3000A38
+    no_position = TrackerError("an ok reply without an LSN")
+    no_position.outcome = Outcome.APPLIED
+    assert committed_lsn(no_position) is None
+    assert committed_lsn(LostInFailoverError(0x3000A38, 0x3000000, "lax")) is None
+    assert committed_lsn(OutcomeUnknownError("r1")) is None
+    assert committed_lsn(ValueError("x")) is None
