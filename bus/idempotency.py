@@ -281,13 +281,18 @@ def partition_name(start: datetime.datetime) -> str:
 
 async def ensure_schema(
     conn: psycopg.AsyncConnection[Any],
-    window: float = 86400.0,
+    window: float | None,
     *,
     now: datetime.datetime | None = None,
 ) -> None:
     """Create the table (and its partitions) if missing. A table of the old, unpartitioned
     format is migrated: its rows inside the window are copied into the new one, then it is
-    dropped. Safe with concurrent workers.
+    dropped. Then, with a ``window``, :func:`maintain` drops the partitions past it. Safe
+    with concurrent workers.
+
+    ``window=None`` is for a caller that does not know the bus' window (an application's
+    direct writes): it creates, and never drops or leaves out, a record the bus may still
+    need -- with a window shorter than the bus', a retry past it would run again.
 
     Creating a partition locks the whole table: behind a long transaction on it this waits,
     as long as that takes, :data:`SCHEMA_LOCK_TIMEOUT` at a time, and says who holds the lock
@@ -308,11 +313,12 @@ async def ensure_schema(
                     tries=tries,
                     holders=await lock_holders(conn, "writebus.applied"),
                 )
-    await maintain(conn, window, now=now)
+    if window is not None:
+        await maintain(conn, window, now=now)
 
 
 async def _ensure_schema(
-    conn: psycopg.AsyncConnection[Any], window: float, now: datetime.datetime
+    conn: psycopg.AsyncConnection[Any], window: float | None, now: datetime.datetime
 ) -> None:
     async with conn.transaction():
         await conn.execute(f"SET LOCAL lock_timeout = '{SCHEMA_LOCK_TIMEOUT}'")
@@ -327,8 +333,8 @@ async def _ensure_schema(
             await conn.execute("ALTER TABLE writebus.applied RENAME TO applied_v1")
         await conn.execute(claimsql.SCHEMA_SQL)
         await _create_claim_function(conn)
-        horizon = now - datetime.timedelta(seconds=window)
-        for start, end in partition_bounds(now, since=horizon if old else None):
+        horizon = await _migration_horizon(conn, window, now) if old else None
+        for start, end in partition_bounds(now, since=horizon):
             await _create_partition(conn, start, end)
         if old:
             await conn.execute(
@@ -338,6 +344,19 @@ async def _ensure_schema(
                 [partition_bounds(now, since=horizon)[0][0]],
             )
             await conn.execute("DROP TABLE writebus.applied_v1")
+
+
+async def _migration_horizon(
+    conn: psycopg.AsyncConnection[Any], window: float | None, now: datetime.datetime
+) -> datetime.datetime:
+    """From when an old table's rows are kept: the window's start, or without a window its
+    oldest row's time (every row: only the bus knows which it may forget)."""
+    if window is not None:
+        return now - datetime.timedelta(seconds=window)
+    cur = await conn.execute("SELECT min(applied_at) FROM writebus.applied_v1")
+    row = await cur.fetchone()
+    oldest = row[0] if row else None
+    return min(oldest, now) if oldest is not None else now
 
 
 async def _create_claim_function(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -136,11 +136,13 @@ def unseen_claim_missing(error: WriteRejectedError) -> bool:
 
 async def ensure_exactly_once_table(pool: AsyncConnectionPool[Any]) -> None:
     """Create ``writebus.applied`` if missing. Direct writes record their ids like bus workers
-    do; the table is normally created by the primary's bus node, but an app may start first."""
+    do; the table is normally created by the primary's bus node, but an app may start first.
+    It never drops partitions: the app does not know the bus' window
+    (``WRITEBUS_IDEMPOTENCY_WINDOW``), and dropping by another would forget ids too soon."""
     from writebus.bus import idempotency
 
     async with pool.connection() as conn:
-        await idempotency.ensure_schema(conn)
+        await idempotency.ensure_schema(conn, None)
 
 
 async def via_bus(

@@ -34,7 +34,7 @@ async def pool(stack: Any) -> AsyncIterator[AsyncConnectionPool[Any]]:
     )  # fmt: skip
     await p.open(wait=True)
     async with p.connection() as conn:
-        await idempotency.ensure_schema(conn)
+        await idempotency.ensure_schema(conn, None)
     yield p
     await p.close()
 
@@ -45,7 +45,7 @@ async def past_day(stack: Any) -> AsyncIterator[list[str]]:
     afterwards when this fixture made them."""
     made: list[str] = []
     async with await psycopg.AsyncConnection.connect(stack.primary.url, autocommit=True) as conn:
-        await idempotency.ensure_schema(conn)
+        await idempotency.ensure_schema(conn, None)
         now = datetime.datetime.now(datetime.UTC)
         for start, end in idempotency.partition_bounds(now, since=now - datetime.timedelta(days=1)):
             name = idempotency.partition_name(start)

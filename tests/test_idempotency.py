@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from psycopg_pool import AsyncConnectionPool
 
 from tests.support.stack import primary_rows
 from writebus.bus import idempotency
 from writebus.bus.group import Executed, run_group
 from writebus.bus.proctx import Phase, run_procedure_tx
-from writebus.client import ids
+from writebus.client import ids, writes
 from writebus.client.protocol import Request, Statement, StatementResult
 
 
@@ -31,7 +35,7 @@ async def _claim_racing_an_original(
     claim's rows (or its error)."""
     first, second = await _connect(stack), await _connect(stack)
     try:
-        await idempotency.ensure_schema(first)
+        await idempotency.ensure_schema(first, None)
         await first.execute("BEGIN")
         if original_unseen:
             cur = await first.execute(
@@ -93,7 +97,7 @@ async def test_unseen_claim_does_not_look_up(stack: Any) -> None:
     used, and skipping the lookup is the point (the caller's promise, not the database's)."""
     conn = await _connect(stack)
     try:
-        await idempotency.ensure_schema(conn)
+        await idempotency.ensure_schema(conn, None)
         rid = str(ids.new_id())
         await conn.execute(*idempotency.store_statement([(rid, b"digest", b"result")]))
         async with conn.transaction():
@@ -123,7 +127,7 @@ async def test_fresh_claim_finds_applied_ids_in_any_partition(stack: Any, dated:
     conn = await _connect(stack)
     try:
         earlier = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=50)
-        await idempotency.ensure_schema(conn, now=earlier)  # that hour's partition too
+        await idempotency.ensure_schema(conn, None, now=earlier)  # that hour's partition too
         old = str(ids.new_id()) if dated else uuid.uuid4().hex
         await conn.execute(
             "INSERT INTO writebus.applied (id, applied_at, digest, result) "
@@ -155,7 +159,7 @@ async def test_ensure_schema_keeps_another_roles_claim_function(stack: Any) -> N
     role = f"wb_{uuid.uuid4().hex[:8]}"
     admin = await _connect(stack)
     try:
-        await idempotency.ensure_schema(admin)
+        await idempotency.ensure_schema(admin, None)
         await admin.execute(f"CREATE ROLE {role} LOGIN")
         cur = await admin.execute("SELECT current_database()")
         database = (await cur.fetchone() or [""])[0]
@@ -164,7 +168,7 @@ async def test_ensure_schema_keeps_another_roles_claim_function(stack: Any) -> N
         await admin.execute(f"GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA writebus TO {role}")
         other = await _connect(stack, user=role)
         try:
-            await idempotency.ensure_schema(other)
+            await idempotency.ensure_schema(other, None)
             rid = uuid.uuid4().hex
             async with other.transaction():
                 cur = await other.execute(idempotency.CLAIM_SQL, idempotency.claim_params([rid, rid]))
@@ -191,7 +195,7 @@ async def _race_under_repeatable_read(stack: Any, request: Request, result: byte
     returned."""
     holder, runner = await _connect(stack), await _connect(stack)
     try:
-        await idempotency.ensure_schema(holder)
+        await idempotency.ensure_schema(holder, None)
         await runner.execute("SET default_transaction_isolation = 'repeatable read'")
         await holder.execute("BEGIN")
         await holder.execute(idempotency.CLAIM_SQL, idempotency.claim_params([request.id]))
@@ -245,3 +249,74 @@ async def test_a_procedure_claims_at_read_committed_whatever_the_default(
     outcome = await _race_under_repeatable_read(stack, req, stored, run)
     assert outcome.duplicate and outcome.value == "first"
     assert primary_rows(stack, f"SELECT count(*) FROM {table}") == [(0,)]
+
+
+# -- who may forget ids: the bus, with its window -------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _scratch_database(stack: Any) -> AsyncIterator[str]:
+    """A database of its own on the primary: no bus maintains its ``writebus.applied``."""
+    name = f"wb_scratch_{uuid.uuid4().hex[:8]}"
+    async with await _connect(stack) as admin:
+        await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_conninfo(stack.primary.url, dbname=name)
+    finally:
+        async with await _connect(stack) as admin:
+            await admin.execute(
+                sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+async def _record(conn: psycopg.AsyncConnection[Any], rid: str, at: datetime.datetime) -> None:
+    await conn.execute(
+        "INSERT INTO writebus.applied (id, applied_at, digest, result) VALUES (%s, %s, '', '')",
+        [rid, at],
+    )
+
+
+async def test_an_apps_start_keeps_ids_the_bus_still_needs(stack: Any) -> None:
+    """The bus keeps ids for its window (72 h here); an application opening in the primary
+    region makes sure the table exists, and must not drop what is past some other window: a
+    retry of that id would then run again. (Before, it dropped everything past 24 h.)"""
+    now = datetime.datetime.now(datetime.UTC)
+    day_and_more = now - datetime.timedelta(hours=30)
+    async with _scratch_database(stack) as url:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as bus:
+            await idempotency.ensure_schema(bus, 72 * 3600.0, now=day_and_more)
+            await idempotency.ensure_schema(bus, 72 * 3600.0)
+            await _record(bus, "kept", day_and_more)
+            async with AsyncConnectionPool(url, kwargs={"autocommit": True}, open=False) as pool:
+                await writes.ensure_exactly_once_table(pool)
+            cur = await bus.execute("SELECT id FROM writebus.applied")
+            assert await cur.fetchall() == [("kept",)]
+            # The bus's own maintenance, with its window, still forgets it in time.
+            later = now + datetime.timedelta(hours=43)
+            assert await idempotency.maintain(bus, 72 * 3600.0, now=later) >= 1
+            cur = await bus.execute("SELECT id FROM writebus.applied")
+            assert await cur.fetchall() == []
+
+
+@pytest.mark.parametrize("window", [None, 24 * 3600.0])
+async def test_an_old_table_is_migrated_within_the_window(
+    stack: Any, window: float | None
+) -> None:
+    """A table of the old, unpartitioned format: the bus keeps its rows inside its window;
+    a caller without a window (an application) keeps every row."""
+    now = datetime.datetime.now(datetime.UTC)
+    ages = {"new": 1, "day_old": 20, "week_old": 24 * 7}
+    async with _scratch_database(stack) as url:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute(
+                "CREATE SCHEMA writebus; CREATE TABLE writebus.applied (id text PRIMARY KEY, "
+                "applied_at timestamptz NOT NULL DEFAULT now(), digest bytea, result bytea)"
+            )
+            for rid, hours in ages.items():
+                await _record(conn, rid, now - datetime.timedelta(hours=hours))
+            await idempotency.ensure_schema(conn, window, now=now)
+            cur = await conn.execute("SELECT id FROM writebus.applied ORDER BY applied_at DESC")
+            kept = [r[0] for r in await cur.fetchall()]
+            cur = await conn.execute("SELECT to_regclass('writebus.applied_v1') IS NULL")
+            assert await cur.fetchone() == (True,)
+    assert kept == (list(ages) if window is None else ["new", "day_old"])

@@ -304,7 +304,7 @@ async def test_results_that_do_not_line_up_are_not_committed(
 ) -> None:
     """The guard on a written group: one more result than commands sent means the query is
     not what was meant -- nothing of it is committed."""
-    await idempotency.ensure_schema(conn)
+    await idempotency.ensure_schema(conn, None)
     reqs = [_insert(table, f"r{n}").req for n in range(2)]
     render = literals.Renderer(conn)
     ids = [r.id for r in reqs]
