@@ -15,10 +15,9 @@ writes and redirects, then the GET it redirects to, is the case it exists for.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
-from writebus.client.tokens import COOKIE, HEADER, Session, session
+from writebus.client.tokens import COOKIE, HEADER, Session, newest, session
 
 ASGIApp = Callable[
     [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
@@ -26,20 +25,27 @@ ASGIApp = Callable[
 ]
 
 
+def cookie_values(cookie_header: str | None, name: str) -> list[str]:
+    """Every value of cookie ``name`` in a ``Cookie`` header. Parsed by hand, leniently: the
+    standard library's parser drops the whole header over one neighbour it dislikes (a JSON
+    value, a space, an ``@`` in a name), and with it the token."""
+    values = []
+    for part in (cookie_header or "").split(";"):
+        key, sep, value = part.partition("=")
+        if sep and key.strip() == name:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            values.append(value)
+    return values
+
+
 def incoming_token(
     header: str | None, cookie_header: str | None, cookie: str = COOKIE
 ) -> str | None:
-    """The token a request carries: its header, else its cookie (None: neither)."""
-    if header:
-        return header.strip()
-    if not cookie_header:
-        return None
-    try:
-        jar: SimpleCookie = SimpleCookie(cookie_header)
-    except CookieError:
-        return None
-    morsel = jar.get(cookie)
-    return morsel.value if morsel is not None else None
+    """The newest token a request carries, in its ``Writebus-Lsn`` header or its cookie (None:
+    neither). Malformed ones are ignored; waiting for the newest is never stale."""
+    return newest(*(header or "").split(","), *cookie_values(cookie_header, cookie))
 
 
 def outgoing_headers(
@@ -53,6 +59,13 @@ def outgoing_headers(
     if secure:
         attrs += "; Secure"
     return [("Set-Cookie", attrs), (HEADER, token)]
+
+
+def _joined(scope: MutableMapping[str, Any], name: str, sep: str) -> str | None:
+    """Every ``name`` header of an ASGI request, joined: HTTP/2 clients send each cookie in a
+    header of its own."""
+    values = [v.decode("latin-1") for k, v in scope["headers"] if k.decode("latin-1").lower() == name]
+    return sep.join(values) if values else None
 
 
 class WritebusASGIMiddleware:
@@ -80,8 +93,9 @@ class WritebusASGIMiddleware:
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        token = incoming_token(headers.get(HEADER.lower()), headers.get("cookie"), self.cookie)
+        token = incoming_token(
+            _joined(scope, HEADER.lower(), ","), _joined(scope, "cookie", ";"), self.cookie
+        )
         with session(token) as state:
             start = state.lsn
 

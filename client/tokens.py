@@ -24,7 +24,7 @@ from typing import Final
 from writebus.client.errors import ProtocolError
 
 TOKEN_VERSION: Final = 1
-_TOKEN = re.compile(r"^1\.([0-9a-f]{1,16})$")
+_TOKEN = re.compile(r"^1\.([0-9a-fA-F]{1,16})$")  # Postgres prints LSNs in upper case
 #: The cookie and header the middleware reads and sets.
 COOKIE: Final = "writebus_lsn"
 HEADER: Final = "Writebus-Lsn"

@@ -242,8 +242,8 @@ def test_a_sync_write_whose_replay_wait_timed_out_still_counts_for_the_session(
 # -- the middleware -------------------------------------------------------------------------
 
 
-async def _asgi_call(app: Any, method: str, path: str, cookie: str | None) -> tuple[int, dict[str, str], bytes]:
-    headers = [(b"cookie", cookie.encode())] if cookie else []
+async def _asgi_call(app: Any, method: str, path: str, *cookies: str) -> tuple[int, dict[str, str], bytes]:
+    headers = [(b"cookie", cookie.encode()) for cookie in cookies]  # HTTP/2: one per cookie
     scope = {"type": "http", "method": method, "path": path, "headers": headers}
     sent: list[Any] = []
 
@@ -280,11 +280,15 @@ async def test_asgi_middleware_gives_read_your_writes_across_requests(
 
         wrapped = WritebusASGIMiddleware(app)
         with replay_paused(stack):
-            status, headers, _ = await _asgi_call(wrapped, "POST", "/notes", None)
+            status, headers, _ = await _asgi_call(wrapped, "POST", "/notes")
             assert status == 303 and headers["writebus-lsn"].startswith("1.")
             cookie = headers["set-cookie"].split(";", 1)[0]
-            assert (await _asgi_call(wrapped, "GET", "/notes", None))[2] == b"0"  # stale
-            get = asyncio.create_task(_asgi_call(wrapped, "GET", "/notes", cookie))
+            assert (await _asgi_call(wrapped, "GET", "/notes"))[2] == b"0"  # stale
+            # In a cookie header of its own, and beside a cookie that Python's own parser
+            # rejects (a JSON value).
+            get = asyncio.create_task(
+                _asgi_call(wrapped, "GET", "/notes", cookie, f'prefs={{"a": 1}}; {cookie}')
+            )
             done, _ = await asyncio.wait({get}, timeout=0.5)
             assert not done
             _resume(stack)
