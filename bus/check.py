@@ -81,7 +81,7 @@ async def database_facts(settings: Settings, *, timeout: float) -> DatabaseFacts
     except TimeoutError:
         return DatabaseFacts(endpoint=where, error=f"no answer within {timeout:g}s")
     except psycopg.Error as exc:
-        return DatabaseFacts(endpoint=where, error=pg_reason(exc))
+        return DatabaseFacts(endpoint=where, error=pg_reason(exc, url))
     assert row is not None
     return DatabaseFacts(
         endpoint=where,

@@ -19,7 +19,6 @@ from writebus.client import writes
 from writebus.client.connect import acquire_nats, release_nats
 from writebus.client.dbreads import ReadAPI
 from writebus.client.errors import (
-    Outcome,
     OutcomeUnknownError,
     ProtocolError,
     UnavailableError,
@@ -27,6 +26,7 @@ from writebus.client.errors import (
     WriteRejectedError,
     after_an_uncertain_try,
     committed_lsn,
+    not_open,
 )
 from writebus.client.log import get_logger
 from writebus.client.pgpool import open_pool
@@ -340,19 +340,12 @@ class Database(ReadAPI):
     # -- internals ------------------------------------------------------------------------
 
     async def _write(
-        self,
-        req: Request,
-        await_replication: bool,
-        rpc_timeout: float | None,
-        replication_timeout: float | None,
-        row_factory: RowFactory | None = None,
-        *,
+        self, req: Request, await_replication: bool, rpc_timeout: float | None,
+        replication_timeout: float | None, row_factory: RowFactory | None = None, *,
         made_id: bool = False,
-    ) -> WriteResult:
+    ) -> WriteResult:  # fmt: skip
         if self._nc is None:
-            closed = WriteBusError("the Database is not open: the write was not sent")
-            closed.outcome = Outcome.NOT_APPLIED
-            raise closed
+            raise not_open("the Database", write=True)
         timeout = rpc_timeout if rpc_timeout is not None else self.settings.rpc_timeout
         factory = row_factory or self.row_factory
         try:

@@ -19,11 +19,13 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
+from writebus.client.conninfo_secrets import quotes_a_secret, scrub, secrets_of
 from writebus.client.errors import ConnectError
 
 
 def pg_endpoint(conninfo: str) -> str:
-    """``host:port/dbname`` of a conninfo string or URL, without credentials."""
+    """``host:port/dbname`` of a conninfo string or URL, without credentials (any part of the
+    password a misparse put in the host name is masked)."""
     try:
         params = conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError:
@@ -31,11 +33,28 @@ def pg_endpoint(conninfo: str) -> str:
     host = str(params.get("host") or params.get("hostaddr") or "localhost")
     port = str(params.get("port") or "5432")
     dbname = params.get("dbname")
-    return f"{host}:{port}" + (f"/{dbname}" if dbname else "")
+    return scrub(f"{host}:{port}" + (f"/{dbname}" if dbname else ""), secrets_of(conninfo))
 
 
-def pg_reason(exc: BaseException) -> str:
-    """The server's (or libpq's) own words for a failed connection, on one line."""
+def pg_reason(exc: BaseException, conninfo: str) -> str:
+    """The server's (or libpq's) own words for a failed connection to ``conninfo``, on one
+    line, without its password."""
+    return scrub(_first_line(exc), secrets_of(conninfo))
+
+
+def connect_error(conninfo: str, exc: BaseException, reason: str | None = None) -> ConnectError:
+    """The :class:`ConnectError` for ``conninfo`` failing with ``exc`` (``reason``: our words
+    instead of its). Raise it as it is: it names ``exc`` as its cause only when ``exc`` does
+    not quote the password, and never shows it as context."""
+    secrets = secrets_of(conninfo)
+    words = scrub(reason, secrets) if reason is not None else pg_reason(exc, conninfo)
+    err = ConnectError("postgres", pg_endpoint(conninfo), words)
+    err.__cause__ = None if quotes_a_secret(str(exc), secrets) else exc
+    err.__suppress_context__ = True
+    return err
+
+
+def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     # libpq prefixes 'connection failed: connection to server at "h" (ip), port p failed: '.
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -50,18 +69,17 @@ def pg_reason(exc: BaseException) -> str:
 
 async def probe(conninfo: str, *, timeout: float) -> None:
     """Make and close one connection; raise :class:`ConnectError` with the reason."""
-    where = pg_endpoint(conninfo)
     try:
         conn = await asyncio.wait_for(
             psycopg.AsyncConnection.connect(conninfo, connect_timeout=max(1, math.ceil(timeout))),
             timeout,
         )
     except TimeoutError as exc:
-        raise ConnectError(
-            "postgres", where, f"no answer within {timeout:g}s (WRITEBUS_CONNECT_TIMEOUT)"
-        ) from exc
+        raise connect_error(  # noqa: B904 -- its cause is chosen by connect_error
+            conninfo, exc, f"no answer within {timeout:g}s (WRITEBUS_CONNECT_TIMEOUT)"
+        )
     except psycopg.Error as exc:
-        raise ConnectError("postgres", where, pg_reason(exc)) from exc
+        raise connect_error(conninfo, exc)  # noqa: B904
     await conn.close()
 
 
@@ -90,6 +108,6 @@ async def open_pool(
     except BaseException as exc:
         await pool.close()
         if isinstance(exc, Exception):
-            raise ConnectError("postgres", pg_endpoint(conninfo), f"pool did not fill: {exc}") from exc
+            raise connect_error(conninfo, exc, f"pool did not fill: {exc}")  # noqa: B904
         raise
     return pool

@@ -23,9 +23,9 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from writebus.client.db import Database
-from writebus.client.errors import ConnectError, Outcome, StaleReadError, WriteBusError
+from writebus.client.errors import StaleReadError, WriteBusError, not_open
 from writebus.client.loopthread import LoopThread, _inherited, shared_loop
-from writebus.client.pgpool import pg_endpoint, pg_reason
+from writebus.client.pgpool import connect_error
 from writebus.client.procedures import Procedures
 from writebus.client.reads import Consistency, Fallback
 from writebus.client.results import WriteResult
@@ -45,7 +45,7 @@ def open_sync_pool(
     try:
         psycopg.connect(conninfo, connect_timeout=max(1, math.ceil(timeout))).close()
     except psycopg.Error as exc:
-        raise ConnectError("postgres", pg_endpoint(conninfo), pg_reason(exc)) from exc
+        raise connect_error(conninfo, exc)  # noqa: B904 -- its cause is chosen by connect_error
     pool: ConnectionPool[Any] = ConnectionPool(
         conninfo,
         min_size=min_size,
@@ -58,7 +58,7 @@ def open_sync_pool(
         pool.open(wait=True, timeout=timeout)
     except Exception as exc:
         pool.close()
-        raise ConnectError("postgres", pg_endpoint(conninfo), f"pool did not fill: {exc}") from exc
+        raise connect_error(conninfo, exc, f"pool did not fill: {exc}")  # noqa: B904
     return pool
 
 
@@ -190,10 +190,7 @@ class SyncDatabase:
                 )
             self.open()  # the child's own connections and loop
         if self._adb is None or self._loop is None:
-            closed = WriteBusError("the SyncDatabase is not open")
-            if write:
-                closed.outcome = Outcome.NOT_APPLIED
-            raise closed
+            raise not_open("the SyncDatabase", write=write)
         return self._loop, self._adb
 
     @property

@@ -10,12 +10,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import traceback
 from typing import Any
 
 import pytest
 
 from tests.support.stack import settings_for
-from writebus import ConnectError, Database
+from writebus import ConnectError, Database, SyncDatabase
 from writebus.bus.embedded.ports import free_port
 
 LIMIT = 2.0
@@ -72,6 +73,30 @@ async def test_postgres_failures_carry_the_servers_reason(
     settings = settings_for(stack, "lax", database_url=urls[change])
     err = await _open_fails(settings)
     assert err.service == "postgres" and reason.lower() in err.reason.lower()
+
+
+@pytest.mark.parametrize(
+    ("url", "secret", "reason"),
+    [
+        ("postgresql://app:50%secret@127.0.0.1/app", "50%secret", "invalid percent-encoded"),
+        ("postgresql://app:pa@ss7word@127.0.0.1:{port}/app", "ss7word", "resolve host"),
+    ],
+)
+async def test_a_malformed_database_url_keeps_its_password_out_of_the_error(
+    stack: Any, url: str, secret: str, reason: str
+) -> None:
+    """libpq quotes a password it cannot parse, and an unescaped '@' makes the password's tail
+    the host name: the ConnectError masks it -- in its text, its repr, and its traceback,
+    which leaves out libpq's own error -- for the async and the sync API alike."""
+    settings = settings_for(stack, "lax", database_url=url.format(port=free_port()))
+    errors = [await _open_fails(settings)]
+    with pytest.raises(ConnectError) as info:
+        SyncDatabase(settings.replace(connect_timeout=LIMIT)).open()
+    errors.append(info.value)
+    for err in errors:
+        shown = "".join(traceback.format_exception(err)) + repr(err)
+        assert reason in err.reason and "***" in str(err)
+        assert secret not in shown and secret.replace("%", "") not in shown
 
 
 def test_serve_with_unreachable_nats_is_one_line_exit_2(stack: Any) -> None:
