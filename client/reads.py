@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from psycopg_pool import AsyncConnectionPool
 
-from writebus.client.errors import StaleReadError, WriteBusError
+from writebus.client.errors import StaleReadError, WriteBusError, not_open
 from writebus.client.pgpool import open_pool
 from writebus.client.procedures import PING
 from writebus.client.protocol import Request
@@ -121,11 +121,15 @@ class ReadGate:
         if fallback not in ("raise", "primary"):
             raise ValueError(f"fallback must be 'raise' or 'primary', not {fallback!r}")
         after_lsn = token_lsn(after) if after else None  # a bad token is an error, even here
-        if self.settings.is_primary or tracker is None:
+        if self.settings.is_primary:
             return "local"
+        lsn = wanted_lsn(after_lsn, session_lsn)
+        if tracker is None:  # not open, or closed: nothing can wait
+            if lsn is None and consistency != "strong" and max_lag is None:
+                return "local"
+            raise not_open("the Database", write=False)
         if consistency == "strong" or max_lag is not None:
             return None
-        lsn = wanted_lsn(after_lsn, session_lsn)
         if lsn is None:
             return "local"
         replayed = tracker.replayed

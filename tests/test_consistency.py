@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg_pool import AsyncConnectionPool
 
 from tests.support.stack import REPO, settings_for
 from writebus import (
@@ -27,6 +28,7 @@ from writebus import (
     StaleReadError,
     SyncDatabase,
     WritebusASGIMiddleware,
+    WriteBusError,
     WritebusWSGIMiddleware,
     session,
 )
@@ -237,6 +239,25 @@ def test_a_sync_write_whose_replay_wait_timed_out_still_counts_for_the_session(
                 _resume(stack)
                 assert read.result(10) == 1
             assert db.fetchval(f"SELECT count(*) FROM {table}") == 1  # the session's read
+
+
+async def test_a_closed_database_refuses_a_read_that_must_wait(
+    stack: Any, buses: Any, table: str
+) -> None:
+    """On a pool of the caller's, which outlives the Database: once closed there is no
+    tracker, so a read with a token raises rather than read a replica that may be behind (it
+    read at once before). A plain read still runs."""
+    url = settings_for(stack, "lax").database_url
+    async with AsyncConnectionPool(url, kwargs={"autocommit": True}, open=False) as pool:
+        db = Database(settings_for(stack, "lax"), pool=pool)
+        async with db:
+            res = await db.execute(f"INSERT INTO {table}(body) VALUES ('c')",
+                                   await_replication=False)
+        with pytest.raises(WriteBusError, match="not open"):
+            await db.fetchval(f"SELECT count(*) FROM {table}", after=res.token)
+        with pytest.raises(WriteBusError, match="not open"):
+            await db.wait_for_lsn(res.lsn or 0)
+        assert await db.fetchval("SELECT 1") == 1
 
 
 # -- the middleware -------------------------------------------------------------------------

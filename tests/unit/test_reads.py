@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from writebus.client.errors import ProtocolError
+from writebus.client.errors import ProtocolError, WriteBusError
 from writebus.client.reads import ReadGate
 from writebus.client.retry import RetryPolicy
 from writebus.client.settings import Settings
@@ -47,3 +47,14 @@ def test_the_primary_region_never_waits_and_bad_options_always_raise() -> None:
         _at_once(SimpleNamespace(replayed=1), fallback="replica")
     with pytest.raises(ProtocolError, match="session token"):
         _at_once(SimpleNamespace(replayed=1), after="not-a-token")
+
+
+def test_a_read_that_must_wait_raises_without_a_tracker() -> None:
+    """No tracker outside the primary region: the Database is not open (or closed). A plain
+    read may still run; one that waits for a write cannot, and says so rather than reading a
+    replica that may be behind."""
+    assert _at_once(None) == "local"
+    for options in ({"after": make_token(1)}, {"session_lsn": 1}, {"consistency": "strong"},
+                    {"max_lag": 1.0}):  # fmt: skip
+        with pytest.raises(WriteBusError, match="not open"):
+            _at_once(None, **options)
