@@ -1,7 +1,7 @@
 """Read-your-writes across HTTP requests: ASGI and WSGI middleware for session tokens.
 
-Each request runs in a :func:`writebus.session` started from the client's token -- the
-``Writebus-Lsn`` header, else the ``writebus_lsn`` cookie. Reads in the request wait for it;
+Each request runs in a :func:`writebus.session` started from the client's token -- the newest
+of the ``Writebus-Lsn`` header and the ``writebus_lsn`` cookie. Reads in the request wait for it;
 writes raise it; the response carries the newest token back (``Set-Cookie`` and the header),
 so the next request -- on any instance, in any region -- sees this one's writes. A POST that
 writes and redirects, then the GET it redirects to, is the case it exists for.
