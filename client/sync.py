@@ -222,7 +222,7 @@ class SyncDatabase:
             raise WriteBusError("no local database: set DATABASE_URL and open the SyncDatabase")
         text, values = to_sql(sql, params)
         factory = row_factory or self.row_factory
-        session = current_session()  # the caller's thread: the loop thread has none
+        session = current_session()  # read here: the gate may decide in this thread
         options: dict[str, Any] = dict(
             after=after,
             consistency=consistency,
@@ -326,23 +326,19 @@ class SyncDatabase:
             return current.token
         return self._adb.session_token() if self._adb is not None else None
 
-    def _wrote(self, result: WriteResult) -> WriteResult:
-        session = current_session()  # the caller's, not the loop thread's
-        if session is not None:
-            session.saw(result.lsn)
-        return result
-
     # -- writes: the async Database, on the loop thread -----------------------------------
+    # Each runs in a copy of the caller's context (``run_coroutine_threadsafe``), so the
+    # Database raises the caller's session itself, for a result or an applied error.
 
     def execute(self, sql: SQL, params: Params = None, **options: Any) -> WriteResult:
         """Run one write statement on the primary (:meth:`Database.execute`)."""
         loop, db = self._ready(write=True)
-        return self._wrote(loop.run(db.execute(sql, params, **options)))
+        return loop.run(db.execute(sql, params, **options))
 
     def batch(self, statements: Iterable[StatementLike], **options: Any) -> WriteResult:
         """Run statements atomically in one transaction on the primary (:meth:`Database.batch`)."""
         loop, db = self._ready(write=True)
-        return self._wrote(loop.run(db.batch(list(statements), **options)))
+        return loop.run(db.batch(list(statements), **options))
 
     def call(self, procedure: str, *args: Any, **options: Any) -> Any:
         """Run a registered procedure on the primary and wait for replay (:meth:`Database.call`)."""
@@ -351,7 +347,7 @@ class SyncDatabase:
     def call_result(self, procedure: str, *args: Any, **options: Any) -> WriteResult:
         """Like :meth:`call` but returns the whole :class:`WriteResult`."""
         loop, db = self._ready(write=True)
-        return self._wrote(loop.run(db.call_result(procedure, *args, **options)))
+        return loop.run(db.call_result(procedure, *args, **options))
 
     def rpc_region(self, region: str, procedure: str, *args: Any, **options: Any) -> Any:
         """Run a registered procedure in ``region`` (:meth:`Database.rpc_region`)."""
