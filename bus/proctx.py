@@ -8,8 +8,9 @@ honour. A procedure's transaction runs at READ COMMITTED whatever the database's
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -46,11 +47,8 @@ async def run_procedure_tx(
     only locks it (:func:`writebus.bus.idempotency.claim_sql`)."""
     name = req.procedure or ""
     digest = idempotency.request_digest(req)
-    if exactly_once and conn.isolation_level is not psycopg.IsolationLevel.READ_COMMITTED:
-        # conn.transaction() begins with the connection's level; set once per connection.
-        await conn.set_isolation_level(psycopg.IsolationLevel.READ_COMMITTED)
     try:
-        async with conn.transaction():
+        async with _read_committed(conn, exactly_once), conn.transaction():
             if exactly_once:
                 try:
                     stored = await _find(conn, req.id, digest, unseen)
@@ -84,6 +82,26 @@ async def run_procedure_tx(
         raise rejected(exc) from exc
     lsn = await _position(conn, exactly_once) if primary else None
     return Executed([], value, lsn, False)
+
+
+@contextlib.asynccontextmanager
+async def _read_committed(conn: psycopg.AsyncConnection[Any], needed: bool) -> AsyncIterator[None]:
+    """``conn`` at READ COMMITTED for the block when ``needed`` (``conn.transaction()``
+    begins at the connection's level), then back at its own level: a connection from an
+    application's pool goes back as it came, and the application's own transactions on it
+    keep the level they had."""
+    level = conn.isolation_level
+    if not needed or level is psycopg.IsolationLevel.READ_COMMITTED:
+        yield
+        return
+    await conn.set_isolation_level(psycopg.IsolationLevel.READ_COMMITTED)
+    try:
+        yield
+    finally:
+        # Refused only on a connection that is not idle (cut, or cancelled mid-query),
+        # which the pool discards.
+        with contextlib.suppress(psycopg.ProgrammingError):
+            await conn.set_isolation_level(level)
 
 
 async def _position(conn: psycopg.AsyncConnection[Any], exactly_once: bool) -> int | None:

@@ -17,9 +17,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from tests.support.stack import primary_rows
 from writebus.bus import idempotency
+from writebus.bus.execute import Limits, run_request
 from writebus.bus.group import Executed, run_group
 from writebus.bus.proctx import Phase, run_procedure_tx
 from writebus.client import ids, writes
+from writebus.client.procedures import Procedures
 from writebus.client.protocol import Request, Statement, StatementResult
 
 
@@ -248,6 +250,47 @@ async def test_a_procedure_claims_at_read_committed_whatever_the_default(
 
     outcome = await _race_under_repeatable_read(stack, req, stored, run)
     assert outcome.duplicate and outcome.value == "first"
+    assert primary_rows(stack, f"SELECT count(*) FROM {table}") == [(0,)]
+
+
+@pytest.mark.parametrize("kind", ["statements", "procedure"])
+async def test_a_callers_pool_that_is_not_autocommit_claims_at_read_committed(
+    stack: Any, table: str, kind: str
+) -> None:
+    """An application's own pool, made as psycopg makes one by default (not autocommit), on a
+    database whose default isolation is REPEATABLE READ: a write racing its original is still
+    answered from the original's record, and the pool's connection goes back as it came -- not
+    autocommit, at the default level. (psycopg's implicit BEGIN comes first there, and the
+    write's own BEGIN still sets READ COMMITTED: no snapshot has been taken yet. A procedure
+    used to leave the connection at READ COMMITTED for good, under the application's own
+    transactions.)"""
+    insert = f"INSERT INTO {table}(body) VALUES (%s)"
+    if kind == "statements":
+        req = Request(id=uuid.uuid4().hex, statements=[Statement(sql=insert, params=["raced"])])
+        stored = idempotency.encode_result([StatementResult(rowcount=1)], None)
+    else:
+        req = Request(id=uuid.uuid4().hex, procedure="add", args=["raced"])
+        stored = idempotency.encode_result([], "first")
+    procs = Procedures()
+
+    @procs.register(name="add")
+    async def add(conn: Any, body: str) -> str:
+        await conn.execute(insert, [body])
+        return "second"
+
+    repeatable = {"options": "-c default_transaction_isolation=repeatable\\ read"}
+    async with AsyncConnectionPool(stack.primary.url, min_size=1, max_size=1,
+                                   kwargs=repeatable, open=False) as pool:  # fmt: skip
+
+        async def run(_: Any) -> Any:
+            return await run_request(pool, req, procedures=procs, limits=Limits())
+
+        outcome = await _race_under_repeatable_read(stack, req, stored, run)
+        async with pool.connection() as conn:
+            cur = await conn.execute("SHOW transaction_isolation")
+            assert await cur.fetchone() == ("repeatable read",)
+            assert (conn.autocommit, conn.isolation_level) == (False, None)
+    assert outcome.duplicate
     assert primary_rows(stack, f"SELECT count(*) FROM {table}") == [(0,)]
 
 
