@@ -116,6 +116,8 @@ MAINTENANCE_LOCK_TIMEOUT: Final = "200ms"
 #: How long the schema step at a worker's start waits for the table's lock before it says
 #: who holds it, and tries again (it cannot serve writes without the current partitions).
 SCHEMA_LOCK_TIMEOUT: Final = "1s"
+#: ISO dates in the transaction: psycopg and partition bounds' parsing read no other style.
+_ISO_DATES: Final = "SET LOCAL DateStyle = 'ISO'"
 #: Partitions made ahead of the current one (:func:`partition_bounds`).
 PARTITIONS_AHEAD: Final = 2
 #: How far ahead a record's floor surely has a partition (:func:`far_ahead`): the current
@@ -321,7 +323,7 @@ async def _ensure_schema(
     conn: psycopg.AsyncConnection[Any], window: float | None, now: datetime.datetime
 ) -> None:
     async with conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = '{SCHEMA_LOCK_TIMEOUT}'")
+        await conn.execute(f"SET LOCAL lock_timeout = '{SCHEMA_LOCK_TIMEOUT}'; {_ISO_DATES}")
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_SCHEMA_LOCK])
         cur = await conn.execute(
             "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -410,7 +412,7 @@ async def _maintain(
         row = await cur.fetchone()
         if not (row and row[0]):
             return 0
-        await conn.execute(f"SET LOCAL lock_timeout = '{MAINTENANCE_LOCK_TIMEOUT}'")
+        await conn.execute(f"SET LOCAL lock_timeout = '{MAINTENANCE_LOCK_TIMEOUT}'; {_ISO_DATES}")
         for start, end in partition_bounds(now):
             await _create_partition(conn, start, end)
         horizon = now - datetime.timedelta(seconds=window)

@@ -363,3 +363,35 @@ async def test_an_old_table_is_migrated_within_the_window(
             cur = await conn.execute("SELECT to_regclass('writebus.applied_v1') IS NULL")
             assert await cur.fetchone() == (True,)
     assert kept == (list(ages) if window is None else ["new", "day_old"])
+
+
+@pytest.mark.parametrize("datestyle", ["SQL, DMY", "German, DMY", "Postgres, MDY"])
+async def test_partitions_expire_whatever_the_datestyle(stack: Any, datestyle: str) -> None:
+    """Maintenance reads each partition's bounds as text, which the session's ``DateStyle``
+    and ``TimeZone`` shape: on a database set to another style, partitions past the window
+    are still dropped, and an old-format table still migrates. (Before, the bounds did not
+    parse, and nothing was ever dropped, silently.)"""
+    now = datetime.datetime.now(datetime.UTC)
+    async with _scratch_database(stack) as url:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+            await admin.execute(
+                sql.SQL("ALTER DATABASE {} SET DateStyle = {}; ALTER DATABASE {} SET TimeZone "
+                        "= 'Asia/Kolkata'").format(  # fmt: skip
+                    sql.Identifier(admin.info.dbname), sql.Literal(datestyle),
+                    sql.Identifier(admin.info.dbname),
+                )
+            )
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            cur = await conn.execute("SHOW DateStyle")
+            assert await cur.fetchone() == (datestyle,)
+            await conn.execute(
+                "CREATE SCHEMA writebus; CREATE TABLE writebus.applied (id text PRIMARY KEY, "
+                "applied_at timestamptz NOT NULL DEFAULT now(), digest bytea, result bytea)"
+            )
+            await _record(conn, "old", now - datetime.timedelta(hours=30))
+            await idempotency.ensure_schema(conn, None, now=now)
+            cur = await conn.execute("SELECT id FROM writebus.applied")
+            assert await cur.fetchall() == [("old",)]
+            assert await idempotency.maintain(conn, 24 * 3600.0, now=now) >= 1
+            cur = await conn.execute("SELECT id FROM writebus.applied")
+            assert await cur.fetchall() == []
