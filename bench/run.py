@@ -49,7 +49,7 @@ from bench.ryw_sync import SyncWritebusRyw
 from bench.sampling import Sample, interleave
 from bench.stats import percentile, summary
 from bench.sync_standby import REMOTE_APPLY, synchronous_standby
-from writebus.bus import idempotency
+from writebus.bus import partitions
 from writebus.bus.embedded.stack import Stack
 from writebus.client.connect import connect_nats
 from writebus.client.db import Database
@@ -228,7 +228,7 @@ async def _tracker(stack: Stack, cfg: BenchConfig) -> dict[str, Any]:
 async def _idempotency_usage(stack: Stack) -> tuple[int, int]:
     """(bytes, rows) of the exactly-once table on the primary."""
     async with await psycopg.AsyncConnection.connect(stack.primary.url, autocommit=True) as conn:
-        size = await idempotency.size_bytes(conn)
+        size = await partitions.size_bytes(conn)
         cur = await conn.execute("SELECT count(*) FROM writebus.applied")
         row = await cur.fetchone()
     return size, int(row[0]) if row else 0

@@ -39,12 +39,10 @@ A partition's primary key cannot span partitions, so uniqueness across them rest
 format (one unpartitioned table, a claim row then an update) is migrated on first start.
 The table's and the functions' SQL is in :mod:`writebus.bus.claimsql`.
 
-Partitions cover one hour each (:data:`PARTITION_SPAN`, the same for every worker whatever its
-window, so their ranges never overlap); :func:`maintain` creates the current hour's and the
-next two, and drops those entirely older than the window. An id is therefore remembered for at
-least the window and at most an hour more (a dated id from a fast client clock, up to about
-four). Several workers may run it at once: it takes an
-advisory lock, and a worker that finds it held skips.
+Partitions cover one hour each; :func:`writebus.bus.partitions.maintain` makes the current
+hour's and the next two, and drops those entirely older than the window, without making writes
+wait (:mod:`writebus.bus.partitions`). An id is therefore remembered for at least the window and
+at most an hour more (a dated id from a fast client clock, up to about four).
 """
 
 from __future__ import annotations
@@ -57,10 +55,10 @@ from typing import Any, Final
 
 import msgspec
 import psycopg
-from psycopg import sql
 
-from writebus.bus import claimsql
+from writebus.bus import claimsql, partitions
 from writebus.bus.arrays import TextArray
+from writebus.bus.partitions import PARTITION_SPAN, PARTITIONS_AHEAD, partition_bounds
 from writebus.bus.pg import lock_holders
 from writebus.client.errors import IdempotencyKeyReusedError
 from writebus.client.ids import id_time
@@ -105,21 +103,9 @@ ID_CLOCK_SLACK: Final = 3600.0
 ID_DATE_HORIZON: Final = 10 * 365 * 86400.0
 #: A claim looks everywhere when an id is dated more than this ahead (:func:`lookup_since`).
 LOOKUP_AHEAD: Final = 86400.0
-_MAINTENANCE_LOCK: Final = 0x77726975
-_SCHEMA_LOCK: Final = 0x77726974
-#: Seconds each partition covers. Fixed: partitions of different spans would overlap.
-PARTITION_SPAN: Final = 3600.0
-#: How long maintenance waits for the table's lock (creating or dropping a partition locks
-#: the whole table, and every write queued behind it waits too); past it, the pass is left
-#: to the next one.
-MAINTENANCE_LOCK_TIMEOUT: Final = "200ms"
 #: How long the schema step at a worker's start waits for the table's lock before it says
 #: who holds it, and tries again (it cannot serve writes without the current partitions).
 SCHEMA_LOCK_TIMEOUT: Final = "1s"
-#: ISO dates in the transaction: psycopg and partition bounds' parsing read no other style.
-_ISO_DATES: Final = "SET LOCAL DateStyle = 'ISO'"
-#: Partitions made ahead of the current one (:func:`partition_bounds`).
-PARTITIONS_AHEAD: Final = 2
 #: How far ahead a record's floor surely has a partition (:func:`far_ahead`): the current
 #: partition and :data:`PARTITIONS_AHEAD` more are made by the maintaining worker's clock; one
 #: span is kept back for a maintenance pass that has not yet run since the hour turned.
@@ -254,33 +240,6 @@ def store_statement(rows: Sequence[tuple[str, bytes, bytes]]) -> tuple[str, list
 # -- schema and partitions -----------------------------------------------------------------
 
 
-def partition_bounds(
-    now: datetime.datetime,
-    *,
-    ahead: int = PARTITIONS_AHEAD,
-    since: datetime.datetime | None = None,
-) -> list[tuple[datetime.datetime, datetime.datetime]]:
-    """The ``[start, end)`` ranges of the partitions that must exist at ``now``: the current
-    one and ``ahead`` more (and, with ``since``, every one back to it). Ranges are whole hours
-    since the epoch, so every worker computes the same ones."""
-    span = PARTITION_SPAN
-    base = now.timestamp() // span * span
-    first = 0 if since is None else -int((base - since.timestamp()) // span + 1)
-    epoch = datetime.datetime.fromtimestamp(0, datetime.UTC)
-    return [
-        (
-            epoch + datetime.timedelta(seconds=base + k * span),
-            epoch + datetime.timedelta(seconds=base + (k + 1) * span),
-        )
-        for k in range(min(first, 0), ahead + 1)
-    ]
-
-
-def partition_name(start: datetime.datetime) -> str:
-    """The name of the partition starting at ``start``."""
-    return "applied_" + start.astimezone(datetime.UTC).strftime("%Y%m%d_%H%M%S")
-
-
 async def ensure_schema(
     conn: psycopg.AsyncConnection[Any],
     window: float | None,
@@ -289,22 +248,28 @@ async def ensure_schema(
 ) -> None:
     """Create the table (and its partitions) if missing. A table of the old, unpartitioned
     format is migrated: its rows inside the window are copied into the new one, then it is
-    dropped. Then, with a ``window``, :func:`maintain` drops the partitions past it. Safe
-    with concurrent workers.
+    dropped. Then, with a ``window``, :func:`~writebus.bus.partitions.maintain` drops the
+    partitions past it. Safe with concurrent workers.
 
     ``window=None`` is for a caller that does not know the bus' window (an application's
     direct writes): it creates, and never drops or leaves out, a record the bus may still
     need -- with a window shorter than the bus', a retry past it would run again.
 
-    Creating a partition locks the whole table: behind a long transaction on it this waits,
-    as long as that takes, :data:`SCHEMA_LOCK_TIMEOUT` at a time, and says who holds the lock
-    (warning ``idempotency.schema_waiting``, then every tenth try). ``now`` is for tests."""
+    Making a partition waits for a transaction holding the table in a mode stronger than
+    writes do (DDL, ``VACUUM FULL``, ``LOCK TABLE``): as long as that takes,
+    :data:`SCHEMA_LOCK_TIMEOUT` at a time, saying who holds the lock (warning
+    ``idempotency.schema_waiting``, then every tenth try). ``now`` is for tests."""
     now = now or datetime.datetime.now(datetime.UTC)
-    tries = 0
+    tries = races = 0
     while True:
         try:
             await _ensure_schema(conn, window, now)
             break
+        except (psycopg.errors.DuplicateTable, psycopg.errors.UniqueViolation):
+            # A worker of an older version made the same partition meanwhile: look again.
+            races += 1
+            if races > 3:
+                raise
         except psycopg.errors.LockNotAvailable:
             tries += 1
             if tries == 1 or tries % 10 == 0:
@@ -316,15 +281,16 @@ async def ensure_schema(
                     holders=await lock_holders(conn, "writebus.applied"),
                 )
     if window is not None:
-        await maintain(conn, window, now=now)
+        await partitions.maintain(conn, window, now=now)
 
 
 async def _ensure_schema(
     conn: psycopg.AsyncConnection[Any], window: float | None, now: datetime.datetime
 ) -> None:
     async with conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = '{SCHEMA_LOCK_TIMEOUT}'; {_ISO_DATES}")
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_SCHEMA_LOCK])
+        await conn.execute(f"SET LOCAL lock_timeout = '{SCHEMA_LOCK_TIMEOUT}'")
+        await conn.execute(partitions.ISO_DATES)
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", [partitions.SCHEMA_LOCK])
         cur = await conn.execute(
             "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = 'writebus' AND c.relname = 'applied'"
@@ -336,8 +302,7 @@ async def _ensure_schema(
         await conn.execute(claimsql.SCHEMA_SQL)
         await _create_claim_function(conn)
         horizon = await _migration_horizon(conn, window, now) if old else None
-        for start, end in partition_bounds(now, since=horizon):
-            await _create_partition(conn, start, end)
+        await partitions.create_partitions(conn, partition_bounds(now, since=horizon))
         if old:
             await conn.execute(
                 "INSERT INTO writebus.applied (id, applied_at, digest, result) "
@@ -369,82 +334,3 @@ async def _create_claim_function(conn: psycopg.AsyncConnection[Any]) -> None:
         row = await cur.fetchone()
         if not (row and row[0]):
             await conn.execute(create)
-
-
-async def _create_partition(
-    conn: psycopg.AsyncConnection[Any], start: datetime.datetime, end: datetime.datetime
-) -> None:
-    # DDL takes no bind parameters: the bounds are rendered as literals.
-    await conn.execute(
-        sql.SQL(
-            "CREATE TABLE IF NOT EXISTS writebus.{} PARTITION OF writebus.applied "
-            "FOR VALUES FROM ({}) TO ({})"
-        ).format(sql.Identifier(partition_name(start)), sql.Literal(start), sql.Literal(end))
-    )
-
-
-async def maintain(
-    conn: psycopg.AsyncConnection[Any], window: float, *, now: datetime.datetime | None = None
-) -> int:
-    """Create the partitions needed soon and drop those past the window; return how many were
-    dropped. Skipped (0) when another worker is doing it, or left to the next pass (0, logged)
-    when the table's lock is not free within :data:`MAINTENANCE_LOCK_TIMEOUT`: creating or
-    dropping a partition locks the whole table, so waiting behind a long transaction would
-    stall every write queued behind the wait. Partitions are made hours ahead, so a pass can
-    wait for the next. ``now`` is for tests."""
-    try:
-        return await _maintain(conn, window, now or datetime.datetime.now(datetime.UTC))
-    except psycopg.errors.LockNotAvailable:
-        log.warning(
-            "idempotency.maintenance_deferred",
-            reason=f"writebus.applied stayed locked for {MAINTENANCE_LOCK_TIMEOUT} "
-            "(a long transaction on it); the next pass tries again",
-        )
-        return 0
-
-
-async def _maintain(
-    conn: psycopg.AsyncConnection[Any], window: float, now: datetime.datetime
-) -> int:
-    dropped = 0
-    async with conn.transaction():
-        cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [_MAINTENANCE_LOCK])
-        row = await cur.fetchone()
-        if not (row and row[0]):
-            return 0
-        await conn.execute(f"SET LOCAL lock_timeout = '{MAINTENANCE_LOCK_TIMEOUT}'; {_ISO_DATES}")
-        for start, end in partition_bounds(now):
-            await _create_partition(conn, start, end)
-        horizon = now - datetime.timedelta(seconds=window)
-        cur = await conn.execute(
-            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
-            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'writebus.applied'::regclass"
-        )
-        for name, bound in await cur.fetchall():
-            upper = _upper_bound(bound)
-            if upper is not None and upper <= horizon:
-                await conn.execute(sql.SQL("DROP TABLE writebus.{}").format(sql.Identifier(name)))
-                dropped += 1
-    return dropped
-
-
-def _upper_bound(bound: str) -> datetime.datetime | None:
-    """The ``TO`` of a range partition bound (``FOR VALUES FROM ('...') TO ('...')``)."""
-    marker = " TO ('"
-    if marker not in bound:
-        return None
-    text = bound.split(marker, 1)[1].split("')", 1)[0]
-    try:
-        return datetime.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-
-
-async def size_bytes(conn: psycopg.AsyncConnection[Any]) -> int:
-    """Bytes the table and its indexes take (every partition)."""
-    cur = await conn.execute(
-        "SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0) FROM pg_inherits i "
-        "WHERE i.inhparent = 'writebus.applied'::regclass"
-    )
-    row = await cur.fetchone()
-    return int(row[0]) if row else 0

@@ -19,7 +19,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from writebus.bus import idempotency
+from writebus.bus import idempotency, partitions
 from writebus.bus.committer import Committer
 from writebus.bus.execute import Job, Limits, run_statement_writes
 from writebus.bus.fence import Fence
@@ -358,7 +358,7 @@ class BusService:
             await asyncio.sleep(interval)
             try:
                 async with self.pool.connection() as conn:
-                    n = await idempotency.maintain(conn, self.idempotency_window)
+                    n = await partitions.maintain(conn, self.idempotency_window)
                 if n:
                     log.info("bus.idempotency_partitions_dropped", count=n)
             except Exception as exc:

@@ -15,7 +15,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from tests.support.stack import primary_rows
-from writebus.bus import idempotency
+from writebus.bus import idempotency, partitions
 from writebus.bus.execute import Executed, Limits, run_request
 from writebus.bus.pg import durable_commits
 from writebus.client.errors import WriteRejectedError
@@ -47,14 +47,14 @@ async def past_day(stack: Any) -> AsyncIterator[list[str]]:
     async with await psycopg.AsyncConnection.connect(stack.primary.url, autocommit=True) as conn:
         await idempotency.ensure_schema(conn, None)
         now = datetime.datetime.now(datetime.UTC)
-        for start, end in idempotency.partition_bounds(now, since=now - datetime.timedelta(days=1)):
-            name = idempotency.partition_name(start)
+        day = partitions.partition_bounds(now, since=now - datetime.timedelta(days=1))
+        for start, _ in day:
+            name = partitions.partition_name(start)
             cur = await conn.execute("SELECT to_regclass(%s) IS NULL", [f"writebus.{name}"])
             if (await cur.fetchone() or [False])[0]:
-                await idempotency._create_partition(conn, start, end)
                 made.append(name)
-        yield [idempotency.partition_name(s) for s, _ in
-               idempotency.partition_bounds(now, since=now - datetime.timedelta(days=1))]  # fmt: skip
+        await partitions.create_partitions(conn, day)
+        yield [partitions.partition_name(s) for s, _ in day]
         for name in made:
             await conn.execute(f"DROP TABLE IF EXISTS writebus.{name}")
 

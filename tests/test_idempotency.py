@@ -16,7 +16,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from tests.support.stack import primary_rows
-from writebus.bus import idempotency
+from writebus.bus import idempotency, partitions
 from writebus.bus.execute import Limits, run_request
 from writebus.bus.group import Executed, run_group
 from writebus.bus.proctx import Phase, run_procedure_tx
@@ -336,7 +336,7 @@ async def test_an_apps_start_keeps_ids_the_bus_still_needs(stack: Any) -> None:
             assert await cur.fetchall() == [("kept",)]
             # The bus's own maintenance, with its window, still forgets it in time.
             later = now + datetime.timedelta(hours=43)
-            assert await idempotency.maintain(bus, 72 * 3600.0, now=later) >= 1
+            assert await partitions.maintain(bus, 72 * 3600.0, now=later) >= 1
             cur = await bus.execute("SELECT id FROM writebus.applied")
             assert await cur.fetchall() == []
 
@@ -392,6 +392,32 @@ async def test_partitions_expire_whatever_the_datestyle(stack: Any, datestyle: s
             await idempotency.ensure_schema(conn, None, now=now)
             cur = await conn.execute("SELECT id FROM writebus.applied")
             assert await cur.fetchall() == [("old",)]
-            assert await idempotency.maintain(conn, 24 * 3600.0, now=now) >= 1
+            assert await partitions.maintain(conn, 24 * 3600.0, now=now) >= 1
             cur = await conn.execute("SELECT id FROM writebus.applied")
             assert await cur.fetchall() == []
+
+
+async def test_a_drop_behind_a_long_write_waits_for_a_later_pass_and_creation_does_not(
+    stack: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Dropping a partition needs the whole table, and every write would queue behind the
+    wait: behind a long write, the drop gives up within its lock timeout and is left to a
+    later pass -- but the partitions needed soon are made all the same (a transaction of their
+    own; they used to roll back with the drop). The pass after the write ends drops."""
+    now = datetime.datetime.now(datetime.UTC)
+    soon = now + datetime.timedelta(hours=3)
+    async with _scratch_database(stack) as url:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn, \
+                await psycopg.AsyncConnection.connect(url) as writer:  # fmt: skip
+            await idempotency.ensure_schema(conn, None, now=now - datetime.timedelta(hours=30))
+            await idempotency.ensure_schema(conn, None, now=now)
+            await _record(writer, "long write", now)  # its transaction stays open
+            caplog.set_level("WARNING", logger="writebus.bus.idempotency")
+            assert await partitions.maintain(conn, 24 * 3600.0, now=soon) == 0
+            assert "maintenance_deferred" in caplog.text and "drop" in caplog.text
+            names = [partitions.partition_name(b[0]) for b in partitions.partition_bounds(soon)]
+            cur = await conn.execute("SELECT count(*) FROM pg_inherits i JOIN pg_class c ON "
+                                     "c.oid = i.inhrelid WHERE c.relname = ANY(%s)", [names])  # fmt: skip
+            assert await cur.fetchone() == (len(names),)
+            await writer.commit()
+            assert await partitions.maintain(conn, 24 * 3600.0, now=soon) >= 1

@@ -8,7 +8,7 @@ import datetime
 import time
 import uuid
 
-from writebus.bus import idempotency
+from writebus.bus import idempotency, partitions
 from writebus.client.ids import new_id
 
 SLACK = idempotency.ID_CLOCK_SLACK
@@ -86,12 +86,12 @@ def test_a_floor_that_may_join_a_group_always_has_a_partition() -> None:
     """Whatever the minute, and with the last maintenance pass up to a span before it (the
     hour turned, partitions not yet made), the partitions made reach past ``now +
     RECORD_AHEAD``: an id :func:`far_ahead` lets into a group can be recorded."""
-    span = idempotency.PARTITION_SPAN
+    span = partitions.PARTITION_SPAN
     hour = 1_800_000_000 // span * span
     for minute in range(0, 60, 7):
         now = hour + minute * 60 + 13.5
         for lag in (0.0, span / 2, span):
-            made = idempotency.partition_bounds(
+            made = partitions.partition_bounds(
                 datetime.datetime.fromtimestamp(now - lag, datetime.UTC)
             )
             assert made[-1][1].timestamp() >= now + idempotency.RECORD_AHEAD
