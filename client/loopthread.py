@@ -30,11 +30,16 @@ _inherited: list[Any] = []
 
 
 class LoopThread:
-    """An event loop running forever on a daemon thread."""
+    """An event loop running forever on a daemon thread, of the kind ``choice`` names
+    (:func:`writebus.client.loops.resolve`; default: ``WRITEBUS_EVENT_LOOP``, else ``auto``,
+    uvloop when installed). A choice that is not one is a
+    :class:`~writebus.client.errors.ConfigError`."""
 
-    def __init__(self) -> None:
+    def __init__(self, choice: str | None = None) -> None:
         self.pid = os.getpid()
-        self.loop = loop_factory()()  # uvloop when installed (writebus[speed])
+        if choice is None:
+            choice = os.environ.get("WRITEBUS_EVENT_LOOP", "auto")
+        self.loop = loop_factory(choice)()
         self.thread = threading.Thread(
             target=self._run, name="writebus-loop", daemon=True
         )

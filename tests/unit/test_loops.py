@@ -51,3 +51,29 @@ def test_the_sync_apis_loop_thread_runs_uvloop() -> None:
         assert type(thread.loop).__module__.startswith("uvloop")
     finally:
         thread.stop()
+
+
+@pytest.mark.parametrize(("env", "module"), [(None, "uvloop"), ("asyncio", "asyncio")])
+def test_the_sync_apis_loop_thread_follows_writebus_event_loop(
+    monkeypatch: pytest.MonkeyPatch, env: str | None, module: str
+) -> None:
+    """``WRITEBUS_EVENT_LOOP`` picks the sync API's loop too, as the docs say (it was always
+    uvloop when installed)."""
+    if env is None:
+        monkeypatch.delenv("WRITEBUS_EVENT_LOOP", raising=False)
+    else:
+        monkeypatch.setenv("WRITEBUS_EVENT_LOOP", env)
+    thread = LoopThread()
+    try:
+        assert type(thread.loop).__module__.split(".")[0] == module
+    finally:
+        thread.stop()
+
+
+def test_a_misspelled_loop_for_the_sync_api_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WRITEBUS_EVENT_LOOP", "uv")
+    with pytest.raises(ConfigError) as info:
+        LoopThread()
+    assert info.value.variable == "WRITEBUS_EVENT_LOOP"
