@@ -305,7 +305,8 @@ class LostInFailoverError(TrackerError):
     """The local replica was promoted before it replayed ``lsn``: the old primary had
     committed the write, but it never reached this database, which is the primary now. With
     asynchronous replication that is the price of a failover. Send the write again with the
-    same request id: the new primary has no record of it and applies it."""
+    same request id (:attr:`WriteResult.request_id`): the new primary has no record of it and
+    applies it. A write's own wait raises it as :class:`OutcomeUnknownError`, with the id."""
 
     outcome = Outcome.UNKNOWN
 

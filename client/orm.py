@@ -41,7 +41,7 @@ from sqlalchemy.orm import InstanceState, Session, make_transient, make_transien
 from sqlalchemy.orm.exc import StaleDataError
 
 from writebus.client import orm_values
-from writebus.client.errors import WriteRejectedError
+from writebus.client.errors import TrackerError, WriteBusError, WriteRejectedError
 from writebus.client.orm_plan import plan_session
 from writebus.client.orm_steps import (
     GUARD_MARK,
@@ -54,6 +54,7 @@ from writebus.client.orm_steps import (
     mapped_columns,
 )
 from writebus.client.results import StatementOutcome, WriteResult
+from writebus.client.writes import replay_wait_failed
 
 if TYPE_CHECKING:
     from writebus.client.db import Database
@@ -243,7 +244,10 @@ async def write_session(
         result = await db.batch(plan.statements, **_batch_options(rpc_timeout, request_id))
     plan.apply(session, result)
     if await_replication and result.lsn is not None and result.via_bus:
-        await db.wait_for_lsn(result.lsn, replication_timeout, result.timeline)
+        try:
+            await db.wait_for_lsn(result.lsn, replication_timeout, result.timeline)
+        except TrackerError as exc:
+            raise _wait_failed(exc, result) from exc
         result = dataclasses.replace(result, replicated=True)
     return result
 
@@ -267,9 +271,20 @@ def write_session_sync(
         result = sdb.batch(plan.statements, **_batch_options(rpc_timeout, request_id))
     plan.apply(session, result)
     if await_replication and result.lsn is not None and result.via_bus:
-        sdb.wait_for_lsn(result.lsn, replication_timeout, result.timeline)
+        try:
+            sdb.wait_for_lsn(result.lsn, replication_timeout, result.timeline)
+        except TrackerError as exc:
+            raise _wait_failed(exc, result) from exc
         result = dataclasses.replace(result, replicated=True)
     return result
+
+
+def _wait_failed(error: TrackerError, result: WriteResult) -> WriteBusError:
+    """The answer when the replay wait after a committed batch failed, as for any write
+    (:func:`~writebus.client.writes.replay_wait_failed`): applied, or unknown after a failover
+    that lost it -- with the request id to send it again under."""
+    assert result.lsn is not None
+    return replay_wait_failed(error, result.request_id or "", result.lsn)
 
 
 def _batch_options(rpc_timeout: float | None, request_id: str | None) -> dict[str, Any]:

@@ -68,6 +68,10 @@ class WriteResult:
     #: :meth:`~writebus.client.db.Database.wait_for_lsn`, so a wait spanning a failover that
     #: lost the write says so instead of passing on the new primary's positions).
     timeline: int | None = None
+    #: The request id the write was sent and recorded under (made by the client when the
+    #: caller gave none): send the same write again under it to learn its outcome, after an
+    #: error whose outcome is unknown.
+    request_id: str | None = None
 
     @property
     def rows(self) -> list[Any]:

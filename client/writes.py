@@ -24,8 +24,10 @@ from writebus.client.errors import (
     TrackerError,
     TransactionEndedError,
     UnavailableError,
+    WriteBusError,
     WriteRejectedError,
 )
+from writebus.client.lsn import format_lsn
 from writebus.client.procedures import Procedures
 from writebus.client.protocol import MSGPACK, Request, Statement, reply_lsn
 from writebus.client.results import StatementOutcome, Timings, WriteResult
@@ -176,18 +178,8 @@ async def via_bus(
             if tracker is None:
                 raise TrackerError("no LSN tracker: is this Database open?")
             await tracker.wait_for(lsn, wait, reply.timeline)
-        except LostInFailoverError as e:
-            # The commit is on the old primary only: to the caller that is a write whose
-            # outcome must be settled by sending it again under the same id.
-            err = OutcomeUnknownError(req.id, str(e), subject=subject)
-            err.last_error = e
-            raise err from e
         except TrackerError as e:
-            # Only the wait failed (no tracker, or it was closed): the write committed.
-            e.outcome = Outcome.APPLIED
-            e.lsn = lsn
-            e.args = (f"{e} (the write committed at {reply.lsn}; request {req.id})",)
-            raise
+            raise replay_wait_failed(e, req.id, lsn, subject) from e
         replication_ms = (time.monotonic() - t0) * 1000
     server_ms = reply.server_ms or 0.0
     return WriteResult(
@@ -199,6 +191,7 @@ async def via_bus(
         duplicate=reply.duplicate,
         replicated=replication_ms is not None,
         timeline=reply.timeline,
+        request_id=req.id,
         timings=Timings(
             forward_ms=max(0.0, ex.rpc_ms - server_ms),
             commit_ms=server_ms,
@@ -207,6 +200,24 @@ async def via_bus(
             attempts=ex.attempts,
         ),
     )
+
+
+def replay_wait_failed(
+    error: TrackerError, request_id: str, lsn: int, subject: str = ""
+) -> WriteBusError:
+    """What a write that committed at ``lsn`` answers when its replay wait failed with
+    ``error``. A promotion that left it behind (:class:`LostInFailoverError`) makes its
+    outcome unknown -- the commit is on the old primary only -- to be settled by sending it
+    again under ``request_id``; any other failure of the wait (no tracker, or it closed) leaves
+    it applied, at ``lsn``."""
+    if isinstance(error, LostInFailoverError):
+        err = OutcomeUnknownError(request_id, str(error), subject=subject)
+        err.last_error = error
+        return err
+    error.outcome = Outcome.APPLIED
+    error.lsn = lsn
+    error.args = (f"{error} (the write committed at {format_lsn(lsn)}; request {request_id})",)
+    return error
 
 
 def _no_position(request_id: str, subject: str) -> TrackerError:
@@ -276,6 +287,7 @@ async def direct(
         via_bus=False,
         value=done.value,
         duplicate=done.duplicate,
+        request_id=req.id,
         timings=Timings(
             forward_ms=0.0,
             commit_ms=elapsed,

@@ -21,6 +21,7 @@ from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
+import nats
 import psycopg
 import pytest
 import sqlalchemy as sa
@@ -31,6 +32,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from tests.support.docblocks import python_blocks, run_blocks
 from tests.support.stack import REPO, primary_rows, settings_for
 from writebus import Database, Outcome, SyncDatabase, WriteRejectedError
+from writebus.client.errors import LostInFailoverError, OutcomeUnknownError, TrackerError
 from writebus.client.orm import (
     OrmRefusedError,
     Refusal,
@@ -393,6 +395,40 @@ async def test_refusals_raise_before_anything_is_sent(
     assert info.value.reason is expected and info.value.outcome is Outcome.NOT_APPLIED
     table = orm.Book.__tablename__
     assert primary_rows(stack, f"SELECT id, title, version FROM {table}") == [(book_id, "kept", 1)]
+
+
+async def test_a_failed_replay_wait_after_the_batch_says_what_became_of_the_write(
+    orm: SimpleNamespace, stack: Any, buses: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch committed and only the replay wait failed: the error says so, as a plain
+    write's does -- applied at the batch's position when the tracker is gone; unknown, with
+    the request id to send it again under, when a failover left the write behind. (The
+    first had no outcome, and the second asked for a resend by an id the caller never saw.)"""
+    nc = await nats.connect(stack.nats_url("lax"))  # a tracker of its own, to close
+    try:
+        async with Database(settings_for(stack, "lax"), nats=nc) as own:
+            assert own.tracker is not None
+            await own.tracker.close()
+            with session(orm) as s:
+                s.add(orm.Book(title="untracked"))
+                with pytest.raises(TrackerError) as tracked:
+                    await write_session(own, s)
+            assert tracked.value.outcome is Outcome.APPLIED and tracked.value.lsn is not None
+
+            async def lost(lsn: int, timeout: float | None = None, timeline: int | None = None) -> int:
+                raise LostInFailoverError(lsn, lsn - 1, "lax")
+
+            monkeypatch.setattr(own, "wait_for_lsn", lost)
+            with session(orm) as s:
+                s.add(orm.Book(title="lost"))
+                with pytest.raises(OutcomeUnknownError) as unknown:
+                    await write_session(own, s)
+    finally:
+        await nc.close()
+    assert isinstance(unknown.value.last_error, LostInFailoverError)
+    rid = unknown.value.request_id
+    assert rid and rid in str(unknown.value)
+    assert primary_rows(stack, "SELECT id FROM writebus.applied WHERE id = %s", [rid]) == [(rid,)]
 
 
 async def test_write_session_sync(orm: SimpleNamespace, stack: Any, buses: Any) -> None:

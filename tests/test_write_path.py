@@ -248,6 +248,28 @@ async def test_a_committed_reply_without_a_position_is_not_taken_as_replicated(
     assert text_only.lsn == 1 and text_only.replicated
 
 
+async def test_a_results_request_id_is_the_one_its_write_was_recorded_under(
+    lax_db: Database, syd_db: Database, stack: Any, table: str
+) -> None:
+    """Through the bus and directly in the primary region, a result names its request id --
+    the client's own when the caller gave none -- and that is the id the primary recorded:
+    the one to send the write again under after an unknown outcome."""
+    insert = f"INSERT INTO {table}(body) VALUES (%s)"
+    given = f"job-{uuid.uuid4().hex}"
+    results = [
+        await lax_db.execute(insert, ["bus, made"]),
+        await lax_db.execute(insert, ["bus, given"], request_id=given),
+        await syd_db.execute(insert, ["direct, made"]),
+        await syd_db.execute(insert, ["direct, given"], request_id=given + "-d"),
+    ]
+    ids = [r.request_id for r in results]
+    assert [r.via_bus for r in results] == [True, True, False, False]
+    assert ids[1] == given and ids[3] == given + "-d"
+    assert ids[0] and ids[2] and len(set(ids)) == 4
+    recorded = primary_rows(stack, "SELECT id FROM writebus.applied WHERE id = ANY(%s)", [ids])
+    assert sorted(r[0] for r in recorded) == sorted(ids)
+
+
 async def test_a_write_whose_replay_wait_cannot_run_reports_it_committed(
     stack: Any, buses: Any, table: str
 ) -> None:
