@@ -348,10 +348,12 @@ def committed_lsn(error: BaseException) -> int | None:
     return lsn if isinstance(lsn, int) else None
 
 
-def not_open(what: str, *, write: bool) -> WriteBusError:
+def not_open(what: str, *, write: bool, reason: str = "") -> WriteBusError:
     """The error of a call on ``what`` ("the Database") before it was opened or after it was
-    closed; a ``write`` says so: nothing was sent, it was not applied."""
-    err = WriteBusError(f"{what} is not open" + (": the write was not sent" if write else ""))
+    closed (``reason``: why it cannot be); a ``write`` says so: nothing was sent, it was not
+    applied."""
+    why = f" ({reason})" if reason else ""
+    err = WriteBusError(f"{what} is not open{why}" + (": the write was not sent" if write else ""))
     if write:
         err.outcome = Outcome.NOT_APPLIED
     return err

@@ -102,12 +102,23 @@ def shared_loop() -> LoopThread:
         return _shared
 
 
+_reopen = threading.Lock()
+
+
+def reopen_lock() -> threading.Lock:
+    """The lock under which a forked child's first calls reopen a handle, so that it is
+    reopened once however many threads call at once (made afresh in each child)."""
+    return _reopen
+
+
 def _after_fork_in_child() -> None:
-    global _shared, _lock
+    global _shared, _lock, _reopen
     if _shared is not None:
         _inherited.append(_shared)
         _shared = None
-    _lock = threading.Lock()  # the parent's lock may have been held by another thread
+    # The parent's locks may have been held by another thread at fork: never released here.
+    _lock = threading.Lock()
+    _reopen = threading.Lock()
 
 
 def _stop_at_exit() -> None:

@@ -24,7 +24,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from writebus.client.db import Database
 from writebus.client.errors import StaleReadError, WriteBusError, not_open
-from writebus.client.loopthread import LoopThread, _inherited, shared_loop
+from writebus.client.loopthread import LoopThread, _inherited, reopen_lock, shared_loop
 from writebus.client.pgpool import connect_error
 from writebus.client.procedures import Procedures
 from writebus.client.reads import Consistency, Fallback
@@ -73,7 +73,12 @@ class SyncDatabase:
     ``database`` -- an async :class:`Database`, not yet open, to run writes on instead of one
     built from the settings and options (a test double such as
     :class:`writebus.testing.FakeBus`). It is opened on the background loop and closed with this
-    handle; ``settings`` default to its own. A forked child cannot reopen it and raises.
+    handle; ``settings`` default to its own.
+
+    After ``fork`` the child's first call opens the child's own connections and loop, once
+    however many threads call. A given ``pool`` or ``database`` holds the parent's
+    connections and cannot be reopened: the child's calls then raise "not open" (a write:
+    not applied). Make them in the child instead (gunicorn's ``post_fork``).
     """
 
     def __init__(
@@ -103,6 +108,7 @@ class SyncDatabase:
         self._given = database
         self._loop: LoopThread | None = None
         self._pid = 0
+        self._fork_error: str | None = None
 
     def __repr__(self) -> str:
         s = self.settings
@@ -113,7 +119,6 @@ class SyncDatabase:
     def open(self) -> None:
         """Open the local read pool and, on the background loop, the async Database (NATS,
         the tracker; in the primary region the pool its direct writes use)."""
-        self._pid = os.getpid()
         try:
             s = self.settings
             if self._pool is None and s.database_url:
@@ -136,6 +141,7 @@ class SyncDatabase:
                 local_pool=s.is_primary,
             )
             self._loop.run(self._adb.open())
+            self._pid = os.getpid()  # last: until then, a forked child's other threads wait
         except BaseException:
             self.close()
             raise
@@ -182,13 +188,19 @@ class SyncDatabase:
     def _ready(self, *, write: bool = False) -> tuple[LoopThread, Database]:
         """The loop and the async Database; "not open" otherwise (for a ``write``, with the
         outcome it has: nothing was sent)."""
-        if self._forked():
-            self._abandon()
-            if self._given is not None:
-                raise WriteBusError(
-                    "a SyncDatabase around a given Database cannot reconnect after fork"
-                )
-            self.open()  # the child's own connections and loop
+        if self._pid != os.getpid():  # forked, being reopened by another thread, or closed
+            with reopen_lock():
+                if self._forked():
+                    self._abandon()
+                    if self._given is None and self._owns_pool:
+                        self.open()  # the child's own connections and loop, once
+                    else:
+                        self._fork_error = (
+                            "a SyncDatabase given a pool or a Database cannot reconnect after "
+                            "fork: make them, and the SyncDatabase, in the child"
+                        )
+        if self._fork_error is not None:
+            raise not_open("the SyncDatabase", write=write, reason=self._fork_error)
         if self._adb is None or self._loop is None:
             raise not_open("the SyncDatabase", write=write)
         return self._loop, self._adb

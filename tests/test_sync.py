@@ -81,6 +81,98 @@ def test_a_forked_child_reconnects_and_leaves_the_parent_alone(
     assert out.stdout.split() == ["0", "3"], out.stderr[-3000:]
 
 
+FORK_THREADS_SCRIPT = """
+import asyncio, os, threading
+from writebus import Database, Settings, SyncDatabase
+
+db = SyncDatabase(Settings.from_env({env!r}))
+db.open()
+opens = []
+real_open = Database.open
+
+async def slow_open(self):  # a slow reconnect: the child's other threads arrive meanwhile
+    opens.append(1)
+    await asyncio.sleep(0.3)
+    await real_open(self)
+
+Database.open = slow_open
+pid = os.fork()
+if pid == 0:
+    errors = []
+
+    def first_call(n):
+        try:
+            db.execute("INSERT INTO {table}(body) VALUES (%s)", [f"child-{{n}}"])
+        except Exception as exc:
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=first_call, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    print(len(opens), len(errors), db.fetchval("SELECT count(*) FROM {table}"), errors[:1])
+    db.close()
+    os._exit(0)
+os.waitpid(pid, 0)
+db.close()
+"""
+
+
+def test_a_forked_childs_threads_reopen_it_once(stack: Any, buses: Any, table: str) -> None:
+    """Eight threads of a forked child make their first calls at once: the SyncDatabase is
+    reopened once, the others wait for it, and all eight writes go through. (Others arriving
+    mid-reopen used to find it half open -- "not open" errors -- or reopen it again.)"""
+    code = FORK_THREADS_SCRIPT.format(env=stack.env("lax"), table=table)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[:3] == ["1", "0", "8"], out.stdout + out.stderr[-3000:]
+
+
+FORK_GIVEN_POOL_SCRIPT = """
+import os
+from psycopg_pool import ConnectionPool
+from writebus import Settings, SyncDatabase, WriteBusError
+
+settings = Settings.from_env({env!r})
+pool = ConnectionPool(settings.database_url, min_size=1, max_size=1, kwargs={{"autocommit": True}})
+db = SyncDatabase(settings, pool=pool)
+db.open()
+assert db.fetchval("SELECT 1") == 1
+pid = os.fork()
+if pid == 0:
+    said = []
+    for call in (lambda: db.fetchval("SELECT 2"), lambda: db.execute("SELECT 3")):
+        try:
+            call()
+            said.append("ran")
+        except WriteBusError as exc:
+            said.append(f"{{exc.outcome}}:{{'after fork' in str(exc)}}")
+    print(*said)
+    os._exit(0)
+os.waitpid(pid, 0)
+print(db.fetchval("SELECT 4"))  # the parent's pool is untouched
+db.close()
+pool.close()
+"""
+
+
+def test_a_forked_child_refuses_a_pool_it_was_given(stack: Any, buses: Any) -> None:
+    """A pool the caller handed in holds the parent's connections: a forked child cannot
+    reopen it, so its calls say so -- reads plainly, writes as not applied -- instead of
+    talking on the parent's sockets, and the parent keeps working."""
+    code = FORK_GIVEN_POOL_SCRIPT.format(env=stack.env("lax"))
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["None:True", "not_applied:True", "4"], out.stderr[-3000:]
+
+
 @pytest.mark.parametrize(
     "name",
     ["execute", "batch", "call", "call_result", "rpc_region", "rpc_primary", "wait_for_lsn"],
