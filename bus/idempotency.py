@@ -19,18 +19,18 @@ How a transaction applies requests exactly once:
    date less the slack (:func:`record_floor`), so the lookup of step 2 always reaches it.
 
 Steps 1 and 2 are one command, :data:`CLAIM_SQL`, a call of the PL/pgSQL function
-``writebus.claim_v2(ids, since)``: a VOLATILE function takes a fresh snapshot for each statement it
+``writebus.claim_v3(ids, since)``: a VOLATILE function takes a fresh snapshot for each statement it
 runs, so its lookup, made after the locks were granted, sees what a racing original committed
 while this transaction waited (two statements sent in one pipeline did the same, for one more
 command per transaction).
 
 A group's first try, which sends its statements in the same round trip as the claim, uses
-``writebus.claim_fresh_v2(ids, since)`` instead (:data:`CLAIM_FRESH_SQL`): the same claim, raising
+``writebus.claim_fresh_v3(ids, since)`` instead (:data:`CLAIM_FRESH_SQL`): the same claim, raising
 :data:`REPEATED_SQLSTATE` when an id was already applied, so that the statements after it in
 the round trip do not run; the repeats are then looked up and answered.
 
 A write whose id nobody can have applied (*unseen*: made by the client for this very call, in
-its first try, see :func:`claim_sql`) is claimed with ``writebus.claim_unseen_v2(ids)``
+its first try, see :func:`claim_sql`) is claimed with ``writebus.claim_unseen_v3(ids)``
 (:data:`CLAIM_UNSEEN_SQL`): step 1 alone, the same locks, and no lookup -- the lookup is most
 of a lone write's claim, 0.1-0.3 ms on the primary.
 
@@ -69,14 +69,14 @@ log = get_logger("writebus.bus.idempotency")
 
 #: Steps 1 and 2 as one command: lock the ids, then the rows of those already applied (with
 #: what they asked for and what they got). Parameters: :func:`claim_params`.
-CLAIM_SQL: Final = "SELECT id, digest, result FROM writebus.claim_v2(%s::text[], %s::float8)"
+CLAIM_SQL: Final = "SELECT id, digest, result FROM writebus.claim_v3(%s::text[], %s::float8)"
 #: Steps 1 and 2 for a transaction that runs its statements in the same round trip (a
 #: group's first try): an id already applied is an error, :data:`REPEATED_SQLSTATE`, which
 #: stops the statements after it -- a client's retry does not run them again.
-CLAIM_FRESH_SQL: Final = "SELECT writebus.claim_fresh_v2(%s::text[], %s::float8)"
+CLAIM_FRESH_SQL: Final = "SELECT writebus.claim_fresh_v3(%s::text[], %s::float8)"
 #: Step 1 alone, for unseen ids (:func:`claim_sql`): their locks, and no rows. Parameters:
 #: :func:`claim_params` with ``unseen``.
-CLAIM_UNSEEN_SQL: Final = "SELECT id, digest, result FROM writebus.claim_unseen_v2(%s::text[])"
+CLAIM_UNSEEN_SQL: Final = "SELECT id, digest, result FROM writebus.claim_unseen_v3(%s::text[])"
 #: The SQLSTATE :data:`CLAIM_FRESH_SQL` raises when an id was already applied.
 REPEATED_SQLSTATE: Final = "WB001"
 #: How a transaction that claims ids begins, whatever the database's default isolation: under
@@ -90,7 +90,9 @@ BEGIN_SQL: Final = "BEGIN ISOLATION LEVEL READ COMMITTED"
 #: (:func:`store_statement`). Planned and run, a lone record costs the primary about 0.1 ms
 #: less as ``VALUES`` than through ``unnest`` of four arrays.
 STORE_VALUES_SQL: Final = "INSERT INTO writebus.applied (id, applied_at, digest, result) VALUES "
-STORE_ROW_SQL: Final = "(%s, greatest(now(), to_timestamp(%s)), %s, %s)"
+STORE_ROW_SQL: Final = (
+    "(%s, greatest(pg_catalog.now(), pg_catalog.to_timestamp(%s::pg_catalog.float8)), %s, %s)"
+)
 #: How far a dated request id (:mod:`writebus.client.ids`) may be ahead of the primary's clock
 #: and still have its record stored where its date says (see :func:`record_floor`). Never
 #: lower it: records stored under a larger slack would sit before a smaller one's lookups.
@@ -290,7 +292,7 @@ async def _ensure_schema(
     async with conn.transaction():
         await conn.execute(f"SET LOCAL lock_timeout = '{SCHEMA_LOCK_TIMEOUT}'")
         await conn.execute(partitions.ISO_DATES)
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", [partitions.SCHEMA_LOCK])
+        await conn.execute(partitions.LOCK_SQL, [partitions.SCHEMA_LOCK])
         cur = await conn.execute(
             "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = 'writebus' AND c.relname = 'applied'"

@@ -48,6 +48,9 @@ PARTITIONS_AHEAD: Final = 2
 MAINTENANCE_LOCK_TIMEOUT: Final = "200ms"
 #: Held by every transaction that makes partitions (or the table): they never race.
 SCHEMA_LOCK: Final = 0x77726974
+#: Takes an advisory lock for the transaction; qualified and typed, so that no function on the
+#: session's ``search_path`` matching an ``int4`` better can stand in for it.
+LOCK_SQL: Final = "SELECT pg_catalog.pg_advisory_xact_lock(%s::pg_catalog.int8)"
 _DROP_LOCK: Final = 0x77726975
 #: ISO dates in the transaction: psycopg and partition bounds' parsing read no other style.
 ISO_DATES: Final = "SET LOCAL DateStyle = 'ISO'"
@@ -124,7 +127,7 @@ async def maintain(
     try:
         async with conn.transaction():
             await conn.execute(f"SET LOCAL lock_timeout = '{MAINTENANCE_LOCK_TIMEOUT}'")
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", [SCHEMA_LOCK])
+            await conn.execute(LOCK_SQL, [SCHEMA_LOCK])
             await create_partitions(conn, partition_bounds(now))
         step = "drop"
         return await _drop_expired(conn, now - datetime.timedelta(seconds=window))
@@ -143,7 +146,9 @@ async def _drop_expired(conn: psycopg.AsyncConnection[Any], horizon: datetime.da
     """Drop the partitions whose range ends at or before ``horizon``."""
     dropped = 0
     async with conn.transaction():
-        cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [_DROP_LOCK])
+        cur = await conn.execute(
+            "SELECT pg_catalog.pg_try_advisory_xact_lock(%s::pg_catalog.int8)", [_DROP_LOCK]
+        )
         row = await cur.fetchone()
         if not (row and row[0]):
             return 0

@@ -127,12 +127,12 @@ def local_pool_configure(
 
 
 def unseen_claim_missing(error: WriteRejectedError) -> bool:
-    """Whether ``error`` is the database lacking ``writebus.claim_unseen_v2`` (SQLSTATE
+    """Whether ``error`` is the database lacking ``writebus.claim_unseen_v3`` (SQLSTATE
     42883, undefined function, naming it: the claim failed, so nothing of the write ran)."""
     return (
         error.sqlstate == "42883"
         and error.statement_index is None
-        and "claim_unseen_v2" in str(error)
+        and "claim_unseen_v3" in str(error)
     )
 
 

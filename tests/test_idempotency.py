@@ -80,7 +80,7 @@ async def test_claim_waits_for_a_racing_original_and_sees_its_commit(stack: Any)
 async def test_a_retry_waits_for_an_unseen_original_and_sees_its_commit(
     stack: Any, retry_sql: str
 ) -> None:
-    """The unseen claim (``claim_unseen_v2``: an original that skips the lookup) takes the
+    """The unseen claim (``claim_unseen_v3``: an original that skips the lookup) takes the
     same lock as every other claim: a retry's claim, either kind, waits for the original and
     then finds what it committed. With another lock, or none, the retry would run again."""
     rid = str(ids.new_id())
@@ -114,7 +114,7 @@ async def test_unseen_claim_does_not_look_up(stack: Any) -> None:
 
 
 async def test_fresh_claim_waits_for_a_racing_original_and_refuses_its_id(stack: Any) -> None:
-    """The first try's claim (``claim_fresh_v2``) blocked on the id's lock raises ``WB001``
+    """The first try's claim (``claim_fresh_v3``) blocked on the id's lock raises ``WB001``
     once the lock holder commits the id: its lookup, too, runs after the lock was granted."""
     with pytest.raises(psycopg.Error) as caught:
         await _claim_racing_an_original(stack, idempotency.CLAIM_FRESH_SQL, str(ids.new_id()))
@@ -179,7 +179,7 @@ async def test_ensure_schema_keeps_another_roles_claim_function(stack: Any) -> N
             await other.close()
         cur = await admin.execute(
             "SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE oid = "
-            "'writebus.claim_v2(text[], float8)'::regprocedure"
+            "'writebus.claim_v3(text[], float8)'::regprocedure"
         )
         assert await cur.fetchone() != (role,)
     finally:
@@ -421,3 +421,59 @@ async def test_a_drop_behind_a_long_write_waits_for_a_later_pass_and_creation_do
             assert await cur.fetchone() == (len(names),)
             await writer.commit()
             assert await partitions.maintain(conn, 24 * 3600.0, now=soon) >= 1
+
+
+# -- the caller's search_path -----------------------------------------------------------------
+
+#: Functions a user who may create in ``public`` (every user before Postgres 15) could define:
+#: each matches its call's arguments better than ``pg_catalog``'s, so an unqualified call runs
+#: it, as the calling role.
+_SHADOWS = (
+    "CREATE FUNCTION public.hashtextextended(text, integer) RETURNS bigint LANGUAGE plpgsql "
+    "AS $$ BEGIN RAISE EXCEPTION 'shadowed: hashtextextended'; END $$",
+    "CREATE FUNCTION public.unnest(text[]) RETURNS SETOF text LANGUAGE plpgsql "
+    "AS $$ BEGIN RAISE EXCEPTION 'shadowed: unnest'; END $$",
+    "CREATE FUNCTION public.to_timestamp(text) RETURNS timestamptz LANGUAGE plpgsql "
+    "AS $$ BEGIN RAISE EXCEPTION 'shadowed: to_timestamp'; END $$",
+    "CREATE FUNCTION public.pg_advisory_xact_lock(integer) RETURNS void LANGUAGE plpgsql "
+    "AS $$ BEGIN RAISE EXCEPTION 'shadowed: pg_advisory_xact_lock'; END $$",
+    "CREATE FUNCTION public.pg_try_advisory_xact_lock(integer) RETURNS boolean "
+    "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'shadowed: pg_try_advisory_xact_lock'; END $$",
+)
+
+
+async def test_functions_on_the_callers_search_path_never_stand_in(stack: Any) -> None:
+    """Functions in ``public`` that match the exactly-once SQL's calls better than
+    ``pg_catalog``'s -- an ``int4`` where it takes an ``int8``, a ``text[]`` for ``anyarray``,
+    ``text`` for an untyped NULL -- are never run: not by the schema step or maintenance, the
+    claims (bound and written out), nor the record of an undated id. Each shadow raises if
+    called. (Version 2 of the claim functions ran two of them, as the worker's role.) The
+    locks taken are ``pg_catalog.hashtextextended``'s."""
+    async with _scratch_database(stack) as url:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            for create in _SHADOWS:
+                await conn.execute(create)
+            cur = await conn.execute("SHOW search_path")
+            assert await cur.fetchone() == ('"$user", public',)
+            await idempotency.ensure_schema(conn, 24 * 3600.0)
+            assert await partitions.maintain(conn, 24 * 3600.0) == 0
+            undated, dated = f"job-{uuid.uuid4().hex}", ids.new_id()
+            for claim in (idempotency.CLAIM_SQL, idempotency.CLAIM_FRESH_SQL):
+                async with conn.transaction():
+                    await conn.execute(claim, idempotency.claim_params([undated, dated]))
+            async with conn.transaction():
+                await conn.execute(idempotency.CLAIM_UNSEEN_SQL,
+                                   idempotency.claim_params([dated], unseen=True))  # fmt: skip
+                cur = await conn.execute(
+                    "SELECT objid::int8 + (classid::int8 << 32) FROM pg_locks "
+                    "WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+                )
+                locked = [r[0] for r in await cur.fetchall()]
+                cur = await conn.execute(
+                    "SELECT pg_catalog.hashtextextended(%s, 7207::int8)", [dated]
+                )
+                assert locked == [(await cur.fetchone() or [None])[0]]
+                rows = [(undated, b"d", b"r"), (dated, b"d", b"r")]
+                await conn.execute(*idempotency.store_statement(rows))
+            cur = await conn.execute("SELECT count(*) FROM writebus.applied")
+            assert await cur.fetchone() == (2,)

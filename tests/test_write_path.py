@@ -94,7 +94,7 @@ async def test_primary_region_commits_are_durable_whatever_the_session_default(
 async def test_a_primary_region_write_without_the_unseen_claim_looks_its_id_up(
     stack: Any, table: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A database that lost ``writebus.claim_unseen_v2`` after the app opened (one set up by
+    """A database that lost ``writebus.claim_unseen_v3`` after the app opened (one set up by
     an older writebus, restored or swapped in) still takes writes of ids the client made:
     refused at the claim, nothing ran, the write runs again with the claim that looks up.
     (No bus here: a syd bus starting meanwhile would create the function again.)"""
@@ -120,7 +120,7 @@ async def test_a_primary_region_write_without_the_unseen_claim_looks_its_id_up(
     try:
         async with Database(settings_for(stack, "syd")) as db:  # opening makes the function
             with psycopg.connect(stack.primary.url, autocommit=True) as conn:
-                conn.execute("DROP FUNCTION writebus.claim_unseen_v2(text[])")
+                conn.execute("DROP FUNCTION writebus.claim_unseen_v3(text[])")
             res = await db.execute(f"INSERT INTO {table}(body) VALUES ('no unseen claim') {MARK}")
     finally:
         with psycopg.connect(stack.primary.url, autocommit=True) as conn:

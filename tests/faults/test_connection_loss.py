@@ -114,7 +114,7 @@ async def test_write_cut_mid_statement_is_run_again(rig: Rig, path: str) -> None
 
 
 #: The claim functions, as ``pg_stat_user_functions`` names them.
-CLAIMS = ("claim_unseen_v2", "claim_v2")
+CLAIMS = ("claim_unseen_v3", "claim_v3")
 
 
 def _claim_calls(primary_url: str) -> dict[str, int]:
@@ -150,8 +150,8 @@ async def _claims_by(rig: Rig, writes: Any) -> dict[str, int]:
 
 async def test_direct_first_try_locks_its_own_id_and_a_retry_looks_it_up(rig: Rig) -> None:
     """In the primary region a write (statements or a procedure) whose id the client made is
-    claimed without a lookup (``claim_unseen_v2``: nobody can have used that id), but only in
-    its first try: the try after a cut connection looks the id up (``claim_v2``), as does a
+    claimed without a lookup (``claim_unseen_v3``: nobody can have used that id), but only in
+    its first try: the try after a cut connection looks the id up (``claim_v3``), as does a
     write whose id the caller chose. The row is there once either way."""
     insert = f"INSERT INTO {rig.table}(key, region) VALUES (%s, 'direct')"
 
@@ -160,20 +160,20 @@ async def test_direct_first_try_locks_its_own_id_and_a_retry_looks_it_up(rig: Ri
             await db.execute(insert, [f"made-{n}"])
         await db.call("put_key", rig.table, "made-proc")
 
-    assert await _claims_by(rig, made_ids) == {"claim_unseen_v2": 4, "claim_v2": 0}
+    assert await _claims_by(rig, made_ids) == {"claim_unseen_v3": 4, "claim_v3": 0}
 
     async def chosen_ids(db: Database) -> None:
         await db.execute(insert, ["chosen"], request_id="chosen-by-the-caller")
         await db.call("put_key", rig.table, "chosen-proc", request_id="chosen-for-the-call")
 
-    assert await _claims_by(rig, chosen_ids) == {"claim_unseen_v2": 0, "claim_v2": 2}
+    assert await _claims_by(rig, chosen_ids) == {"claim_unseen_v3": 0, "claim_v3": 2}
 
     async def cut(db: Database) -> None:
         write = asyncio.create_task(db.execute(SLOW_INSERT.format(table=rig.table), ["cut", "d"]))
         await asyncio.to_thread(_terminate_running, rig.stack.primary.url, "cut-me")
         assert not (await write).duplicate
 
-    assert await _claims_by(rig, cut) == {"claim_unseen_v2": 1, "claim_v2": 1}
+    assert await _claims_by(rig, cut) == {"claim_unseen_v3": 1, "claim_v3": 1}
     for key in ("made-0", "made-2", "made-proc", "chosen", "chosen-proc", "cut"):
         assert _count(rig.stack.primary.url, rig.table, key) == 1
 

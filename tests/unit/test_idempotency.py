@@ -47,7 +47,7 @@ def test_the_claim_of_unseen_ids_only_locks_them() -> None:
         assert idempotency.claim_sql(unseen=True, first_try=first_try) == (
             idempotency.CLAIM_UNSEEN_SQL
         )
-    assert "claim_unseen_v2(%s::text[])" in idempotency.CLAIM_UNSEEN_SQL
+    assert "claim_unseen_v3(%s::text[])" in idempotency.CLAIM_UNSEEN_SQL
     assert idempotency.claim_params([a], unseen=True, array=list) == [[a]]
     assert idempotency.claim_params([a], array=list) == [[a], 10_000.0 - SLACK]
 
