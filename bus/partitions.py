@@ -17,7 +17,8 @@ How each step locks the table, which every write uses:
 * **Dropping a partition** needs ACCESS EXCLUSIVE on the parent, and Postgres queues every
   later write behind a waiting request for it. So the drops run in a transaction of their own,
   waiting at most :data:`MAINTENANCE_LOCK_TIMEOUT`, and are otherwise left to the next pass:
-  dropping late costs only disk.
+  dropping late costs only disk. Behind a transaction long under way (a dump) they do not ask
+  for the lock at all: that wait would hold every write up at every pass.
 
 Several workers, and applications writing directly in the primary region, may do this at once:
 every step that makes partitions holds the advisory lock :data:`SCHEMA_LOCK`, and a drop pass
@@ -33,6 +34,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
+from writebus.bus.pg import lock_holders
 from writebus.client.log import get_logger
 
 # Its events belong to the exactly-once table, under the logger operators already filter on.
@@ -46,6 +48,9 @@ PARTITIONS_AHEAD: Final = 2
 #: write queued behind it waits too), or another worker making partitions. Past it, the pass
 #: is left to the next one.
 MAINTENANCE_LOCK_TIMEOUT: Final = "200ms"
+#: A transaction on the table this long under way holds up the drops without their lock
+#: being asked for (:func:`long_holders`).
+LONG_TRANSACTION_S: Final = 1.0
 #: Held by every transaction that makes partitions (or the table): they never race.
 SCHEMA_LOCK: Final = 0x77726974
 #: Takes an advisory lock for the transaction; qualified and typed, so that no function on the
@@ -143,8 +148,10 @@ async def maintain(
 
 
 async def _drop_expired(conn: psycopg.AsyncConnection[Any], horizon: datetime.datetime) -> int:
-    """Drop the partitions whose range ends at or before ``horizon``."""
-    dropped = 0
+    """Drop the partitions whose range ends at or before ``horizon`` -- unless a transaction
+    long under way holds the table (:func:`long_holders`): then the lock is not even asked
+    for, since the request would queue every write behind it for the whole lock timeout, at
+    every pass, for as long as that transaction runs (a ``pg_dump``: hours)."""
     async with conn.transaction():
         cur = await conn.execute(
             "SELECT pg_catalog.pg_try_advisory_xact_lock(%s::pg_catalog.int8)", [_DROP_LOCK]
@@ -157,12 +164,34 @@ async def _drop_expired(conn: psycopg.AsyncConnection[Any], horizon: datetime.da
             "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
             "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'writebus.applied'::regclass"
         )
-        for name, bound in await cur.fetchall():
-            upper = _upper_bound(bound)
-            if upper is not None and upper <= horizon:
-                await conn.execute(sql.SQL("DROP TABLE writebus.{}").format(sql.Identifier(name)))
-                dropped += 1
-    return dropped
+        expired = [
+            name
+            for name, bound in await cur.fetchall()
+            if (upper := _upper_bound(bound)) is not None and upper <= horizon
+        ]
+        if not expired:
+            return 0
+        busy = long_holders(await lock_holders(conn, "writebus.applied"))
+        if busy:
+            log.warning(
+                "idempotency.maintenance_deferred",
+                step="drop",
+                reason=f"writebus.applied is held by a transaction {LONG_TRANSACTION_S:g} s or "
+                "more under way; its lock is not asked for, which would hold up every write, "
+                "until that transaction ends",
+                holders=busy,
+                expired=len(expired),
+            )
+            return 0
+        for name in expired:
+            await conn.execute(sql.SQL("DROP TABLE writebus.{}").format(sql.Identifier(name)))
+    return len(expired)
+
+
+def long_holders(holders: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The lock ``holders`` (:func:`~writebus.bus.pg.lock_holders`) whose transaction has run
+    :data:`LONG_TRANSACTION_S` or more: unlikely to end within the lock timeout."""
+    return [h for h in holders if (h.get("transaction_s") or 0.0) >= LONG_TRANSACTION_S]
 
 
 def _upper_bound(bound: str) -> datetime.datetime | None:

@@ -423,6 +423,29 @@ async def test_a_drop_behind_a_long_write_waits_for_a_later_pass_and_creation_do
             assert await partitions.maintain(conn, 24 * 3600.0, now=soon) >= 1
 
 
+async def test_drops_do_not_ask_for_the_table_behind_a_dump(
+    stack: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``pg_dump`` holds the table (ACCESS SHARE) for hours. Asking for the drops' lock
+    behind it would queue every write for the lock timeout at every pass; once its transaction
+    has been under way a while, maintenance does not ask, says who holds the table, and drops
+    on the first pass after it ends."""
+    now = datetime.datetime.now(datetime.UTC)
+    async with _scratch_database(stack) as url:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn, \
+                await psycopg.AsyncConnection.connect(url) as dump:  # fmt: skip
+            await idempotency.ensure_schema(conn, None, now=now - datetime.timedelta(hours=30))
+            await idempotency.ensure_schema(conn, None, now=now)
+            await dump.execute("LOCK TABLE writebus.applied IN ACCESS SHARE MODE")
+            await asyncio.sleep(partitions.LONG_TRANSACTION_S + 0.2)
+            caplog.set_level("WARNING", logger="writebus.bus.idempotency")
+            assert await partitions.maintain(conn, 24 * 3600.0, now=now) == 0
+            assert "is not asked for" in caplog.text
+            assert f"'pid': {dump.info.backend_pid}" in caplog.text
+            await dump.rollback()
+            assert await partitions.maintain(conn, 24 * 3600.0, now=now) >= 1
+
+
 # -- the caller's search_path -----------------------------------------------------------------
 
 #: Functions a user who may create in ``public`` (every user before Postgres 15) could define:

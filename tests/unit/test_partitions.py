@@ -38,3 +38,14 @@ def test_upper_bounds_read_as_pg_get_expr_prints_them_in_iso() -> None:
     assert read(india) == datetime.datetime(2026, 11, 29, tzinfo=UTC)
     assert read("DEFAULT") is None
     assert read("FOR VALUES FROM ('x') TO ('28/11/2026 23:00:00 UTC')") is None
+
+
+def test_only_transactions_long_under_way_hold_the_drops_up() -> None:
+    holders = [
+        {"pid": 1, "transaction_s": 0.2, "mode": "RowExclusiveLock"},
+        {"pid": 2, "transaction_s": 3600.5, "mode": "AccessShareLock"},
+        {"pid": 3, "transaction_s": None, "mode": "AccessShareLock"},  # no transaction start
+        {"pid": 4, "transaction_s": partitions.LONG_TRANSACTION_S, "mode": "RowExclusiveLock"},
+    ]
+    assert [h["pid"] for h in partitions.long_holders(holders)] == [2, 4]
+    assert partitions.long_holders([]) == []
