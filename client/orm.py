@@ -41,7 +41,7 @@ from sqlalchemy.orm import InstanceState, Session, make_transient, make_transien
 from sqlalchemy.orm.exc import StaleDataError
 
 from writebus.client import orm_values
-from writebus.client.errors import TrackerError, WriteBusError, WriteRejectedError
+from writebus.client.errors import LostInFailoverError, TrackerError, WriteRejectedError
 from writebus.client.orm_plan import plan_session
 from writebus.client.orm_steps import (
     GUARD_MARK,
@@ -229,27 +229,28 @@ async def write_session(
 ) -> WriteResult | None:
     """Write ``session``'s pending changes in one batch and settle the session.
 
-    Returns the batch's :class:`WriteResult` (None when there was nothing to write). The
-    objects are settled as soon as the commit is known, then the call waits for the local
-    replica to replay it (unless ``await_replication`` is false): a
-    :class:`~writebus.client.errors.ReplicationTimeoutError` then still leaves a settled
-    session. Raises :class:`OrmRefusedError` before sending, :class:`StaleObjectError` when a
-    row changed meanwhile, and any error of :meth:`Database.batch`. Nothing else may change
-    the session's objects while this waits: settling commits what they hold."""
+    Returns the batch's :class:`WriteResult` (None when there was nothing to write). Once the
+    commit is known the call waits for the local replica to replay it (unless
+    ``await_replication`` is false), then settles the objects; when only the wait fails -- a
+    :class:`~writebus.client.errors.ReplicationTimeoutError`, the tracker gone -- the session
+    is settled all the same, and the error says the write was applied. A failover that lost
+    the commit raises :class:`~writebus.client.errors.OutcomeUnknownError` and leaves the
+    session as it was: write it again with ``request_id=err.request_id``. Raises
+    :class:`OrmRefusedError` before sending, :class:`StaleObjectError` when a row changed
+    meanwhile, and any error of :meth:`Database.batch`. Nothing else may change the session's
+    objects while this waits: settling commits what they hold."""
     plan = orm_batch(session)
     if not plan.steps:
         plan.apply(session, None)
         return None
     with _stale_errors(plan):
         result = await db.batch(plan.statements, **_batch_options(rpc_timeout, request_id))
-    plan.apply(session, result)
-    if await_replication and result.lsn is not None and result.via_bus:
-        try:
-            await db.wait_for_lsn(result.lsn, replication_timeout, result.timeline)
-        except TrackerError as exc:
-            raise _wait_failed(exc, result) from exc
-        result = dataclasses.replace(result, replicated=True)
-    return result
+    if not (await_replication and result.lsn is not None and result.via_bus):
+        plan.apply(session, result)
+        return result
+    with _settling(plan, session, result):
+        await db.wait_for_lsn(result.lsn, replication_timeout, result.timeline)
+    return dataclasses.replace(result, replicated=True)
 
 
 def write_session_sync(
@@ -269,27 +270,37 @@ def write_session_sync(
         return None
     with _stale_errors(plan):
         result = sdb.batch(plan.statements, **_batch_options(rpc_timeout, request_id))
-    plan.apply(session, result)
-    if await_replication and result.lsn is not None and result.via_bus:
-        try:
-            sdb.wait_for_lsn(result.lsn, replication_timeout, result.timeline)
-        except TrackerError as exc:
-            raise _wait_failed(exc, result) from exc
-        result = dataclasses.replace(result, replicated=True)
-    return result
+    if not (await_replication and result.lsn is not None and result.via_bus):
+        plan.apply(session, result)
+        return result
+    with _settling(plan, session, result):
+        sdb.wait_for_lsn(result.lsn, replication_timeout, result.timeline)
+    return dataclasses.replace(result, replicated=True)
 
 
-def _wait_failed(error: TrackerError, result: WriteResult) -> WriteBusError:
-    """The answer when the replay wait after a committed batch failed, as for any write
-    (:func:`~writebus.client.writes.replay_wait_failed`): applied, or unknown after a failover
-    that lost it -- with the request id to send it again under."""
+@contextmanager
+def _settling(plan: OrmPlan, session: Session, result: WriteResult) -> Iterator[None]:
+    """Around the replay wait after ``result`` committed: settle ``session`` from it after
+    the wait, or when only the wait failed (the error then says applied, at the commit's
+    position, as any write's does: :func:`~writebus.client.writes.replay_wait_failed`). A
+    failover that lost the commit leaves the session unsettled, to be written again under the
+    same request id."""
     assert result.lsn is not None
-    return replay_wait_failed(error, result.request_id or "", result.lsn)
+    try:
+        yield
+    except LostInFailoverError as exc:
+        raise replay_wait_failed(exc, result.request_id or "", result.lsn) from exc
+    except BaseException as exc:
+        plan.apply(session, result)
+        if isinstance(exc, TrackerError):
+            replay_wait_failed(exc, result.request_id or "", result.lsn)  # applied, at lsn
+        raise
+    plan.apply(session, result)
 
 
 def _batch_options(rpc_timeout: float | None, request_id: str | None) -> dict[str, Any]:
-    # The replay wait comes after apply(): a ReplicationTimeoutError then finds the session
-    # already settled. Tuple rows, whatever the Database's row factory, for apply().
+    # The replay wait is the caller's (_settling). Tuple rows, whatever the Database's row
+    # factory, for apply().
     return {
         "await_replication": False,
         "rpc_timeout": rpc_timeout,

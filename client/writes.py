@@ -179,7 +179,10 @@ async def via_bus(
                 raise TrackerError("no LSN tracker: is this Database open?")
             await tracker.wait_for(lsn, wait, reply.timeline)
         except TrackerError as e:
-            raise replay_wait_failed(e, req.id, lsn, subject) from e
+            answer = replay_wait_failed(e, req.id, lsn, subject)
+            if answer is e:
+                raise
+            raise answer from e
         replication_ms = (time.monotonic() - t0) * 1000
     server_ms = reply.server_ms or 0.0
     return WriteResult(
@@ -209,7 +212,7 @@ def replay_wait_failed(
     ``error``. A promotion that left it behind (:class:`LostInFailoverError`) makes its
     outcome unknown -- the commit is on the old primary only -- to be settled by sending it
     again under ``request_id``; any other failure of the wait (no tracker, or it closed) leaves
-    it applied, at ``lsn``."""
+    it applied, at ``lsn`` (``error`` itself, completed)."""
     if isinstance(error, LostInFailoverError):
         err = OutcomeUnknownError(request_id, str(error), subject=subject)
         err.last_error = error

@@ -401,9 +401,12 @@ async def test_a_failed_replay_wait_after_the_batch_says_what_became_of_the_writ
     orm: SimpleNamespace, stack: Any, buses: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The batch committed and only the replay wait failed: the error says so, as a plain
-    write's does -- applied at the batch's position when the tracker is gone; unknown, with
-    the request id to send it again under, when a failover left the write behind. (The
-    first had no outcome, and the second asked for a resend by an id the caller never saw.)"""
+    write's does -- applied at the batch's position when the tracker is gone (the session is
+    settled); unknown, with the request id to send it again under, when a failover left the
+    write behind -- and then the session keeps its changes, so that writing it again under
+    that id settles it (here the commit was not really lost: the resend is answered from its
+    record). (The first had no outcome; the second asked for a resend by an id the caller
+    never saw, of a session already settled, so nothing would have been sent.)"""
     nc = await nats.connect(stack.nats_url("lax"))  # a tracker of its own, to close
     try:
         async with Database(settings_for(stack, "lax"), nats=nc) as own:
@@ -420,9 +423,15 @@ async def test_a_failed_replay_wait_after_the_batch_says_what_became_of_the_writ
 
             monkeypatch.setattr(own, "wait_for_lsn", lost)
             with session(orm) as s:
-                s.add(orm.Book(title="lost"))
+                book = orm.Book(title="lost")
+                s.add(book)
                 with pytest.raises(OutcomeUnknownError) as unknown:
                     await write_session(own, s)
+                assert s.new and book.id is None  # not settled
+                again = await write_session(own, s, request_id=unknown.value.request_id,
+                                            await_replication=False)  # fmt: skip
+                assert again is not None and again.duplicate
+                assert clean(s, book) and isinstance(book.id, int)
     finally:
         await nc.close()
     assert isinstance(unknown.value.last_error, LostInFailoverError)
