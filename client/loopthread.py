@@ -106,8 +106,8 @@ _reopen = threading.Lock()
 
 
 def reopen_lock() -> threading.Lock:
-    """The lock under which a forked child's first calls reopen a handle, so that it is
-    reopened once however many threads call at once (made afresh in each child)."""
+    """The process's lock for making each handle's own lock in this process (made afresh in
+    each child); held only for that."""
     return _reopen
 
 

@@ -8,14 +8,16 @@ tracker, so the two APIs cannot disagree. Why this over a generated sync twin is
 docs/design.md (thread safety, fork safety, shutdown, latency).
 
 A :class:`SyncDatabase` may be shared by any number of threads. After ``os.fork()`` the child
-notices (the process id changed) and reconnects on its next call, leaving the parent's sockets
-alone.
+notices (the process id changed) and reconnects on its next call -- once, however many of its
+threads call -- leaving the parent's sockets alone; one given a pool or a Database cannot, and
+says so.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Iterable
 from typing import Any, Self
 
@@ -23,7 +25,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from writebus.client.db import Database
-from writebus.client.errors import StaleReadError, WriteBusError, not_open
+from writebus.client.errors import Outcome, StaleReadError, WriteBusError, not_open
 from writebus.client.loopthread import LoopThread, _inherited, reopen_lock, shared_loop
 from writebus.client.pgpool import connect_error
 from writebus.client.procedures import Procedures
@@ -107,8 +109,11 @@ class SyncDatabase:
         self._primary_reads: ConnectionPool[Any] | None = None
         self._given = database
         self._loop: LoopThread | None = None
-        self._pid = 0
+        self._owner = 0  # the process whose connections these are (set as open() starts)
+        self._open_in = 0  # the process it is open in (set once open() is done)
         self._fork_error: str | None = None
+        self._rlock = threading.RLock()
+        self._rlock_pid = os.getpid()
 
     def __repr__(self) -> str:
         s = self.settings
@@ -119,6 +124,7 @@ class SyncDatabase:
     def open(self) -> None:
         """Open the local read pool and, on the background loop, the async Database (NATS,
         the tracker; in the primary region the pool its direct writes use)."""
+        self._owner = os.getpid()
         try:
             s = self.settings
             if self._pool is None and s.database_url:
@@ -141,13 +147,18 @@ class SyncDatabase:
                 local_pool=s.is_primary,
             )
             self._loop.run(self._adb.open())
-            self._pid = os.getpid()  # last: until then, a forked child's other threads wait
+            self._open_in = os.getpid()  # last: until then, a child's other threads wait
         except BaseException:
             self.close()
             raise
 
     def close(self) -> None:
         """Close everything this handle opened. Never raises."""
+        with self._lock():
+            self._close()
+
+    def _close(self) -> None:
+        self._open_in = 0
         if self._forked():
             self._abandon()
             return
@@ -173,7 +184,15 @@ class SyncDatabase:
         self.close()
 
     def _forked(self) -> bool:
-        return self._pid != 0 and self._pid != os.getpid()
+        return self._owner != 0 and self._owner != os.getpid()
+
+    def _lock(self) -> threading.RLock:
+        """This handle's lock in this process (a child makes its own: the parent's may have
+        been held at fork). Held to reopen after fork, and to close."""
+        with reopen_lock():  # held only to make the lock
+            if self._rlock_pid != os.getpid():
+                self._rlock, self._rlock_pid = threading.RLock(), os.getpid()
+            return self._rlock
 
     def _abandon(self) -> None:
         """In a forked child: drop the parent's connections without touching them."""
@@ -183,27 +202,37 @@ class SyncDatabase:
         if self._owns_pool:
             self._pool = None
         self._loop = None
-        self._pid = 0
+        self._owner = self._open_in = 0
 
     def _ready(self, *, write: bool = False) -> tuple[LoopThread, Database]:
         """The loop and the async Database; "not open" otherwise (for a ``write``, with the
         outcome it has: nothing was sent)."""
-        if self._pid != os.getpid():  # forked, being reopened by another thread, or closed
-            with reopen_lock():
+        if self._open_in != os.getpid():  # forked, being reopened, not yet open, or closed
+            with self._lock():
                 if self._forked():
-                    self._abandon()
-                    if self._given is None and self._owns_pool:
-                        self.open()  # the child's own connections and loop, once
-                    else:
-                        self._fork_error = (
-                            "a SyncDatabase given a pool or a Database cannot reconnect after "
-                            "fork: make them, and the SyncDatabase, in the child"
-                        )
+                    self._reopen_in_child(write)
         if self._fork_error is not None:
             raise not_open("the SyncDatabase", write=write, reason=self._fork_error)
         if self._adb is None or self._loop is None:
             raise not_open("the SyncDatabase", write=write)
         return self._loop, self._adb
+
+    def _reopen_in_child(self, write: bool) -> None:
+        """Leave the parent's connections alone and open the child's own, once; a given pool
+        or Database cannot be, and every later call says so."""
+        self._abandon()
+        if self._given is not None or not self._owns_pool:
+            self._fork_error = (
+                "a SyncDatabase given a pool or a Database cannot reconnect after fork: make "
+                "them, and the SyncDatabase, in the child"
+            )
+            return
+        try:
+            self.open()
+        except WriteBusError as exc:
+            if write and exc.outcome is None:
+                exc.outcome = Outcome.NOT_APPLIED  # the write was never sent
+            raise
 
     @property
     def tracker(self) -> LsnTracker | None:

@@ -132,6 +132,60 @@ def test_a_forked_childs_threads_reopen_it_once(stack: Any, buses: Any, table: s
     assert out.stdout.split()[:3] == ["1", "0", "8"], out.stdout + out.stderr[-3000:]
 
 
+FORK_DURING_OPEN_SCRIPT = """
+import asyncio, os, threading, time
+from writebus import Database, Settings, SyncDatabase
+
+db = SyncDatabase(Settings.from_env({env!r}))
+real_open = Database.open
+
+async def slow_open(self):
+    await asyncio.sleep(0.5)
+    await real_open(self)
+
+Database.open = slow_open
+opening = threading.Thread(target=db.open)
+opening.start()
+time.sleep(0.2)  # the parent's open() is under way
+pid = os.fork()
+if pid == 0:
+    said = []
+
+    def call():
+        try:
+            db.execute("INSERT INTO {table}(body) VALUES ('child')")
+            said.append("wrote")
+        except Exception as exc:
+            said.append(type(exc).__name__)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(30)
+    print(said[0] if said else "hung", flush=True)
+    os._exit(0)
+opening.join(30)
+os.waitpid(pid, 0)
+db.execute("INSERT INTO {table}(body) VALUES ('parent')")
+print(db.fetchval("SELECT count(*) FROM {table}"))
+db.close()
+"""
+
+
+def test_a_fork_while_the_parent_opens_leaves_the_child_its_own(
+    stack: Any, buses: Any, table: str
+) -> None:
+    """A fork while another thread of the parent is inside ``open()``: the child still opens
+    connections of its own on its first call (it must not take the parent's half-open loop,
+    which has no thread in the child), and the parent's open completes and serves."""
+    code = FORK_DURING_OPEN_SCRIPT.format(env=stack.env("lax"), table=table)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["wrote", "2"], out.stdout + out.stderr[-3000:]
+
+
 FORK_GIVEN_POOL_SCRIPT = """
 import os
 from psycopg_pool import ConnectionPool
