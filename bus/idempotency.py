@@ -258,7 +258,7 @@ async def ensure_schema(
     need -- with a window shorter than the bus', a retry past it would run again.
 
     Making a partition waits for a transaction holding the table in a mode stronger than
-    writes do (DDL, ``VACUUM FULL``, ``LOCK TABLE``): as long as that takes,
+    writes do (DDL, ``VACUUM``, ``ANALYZE``, ``LOCK TABLE``): as long as that takes,
     :data:`SCHEMA_LOCK_TIMEOUT` at a time, saying who holds the lock (warning
     ``idempotency.schema_waiting``, then every tenth try). ``now`` is for tests."""
     now = now or datetime.datetime.now(datetime.UTC)

@@ -23,6 +23,15 @@ How each step locks the table, which every write uses:
 Several workers, and applications writing directly in the primary region, may do this at once:
 every step that makes partitions holds the advisory lock :data:`SCHEMA_LOCK`, and a drop pass
 takes another one and skips when it is held.
+
+Making a partition still waits for what conflicts with SHARE UPDATE EXCLUSIVE: a ``VACUUM`` or
+``ANALYZE`` of the table (a database-wide ``vacuumdb``), an index build, other DDL. Those end;
+maintenance gives up after :data:`MAINTENANCE_LOCK_TIMEOUT` and tries at the next pass.
+
+The drops' check of the holders reads their transactions' age from ``pg_stat_activity``,
+which shows it for another role's sessions only to a role with ``pg_read_all_stats`` (or
+``pg_monitor``): without it, a dump run as another role is not seen as long, and the drops
+ask for the lock -- waiting at most the lock timeout -- as they would without the check.
 """
 
 from __future__ import annotations
@@ -51,7 +60,10 @@ MAINTENANCE_LOCK_TIMEOUT: Final = "200ms"
 #: A transaction on the table this long under way holds up the drops without their lock
 #: being asked for (:func:`long_holders`).
 LONG_TRANSACTION_S: Final = 1.0
-#: Held by every transaction that makes partitions (or the table): they never race.
+#: Held by every transaction of this version that makes partitions (or the table), so they
+#: never race each other. An older worker's maintenance (before 7ae74c1) made them under the
+#: other lock: a race with one ends in DuplicateTable or UniqueViolation for the loser, which
+#: looks again (:func:`~writebus.bus.idempotency.ensure_schema`) or leaves it to its next pass.
 SCHEMA_LOCK: Final = 0x77726974
 #: Takes an advisory lock for the transaction; qualified and typed, so that no function on the
 #: session's ``search_path`` matching an ``int4`` better can stand in for it.
@@ -98,7 +110,8 @@ async def create_partitions(
     names = [partition_name(start) for start, _ in bounds]
     cur = await conn.execute(
         "SELECT c.relname, c.relispartition FROM pg_class c "
-        "WHERE c.relnamespace = 'writebus'::regnamespace AND c.relname = ANY(%s)",
+        "WHERE c.relnamespace = 'writebus'::pg_catalog.regnamespace::pg_catalog.oid "
+        "AND c.relname = ANY(%s)",
         [names],
     )
     found = dict(await cur.fetchall())
@@ -136,6 +149,13 @@ async def maintain(
             await create_partitions(conn, partition_bounds(now))
         step = "drop"
         return await _drop_expired(conn, now - datetime.timedelta(seconds=window))
+    except (psycopg.errors.DuplicateTable, psycopg.errors.UniqueViolation):
+        log.info(  # an older worker made the same partition meanwhile: the next pass is clean
+            "idempotency.maintenance_deferred",
+            step=step,
+            reason="another worker made the same partition at the same moment",
+        )
+        return 0
     except psycopg.errors.LockNotAvailable:
         log.warning(
             "idempotency.maintenance_deferred",
@@ -162,7 +182,8 @@ async def _drop_expired(conn: psycopg.AsyncConnection[Any], horizon: datetime.da
         await conn.execute(f"SET LOCAL lock_timeout = '{MAINTENANCE_LOCK_TIMEOUT}'; {ISO_DATES}")
         cur = await conn.execute(
             "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
-            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'writebus.applied'::regclass"
+            "JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'writebus.applied'::pg_catalog.regclass::pg_catalog.oid"
         )
         expired = [
             name
@@ -210,8 +231,9 @@ def _upper_bound(bound: str) -> datetime.datetime | None:
 async def size_bytes(conn: psycopg.AsyncConnection[Any]) -> int:
     """Bytes the table and its indexes take (every partition)."""
     cur = await conn.execute(
-        "SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0) FROM pg_inherits i "
-        "WHERE i.inhparent = 'writebus.applied'::regclass"
+        "SELECT coalesce(sum(pg_catalog.pg_total_relation_size(i.inhrelid::pg_catalog.regclass)), "
+        "0) FROM pg_inherits i "
+        "WHERE i.inhparent = 'writebus.applied'::pg_catalog.regclass::pg_catalog.oid"
     )
     row = await cur.fetchone()
     return int(row[0]) if row else 0

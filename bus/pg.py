@@ -87,7 +87,8 @@ async def lock_holders(conn: psycopg.AsyncConnection[Any], relation: str) -> lis
         "SELECT a.pid, a.application_name, a.state, "
         "round(extract(epoch FROM now() - a.xact_start)::numeric, 1)::float8, l.mode "
         "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-        "WHERE l.relation = to_regclass(%s) AND l.granted AND l.pid <> pg_backend_pid() "
+        "WHERE l.relation = pg_catalog.to_regclass(%s)::pg_catalog.oid AND l.granted "
+        "AND l.pid <> pg_catalog.pg_backend_pid() "
         "ORDER BY a.xact_start",
         [relation],
     )

@@ -126,13 +126,14 @@ def local_pool_configure(
     return durable_commits
 
 
-def unseen_claim_missing(error: WriteRejectedError) -> bool:
-    """Whether ``error`` is the database lacking ``writebus.claim_unseen_v3`` (SQLSTATE
-    42883, undefined function, naming it: the claim failed, so nothing of the write ran)."""
+def claim_function_missing(error: WriteRejectedError) -> bool:
+    """Whether ``error`` is the database lacking one of writebus' claim functions (SQLSTATE
+    42883, undefined function, naming ``writebus.claim_...``, and no statement of the write's:
+    the claim failed, so nothing of the write ran)."""
     return (
         error.sqlstate == "42883"
         and error.statement_index is None
-        and "claim_unseen_v3" in str(error)
+        and "writebus.claim_" in str(error)
     )
 
 
@@ -274,11 +275,16 @@ async def direct(
         try:
             return await run(budget, unseen)
         except WriteRejectedError as exc:
-            if not (unseen and unseen_claim_missing(exc)):
+            if not claim_function_missing(exc):
                 raise
-        # A database set up by an older writebus after this app opened (restored, or swapped
-        # in): the claim was refused and nothing ran. Every version has the one that looks up.
-        return await run(budget, False)
+            # The database lost this version's functions after the app opened (restored from
+            # an older dump, or swapped in): the claim was refused and nothing ran. Make them
+            # again -- the app's open() did -- and run the same try.
+            try:
+                await ensure_exactly_once_table(pool)
+            except psycopg.Error:
+                raise exc from None  # not applied; the write's own answer
+        return await run(budget, unseen)
 
     start = time.monotonic()
     done = await attempts.run(once)

@@ -19,6 +19,7 @@ from tests.support.stack import primary_rows
 from writebus.bus import idempotency, partitions
 from writebus.bus.execute import Limits, run_request
 from writebus.bus.group import Executed, run_group
+from writebus.bus.pg import lock_holders
 from writebus.bus.proctx import Phase, run_procedure_tx
 from writebus.client import ids, writes
 from writebus.client.procedures import Procedures
@@ -462,6 +463,15 @@ _SHADOWS = (
     "AS $$ BEGIN RAISE EXCEPTION 'shadowed: pg_advisory_xact_lock'; END $$",
     "CREATE FUNCTION public.pg_try_advisory_xact_lock(integer) RETURNS boolean "
     "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'shadowed: pg_try_advisory_xact_lock'; END $$",
+    "CREATE FUNCTION public.pg_total_relation_size(oid) RETURNS bigint LANGUAGE plpgsql "
+    "AS $$ BEGIN RAISE EXCEPTION 'shadowed: pg_total_relation_size'; END $$",
+    # Operators too: an oid compared with a regclass or regnamespace.
+    *(
+        f"CREATE FUNCTION public.shadow_eq(oid, {t}) RETURNS boolean LANGUAGE plpgsql "
+        f"AS $$ BEGIN RAISE EXCEPTION 'shadowed: = (oid, {t})'; END $$; "
+        f"CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = {t}, FUNCTION = public.shadow_eq)"
+        for t in ("regclass", "regnamespace")
+    ),
 )
 
 
@@ -500,3 +510,5 @@ async def test_functions_on_the_callers_search_path_never_stand_in(stack: Any) -
                 await conn.execute(*idempotency.store_statement(rows))
             cur = await conn.execute("SELECT count(*) FROM writebus.applied")
             assert await cur.fetchone() == (2,)
+            assert await partitions.size_bytes(conn) > 0
+            assert await lock_holders(conn, "writebus.applied") == []

@@ -91,24 +91,31 @@ async def test_primary_region_commits_are_durable_whatever_the_session_default(
         assert not res.via_bus and res.lsn is not None
 
 
-async def test_a_primary_region_write_without_the_unseen_claim_looks_its_id_up(
-    stack: Any, table: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "dropped",
+    [["claim_unseen_v3(text[])"],
+     ["claim_unseen_v3(text[])", "claim_fresh_v3(text[], float8)", "claim_v3(text[], float8)"]],
+    ids=["the unseen claim", "every claim function"],
+)  # fmt: skip
+async def test_a_primary_region_write_remakes_lost_claim_functions(
+    stack: Any, table: str, monkeypatch: pytest.MonkeyPatch, dropped: list[str]
 ) -> None:
-    """A database that lost ``writebus.claim_unseen_v3`` after the app opened (one set up by
-    an older writebus, restored or swapped in) still takes writes of ids the client made:
-    refused at the claim, nothing ran, the write runs again with the claim that looks up.
-    (No bus here: a syd bus starting meanwhile would create the function again.)"""
+    """A database that lost writebus' claim functions after the app opened (one restored
+    from an older writebus's dump, or swapped in) still takes writes: refused at the claim,
+    nothing ran, the app makes the functions again, as its open() did, and the write runs
+    once. (Before, a database of the previous version's functions refused every write.)
+    No bus here: a syd bus starting meanwhile would make them itself."""
     from writebus.client import db as db_module
 
     writes = db_module.writes  # the module Database calls (tests may have re-imported others)
     missing: list[bool] = []
-    check = writes.unseen_claim_missing
+    check = writes.claim_function_missing
 
     def seen(error: Any) -> bool:
         missing.append(check(error))
         return missing[-1]
 
-    monkeypatch.setattr(writes, "unseen_claim_missing", seen)
+    monkeypatch.setattr(writes, "claim_function_missing", seen)
     # The claim's error waits while the statement is sent (psycopg then meets it there and
     # reports the statement as PipelineAborted): still the claim's refusal, not a lost
     # connection answered by a retry on a fresh one.
@@ -118,15 +125,20 @@ async def test_a_primary_region_write_without_the_unseen_claim_looks_its_id_up(
     retried: list[str] = []
     monkeypatch.setattr(execute.log, "info", lambda event, **_: retried.append(event))
     try:
-        async with Database(settings_for(stack, "syd")) as db:  # opening makes the function
+        async with Database(settings_for(stack, "syd")) as db:  # opening makes the functions
             with psycopg.connect(stack.primary.url, autocommit=True) as conn:
-                conn.execute("DROP FUNCTION writebus.claim_unseen_v3(text[])")
-            res = await db.execute(f"INSERT INTO {table}(body) VALUES ('no unseen claim') {MARK}")
+                for signature in dropped:
+                    conn.execute(f"DROP FUNCTION writebus.{signature}")
+            res = await db.execute(f"INSERT INTO {table}(body) VALUES ('lost claims') {MARK}")
+        made = primary_rows(stack, "SELECT count(to_regprocedure(s)) FROM unnest(%s::text[]) s",
+                            [[sig for sig, _ in claimsql.FUNCTIONS]])  # fmt: skip
     finally:
         with psycopg.connect(stack.primary.url, autocommit=True) as conn:
-            conn.execute(claimsql.CLAIM_UNSEEN_FUNCTION_SQL)
-    # The unseen claim was tried and refused, then replaced by the claim that looks up.
+            for signature, create in claimsql.FUNCTIONS:
+                if conn.execute("SELECT to_regprocedure(%s)", [signature]).fetchone() == (None,):
+                    conn.execute(create)
     assert paused[0] and missing == [True] and retried == []  # paused[0]: the error waited
+    assert made == [(len(claimsql.FUNCTIONS),)]
     assert not res.via_bus and not res.duplicate and res.timings.attempts == 1
     assert primary_rows(stack, f"SELECT count(*) FROM {table}") == [(1,)]
 
