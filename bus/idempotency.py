@@ -58,9 +58,14 @@ import psycopg
 
 from writebus.bus import claimsql, partitions
 from writebus.bus.arrays import TextArray
-from writebus.bus.partitions import PARTITION_SPAN, PARTITIONS_AHEAD, partition_bounds
+from writebus.bus.partitions import (
+    PARTITION_SPAN,
+    PARTITIONS_AHEAD,
+    partition_bounds,
+    partition_name,
+)
 from writebus.bus.pg import lock_holders
-from writebus.client.errors import IdempotencyKeyReusedError
+from writebus.client.errors import ConfigError, IdempotencyKeyReusedError
 from writebus.client.ids import id_time
 from writebus.client.log import get_logger
 from writebus.client.protocol import Request, StatementResult
@@ -263,9 +268,12 @@ async def ensure_schema(
     ``idempotency.schema_waiting``, then every tenth try). ``now`` is for tests."""
     now = now or datetime.datetime.now(datetime.UTC)
     tries = races = 0
-    while True:
+    while not await _made(conn, partition_bounds(now)):
         try:
             await _ensure_schema(conn, window, now)
+            break
+        except psycopg.errors.InsufficientPrivilege as exc:
+            await _not_allowed(conn, now, exc)
             break
         except (psycopg.errors.DuplicateTable, psycopg.errors.UniqueViolation):
             # A worker of an older version made the same partition meanwhile: look again.
@@ -284,6 +292,49 @@ async def ensure_schema(
                 )
     if window is not None:
         await partitions.maintain(conn, window, now=now)
+
+
+async def _made(
+    conn: psycopg.AsyncConnection[Any],
+    bounds: Sequence[tuple[datetime.datetime, datetime.datetime]],
+) -> bool:
+    """Whether the table (partitioned: not the old format), this version's functions and the
+    partitions of ``bounds`` all exist, so there is nothing to make: read from the catalog,
+    which any role may, before any DDL, which needs rights an application's role may lack."""
+    cur = await conn.execute(
+        "SELECT coalesce((SELECT c.relkind = 'p' FROM pg_catalog.pg_class c "
+        "  WHERE c.oid = pg_catalog.to_regclass('writebus.applied')::pg_catalog.oid), false), "
+        "(SELECT pg_catalog.count(*) FROM pg_catalog.unnest(%s::text[]) f "
+        "  WHERE pg_catalog.to_regprocedure(f) IS NOT NULL), "
+        "(SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+        "  ON n.oid = c.relnamespace WHERE n.nspname = 'writebus' AND c.relispartition "
+        "  AND c.relname::pg_catalog.text = ANY(%s::text[]))",
+        [[sig for sig, _ in claimsql.FUNCTIONS], [partition_name(b[0]) for b in bounds]],
+    )
+    row = await cur.fetchone()
+    return row is not None and row == (True, len(claimsql.FUNCTIONS), len(bounds))
+
+
+async def _not_allowed(
+    conn: psycopg.AsyncConnection[Any], now: datetime.datetime, exc: psycopg.Error
+) -> None:
+    """This role may not make what is missing. Writes can go on while the table, the functions
+    and the current hour's partition exist (the bus, which owns them, makes the rest): a
+    warning. Otherwise a :class:`~writebus.client.errors.ConfigError` saying what to do."""
+    if await _made(conn, partition_bounds(now, ahead=0)):
+        log.warning(
+            "idempotency.partitions_not_made",
+            reason="this database role may not make the exactly-once table's partitions ahead; "
+            "the bus in the primary region makes them",
+            error=str(exc),
+        )
+        return
+    raise ConfigError(
+        f"this database role may not create writebus' exactly-once table, its functions or "
+        f"the current hour's partition ({exc.diag.message_primary or exc}): start a bus node "
+        "in the primary region first, whose role makes them, or grant this role CREATE on "
+        "schema writebus and ownership of writebus.applied"
+    ) from None
 
 
 async def _ensure_schema(

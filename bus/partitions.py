@@ -111,7 +111,7 @@ async def create_partitions(
     cur = await conn.execute(
         "SELECT c.relname, c.relispartition FROM pg_class c "
         "WHERE c.relnamespace = 'writebus'::pg_catalog.regnamespace::pg_catalog.oid "
-        "AND c.relname = ANY(%s)",
+        "AND c.relname::pg_catalog.text = ANY(%s)",
         [names],
     )
     found = dict(await cur.fetchall())

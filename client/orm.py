@@ -33,7 +33,7 @@ import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from psycopg.rows import tuple_row
 from sqlalchemy import inspect as sa_inspect
@@ -41,7 +41,13 @@ from sqlalchemy.orm import InstanceState, Session, make_transient, make_transien
 from sqlalchemy.orm.exc import StaleDataError
 
 from writebus.client import orm_values
-from writebus.client.errors import LostInFailoverError, TrackerError, WriteRejectedError
+from writebus.client.errors import (
+    LostInFailoverError,
+    Outcome,
+    TrackerError,
+    WriteBusError,
+    WriteRejectedError,
+)
 from writebus.client.orm_plan import plan_session
 from writebus.client.orm_steps import (
     GUARD_MARK,
@@ -235,11 +241,12 @@ async def write_session(
     :class:`~writebus.client.errors.ReplicationTimeoutError`, the tracker gone -- the session
     is settled all the same, and the error says the write was applied. A failover that lost
     the commit raises :class:`~writebus.client.errors.OutcomeUnknownError` and leaves the
-    session as it was: write it again with ``request_id=err.request_id``. Raises
+    session as it was: write it again with ``request_id=err.request_id``, which sends the very
+    same batch (kept in ``session.info``) and settles the session. Raises
     :class:`OrmRefusedError` before sending, :class:`StaleObjectError` when a row changed
     meanwhile, and any error of :meth:`Database.batch`. Nothing else may change the session's
     objects while this waits: settling commits what they hold."""
-    plan = orm_batch(session)
+    plan = _plan(session, request_id)
     if not plan.steps:
         plan.apply(session, None)
         return None
@@ -264,7 +271,7 @@ def write_session_sync(
 ) -> WriteResult | None:
     """:func:`write_session` for a :class:`~writebus.client.sync.SyncDatabase` (the same
     steps; the batch and the wait run on its background loop, as all its writes do)."""
-    plan = orm_batch(session)
+    plan = _plan(session, request_id)
     if not plan.steps:
         plan.apply(session, None)
         return None
@@ -278,22 +285,43 @@ def write_session_sync(
     return dataclasses.replace(result, replicated=True)
 
 
+#: ``Session.info`` key of a batch a failover lost: ``(request_id, plan)``, so that writing
+#: the session again under that id sends the very same statements (:func:`_plan`).
+_LOST: Final = "writebus.lost_batch"
+
+
+def _plan(session: Session, request_id: str | None) -> OrmPlan:
+    """The batch to write: the one a failover lost, when written again under its id (planning
+    afresh would evaluate Python-side defaults and version ids again, and a batch that did
+    commit after all would then be refused as another request under the same id), else the
+    session's pending changes."""
+    lost = session.info.pop(_LOST, None)
+    if lost is not None and request_id is not None and lost[0] == request_id:
+        plan: OrmPlan = lost[1]
+        return plan
+    return orm_batch(session)
+
+
 @contextmanager
 def _settling(plan: OrmPlan, session: Session, result: WriteResult) -> Iterator[None]:
     """Around the replay wait after ``result`` committed: settle ``session`` from it after
     the wait, or when only the wait failed (the error then says applied, at the commit's
     position, as any write's does: :func:`~writebus.client.writes.replay_wait_failed`). A
-    failover that lost the commit leaves the session unsettled, to be written again under the
-    same request id."""
+    failover that lost the commit leaves the session unsettled, its batch kept to be written
+    again under the same request id."""
     assert result.lsn is not None
+    rid = result.request_id or ""
     try:
         yield
     except LostInFailoverError as exc:
-        raise replay_wait_failed(exc, result.request_id or "", result.lsn) from exc
+        session.info[_LOST] = (rid, plan)
+        raise replay_wait_failed(exc, rid, result.lsn) from exc
     except BaseException as exc:
-        plan.apply(session, result)
         if isinstance(exc, TrackerError):
-            replay_wait_failed(exc, result.request_id or "", result.lsn)  # applied, at lsn
+            replay_wait_failed(exc, rid, result.lsn)  # applied, at lsn
+        elif isinstance(exc, WriteBusError) and exc.outcome is None:
+            exc.outcome = Outcome.APPLIED  # the wait could not run (closed): it committed
+        plan.apply(session, result)
         raise
     plan.apply(session, result)
 

@@ -64,6 +64,11 @@ def open_sync_pool(
     return pool
 
 
+#: ``SyncDatabase._owner`` after a forked child's reopen failed: not this process's, so the
+#: next call tries again.
+_REOPEN = -1
+
+
 class SyncDatabase:
     """A synchronous handle on the local database with writes routed to the primary.
 
@@ -154,27 +159,24 @@ class SyncDatabase:
 
     def close(self) -> None:
         """Close everything this handle opened. Never raises."""
-        with self._lock():
-            self._close()
-
-    def _close(self) -> None:
-        self._open_in = 0
-        if self._forked():
-            self._abandon()
-            return
-        adb, self._adb = self._adb, None
-        if adb is not None and self._loop is not None:
+        with self._lock():  # taken from the handle, closed outside: no I/O under the lock
+            self._open_in = 0
+            if self._forked():
+                self._abandon()
+                return
+            loop, adb, self._adb = self._loop, self._adb, None
+            pool = None
+            if self._owns_pool:
+                pool, self._pool = self._pool, None
+            primary, self._primary_reads = self._primary_reads, None
+        if adb is not None and loop is not None:
             try:
-                self._loop.run(adb.close())
+                loop.run(adb.close())
             except Exception:  # closing must not raise; the loop may be shutting down
                 pass
-        pool = self._pool
-        if pool is not None and self._owns_pool:
-            self._pool = None
-            pool.close()
-        primary, self._primary_reads = self._primary_reads, None
-        if primary is not None:
-            primary.close()
+        for sync_pool in (pool, primary):
+            if sync_pool is not None:
+                sync_pool.close()
 
     def __enter__(self) -> Self:
         self.open()
@@ -229,20 +231,23 @@ class SyncDatabase:
             return
         try:
             self.open()
-        except WriteBusError as exc:
-            if write and exc.outcome is None:
+        except BaseException as exc:
+            self._owner = _REOPEN  # the next call tries again
+            if write and isinstance(exc, WriteBusError) and exc.outcome is None:
                 exc.outcome = Outcome.NOT_APPLIED  # the write was never sent
             raise
 
     @property
     def tracker(self) -> LsnTracker | None:
-        """The process's LSN tracker (None in the primary region)."""
-        return self._adb.tracker if self._adb is not None else None
+        """The process's LSN tracker (None in the primary region, or until open here)."""
+        db = self.database
+        return db.tracker if db is not None else None
 
     @property
     def database(self) -> Database | None:
-        """The async Database the writes run on (on the background loop)."""
-        return self._adb
+        """The async Database the writes run on (on the background loop); None until this
+        handle is open in this process (a forked child's first call reopens it)."""
+        return self._adb if self._open_in == os.getpid() else None
 
     # -- reads: the local database, in the calling thread ---------------------------------
 
@@ -365,7 +370,8 @@ class SyncDatabase:
         current = current_session()
         if current is not None and current.lsn is not None:
             return current.token
-        return self._adb.session_token() if self._adb is not None else None
+        db = self.database
+        return db.session_token() if db is not None else None
 
     # -- writes: the async Database, on the loop thread -----------------------------------
     # Each runs in a copy of the caller's context (``run_coroutine_threadsafe``), so the

@@ -8,6 +8,7 @@ a :class:`~writebus.client.results.WriteResult` of the same shape.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -272,6 +273,7 @@ async def direct(
 
     async def once(budget: float) -> Executed:
         unseen = made_id and attempts.attempt == 1
+        deadline = time.monotonic() + budget
         try:
             return await run(budget, unseen)
         except WriteRejectedError as exc:
@@ -279,12 +281,13 @@ async def direct(
                 raise
             # The database lost this version's functions after the app opened (restored from
             # an older dump, or swapped in): the claim was refused and nothing ran. Make them
-            # again -- the app's open() did -- and run the same try.
+            # again -- the app's open() did -- and run the same try, within the same budget.
             try:
-                await ensure_exactly_once_table(pool)
-            except psycopg.Error:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await ensure_exactly_once_table(pool)
+            except (psycopg.Error, WriteBusError, TimeoutError):  # may not, or not in time
                 raise exc from None  # not applied; the write's own answer
-        return await run(budget, unseen)
+        return await run(max(0.0, deadline - time.monotonic()), unseen)
 
     start = time.monotonic()
     done = await attempts.run(once)

@@ -22,6 +22,7 @@ from writebus.bus.group import Executed, run_group
 from writebus.bus.pg import lock_holders
 from writebus.bus.proctx import Phase, run_procedure_tx
 from writebus.client import ids, writes
+from writebus.client.errors import ConfigError
 from writebus.client.procedures import Procedures
 from writebus.client.protocol import Request, Statement, StatementResult
 
@@ -445,6 +446,53 @@ async def test_drops_do_not_ask_for_the_table_behind_a_dump(
             assert f"'pid': {dump.info.backend_pid}" in caplog.text
             await dump.rollback()
             assert await partitions.maintain(conn, 24 * 3600.0, now=now) >= 1
+
+
+@contextlib.asynccontextmanager
+async def _least_privileged_app(url: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """A connection as a role with only what an application's direct writes use: the
+    schema's USAGE, SELECT and INSERT on the table -- no CREATE anywhere, not the owner."""
+    role = f"wb_app_{uuid.uuid4().hex[:8]}"
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+        await admin.execute(f"CREATE ROLE {role} LOGIN")
+        await admin.execute(f"REVOKE CREATE ON SCHEMA public FROM PUBLIC; REVOKE CREATE, TEMP "
+                            f"ON DATABASE {admin.info.dbname} FROM PUBLIC")  # fmt: skip
+        await admin.execute(f"GRANT USAGE ON SCHEMA writebus TO {role}; "
+                            f"GRANT SELECT, INSERT ON writebus.applied TO {role}")  # fmt: skip
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                make_conninfo(url, user=role), autocommit=True
+            ) as app:
+                yield app
+        finally:
+            await admin.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+async def test_an_app_role_that_may_not_create_still_starts_and_writes(
+    stack: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An application's role with no right to create anything -- what a careful deployment
+    gives it -- opens when the bus made everything (its schema step only reads the catalog),
+    and also when only the partitions ahead are missing (the bus makes those: a warning).
+    With the current hour's partition missing, it may not write, and says so in one typed
+    line. (Before, its open() ran CREATE ... IF NOT EXISTS, which needs the rights even when
+    everything exists, and failed with psycopg's InsufficientPrivilege.)"""
+    now = datetime.datetime.now(datetime.UTC)
+    async with _scratch_database(stack) as url:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as bus:
+            await idempotency.ensure_schema(bus, 24 * 3600.0, now=now)
+        async with _least_privileged_app(url) as app:
+            await idempotency.ensure_schema(app, None, now=now)
+            rid = str(ids.new_id())
+            async with app.transaction():
+                await app.execute(idempotency.CLAIM_SQL, idempotency.claim_params([rid]))
+                await app.execute(*idempotency.store_statement([(rid, b"d", b"r")]))
+            caplog.set_level("WARNING", logger="writebus.bus.idempotency")
+            await idempotency.ensure_schema(app, None, now=now + datetime.timedelta(hours=1))
+            assert "partitions_not_made" in caplog.text
+            with pytest.raises(ConfigError, match="may not create") as info:
+                await idempotency.ensure_schema(app, None, now=now + datetime.timedelta(days=9))
+            assert "\n" not in str(info.value)
 
 
 # -- the caller's search_path -----------------------------------------------------------------

@@ -423,21 +423,26 @@ async def test_a_failed_replay_wait_after_the_batch_says_what_became_of_the_writ
 
             monkeypatch.setattr(own, "wait_for_lsn", lost)
             with session(orm) as s:
-                book = orm.Book(title="lost")
+                book = orm.Book(title="lost", author=orm.Author(name="lost"))  # a uuid4 key
                 s.add(book)
                 with pytest.raises(OutcomeUnknownError) as unknown:
                     await write_session(own, s)
                 assert s.new and book.id is None  # not settled
+                # The same batch again (planned afresh, the author's Python-side key would be
+                # another uuid4, and the id's record would refuse it as another request).
                 again = await write_session(own, s, request_id=unknown.value.request_id,
                                             await_replication=False)  # fmt: skip
                 assert again is not None and again.duplicate
-                assert clean(s, book) and isinstance(book.id, int)
+                assert clean(s, book, book.author) and isinstance(book.id, int)
+                author_id = book.author.id
     finally:
         await nc.close()
     assert isinstance(unknown.value.last_error, LostInFailoverError)
     rid = unknown.value.request_id
     assert rid and rid in str(unknown.value)
     assert primary_rows(stack, "SELECT id FROM writebus.applied WHERE id = %s", [rid]) == [(rid,)]
+    authors = primary_rows(stack, f"SELECT id FROM {orm.Author.__tablename__} WHERE name = 'lost'")
+    assert authors == [(author_id,)]
 
 
 async def test_write_session_sync(orm: SimpleNamespace, stack: Any, buses: Any) -> None:

@@ -186,6 +186,50 @@ def test_a_fork_while_the_parent_opens_leaves_the_child_its_own(
     assert out.stdout.split() == ["wrote", "2"], out.stdout + out.stderr[-3000:]
 
 
+FORK_REOPEN_FAILS_SCRIPT = """
+import os
+from writebus import ConnectError, Database, Settings, SyncDatabase
+
+db = SyncDatabase(Settings.from_env({env!r}))
+db.open()
+pid = os.fork()
+if pid == 0:
+    said = [db.database is None and db.tracker is None]  # nothing of the parent's handed out
+    real_open, failed = Database.open, []
+
+    async def open_once_failing(self):
+        if not failed:
+            failed.append(1)
+            raise ConnectError("nats", "127.0.0.1:1", "refused (put in by the test)")
+        await real_open(self)
+
+    Database.open = open_once_failing
+    for _ in range(2):
+        try:
+            db.execute("INSERT INTO {table}(body) VALUES ('child')")
+            said.append("wrote")
+        except ConnectError as exc:
+            said.append(str(exc.outcome))
+    print(*said, db.database is not None, flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+db.close()
+"""
+
+
+def test_a_forked_childs_failed_reopen_is_tried_again(stack: Any, buses: Any, table: str) -> None:
+    """In a forked child, nothing of the parent's is handed out before the first call; a first
+    call whose reopen fails says the write was not applied, and the next call reopens and
+    writes. (A failed reopen used to leave the handle closed for good in the child.)"""
+    code = FORK_REOPEN_FAILS_SCRIPT.format(env=stack.env("lax"), table=table)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["True", "not_applied", "wrote", "True"], out.stderr[-3000:]
+
+
 FORK_GIVEN_POOL_SCRIPT = """
 import os
 from psycopg_pool import ConnectionPool
