@@ -267,14 +267,24 @@ async def ensure_schema(
     :data:`SCHEMA_LOCK_TIMEOUT` at a time, saying who holds the lock (warning
     ``idempotency.schema_waiting``, then every tenth try). ``now`` is for tests."""
     now = now or datetime.datetime.now(datetime.UTC)
+    try:
+        await _make(conn, window, now)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        await _not_allowed(conn, now, exc, bus=window is not None)
+    if window is not None:
+        await partitions.maintain(conn, window, now=now)
+
+
+async def _make(
+    conn: psycopg.AsyncConnection[Any], window: float | None, now: datetime.datetime
+) -> None:
+    """Make what is missing; the bus (a ``window``) always runs the DDL, so that a role that
+    may not make partitions is told at its start, not hours later when they run out."""
     tries = races = 0
-    while not await _made(conn, partition_bounds(now)):
+    while window is not None or not await _made(conn, partition_bounds(now)):
         try:
             await _ensure_schema(conn, window, now)
-            break
-        except psycopg.errors.InsufficientPrivilege as exc:
-            await _not_allowed(conn, now, exc)
-            break
+            return
         except (psycopg.errors.DuplicateTable, psycopg.errors.UniqueViolation):
             # A worker of an older version made the same partition meanwhile: look again.
             races += 1
@@ -290,8 +300,6 @@ async def ensure_schema(
                     tries=tries,
                     holders=await lock_holders(conn, "writebus.applied"),
                 )
-    if window is not None:
-        await partitions.maintain(conn, window, now=now)
 
 
 async def _made(
@@ -316,24 +324,34 @@ async def _made(
 
 
 async def _not_allowed(
-    conn: psycopg.AsyncConnection[Any], now: datetime.datetime, exc: psycopg.Error
+    conn: psycopg.AsyncConnection[Any], now: datetime.datetime, exc: psycopg.Error, *, bus: bool
 ) -> None:
-    """This role may not make what is missing. Writes can go on while the table, the functions
-    and the current hour's partition exist (the bus, which owns them, makes the rest): a
-    warning. Otherwise a :class:`~writebus.client.errors.ConfigError` saying what to do."""
-    if await _made(conn, partition_bounds(now, ahead=0)):
-        log.warning(
-            "idempotency.partitions_not_made",
-            reason="this database role may not make the exactly-once table's partitions ahead; "
-            "the bus in the primary region makes them",
-            error=str(exc),
-        )
-        return
+    """This role may not make (or read) what is missing. An application's writes can go on
+    while the table, the functions and the current hour's partition exist (the bus makes the
+    rest): a warning. Otherwise a one-line :class:`~writebus.client.errors.ConfigError`."""
+    why = exc.diag.message_primary or str(exc)
+    if not bus:
+        try:
+            usable = await _made(conn, partition_bounds(now, ahead=0))
+        except psycopg.errors.InsufficientPrivilege:
+            usable = False
+        if usable:
+            log.warning(
+                "idempotency.partitions_not_made",
+                reason="this database role may not make the exactly-once table's partitions "
+                "ahead; the bus in the primary region makes them",
+                error=why,
+            )
+            return
+        raise ConfigError(
+            f"the application's database role may not use or create writebus' exactly-once "
+            f"table ({why}): start a bus node in the primary region first, whose role makes "
+            "it, and grant this role USAGE on schema writebus and SELECT, INSERT on "
+            "writebus.applied"
+        ) from None
     raise ConfigError(
-        f"this database role may not create writebus' exactly-once table, its functions or "
-        f"the current hour's partition ({exc.diag.message_primary or exc}): start a bus node "
-        "in the primary region first, whose role makes them, or grant this role CREATE on "
-        "schema writebus and ownership of writebus.applied"
+        f"the bus's database role may not create writebus' exactly-once table and its hourly "
+        f"partitions ({why}): it needs CREATE on the database and to own writebus.applied"
     ) from None
 
 

@@ -48,7 +48,7 @@ from writebus.client.errors import (
     WriteBusError,
     WriteRejectedError,
 )
-from writebus.client.orm_plan import plan_session
+from writebus.client.orm_plan import Evaluated, plan_session
 from writebus.client.orm_steps import (
     GUARD_MARK,
     Column,
@@ -110,6 +110,8 @@ class OrmPlan:
     #: The objects themselves: the session holds some only weakly, and they must live until
     #: apply() has settled them.
     held: tuple[object, ...] = ()
+    #: The Python-side values the plan evaluated, to plan the same changes alike again.
+    evaluated: Evaluated = dataclasses.field(default_factory=dict)
 
     @property
     def statements(self) -> list[Any]:
@@ -213,15 +215,18 @@ def _expire_detached(session: Session, mapper: Any, key: dict[Column, Any]) -> N
             session.expire(obj, list(names))
 
 
-def orm_batch(session: Session) -> OrmPlan:
+def orm_batch(session: Session, evaluated: Evaluated | None = None) -> OrmPlan:
     """Plan ``session``'s pending inserts, updates and deletes as one batch.
 
     Pure: reads ``session.new``, ``session.dirty``, ``session.deleted`` and attribute
     histories; sends and changes nothing. Raises :class:`OrmRefusedError` (naming the object
-    and the :class:`Refusal`) for what one list of statements cannot write correctly."""
-    steps, settles = plan_session(session)
+    and the :class:`Refusal`) for what one list of statements cannot write correctly.
+    ``evaluated``: Python-side values (defaults, onupdates, version ids) of an earlier plan of
+    the same changes, used again (:data:`~writebus.client.orm_plan.Evaluated`)."""
+    evaluated = {} if evaluated is None else evaluated
+    steps, settles = plan_session(session, evaluated)
     held = [st.obj() for st in settles] + [step.row.state.obj() for step in steps if step.row]
-    return OrmPlan(tuple(steps), tuple(settles), tuple(held))
+    return OrmPlan(tuple(steps), tuple(settles), tuple(held), evaluated)
 
 
 async def write_session(
@@ -241,8 +246,10 @@ async def write_session(
     :class:`~writebus.client.errors.ReplicationTimeoutError`, the tracker gone -- the session
     is settled all the same, and the error says the write was applied. A failover that lost
     the commit raises :class:`~writebus.client.errors.OutcomeUnknownError` and leaves the
-    session as it was: write it again with ``request_id=err.request_id``, which sends the very
-    same batch (kept in ``session.info``) and settles the session. Raises
+    session as it was: write it again with ``request_id=err.request_id``. Whenever a batch's
+    outcome is not known, writing the session again under its id plans the same changes with
+    the same Python-side values (kept in ``session.info``), so a batch that did commit is
+    answered from its record. Raises
     :class:`OrmRefusedError` before sending, :class:`StaleObjectError` when a row changed
     meanwhile, and any error of :meth:`Database.batch`. Nothing else may change the session's
     objects while this waits: settling commits what they hold."""
@@ -250,13 +257,14 @@ async def write_session(
     if not plan.steps:
         plan.apply(session, None)
         return None
-    with _stale_errors(plan):
-        result = await db.batch(plan.statements, **_batch_options(rpc_timeout, request_id))
-    if not (await_replication and result.lsn is not None and result.via_bus):
-        plan.apply(session, result)
-        return result
-    with _settling(plan, session, result):
-        await db.wait_for_lsn(result.lsn, replication_timeout, result.timeline)
+    with _unsettled_kept(session, plan, request_id):
+        with _stale_errors(plan):
+            result = await db.batch(plan.statements, **_batch_options(rpc_timeout, request_id))
+        if not (await_replication and result.lsn is not None and result.via_bus):
+            plan.apply(session, result)
+            return result
+        with _settling(plan, session, result):
+            await db.wait_for_lsn(result.lsn, replication_timeout, result.timeline)
     return dataclasses.replace(result, replicated=True)
 
 
@@ -275,31 +283,43 @@ def write_session_sync(
     if not plan.steps:
         plan.apply(session, None)
         return None
-    with _stale_errors(plan):
-        result = sdb.batch(plan.statements, **_batch_options(rpc_timeout, request_id))
-    if not (await_replication and result.lsn is not None and result.via_bus):
-        plan.apply(session, result)
-        return result
-    with _settling(plan, session, result):
-        sdb.wait_for_lsn(result.lsn, replication_timeout, result.timeline)
+    with _unsettled_kept(session, plan, request_id):
+        with _stale_errors(plan):
+            result = sdb.batch(plan.statements, **_batch_options(rpc_timeout, request_id))
+        if not (await_replication and result.lsn is not None and result.via_bus):
+            plan.apply(session, result)
+            return result
+        with _settling(plan, session, result):
+            sdb.wait_for_lsn(result.lsn, replication_timeout, result.timeline)
     return dataclasses.replace(result, replicated=True)
 
 
-#: ``Session.info`` key of a batch a failover lost: ``(request_id, plan)``, so that writing
-#: the session again under that id sends the very same statements (:func:`_plan`).
-_LOST: Final = "writebus.lost_batch"
+#: ``Session.info`` key of a batch whose outcome is not known: ``(request_id, evaluated)``.
+_UNSETTLED: Final = "writebus.unsettled_batch"
 
 
 def _plan(session: Session, request_id: str | None) -> OrmPlan:
-    """The batch to write: the one a failover lost, when written again under its id (planning
-    afresh would evaluate Python-side defaults and version ids again, and a batch that did
-    commit after all would then be refused as another request under the same id), else the
-    session's pending changes."""
-    lost = session.info.pop(_LOST, None)
-    if lost is not None and request_id is not None and lost[0] == request_id:
-        plan: OrmPlan = lost[1]
-        return plan
-    return orm_batch(session)
+    """The session's pending changes as a batch -- written again under the id of a batch
+    whose outcome is not known, with that batch's Python-side values (a ``uuid4`` key, a
+    timestamp, a version id): the same changes then make the same statements, which a batch
+    that did commit answers from its record instead of refusing them as another request."""
+    kept = session.info.pop(_UNSETTLED, None)
+    again = kept is not None and request_id is not None and kept[0] == request_id
+    return orm_batch(session, kept[1] if again else None)
+
+
+@contextmanager
+def _unsettled_kept(session: Session, plan: OrmPlan, request_id: str | None) -> Iterator[None]:
+    """Around sending ``plan``: when it fails and leaves the session unsettled, keep its
+    Python-side values under the request id it went under (the caller's, or the one an
+    unknown outcome names), for :func:`_plan` to use when it is written again."""
+    try:
+        yield
+    except BaseException as exc:
+        rid = request_id or getattr(exc, "request_id", None)
+        if rid and getattr(exc, "outcome", None) is not Outcome.APPLIED:
+            session.info[_UNSETTLED] = (rid, plan.evaluated)
+        raise
 
 
 @contextmanager
@@ -307,14 +327,13 @@ def _settling(plan: OrmPlan, session: Session, result: WriteResult) -> Iterator[
     """Around the replay wait after ``result`` committed: settle ``session`` from it after
     the wait, or when only the wait failed (the error then says applied, at the commit's
     position, as any write's does: :func:`~writebus.client.writes.replay_wait_failed`). A
-    failover that lost the commit leaves the session unsettled, its batch kept to be written
-    again under the same request id."""
+    failover that lost the commit leaves the session unsettled, to be written again under the
+    same request id."""
     assert result.lsn is not None
     rid = result.request_id or ""
     try:
         yield
     except LostInFailoverError as exc:
-        session.info[_LOST] = (rid, plan)
         raise replay_wait_failed(exc, rid, result.lsn) from exc
     except BaseException as exc:
         if isinstance(exc, TrackerError):

@@ -28,6 +28,7 @@ from writebus.client.errors import (
     WriteBusError,
     WriteRejectedError,
 )
+from writebus.client.log import get_logger
 from writebus.client.lsn import format_lsn
 from writebus.client.procedures import Procedures
 from writebus.client.protocol import MSGPACK, Request, Statement, reply_lsn
@@ -45,6 +46,8 @@ Params = Sequence[Any] | dict[str, Any] | None
 SQL = Any
 StatementLike = Statement | SQL | tuple[SQL, Params]
 Route = Literal["direct", "bus"]
+
+log = get_logger("writebus.client.db")  # the events of the Database that writes
 
 
 def to_statement(s: StatementLike) -> Statement:
@@ -285,7 +288,8 @@ async def direct(
             try:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                     await ensure_exactly_once_table(pool)
-            except (psycopg.Error, WriteBusError, TimeoutError):  # may not, or not in time
+            except (psycopg.Error, WriteBusError, TimeoutError) as why:  # may not, or too slow
+                log.warning("db.claim_functions_not_made", request_id=req.id, error=str(why))
                 raise exc from None  # not applied; the write's own answer
         return await run(max(0.0, deadline - time.monotonic()), unseen)
 

@@ -475,8 +475,9 @@ async def test_an_app_role_that_may_not_create_still_starts_and_writes(
     gives it -- opens when the bus made everything (its schema step only reads the catalog),
     and also when only the partitions ahead are missing (the bus makes those: a warning).
     With the current hour's partition missing, it may not write, and says so in one typed
-    line. (Before, its open() ran CREATE ... IF NOT EXISTS, which needs the rights even when
-    everything exists, and failed with psycopg's InsufficientPrivilege.)"""
+    line; a bus with such a role is told so at its start. (Before, its open() ran CREATE ...
+    IF NOT EXISTS, which needs the rights even when everything exists, and failed with
+    psycopg's InsufficientPrivilege.)"""
     now = datetime.datetime.now(datetime.UTC)
     async with _scratch_database(stack) as url:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as bus:
@@ -490,9 +491,12 @@ async def test_an_app_role_that_may_not_create_still_starts_and_writes(
             caplog.set_level("WARNING", logger="writebus.bus.idempotency")
             await idempotency.ensure_schema(app, None, now=now + datetime.timedelta(hours=1))
             assert "partitions_not_made" in caplog.text
-            with pytest.raises(ConfigError, match="may not create") as info:
+            with pytest.raises(ConfigError, match="may not use or create") as info:
                 await idempotency.ensure_schema(app, None, now=now + datetime.timedelta(days=9))
             assert "\n" not in str(info.value)
+            # A bus with such a role is told at its start, not when the partitions run out.
+            with pytest.raises(ConfigError, match="bus's database role"):
+                await idempotency.ensure_schema(app, 24 * 3600.0, now=now)
 
 
 # -- the caller's search_path -----------------------------------------------------------------

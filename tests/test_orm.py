@@ -411,6 +411,7 @@ async def test_a_failed_replay_wait_after_the_batch_says_what_became_of_the_writ
     try:
         async with Database(settings_for(stack, "lax"), nats=nc) as own:
             assert own.tracker is not None
+            (old_id,) = await seed(own, orm, "before the loss")
             await own.tracker.close()
             with session(orm) as s:
                 s.add(orm.Book(title="untracked"))
@@ -425,15 +426,20 @@ async def test_a_failed_replay_wait_after_the_batch_says_what_became_of_the_writ
             with session(orm) as s:
                 book = orm.Book(title="lost", author=orm.Author(name="lost"))  # a uuid4 key
                 s.add(book)
+                old = s.get(orm.Book, old_id)
+                assert old is not None
+                old.title = "renamed before the loss"  # its version id goes 1 -> 2
                 with pytest.raises(OutcomeUnknownError) as unknown:
                     await write_session(own, s)
-                assert s.new and book.id is None  # not settled
-                # The same batch again (planned afresh, the author's Python-side key would be
-                # another uuid4, and the id's record would refuse it as another request).
+                assert s.new and book.id is None and old.version == 1  # not settled
+                # The same changes again, under the same id, with the same Python-side values:
+                # planned with fresh ones (another uuid4 for the author), the id's record would
+                # refuse them as another request.
                 again = await write_session(own, s, request_id=unknown.value.request_id,
                                             await_replication=False)  # fmt: skip
                 assert again is not None and again.duplicate
-                assert clean(s, book, book.author) and isinstance(book.id, int)
+                assert clean(s, book, book.author, old) and isinstance(book.id, int)
+                assert old.version == 2
                 author_id = book.author.id
     finally:
         await nc.close()
