@@ -269,17 +269,18 @@ async def ensure_schema(
     now = now or datetime.datetime.now(datetime.UTC)
     try:
         await _make(conn, window, now)
+        if window is not None:
+            await _owned(conn)
+            await partitions.maintain(conn, window, now=now)
     except psycopg.errors.InsufficientPrivilege as exc:
         await _not_allowed(conn, now, exc, bus=window is not None)
-    if window is not None:
-        await partitions.maintain(conn, window, now=now)
 
 
 async def _make(
     conn: psycopg.AsyncConnection[Any], window: float | None, now: datetime.datetime
 ) -> None:
-    """Make what is missing; the bus (a ``window``) always runs the DDL, so that a role that
-    may not make partitions is told at its start, not hours later when they run out."""
+    """Make what is missing; the bus (a ``window``) always runs the DDL, which checks its
+    rights (CREATE on the database) at its start."""
     tries = races = 0
     while window is not None or not await _made(conn, partition_bounds(now)):
         try:
@@ -300,6 +301,19 @@ async def _make(
                     tries=tries,
                     holders=await lock_holders(conn, "writebus.applied"),
                 )
+
+
+async def _owned(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The bus makes and drops partitions for as long as it runs, which takes owning the
+    table: a role that does not is refused at its start (as InsufficientPrivilege, for
+    :func:`_not_allowed`), not hours later when the partitions made ahead run out."""
+    cur = await conn.execute(
+        "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c "
+        "WHERE c.oid = pg_catalog.to_regclass('writebus.applied')::pg_catalog.oid"
+    )
+    row = await cur.fetchone()
+    if not (row and row[0]):
+        raise psycopg.errors.InsufficientPrivilege("must be owner of table applied")
 
 
 async def _made(

@@ -33,7 +33,7 @@ import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from psycopg.rows import tuple_row
 from sqlalchemy import inspect as sa_inspect
@@ -48,7 +48,7 @@ from writebus.client.errors import (
     WriteBusError,
     WriteRejectedError,
 )
-from writebus.client.orm_plan import Evaluated, plan_session
+from writebus.client.orm_plan import plan_session
 from writebus.client.orm_steps import (
     GUARD_MARK,
     Column,
@@ -110,8 +110,6 @@ class OrmPlan:
     #: The objects themselves: the session holds some only weakly, and they must live until
     #: apply() has settled them.
     held: tuple[object, ...] = ()
-    #: The Python-side values the plan evaluated, to plan the same changes alike again.
-    evaluated: Evaluated = dataclasses.field(default_factory=dict)
 
     @property
     def statements(self) -> list[Any]:
@@ -215,18 +213,15 @@ def _expire_detached(session: Session, mapper: Any, key: dict[Column, Any]) -> N
             session.expire(obj, list(names))
 
 
-def orm_batch(session: Session, evaluated: Evaluated | None = None) -> OrmPlan:
+def orm_batch(session: Session) -> OrmPlan:
     """Plan ``session``'s pending inserts, updates and deletes as one batch.
 
     Pure: reads ``session.new``, ``session.dirty``, ``session.deleted`` and attribute
     histories; sends and changes nothing. Raises :class:`OrmRefusedError` (naming the object
-    and the :class:`Refusal`) for what one list of statements cannot write correctly.
-    ``evaluated``: Python-side values (defaults, onupdates, version ids) of an earlier plan of
-    the same changes, used again (:data:`~writebus.client.orm_plan.Evaluated`)."""
-    evaluated = {} if evaluated is None else evaluated
-    steps, settles = plan_session(session, evaluated)
+    and the :class:`Refusal`) for what one list of statements cannot write correctly."""
+    steps, settles = plan_session(session)
     held = [st.obj() for st in settles] + [step.row.state.obj() for step in steps if step.row]
-    return OrmPlan(tuple(steps), tuple(settles), tuple(held), evaluated)
+    return OrmPlan(tuple(steps), tuple(settles), tuple(held))
 
 
 async def write_session(
@@ -246,25 +241,25 @@ async def write_session(
     :class:`~writebus.client.errors.ReplicationTimeoutError`, the tracker gone -- the session
     is settled all the same, and the error says the write was applied. A failover that lost
     the commit raises :class:`~writebus.client.errors.OutcomeUnknownError` and leaves the
-    session as it was: write it again with ``request_id=err.request_id``. Whenever a batch's
-    outcome is not known, writing the session again under its id plans the same changes with
-    the same Python-side values (kept in ``session.info``), so a batch that did commit is
-    answered from its record. Raises
+    session as it was: write it again with ``request_id=err.request_id``. The batch is planned
+    again then: a Python-side default that differs at each call (a ``uuid4`` key, ``now()``)
+    makes it another request, which a batch that did commit after all refuses
+    (:class:`~writebus.client.errors.IdempotencyKeyReusedError`, nothing applied) -- read the
+    rows back to learn what became of it. Raises
     :class:`OrmRefusedError` before sending, :class:`StaleObjectError` when a row changed
     meanwhile, and any error of :meth:`Database.batch`. Nothing else may change the session's
     objects while this waits: settling commits what they hold."""
-    plan = _plan(session, request_id)
+    plan = orm_batch(session)
     if not plan.steps:
         plan.apply(session, None)
         return None
-    with _unsettled_kept(session, plan, request_id):
-        with _stale_errors(plan):
-            result = await db.batch(plan.statements, **_batch_options(rpc_timeout, request_id))
-        if not (await_replication and result.lsn is not None and result.via_bus):
-            plan.apply(session, result)
-            return result
-        with _settling(plan, session, result):
-            await db.wait_for_lsn(result.lsn, replication_timeout, result.timeline)
+    with _stale_errors(plan):
+        result = await db.batch(plan.statements, **_batch_options(rpc_timeout, request_id))
+    if not (await_replication and result.lsn is not None and result.via_bus):
+        plan.apply(session, result)
+        return result
+    with _settling(plan, session, result):
+        await db.wait_for_lsn(result.lsn, replication_timeout, result.timeline)
     return dataclasses.replace(result, replicated=True)
 
 
@@ -279,47 +274,18 @@ def write_session_sync(
 ) -> WriteResult | None:
     """:func:`write_session` for a :class:`~writebus.client.sync.SyncDatabase` (the same
     steps; the batch and the wait run on its background loop, as all its writes do)."""
-    plan = _plan(session, request_id)
+    plan = orm_batch(session)
     if not plan.steps:
         plan.apply(session, None)
         return None
-    with _unsettled_kept(session, plan, request_id):
-        with _stale_errors(plan):
-            result = sdb.batch(plan.statements, **_batch_options(rpc_timeout, request_id))
-        if not (await_replication and result.lsn is not None and result.via_bus):
-            plan.apply(session, result)
-            return result
-        with _settling(plan, session, result):
-            sdb.wait_for_lsn(result.lsn, replication_timeout, result.timeline)
+    with _stale_errors(plan):
+        result = sdb.batch(plan.statements, **_batch_options(rpc_timeout, request_id))
+    if not (await_replication and result.lsn is not None and result.via_bus):
+        plan.apply(session, result)
+        return result
+    with _settling(plan, session, result):
+        sdb.wait_for_lsn(result.lsn, replication_timeout, result.timeline)
     return dataclasses.replace(result, replicated=True)
-
-
-#: ``Session.info`` key of a batch whose outcome is not known: ``(request_id, evaluated)``.
-_UNSETTLED: Final = "writebus.unsettled_batch"
-
-
-def _plan(session: Session, request_id: str | None) -> OrmPlan:
-    """The session's pending changes as a batch -- written again under the id of a batch
-    whose outcome is not known, with that batch's Python-side values (a ``uuid4`` key, a
-    timestamp, a version id): the same changes then make the same statements, which a batch
-    that did commit answers from its record instead of refusing them as another request."""
-    kept = session.info.pop(_UNSETTLED, None)
-    again = kept is not None and request_id is not None and kept[0] == request_id
-    return orm_batch(session, kept[1] if again else None)
-
-
-@contextmanager
-def _unsettled_kept(session: Session, plan: OrmPlan, request_id: str | None) -> Iterator[None]:
-    """Around sending ``plan``: when it fails and leaves the session unsettled, keep its
-    Python-side values under the request id it went under (the caller's, or the one an
-    unknown outcome names), for :func:`_plan` to use when it is written again."""
-    try:
-        yield
-    except BaseException as exc:
-        rid = request_id or getattr(exc, "request_id", None)
-        if rid and getattr(exc, "outcome", None) is not Outcome.APPLIED:
-            session.info[_UNSETTLED] = (rid, plan.evaluated)
-        raise
 
 
 @contextmanager

@@ -18,7 +18,7 @@ detach what still references it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -45,15 +45,10 @@ from writebus.client.orm_steps import (
     version_col,
 )
 
-#: Python-side values a plan evaluated -- defaults, onupdates, version ids -- by object and
-#: column, so that planning the same changes again sends the same statements.
-Evaluated = dict[tuple[InstanceState[Any], Column], Any]
-
 
 class _Planner:
-    def __init__(self, session: Session, evaluated: Evaluated) -> None:
+    def __init__(self, session: Session) -> None:
         self.session = session
-        self.evaluated = evaluated
         self.rows: dict[InstanceState[Any], RowWrite] = {}
         self.deleted: set[InstanceState[Any]] = set()
         self.links: dict[Any, tuple[sa.Table, dict[Column, Any]]] = {}
@@ -111,9 +106,7 @@ class _Planner:
         vcol = version_col(mapper)
         if vcol is not None:
             if mapper.version_id_generator is not False:
-                row.values[vcol] = self._once(
-                    st, vcol, lambda: mapper.version_id_generator(None)  # type: ignore[misc,operator]
-                )
+                row.values[vcol] = mapper.version_id_generator(None)  # type: ignore[misc]
             else:
                 row.values.pop(vcol, None)
                 row.server(vcol)
@@ -165,23 +158,16 @@ class _Planner:
     def _evaluate(
         self, st: InstanceState[Any], values: dict[Column, Any], col: Column, default: Any
     ) -> Any:
-        """A Python-side default or onupdate, evaluated on the row's values (once per object
-        and column: see :data:`Evaluated`)."""
+        """A Python-side default or onupdate, evaluated on the row's values."""
         if default.is_scalar:
             return default.arg
         try:
-            return self._once(st, col, lambda: default.arg(DefaultContext(values, col)))
+            return default.arg(DefaultContext(values, col))
         except AttributeError as exc:
             raise OrmRefusedError(st.obj(), Refusal.DEFAULT, (
                 f"the Python default of {col} reads the execution context ({exc}); only "
                 "current_parameters / get_current_parameters() exist before the batch is sent"
             )) from exc
-
-    def _once(self, st: InstanceState[Any], col: Column, make: Callable[[], Any]) -> Any:
-        key = (st, col)
-        if key not in self.evaluated:
-            self.evaluated[key] = make()
-        return self.evaluated[key]
 
     def _python_defaults(
         self, st: InstanceState[Any], table: sa.Table, values: dict[Column, Any], *, update: bool
@@ -223,9 +209,7 @@ class _Planner:
             if vcol in row.values:
                 pass  # set by the application: the ORM writes that value
             elif mapper.version_id_generator is not False:
-                row.values[vcol] = self._once(
-                    row.state, vcol, lambda: mapper.version_id_generator(old)  # type: ignore[misc,operator]
-                )
+                row.values[vcol] = mapper.version_id_generator(old)  # type: ignore[misc]
             else:
                 row.server(vcol)
 
@@ -414,11 +398,7 @@ class _Planner:
         return out
 
 
-def plan_session(
-    session: Session, evaluated: Evaluated | None = None
-) -> tuple[list[Step], list[InstanceState[Any]]]:
+def plan_session(session: Session) -> tuple[list[Step], list[InstanceState[Any]]]:
     """The statements that write ``session``'s pending changes, and every object they settle
-    (written, or holding relationship changes those statements carry). Pure but for
-    ``evaluated``: the Python-side values it evaluates are added there, and those already
-    there are used as they are."""
-    return _Planner(session, {} if evaluated is None else evaluated).run()
+    (written, or holding relationship changes those statements carry). Pure."""
+    return _Planner(session).run()

@@ -494,8 +494,16 @@ async def test_an_app_role_that_may_not_create_still_starts_and_writes(
             with pytest.raises(ConfigError, match="may not use or create") as info:
                 await idempotency.ensure_schema(app, None, now=now + datetime.timedelta(days=9))
             assert "\n" not in str(info.value)
-            # A bus with such a role is told at its start, not when the partitions run out.
+            # A bus with such a role is told at its start, not when the partitions run out;
+            # one that may create but does not own the table, too.
             with pytest.raises(ConfigError, match="bus's database role"):
+                await idempotency.ensure_schema(app, 24 * 3600.0, now=now)
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+                await admin.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}; GRANT CREATE ON "
+                                            "SCHEMA writebus TO {}").format(  # fmt: skip
+                    sql.Identifier(admin.info.dbname), sql.Identifier(app.info.user),
+                    sql.Identifier(app.info.user)))
+            with pytest.raises(ConfigError, match="own writebus.applied"):
                 await idempotency.ensure_schema(app, 24 * 3600.0, now=now)
 
 

@@ -234,24 +234,6 @@ def test_insert_evaluates_python_defaults_and_returns_server_ones() -> None:
     assert node.id is None  # planning changes nothing
 
 
-def test_planning_again_with_the_evaluated_values_sends_the_same_statements() -> None:
-    """A plan keeps the Python-side values it evaluated (a uuid4 key, a version id); the same
-    changes planned again with them make the same statements and parameters -- a resend under
-    the same request id is the same request -- and planned without them, another key."""
-    s = Session()
-    s.add(Node(name="a"))
-    loaded(s, Node(id=uuid.uuid4(), name="n", version=3, changed=0, note=None)).name = "m"
-    first = orm_batch(s)
-    same = orm_batch(s, first.evaluated)
-    fresh = orm_batch(s)
-
-    def params(plan: Any) -> list[Any]:
-        return [compile_construct(st) for st in plan.statements]
-
-    assert first.evaluated and params(same) == params(first)
-    assert params(fresh) != params(first)
-
-
 def test_apply_settles_objects_with_returned_values() -> None:
     """apply() sets evaluated defaults and returned values (wire forms turned into the ORM's
     types); the objects become persistent and clean; unloadable server values stay expired."""
