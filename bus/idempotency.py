@@ -269,8 +269,7 @@ async def ensure_schema(
     now = now or datetime.datetime.now(datetime.UTC)
     try:
         await _make(conn, window, now)
-        if window is not None:
-            await _owned(conn)
+        if window is not None and await _owned(conn):
             await partitions.maintain(conn, window, now=now)
     except psycopg.errors.InsufficientPrivilege as exc:
         await _not_allowed(conn, now, exc, bus=window is not None)
@@ -303,17 +302,25 @@ async def _make(
                 )
 
 
-async def _owned(conn: psycopg.AsyncConnection[Any]) -> None:
+async def _owned(conn: psycopg.AsyncConnection[Any]) -> bool:
     """The bus makes and drops partitions for as long as it runs, which takes owning the
-    table: a role that does not is refused at its start (as InsufficientPrivilege, for
-    :func:`_not_allowed`), not hours later when the partitions made ahead run out."""
+    table. A role that does not is told at its start (an error in the log: its maintenance
+    will fail, and unless another worker's role owns the table the partitions made ahead run
+    out within hours); it still serves, since another worker may maintain the table."""
     cur = await conn.execute(
         "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c "
         "WHERE c.oid = pg_catalog.to_regclass('writebus.applied')::pg_catalog.oid"
     )
     row = await cur.fetchone()
-    if not (row and row[0]):
-        raise psycopg.errors.InsufficientPrivilege("must be owner of table applied")
+    if row and row[0]:
+        return True
+    log.error(
+        "idempotency.not_owner",
+        reason="this bus's database role does not own writebus.applied, so it cannot make or "
+        "drop its hourly partitions: run one worker with the owning role, or make this role "
+        "the owner",
+    )
+    return False
 
 
 async def _made(

@@ -240,7 +240,7 @@ class BusService:
             row = await cur.fetchone()
         return int(row[0], 16) if row and row[0] else None
 
-    async def _become_primary(self) -> None:
+    async def _become_primary(self, *, promoted: bool = False) -> None:
         s = self.settings
         assert self.pool is not None and self.handler is not None
         self._set_role("starting")
@@ -252,8 +252,15 @@ class BusService:
         if self.fence.fenced:
             self._set_role("fenced")
             return
-        async with self.pool.connection() as conn:
-            await idempotency.ensure_schema(conn, self.idempotency_window)
+        try:
+            async with self.pool.connection() as conn:
+                await idempotency.ensure_schema(conn, self.idempotency_window)
+        except ConfigError as exc:
+            if not promoted:
+                raise  # at start: one clear line, and the node does not start
+            # Promoted by a failover: serve writes while the partitions made ahead last,
+            # rather than stay stuck "starting" with the region's writes refused.
+            log.error("bus.schema_not_made", region=s.region, error=str(exc))
         self.announcer = PrimaryAnnouncer(
             nc=self.nc,
             dsn=self.dsn,
@@ -327,7 +334,7 @@ class BusService:
         log.warning("bus.promoted", region=self.settings.region)
         await self.monitor.stop()
         self.monitor = None
-        await self._become_primary()
+        await self._become_primary(promoted=True)
 
     async def _watch_demotion(self) -> None:
         # After a failover the old primary comes back as a standby: it must leave the write
