@@ -347,32 +347,33 @@ async def _made(
 async def _not_allowed(
     conn: psycopg.AsyncConnection[Any], now: datetime.datetime, exc: psycopg.Error, *, bus: bool
 ) -> None:
-    """This role may not make (or read) what is missing. An application's writes can go on
-    while the table, the functions and the current hour's partition exist (the bus makes the
-    rest): a warning. Otherwise a one-line :class:`~writebus.client.errors.ConfigError`."""
+    """This role may not make (or read) what is missing. Writes can go on while the table,
+    the functions and the current hour's partition exist: a warning (for the bus, an error:
+    it is the one that should make them, and a worker whose role may will). Otherwise a
+    one-line :class:`~writebus.client.errors.ConfigError`."""
     why = exc.diag.message_primary or str(exc)
-    if not bus:
-        try:
-            usable = await _made(conn, partition_bounds(now, ahead=0))
-        except psycopg.errors.InsufficientPrivilege:
-            usable = False
-        if usable:
-            log.warning(
-                "idempotency.partitions_not_made",
-                reason="this database role may not make the exactly-once table's partitions "
-                "ahead; the bus in the primary region makes them",
-                error=why,
-            )
-            return
+    try:
+        usable = await _made(conn, partition_bounds(now, ahead=0))
+    except psycopg.errors.InsufficientPrivilege:
+        usable = False
+    if usable:
+        (log.error if bus else log.warning)(
+            "idempotency.partitions_not_made",
+            reason="this database role may not make the exactly-once table's partitions ahead; "
+            + ("a bus worker whose role owns writebus.applied must" if bus else "the bus does"),
+            error=why,
+        )
+        return
+    if bus:
         raise ConfigError(
-            f"the application's database role may not use or create writebus' exactly-once "
-            f"table ({why}): start a bus node in the primary region first, whose role makes "
-            "it, and grant this role USAGE on schema writebus and SELECT, INSERT on "
-            "writebus.applied"
+            f"the bus's database role may not create writebus' exactly-once table and its "
+            f"hourly partitions ({why}): it needs CREATE on the database and on schema "
+            "writebus, and to own writebus.applied"
         ) from None
     raise ConfigError(
-        f"the bus's database role may not create writebus' exactly-once table and its hourly "
-        f"partitions ({why}): it needs CREATE on the database and to own writebus.applied"
+        f"the application's database role may not use or create writebus' exactly-once "
+        f"table ({why}): start a bus node in the primary region first, whose role makes it, "
+        "and grant this role USAGE on schema writebus and SELECT, INSERT on writebus.applied"
     ) from None
 
 

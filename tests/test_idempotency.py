@@ -494,11 +494,15 @@ async def test_an_app_role_that_may_not_create_still_starts_and_writes(
             with pytest.raises(ConfigError, match="may not use or create") as info:
                 await idempotency.ensure_schema(app, None, now=now + datetime.timedelta(days=9))
             assert "\n" not in str(info.value)
-            # A bus with such a role is told at its start, not when the partitions run out;
-            # one that may create but does not own the table is told in its log (another
-            # worker's role may own it).
+            # A bus with such a role is told at its start, not when the partitions run out: in
+            # its log while the current partition exists (another worker's role may make the
+            # rest), else by refusing to start; one that may create but does not own the
+            # table, in its log too.
+            caplog.clear()
+            await idempotency.ensure_schema(app, 24 * 3600.0, now=now)
+            assert "partitions_not_made" in caplog.text and "ERROR" in caplog.text
             with pytest.raises(ConfigError, match="bus's database role"):
-                await idempotency.ensure_schema(app, 24 * 3600.0, now=now)
+                await idempotency.ensure_schema(app, 24 * 3600.0, now=now + datetime.timedelta(days=9))
             async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
                 await admin.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}; GRANT CREATE ON "
                                             "SCHEMA writebus TO {}").format(  # fmt: skip
