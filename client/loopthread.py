@@ -20,6 +20,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from writebus.client.errors import Outcome, WriteBusError
 from writebus.client.loops import loop_factory
 
 T = TypeVar("T")
@@ -37,6 +38,7 @@ class LoopThread:
 
     def __init__(self, choice: str | None = None) -> None:
         self.pid = os.getpid()
+        self.stopping = False
         if choice is None:
             choice = os.environ.get("WRITEBUS_EVENT_LOOP", "auto")
         self.loop = loop_factory(choice)()
@@ -55,12 +57,18 @@ class LoopThread:
         self.loop.call_soon(self._started.set)
         self.loop.run_forever()
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def run(self, coro: Coroutine[Any, Any, T], *, write: bool = False) -> T:
         """Run ``coro`` on the loop and return its result (or raise its exception) in the
-        calling thread. Interrupting the wait (Ctrl-C) cancels the coroutine."""
+        calling thread. Interrupting the wait (Ctrl-C) cancels the coroutine. Once the loop
+        is stopping (the process exits: :func:`_stop_at_exit`), a call is not made, and one
+        under way is cancelled: a :class:`~writebus.client.errors.WriteBusError` says so --
+        for a ``write``, not applied or an unknown outcome."""
         if threading.current_thread() is self.thread:
             coro.close()
             raise RuntimeError("a SyncDatabase method was called from writebus' own loop thread")
+        if self.stopping or not self.thread.is_alive():
+            coro.close()
+            raise _exiting(write, Outcome.NOT_APPLIED, "the call was not made")
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result()
@@ -68,10 +76,13 @@ class LoopThread:
             future.cancel()
             raise
         except concurrent.futures.CancelledError:
+            if self.stopping:
+                raise _exiting(write, Outcome.UNKNOWN, "the call was cut short") from None
             raise asyncio.CancelledError() from None
 
     def stop(self) -> None:
         """Stop the loop and join its thread (pending tasks are cancelled)."""
+        self.stopping = True
         if not self.thread.is_alive():
             return
 
@@ -87,6 +98,14 @@ class LoopThread:
         self.loop.close()
 
 
+def _exiting(write: bool, outcome: Outcome, what: str) -> WriteBusError:
+    """The error of a call the stopping loop did not make or did not finish."""
+    err = WriteBusError(f"writebus' loop thread has stopped (the process is exiting): {what}")
+    if write:
+        err.outcome = outcome
+    return err
+
+
 _lock = threading.Lock()
 _shared: LoopThread | None = None
 
@@ -95,7 +114,11 @@ def shared_loop() -> LoopThread:
     """The process's loop thread, started on first use (and again in a forked child)."""
     global _shared
     with _lock:
-        if _shared is None or _shared.pid != os.getpid() or not _shared.thread.is_alive():
+        if (
+            _shared is None
+            or _shared.pid != os.getpid()
+            or not (_shared.thread.is_alive() or _shared.stopping)  # stopped at exit: stays
+        ):
             if _shared is not None and _shared.pid != os.getpid():
                 _inherited.append(_shared)
             _shared = LoopThread()

@@ -380,12 +380,12 @@ class SyncDatabase:
     def execute(self, sql: SQL, params: Params = None, **options: Any) -> WriteResult:
         """Run one write statement on the primary (:meth:`Database.execute`)."""
         loop, db = self._ready(write=True)
-        return loop.run(db.execute(sql, params, **options))
+        return loop.run(db.execute(sql, params, **options), write=True)
 
     def batch(self, statements: Iterable[StatementLike], **options: Any) -> WriteResult:
         """Run statements atomically in one transaction on the primary (:meth:`Database.batch`)."""
         loop, db = self._ready(write=True)
-        return loop.run(db.batch(list(statements), **options))
+        return loop.run(db.batch(list(statements), **options), write=True)
 
     def call(self, procedure: str, *args: Any, **options: Any) -> Any:
         """Run a registered procedure on the primary and wait for replay (:meth:`Database.call`)."""
@@ -394,17 +394,17 @@ class SyncDatabase:
     def call_result(self, procedure: str, *args: Any, **options: Any) -> WriteResult:
         """Like :meth:`call` but returns the whole :class:`WriteResult`."""
         loop, db = self._ready(write=True)
-        return loop.run(db.call_result(procedure, *args, **options))
+        return loop.run(db.call_result(procedure, *args, **options), write=True)
 
     def rpc_region(self, region: str, procedure: str, *args: Any, **options: Any) -> Any:
         """Run a registered procedure in ``region`` (:meth:`Database.rpc_region`)."""
         loop, db = self._ready(write=True)
-        return loop.run(db.rpc_region(region, procedure, *args, **options))
+        return loop.run(db.rpc_region(region, procedure, *args, **options), write=True)
 
     def rpc_primary(self, procedure: str, *args: Any, **options: Any) -> Any:
         """Run a registered procedure in the primary region (:meth:`Database.rpc_primary`)."""
         loop, db = self._ready(write=True)
-        return loop.run(db.rpc_primary(procedure, *args, **options))
+        return loop.run(db.rpc_primary(procedure, *args, **options), write=True)
 
     def wait_for_lsn(
         self, lsn: int, timeout: float | None = None, timeline: int | None = None

@@ -230,6 +230,36 @@ def test_a_forked_childs_failed_reopen_is_tried_again(stack: Any, buses: Any, ta
     assert out.stdout.split() == ["True", "not_applied", "wrote", "True"], out.stderr[-3000:]
 
 
+AFTER_EXIT_HOOK_SCRIPT = """
+from writebus import Settings, SyncDatabase, WriteBusError
+from writebus.client import loopthread
+
+db = SyncDatabase(Settings.from_env({env!r}))
+db.open()
+loopthread._stop_at_exit()  # what interpreter exit runs; a daemon thread may still call
+try:
+    db.execute("INSERT INTO {table}(body) VALUES ('after exit')")
+    print("wrote")
+except WriteBusError as exc:
+    print(exc.outcome, "exiting" in str(exc))
+print(db.fetchval("SELECT count(*) FROM {table}"))  # a plain read needs no loop
+db.close()
+"""
+
+
+def test_a_write_after_the_exit_hook_is_refused_typed(stack: Any, buses: Any, table: str) -> None:
+    """After the exit hook stopped writebus' loop thread (a daemon thread still calling as the
+    process exits), a write says it was not applied, typed; a plain read still runs. (It
+    raised asyncio's untyped RuntimeError.)"""
+    code = AFTER_EXIT_HOOK_SCRIPT.format(env=stack.env("lax"), table=table)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["not_applied", "True", "0"], out.stderr[-3000:]
+
+
 FORK_GIVEN_POOL_SCRIPT = """
 import os
 from psycopg_pool import ConnectionPool

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
 from writebus.bus.settings import BusSettings
 from writebus.client import loops
-from writebus.client.errors import ConfigError
+from writebus.client.errors import ConfigError, Outcome, WriteBusError
 from writebus.client.loopthread import LoopThread
 
 
@@ -77,3 +78,47 @@ def test_a_misspelled_loop_for_the_sync_api_is_a_config_error(
     with pytest.raises(ConfigError) as info:
         LoopThread()
     assert info.value.variable == "WRITEBUS_EVENT_LOOP"
+
+
+def test_a_call_after_the_loop_stopped_at_exit_is_not_made() -> None:
+    """Once the loop thread stopped (the process exits), a call says so, typed: a write was
+    not applied. (It raised asyncio's untyped RuntimeError: the loop was closed.)"""
+    thread = LoopThread()
+    thread.stop()
+    ran: list[bool] = []
+
+    async def write() -> None:
+        ran.append(True)
+
+    with pytest.raises(WriteBusError, match="process is exiting") as info:
+        thread.run(write(), write=True)
+    assert info.value.outcome is Outcome.NOT_APPLIED and ran == []
+    with pytest.raises(WriteBusError) as read:
+        thread.run(write())
+    assert read.value.outcome is None
+
+
+def test_a_call_cut_short_as_the_loop_stops_has_an_unknown_outcome() -> None:
+    """A write under way when the loop stops at exit is cancelled: the caller's thread gets a
+    WriteBusError with an unknown outcome, not asyncio's CancelledError."""
+    thread = LoopThread()
+    started = threading.Event()
+    caught: list[BaseException] = []
+
+    async def slow_write() -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    def call() -> None:
+        try:
+            thread.run(slow_write(), write=True)
+        except BaseException as exc:  # noqa: BLE001 - inspected below
+            caught.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    assert started.wait(5)
+    thread.stop()
+    caller.join(5)
+    assert len(caught) == 1 and isinstance(caught[0], WriteBusError)
+    assert caught[0].outcome is Outcome.UNKNOWN
