@@ -381,9 +381,7 @@ async def _ensure_schema(
     conn: psycopg.AsyncConnection[Any], window: float | None, now: datetime.datetime
 ) -> None:
     async with conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = '{SCHEMA_LOCK_TIMEOUT}'")
-        await conn.execute(partitions.ISO_DATES)
-        await conn.execute(partitions.LOCK_SQL, [partitions.SCHEMA_LOCK])
+        await partitions.begin_schema_step(conn, SCHEMA_LOCK_TIMEOUT)
         cur = await conn.execute(
             "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = 'writebus' AND c.relname = 'applied'"

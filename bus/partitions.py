@@ -65,12 +65,20 @@ LONG_TRANSACTION_S: Final = 1.0
 #: other lock: a race with one ends in DuplicateTable or UniqueViolation for the loser, which
 #: looks again (:func:`~writebus.bus.idempotency.ensure_schema`) or leaves it to its next pass.
 SCHEMA_LOCK: Final = 0x77726974
-#: Takes an advisory lock for the transaction; qualified and typed, so that no function on the
-#: session's ``search_path`` matching an ``int4`` better can stand in for it.
-LOCK_SQL: Final = "SELECT pg_catalog.pg_advisory_xact_lock(%s::pg_catalog.int8)"
 _DROP_LOCK: Final = 0x77726975
 #: ISO dates in the transaction: psycopg and partition bounds' parsing read no other style.
 ISO_DATES: Final = "SET LOCAL DateStyle = 'ISO'"
+
+
+async def begin_schema_step(conn: psycopg.AsyncConnection[Any], lock_timeout: str) -> None:
+    """Begin a step that makes partitions (or the table), in the caller's transaction: wait
+    at most ``lock_timeout`` for any lock, read dates as ISO (:data:`ISO_DATES`), and hold
+    :data:`SCHEMA_LOCK` -- taken qualified and typed, so that no function on the session's
+    ``search_path`` matching an ``int4`` better can stand in for it."""
+    await conn.execute(f"SET LOCAL lock_timeout = '{lock_timeout}'; {ISO_DATES}")
+    await conn.execute(
+        "SELECT pg_catalog.pg_advisory_xact_lock(%s::pg_catalog.int8)", [SCHEMA_LOCK]
+    )
 
 
 def partition_bounds(
@@ -144,8 +152,7 @@ async def maintain(
     step = "create"
     try:
         async with conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = '{MAINTENANCE_LOCK_TIMEOUT}'")
-            await conn.execute(LOCK_SQL, [SCHEMA_LOCK])
+            await begin_schema_step(conn, MAINTENANCE_LOCK_TIMEOUT)
             await create_partitions(conn, partition_bounds(now))
         step = "drop"
         return await _drop_expired(conn, now - datetime.timedelta(seconds=window))
