@@ -183,11 +183,11 @@ async def via_bus(
             if tracker is None:
                 raise TrackerError("no LSN tracker: is this Database open?")
             await tracker.wait_for(lsn, wait, reply.timeline)
+        except LostInFailoverError as e:
+            raise replay_wait_failed(e, req.id, lsn, subject) from e
         except TrackerError as e:
-            answer = replay_wait_failed(e, req.id, lsn, subject)
-            if answer is e:
-                raise
-            raise answer from e
+            replay_wait_failed(e, req.id, lsn, subject)  # applied, at lsn
+            raise
         replication_ms = (time.monotonic() - t0) * 1000
     server_ms = reply.server_ms or 0.0
     return WriteResult(
