@@ -43,7 +43,7 @@ def _serve_description() -> str:
 def _serve(args: argparse.Namespace) -> int:
     require_extra("service", "prometheus_client", "aiohttp")
     from writebus.bus.log import configure_logging
-    from writebus.bus.service import serve
+    from writebus.bus.serving import serve
     from writebus.bus.settings import BusSettings
 
     settings = BusSettings.from_env()  # malformed settings fail before any output is set up

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import os
-import signal
+import itertools
 import socket
-from pathlib import Path
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -37,10 +34,14 @@ from writebus.client.errors import ConfigError, WriteBusError
 from writebus.client.log import get_logger
 from writebus.client.pgpool import open_pool
 from writebus.client.procedures import Procedures, load_procedures
+from writebus.client.retry import RetryPolicy
 from writebus.client.subjects import Subjects
 from writebus.client.version import VERSION
 
 log = get_logger("writebus.bus.service")
+
+#: The pauses between a promoted node's tries to take over (0.1 s, doubling, at most 5 s).
+TAKE_OVER_RETRY = RetryPolicy(base_delay=0.1, max_delay=5.0)
 
 
 class BusService:
@@ -75,6 +76,8 @@ class BusService:
         self._fencing: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
         self._stopping = False
+        #: Why a promoted node is not serving writes yet: its last try to take over failed.
+        self._take_over_error: str | None = None
 
     def __repr__(self) -> str:
         return f"<BusService region={self.settings.region!r} role={self.role}>"
@@ -215,16 +218,27 @@ class BusService:
 
     def problem(self) -> str | None:
         """Why this node is not doing its job, if it is not (for /healthz)."""
-        return self.fence.reason() or None
+        return self.fence.reason() or self._take_over_error or None
 
     async def _leave_write_group(self) -> None:
+        await self._leave_primary()
+        self._set_role("fenced")
+
+    async def _leave_primary(self) -> None:
+        """Stop serving writes, announcing and expiring: demoted, fenced, or a take-over that
+        failed part-way (whatever it had started)."""
         if self.write_server is not None:
             await self.write_server.stop()
             self.write_server = None
         await self._stop_committer()
         if self.announcer is not None:
             await self.announcer.stop()
-        self._set_role("fenced")
+            self.announcer = None
+        if self.handler is not None:
+            self.handler.on_commit = None
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
     def _set_role(self, role: str) -> None:
         self.role = role
@@ -334,7 +348,26 @@ class BusService:
         log.warning("bus.promoted", region=self.settings.region)
         await self.monitor.stop()
         self.monitor = None
-        await self._become_primary(promoted=True)
+        await self._take_over()
+
+    async def _take_over(self) -> None:
+        """Become the primary node after a promotion, trying until it works: a failure here (a
+        connection cut as the database restarted as a primary, say) must not leave the node
+        "starting" for good, with its region's writes refused. Each failure is logged
+        (``bus.take_over_failed``) and fails ``/healthz`` until a try succeeds."""
+        for attempt in itertools.count(1):
+            self._take_over_error = None
+            try:
+                await self._become_primary(promoted=True)
+                return
+            except Exception as exc:
+                delay = TAKE_OVER_RETRY.backoff(attempt)
+                self._take_over_error = f"promoted, but not serving writes yet: {exc}"
+                log.error("bus.take_over_failed", region=self.settings.region, error=str(exc),
+                          attempt=attempt, retry_in=round(delay, 2))  # fmt: skip
+                await self._leave_primary()
+                self._set_role("starting")
+                await asyncio.sleep(delay)
 
     async def _watch_demotion(self) -> None:
         # After a failover the old primary comes back as a standby: it must leave the write
@@ -345,17 +378,7 @@ class BusService:
         if self._stopping:
             return
         log.warning("bus.demoted", region=self.settings.region)
-        if self.write_server is not None:
-            await self.write_server.stop()
-            self.write_server = None
-        await self._stop_committer()
-        await self.announcer.stop()
-        self.announcer = None
-        if self.handler is not None:
-            self.handler.on_commit = None
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
+        await self._leave_primary()
         await self._become_replica()
 
     async def _expire_loop(self) -> None:
@@ -403,42 +426,3 @@ class BusService:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-
-async def serve(settings: BusSettings) -> None:
-    """Run a bus node until SIGTERM or SIGINT, then drain.
-
-    A signal while the node is still starting (its database or NATS not reachable yet) stops
-    it at once rather than after the start-up timeout.
-    """
-    service = BusService(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    starting = asyncio.create_task(service.start(), name="bus-start")
-    signalled = asyncio.create_task(stop.wait(), name="bus-stop-signal")
-    await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
-    if not starting.done():
-        starting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await starting
-        log.info("bus.start_aborted", region=settings.region)
-        await service.stop()
-        return
-    if starting.exception() is not None:
-        signalled.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await signalled
-        starting.result()  # raise the start-up failure
-    # What starting made (modules, pools, the service) lives as long as the process: keep it
-    # out of the collector's full passes, which would otherwise walk it again and again while
-    # requests churn through short-lived objects.
-    gc.collect()
-    gc.freeze()
-    ready = Path(settings.ready_file) if settings.ready_file else None
-    if ready is not None:
-        ready.write_text(f"{os.getpid()}\n")
-    await signalled
-    if ready is not None:
-        ready.unlink(missing_ok=True)
-    await service.stop()

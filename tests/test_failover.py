@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
 
 from tests.support.stack import TEST_DELAY_MS, bus_env, http_url, settings_for, start_bus
+from writebus.bus.embedded.bus_process import BusProcess
 from writebus.bus.embedded.stack import Stack
 from writebus.client import Database, RetryPolicy
 
@@ -87,6 +89,51 @@ async def test_promoted_replica_takes_over_writes(own_stack: Stack) -> None:
     finally:
         for bus in buses:
             bus.stop(10)
+
+
+async def test_a_take_over_that_fails_is_tried_again_until_it_serves() -> None:
+    """A promoted node whose take-over fails -- here its schema step, on an object in the way
+    of the exactly-once table -- says so in its log and in ``/healthz``, and tries again: once
+    the object is gone it serves the region's writes, rather than stay "starting", with every
+    write refused, until someone restarts it."""
+    with Stack(one_way_delay_ms=TEST_DELAY_MS) as stack:
+        with psycopg.connect(stack.primary.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE take_over (id bigserial PRIMARY KEY, body text)")
+            conn.execute("CREATE SCHEMA writebus; CREATE VIEW writebus.applied AS SELECT 1 AS x")
+        stack.wait_replica_caught_up(10)
+        bus = start_bus(stack, "lax", log_name="take-over-bus-lax")
+        try:
+            stack.primary.stop("fast")
+            stack.replica.promote()
+            health = await _health_until(bus, lambda h: h["status"] == "fail")
+            assert health["role"] == "starting", health
+            assert "promoted, but not serving writes yet" in health["checks"]["role"]["error"]
+            assert "applied" in health["checks"]["role"]["error"]
+            failed = [
+                json.loads(line) for line in bus.log_path.read_text().splitlines()
+                if '"event": "bus.take_over_failed"' in line
+            ]  # fmt: skip
+            assert failed[0]["attempt"] == 1 and "applied" in failed[0]["error"], failed
+            stack.replica.execute("DROP VIEW writebus.applied")
+            health = await _health_until(bus, lambda h: h["role"] == "primary")
+            assert health["status"] == "ok", health
+            async with Database(
+                settings_for(stack, "lax", rpc_timeout=10), retry=RetryPolicy()
+            ) as db:
+                res = await db.execute("INSERT INTO take_over(body) VALUES ('after') RETURNING id")
+                assert res.via_bus and res.region == "lax" and res.replicated
+                assert await db.fetchval("SELECT body FROM take_over") == "after"
+        finally:
+            bus.stop(10)
+
+
+async def _health_until(bus: BusProcess, done: Callable[[dict[str, Any]], bool]) -> Any:
+    """The node's ``/healthz`` body, once ``done`` says so (within 20 s)."""
+    deadline = time.monotonic() + 20
+    while not done(health := json.loads(_get(f"{http_url(bus)}/healthz"))):
+        assert time.monotonic() < deadline, (health, bus.log_tail())
+        await asyncio.sleep(0.05)
+    return health
 
 
 def _get(url: str) -> str:
