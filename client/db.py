@@ -326,19 +326,6 @@ class Database(ReadAPI):
             self.settings.primary_region, procedure, *args, kwargs=kwargs, timeout=timeout
         )
 
-    async def wait_for_lsn(
-        self, lsn: int, timeout: float | None = None, timeline: int | None = None
-    ) -> int:
-        """Wait until the local replica has replayed ``lsn``; return the replayed position.
-        With the write's ``timeline`` (:attr:`WriteResult.timeline`), a promotion that left
-        the write behind raises :class:`LostInFailoverError`."""
-        if self.settings.is_primary:
-            return lsn  # the primary region reads the primary: nothing to wait for
-        if self._tracker is None:
-            raise not_open("the Database", write=False)
-        wait = timeout if timeout is not None else self.settings.replication_timeout
-        return await self._tracker.wait_for(lsn, wait, timeline)
-
     # -- internals ------------------------------------------------------------------------
 
     async def _write(

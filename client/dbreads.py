@@ -12,9 +12,10 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from writebus.client.errors import WriteBusError
+from writebus.client.errors import LostInFailoverError, WriteBusError, not_open
 from writebus.client.reads import Consistency, Fallback, ReadGate, Target
 from writebus.client.rows import RowFactory
+from writebus.client.settings import Settings
 from writebus.client.tokens import current_session, make_token
 from writebus.client.tracker import LsnTracker
 from writebus.client.transport import NatsClient
@@ -22,8 +23,9 @@ from writebus.client.writes import SQL, Params, to_sql
 
 
 class ReadAPI:
-    """fetch, fetchrow, fetchval; session tokens."""
+    """fetch, fetchrow, fetchval; waiting for replay; session tokens."""
 
+    settings: Settings
     row_factory: RowFactory | None
     _pool: AsyncConnectionPool[Any] | None
     _nc: NatsClient | None
@@ -188,6 +190,38 @@ class ReadAPI:
         if current is not None and current.lsn is not None:
             return current.token
         return make_token(self._high_lsn) if self._high_lsn is not None else None
+
+    async def wait_for_lsn(
+        self, lsn: int, timeout: float | None = None, timeline: int | None = None
+    ) -> int:
+        """Wait until the local replica has replayed ``lsn``; return the replayed position.
+
+        With the write's ``timeline`` (:attr:`WriteResult.timeline`), a promotion that left
+        the write behind raises :class:`~writebus.client.errors.LostInFailoverError`. The
+        current session, and this Database's newest write, no longer stand at ``lsn`` then
+        (:meth:`forget`): their reads would wait for a position the new primary may never
+        reach."""
+        if self.settings.is_primary:
+            return lsn  # the primary region reads the primary: nothing to wait for
+        if self._tracker is None:
+            raise not_open("the Database", write=False)
+        wait = timeout if timeout is not None else self.settings.replication_timeout
+        try:
+            return await self._tracker.wait_for(lsn, wait, timeline)
+        except LostInFailoverError as exc:
+            self.forget(lsn, exc.switch_lsn)
+            raise
+
+    def forget(self, lsn: int, switch: int) -> None:
+        """A failover lost the commit at ``lsn``: the new primary's timeline forked at
+        ``switch``, below it. The current session and this Database's newest write go back to
+        ``switch`` where they stand at ``lsn`` (a write not waited for raised them to it); a
+        position past it, of a later write, stays."""
+        if self._high_lsn == lsn and switch < lsn:
+            self._high_lsn = switch
+        current = current_session()
+        if current is not None:
+            current.forget(lsn, switch)
 
     def saw(self, lsn: int | None) -> None:
         """Record a commit this process made or learned of (the current session and this

@@ -76,6 +76,13 @@ class Session:
         if lsn is not None and (self.lsn is None or lsn > self.lsn):
             self.lsn = lsn
 
+    def forget(self, lsn: int, switch: int) -> None:
+        """Go back to ``switch`` if the session stands at ``lsn``, a commit a failover lost
+        (the new primary's timeline forked at ``switch``): its reads would otherwise wait for a
+        position the new primary may never reach."""
+        if self.lsn == lsn and switch < lsn:
+            self.lsn = switch
+
 
 _current: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
     "writebus_session", default=None

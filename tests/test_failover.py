@@ -11,10 +11,13 @@ from typing import Any
 import psycopg
 import pytest
 
+import writebus
 from tests.support.stack import TEST_DELAY_MS, bus_env, http_url, settings_for, start_bus
 from writebus.bus.embedded.bus_process import BusProcess
 from writebus.bus.embedded.stack import Stack
 from writebus.client import Database, RetryPolicy
+from writebus.client.errors import LostInFailoverError
+from writebus.client.tokens import make_token
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +128,47 @@ async def test_a_take_over_that_fails_is_tried_again_until_it_serves() -> None:
                 assert await db.fetchval("SELECT body FROM take_over") == "after"
         finally:
             bus.stop(10)
+
+
+async def test_a_write_a_failover_lost_no_longer_holds_the_session_back() -> None:
+    """The lax standby stops receiving WAL. A write through the bus then commits on the syd
+    primary 5 MB past what lax received, and the app does not wait for it, which raises its
+    session to the write's position. syd is lost and lax promoted: waiting for the write says
+    the failover lost it, and the session goes back to the promotion's point -- so its reads
+    run at once, rather than wait until they time out for a position of the dead timeline."""
+    with Stack(one_way_delay_ms=TEST_DELAY_MS) as stack:
+        with psycopg.connect(stack.primary.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE lost_write (id bigserial PRIMARY KEY, body text)")
+        stack.wait_replica_caught_up(10)
+        buses = [start_bus(stack, r, log_name=f"lost-bus-{r}") for r in ("syd", "lax")]
+        lax = settings_for(stack, "lax", rpc_timeout=20, replication_timeout=2)
+        try:
+            async with Database(lax) as db:
+                kept = await db.execute("INSERT INTO lost_write(body) VALUES ('kept')")
+                stack.replica.execute("ALTER SYSTEM SET primary_conninfo = ''")
+                stack.replica.execute("SELECT pg_reload_conf()")
+                deadline = time.monotonic() + 10
+                while stack.replica.execute("SELECT count(*) FROM pg_stat_wal_receiver")[0][0]:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.05)
+                with writebus.session() as s:
+                    lost = await db.execute(
+                        "INSERT INTO lost_write(body) "
+                        "SELECT repeat('x', 1000) FROM generate_series(1, 5000)",
+                        await_replication=False,
+                    )
+                    assert lost.lsn is not None and s.lsn == lost.lsn
+                    stack.primary.stop("fast")
+                    stack.replica.promote()
+                    with pytest.raises(LostInFailoverError) as info:
+                        await db.wait_for_lsn(lost.lsn, 20, lost.timeline)
+                    switch = info.value.switch_lsn
+                    assert kept.lsn is not None and kept.lsn <= switch < lost.lsn
+                    assert s.lsn == switch and db.session_token() == make_token(switch)
+                    assert await db.fetchval("SELECT count(*) FROM lost_write") == 1
+        finally:
+            for bus in buses:
+                bus.stop(10)
 
 
 async def _health_until(bus: BusProcess, done: Callable[[dict[str, Any]], bool]) -> Any:

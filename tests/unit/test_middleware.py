@@ -4,7 +4,7 @@ middleware itself runs on real servers in tests/test_consistency.py."""
 from __future__ import annotations
 
 from writebus.client.middleware import cookie_values, incoming_token
-from writebus.client.tokens import token_lsn
+from writebus.client.tokens import Session, token_lsn
 
 
 def test_a_neighbour_cookie_the_standard_parser_rejects_does_not_hide_the_token() -> None:
@@ -42,3 +42,17 @@ def test_cookie_values_reads_only_the_named_cookie() -> None:
 def test_a_token_in_upper_case_hex_is_read() -> None:
     """Postgres prints LSNs in upper case: a peer in another language may too."""
     assert token_lsn("1.3000A38") == token_lsn("1.3000a38") == 0x3000A38
+
+
+def test_a_session_forgets_only_the_lost_position_it_stands_at() -> None:
+    """A failover lost the commit at 200 (the new timeline forked at 150): a session standing
+    at 200 goes back to 150; one past it, or below it, keeps its position."""
+    at = Session(200)
+    at.forget(200, 150)
+    assert at.lsn == 150
+    past = Session(300)
+    past.forget(200, 150)
+    assert past.lsn == 300
+    below = Session(100)
+    below.forget(100, 150)  # not a loss: the new timeline holds 100
+    assert below.lsn == 100
