@@ -117,7 +117,7 @@ class BusService:
             limits=Limits(allow_sql=s.allow_sql, max_reply_bytes=self.nc.max_payload),
             observers=[RequestLog(log_level(s.request_log_level, "WRITEBUS_REQUEST_LOG_LEVEL"))],
         )
-        self.handler.may_commit = self.problem
+        self.handler.may_commit = self._commit_refused
         self.ops = NodeOps(self)
         self.handler.observers.extend(self.ops.observers)
         self.handler.node_info.update(
@@ -218,7 +218,12 @@ class BusService:
 
     def problem(self) -> str | None:
         """Why this node is not doing its job, if it is not (for /healthz)."""
-        return self.fence.reason() or self._take_over_error or None
+        return self._commit_refused() or self._take_over_error
+
+    def _commit_refused(self) -> str | None:
+        """Why a write must not commit here (fenced); a take-over's last failure is not one:
+        the try that succeeds takes writes before it returns."""
+        return self.fence.reason() or None
 
     async def _leave_write_group(self) -> None:
         await self._leave_primary()
@@ -297,6 +302,8 @@ class BusService:
         self._expiry = asyncio.create_task(self._expire_loop(), name="idempotency-expiry")
         self._watch = asyncio.create_task(self._watch_demotion(), name="watch-demotion")
         self._set_role("primary")
+        if self.fence.fenced:  # a newer primary was heard while this one was starting
+            self._fencing = asyncio.create_task(self._leave_write_group(), name="bus-fence")
 
     def _start_committer(self) -> None:
         s = self.settings
@@ -305,7 +312,7 @@ class BusService:
 
         async def run(jobs: list[Job]) -> list[Executed | WriteBusError]:
             return await run_statement_writes(
-                pool, jobs, limits=handler.limits, region=s.region, may_commit=self.problem
+                pool, jobs, limits=handler.limits, region=s.region, may_commit=self._commit_refused
             )
 
         self.committer = Committer(
@@ -356,9 +363,11 @@ class BusService:
         "starting" for good, with its region's writes refused. Each failure is logged
         (``bus.take_over_failed``) and fails ``/healthz`` until a try succeeds."""
         for attempt in itertools.count(1):
-            self._take_over_error = None
+            if self._stopping:
+                return
             try:
                 await self._become_primary(promoted=True)
+                self._take_over_error = None
                 return
             except Exception as exc:
                 delay = TAKE_OVER_RETRY.backoff(attempt)
@@ -398,14 +407,12 @@ class BusService:
         """Drain: stop taking requests, finish and answer in-flight ones, then disconnect."""
         self._stopping = True
         log.info("bus.draining", region=self.settings.region)
+        await _cancel(self._watch)  # first: a take-over under way would serve what isn't drained
         servers = [srv for srv in (self.write_server, self.rpc_server) if srv is not None]
         await asyncio.gather(*(srv.stop(timeout) for srv in servers))
         await self._stop_committer()  # after the drain: in-flight writes were answered
-        for task in (self._watch, self._expiry, self._fencing):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        for task in (self._expiry, self._fencing):
+            await _cancel(task)
         if self.monitor is not None:
             await self.monitor.stop()
         if self.announcer is not None:
@@ -426,3 +433,9 @@ class BusService:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -39,6 +39,7 @@ from writebus.client.rows import RowFactory
 from writebus.client.rpc import request
 from writebus.client.settings import Settings
 from writebus.client.subjects import Subjects
+from writebus.client.tokens import Session
 from writebus.client.tracker import LsnTracker, acquire_tracker, release_tracker
 from writebus.client.transport import NatsClient
 from writebus.client.writes import (
@@ -105,7 +106,7 @@ class Database(ReadAPI):
         self._owns_nats = nats is None
         self._tracker: LsnTracker | None = None
         self._gate = ReadGate(self.settings, self.retry)
-        self._high_lsn: int | None = None
+        self._high = Session()  # this Database's newest write
 
     def __repr__(self) -> str:
         s = self.settings
@@ -344,7 +345,7 @@ class Database(ReadAPI):
         except WriteBusError as err:
             self.saw(committed_lsn(err))  # committed, not seen replayed: reads must wait for it
             raise
-        self.saw(result.lsn)
+        self.saw(result.lsn, result.timeline)
         return result
 
     async def _route_write(

@@ -16,7 +16,7 @@ from writebus.client.errors import LostInFailoverError, WriteBusError, not_open
 from writebus.client.reads import Consistency, Fallback, ReadGate, Target
 from writebus.client.rows import RowFactory
 from writebus.client.settings import Settings
-from writebus.client.tokens import current_session, make_token
+from writebus.client.tokens import Session, current_session
 from writebus.client.tracker import LsnTracker
 from writebus.client.transport import NatsClient
 from writebus.client.writes import SQL, Params, to_sql
@@ -31,7 +31,7 @@ class ReadAPI:
     _nc: NatsClient | None
     _tracker: LsnTracker | None
     _gate: ReadGate
-    _high_lsn: int | None
+    _high: Session
 
     def _local(self) -> AsyncConnectionPool[Any]:
         if self._pool is None:
@@ -189,7 +189,7 @@ class ReadAPI:
         current = current_session()
         if current is not None and current.lsn is not None:
             return current.token
-        return make_token(self._high_lsn) if self._high_lsn is not None else None
+        return self._high.token
 
     async def wait_for_lsn(
         self, lsn: int, timeout: float | None = None, timeline: int | None = None
@@ -197,10 +197,10 @@ class ReadAPI:
         """Wait until the local replica has replayed ``lsn``; return the replayed position.
 
         With the write's ``timeline`` (:attr:`WriteResult.timeline`), a promotion that left
-        the write behind raises :class:`~writebus.client.errors.LostInFailoverError`. The
-        current session, and this Database's newest write, no longer stand at ``lsn`` then
-        (:meth:`forget`): their reads would wait for a position the new primary may never
-        reach."""
+        the write behind raises :class:`~writebus.client.errors.LostInFailoverError`; the
+        current session, and this Database's newest write, then forget what that timeline
+        committed past the promotion (:meth:`forget`): their reads would wait for a position
+        the new primary may never reach."""
         if self.settings.is_primary:
             return lsn  # the primary region reads the primary: nothing to wait for
         if self._tracker is None:
@@ -209,27 +209,24 @@ class ReadAPI:
         try:
             return await self._tracker.wait_for(lsn, wait, timeline)
         except LostInFailoverError as exc:
-            self.forget(lsn, exc.switch_lsn)
+            if timeline is not None:
+                self.forget(exc.switch_lsn, timeline)
             raise
 
-    def forget(self, lsn: int, switch: int) -> None:
-        """A failover lost the commit at ``lsn``: the new primary's timeline forked at
-        ``switch``, below it. The current session and this Database's newest write go back to
-        ``switch`` where they stand at ``lsn`` (a write not waited for raised them to it); a
-        position past it, of a later write, stays."""
-        if self._high_lsn == lsn and switch < lsn:
-            self._high_lsn = switch
+    def forget(self, switch: int, timeline: int) -> None:
+        """A failover forked the history at ``switch``, and what ``timeline`` (and older)
+        committed past it is lost: the current session and this Database's newest write go
+        back to ``switch`` there (:meth:`Session.forget <writebus.client.tokens.Session.forget>`).
+        A later commit on the new timeline stays."""
+        self._high.forget(switch, timeline)
         current = current_session()
         if current is not None:
-            current.forget(lsn, switch)
+            current.forget(switch, timeline)
 
-    def saw(self, lsn: int | None) -> None:
-        """Record a commit this process made or learned of (the current session and this
-        Database's high-water mark)."""
-        if lsn is None:
-            return
-        if self._high_lsn is None or lsn > self._high_lsn:
-            self._high_lsn = lsn
+    def saw(self, lsn: int | None, timeline: int | None = None) -> None:
+        """Record a commit (on ``timeline``, if known) this process made or learned of: the
+        current session and this Database's high-water mark."""
+        self._high.saw(lsn, timeline)
         current = current_session()
         if current is not None:
-            current.saw(lsn)
+            current.saw(lsn, timeline)

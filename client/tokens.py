@@ -18,7 +18,7 @@ import contextlib
 import contextvars
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from writebus.client.errors import ProtocolError
@@ -65,23 +65,37 @@ class Session:
     """The highest LSN seen in one context (a request, a job)."""
 
     lsn: int | None = None
+    #: The highest position seen on each timeline (None: a token's, whose timeline is unknown).
+    _tops: dict[int | None, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.lsn is not None:
+            self._tops[None] = self.lsn
 
     @property
     def token(self) -> str | None:
         """The session's token, or None before any write or incoming token."""
         return make_token(self.lsn) if self.lsn is not None else None
 
-    def saw(self, lsn: int | None) -> None:
-        """Raise the session to ``lsn`` if it is newer."""
-        if lsn is not None and (self.lsn is None or lsn > self.lsn):
+    def saw(self, lsn: int | None, timeline: int | None = None) -> None:
+        """Raise the session to ``lsn`` (a commit on ``timeline``, if known) if it is newer."""
+        if lsn is None:
+            return
+        top = self._tops.get(timeline)
+        if top is None or lsn > top:
+            self._tops[timeline] = lsn
+        if self.lsn is None or lsn > self.lsn:
             self.lsn = lsn
 
-    def forget(self, lsn: int, switch: int) -> None:
-        """Go back to ``switch`` if the session stands at ``lsn``, a commit a failover lost
-        (the new primary's timeline forked at ``switch``): its reads would otherwise wait for a
-        position the new primary may never reach."""
-        if self.lsn == lsn and switch < lsn:
-            self.lsn = switch
+    def forget(self, switch: int, timeline: int) -> None:
+        """A failover forked the history at ``switch``: what ``timeline`` and older ones
+        committed past it is lost. The session's positions there go back to ``switch``, so
+        that its reads do not wait for a position the new primary may never reach; those of
+        newer timelines, and of tokens (timeline unknown), stay."""
+        for seen, top in self._tops.items():
+            if seen is not None and seen <= timeline and top > switch:
+                self._tops[seen] = switch
+        self.lsn = max(self._tops.values(), default=self.lsn)
 
 
 _current: contextvars.ContextVar[Session | None] = contextvars.ContextVar(

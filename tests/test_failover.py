@@ -117,6 +117,10 @@ async def test_a_take_over_that_fails_is_tried_again_until_it_serves() -> None:
                 if '"event": "bus.take_over_failed"' in line
             ]  # fmt: skip
             assert failed[0]["attempt"] == 1 and "applied" in failed[0]["error"], failed
+            for _ in range(30):  # through the next tries, each listening for a rival first
+                sample = json.loads(_get(f"{http_url(bus)}/healthz"))
+                assert sample["status"] == "fail", sample
+                await asyncio.sleep(0.1)
             stack.replica.execute("DROP VIEW writebus.applied")
             health = await _health_until(bus, lambda h: h["role"] == "primary")
             assert health["status"] == "ok", health
@@ -133,9 +137,11 @@ async def test_a_take_over_that_fails_is_tried_again_until_it_serves() -> None:
 async def test_a_write_a_failover_lost_no_longer_holds_the_session_back() -> None:
     """The lax standby stops receiving WAL. A write through the bus then commits on the syd
     primary 5 MB past what lax received, and the app does not wait for it, which raises its
-    session to the write's position. syd is lost and lax promoted: waiting for the write says
-    the failover lost it, and the session goes back to the promotion's point -- so its reads
-    run at once, rather than wait until they time out for a position of the dead timeline."""
+    session to the write's position. syd is lost and lax promoted, and the app writes again,
+    on the new timeline, below that position. Waiting for the first write says the failover
+    lost it, and the session -- and the Database's newest write -- go back to the second's
+    position: reads run at once, rather than wait until they time out for a position of the
+    dead timeline, and still see the second write."""
     with Stack(one_way_delay_ms=TEST_DELAY_MS) as stack:
         with psycopg.connect(stack.primary.url, autocommit=True) as conn:
             conn.execute("CREATE TABLE lost_write (id bigserial PRIMARY KEY, body text)")
@@ -143,7 +149,7 @@ async def test_a_write_a_failover_lost_no_longer_holds_the_session_back() -> Non
         buses = [start_bus(stack, r, log_name=f"lost-bus-{r}") for r in ("syd", "lax")]
         lax = settings_for(stack, "lax", rpc_timeout=20, replication_timeout=2)
         try:
-            async with Database(lax) as db:
+            async with Database(lax, retry=RetryPolicy(no_worker_patience=10.0)) as db:
                 kept = await db.execute("INSERT INTO lost_write(body) VALUES ('kept')")
                 stack.replica.execute("ALTER SYSTEM SET primary_conninfo = ''")
                 stack.replica.execute("SELECT pg_reload_conf()")
@@ -160,12 +166,17 @@ async def test_a_write_a_failover_lost_no_longer_holds_the_session_back() -> Non
                     assert lost.lsn is not None and s.lsn == lost.lsn
                     stack.primary.stop("fast")
                     stack.replica.promote()
+                    # A write on the new timeline, before the app waits for the lost one:
+                    # its position is below the lost one's, and must stay.
+                    after = await db.execute("INSERT INTO lost_write(body) VALUES ('after')")
                     with pytest.raises(LostInFailoverError) as info:
                         await db.wait_for_lsn(lost.lsn, 20, lost.timeline)
                     switch = info.value.switch_lsn
-                    assert kept.lsn is not None and kept.lsn <= switch < lost.lsn
-                    assert s.lsn == switch and db.session_token() == make_token(switch)
-                    assert await db.fetchval("SELECT count(*) FROM lost_write") == 1
+                    assert kept.lsn is not None and kept.lsn <= switch
+                    assert after.lsn is not None and switch < after.lsn < lost.lsn
+                    assert s.lsn == after.lsn
+                    assert await db.fetchval("SELECT count(*) FROM lost_write") == 2
+                assert db.session_token() == make_token(after.lsn)  # the Database's own
         finally:
             for bus in buses:
                 bus.stop(10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -14,6 +15,7 @@ import pytest
 
 from tests.procedures import procedures
 from tests.support.stack import bus_settings_for, primary_rows, settings_for, start_bus
+from writebus.bus import idempotency
 from writebus.bus.service import BusService
 from writebus.client import NO_RETRY, Database
 
@@ -26,6 +28,33 @@ async def test_roles_follow_the_database(stack: Any) -> None:
                               procedures=procedures) as r:
             assert p.role == "primary" and p.write_server is not None
             assert r.role == "replica" and r.write_server is None and r.monitor is not None
+
+
+async def test_a_newer_primary_heard_while_starting_fences_the_node(
+    stack: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newer primary announced while the node makes its schema -- after it listened for one
+    -- fences it once it starts: it leaves the write group, and its health says why. (It used
+    to serve writes for good, refusing each one.)"""
+    prefix = f"svc{uuid.uuid4().hex[:8]}"
+    node = BusService(bus_settings_for(stack, "syd", prefix=prefix, fence_wait=0.0),
+                      procedures=procedures)  # fmt: skip
+    real = idempotency.ensure_schema
+
+    async def heard_meanwhile(*args: Any, **kwargs: Any) -> None:
+        rival = SimpleNamespace(region="lax", replica_id="rival",
+                                timeline=(node.fence.timeline or 1) + 1)  # fmt: skip
+        node.heard_primary(rival)
+        await real(*args, **kwargs)
+
+    monkeypatch.setattr(idempotency, "ensure_schema", heard_meanwhile)
+    async with node:
+        deadline = time.monotonic() + 5
+        while node.role != "fenced":
+            assert time.monotonic() < deadline, node.role
+            await asyncio.sleep(0.01)
+        assert node.write_server is None and node.committer is None
+        assert "fenced: rival in lax" in (node.problem() or "")
 
 
 async def test_idle_replica_heartbeats_without_busy_polling(stack: Any) -> None:

@@ -44,15 +44,22 @@ def test_a_token_in_upper_case_hex_is_read() -> None:
     assert token_lsn("1.3000A38") == token_lsn("1.3000a38") == 0x3000A38
 
 
-def test_a_session_forgets_only_the_lost_position_it_stands_at() -> None:
-    """A failover lost the commit at 200 (the new timeline forked at 150): a session standing
-    at 200 goes back to 150; one past it, or below it, keeps its position."""
-    at = Session(200)
-    at.forget(200, 150)
-    assert at.lsn == 150
-    past = Session(300)
-    past.forget(200, 150)
-    assert past.lsn == 300
-    below = Session(100)
-    below.forget(100, 150)  # not a loss: the new timeline holds 100
-    assert below.lsn == 100
+def test_a_session_forgets_what_a_failover_lost_and_keeps_the_rest() -> None:
+    """The new primary's timeline 2 forked at 150. The session's timeline-1 positions past it
+    go back to 150; a later commit on timeline 2 (at 160, below the lost 200) and a token's
+    position (timeline unknown) stay, and the session stands at the highest of those."""
+    s = Session(120)  # from a token
+    s.saw(140, 1)
+    s.saw(200, 1)  # lost
+    s.saw(160, 2)  # the new primary's, after the failover
+    assert s.lsn == 200
+    s.forget(150, 1)
+    assert s.lsn == 160
+    only_lost = Session()
+    only_lost.saw(200, 1)
+    only_lost.forget(150, 1)
+    assert only_lost.lsn == 150 and only_lost.token == "1.96"
+    kept = Session()
+    kept.saw(140, 1)
+    kept.forget(150, 1)  # not a loss: the new timeline holds 140
+    assert kept.lsn == 140
