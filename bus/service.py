@@ -435,7 +435,14 @@ class BusService:
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    """Cancel ``task`` and wait for it; a task that had failed is logged, not raised: the
+    drain that cancels it must go on."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception as exc:
+        log.error("bus.task_failed", task=task.get_name(), error=str(exc))

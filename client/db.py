@@ -25,7 +25,7 @@ from writebus.client.errors import (
     WriteBusError,
     WriteRejectedError,
     after_an_uncertain_try,
-    committed_lsn,
+    committed_at,
     not_open,
 )
 from writebus.client.log import get_logger
@@ -343,7 +343,7 @@ class Database(ReadAPI):
                 req, await_replication, timeout, replication_timeout, factory, made_id
             )
         except WriteBusError as err:
-            self.saw(committed_lsn(err))  # committed, not seen replayed: reads must wait for it
+            self.saw(*committed_at(err))  # committed, not seen replayed: reads must wait for it
             raise
         self.saw(result.lsn, result.timeline)
         return result

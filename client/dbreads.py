@@ -154,8 +154,7 @@ class ReadAPI:
         API passes it explicitly, its session living in the caller's thread.
         """
         if session_lsn is None:
-            current = current_session()
-            session_lsn = current.lsn if current is not None else None
+            session_lsn = self.position(current_session())
         return await self._gate.prepare(
             nc=self._nc,
             tracker=self._tracker,
@@ -186,10 +185,11 @@ class ReadAPI:
 
     def session_token(self) -> str | None:
         """The highest token seen: the current session's, else this Database's newest write."""
-        current = current_session()
-        if current is not None and current.lsn is not None:
-            return current.token
-        return self._high.token
+        for held in (current_session(), self._high):
+            if self.position(held) is not None:
+                assert held is not None
+                return held.token
+        return None
 
     async def wait_for_lsn(
         self, lsn: int, timeout: float | None = None, timeline: int | None = None
@@ -198,9 +198,8 @@ class ReadAPI:
 
         With the write's ``timeline`` (:attr:`WriteResult.timeline`), a promotion that left
         the write behind raises :class:`~writebus.client.errors.LostInFailoverError`; the
-        current session, and this Database's newest write, then forget what that timeline
-        committed past the promotion (:meth:`forget`): their reads would wait for a position
-        the new primary may never reach."""
+        current session then forgets what that timeline committed past the promotion
+        (:meth:`position`)."""
         if self.settings.is_primary:
             return lsn  # the primary region reads the primary: nothing to wait for
         if self._tracker is None:
@@ -208,20 +207,23 @@ class ReadAPI:
         wait = timeout if timeout is not None else self.settings.replication_timeout
         try:
             return await self._tracker.wait_for(lsn, wait, timeline)
-        except LostInFailoverError as exc:
-            if timeline is not None:
-                self.forget(exc.switch_lsn, timeline)
+        except LostInFailoverError:
+            self.position(current_session())
             raise
 
-    def forget(self, switch: int, timeline: int) -> None:
-        """A failover forked the history at ``switch``, and what ``timeline`` (and older)
-        committed past it is lost: the current session and this Database's newest write go
-        back to ``switch`` there (:meth:`Session.forget <writebus.client.tokens.Session.forget>`).
-        A later commit on the new timeline stays."""
-        self._high.forget(switch, timeline)
-        current = current_session()
-        if current is not None:
-            current.forget(switch, timeline)
+    def position(self, session: Session | None) -> int | None:
+        """What ``session`` (the current one, this Database's newest write) makes reads wait
+        for. After this region's database was promoted, that no longer counts what older
+        timelines committed past the promotion (:meth:`Session.forget
+        <writebus.client.tokens.Session.forget>`): the new primary may never reach it, and
+        reads would wait for it until they time out. Safe from any thread (the sync API
+        asks from the caller's)."""
+        if session is None:
+            return None
+        switch = self._tracker.switch if self._tracker is not None else None
+        if switch is not None:
+            session.forget(switch[0], switch[1] - 1)
+        return session.lsn
 
     def saw(self, lsn: int | None, timeline: int | None = None) -> None:
         """Record a commit (on ``timeline``, if known) this process made or learned of: the

@@ -172,7 +172,15 @@ class ReplicationTimeoutError(WriteBusError):
 
     outcome = Outcome.APPLIED
 
-    def __init__(self, lsn: int, timeout: float, replayed: int | None, region: str) -> None:
+    def __init__(
+        self,
+        lsn: int,
+        timeout: float,
+        replayed: int | None,
+        region: str,
+        *,
+        timeline: int | None = None,
+    ) -> None:
         seen = format_lsn(replayed) if replayed is not None else "unknown"
         super().__init__(
             f"write committed at LSN {format_lsn(lsn)}, but the replica in {region!r} "
@@ -182,6 +190,8 @@ class ReplicationTimeoutError(WriteBusError):
         self.timeout = timeout
         self.replayed = replayed
         self.region = region
+        #: The timeline the write committed on, when the wait was told it.
+        self.timeline = timeline
         self.committed = True
 
 
@@ -296,9 +306,11 @@ class TrackerError(WriteBusError):
     """Replay progress of the local replica cannot be observed (no broadcasts, no database).
 
     Raised by a write that committed (``outcome`` applied) when only its wait failed; ``lsn``
-    is then the commit's position, when the reply carried one."""
+    is then the commit's position, when the reply carried one, and ``timeline`` its
+    timeline."""
 
     lsn: int | None = None
+    timeline: int | None = None
 
 
 class LostInFailoverError(TrackerError):
@@ -338,14 +350,16 @@ def after_an_uncertain_try(answer: A, request_id: str, uncertainty: str) -> A | 
     return unknown
 
 
-def committed_lsn(error: BaseException) -> int | None:
-    """The position of a write that raised ``error`` although it committed -- its replay wait
-    timed out or failed -- else None. A session must still count that write: the next read
-    has to wait for it (the replica is known to be behind it)."""
+def committed_at(error: BaseException) -> tuple[int | None, int | None]:
+    """The position and timeline of a write that raised ``error`` although it committed --
+    its replay wait timed out or failed -- else ``(None, None)``. A session must still count
+    that write:
+    the next read has to wait for it (the replica is known to be behind it), unless a
+    failover lost it (the timeline says so)."""
     if not isinstance(error, WriteBusError) or error.outcome is not Outcome.APPLIED:
-        return None
-    lsn = getattr(error, "lsn", None)
-    return lsn if isinstance(lsn, int) else None
+        return None, None
+    lsn, timeline = getattr(error, "lsn", None), getattr(error, "timeline", None)
+    return (lsn if isinstance(lsn, int) else None), (timeline if isinstance(timeline, int) else None)
 
 
 def not_open(what: str, *, write: bool, reason: str = "") -> WriteBusError:

@@ -303,7 +303,7 @@ def _settling(plan: OrmPlan, session: Session, result: WriteResult) -> Iterator[
         raise replay_wait_failed(exc, rid, result.lsn) from exc
     except BaseException as exc:
         if isinstance(exc, TrackerError):
-            replay_wait_failed(exc, rid, result.lsn)  # applied, at lsn
+            replay_wait_failed(exc, rid, result.lsn, timeline=result.timeline)  # applied
         elif isinstance(exc, WriteBusError) and exc.outcome is None:
             exc.outcome = Outcome.APPLIED  # the wait could not run (closed): it committed
         plan.apply(session, result)

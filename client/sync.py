@@ -274,7 +274,7 @@ class SyncDatabase:
             consistency=consistency,
             max_lag=max_lag,
             fallback=fallback,
-            session_lsn=session.lsn if session is not None else None,
+            session_lsn=db.position(session),
         )
         # A plain read (or one whose tokens are already replayed) needs nothing from the loop
         # thread: asking it would cost two thread switches per read.
@@ -367,11 +367,11 @@ class SyncDatabase:
 
     def session_token(self) -> str | None:
         """The highest token seen: the current session's, else this handle's newest write."""
-        current = current_session()
-        if current is not None and current.lsn is not None:
-            return current.token
         db = self.database
-        return db.session_token() if db is not None else None
+        if db is not None:
+            return db.session_token()  # this thread's session first, as here
+        current = current_session()
+        return current.token if current is not None else None
 
     # -- writes: the async Database, on the loop thread -----------------------------------
     # Each runs in a copy of the caller's context (``run_coroutine_threadsafe``), so the

@@ -18,7 +18,6 @@ import contextlib
 import contextvars
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Final
 
 from writebus.client.errors import ProtocolError
@@ -60,22 +59,33 @@ def newest(*tokens: str | None) -> str | None:
     return best[1] if best else None
 
 
-@dataclass
 class Session:
     """The highest LSN seen in one context (a request, a job)."""
 
-    lsn: int | None = None
-    #: The highest position seen on each timeline (None: a token's, whose timeline is unknown).
-    _tops: dict[int | None, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+    def __init__(self, lsn: int | None = None) -> None:
+        #: The highest position seen on each timeline (None: unknown -- a token's).
+        self._tops: dict[int | None, int] = {}
+        self._lsn: int | None = None
+        self.lsn = lsn
 
-    def __post_init__(self) -> None:
-        if self.lsn is not None:
-            self._tops[None] = self.lsn
+    def __repr__(self) -> str:
+        return f"Session(lsn={self._lsn})"
+
+    @property
+    def lsn(self) -> int | None:
+        """The highest position seen: what the session's reads wait for."""
+        return self._lsn
+
+    @lsn.setter
+    def lsn(self, lsn: int | None) -> None:
+        # Set by hand, it is a position whose timeline is unknown, as a token's.
+        self._tops = {} if lsn is None else {None: lsn}
+        self._lsn = lsn
 
     @property
     def token(self) -> str | None:
         """The session's token, or None before any write or incoming token."""
-        return make_token(self.lsn) if self.lsn is not None else None
+        return make_token(self._lsn) if self._lsn is not None else None
 
     def saw(self, lsn: int | None, timeline: int | None = None) -> None:
         """Raise the session to ``lsn`` (a commit on ``timeline``, if known) if it is newer."""
@@ -84,18 +94,21 @@ class Session:
         top = self._tops.get(timeline)
         if top is None or lsn > top:
             self._tops[timeline] = lsn
-        if self.lsn is None or lsn > self.lsn:
-            self.lsn = lsn
+        if self._lsn is None or lsn > self._lsn:
+            self._lsn = lsn
 
     def forget(self, switch: int, timeline: int) -> None:
         """A failover forked the history at ``switch``: what ``timeline`` and older ones
         committed past it is lost. The session's positions there go back to ``switch``, so
         that its reads do not wait for a position the new primary may never reach; those of
         newer timelines, and of tokens (timeline unknown), stay."""
-        for seen, top in self._tops.items():
-            if seen is not None and seen <= timeline and top > switch:
+        tops = dict(self._tops)  # a copy: another thread may add a timeline meanwhile
+        lost = [seen for seen, top in tops.items()
+                if seen is not None and seen <= timeline and top > switch]  # fmt: skip
+        if lost:
+            for seen in lost:
                 self._tops[seen] = switch
-        self.lsn = max(self._tops.values(), default=self.lsn)
+            self._lsn = max(dict(self._tops).values())
 
 
 _current: contextvars.ContextVar[Session | None] = contextvars.ContextVar(

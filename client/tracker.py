@@ -124,6 +124,12 @@ class LsnTracker:
         return self._queue.heap_size
 
     @property
+    def switch(self) -> tuple[int, int] | None:
+        """(position, new timeline) when this region's database was promoted, else None:
+        what older timelines committed past that position never arrives here."""
+        return self._switch
+
+    @property
     def replayed(self) -> int | None:
         """The highest replayed LSN known, or None before anything was heard."""
         return self._replayed
@@ -303,7 +309,9 @@ class LsnTracker:
         try:
             return await fut
         except _Expired:
-            raise ReplicationTimeoutError(lsn, timeout, self._replayed, self.region) from None
+            raise ReplicationTimeoutError(
+                lsn, timeout, self._replayed, self.region, timeline=timeline
+            ) from None
         except BaseException:
             self._queue.discard(waiter)  # cancelled: leave nothing behind
             raise

@@ -186,7 +186,7 @@ async def via_bus(
         except LostInFailoverError as e:
             raise replay_wait_failed(e, req.id, lsn, subject) from e
         except TrackerError as e:
-            replay_wait_failed(e, req.id, lsn, subject)  # applied, at lsn
+            replay_wait_failed(e, req.id, lsn, subject, reply.timeline)  # applied, at lsn
             raise
         replication_ms = (time.monotonic() - t0) * 1000
     server_ms = reply.server_ms or 0.0
@@ -211,7 +211,7 @@ async def via_bus(
 
 
 def replay_wait_failed(
-    error: TrackerError, request_id: str, lsn: int, subject: str = ""
+    error: TrackerError, request_id: str, lsn: int, subject: str = "", timeline: int | None = None
 ) -> WriteBusError:
     """What a write that committed at ``lsn`` answers when its replay wait failed with
     ``error``. A promotion that left it behind (:class:`LostInFailoverError`) makes its
@@ -223,7 +223,7 @@ def replay_wait_failed(
         err.last_error = error
         return err
     error.outcome = Outcome.APPLIED
-    error.lsn = lsn
+    error.lsn, error.timeline = lsn, timeline
     error.args = (f"{error} (the write committed at {format_lsn(lsn)}; request {request_id})",)
     return error
 

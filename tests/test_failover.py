@@ -15,8 +15,8 @@ import writebus
 from tests.support.stack import TEST_DELAY_MS, bus_env, http_url, settings_for, start_bus
 from writebus.bus.embedded.bus_process import BusProcess
 from writebus.bus.embedded.stack import Stack
-from writebus.client import Database, RetryPolicy
-from writebus.client.errors import LostInFailoverError
+from writebus.client import Database, RetryPolicy, SyncDatabase
+from writebus.client.errors import LostInFailoverError, Outcome, ReplicationTimeoutError
 from writebus.client.tokens import make_token
 
 
@@ -137,17 +137,21 @@ async def test_a_take_over_that_fails_is_tried_again_until_it_serves() -> None:
 async def test_a_write_a_failover_lost_no_longer_holds_the_session_back() -> None:
     """The lax standby stops receiving WAL. A write through the bus then commits on the syd
     primary 5 MB past what lax received, and the app does not wait for it, which raises its
-    session to the write's position. syd is lost and lax promoted, and the app writes again,
-    on the new timeline, below that position. Waiting for the first write says the failover
-    lost it, and the session -- and the Database's newest write -- go back to the second's
-    position: reads run at once, rather than wait until they time out for a position of the
-    dead timeline, and still see the second write."""
+    session to the write's position; so does a second write, whose replay wait times out.
+    syd is lost and lax promoted, and the app writes again,
+    on the new timeline, below that position. The session's reads -- async and sync -- no
+    longer count what the dead timeline committed past the promotion: they run at once,
+    rather than wait for the lost position until they time out, and see the second write,
+    which the session and the Database's newest write still stand at. Waiting for the lost
+    write says the failover lost it."""
     with Stack(one_way_delay_ms=TEST_DELAY_MS) as stack:
         with psycopg.connect(stack.primary.url, autocommit=True) as conn:
             conn.execute("CREATE TABLE lost_write (id bigserial PRIMARY KEY, body text)")
         stack.wait_replica_caught_up(10)
         buses = [start_bus(stack, r, log_name=f"lost-bus-{r}") for r in ("syd", "lax")]
         lax = settings_for(stack, "lax", rpc_timeout=20, replication_timeout=2)
+        sdb = SyncDatabase(lax)
+        await asyncio.to_thread(sdb.open)
         try:
             async with Database(lax, retry=RetryPolicy(no_worker_patience=10.0)) as db:
                 kept = await db.execute("INSERT INTO lost_write(body) VALUES ('kept')")
@@ -164,20 +168,32 @@ async def test_a_write_a_failover_lost_no_longer_holds_the_session_back() -> Non
                         await_replication=False,
                     )
                     assert lost.lsn is not None and s.lsn == lost.lsn
+                    with pytest.raises(ReplicationTimeoutError) as late:  # waited, not replayed
+                        await db.execute("INSERT INTO lost_write(body) VALUES ('late')")
+                    assert late.value.outcome is Outcome.APPLIED
+                    assert late.value.timeline == lost.timeline
+                    assert s.lsn == late.value.lsn and late.value.lsn > lost.lsn
                     stack.primary.stop("fast")
                     stack.replica.promote()
-                    # A write on the new timeline, before the app waits for the lost one:
-                    # its position is below the lost one's, and must stay.
+                    # A write on the new timeline: its position is below the lost one's.
                     after = await db.execute("INSERT INTO lost_write(body) VALUES ('after')")
+                    assert await db.fetchval("SELECT count(*) FROM lost_write") == 2
+                    assert after.lsn is not None and s.lsn == after.lsn < lost.lsn
                     with pytest.raises(LostInFailoverError) as info:
                         await db.wait_for_lsn(lost.lsn, 20, lost.timeline)
                     switch = info.value.switch_lsn
-                    assert kept.lsn is not None and kept.lsn <= switch
-                    assert after.lsn is not None and switch < after.lsn < lost.lsn
-                    assert s.lsn == after.lsn
-                    assert await db.fetchval("SELECT count(*) FROM lost_write") == 2
+                    assert kept.lsn is not None and kept.lsn <= switch < after.lsn
                 assert db.session_token() == make_token(after.lsn)  # the Database's own
+
+                def sync_read() -> tuple[Any, int | None]:
+                    with writebus.session() as s2:
+                        s2.saw(lost.lsn, lost.timeline)  # as the write did above, in its session
+                        return sdb.fetchval("SELECT count(*) FROM lost_write"), s2.lsn
+
+                count, held = await asyncio.to_thread(sync_read)
+                assert count == 2 and held is not None and kept.lsn <= held < lost.lsn
         finally:
+            await asyncio.to_thread(sdb.close)
             for bus in buses:
                 bus.stop(10)
 

@@ -15,7 +15,7 @@ from writebus.client.errors import (
     WriteBusError,
     WriteRejectedError,
     after_an_uncertain_try,
-    committed_lsn,
+    committed_at,
 )
 
 
@@ -42,17 +42,20 @@ def test_only_a_statements_rejection_settles_an_earlier_try() -> None:
 
 
 def test_a_committed_write_whose_wait_failed_keeps_its_position() -> None:
-    """committed_lsn: a timed-out replay wait, or a failed one the write path marked applied,
-    gives the commit's position (the session must count it); a lost or unknown write, an
-    unmarked tracker failure and other exceptions give None."""
-    assert committed_lsn(ReplicationTimeoutError(0x3000A38, 0.2, 0x3000000, "lax")) == 0x3000A38
+    """committed_at: a timed-out replay wait, or a failed one the write path marked applied,
+    gives the commit's position and timeline (the session must count it, and forget it if a
+    failover lost it); a lost or unknown write, an unmarked tracker failure and other
+    exceptions give nothing."""
+    timed_out = ReplicationTimeoutError(0x3000A38, 0.2, 0x3000000, "lax", timeline=1)
+    assert committed_at(timed_out) == (0x3000A38, 1)
+    assert committed_at(ReplicationTimeoutError(0x3000A38, 0.2, None, "lax")) == (0x3000A38, None)
     failed_wait = TrackerError("the LSN tracker is closed")
-    assert committed_lsn(failed_wait) is None  # not (yet) about a write
-    failed_wait.outcome, failed_wait.lsn = Outcome.APPLIED, 0x3000A38
-    assert committed_lsn(failed_wait) == 0x3000A38
+    assert committed_at(failed_wait) == (None, None)  # not (yet) about a write
+    failed_wait.outcome, failed_wait.lsn, failed_wait.timeline = Outcome.APPLIED, 0x3000A38, 2
+    assert committed_at(failed_wait) == (0x3000A38, 2)
     no_position = TrackerError("an ok reply without an LSN")
     no_position.outcome = Outcome.APPLIED
-    assert committed_lsn(no_position) is None
-    assert committed_lsn(LostInFailoverError(0x3000A38, 0x3000000, "lax")) is None
-    assert committed_lsn(OutcomeUnknownError("r1")) is None
-    assert committed_lsn(ValueError("x")) is None
+    assert committed_at(no_position) == (None, None)
+    assert committed_at(LostInFailoverError(0x3000A38, 0x3000000, "lax")) == (None, None)
+    assert committed_at(OutcomeUnknownError("r1")) == (None, None)
+    assert committed_at(ValueError("x")) == (None, None)

@@ -63,3 +63,9 @@ def test_a_session_forgets_what_a_failover_lost_and_keeps_the_rest() -> None:
     kept.saw(140, 1)
     kept.forget(150, 1)  # not a loss: the new timeline holds 140
     assert kept.lsn == 140
+    by_hand = Session()
+    by_hand.saw(200, 1)
+    by_hand.lsn = 180  # set by hand: a position of unknown timeline, as a token's
+    by_hand.saw(170, 1)
+    by_hand.forget(150, 1)
+    assert by_hand.lsn == 180 and repr(by_hand) == "Session(lsn=180)"
