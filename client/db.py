@@ -40,7 +40,8 @@ from writebus.client.rpc import request
 from writebus.client.settings import Settings
 from writebus.client.subjects import Subjects
 from writebus.client.tokens import Session
-from writebus.client.tracker import LsnTracker, acquire_tracker, release_tracker
+from writebus.client.tracker import LsnTracker
+from writebus.client.trackers import acquire_tracker, release_tracker
 from writebus.client.transport import NatsClient
 from writebus.client.writes import (
     SQL,

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from writebus.client.errors import LostInFailoverError, WriteBusError, not_open
+from writebus.client.errors import WriteBusError, not_open
 from writebus.client.reads import Consistency, Fallback, ReadGate, Target
 from writebus.client.rows import RowFactory
 from writebus.client.settings import Settings
@@ -154,7 +154,8 @@ class ReadAPI:
         API passes it explicitly, its session living in the caller's thread.
         """
         if session_lsn is None:
-            session_lsn = self.position(current_session())
+            current = current_session()
+            session_lsn = current.lsn if current is not None else None
         return await self._gate.prepare(
             nc=self._nc,
             tracker=self._tracker,
@@ -185,11 +186,8 @@ class ReadAPI:
 
     def session_token(self) -> str | None:
         """The highest token seen: the current session's, else this Database's newest write."""
-        for held in (current_session(), self._high):
-            if self.position(held) is not None:
-                assert held is not None
-                return held.token
-        return None
+        current = current_session()
+        return current.token if current is not None and current.lsn is not None else self._high.token
 
     async def wait_for_lsn(
         self, lsn: int, timeout: float | None = None, timeline: int | None = None
@@ -197,38 +195,20 @@ class ReadAPI:
         """Wait until the local replica has replayed ``lsn``; return the replayed position.
 
         With the write's ``timeline`` (:attr:`WriteResult.timeline`), a promotion that left
-        the write behind raises :class:`~writebus.client.errors.LostInFailoverError`; the
-        current session then forgets what that timeline committed past the promotion
-        (:meth:`position`)."""
+        the write behind raises :class:`~writebus.client.errors.LostInFailoverError`."""
         if self.settings.is_primary:
             return lsn  # the primary region reads the primary: nothing to wait for
         if self._tracker is None:
             raise not_open("the Database", write=False)
         wait = timeout if timeout is not None else self.settings.replication_timeout
-        try:
-            return await self._tracker.wait_for(lsn, wait, timeline)
-        except LostInFailoverError:
-            self.position(current_session())
-            raise
-
-    def position(self, session: Session | None) -> int | None:
-        """What ``session`` (the current one, this Database's newest write) makes reads wait
-        for. After this region's database was promoted, that no longer counts what older
-        timelines committed past the promotion (:meth:`Session.forget
-        <writebus.client.tokens.Session.forget>`): the new primary may never reach it, and
-        reads would wait for it until they time out. Safe from any thread (the sync API
-        asks from the caller's)."""
-        if session is None:
-            return None
-        switch = self._tracker.switch if self._tracker is not None else None
-        if switch is not None:
-            session.forget(switch[0], switch[1] - 1)
-        return session.lsn
+        return await self._tracker.wait_for(lsn, wait, timeline)
 
     def saw(self, lsn: int | None, timeline: int | None = None) -> None:
         """Record a commit (on ``timeline``, if known) this process made or learned of: the
-        current session and this Database's high-water mark."""
-        self._high.saw(lsn, timeline)
+        current session and this Database's high-water mark. Once this region's database is
+        promoted, they no longer count what older timelines committed past the promotion
+        (:class:`~writebus.client.tokens.Session`): the new primary may never reach it."""
+        self._high.saw(lsn, timeline, self._tracker)
         current = current_session()
         if current is not None:
-            current.saw(lsn, timeline)
+            current.saw(lsn, timeline, self._tracker)

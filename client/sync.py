@@ -274,7 +274,7 @@ class SyncDatabase:
             consistency=consistency,
             max_lag=max_lag,
             fallback=fallback,
-            session_lsn=db.position(session),
+            session_lsn=session.lsn if session is not None else None,
         )
         # A plain read (or one whose tokens are already replayed) needs nothing from the loop
         # thread: asking it would cost two thread switches per read.

@@ -17,8 +17,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import re
+import threading
 from collections.abc import Iterator
-from typing import Final
+from typing import Final, Protocol
 
 from writebus.client.errors import ProtocolError
 
@@ -59,13 +60,28 @@ def newest(*tokens: str | None) -> str | None:
     return best[1] if best else None
 
 
+class Switches(Protocol):
+    """Where a session learns of a failover: a Database's LSN tracker."""
+
+    @property
+    def switch(self) -> tuple[int, int] | None:
+        """(position, new timeline) once the region's database was promoted, else None."""
+
+
 class Session:
-    """The highest LSN seen in one context (a request, a job)."""
+    """The highest LSN seen in one context (a request, a job).
+
+    It keeps the highest position per timeline (a write's reply names it), and the trackers of
+    the Databases that recorded them: once one says its region's database was promoted, what
+    older timelines committed past that point no longer counts (:meth:`forget`). Safe to share
+    between threads (the sync API's caller and its loop thread)."""
 
     def __init__(self, lsn: int | None = None) -> None:
+        self._lock = threading.Lock()
         #: The highest position seen on each timeline (None: unknown -- a token's).
         self._tops: dict[int | None, int] = {}
         self._lsn: int | None = None
+        self._trackers: tuple[Switches, ...] = ()
         self.lsn = lsn
 
     def __repr__(self) -> str:
@@ -73,42 +89,54 @@ class Session:
 
     @property
     def lsn(self) -> int | None:
-        """The highest position seen: what the session's reads wait for."""
+        """The highest position that counts: what the session's reads wait for."""
+        for tracker in self._trackers:
+            switch = tracker.switch
+            if switch is not None:
+                self.forget(*switch)
         return self._lsn
 
     @lsn.setter
     def lsn(self, lsn: int | None) -> None:
         # Set by hand, it is a position whose timeline is unknown, as a token's.
-        self._tops = {} if lsn is None else {None: lsn}
-        self._lsn = lsn
+        with self._lock:
+            self._tops = {} if lsn is None else {None: lsn}
+            self._lsn = lsn
 
     @property
     def token(self) -> str | None:
         """The session's token, or None before any write or incoming token."""
-        return make_token(self._lsn) if self._lsn is not None else None
+        lsn = self.lsn
+        return make_token(lsn) if lsn is not None else None
 
-    def saw(self, lsn: int | None, timeline: int | None = None) -> None:
-        """Raise the session to ``lsn`` (a commit on ``timeline``, if known) if it is newer."""
+    def saw(
+        self, lsn: int | None, timeline: int | None = None, tracker: Switches | None = None
+    ) -> None:
+        """Raise the session to ``lsn`` (a commit on ``timeline``, if known) if it is newer;
+        ``tracker`` tells it of a failover that loses it."""
         if lsn is None:
             return
-        top = self._tops.get(timeline)
-        if top is None or lsn > top:
-            self._tops[timeline] = lsn
-        if self._lsn is None or lsn > self._lsn:
-            self._lsn = lsn
+        with self._lock:
+            top = self._tops.get(timeline)
+            if top is None or lsn > top:
+                self._tops[timeline] = lsn
+            if self._lsn is None or lsn > self._lsn:
+                self._lsn = lsn
+            if tracker is not None and tracker not in self._trackers:
+                self._trackers += (tracker,)
 
     def forget(self, switch: int, timeline: int) -> None:
-        """A failover forked the history at ``switch``: what ``timeline`` and older ones
-        committed past it is lost. The session's positions there go back to ``switch``, so
-        that its reads do not wait for a position the new primary may never reach; those of
-        newer timelines, and of tokens (timeline unknown), stay."""
-        tops = dict(self._tops)  # a copy: another thread may add a timeline meanwhile
-        lost = [seen for seen, top in tops.items()
-                if seen is not None and seen <= timeline and top > switch]  # fmt: skip
-        if lost:
-            for seen in lost:
-                self._tops[seen] = switch
-            self._lsn = max(dict(self._tops).values())
+        """A failover forked the history at ``switch`` onto ``timeline``: what older timelines
+        committed past that point is lost. The session's positions there go back to
+        ``switch``, so that its reads do not wait for a position the new primary may never
+        reach; those of ``timeline`` and of tokens (timeline unknown) stay."""
+        with self._lock:
+            lost = [seen for seen, top in self._tops.items()
+                    if seen is not None and seen < timeline and top > switch]  # fmt: skip
+            if lost:
+                for seen in lost:
+                    self._tops[seen] = switch
+                self._lsn = max(self._tops.values())
 
 
 _current: contextvars.ContextVar[Session | None] = contextvars.ContextVar(

@@ -102,6 +102,7 @@ class LsnTracker:
         self._lag_report: tuple[float | None, float] | None = None
         #: (replayed position, new timeline) when this region's database was promoted.
         self._switch: tuple[int, int] | None = None
+        self._switch_known = False
         self._report_waiters: set[asyncio.Future[None]] = set()
         self.updates_received = 0
         self.fallback_polls = 0
@@ -125,9 +126,11 @@ class LsnTracker:
 
     @property
     def switch(self) -> tuple[int, int] | None:
-        """(position, new timeline) when this region's database was promoted, else None:
-        what older timelines committed past that position never arrives here."""
-        return self._switch
+        """(position, new timeline) once this region's database was promoted, else None: what
+        older timelines committed past that position never arrives here. None too when this
+        tracker had heard no replay position before the promotion: it then cannot tell a lost
+        position from one the new primary holds (waits still fail as lost past 0)."""
+        return self._switch if self._switch is not None and self._switch_known else None
 
     @property
     def replayed(self) -> int | None:
@@ -207,6 +210,7 @@ class LsnTracker:
     def _promoted(self, replica_id: str, timeline: int) -> None:
         """This region's database became the primary, on ``timeline``: fail the waits for
         writes of an older timeline past the point it had replayed -- they never arrive."""
+        self._switch_known = self._replayed is not None
         switch = self._replayed if self._replayed is not None else 0
         self._switch = (switch, timeline)
         log.warning("tracker.region_promoted", region=self.region, switch_lsn=switch,
@@ -397,58 +401,3 @@ class LsnTracker:
                 self.fallback_polls += 1
                 self.advance(lsn)
                 await asyncio.sleep(self._fallback_interval)
-
-
-# -- one tracker per process and database ---------------------------------------------------
-
-_trackers: dict[tuple[Any, ...], tuple[LsnTracker, int]] = {}
-_locks: dict[int, asyncio.Lock] = {}
-
-
-def _key(settings: Settings, nc: NatsClient) -> tuple[Any, ...]:
-    return (
-        id(nc),
-        settings.prefix,
-        settings.region,
-        settings.database_url,
-        settings.replica_id,
-        id(asyncio.get_running_loop()),
-    )
-
-
-def _registry_lock() -> asyncio.Lock:
-    loop_id = id(asyncio.get_running_loop())
-    lock = _locks.get(loop_id)
-    if lock is None:
-        lock = _locks[loop_id] = asyncio.Lock()
-    return lock
-
-
-async def acquire_tracker(settings: Settings, nc: NatsClient) -> LsnTracker:
-    """The process's tracker for this region and database on connection ``nc``, started on
-    first use."""
-    async with _registry_lock():
-        key = _key(settings, nc)
-        entry = _trackers.get(key)
-        if entry is None:
-            tracker = LsnTracker(settings, nc)
-            await tracker.start()
-            _trackers[key] = (tracker, 1)
-            return tracker
-        _trackers[key] = (entry[0], entry[1] + 1)
-        return entry[0]
-
-
-async def release_tracker(tracker: LsnTracker) -> None:
-    """Give back a tracker from :func:`acquire_tracker`; the last release closes it."""
-    async with _registry_lock():
-        for key, (t, refs) in list(_trackers.items()):
-            if t is tracker:
-                if refs > 1:
-                    _trackers[key] = (t, refs - 1)
-                    return
-                del _trackers[key]
-                break
-    await tracker.close()
-
-

@@ -187,7 +187,7 @@ async def test_a_write_a_failover_lost_no_longer_holds_the_session_back() -> Non
 
                 def sync_read() -> tuple[Any, int | None]:
                     with writebus.session() as s2:
-                        s2.saw(lost.lsn, lost.timeline)  # as the write did above, in its session
+                        s2.saw(lost.lsn, lost.timeline, sdb.tracker)  # as a write records it
                         return sdb.fetchval("SELECT count(*) FROM lost_write"), s2.lsn
 
                 count, held = await asyncio.to_thread(sync_read)

@@ -16,7 +16,8 @@ from writebus.client import wakeup
 from writebus.client.errors import ReplicationTimeoutError
 from writebus.client.protocol import encode, lsn_update
 from writebus.client.settings import Settings
-from writebus.client.tracker import LsnTracker, acquire_tracker, release_tracker
+from writebus.client.tracker import LsnTracker
+from writebus.client.trackers import acquire_tracker, release_tracker
 
 
 def _update(lsn: int, *, replica_id: str = "r1", role: str = "replica",

@@ -3,7 +3,9 @@ middleware itself runs on real servers in tests/test_consistency.py."""
 
 from __future__ import annotations
 
-from writebus.client.middleware import cookie_values, incoming_token
+from types import SimpleNamespace
+
+from writebus.client.middleware import cookie_values, incoming_token, outgoing_headers
 from writebus.client.tokens import Session, token_lsn
 
 
@@ -53,19 +55,33 @@ def test_a_session_forgets_what_a_failover_lost_and_keeps_the_rest() -> None:
     s.saw(200, 1)  # lost
     s.saw(160, 2)  # the new primary's, after the failover
     assert s.lsn == 200
-    s.forget(150, 1)
+    s.forget(150, 2)
     assert s.lsn == 160
     only_lost = Session()
     only_lost.saw(200, 1)
-    only_lost.forget(150, 1)
+    only_lost.forget(150, 2)
     assert only_lost.lsn == 150 and only_lost.token == "1.96"
     kept = Session()
     kept.saw(140, 1)
-    kept.forget(150, 1)  # not a loss: the new timeline holds 140
+    kept.forget(150, 2)  # not a loss: the new timeline holds 140
     assert kept.lsn == 140
     by_hand = Session()
     by_hand.saw(200, 1)
     by_hand.lsn = 180  # set by hand: a position of unknown timeline, as a token's
     by_hand.saw(170, 1)
-    by_hand.forget(150, 1)
+    by_hand.forget(150, 2)
     assert by_hand.lsn == 180 and repr(by_hand) == "Session(lsn=180)"
+
+
+def test_a_session_learns_of_the_failover_from_the_tracker_that_recorded_its_write() -> None:
+    """A write recorded with its Database's tracker: once that tracker says the region was
+    promoted, the session's position and token -- the middleware's outgoing cookie -- no
+    longer hold what the dead timeline committed past the promotion."""
+    tracker = SimpleNamespace(switch=None)
+    s = Session(100)  # the request's incoming token
+    s.saw(200, 1, tracker)
+    assert s.token == "1.c8"
+    tracker.switch = (150, 2)
+    assert s.lsn == 150 and s.token == "1.96"
+    headers = dict(outgoing_headers(s, 100, cookie="writebus_lsn", max_age=60, secure=False))
+    assert headers["Writebus-Lsn"] == "1.96"
