@@ -206,9 +206,17 @@ class ReadAPI:
     def saw(self, lsn: int | None, timeline: int | None = None) -> None:
         """Record a commit (on ``timeline``, if known) this process made or learned of: the
         current session and this Database's high-water mark. Once this region's database is
-        promoted, they no longer count what older timelines committed past the promotion
-        (:class:`~writebus.client.tokens.Session`): the new primary may never reach it."""
-        self._high.saw(lsn, timeline, self._tracker)
+        promoted, they no longer count what older timelines committed past the fork
+        (:attr:`switch`, :class:`~writebus.client.tokens.Session`): the new primary may never
+        reach it."""
+        self._high.saw(lsn, timeline, self)
         current = current_session()
         if current is not None:
-            current.saw(lsn, timeline, self._tracker)
+            current.saw(lsn, timeline, self)
+
+    @property
+    def switch(self) -> tuple[int, int] | None:
+        """Where this region's database forked from the old primary's history when it was
+        promoted, and its new timeline (:attr:`LsnTracker.switch
+        <writebus.client.tracker.LsnTracker.switch>`); None before, or while closed."""
+        return self._tracker.switch if self._tracker is not None else None

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from writebus.client.tokens import COOKIE, HEADER, Session, newest, session
+from writebus.client.tokens import COOKIE, HEADER, Session, make_token, newest, session
 
 ASGIApp = Callable[
     [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
@@ -52,9 +52,10 @@ def outgoing_headers(
     state: Session, start_lsn: int | None, *, cookie: str, max_age: int, secure: bool
 ) -> list[tuple[str, str]]:
     """Headers to add to the response: the newest token, when the request made it newer."""
-    token = state.token
-    if token is None or state.lsn == start_lsn:
+    lsn = state.lsn  # read once: another thread may learn of a failover meanwhile
+    if lsn is None or lsn == start_lsn:
         return []
+    token = make_token(lsn)
     attrs = f"{cookie}={token}; Path=/; Max-Age={max_age}; SameSite=Lax; HttpOnly"
     if secure:
         attrs += "; Secure"

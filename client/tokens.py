@@ -61,7 +61,7 @@ def newest(*tokens: str | None) -> str | None:
 
 
 class Switches(Protocol):
-    """Where a session learns of a failover: a Database's LSN tracker."""
+    """Where a session learns of a failover: the Database that recorded its position."""
 
     @property
     def switch(self) -> tuple[int, int] | None:
@@ -71,17 +71,17 @@ class Switches(Protocol):
 class Session:
     """The highest LSN seen in one context (a request, a job).
 
-    It keeps the highest position per timeline (a write's reply names it), and the trackers of
-    the Databases that recorded them: once one says its region's database was promoted, what
-    older timelines committed past that point no longer counts (:meth:`forget`). Safe to share
-    between threads (the sync API's caller and its loop thread)."""
+    It keeps the highest position per timeline (a write's reply names it), and the Databases
+    that recorded them: once one says its region's database was promoted, what older timelines
+    committed past the fork no longer counts (:meth:`forget`). Safe to share between threads
+    (the sync API's caller and its loop thread)."""
 
     def __init__(self, lsn: int | None = None) -> None:
         self._lock = threading.Lock()
         #: The highest position seen on each timeline (None: unknown -- a token's).
         self._tops: dict[int | None, int] = {}
         self._lsn: int | None = None
-        self._trackers: tuple[Switches, ...] = ()
+        self._sources: tuple[Switches, ...] = ()
         self.lsn = lsn
 
     def __repr__(self) -> str:
@@ -90,8 +90,8 @@ class Session:
     @property
     def lsn(self) -> int | None:
         """The highest position that counts: what the session's reads wait for."""
-        for tracker in self._trackers:
-            switch = tracker.switch
+        for source in self._sources:
+            switch = source.switch
             if switch is not None:
                 self.forget(*switch)
         return self._lsn
@@ -110,10 +110,10 @@ class Session:
         return make_token(lsn) if lsn is not None else None
 
     def saw(
-        self, lsn: int | None, timeline: int | None = None, tracker: Switches | None = None
+        self, lsn: int | None, timeline: int | None = None, source: Switches | None = None
     ) -> None:
         """Raise the session to ``lsn`` (a commit on ``timeline``, if known) if it is newer;
-        ``tracker`` tells it of a failover that loses it."""
+        ``source`` (the Database that recorded it) tells it of a failover that loses it."""
         if lsn is None:
             return
         with self._lock:
@@ -122,8 +122,8 @@ class Session:
                 self._tops[timeline] = lsn
             if self._lsn is None or lsn > self._lsn:
                 self._lsn = lsn
-            if tracker is not None and tracker not in self._trackers:
-                self._trackers += (tracker,)
+            if source is not None and source not in self._sources:
+                self._sources += (source,)
 
     def forget(self, switch: int, timeline: int) -> None:
         """A failover forked the history at ``switch`` onto ``timeline``: what older timelines

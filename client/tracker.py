@@ -1,9 +1,9 @@
 """The per-process LSN tracker: wakes callers once their local replica has replayed an LSN.
 
-One tracker runs per process and (region, database): :func:`acquire_tracker` hands out a shared,
-reference-counted instance. It listens to ``<prefix>.lsn.<region>`` broadcasts (push, no polling)
-and keeps waiters in a heap (:mod:`writebus.client.waiters`); the waiters a broadcast
-releases resume together, from one event-loop callback (:mod:`writebus.client.wakeup`).
+One tracker runs per process and (region, database): :mod:`writebus.client.trackers` hands
+out a shared, reference-counted instance. It listens to ``<prefix>.lsn.<region>`` broadcasts
+(push, no polling) and keeps waiters in a heap (:mod:`writebus.client.waiters`); the waiters a
+broadcast releases resume together, from one event-loop callback (:mod:`writebus.client.wakeup`).
 When broadcasts stop -- the region's bus is down -- it falls back to reading
 ``pg_last_wal_replay_lsn()`` from its own database while anyone waits, so a wait never hangs
 and never depends on a single publisher.
@@ -62,7 +62,7 @@ class LsnTracker:
     """Tracks how far the local replica has replayed, and wakes waiters.
 
     It listens on ``nc``, a NATS connection it does not own (the process's shared one). Use
-    :func:`acquire_tracker` rather than constructing one per call site.
+    :func:`~writebus.client.trackers.acquire_tracker` rather than constructing one per call site.
     """
 
     def __init__(
@@ -102,7 +102,8 @@ class LsnTracker:
         self._lag_report: tuple[float | None, float] | None = None
         #: (replayed position, new timeline) when this region's database was promoted.
         self._switch: tuple[int, int] | None = None
-        self._switch_known = False
+        self._fork: tuple[int, int] | None = None
+        self._fork_task: asyncio.Task[None] | None = None
         self._report_waiters: set[asyncio.Future[None]] = set()
         self.updates_received = 0
         self.fallback_polls = 0
@@ -126,11 +127,11 @@ class LsnTracker:
 
     @property
     def switch(self) -> tuple[int, int] | None:
-        """(position, new timeline) once this region's database was promoted, else None: what
-        older timelines committed past that position never arrives here. None too when this
-        tracker had heard no replay position before the promotion: it then cannot tell a lost
-        position from one the new primary holds (waits still fail as lost past 0)."""
-        return self._switch if self._switch is not None and self._switch_known else None
+        """(fork point, new timeline) once this region's database was promoted and the point
+        read from it (its replay position, frozen at the promotion), else None: what older
+        timelines committed past that point never arrives here. (Waits are failed as lost at
+        once, past the last position this tracker had heard replayed: a lower bound.)"""
+        return self._fork
 
     @property
     def replayed(self) -> int | None:
@@ -168,7 +169,7 @@ class LsnTracker:
         for w in self._queue.drain():
             if not w.payload.done():
                 w.payload.set_exception(TrackerError("the LSN tracker was closed"))
-        for task in (self._fallback_task, self._probe_task):
+        for task in (self._fallback_task, self._probe_task, self._fork_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -210,7 +211,6 @@ class LsnTracker:
     def _promoted(self, replica_id: str, timeline: int) -> None:
         """This region's database became the primary, on ``timeline``: fail the waits for
         writes of an older timeline past the point it had replayed -- they never arrive."""
-        self._switch_known = self._replayed is not None
         switch = self._replayed if self._replayed is not None else 0
         self._switch = (switch, timeline)
         log.warning("tracker.region_promoted", region=self.region, switch_lsn=switch,
@@ -221,6 +221,20 @@ class LsnTracker:
         for waiter in self._queue.pop_lost(switch, timeline):
             if not waiter.payload.done():
                 waiter.payload.set_exception(LostInFailoverError(waiter.lsn, switch, self.region))
+        self._fork_task = asyncio.get_running_loop().create_task(self._read_fork(timeline))
+
+    async def _read_fork(self, timeline: int) -> None:
+        """Read where the promoted database's history forked, for :attr:`switch`."""
+        for _ in range(20):
+            try:
+                point = await self._reader.fork_point()
+            except Exception as exc:
+                log.warning("tracker.fork_point_failed", region=self.region, error=str(exc))
+            else:
+                if point is not None:  # None: the local database is a standby of the new one
+                    self._fork = (point, timeline)
+                return
+            await asyncio.sleep(0.5)
 
     def lag_bound(self, now: float | None = None) -> float | None:
         """An upper bound on the local replica's lag in seconds, from the latest broadcast:

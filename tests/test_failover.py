@@ -181,17 +181,20 @@ async def test_a_write_a_failover_lost_no_longer_holds_the_session_back() -> Non
                     assert after.lsn is not None and s.lsn == after.lsn < lost.lsn
                     with pytest.raises(LostInFailoverError) as info:
                         await db.wait_for_lsn(lost.lsn, 20, lost.timeline)
-                    switch = info.value.switch_lsn
+                    switch = info.value.switch_lsn  # the last position the tracker heard
                     assert kept.lsn is not None and kept.lsn <= switch < after.lsn
+                    # The fork, read from the promoted database: at or past that.
+                    assert db.switch is not None and db.switch[1] == after.timeline == 2
+                    fork = db.switch[0]
+                    assert switch <= fork < after.lsn
                 assert db.session_token() == make_token(after.lsn)  # the Database's own
 
                 def sync_read() -> tuple[Any, int | None]:
                     with writebus.session() as s2:
-                        s2.saw(lost.lsn, lost.timeline, sdb.tracker)  # as a write records it
+                        s2.saw(lost.lsn, lost.timeline, sdb.database)  # as a write records it
                         return sdb.fetchval("SELECT count(*) FROM lost_write"), s2.lsn
 
-                count, held = await asyncio.to_thread(sync_read)
-                assert count == 2 and held is not None and kept.lsn <= held < lost.lsn
+                assert await asyncio.to_thread(sync_read) == (2, fork)
         finally:
             await asyncio.to_thread(sdb.close)
             for bus in buses:
