@@ -219,4 +219,5 @@ class ReadAPI:
         """Where this region's database forked from the old primary's history when it was
         promoted, and its new timeline (:attr:`LsnTracker.switch
         <writebus.client.tracker.LsnTracker.switch>`); None before, or while closed."""
-        return self._tracker.switch if self._tracker is not None else None
+        tracker = self._tracker  # once: the loop thread may close it meanwhile
+        return tracker.switch if tracker is not None else None

@@ -140,7 +140,9 @@ class LsnUpdate(msgspec.Struct, kw_only=True):
     the newest primary position the sender had heard; ``lag_bytes`` and ``lag_seconds``, how far
     its replica is behind that (0 on the primary; seconds count from when the oldest position
     not yet replayed was announced, so an idle primary is no lag); ``replay_timestamp``,
-    ``pg_last_xact_replay_timestamp()`` as Unix seconds; ``version``, the sender's writebus.
+    ``pg_last_xact_replay_timestamp()`` as Unix seconds; ``version``, the sender's writebus;
+    ``timeline``, a primary's WAL timeline; ``fork_lsn``/``fork_lsn_int``, on a primary
+    promoted from a standby, where its history forked from the old primary's.
 
     Always msgpack; every field is always sent.
     """
@@ -160,6 +162,8 @@ class LsnUpdate(msgspec.Struct, kw_only=True):
     replay_timestamp: float | None = None
     version: str = ""
     timeline: int | None = None
+    fork_lsn: str | None = None
+    fork_lsn_int: int | None = None
 
 
 class Status(msgspec.Struct, kw_only=True):
@@ -207,6 +211,7 @@ def lsn_update(
     replay_timestamp: float | None = None,
     version: str = "",
     timeline: int | None = None,
+    fork_lsn: int | None = None,
 ) -> LsnUpdate:
     """A progress broadcast for ``lsn`` (an integer), stamped with the current time."""
     return LsnUpdate(
@@ -224,7 +229,21 @@ def lsn_update(
         replay_timestamp=replay_timestamp,
         version=version,
         timeline=timeline,
+        fork_lsn=format_lsn(fork_lsn) if fork_lsn is not None else None,
+        fork_lsn_int=fork_lsn,
     )
+
+
+def update_fork(update: LsnUpdate) -> int | None:
+    """Where a promoted primary's history forked, as an :class:`LsnUpdate` carries it (its
+    ``fork_lsn`` text, else ``fork_lsn_int``; None when it carries neither). Raises
+    :class:`ProtocolError` on malformed text."""
+    if not update.fork_lsn:
+        return update.fork_lsn_int
+    try:
+        return parse_lsn(update.fork_lsn)
+    except ValueError as exc:
+        raise ProtocolError(f"invalid LsnUpdate: {exc}") from exc
 
 
 def update_lsn(update: LsnUpdate) -> int:

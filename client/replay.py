@@ -21,7 +21,6 @@ REPLAY_SQL = (
     "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
     "ELSE pg_current_wal_flush_lsn() END::text, pg_is_in_recovery()"
 )
-FORK_SQL = "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_last_wal_replay_lsn() END::text"
 
 
 class ReplayReader:
@@ -41,19 +40,6 @@ class ReplayReader:
         """The position now (None when the server has none), and whether the server is a
         standby (false: promoted, or a primary). Raises :class:`TrackerError` without a
         database URL, and psycopg's errors (the connection is then dropped)."""
-        row = await self._query(REPLAY_SQL)
-        if row is None:
-            return None, False
-        return (parse_lsn(row[0]) if row[0] is not None else None), bool(row[1])
-
-    async def fork_point(self) -> int | None:
-        """Where the local database's history forked when it was promoted: the last position
-        it replayed, frozen since. None while it is a standby, or if it never was one. Raises
-        as :meth:`read`."""
-        row = await self._query(FORK_SQL)
-        return parse_lsn(row[0]) if row is not None and row[0] is not None else None
-
-    async def _query(self, sql: str) -> tuple[Any, ...] | None:
         if not self._url:
             raise TrackerError("no DATABASE_URL to read replay progress from")
         async with self._lock:
@@ -63,12 +49,15 @@ class ReplayReader:
                     self._url, autocommit=True, connect_timeout=2
                 )
             try:
-                cur = await conn.execute(sql)
-                return await cur.fetchone()
+                cur = await conn.execute(REPLAY_SQL)
+                row = await cur.fetchone()
             except psycopg.Error:
                 await conn.close()
                 self._conn = None
                 raise
+        if row is None:
+            return None, False
+        return (parse_lsn(row[0]) if row[0] is not None else None), bool(row[1])
 
     async def close(self) -> None:
         """Close the connection, if one is open."""

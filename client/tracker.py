@@ -28,7 +28,7 @@ from typing import Any
 from writebus.client.errors import LostInFailoverError, ReplicationTimeoutError, TrackerError
 from writebus.client.log import get_logger
 from writebus.client.progress import RegionProgress
-from writebus.client.protocol import LsnUpdate, decode, encoding_of, update_lsn
+from writebus.client.protocol import LsnUpdate, decode, encoding_of, update_fork, update_lsn
 from writebus.client.replay import ReplayReader
 from writebus.client.settings import Settings
 from writebus.client.silence import SilenceWatch
@@ -102,8 +102,7 @@ class LsnTracker:
         self._lag_report: tuple[float | None, float] | None = None
         #: (replayed position, new timeline) when this region's database was promoted.
         self._switch: tuple[int, int] | None = None
-        self._fork: tuple[int, int] | None = None
-        self._fork_task: asyncio.Task[None] | None = None
+        self._fork_known = False
         self._report_waiters: set[asyncio.Future[None]] = set()
         self.updates_received = 0
         self.fallback_polls = 0
@@ -127,11 +126,10 @@ class LsnTracker:
 
     @property
     def switch(self) -> tuple[int, int] | None:
-        """(fork point, new timeline) once this region's database was promoted and the point
-        read from it (its replay position, frozen at the promotion), else None: what older
-        timelines committed past that point never arrives here. (Waits are failed as lost at
-        once, past the last position this tracker had heard replayed: a lower bound.)"""
-        return self._fork
+        """(fork, new timeline) once this region's database was promoted, else None: what
+        older timelines committed past the fork never arrives here. The promoted node
+        announces the fork (``LsnUpdate.fork_lsn``); None too if it did not (an older node)."""
+        return self._switch if self._fork_known else None
 
     @property
     def replayed(self) -> int | None:
@@ -169,7 +167,7 @@ class LsnTracker:
         for w in self._queue.drain():
             if not w.payload.done():
                 w.payload.set_exception(TrackerError("the LSN tracker was closed"))
-        for task in (self._fallback_task, self._probe_task, self._fork_task):
+        for task in (self._fallback_task, self._probe_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -194,7 +192,7 @@ class LsnTracker:
             # its new timeline say nothing of writes the old primary committed past the point
             # of promotion: those never arrived here.
             if self._switch is None and upd.timeline is not None:
-                self._promoted(upd.replica_id, upd.timeline)
+                self._promoted(upd.replica_id, upd.timeline, update_fork(upd))
         elif upd.role != "replica" or not upd.in_recovery:
             return
         self.updates_received += 1
@@ -208,10 +206,12 @@ class LsnTracker:
                     fut.set_result(None)
             self._report_waiters.clear()
 
-    def _promoted(self, replica_id: str, timeline: int) -> None:
-        """This region's database became the primary, on ``timeline``: fail the waits for
-        writes of an older timeline past the point it had replayed -- they never arrive."""
-        switch = self._replayed if self._replayed is not None else 0
+    def _promoted(self, replica_id: str, timeline: int, fork: int | None) -> None:
+        """This region's database became the primary, on ``timeline``, its history forked at
+        ``fork``: fail the waits for writes of an older timeline past it -- they never arrive.
+        Without the fork (an older node), past the point it was last heard replaying."""
+        self._fork_known = fork is not None
+        switch = fork if fork is not None else self._replayed if self._replayed is not None else 0
         self._switch = (switch, timeline)
         log.warning("tracker.region_promoted", region=self.region, switch_lsn=switch,
                     timeline=timeline)  # fmt: skip
@@ -221,20 +221,6 @@ class LsnTracker:
         for waiter in self._queue.pop_lost(switch, timeline):
             if not waiter.payload.done():
                 waiter.payload.set_exception(LostInFailoverError(waiter.lsn, switch, self.region))
-        self._fork_task = asyncio.get_running_loop().create_task(self._read_fork(timeline))
-
-    async def _read_fork(self, timeline: int) -> None:
-        """Read where the promoted database's history forked, for :attr:`switch`."""
-        for _ in range(20):
-            try:
-                point = await self._reader.fork_point()
-            except Exception as exc:
-                log.warning("tracker.fork_point_failed", region=self.region, error=str(exc))
-            else:
-                if point is not None:  # None: the local database is a standby of the new one
-                    self._fork = (point, timeline)
-                return
-            await asyncio.sleep(0.5)
 
     def lag_bound(self, now: float | None = None) -> float | None:
         """An upper bound on the local replica's lag in seconds, from the latest broadcast:

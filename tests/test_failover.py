@@ -17,6 +17,7 @@ from writebus.bus.embedded.bus_process import BusProcess
 from writebus.bus.embedded.stack import Stack
 from writebus.client import Database, RetryPolicy, SyncDatabase
 from writebus.client.errors import LostInFailoverError, Outcome, ReplicationTimeoutError
+from writebus.client.lsn import parse_lsn
 from writebus.client.tokens import make_token
 
 
@@ -181,12 +182,15 @@ async def test_a_write_a_failover_lost_no_longer_holds_the_session_back() -> Non
                     assert after.lsn is not None and s.lsn == after.lsn < lost.lsn
                     with pytest.raises(LostInFailoverError) as info:
                         await db.wait_for_lsn(lost.lsn, 20, lost.timeline)
-                    switch = info.value.switch_lsn  # the last position the tracker heard
-                    assert kept.lsn is not None and kept.lsn <= switch < after.lsn
-                    # The fork, read from the promoted database: at or past that.
-                    assert db.switch is not None and db.switch[1] == after.timeline == 2
-                    fork = db.switch[0]
-                    assert switch <= fork < after.lsn
+                    # The fork, as the promoted node announced it: where Postgres itself
+                    # says the new timeline begins.
+                    history = stack.replica.execute(
+                        "SELECT pg_read_file('pg_wal/00000002.history')"
+                    )[0][0]
+                    fork = parse_lsn(history.split()[1])
+                    assert db.switch == (fork, 2) and after.timeline == 2
+                    assert info.value.switch_lsn == fork
+                    assert kept.lsn is not None and kept.lsn <= fork < after.lsn
                 assert db.session_token() == make_token(after.lsn)  # the Database's own
 
                 def sync_read() -> tuple[Any, int | None]:

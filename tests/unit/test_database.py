@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
+import writebus
 from tests.support.fake_nats import FakeMsg, FakeServer
 from writebus.client.db import Database
 from writebus.client.errors import (
@@ -153,6 +154,7 @@ async def test_a_promotion_below_the_commit_makes_the_outcome_unknown(
         lost = info.value.last_error
         assert isinstance(lost, LostInFailoverError)
         assert (lost.lsn, lost.switch_lsn, lost.region) == (101, 100, "lax")
+        assert db.switch is None  # the node did not say where it forked: sessions keep all
         assert db.tracker is not None and db.tracker.waiting == 0
         # The new primary's own commits (timeline 2) wait and are released as before; a
         # late reply from the old timeline fails at once.
@@ -166,6 +168,33 @@ async def test_a_promotion_below_the_commit_makes_the_outcome_unknown(
         bus.timeline = 1
         with pytest.raises(OutcomeUnknownError):
             await asyncio.wait_for(db.execute("INSERT INTO t VALUES (3)"), 2)
+
+
+async def test_the_announced_fork_decides_what_was_lost(fake: tuple[FakeServer, Bus]) -> None:
+    """lax's tracker last heard 100 replayed; the promoted node announces that its history
+    forked at 102. The write the old primary committed at 101 reached lax after all: its wait
+    is released, not failed as lost, and the session keeps it. One at 103 was lost: its wait
+    fails, and the session goes back to the fork. (Without ``fork_lsn`` -- an older node --
+    the tracker falls back to 100, and sessions keep everything.)"""
+    server, bus = fake
+    async with Database(LAX.replace(replication_timeout=30), nats=server.client()) as db:
+        await bus.replayed("lax", 100)
+        await _until(lambda: db.tracker is not None and db.tracker.updates_received == 1)
+        with writebus.session() as s:
+            kept = await db.execute("INSERT INTO t VALUES (1)", await_replication=False)
+            bus.lsn = 102
+            lost = await db.execute("INSERT INTO t VALUES (2)", await_replication=False)
+            assert (kept.lsn, lost.lsn, s.lsn) == (101, 103, 103)
+            await bus.nc.publish("writebus.lsn.lax", encode(lsn_update(
+                region="lax", replica_id="r", lsn=200, role="primary", in_recovery=False,
+                timeline=2, fork_lsn=102,
+            )))  # fmt: skip
+            await _until(lambda: db.switch is not None)
+            assert db.switch == (102, 2) and s.lsn == 102
+            assert await db.wait_for_lsn(101, 2, kept.timeline) >= 101
+            with pytest.raises(LostInFailoverError) as info:
+                await db.wait_for_lsn(103, 2, lost.timeline)
+            assert info.value.switch_lsn == 102
 
 
 async def test_a_commit_on_the_new_timeline_made_before_the_announcement_is_not_lost(

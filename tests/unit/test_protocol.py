@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgpack
+import msgspec
 import pytest
 
 from writebus.client import schema
@@ -20,6 +21,8 @@ from writebus.client.protocol import (
     decode,
     encode,
     encoding_of,
+    lsn_update,
+    update_fork,
     validate_request,
 )
 
@@ -105,9 +108,23 @@ def test_lsn_update_fields() -> None:
                    "time": 1.5, "in_recovery": True, "role": "replica", "v": 1,
                    "primary_lsn": None, "primary_lsn_int": None, "lag_bytes": None,
                    "lag_seconds": None, "replay_timestamp": None, "version": "",
-                   "timeline": None}
+                   "timeline": None, "fork_lsn": None, "fork_lsn_int": None}
     v1 = msgpack.packb({k: raw[k] for k in list(raw)[:8]})
     assert decode(v1, LsnUpdate) == upd  # a version-1 sender is still understood
+    assert update_fork(upd) is None
+
+
+def test_a_promoted_primary_announces_where_its_history_forked() -> None:
+    """fork_lsn carries the fork as text and as an integer; the text wins, as for lsn."""
+    upd = lsn_update(region="lax", replica_id="r", lsn=0x3000A38, role="primary",
+                     in_recovery=False, timeline=2, fork_lsn=0x3000000)
+    raw = msgpack.unpackb(encode(upd))
+    assert (raw["fork_lsn"], raw["fork_lsn_int"]) == ("0/3000000", 0x3000000)
+    assert update_fork(decode(encode(upd), LsnUpdate)) == 0x3000000
+    text_only = msgspec.structs.replace(upd, fork_lsn_int=None)
+    assert update_fork(text_only) == 0x3000000
+    with pytest.raises(ProtocolError):
+        update_fork(msgspec.structs.replace(upd, fork_lsn="nonsense"))
 
 
 def test_reply_values_of_postgres_types_encode() -> None:
