@@ -29,13 +29,10 @@ _REPLICA_SQL = (
     "SELECT pg_last_wal_replay_lsn()::text, pg_is_in_recovery(), "
     "extract(epoch FROM pg_last_xact_replay_timestamp())::float8"
 )
-# On a promoted standby pg_last_wal_replay_lsn() stays where recovery ended: where its history
-# forked from the old primary's (NULL on a database that never recovered).
 _PRIMARY_SQL = (
     "SELECT pg_current_wal_flush_lsn()::text, pg_is_in_recovery(), "
     "CASE WHEN NOT pg_is_in_recovery() "
-    "THEN substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8) END, "
-    "pg_last_wal_replay_lsn()::text"
+    "THEN substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8) END"
 )
 
 
@@ -197,6 +194,8 @@ class PrimaryAnnouncer:
         region: str,
         replica_id: str,
         heartbeat: float = 1.0,
+        timeline: int | None = None,
+        fork: int | None = None,
     ) -> None:
         self.nc = nc
         self.dsn = dsn
@@ -206,10 +205,10 @@ class PrimaryAnnouncer:
         self.heartbeat = heartbeat
         self.demoted = asyncio.Event()
         self.published = 0
-        #: The database's WAL timeline, from the latest heartbeat (None until then).
-        self.timeline: int | None = None
-        #: Where the database's history forked when it was promoted (None: never, or unknown).
-        self.fork: int | None = None
+        #: The database's WAL timeline: as the node read it, then from each heartbeat.
+        self.timeline = timeline
+        #: Where the database's history forked, when this node saw it promoted (else None).
+        self.fork = fork
         self._latest = 0
         self._announced = 0
         self._kick = asyncio.Event()
@@ -272,7 +271,6 @@ class PrimaryAnnouncer:
                     self.demoted.set()
                     return
                 self.timeline = int(row[2], 16) if row[2] else None
-                self.fork = parse_lsn(row[3]) if row[3] else None
                 self.committed(parse_lsn(row[0]))
                 self._announced = 0  # re-announce on the heartbeat even without news
                 self._kick.set()

@@ -16,7 +16,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from writebus.bus import idempotency, partitions
+from writebus.bus import idempotency, partitions, standing
 from writebus.bus.committer import Committer
 from writebus.bus.execute import Job, Limits, run_statement_writes
 from writebus.bus.fence import Fence
@@ -109,7 +109,7 @@ class BusService:
             timeout=s.connect_timeout,
             configure=self._configure_connection,
         )
-        in_recovery = await self._in_recovery()
+        in_recovery = await standing.in_recovery(self.pool)
         self.handler = Handler(
             pool=self.pool,
             procedures=self.procedures,
@@ -159,13 +159,6 @@ class BusService:
             for srv in (self.write_server, self.rpc_server)
             if srv is not None
         }
-
-    async def _in_recovery(self) -> bool:
-        assert self.pool is not None
-        async with self.pool.connection() as conn:
-            cur = await conn.execute("SELECT pg_is_in_recovery()")
-            row = await cur.fetchone()
-        return bool(row and row[0])
 
     async def _handle_rpc(
         self, data: bytes, headers: dict[str, str] | None, received: float
@@ -250,20 +243,11 @@ class BusService:
         if self.handler is not None:
             self.handler.node_info["role"] = role
 
-    async def _timeline(self) -> int | None:
-        assert self.pool is not None
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8)"
-            )
-            row = await cur.fetchone()
-        return int(row[0], 16) if row and row[0] else None
-
     async def _become_primary(self, *, promoted: bool = False) -> None:
         s = self.settings
         assert self.pool is not None and self.handler is not None
         self._set_role("starting")
-        self.fence.timeline = await self._timeline()
+        self.fence.timeline = await standing.timeline(self.pool)
         self.handler.timeline = self.fence.timeline
         deadline = asyncio.get_running_loop().time() + s.fence_wait
         while not self.fence.fenced and asyncio.get_running_loop().time() < deadline:
@@ -287,6 +271,8 @@ class BusService:
             region=s.region,
             replica_id=self.replica_id,
             heartbeat=s.heartbeat_interval,
+            timeline=self.fence.timeline,  # from the first announcement: trackers need it
+            fork=await standing.fork(self.pool) if promoted else None,
         )
         self.handler.on_commit = self.announcer.committed
         await self.announcer.start()

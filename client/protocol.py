@@ -141,8 +141,8 @@ class LsnUpdate(msgspec.Struct, kw_only=True):
     its replica is behind that (0 on the primary; seconds count from when the oldest position
     not yet replayed was announced, so an idle primary is no lag); ``replay_timestamp``,
     ``pg_last_xact_replay_timestamp()`` as Unix seconds; ``version``, the sender's writebus;
-    ``timeline``, a primary's WAL timeline; ``fork_lsn``/``fork_lsn_int``, on a primary
-    promoted from a standby, where its history forked from the old primary's.
+    ``timeline``, a primary's WAL timeline; ``fork_lsn``/``fork_lsn_int``, from a primary
+    node that saw its database promoted, where the history forked from the old primary's.
 
     Always msgpack; every field is always sent.
     """

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import nats
 import psycopg
 import pytest
 
@@ -18,6 +19,7 @@ from writebus.bus.embedded.stack import Stack
 from writebus.client import Database, RetryPolicy, SyncDatabase
 from writebus.client.errors import LostInFailoverError, Outcome, ReplicationTimeoutError
 from writebus.client.lsn import parse_lsn
+from writebus.client.protocol import MSGPACK, LsnUpdate, decode, update_fork
 from writebus.client.tokens import make_token
 
 
@@ -153,6 +155,15 @@ async def test_a_write_a_failover_lost_no_longer_holds_the_session_back() -> Non
         lax = settings_for(stack, "lax", rpc_timeout=20, replication_timeout=2)
         sdb = SyncDatabase(lax)
         await asyncio.to_thread(sdb.open)
+        nc = await nats.connect(stack.nats_url("lax"))
+        announced: list[LsnUpdate] = []
+
+        async def heard(msg: Any) -> None:
+            upd = decode(msg.data, LsnUpdate, MSGPACK)
+            if upd.role == "primary":
+                announced.append(upd)
+
+        await nc.subscribe("writebus.lsn.lax", cb=heard)
         try:
             async with Database(lax, retry=RetryPolicy(no_worker_patience=10.0)) as db:
                 kept = await db.execute("INSERT INTO lost_write(body) VALUES ('kept')")
@@ -189,6 +200,10 @@ async def test_a_write_a_failover_lost_no_longer_holds_the_session_back() -> Non
                     )[0][0]
                     fork = parse_lsn(history.split()[1])
                     assert db.switch == (fork, 2) and after.timeline == 2
+                    # Every announcement of the promoted node, from its first, says so.
+                    assert announced and {(u.timeline, update_fork(u)) for u in announced} == {
+                        (2, fork)
+                    }
                     assert info.value.switch_lsn == fork
                     assert kept.lsn is not None and kept.lsn <= fork < after.lsn
                 assert db.session_token() == make_token(after.lsn)  # the Database's own
@@ -200,6 +215,7 @@ async def test_a_write_a_failover_lost_no_longer_holds_the_session_back() -> Non
 
                 assert await asyncio.to_thread(sync_read) == (2, fork)
         finally:
+            await nc.close()
             await asyncio.to_thread(sdb.close)
             for bus in buses:
                 bus.stop(10)

@@ -172,10 +172,11 @@ async def test_a_promotion_below_the_commit_makes_the_outcome_unknown(
 
 async def test_the_announced_fork_decides_what_was_lost(fake: tuple[FakeServer, Bus]) -> None:
     """lax's tracker last heard 100 replayed; the promoted node announces that its history
-    forked at 102. The write the old primary committed at 101 reached lax after all: its wait
-    is released, not failed as lost, and the session keeps it. One at 103 was lost: its wait
-    fails, and the session goes back to the fork. (Without ``fork_lsn`` -- an older node --
-    the tracker falls back to 100, and sessions keep everything.)"""
+    forked at 102. The write the old primary committed at 101 reached lax after all: its
+    wait, pending at the promotion, is released, not failed as lost, and the session keeps
+    it. One at 103 was lost: its wait fails, and the session goes back to the fork. (Without
+    ``fork_lsn`` -- an older node -- the tracker falls back to 100, and sessions keep
+    everything: the test above.)"""
     server, bus = fake
     async with Database(LAX.replace(replication_timeout=30), nats=server.client()) as db:
         await bus.replayed("lax", 100)
@@ -185,16 +186,20 @@ async def test_the_announced_fork_decides_what_was_lost(fake: tuple[FakeServer, 
             bus.lsn = 102
             lost = await db.execute("INSERT INTO t VALUES (2)", await_replication=False)
             assert (kept.lsn, lost.lsn, s.lsn) == (101, 103, 103)
+            waits = [asyncio.create_task(db.wait_for_lsn(r.lsn or 0, 30, r.timeline))
+                     for r in (kept, lost)]  # fmt: skip
+            await _until(lambda: db.tracker is not None and db.tracker.waiting == 2)
             await bus.nc.publish("writebus.lsn.lax", encode(lsn_update(
                 region="lax", replica_id="r", lsn=200, role="primary", in_recovery=False,
                 timeline=2, fork_lsn=102,
             )))  # fmt: skip
-            await _until(lambda: db.switch is not None)
-            assert db.switch == (102, 2) and s.lsn == 102
-            assert await db.wait_for_lsn(101, 2, kept.timeline) >= 101
+            assert await asyncio.wait_for(waits[0], 2) >= 101
             with pytest.raises(LostInFailoverError) as info:
-                await db.wait_for_lsn(103, 2, lost.timeline)
+                await asyncio.wait_for(waits[1], 2)
             assert info.value.switch_lsn == 102
+            assert db.switch == (102, 2) and s.lsn == 102
+            with pytest.raises(LostInFailoverError):  # and at once, for a wait begun later
+                await db.wait_for_lsn(103, 2, lost.timeline)
 
 
 async def test_a_commit_on_the_new_timeline_made_before_the_announcement_is_not_lost(
