@@ -19,7 +19,7 @@ import psycopg
 from writebus.bus.cadence import Cadence, MonitorState
 from writebus.bus.lag import LagClock
 from writebus.client.log import get_logger
-from writebus.client.lsn import parse_lsn
+from writebus.client.lsn import format_lsn, parse_lsn
 from writebus.client.protocol import LsnUpdate, decode, encode, encoding_of, lsn_update
 from writebus.client.version import VERSION
 
@@ -90,6 +90,10 @@ class ReplicaMonitor:
         self.polls = 0
         self.published = 0
         self.promoted = asyncio.Event()
+        #: Where the history forked, once :attr:`promoted` (None: not seen on a connection
+        #: that had seen recovery).
+        self.fork: int | None = None
+        self._saw_recovery = False
         self._news = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._sub: Any = None
@@ -124,8 +128,24 @@ class ReplicaMonitor:
         if self.state.announce(upd.lsn_int, now, self.cadence):
             self._news.set()
 
+    async def _fork(self) -> int | None:
+        """Where the database's history forked, now that this poll saw it promoted: its replay
+        position, which stays where recovery ended. Only on a connection that saw it in
+        recovery: a new one may follow a restart, after which the value has moved (to where
+        crash recovery ended) or is gone."""
+        if not self._saw_recovery or self._conn is None:
+            return None
+        try:
+            cur = await self._conn.execute("SELECT pg_last_wal_replay_lsn()::text")
+            row = await cur.fetchone()
+        except Exception as exc:
+            log.warning("monitor.fork_unread", region=self.region, error=str(exc))
+            return None
+        return parse_lsn(row[0]) if row and row[0] else None
+
     async def _poll(self) -> tuple[int | None, bool]:
         if self._conn is None or self._conn.closed:
+            self._saw_recovery = False
             self._conn = await psycopg.AsyncConnection.connect(
                 self.dsn, autocommit=True, connect_timeout=2
             )
@@ -151,9 +171,12 @@ class ReplicaMonitor:
                 await asyncio.sleep(min(0.5, cadence.heartbeat))
                 continue
             if not in_recovery:
-                log.warning("monitor.promoted", region=self.region, replica_id=self.replica_id)
+                self.fork = await self._fork()
+                log.warning("monitor.promoted", region=self.region, replica_id=self.replica_id,
+                            fork=format_lsn(self.fork) if self.fork is not None else None)  # fmt: skip
                 self.promoted.set()
                 return
+            self._saw_recovery = True
             now = time.monotonic()
             self.state.replayed = replayed
             if replayed is not None:
@@ -207,8 +230,10 @@ class PrimaryAnnouncer:
         self.published = 0
         #: The database's WAL timeline: as the node read it, then from each heartbeat.
         self.timeline = timeline
-        #: Where the database's history forked, when this node saw it promoted (else None).
+        #: Where the database's history forked, when this node saw it promoted (else None),
+        #: onto ``timeline``: a heartbeat that finds another timeline drops it.
         self.fork = fork
+        self._fork_timeline = timeline
         self._latest = 0
         self._announced = 0
         self._kick = asyncio.Event()
@@ -271,6 +296,8 @@ class PrimaryAnnouncer:
                     self.demoted.set()
                     return
                 self.timeline = int(row[2], 16) if row[2] else None
+                if self.timeline != self._fork_timeline:
+                    self.fork = None  # promoted again, under this node (a moved address)
                 self.committed(parse_lsn(row[0]))
                 self._announced = 0  # re-announce on the heartbeat even without news
                 self._kick.set()

@@ -243,7 +243,7 @@ class BusService:
         if self.handler is not None:
             self.handler.node_info["role"] = role
 
-    async def _become_primary(self, *, promoted: bool = False) -> None:
+    async def _become_primary(self, *, promoted: bool = False, fork: int | None = None) -> None:
         s = self.settings
         assert self.pool is not None and self.handler is not None
         self._set_role("starting")
@@ -272,7 +272,7 @@ class BusService:
             replica_id=self.replica_id,
             heartbeat=s.heartbeat_interval,
             timeline=self.fence.timeline,  # from the first announcement: trackers need it
-            fork=await standing.fork(self.pool) if promoted else None,
+            fork=fork,
         )
         self.handler.on_commit = self.announcer.committed
         await self.announcer.start()
@@ -339,11 +339,12 @@ class BusService:
         if self._stopping:
             return
         log.warning("bus.promoted", region=self.settings.region)
+        fork = self.monitor.fork  # seen as it was promoted: every try announces this one
         await self.monitor.stop()
         self.monitor = None
-        await self._take_over()
+        await self._take_over(fork)
 
-    async def _take_over(self) -> None:
+    async def _take_over(self, fork: int | None) -> None:
         """Become the primary node after a promotion, trying until it works: a failure here (a
         connection cut as the database restarted as a primary, say) must not leave the node
         "starting" for good, with its region's writes refused. Each failure is logged
@@ -352,7 +353,7 @@ class BusService:
             if self._stopping:
                 return
             try:
-                await self._become_primary(promoted=True)
+                await self._become_primary(promoted=True, fork=fork)
                 self._take_over_error = None
                 return
             except Exception as exc:

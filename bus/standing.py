@@ -1,13 +1,11 @@
-"""What a bus node reads of its database's standing: standby or primary, its WAL timeline, and
-where its history forked when it was promoted."""
+"""What a bus node reads of its database's standing: standby or primary, and its WAL
+timeline."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
-
-from writebus.client.lsn import parse_lsn
 
 TIMELINE_SQL = "SELECT substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8)"
 
@@ -28,11 +26,3 @@ async def timeline(pool: AsyncConnectionPool[Any]) -> int | None:
     """The primary's WAL timeline (promotion starts a new one)."""
     name = await _one(pool, TIMELINE_SQL)
     return int(name, 16) if name else None
-
-
-async def fork(pool: AsyncConnectionPool[Any]) -> int | None:
-    """Where a just-promoted database's history forked from the old primary's: its replay
-    position stays where recovery ended -- until it restarts (after crash recovery it is where
-    that ended; after a clean one, None). Read it only on seeing the promotion itself."""
-    lsn = await _one(pool, "SELECT pg_last_wal_replay_lsn()::text")
-    return parse_lsn(lsn) if lsn else None

@@ -191,7 +191,9 @@ class LsnTracker:
             # what it has "replayed" (a promoted standby's replay LSN freezes). Positions on
             # its new timeline say nothing of writes the old primary committed past the point
             # of promotion: those never arrived here.
-            if self._switch is None and upd.timeline is not None:
+            if upd.timeline is not None and (
+                self._switch is None or upd.timeline > self._switch[1]
+            ):  # promoted (again: a second failover moves the fork)
                 self._promoted(upd.replica_id, upd.timeline, update_fork(upd))
         elif upd.role != "replica" or not upd.in_recovery:
             return
@@ -393,11 +395,16 @@ class LsnTracker:
                     )
                     logged = True
                 try:
-                    lsn, _ = await self._reader.read()
+                    lsn, standby = await self._reader.read()
                 except Exception as exc:
                     log.warning("tracker.fallback_failed", region=self.region, error=str(exc))
                     await asyncio.sleep(0.2)
                     continue
                 self.fallback_polls += 1
-                self.advance(lsn)
+                # A database promoted before its node announced it: its own position says
+                # nothing of the writes the old primary committed past the fork, so it must
+                # not release their waits (they end at their deadline, "applied"). The
+                # promotion's broadcast settles them.
+                if standby or self._switch is not None:
+                    self.advance(lsn)
                 await asyncio.sleep(self._fallback_interval)

@@ -101,16 +101,25 @@ async def test_a_take_over_that_fails_is_tried_again_until_it_serves() -> None:
     """A promoted node whose take-over fails -- here its schema step, on an object in the way
     of the exactly-once table -- says so in its log and in ``/healthz``, and tries again: once
     the object is gone it serves the region's writes, rather than stay "starting", with every
-    write refused, until someone restarts it."""
+    write refused, until someone restarts it.
+
+    Meanwhile nothing announces the promotion. A tracker's fallback then reads the promoted
+    database, whose position says nothing of what the old primary committed past the fork: a
+    wait for such a write is not released as replicated. The database restarts before the
+    take-over succeeds (its replay position is gone then); the node still announces the fork
+    it saw at the promotion, and the wait fails as lost."""
     with Stack(one_way_delay_ms=TEST_DELAY_MS) as stack:
         with psycopg.connect(stack.primary.url, autocommit=True) as conn:
             conn.execute("CREATE TABLE take_over (id bigserial PRIMARY KEY, body text)")
             conn.execute("CREATE SCHEMA writebus; CREATE VIEW writebus.applied AS SELECT 1 AS x")
         stack.wait_replica_caught_up(10)
         bus = start_bus(stack, "lax", log_name="take-over-bus-lax")
+        nc = await nats.connect(stack.nats_url("lax"))
+        announced = await _primary_announcements(nc, "writebus.lsn.lax")
         try:
             stack.primary.stop("fast")
             stack.replica.promote()
+            fork = _fork(stack, 2)
             health = await _health_until(bus, lambda h: h["status"] == "fail")
             assert health["role"] == "starting", health
             assert "promoted, but not serving writes yet" in health["checks"]["role"]["error"]
@@ -120,21 +129,51 @@ async def test_a_take_over_that_fails_is_tried_again_until_it_serves() -> None:
                 if '"event": "bus.take_over_failed"' in line
             ]  # fmt: skip
             assert failed[0]["attempt"] == 1 and "applied" in failed[0]["error"], failed
-            for _ in range(30):  # through the next tries, each listening for a rival first
-                sample = json.loads(_get(f"{http_url(bus)}/healthz"))
-                assert sample["status"] == "fail", sample
-                await asyncio.sleep(0.1)
-            stack.replica.execute("DROP VIEW writebus.applied")
-            health = await _health_until(bus, lambda h: h["role"] == "primary")
-            assert health["status"] == "ok", health
-            async with Database(
-                settings_for(stack, "lax", rpc_timeout=10), retry=RetryPolicy()
-            ) as db:
+            lax = settings_for(stack, "lax", rpc_timeout=10)
+            async with Database(lax, retry=RetryPolicy(no_worker_patience=10.0)) as db:
+                assert db.tracker is not None
+                lost = asyncio.create_task(db.wait_for_lsn(fork + 1, 30, 1))
+                for _ in range(30):  # through the next tries, each listening for a rival first
+                    sample = json.loads(_get(f"{http_url(bus)}/healthz"))
+                    assert sample["status"] == "fail", sample
+                    await asyncio.sleep(0.1)
+                assert db.tracker.fallback_polls > 0 and not lost.done()
+                stack.replica.restart()
+                assert stack.replica.execute("SELECT pg_last_wal_replay_lsn()") == [(None,)]
+                stack.replica.execute("DROP VIEW writebus.applied")
+                health = await _health_until(bus, lambda h: h["role"] == "primary")
+                assert health["status"] == "ok", health
+                with pytest.raises(LostInFailoverError) as info:
+                    await asyncio.wait_for(lost, 10)
+                assert info.value.switch_lsn == fork and db.switch == (fork, 2)
+                assert announced and {(u.timeline, update_fork(u)) for u in announced} == {
+                    (2, fork)
+                }
                 res = await db.execute("INSERT INTO take_over(body) VALUES ('after') RETURNING id")
                 assert res.via_bus and res.region == "lax" and res.replicated
                 assert await db.fetchval("SELECT body FROM take_over") == "after"
         finally:
+            await nc.close()
             bus.stop(10)
+
+
+async def _primary_announcements(nc: Any, subject: str) -> list[LsnUpdate]:
+    """The primary announcements heard on ``subject`` from now on (a list that fills)."""
+    announced: list[LsnUpdate] = []
+
+    async def heard(msg: Any) -> None:
+        upd = decode(msg.data, LsnUpdate, MSGPACK)
+        if upd.role == "primary":
+            announced.append(upd)
+
+    await nc.subscribe(subject, cb=heard)
+    return announced
+
+
+def _fork(stack: Stack, timeline: int) -> int:
+    """Where Postgres says ``timeline`` began: its history file's switchpoint."""
+    history = stack.replica.execute(f"SELECT pg_read_file('pg_wal/{timeline:08X}.history')")
+    return parse_lsn(history[0][0].split()[1])
 
 
 async def test_a_write_a_failover_lost_no_longer_holds_the_session_back() -> None:
@@ -156,14 +195,7 @@ async def test_a_write_a_failover_lost_no_longer_holds_the_session_back() -> Non
         sdb = SyncDatabase(lax)
         await asyncio.to_thread(sdb.open)
         nc = await nats.connect(stack.nats_url("lax"))
-        announced: list[LsnUpdate] = []
-
-        async def heard(msg: Any) -> None:
-            upd = decode(msg.data, LsnUpdate, MSGPACK)
-            if upd.role == "primary":
-                announced.append(upd)
-
-        await nc.subscribe("writebus.lsn.lax", cb=heard)
+        announced = await _primary_announcements(nc, "writebus.lsn.lax")
         try:
             async with Database(lax, retry=RetryPolicy(no_worker_patience=10.0)) as db:
                 kept = await db.execute("INSERT INTO lost_write(body) VALUES ('kept')")
@@ -195,10 +227,7 @@ async def test_a_write_a_failover_lost_no_longer_holds_the_session_back() -> Non
                         await db.wait_for_lsn(lost.lsn, 20, lost.timeline)
                     # The fork, as the promoted node announced it: where Postgres itself
                     # says the new timeline begins.
-                    history = stack.replica.execute(
-                        "SELECT pg_read_file('pg_wal/00000002.history')"
-                    )[0][0]
-                    fork = parse_lsn(history.split()[1])
+                    fork = _fork(stack, 2)
                     assert db.switch == (fork, 2) and after.timeline == 2
                     # Every announcement of the promoted node, from its first, says so.
                     assert announced and {(u.timeline, update_fork(u)) for u in announced} == {

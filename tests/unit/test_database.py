@@ -200,6 +200,15 @@ async def test_the_announced_fork_decides_what_was_lost(fake: tuple[FakeServer, 
             assert db.switch == (102, 2) and s.lsn == 102
             with pytest.raises(LostInFailoverError):  # and at once, for a wait begun later
                 await db.wait_for_lsn(103, 2, lost.timeline)
+            # A second failover, to timeline 3 at 300: timeline 2's writes past it are lost.
+            await bus.nc.publish("writebus.lsn.lax", encode(lsn_update(
+                region="lax", replica_id="r2", lsn=400, role="primary", in_recovery=False,
+                timeline=3, fork_lsn=300,
+            )))  # fmt: skip
+            await _until(lambda: db.switch == (300, 3))
+            assert await db.wait_for_lsn(250, 2, 2) >= 250
+            with pytest.raises(LostInFailoverError):
+                await db.wait_for_lsn(350, 2, 2)
 
 
 async def test_a_commit_on_the_new_timeline_made_before_the_announcement_is_not_lost(
