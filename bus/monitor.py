@@ -18,6 +18,7 @@ import psycopg
 
 from writebus.bus.cadence import Cadence, MonitorState
 from writebus.bus.lag import LagClock
+from writebus.bus.standing import TIMELINE_SQL
 from writebus.client.log import get_logger
 from writebus.client.lsn import format_lsn, parse_lsn
 from writebus.client.protocol import LsnUpdate, decode, encode, encoding_of, lsn_update
@@ -90,9 +91,9 @@ class ReplicaMonitor:
         self.polls = 0
         self.published = 0
         self.promoted = asyncio.Event()
-        #: Where the history forked, once :attr:`promoted` (None: not seen on a connection
-        #: that had seen recovery).
-        self.fork: int | None = None
+        #: Where the history forked and the new timeline, once :attr:`promoted` (None: not
+        #: seen on a connection that had seen recovery).
+        self.fork: tuple[int, int] | None = None
         self._saw_recovery = False
         self._news = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -128,20 +129,22 @@ class ReplicaMonitor:
         if self.state.announce(upd.lsn_int, now, self.cadence):
             self._news.set()
 
-    async def _fork(self) -> int | None:
-        """Where the database's history forked, now that this poll saw it promoted: its replay
-        position, which stays where recovery ended. Only on a connection that saw it in
-        recovery: a new one may follow a restart, after which the value has moved (to where
-        crash recovery ended) or is gone."""
+    async def _fork(self) -> tuple[int, int] | None:
+        """Where the database's history forked, and onto which timeline, now that this poll saw
+        it promoted: its replay position, which stays where recovery ended. Only on a
+        connection that saw it in recovery: a new one may follow a restart, after which the
+        value has moved (to where crash recovery ended) or is gone."""
         if not self._saw_recovery or self._conn is None:
             return None
         try:
-            cur = await self._conn.execute("SELECT pg_last_wal_replay_lsn()::text")
+            cur = await self._conn.execute(f"SELECT pg_last_wal_replay_lsn()::text, ({TIMELINE_SQL})")
             row = await cur.fetchone()
         except Exception as exc:
             log.warning("monitor.fork_unread", region=self.region, error=str(exc))
             return None
-        return parse_lsn(row[0]) if row and row[0] else None
+        if not row or not row[0] or not row[1]:
+            return None
+        return parse_lsn(row[0]), int(row[1], 16)
 
     async def _poll(self) -> tuple[int | None, bool]:
         if self._conn is None or self._conn.closed:
@@ -173,7 +176,7 @@ class ReplicaMonitor:
             if not in_recovery:
                 self.fork = await self._fork()
                 log.warning("monitor.promoted", region=self.region, replica_id=self.replica_id,
-                            fork=format_lsn(self.fork) if self.fork is not None else None)  # fmt: skip
+                            fork=format_lsn(self.fork[0]) if self.fork else None)  # fmt: skip
                 self.promoted.set()
                 return
             self._saw_recovery = True

@@ -243,7 +243,9 @@ class BusService:
         if self.handler is not None:
             self.handler.node_info["role"] = role
 
-    async def _become_primary(self, *, promoted: bool = False, fork: int | None = None) -> None:
+    async def _become_primary(
+        self, *, promoted: bool = False, fork: tuple[int, int] | None = None
+    ) -> None:
         s = self.settings
         assert self.pool is not None and self.handler is not None
         self._set_role("starting")
@@ -272,7 +274,7 @@ class BusService:
             replica_id=self.replica_id,
             heartbeat=s.heartbeat_interval,
             timeline=self.fence.timeline,  # from the first announcement: trackers need it
-            fork=fork,
+            fork=await standing.fork(self.pool, self.fence.timeline, fork),
         )
         self.handler.on_commit = self.announcer.committed
         await self.announcer.start()
@@ -344,7 +346,7 @@ class BusService:
         self.monitor = None
         await self._take_over(fork)
 
-    async def _take_over(self, fork: int | None) -> None:
+    async def _take_over(self, fork: tuple[int, int] | None) -> None:
         """Become the primary node after a promotion, trying until it works: a failure here (a
         connection cut as the database restarted as a primary, say) must not leave the node
         "starting" for good, with its region's writes refused. Each failure is logged

@@ -207,7 +207,7 @@ class ReadAPI:
         """Record a commit (on ``timeline``, if known) this process made or learned of: the
         current session and this Database's high-water mark. Once this region's database is
         promoted, they no longer count what older timelines committed past the fork
-        (:attr:`switch`, :class:`~writebus.client.tokens.Session`): the new primary may never
+        (:attr:`forks`, :class:`~writebus.client.tokens.Session`): the new primary may never
         reach it."""
         self._high.saw(lsn, timeline, self)
         current = current_session()
@@ -215,9 +215,9 @@ class ReadAPI:
             current.saw(lsn, timeline, self)
 
     @property
-    def switch(self) -> tuple[int, int] | None:
-        """Where this region's database forked from the old primary's history when it was
-        promoted, and its new timeline (:attr:`LsnTracker.switch
-        <writebus.client.tracker.LsnTracker.switch>`); None before, or while closed."""
+    def forks(self) -> dict[int, int]:
+        """Each promotion of this region's database whose fork was announced: new timeline ->
+        where the history forked (:attr:`LsnTracker.forks
+        <writebus.client.tracker.LsnTracker.forks>`); empty before, or while closed."""
         tracker = self._tracker  # once: the loop thread may close it meanwhile
-        return tracker.switch if tracker is not None else None
+        return tracker.forks if tracker is not None else {}

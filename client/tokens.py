@@ -64,8 +64,8 @@ class Switches(Protocol):
     """Where a session learns of a failover: the Database that recorded its position."""
 
     @property
-    def switch(self) -> tuple[int, int] | None:
-        """(position, new timeline) once the region's database was promoted, else None."""
+    def forks(self) -> dict[int, int]:
+        """Each promotion of the region's database: new timeline -> where the history forked."""
 
 
 class Session:
@@ -91,9 +91,8 @@ class Session:
     def lsn(self) -> int | None:
         """The highest position that counts: what the session's reads wait for."""
         for source in self._sources:
-            switch = source.switch
-            if switch is not None:
-                self.forget(*switch)
+            for timeline, fork in source.forks.items():
+                self.forget(fork, timeline)
         return self._lsn
 
     @lsn.setter

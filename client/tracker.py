@@ -101,8 +101,11 @@ class LsnTracker:
         #: (lag seconds the replica reported, monotonic time heard) of the latest broadcast.
         self._lag_report: tuple[float | None, float] | None = None
         #: (replayed position, new timeline) when this region's database was promoted.
-        self._switch: tuple[int, int] | None = None
-        self._fork_known = False
+        #: Each promotion of this region's database heard: new timeline -> the point past which
+        #: older timelines' writes are lost (the announced fork, else a lower bound).
+        self._lost_after: dict[int, int] = {}
+        #: The same, for the promotions whose fork was announced.
+        self._forks: dict[int, int] = {}
         self._report_waiters: set[asyncio.Future[None]] = set()
         self.updates_received = 0
         self.fallback_polls = 0
@@ -125,11 +128,11 @@ class LsnTracker:
         return self._queue.heap_size
 
     @property
-    def switch(self) -> tuple[int, int] | None:
-        """(fork, new timeline) once this region's database was promoted, else None: what
-        older timelines committed past the fork never arrives here. The promoted node
-        announces the fork (``LsnUpdate.fork_lsn``); None too if it did not (an older node)."""
-        return self._switch if self._fork_known else None
+    def forks(self) -> dict[int, int]:
+        """Each promotion of this region's database heard, whose node announced the fork
+        (``LsnUpdate.fork_lsn``): new timeline -> fork. What older timelines committed past a
+        fork never arrives here. Empty before any promotion."""
+        return dict(self._forks)
 
     @property
     def replayed(self) -> int | None:
@@ -191,10 +194,12 @@ class LsnTracker:
             # what it has "replayed" (a promoted standby's replay LSN freezes). Positions on
             # its new timeline say nothing of writes the old primary committed past the point
             # of promotion: those never arrived here.
+            fork = update_fork(upd)
             if upd.timeline is not None and (
-                self._switch is None or upd.timeline > self._switch[1]
-            ):  # promoted (again: a second failover moves the fork)
-                self._promoted(upd.replica_id, upd.timeline, update_fork(upd))
+                upd.timeline not in self._lost_after
+                or (fork is not None and upd.timeline not in self._forks)
+            ):  # promoted: first heard, or its fork first heard
+                self._promoted(upd.replica_id, upd.timeline, fork)
         elif upd.role != "replica" or not upd.in_recovery:
             return
         self.updates_received += 1
@@ -211,15 +216,23 @@ class LsnTracker:
     def _promoted(self, replica_id: str, timeline: int, fork: int | None) -> None:
         """This region's database became the primary, on ``timeline``, its history forked at
         ``fork``: fail the waits for writes of an older timeline past it -- they never arrive.
-        Without the fork (an older node), past the point it was last heard replaying."""
-        self._fork_known = fork is not None
-        switch = fork if fork is not None else self._replayed if self._replayed is not None else 0
-        self._switch = (switch, timeline)
+        Without the fork (an older node, or one that did not see the promotion), past the
+        point it was last heard replaying as a standby -- or, after an earlier promotion, any
+        older-timeline write: their outcome is unknown, never falsely replicated."""
+        if timeline not in self._lost_after:
+            self._progress = RegionProgress(
+                replica_id=replica_id, stale_after=self._progress.stale_after
+            )
+        if fork is not None:
+            self._forks[timeline] = fork
+            switch = fork
+        elif self._replayed is not None and not self._lost_after:
+            switch = self._replayed  # a standby's replay, as heard: at or before the fork
+        else:
+            switch = 0  # after a primary's positions, nothing heard bounds the fork
+        self._lost_after[timeline] = switch
         log.warning("tracker.region_promoted", region=self.region, switch_lsn=switch,
-                    timeline=timeline)  # fmt: skip
-        self._progress = RegionProgress(
-            replica_id=replica_id, stale_after=self._progress.stale_after
-        )
+                    timeline=timeline, fork_announced=fork is not None)  # fmt: skip
         for waiter in self._queue.pop_lost(switch, timeline):
             if not waiter.payload.done():
                 waiter.payload.set_exception(LostInFailoverError(waiter.lsn, switch, self.region))
@@ -292,9 +305,9 @@ class LsnTracker:
         carries ``lsn`` and says the write committed) after ``timeout`` seconds. A timed-out or
         cancelled wait leaves nothing behind.
         """
-        if self._lost(lsn, timeline):
-            assert self._switch is not None
-            raise LostInFailoverError(lsn, self._switch[0], self.region)
+        lost_at = self._lost(lsn, timeline)
+        if lost_at is not None:
+            raise LostInFailoverError(lsn, lost_at, self.region)
         if self._replayed is not None and self._replayed >= lsn:
             return self._replayed
         if self._closed:
@@ -344,12 +357,13 @@ class LsnTracker:
         if upcoming is not None:
             self._arm(loop, upcoming)
 
-    def _lost(self, lsn: int, timeline: int | None) -> bool:
-        """Whether a write at ``lsn`` on ``timeline`` is one this region's promotion left out."""
-        if self._switch is None or timeline is None:
-            return False
-        switch, new_timeline = self._switch
-        return timeline < new_timeline and lsn > switch
+    def _lost(self, lsn: int, timeline: int | None) -> int | None:
+        """Where a promotion of this region left out a write at ``lsn`` on ``timeline`` (the
+        earliest such point), or None if none did."""
+        if timeline is None:
+            return None
+        points = [at for new, at in self._lost_after.items() if timeline < new and lsn > at]
+        return min(points) if points else None
 
     # -- reading the replica ourselves: a probe when quiet, a fallback when nobody broadcasts --
 
@@ -368,7 +382,7 @@ class LsnTracker:
             # A promoted database's position says nothing of the old primary's last writes:
             # that is for the promotion broadcast to settle (failover, above). Never back: a
             # broadcast may have come in meanwhile.
-            if standby and self._switch is None and lsn is not None:
+            if standby and not self._lost_after and lsn is not None:
                 if self._replayed is None or lsn > self._replayed:
                     self.advance(lsn)
         finally:
@@ -405,6 +419,8 @@ class LsnTracker:
                 # nothing of the writes the old primary committed past the fork, so it must
                 # not release their waits (they end at their deadline, "applied"). The
                 # promotion's broadcast settles them.
-                if standby or self._switch is not None:
+                if standby or self._lost_after:
                     self.advance(lsn)
-                await asyncio.sleep(self._fallback_interval)
+                    await asyncio.sleep(self._fallback_interval)
+                else:
+                    await asyncio.sleep(0.5)  # until the promotion is announced, or deadlines

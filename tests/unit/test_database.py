@@ -154,7 +154,7 @@ async def test_a_promotion_below_the_commit_makes_the_outcome_unknown(
         lost = info.value.last_error
         assert isinstance(lost, LostInFailoverError)
         assert (lost.lsn, lost.switch_lsn, lost.region) == (101, 100, "lax")
-        assert db.switch is None  # the node did not say where it forked: sessions keep all
+        assert db.forks == {}  # the node did not say where it forked: sessions keep all
         assert db.tracker is not None and db.tracker.waiting == 0
         # The new primary's own commits (timeline 2) wait and are released as before; a
         # late reply from the old timeline fails at once.
@@ -197,7 +197,7 @@ async def test_the_announced_fork_decides_what_was_lost(fake: tuple[FakeServer, 
             with pytest.raises(LostInFailoverError) as info:
                 await asyncio.wait_for(waits[1], 2)
             assert info.value.switch_lsn == 102
-            assert db.switch == (102, 2) and s.lsn == 102
+            assert db.forks == {2: 102} and s.lsn == 102
             with pytest.raises(LostInFailoverError):  # and at once, for a wait begun later
                 await db.wait_for_lsn(103, 2, lost.timeline)
             # A second failover, to timeline 3 at 300: timeline 2's writes past it are lost.
@@ -205,10 +205,14 @@ async def test_the_announced_fork_decides_what_was_lost(fake: tuple[FakeServer, 
                 region="lax", replica_id="r2", lsn=400, role="primary", in_recovery=False,
                 timeline=3, fork_lsn=300,
             )))  # fmt: skip
-            await _until(lambda: db.switch == (300, 3))
+            await _until(lambda: db.forks == {2: 102, 3: 300})
             assert await db.wait_for_lsn(250, 2, 2) >= 250
             with pytest.raises(LostInFailoverError):
                 await db.wait_for_lsn(350, 2, 2)
+            with pytest.raises(LostInFailoverError) as first:  # lost at the first fork
+                await db.wait_for_lsn(250, 2, 1)
+            assert first.value.switch_lsn == 102
+            assert s.lsn == 102  # timeline 1 past 102: lost in the first failover
 
 
 async def test_a_commit_on_the_new_timeline_made_before_the_announcement_is_not_lost(

@@ -77,11 +77,11 @@ def test_a_session_learns_of_the_failover_from_the_tracker_that_recorded_its_wri
     """A write recorded with its Database's tracker: once that tracker says the region was
     promoted, the session's position and token -- the middleware's outgoing cookie -- no
     longer hold what the dead timeline committed past the promotion."""
-    tracker = SimpleNamespace(switch=None)
+    tracker = SimpleNamespace(forks={})
     s = Session(100)  # the request's incoming token
     s.saw(200, 1, tracker)
     assert s.token == "1.c8"
-    tracker.switch = (150, 2)
+    tracker.forks = {2: 150}
     assert s.lsn == 150 and s.token == "1.96"
     headers = dict(outgoing_headers(s, 100, cookie="writebus_lsn", max_age=60, secure=False))
     assert headers["Writebus-Lsn"] == "1.96"
