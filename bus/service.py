@@ -274,7 +274,7 @@ class BusService:
             replica_id=self.replica_id,
             heartbeat=s.heartbeat_interval,
             timeline=self.fence.timeline,  # from the first announcement: trackers need it
-            fork=await standing.fork(self.pool, self.fence.timeline, fork),
+            fork=fork[0] if fork is not None and fork[1] == self.fence.timeline else None,
         )
         self.handler.on_commit = self.announcer.committed
         await self.announcer.start()

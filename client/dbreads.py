@@ -187,7 +187,8 @@ class ReadAPI:
     def session_token(self) -> str | None:
         """The highest token seen: the current session's, else this Database's newest write."""
         current = current_session()
-        return current.token if current is not None and current.lsn is not None else self._high.token
+        held = current if current is not None and current.lsn is not None else self._high
+        return held.token
 
     async def wait_for_lsn(
         self, lsn: int, timeout: float | None = None, timeline: int | None = None

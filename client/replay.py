@@ -17,9 +17,12 @@ from writebus.client.lsn import parse_lsn
 
 # After a failover the local database may have been promoted: its replay LSN then freezes, but
 # it now holds every commit itself, so its own flush position is the one that counts.
+# Its timeline tells which promotion that position belongs to.
 REPLAY_SQL = (
     "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
-    "ELSE pg_current_wal_flush_lsn() END::text, pg_is_in_recovery()"
+    "ELSE pg_current_wal_flush_lsn() END::text, pg_is_in_recovery(), "
+    "CASE WHEN NOT pg_is_in_recovery() "
+    "THEN substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8) END"
 )
 
 
@@ -36,10 +39,11 @@ class ReplayReader:
         connected = self._conn is not None and not self._conn.closed
         return f"<ReplayReader connected={connected}>"
 
-    async def read(self) -> tuple[int | None, bool]:
-        """The position now (None when the server has none), and whether the server is a
-        standby (false: promoted, or a primary). Raises :class:`TrackerError` without a
-        database URL, and psycopg's errors (the connection is then dropped)."""
+    async def read(self) -> tuple[int | None, bool, int | None]:
+        """The position now (None when the server has none), whether the server is a standby
+        (false: promoted, or a primary), and a primary's timeline. Raises
+        :class:`TrackerError` without a database URL, and psycopg's errors (the connection is
+        then dropped)."""
         if not self._url:
             raise TrackerError("no DATABASE_URL to read replay progress from")
         async with self._lock:
@@ -56,8 +60,9 @@ class ReplayReader:
                 self._conn = None
                 raise
         if row is None:
-            return None, False
-        return (parse_lsn(row[0]) if row[0] is not None else None), bool(row[1])
+            return None, False, None
+        lsn = parse_lsn(row[0]) if row[0] is not None else None
+        return lsn, bool(row[1]), int(row[2], 16) if row[2] else None
 
     async def close(self) -> None:
         """Close the connection, if one is open."""

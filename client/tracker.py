@@ -100,7 +100,6 @@ class LsnTracker:
         self.silence: SilenceWatch | None = None
         #: (lag seconds the replica reported, monotonic time heard) of the latest broadcast.
         self._lag_report: tuple[float | None, float] | None = None
-        #: (replayed position, new timeline) when this region's database was promoted.
         #: Each promotion of this region's database heard: new timeline -> the point past which
         #: older timelines' writes are lost (the announced fork, else a lower bound).
         self._lost_after: dict[int, int] = {}
@@ -194,12 +193,15 @@ class LsnTracker:
             # what it has "replayed" (a promoted standby's replay LSN freezes). Positions on
             # its new timeline say nothing of writes the old primary committed past the point
             # of promotion: those never arrived here.
-            fork = update_fork(upd)
-            if upd.timeline is not None and (
-                upd.timeline not in self._lost_after
-                or (fork is not None and upd.timeline not in self._forks)
-            ):  # promoted: first heard, or its fork first heard
-                self._promoted(upd.replica_id, upd.timeline, fork)
+            fork, timeline = update_fork(upd), upd.timeline
+            if timeline is not None and timeline > max(self._lost_after, default=0):
+                # Promoted (a stale node's older timeline is not): follow its node.
+                self._progress = RegionProgress(
+                    replica_id=upd.replica_id, stale_after=self._progress.stale_after
+                )
+                self._promoted(timeline, fork)
+            elif timeline in self._lost_after and fork is not None and timeline not in self._forks:
+                self._promoted(timeline, fork)  # its fork, first heard
         elif upd.role != "replica" or not upd.in_recovery:
             return
         self.updates_received += 1
@@ -213,16 +215,12 @@ class LsnTracker:
                     fut.set_result(None)
             self._report_waiters.clear()
 
-    def _promoted(self, replica_id: str, timeline: int, fork: int | None) -> None:
+    def _promoted(self, timeline: int, fork: int | None) -> None:
         """This region's database became the primary, on ``timeline``, its history forked at
         ``fork``: fail the waits for writes of an older timeline past it -- they never arrive.
         Without the fork (an older node, or one that did not see the promotion), past the
         point it was last heard replaying as a standby -- or, after an earlier promotion, any
         older-timeline write: their outcome is unknown, never falsely replicated."""
-        if timeline not in self._lost_after:
-            self._progress = RegionProgress(
-                replica_id=replica_id, stale_after=self._progress.stale_after
-            )
         if fork is not None:
             self._forks[timeline] = fork
             switch = fork
@@ -374,7 +372,7 @@ class LsnTracker:
 
     async def _probe_once(self) -> None:
         try:
-            lsn, standby = await self._reader.read()
+            lsn, standby, _ = await self._reader.read()
         except Exception as exc:  # the broadcasts still come: nothing is lost
             log.debug("tracker.probe_failed", region=self.region, error=str(exc))
         else:
@@ -409,18 +407,16 @@ class LsnTracker:
                     )
                     logged = True
                 try:
-                    lsn, standby = await self._reader.read()
+                    lsn, standby, timeline = await self._reader.read()
                 except Exception as exc:
                     log.warning("tracker.fallback_failed", region=self.region, error=str(exc))
                     await asyncio.sleep(0.2)
                     continue
                 self.fallback_polls += 1
-                # A database promoted before its node announced it: its own position says
-                # nothing of the writes the old primary committed past the fork, so it must
-                # not release their waits (they end at their deadline, "applied"). The
-                # promotion's broadcast settles them.
-                if standby or self._lost_after:
-                    self.advance(lsn)
-                    await asyncio.sleep(self._fallback_interval)
-                else:
-                    await asyncio.sleep(0.5)  # until the promotion is announced, or deadlines
+                newest = max(self._lost_after, default=1)  # timeline 1: never promoted
+                if not standby and timeline is not None and timeline > newest:
+                    # Promoted, and not announced yet: its own position says nothing of what
+                    # the old primary committed past the fork, which is not known yet either.
+                    self._promoted(timeline, None)
+                self.advance(lsn)
+                await asyncio.sleep(self._fallback_interval)

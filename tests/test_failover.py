@@ -105,9 +105,9 @@ async def test_a_take_over_that_fails_is_tried_again_until_it_serves() -> None:
 
     Meanwhile nothing announces the promotion. A tracker's fallback then reads the promoted
     database, whose position says nothing of what the old primary committed past the fork: a
-    wait for such a write is not released as replicated. The database restarts before the
-    take-over succeeds (its replay position is gone then); the node still announces the fork
-    it saw at the promotion, and the wait fails as lost."""
+    wait for such a write fails as lost (an unknown outcome), never as replicated. The
+    database restarts before the take-over succeeds (its replay position is gone then); the
+    node still announces the fork it saw at the promotion, which then decides."""
     with Stack(one_way_delay_ms=TEST_DELAY_MS) as stack:
         with psycopg.connect(stack.primary.url, autocommit=True) as conn:
             conn.execute("CREATE TABLE take_over (id bigserial PRIMARY KEY, body text)")
@@ -137,15 +137,20 @@ async def test_a_take_over_that_fails_is_tried_again_until_it_serves() -> None:
                     sample = json.loads(_get(f"{http_url(bus)}/healthz"))
                     assert sample["status"] == "fail", sample
                     await asyncio.sleep(0.1)
-                assert db.tracker.fallback_polls > 0 and not lost.done()
+                assert db.tracker.fallback_polls > 0
+                with pytest.raises(LostInFailoverError):
+                    await asyncio.wait_for(lost, 10)
+                assert db.forks == {}  # not announced: not known
                 stack.replica.restart()
                 assert stack.replica.execute("SELECT pg_last_wal_replay_lsn()") == [(None,)]
                 stack.replica.execute("DROP VIEW writebus.applied")
                 health = await _health_until(bus, lambda h: h["role"] == "primary")
                 assert health["status"] == "ok", health
+                await _until_true(lambda: db.forks == {2: fork})
                 with pytest.raises(LostInFailoverError) as info:
-                    await asyncio.wait_for(lost, 10)
-                assert info.value.switch_lsn == fork and db.forks == {2: fork}
+                    await db.wait_for_lsn(fork + 1, 10, 1)
+                assert info.value.switch_lsn == fork
+                assert await db.wait_for_lsn(fork, 10, 1) >= fork  # it survived
                 # The replica monitor saw the same fork at the promotion (the node announces
                 # it when its role may not read the history file).
                 promoted = [json.loads(line) for line in bus.log_path.read_text().splitlines()
@@ -160,6 +165,13 @@ async def test_a_take_over_that_fails_is_tried_again_until_it_serves() -> None:
         finally:
             await nc.close()
             bus.stop(10)
+
+
+async def _until_true(check: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
 
 
 async def _primary_announcements(nc: Any, subject: str) -> list[LsnUpdate]:

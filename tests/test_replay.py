@@ -24,10 +24,10 @@ async def test_the_replica_reads_as_a_standby_and_the_primary_as_not(stack: Any)
                 conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0]
             )
         stack.wait_replica_caught_up(10)
-        lsn, standby = await replica.read()
-        assert standby and lsn is not None and lsn >= flushed
-        lsn, standby = await primary.read()
-        assert not standby and lsn is not None and lsn >= flushed
+        lsn, standby, timeline = await replica.read()
+        assert standby and lsn is not None and lsn >= flushed and timeline is None
+        lsn, standby, timeline = await primary.read()
+        assert not standby and lsn is not None and lsn >= flushed and timeline == 1
     finally:
         await replica.close()
         await primary.close()
@@ -46,7 +46,7 @@ async def test_a_lost_connection_is_dropped_and_the_next_read_reconnects(stack: 
         with pytest.raises(psycopg.OperationalError):
             await reader.read()
         assert "connected=False" in repr(reader)
-        lsn, standby = await reader.read()
+        lsn, standby, _ = await reader.read()
         assert standby and lsn is not None
     finally:
         await reader.close()

@@ -12,11 +12,10 @@ import msgspec
 import nats
 import psycopg
 import pytest
-from psycopg_pool import AsyncConnectionPool
 
 from tests.procedures import procedures
 from tests.support.stack import bus_settings_for, primary_rows, settings_for, start_bus
-from writebus.bus import idempotency, standing
+from writebus.bus import idempotency
 from writebus.bus.service import BusService
 from writebus.client import NO_RETRY, Database
 
@@ -56,34 +55,6 @@ async def test_a_newer_primary_heard_while_starting_fences_the_node(
             await asyncio.sleep(0.01)
         assert node.write_server is None and node.committer is None
         assert "fenced: rival in lax" in (node.problem() or "")
-
-
-async def test_the_fork_comes_from_the_history_file_or_what_the_monitor_saw(stack: Any) -> None:
-    """A role that may read the timeline's history file gets the fork from it; one that may
-    not gets the fork the replica monitor saw, if it was onto that timeline, else none. (The
-    session's primary is on timeline 1: no fork, and no history file for timeline 2.)"""
-    role = f"wb_{uuid.uuid4().hex[:8]}"
-    admin = await psycopg.AsyncConnection.connect(stack.primary.url, autocommit=True)
-    await admin.execute(f"CREATE ROLE {role} LOGIN")
-    pools = [AsyncConnectionPool(stack.primary.url, min_size=1, open=False,
-                                 kwargs={"autocommit": True, **user})
-             for user in ({}, {"user": role})]  # fmt: skip
-    try:
-        for pool in pools:
-            await pool.open(wait=True, timeout=10)
-        superuser, plain = pools
-        assert await standing.timeline(superuser) == 1
-        assert await standing.fork(superuser, 1, (123, 1)) is None  # never promoted
-        assert await standing.fork(superuser, 2, None) is None  # no such history file
-        assert await standing.fork(plain, 2, (123, 2)) == 123  # may not read it
-        assert await standing.fork(plain, 2, (123, 3)) is None  # seen onto another timeline
-        assert standing.switchpoint("1\t0/3000A38\tno recovery target specified\n"
-                                    "2\t0/5000000\tno recovery target specified\n") == 0x5000000
-    finally:
-        for pool in pools:
-            await pool.close()
-        await admin.execute(f"DROP ROLE {role}")
-        await admin.close()
 
 
 async def test_idle_replica_heartbeats_without_busy_polling(stack: Any) -> None:

@@ -213,6 +213,17 @@ async def test_the_announced_fork_decides_what_was_lost(fake: tuple[FakeServer, 
                 await db.wait_for_lsn(250, 2, 1)
             assert first.value.switch_lsn == 102
             assert s.lsn == 102  # timeline 1 past 102: lost in the first failover
+            # A stale node of timeline 2 announcing late is no promotion.
+            received = db.tracker.updates_received if db.tracker is not None else 0
+            await bus.nc.publish("writebus.lsn.lax", encode(lsn_update(
+                region="lax", replica_id="old", lsn=260, role="primary", in_recovery=False,
+                timeline=2,
+            )))  # fmt: skip
+            await _until(lambda: db.tracker is not None and db.tracker.updates_received > received)
+            assert db.forks == {2: 102, 3: 300}
+            with pytest.raises(LostInFailoverError) as still:
+                await db.wait_for_lsn(250, 2, 1)
+            assert still.value.switch_lsn == 102
 
 
 async def test_a_commit_on_the_new_timeline_made_before_the_announcement_is_not_lost(
