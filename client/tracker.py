@@ -103,6 +103,9 @@ class LsnTracker:
         #: Each promotion of this region's database heard: new timeline -> the point past which
         #: older timelines' writes are lost (the announced fork, else a lower bound).
         self._lost_after: dict[int, int] = {}
+        #: The position last heard replayed while the database was a standby (a promotion's
+        #: lower bound, when its node does not announce the fork).
+        self._standby_replayed: int | None = None
         #: The same, for the promotions whose fork was announced.
         self._forks: dict[int, int] = {}
         self._report_waiters: set[asyncio.Future[None]] = set()
@@ -194,20 +197,22 @@ class LsnTracker:
             # its new timeline say nothing of writes the old primary committed past the point
             # of promotion: those never arrived here.
             fork, timeline = update_fork(upd), upd.timeline
-            if timeline is not None and timeline > max(self._lost_after, default=0):
-                # Promoted (a stale node's older timeline is not): follow its node.
-                self._progress = RegionProgress(
-                    replica_id=upd.replica_id, stale_after=self._progress.stale_after
-                )
-                self._promoted(timeline, fork)
-            elif timeline in self._lost_after and fork is not None and timeline not in self._forks:
-                self._promoted(timeline, fork)  # its fork, first heard
+            newest = max(self._lost_after, default=1)  # timeline 1: never promoted
+            if timeline is not None and timeline >= newest:  # a stale node's older one is not
+                if upd.replica_id != self._progress.replica_id:  # follow the primary's node
+                    self._progress = RegionProgress(
+                        replica_id=upd.replica_id, stale_after=self._progress.stale_after
+                    )
+                if timeline > newest or (fork is not None and timeline not in self._forks):
+                    self._promoted(timeline, fork)  # promoted, or its fork first heard
         elif upd.role != "replica" or not upd.in_recovery:
             return
         self.updates_received += 1
         now = time.monotonic()
         self._progress.observe(upd.replica_id, lsn, now)
         self.advance(self._progress.replayed(now))
+        if upd.role == "replica":
+            self._standby_replayed = self._replayed
         self._lag_report = (upd.lag_seconds, now)
         if self._report_waiters:
             for fut in self._report_waiters:
@@ -224,16 +229,17 @@ class LsnTracker:
         if fork is not None:
             self._forks[timeline] = fork
             switch = fork
-        elif self._replayed is not None and not self._lost_after:
-            switch = self._replayed  # a standby's replay, as heard: at or before the fork
+        elif self._standby_replayed is not None and not self._lost_after:
+            switch = self._standby_replayed  # as heard from the standby: at or before the fork
         else:
-            switch = 0  # after a primary's positions, nothing heard bounds the fork
+            switch = 0  # nothing heard bounds the fork
         self._lost_after[timeline] = switch
         log.warning("tracker.region_promoted", region=self.region, switch_lsn=switch,
                     timeline=timeline, fork_announced=fork is not None)  # fmt: skip
-        for waiter in self._queue.pop_lost(switch, timeline):
+        for waiter in self._queue.pop_lost(lambda at, tl: self._lost(at, tl) is not None):
             if not waiter.payload.done():
-                waiter.payload.set_exception(LostInFailoverError(waiter.lsn, switch, self.region))
+                lost_at = self._lost(waiter.lsn, waiter.timeline) or 0
+                waiter.payload.set_exception(LostInFailoverError(waiter.lsn, lost_at, self.region))
 
     def lag_bound(self, now: float | None = None) -> float | None:
         """An upper bound on the local replica's lag in seconds, from the latest broadcast:
@@ -356,12 +362,16 @@ class LsnTracker:
             self._arm(loop, upcoming)
 
     def _lost(self, lsn: int, timeline: int | None) -> int | None:
-        """Where a promotion of this region left out a write at ``lsn`` on ``timeline`` (the
-        earliest such point), or None if none did."""
-        if timeline is None:
+        """Where a promotion of this region left out a write at ``lsn`` on ``timeline``, or
+        None if none did. It survived only if it is at or before the fork into every later
+        timeline; one this tracker did not hear (it started after it) leaves no telling: 0."""
+        if timeline is None or timeline >= max(self._lost_after, default=1):
             return None
-        points = [at for new, at in self._lost_after.items() if timeline < new and lsn > at]
-        return min(points) if points else None
+        for later in range(timeline + 1, max(self._lost_after) + 1):
+            at = self._lost_after.get(later, 0)
+            if lsn > at:
+                return at
+        return None
 
     # -- reading the replica ourselves: a probe when quiet, a fallback when nobody broadcasts --
 
@@ -383,6 +393,7 @@ class LsnTracker:
             if standby and not self._lost_after and lsn is not None:
                 if self._replayed is None or lsn > self._replayed:
                     self.advance(lsn)
+                    self._standby_replayed = self._replayed
         finally:
             self._probe_task = None
 
@@ -419,4 +430,6 @@ class LsnTracker:
                     # the old primary committed past the fork, which is not known yet either.
                     self._promoted(timeline, None)
                 self.advance(lsn)
+                if standby:
+                    self._standby_replayed = self._replayed
                 await asyncio.sleep(self._fallback_interval)

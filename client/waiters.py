@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -109,14 +110,13 @@ class WaiterQueue(Generic[T]):
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
-    def pop_lost(self, switch: int, timeline: int) -> list[Waiter[T]]:
-        """Remove and return the live waiters a promotion at ``switch`` onto ``timeline`` left
-        behind: an LSN past the switch point on an older timeline (a rare event: a scan)."""
+    def pop_lost(self, lost: Callable[[int, int], bool]) -> list[Waiter[T]]:
+        """Remove and return the live waiters with a timeline for which ``lost(lsn,
+        timeline)`` holds: those a promotion left behind (a rare event: a scan)."""
         out = [
             e[2]
             for e in self._heap
-            if e[2].active and e[0] > switch and e[2].timeline is not None
-            and e[2].timeline < timeline
+            if e[2].active and e[2].timeline is not None and lost(e[0], e[2].timeline)
         ]  # fmt: skip
         for w in out:
             self.discard(w)

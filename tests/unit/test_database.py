@@ -213,17 +213,34 @@ async def test_the_announced_fork_decides_what_was_lost(fake: tuple[FakeServer, 
                 await db.wait_for_lsn(250, 2, 1)
             assert first.value.switch_lsn == 102
             assert s.lsn == 102  # timeline 1 past 102: lost in the first failover
-            # A stale node of timeline 2 announcing late is no promotion.
-            received = db.tracker.updates_received if db.tracker is not None else 0
-            await bus.nc.publish("writebus.lsn.lax", encode(lsn_update(
-                region="lax", replica_id="old", lsn=260, role="primary", in_recovery=False,
-                timeline=2,
-            )))  # fmt: skip
-            await _until(lambda: db.tracker is not None and db.tracker.updates_received > received)
-            assert db.forks == {2: 102, 3: 300}
-            with pytest.raises(LostInFailoverError) as still:
-                await db.wait_for_lsn(250, 2, 1)
-            assert still.value.switch_lsn == 102
+
+
+async def test_a_stale_nodes_older_timeline_is_no_promotion(fake: tuple[FakeServer, Bus]) -> None:
+    """A tracker first hears lax's node on timeline 3 (forked at 300), then a stale node's
+    last announcement of timeline 2: no promotion. It keeps following the timeline-3 node,
+    whose next broadcast still counts. A timeline-2 write at 250 survived (below 300); of a
+    timeline-1 write it cannot tell, never having heard the fork into timeline 2: lost at 0,
+    an unknown outcome, never "replicated"."""
+    server, bus = fake
+
+    async def announce(replica_id: str, lsn: int, timeline: int, fork: int | None) -> None:
+        await bus.nc.publish("writebus.lsn.lax", encode(lsn_update(
+            region="lax", replica_id=replica_id, lsn=lsn, role="primary", in_recovery=False,
+            timeline=timeline, fork_lsn=fork,
+        )))  # fmt: skip
+
+    async with Database(LAX, nats=server.client()) as db:
+        await announce("r3", 400, 3, 300)
+        await _until(lambda: db.forks == {3: 300})
+        await announce("old", 260, 2, None)
+        await announce("r3", 500, 3, 300)
+        await asyncio.wait_for(_until(lambda: db.tracker is not None
+                                      and db.tracker.replayed == 500), 2)  # fmt: skip
+        assert db.forks == {3: 300}
+        assert await db.wait_for_lsn(250, 2, 2) >= 250
+        with pytest.raises(LostInFailoverError) as info:
+            await db.wait_for_lsn(250, 2, 1)
+        assert info.value.switch_lsn == 0
 
 
 async def test_a_commit_on_the_new_timeline_made_before_the_announcement_is_not_lost(
