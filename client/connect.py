@@ -24,6 +24,7 @@ from nats.aio.client import Client as NATS
 
 from writebus.client.errors import ConnectError
 from writebus.client.log import get_logger
+from writebus.client.loops import loop_lock
 from writebus.client.settings import Settings
 from writebus.client.transport import NatsClient
 
@@ -193,11 +194,7 @@ def _key(settings: Settings) -> tuple[Any, ...]:
 
 
 def _lock() -> asyncio.Lock:
-    loop_id = id(asyncio.get_running_loop())
-    lock = _locks.get(loop_id)
-    if lock is None:
-        lock = _locks[loop_id] = asyncio.Lock()
-    return lock
+    return loop_lock(_locks)
 
 
 async def acquire_nats(settings: Settings, *, name: str = "writebus") -> NatsClient:

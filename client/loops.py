@@ -64,3 +64,14 @@ def run(coro: Coroutine[Any, Any, T], choice: str = "auto") -> T:
     """``asyncio.run(coro)`` on the loop ``choice`` resolves to."""
     with asyncio.Runner(loop_factory=loop_factory(choice)) as runner:
         return runner.run(coro)
+
+
+def loop_lock(locks: dict[int, asyncio.Lock]) -> asyncio.Lock:
+    """The lock in ``locks`` for the running event loop, made on first use (a registry shared
+    by the loops of one process -- the sync API's thread, an application's own -- needs one
+    lock per loop)."""
+    loop_id = id(asyncio.get_running_loop())
+    lock = locks.get(loop_id)
+    if lock is None:
+        lock = locks[loop_id] = asyncio.Lock()
+    return lock

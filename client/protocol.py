@@ -238,21 +238,18 @@ def update_fork(update: LsnUpdate) -> int | None:
     """Where a promoted primary's history forked, as an :class:`LsnUpdate` carries it (its
     ``fork_lsn`` text, else ``fork_lsn_int``; None when it carries neither). Raises
     :class:`ProtocolError` on malformed text."""
-    if not update.fork_lsn:
-        return update.fork_lsn_int
-    try:
-        return parse_lsn(update.fork_lsn)
-    except ValueError as exc:
-        raise ProtocolError(f"invalid LsnUpdate: {exc}") from exc
+    return _update_position(update.fork_lsn) if update.fork_lsn else update.fork_lsn_int
 
 
 def update_lsn(update: LsnUpdate) -> int:
     """The position an :class:`LsnUpdate` carries: its ``lsn`` text (exact in every encoding),
     else ``lsn_int``. Raises :class:`ProtocolError` on malformed text."""
-    if not update.lsn:
-        return update.lsn_int
+    return _update_position(update.lsn) if update.lsn else update.lsn_int
+
+
+def _update_position(text: str) -> int:
     try:
-        return parse_lsn(update.lsn)
+        return parse_lsn(text)
     except ValueError as exc:
         raise ProtocolError(f"invalid LsnUpdate: {exc}") from exc
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from writebus.client.loops import loop_lock
 from writebus.client.settings import Settings
 from writebus.client.tracker import LsnTracker
 from writebus.client.transport import NatsClient
@@ -26,11 +27,7 @@ def _key(settings: Settings, nc: NatsClient) -> tuple[Any, ...]:
 
 
 def _registry_lock() -> asyncio.Lock:
-    loop_id = id(asyncio.get_running_loop())
-    lock = _locks.get(loop_id)
-    if lock is None:
-        lock = _locks[loop_id] = asyncio.Lock()
-    return lock
+    return loop_lock(_locks)
 
 
 async def acquire_tracker(settings: Settings, nc: NatsClient) -> LsnTracker:
