@@ -198,11 +198,10 @@ class LsnTracker:
             # of promotion: those never arrived here.
             fork, timeline = update_fork(upd), upd.timeline
             newest = max(self._lost_after, default=1)  # timeline 1: never promoted
-            if timeline is not None and timeline >= newest:  # a stale node's older one is not
-                if upd.replica_id != self._progress.replica_id:  # follow the primary's node
-                    self._progress = RegionProgress(
-                        replica_id=upd.replica_id, stale_after=self._progress.stale_after
-                    )
+            if timeline is not None and timeline < newest:
+                return  # a stale node's last word, from an older timeline
+            if timeline is not None and timeline > 1:
+                self._follow(upd.replica_id, promoted=timeline > newest)
                 if timeline > newest or (fork is not None and timeline not in self._forks):
                     self._promoted(timeline, fork)  # promoted, or its fork first heard
         elif upd.role != "replica" or not upd.in_recovery:
@@ -219,6 +218,16 @@ class LsnTracker:
                 if not fut.done():
                     fut.set_result(None)
             self._report_waiters.clear()
+
+    def _follow(self, replica_id: str, *, promoted: bool) -> None:
+        """Follow the promoted node -- unless this process names its replica, or already
+        follows a node of this timeline."""
+        if self.settings.replica_id or replica_id == self._progress.replica_id:
+            return
+        if promoted or self._progress.replica_id is None:
+            self._progress = RegionProgress(
+                replica_id=replica_id, stale_after=self._progress.stale_after
+            )
 
     def _promoted(self, timeline: int, fork: int | None) -> None:
         """This region's database became the primary, on ``timeline``, its history forked at
@@ -365,12 +374,12 @@ class LsnTracker:
         """Where a promotion of this region left out a write at ``lsn`` on ``timeline``, or
         None if none did. It survived only if it is at or before the fork into every later
         timeline; one this tracker did not hear (it started after it) leaves no telling: 0."""
-        if timeline is None or timeline >= max(self._lost_after, default=1):
+        if timeline is None or not self._lost_after:
             return None
         for later in range(timeline + 1, max(self._lost_after) + 1):
-            at = self._lost_after.get(later, 0)
-            if lsn > at:
-                return at
+            at = self._lost_after.get(later)
+            if at is None or lsn > at:
+                return at or 0  # a gap: a promotion not heard here
         return None
 
     # -- reading the replica ourselves: a probe when quiet, a fallback when nobody broadcasts --

@@ -243,6 +243,26 @@ async def test_a_stale_nodes_older_timeline_is_no_promotion(fake: tuple[FakeServ
         assert info.value.switch_lsn == 0
 
 
+async def test_a_process_that_names_its_replica_keeps_following_it(
+    fake: tuple[FakeServer, Bus],
+) -> None:
+    """lax has replicas r and y; this process reads from r (WRITEBUS_REPLICA_ID). y is
+    promoted: its flush position does not release a wait that r has not replayed yet -- a read
+    on r would miss the write -- and r's own broadcast does."""
+    server, bus = fake
+    async with Database(LAX.replace(replica_id="r"), nats=server.client()) as db:
+        await bus.nc.publish("writebus.lsn.lax", encode(lsn_update(
+            region="lax", replica_id="y", lsn=500, role="primary", in_recovery=False,
+            timeline=2, fork_lsn=100,
+        )))  # fmt: skip
+        await _until(lambda: db.forks == {2: 100})
+        wait = asyncio.create_task(db.wait_for_lsn(450, 5, 2))
+        await asyncio.sleep(0.05)
+        assert not wait.done()
+        await bus.replayed("lax", 460)  # r's
+        assert await asyncio.wait_for(wait, 2) >= 450
+
+
 async def test_a_commit_on_the_new_timeline_made_before_the_announcement_is_not_lost(
     fake: tuple[FakeServer, Bus],
 ) -> None:
