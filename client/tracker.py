@@ -103,9 +103,9 @@ class LsnTracker:
         #: Each promotion of this region's database heard: new timeline -> the point past which
         #: older timelines' writes are lost (the announced fork, else a lower bound).
         self._lost_after: dict[int, int] = {}
-        #: The position last heard replayed while the database was a standby (a promotion's
-        #: lower bound, when its node does not announce the fork).
-        self._standby_replayed: int | None = None
+        #: What each node was last heard replaying as a standby (a lower bound of the fork,
+        #: should it be promoted without announcing it).
+        self._standby_seen: dict[str, int] = {}
         #: The same, for the promotions whose fork was announced.
         self._forks: dict[int, int] = {}
         self._report_waiters: set[asyncio.Future[None]] = set()
@@ -187,7 +187,7 @@ class LsnTracker:
     async def _on_message(self, msg: Any) -> None:
         try:
             upd = decode(msg.data, LsnUpdate, encoding_of(msg.headers, msg.data))
-            lsn = update_lsn(upd)
+            lsn, fork = update_lsn(upd), update_fork(upd)
         except Exception as exc:  # a bad broadcast must not stop the tracker
             log.warning("tracker.bad_update", error=str(exc), subject=msg.subject)
             return
@@ -196,22 +196,22 @@ class LsnTracker:
             # what it has "replayed" (a promoted standby's replay LSN freezes). Positions on
             # its new timeline say nothing of writes the old primary committed past the point
             # of promotion: those never arrived here.
-            fork, timeline = update_fork(upd), upd.timeline
+            timeline = upd.timeline
             newest = max(self._lost_after, default=1)  # timeline 1: never promoted
             if timeline is not None and timeline < newest:
                 return  # a stale node's last word, from an older timeline
             if timeline is not None and timeline > 1:
                 self._follow(upd.replica_id, promoted=timeline > newest)
                 if timeline > newest or (fork is not None and timeline not in self._forks):
-                    self._promoted(timeline, fork)  # promoted, or its fork first heard
+                    self._promoted(timeline, fork, upd.replica_id)  # or its fork first heard
         elif upd.role != "replica" or not upd.in_recovery:
             return
         self.updates_received += 1
         now = time.monotonic()
         self._progress.observe(upd.replica_id, lsn, now)
         self.advance(self._progress.replayed(now))
-        if upd.role == "replica":
-            self._standby_replayed = self._replayed
+        if upd.role == "replica":  # what each standby replayed: a bound for its promotion
+            self._standby_seen[upd.replica_id] = max(self._standby_seen.get(upd.replica_id, 0), lsn)
         self._lag_report = (upd.lag_seconds, now)
         if self._report_waiters:
             for fut in self._report_waiters:
@@ -229,17 +229,19 @@ class LsnTracker:
                 replica_id=replica_id, stale_after=self._progress.stale_after
             )
 
-    def _promoted(self, timeline: int, fork: int | None) -> None:
+    def _promoted(self, timeline: int, fork: int | None, node: str | None) -> None:
         """This region's database became the primary, on ``timeline``, its history forked at
         ``fork``: fail the waits for writes of an older timeline past it -- they never arrive.
         Without the fork (an older node, or one that did not see the promotion), past the
-        point it was last heard replaying as a standby -- or, after an earlier promotion, any
-        older-timeline write: their outcome is unknown, never falsely replicated."""
+        point the promoted ``node`` was last heard replaying as a standby -- or, if it was not
+        heard, or after an earlier promotion, any older-timeline write: their outcome is
+        unknown, never falsely replicated."""
+        seen = self._standby_seen.get(node) if node is not None else None
         if fork is not None:
             self._forks[timeline] = fork
             switch = fork
-        elif self._standby_replayed is not None and not self._lost_after:
-            switch = self._standby_replayed  # as heard from the standby: at or before the fork
+        elif seen is not None and not self._lost_after:
+            switch = seen  # the promoted node's own replay, as heard: at or before the fork
         else:
             switch = 0  # nothing heard bounds the fork
         self._lost_after[timeline] = switch
@@ -402,7 +404,6 @@ class LsnTracker:
             if standby and not self._lost_after and lsn is not None:
                 if self._replayed is None or lsn > self._replayed:
                     self.advance(lsn)
-                    self._standby_replayed = self._replayed
         finally:
             self._probe_task = None
 
@@ -437,8 +438,6 @@ class LsnTracker:
                 if not standby and timeline is not None and timeline > newest:
                     # Promoted, and not announced yet: its own position says nothing of what
                     # the old primary committed past the fork, which is not known yet either.
-                    self._promoted(timeline, None)
+                    self._promoted(timeline, None, None)
                 self.advance(lsn)
-                if standby:
-                    self._standby_replayed = self._replayed
                 await asyncio.sleep(self._fallback_interval)

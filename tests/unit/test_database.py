@@ -263,6 +263,27 @@ async def test_a_process_that_names_its_replica_keeps_following_it(
         assert await asyncio.wait_for(wait, 2) >= 450
 
 
+async def test_without_an_announced_fork_only_the_promoted_nodes_replay_bounds_it(
+    fake: tuple[FakeServer, Bus],
+) -> None:
+    """This process follows replica r, heard at 300. y, never heard as a standby, is promoted
+    and does not say where it forked: r's position says nothing of y's fork, so a timeline-1
+    write at 250 fails as lost at 0 (unknown), rather than count as surviving below 300 and
+    be released as replicated."""
+    server, bus = fake
+    async with Database(LAX.replace(replica_id="r"), nats=server.client()) as db:
+        await bus.replayed("lax", 300)  # r's
+        await _until(lambda: db.tracker is not None and db.tracker.replayed == 300)
+        await bus.nc.publish("writebus.lsn.lax", encode(lsn_update(
+            region="lax", replica_id="y", lsn=500, role="primary", in_recovery=False,
+            timeline=2,
+        )))  # fmt: skip
+        await _until(lambda: db.tracker is not None and db.tracker.updates_received == 2)
+        with pytest.raises(LostInFailoverError) as info:
+            await db.wait_for_lsn(250, 2, 1)
+        assert info.value.switch_lsn == 0
+
+
 async def test_a_commit_on_the_new_timeline_made_before_the_announcement_is_not_lost(
     fake: tuple[FakeServer, Bus],
 ) -> None:
