@@ -85,6 +85,15 @@ class Bus:
         upd = lsn_update(region=region, replica_id="r", lsn=lsn, role="replica", in_recovery=True)
         await self.nc.publish(f"writebus.lsn.{region}", encode(upd))
 
+    async def announced(
+        self, lsn: int, timeline: int, *, replica_id: str = "r", fork: int | None = None
+    ) -> None:
+        """Broadcast lax's node announcing itself primary at ``lsn`` on ``timeline`` (promoted,
+        forked at ``fork``, if it says)."""
+        upd = lsn_update(region="lax", replica_id=replica_id, lsn=lsn, role="primary",
+                         in_recovery=False, timeline=timeline, fork_lsn=fork)  # fmt: skip
+        await self.nc.publish("writebus.lsn.lax", encode(upd))
+
 
 @pytest.fixture
 async def fake() -> AsyncIterator[tuple[FakeServer, Bus]]:
@@ -145,9 +154,7 @@ async def test_a_promotion_below_the_commit_makes_the_outcome_unknown(
         await _until(lambda: db.tracker is not None and db.tracker.updates_received == 1)
         write = asyncio.create_task(db.execute("INSERT INTO t VALUES (1)", request_id="w-1"))
         await _until(lambda: db.tracker is not None and db.tracker.waiting == 1)
-        promoted = lsn_update(region="lax", replica_id="r", lsn=200, role="primary",
-                              in_recovery=False, timeline=2)
-        await bus.nc.publish("writebus.lsn.lax", encode(promoted))
+        await bus.announced(200, 2)
         with pytest.raises(OutcomeUnknownError) as info:
             await asyncio.wait_for(write, 2)
         assert info.value.request_id == "w-1"
@@ -161,9 +168,7 @@ async def test_a_promotion_below_the_commit_makes_the_outcome_unknown(
         bus.timeline, bus.lsn = 2, 250
         write = asyncio.create_task(db.execute("INSERT INTO t VALUES (2)"))
         await _until(lambda: db.tracker is not None and db.tracker.waiting == 1)
-        await bus.nc.publish("writebus.lsn.lax", encode(lsn_update(
-            region="lax", replica_id="r", lsn=300, role="primary", in_recovery=False, timeline=2,
-        )))  # fmt: skip
+        await bus.announced(300, 2)
         assert (await asyncio.wait_for(write, 2)).lsn == 251
         bus.timeline = 1
         with pytest.raises(OutcomeUnknownError):
@@ -189,10 +194,7 @@ async def test_the_announced_fork_decides_what_was_lost(fake: tuple[FakeServer, 
             waits = [asyncio.create_task(db.wait_for_lsn(r.lsn or 0, 30, r.timeline))
                      for r in (kept, lost)]  # fmt: skip
             await _until(lambda: db.tracker is not None and db.tracker.waiting == 2)
-            await bus.nc.publish("writebus.lsn.lax", encode(lsn_update(
-                region="lax", replica_id="r", lsn=200, role="primary", in_recovery=False,
-                timeline=2, fork_lsn=102,
-            )))  # fmt: skip
+            await bus.announced(200, 2, fork=102)
             assert await asyncio.wait_for(waits[0], 2) >= 101
             with pytest.raises(LostInFailoverError) as info:
                 await asyncio.wait_for(waits[1], 2)
@@ -201,10 +203,7 @@ async def test_the_announced_fork_decides_what_was_lost(fake: tuple[FakeServer, 
             with pytest.raises(LostInFailoverError):  # and at once, for a wait begun later
                 await db.wait_for_lsn(103, 2, lost.timeline)
             # A second failover, to timeline 3 at 300: timeline 2's writes past it are lost.
-            await bus.nc.publish("writebus.lsn.lax", encode(lsn_update(
-                region="lax", replica_id="r2", lsn=400, role="primary", in_recovery=False,
-                timeline=3, fork_lsn=300,
-            )))  # fmt: skip
+            await bus.announced(400, 3, replica_id="r2", fork=300)
             await _until(lambda: db.forks == {2: 102, 3: 300})
             assert await db.wait_for_lsn(250, 2, 2) >= 250
             with pytest.raises(LostInFailoverError):
@@ -223,17 +222,11 @@ async def test_a_stale_nodes_older_timeline_is_no_promotion(fake: tuple[FakeServ
     an unknown outcome, never "replicated"."""
     server, bus = fake
 
-    async def announce(replica_id: str, lsn: int, timeline: int, fork: int | None) -> None:
-        await bus.nc.publish("writebus.lsn.lax", encode(lsn_update(
-            region="lax", replica_id=replica_id, lsn=lsn, role="primary", in_recovery=False,
-            timeline=timeline, fork_lsn=fork,
-        )))  # fmt: skip
-
     async with Database(LAX, nats=server.client()) as db:
-        await announce("r3", 400, 3, 300)
+        await bus.announced(400, 3, replica_id="r3", fork=300)
         await _until(lambda: db.forks == {3: 300})
-        await announce("old", 260, 2, None)
-        await announce("r3", 500, 3, 300)
+        await bus.announced(260, 2, replica_id="old")
+        await bus.announced(500, 3, replica_id="r3", fork=300)
         await asyncio.wait_for(_until(lambda: db.tracker is not None
                                       and db.tracker.replayed == 500), 2)  # fmt: skip
         assert db.forks == {3: 300}
@@ -251,10 +244,7 @@ async def test_a_process_that_names_its_replica_keeps_following_it(
     on r would miss the write -- and r's own broadcast does."""
     server, bus = fake
     async with Database(LAX.replace(replica_id="r"), nats=server.client()) as db:
-        await bus.nc.publish("writebus.lsn.lax", encode(lsn_update(
-            region="lax", replica_id="y", lsn=500, role="primary", in_recovery=False,
-            timeline=2, fork_lsn=100,
-        )))  # fmt: skip
+        await bus.announced(500, 2, replica_id="y", fork=100)
         await _until(lambda: db.forks == {2: 100})
         wait = asyncio.create_task(db.wait_for_lsn(450, 5, 2))
         await asyncio.sleep(0.05)
@@ -274,10 +264,7 @@ async def test_without_an_announced_fork_only_the_promoted_nodes_replay_bounds_i
     async with Database(LAX.replace(replica_id="r"), nats=server.client()) as db:
         await bus.replayed("lax", 300)  # r's
         await _until(lambda: db.tracker is not None and db.tracker.replayed == 300)
-        await bus.nc.publish("writebus.lsn.lax", encode(lsn_update(
-            region="lax", replica_id="y", lsn=500, role="primary", in_recovery=False,
-            timeline=2,
-        )))  # fmt: skip
+        await bus.announced(500, 2, replica_id="y")
         await _until(lambda: db.tracker is not None and db.tracker.updates_received == 2)
         with pytest.raises(LostInFailoverError) as info:
             await db.wait_for_lsn(250, 2, 1)
@@ -296,9 +283,7 @@ async def test_a_commit_on_the_new_timeline_made_before_the_announcement_is_not_
         await _until(lambda: db.tracker is not None and db.tracker.updates_received == 1)
         write = asyncio.create_task(db.execute("INSERT INTO t VALUES (1)"))
         await _until(lambda: db.tracker is not None and db.tracker.waiting == 1)
-        await bus.nc.publish("writebus.lsn.lax", encode(lsn_update(
-            region="lax", replica_id="r", lsn=150, role="primary", in_recovery=False, timeline=2,
-        )))  # fmt: skip
+        await bus.announced(150, 2)
         assert (await asyncio.wait_for(write, 2)).lsn == 101
 
 
