@@ -18,7 +18,7 @@ import psycopg
 
 from writebus.bus.cadence import Cadence, MonitorState
 from writebus.bus.lag import LagClock
-from writebus.bus.standing import TIMELINE_SQL
+from writebus.bus.standing import TIMELINE_HEX
 from writebus.client.log import get_logger
 from writebus.client.lsn import format_lsn, parse_lsn
 from writebus.client.protocol import LsnUpdate, decode, encode, encoding_of, lsn_update
@@ -32,8 +32,7 @@ _REPLICA_SQL = (
 )
 _PRIMARY_SQL = (
     "SELECT pg_current_wal_flush_lsn()::text, pg_is_in_recovery(), "
-    "CASE WHEN NOT pg_is_in_recovery() "
-    "THEN substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8) END"
+    f"CASE WHEN NOT pg_is_in_recovery() THEN {TIMELINE_HEX} END"
 )
 
 
@@ -137,7 +136,7 @@ class ReplicaMonitor:
         if not self._saw_recovery or self._conn is None:
             return None
         try:
-            cur = await self._conn.execute(f"SELECT pg_last_wal_replay_lsn()::text, ({TIMELINE_SQL})")
+            cur = await self._conn.execute(f"SELECT pg_last_wal_replay_lsn()::text, {TIMELINE_HEX}")
             row = await cur.fetchone()
         except Exception as exc:
             log.warning("monitor.fork_unread", region=self.region, error=str(exc))

@@ -7,7 +7,8 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-TIMELINE_SQL = "SELECT substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8)"
+#: A primary's WAL timeline, in hex: the first eight digits of its current WAL file's name.
+TIMELINE_HEX = "substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8)"
 
 
 async def _one(pool: AsyncConnectionPool[Any], sql: str) -> Any:
@@ -24,6 +25,5 @@ async def in_recovery(pool: AsyncConnectionPool[Any]) -> bool:
 
 async def timeline(pool: AsyncConnectionPool[Any]) -> int | None:
     """The primary's WAL timeline (promotion starts a new one)."""
-    name = await _one(pool, TIMELINE_SQL)
+    name = await _one(pool, f"SELECT {TIMELINE_HEX}")
     return int(name, 16) if name else None
-

@@ -353,13 +353,15 @@ def after_an_uncertain_try(answer: A, request_id: str, uncertainty: str) -> A | 
 def committed_at(error: BaseException) -> tuple[int | None, int | None]:
     """The position and timeline of a write that raised ``error`` although it committed --
     its replay wait timed out or failed -- else ``(None, None)``. A session must still count
-    that write:
-    the next read has to wait for it (the replica is known to be behind it), unless a
-    failover lost it (the timeline says so)."""
+    that write: the next read has to wait for it (the replica is known to be behind it),
+    unless a failover lost it (the timeline says so)."""
     if not isinstance(error, WriteBusError) or error.outcome is not Outcome.APPLIED:
         return None, None
     lsn, timeline = getattr(error, "lsn", None), getattr(error, "timeline", None)
-    return (lsn if isinstance(lsn, int) else None), (timeline if isinstance(timeline, int) else None)
+    return (
+        lsn if isinstance(lsn, int) else None,
+        timeline if isinstance(timeline, int) else None,
+    )
 
 
 def not_open(what: str, *, write: bool, reason: str = "") -> WriteBusError:

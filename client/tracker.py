@@ -103,11 +103,11 @@ class LsnTracker:
         #: Each promotion of this region's database heard: new timeline -> the point past which
         #: older timelines' writes are lost (the announced fork, else a lower bound).
         self._lost_after: dict[int, int] = {}
+        #: The same, for the promotions whose fork was announced.
+        self._forks: dict[int, int] = {}
         #: What each node was last heard replaying as a standby (a lower bound of the fork,
         #: should it be promoted without announcing it).
         self._standby_seen: dict[str, int] = {}
-        #: The same, for the promotions whose fork was announced.
-        self._forks: dict[int, int] = {}
         self._report_waiters: set[asyncio.Future[None]] = set()
         self.updates_received = 0
         self.fallback_polls = 0
