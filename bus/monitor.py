@@ -19,9 +19,17 @@ import psycopg
 from writebus.bus.cadence import Cadence, MonitorState
 from writebus.bus.lag import LagClock
 from writebus.bus.standing import TIMELINE_HEX
+from writebus.client.errors import ProtocolError
 from writebus.client.log import get_logger
 from writebus.client.lsn import format_lsn, parse_lsn
-from writebus.client.protocol import LsnUpdate, decode, encode, encoding_of, lsn_update
+from writebus.client.protocol import (
+    LsnUpdate,
+    decode,
+    encode,
+    encoding_of,
+    lsn_update,
+    update_fork,
+)
 from writebus.client.version import VERSION
 
 log = get_logger("writebus.bus.monitor")
@@ -93,6 +101,10 @@ class ReplicaMonitor:
         #: Where the history forked and the new timeline, once :attr:`promoted` (None: not
         #: seen on a connection that had seen recovery).
         self.fork: tuple[int, int] | None = None
+        #: The newest primary timeline announced, and its fork (None: not announced): relayed
+        #: in every broadcast, so the region's clients learn of a promotion elsewhere.
+        self.primary_timeline: int | None = None
+        self.primary_fork: int | None = None
         self._saw_recovery = False
         self._news = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -123,9 +135,30 @@ class ReplicaMonitor:
             return
         if upd.role != "primary":
             return
+        self._heard_timeline(upd)
         now = time.monotonic()
         self.lag.announced(upd.lsn_int, now)
         if self.state.announce(upd.lsn_int, now, self.cadence):
+            self._news.set()
+
+    def _heard_timeline(self, upd: LsnUpdate) -> None:
+        """Keep the newest timeline a primary announced, and its fork; a newer one is
+        published at the next poll, without waiting for progress or a heartbeat."""
+        timeline, known = upd.timeline, self.primary_timeline
+        if timeline is None or (known is not None and timeline < known):
+            return  # an older node, or a stale primary's last word
+        try:
+            fork = update_fork(upd)
+        except ProtocolError:
+            fork = None
+        if timeline != known:
+            self.primary_timeline, self.primary_fork = timeline, fork
+        elif self.primary_fork is None and fork is not None:
+            self.primary_fork = fork
+        else:
+            return
+        if timeline > 1:  # a promotion: news for the region's clients, publish it now
+            self.state.published = None
             self._news.set()
 
     async def _fork(self) -> tuple[int, int] | None:
@@ -194,6 +227,8 @@ class ReplicaMonitor:
                     lag_bytes=self.lag.lag_bytes(),
                     lag_seconds=self.lag.lag_seconds(now),
                     replay_timestamp=self.replay_timestamp,
+                    primary_timeline=self.primary_timeline,
+                    primary_fork_lsn=self.primary_fork,
                 )
                 if await _publish(self.nc, self.subject, update):
                     self.state.published_now(now)

@@ -142,7 +142,10 @@ class LsnUpdate(msgspec.Struct, kw_only=True):
     not yet replayed was announced, so an idle primary is no lag); ``replay_timestamp``,
     ``pg_last_xact_replay_timestamp()`` as Unix seconds; ``version``, the sender's writebus;
     ``timeline``, a primary's WAL timeline; ``fork_lsn``/``fork_lsn_int``, from a primary
-    node that saw its database promoted, where the history forked from the old primary's.
+    node that saw its database promoted, where the history forked from the old primary's;
+    ``primary_timeline`` and ``primary_fork_lsn``/``primary_fork_lsn_int``, from a replica,
+    the newest primary timeline (and its fork) the sender heard announced -- relayed, so every
+    region's clients learn of a promotion.
 
     Always msgpack; every field is always sent.
     """
@@ -164,6 +167,9 @@ class LsnUpdate(msgspec.Struct, kw_only=True):
     timeline: int | None = None
     fork_lsn: str | None = None
     fork_lsn_int: int | None = None
+    primary_timeline: int | None = None
+    primary_fork_lsn: str | None = None
+    primary_fork_lsn_int: int | None = None
 
 
 class Status(msgspec.Struct, kw_only=True):
@@ -212,6 +218,8 @@ def lsn_update(
     version: str = "",
     timeline: int | None = None,
     fork_lsn: int | None = None,
+    primary_timeline: int | None = None,
+    primary_fork_lsn: int | None = None,
 ) -> LsnUpdate:
     """A progress broadcast for ``lsn`` (an integer), stamped with the current time."""
     return LsnUpdate(
@@ -231,6 +239,9 @@ def lsn_update(
         timeline=timeline,
         fork_lsn=format_lsn(fork_lsn) if fork_lsn is not None else None,
         fork_lsn_int=fork_lsn,
+        primary_timeline=primary_timeline,
+        primary_fork_lsn=format_lsn(primary_fork_lsn) if primary_fork_lsn is not None else None,
+        primary_fork_lsn_int=primary_fork_lsn,
     )
 
 
@@ -239,6 +250,12 @@ def update_fork(update: LsnUpdate) -> int | None:
     ``fork_lsn`` text, else ``fork_lsn_int``; None when it carries neither). Raises
     :class:`ProtocolError` on malformed text."""
     return _update_position(update.fork_lsn) if update.fork_lsn else update.fork_lsn_int
+
+
+def update_primary_fork(update: LsnUpdate) -> int | None:
+    """The fork a replica's monitor relays, as :func:`update_fork` reads ``fork_lsn``."""
+    text = update.primary_fork_lsn
+    return _update_position(text) if text else update.primary_fork_lsn_int
 
 
 def update_lsn(update: LsnUpdate) -> int:

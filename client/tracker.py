@@ -28,7 +28,15 @@ from typing import Any
 from writebus.client.errors import LostInFailoverError, ReplicationTimeoutError, TrackerError
 from writebus.client.log import get_logger
 from writebus.client.progress import RegionProgress
-from writebus.client.protocol import LsnUpdate, decode, encoding_of, update_fork, update_lsn
+from writebus.client.promotions import Promotions
+from writebus.client.protocol import (
+    LsnUpdate,
+    decode,
+    encoding_of,
+    update_fork,
+    update_lsn,
+    update_primary_fork,
+)
 from writebus.client.replay import ReplayReader
 from writebus.client.settings import Settings
 from writebus.client.silence import SilenceWatch
@@ -100,14 +108,8 @@ class LsnTracker:
         self.silence: SilenceWatch | None = None
         #: (lag seconds the replica reported, monotonic time heard) of the latest broadcast.
         self._lag_report: tuple[float | None, float] | None = None
-        #: Each promotion of this region's database heard: new timeline -> the point past which
-        #: older timelines' writes are lost (the announced fork, else a lower bound).
-        self._lost_after: dict[int, int] = {}
-        #: The same, for the promotions whose fork was announced.
-        self._forks: dict[int, int] = {}
-        #: What each node was last heard replaying as a standby (a lower bound of the fork,
-        #: should it be promoted without announcing it).
-        self._standby_seen: dict[str, int] = {}
+        #: The promotions heard, and which writes they left out.
+        self._promotions = Promotions()
         self._report_waiters: set[asyncio.Future[None]] = set()
         self.updates_received = 0
         self.fallback_polls = 0
@@ -131,10 +133,11 @@ class LsnTracker:
 
     @property
     def forks(self) -> dict[int, int]:
-        """Each promotion of this region's database heard, whose node announced the fork
-        (``LsnUpdate.fork_lsn``): new timeline -> fork. What older timelines committed past a
-        fork never arrives here. Empty before any promotion."""
-        return dict(self._forks)
+        """Each promotion heard -- of this region's database, or relayed by its replica
+        monitors -- whose fork was announced (``LsnUpdate.fork_lsn``, ``primary_fork_lsn``):
+        new timeline -> fork. What older timelines committed past a fork never arrives here.
+        Empty before any promotion."""
+        return self._promotions.forks
 
     @property
     def replayed(self) -> int | None:
@@ -188,30 +191,35 @@ class LsnTracker:
         try:
             upd = decode(msg.data, LsnUpdate, encoding_of(msg.headers, msg.data))
             lsn, fork = update_lsn(upd), update_fork(upd)
+            relayed = update_primary_fork(upd)
         except Exception as exc:  # a bad broadcast must not stop the tracker
             log.warning("tracker.bad_update", error=str(exc), subject=msg.subject)
             return
+        heard = self._promotions
         if upd.role == "primary" and upd.region == self.region and not upd.in_recovery:
             # After a failover this region's database is the primary: its flush position is
             # what it has "replayed" (a promoted standby's replay LSN freezes). Positions on
             # its new timeline say nothing of writes the old primary committed past the point
             # of promotion: those never arrived here.
             timeline = upd.timeline
-            newest = max(self._lost_after, default=1)  # timeline 1: never promoted
-            if timeline is not None and timeline < newest:
+            if timeline is not None and timeline < heard.newest:
                 return  # a stale node's last word, from an older timeline
             if timeline is not None and timeline > 1:
-                self._follow(upd.replica_id, promoted=timeline > newest)
-                if timeline > newest or (fork is not None and timeline not in self._forks):
-                    self._promoted(timeline, fork, upd.replica_id)  # or its fork first heard
+                self._follow(upd.replica_id, promoted=timeline > heard.newest)
+                if heard.is_news(timeline, fork):  # or its fork first heard
+                    self._promoted(timeline, fork, upd.replica_id)
         elif upd.role != "replica" or not upd.in_recovery:
             return
+        elif heard.is_news(upd.primary_timeline, relayed) and upd.primary_timeline:
+            # The primary was promoted elsewhere, as this region's monitor heard it: before
+            # this standby's position counts, which may be on the new timeline already.
+            self._promoted(upd.primary_timeline, relayed, None)
         self.updates_received += 1
         now = time.monotonic()
         self._progress.observe(upd.replica_id, lsn, now)
         self.advance(self._progress.replayed(now))
         if upd.role == "replica":  # what each standby replayed: a bound for its promotion
-            self._standby_seen[upd.replica_id] = max(self._standby_seen.get(upd.replica_id, 0), lsn)
+            heard.standby_replayed(upd.replica_id, lsn)
         self._lag_report = (upd.lag_seconds, now)
         if self._report_waiters:
             for fut in self._report_waiters:
@@ -230,26 +238,16 @@ class LsnTracker:
             )
 
     def _promoted(self, timeline: int, fork: int | None, node: str | None) -> None:
-        """This region's database became the primary, on ``timeline``, its history forked at
-        ``fork``: fail the waits for writes of an older timeline past it -- they never arrive.
-        Without the fork (an older node, or one that did not see the promotion), past the
-        point the promoted ``node`` was last heard replaying as a standby -- or, if it was not
-        heard, or after an earlier promotion, any older-timeline write: their outcome is
-        unknown, never falsely replicated."""
-        seen = self._standby_seen.get(node) if node is not None else None
-        if fork is not None:
-            self._forks[timeline] = fork
-            switch = fork
-        elif seen is not None and not self._lost_after:
-            switch = seen  # the promoted node's own replay, as heard: at or before the fork
-        else:
-            switch = 0  # nothing heard bounds the fork
-        self._lost_after[timeline] = switch
+        """A promotion onto ``timeline``, its history forked at ``fork`` (None: not announced),
+        of ``node`` (None: not known here): fail the waits for writes of older timelines it
+        left out (:class:`~writebus.client.promotions.Promotions`) -- they never arrive."""
+        switch = self._promotions.heard(timeline, fork, node)
         log.warning("tracker.region_promoted", region=self.region, switch_lsn=switch,
                     timeline=timeline, fork_announced=fork is not None)  # fmt: skip
-        for waiter in self._queue.pop_lost(lambda at, tl: self._lost(at, tl) is not None):
+        lost = self._promotions.lost
+        for waiter in self._queue.pop_lost(lambda at, tl: lost(at, tl) is not None):
             if not waiter.payload.done():
-                lost_at = self._lost(waiter.lsn, waiter.timeline) or 0
+                lost_at = lost(waiter.lsn, waiter.timeline) or 0
                 waiter.payload.set_exception(LostInFailoverError(waiter.lsn, lost_at, self.region))
 
     def lag_bound(self, now: float | None = None) -> float | None:
@@ -320,7 +318,7 @@ class LsnTracker:
         carries ``lsn`` and says the write committed) after ``timeout`` seconds. A timed-out or
         cancelled wait leaves nothing behind.
         """
-        lost_at = self._lost(lsn, timeline)
+        lost_at = self._promotions.lost(lsn, timeline)
         if lost_at is not None:
             raise LostInFailoverError(lsn, lost_at, self.region)
         if self._replayed is not None and self._replayed >= lsn:
@@ -372,18 +370,6 @@ class LsnTracker:
         if upcoming is not None:
             self._arm(loop, upcoming)
 
-    def _lost(self, lsn: int, timeline: int | None) -> int | None:
-        """Where a promotion of this region left out a write at ``lsn`` on ``timeline``, or
-        None if none did. It survived only if it is at or before the fork into every later
-        timeline; one this tracker did not hear (it started after it) leaves no telling: 0."""
-        if timeline is None or not self._lost_after:
-            return None
-        for later in range(timeline + 1, max(self._lost_after) + 1):
-            at = self._lost_after.get(later)
-            if at is None or lsn > at:
-                return at or 0  # a gap: a promotion not heard here
-        return None
-
     # -- reading the replica ourselves: a probe when quiet, a fallback when nobody broadcasts --
 
     def _quiet(self) -> bool:
@@ -401,7 +387,7 @@ class LsnTracker:
             # A promoted database's position says nothing of the old primary's last writes:
             # that is for the promotion broadcast to settle (failover, above). Never back: a
             # broadcast may have come in meanwhile.
-            if standby and not self._lost_after and lsn is not None:
+            if standby and not self._promotions and lsn is not None:
                 if self._replayed is None or lsn > self._replayed:
                     self.advance(lsn)
         finally:
@@ -434,8 +420,7 @@ class LsnTracker:
                     await asyncio.sleep(0.2)
                     continue
                 self.fallback_polls += 1
-                newest = max(self._lost_after, default=1)  # timeline 1: never promoted
-                if not standby and timeline is not None and timeline > newest:
+                if not standby and timeline is not None and timeline > self._promotions.newest:
                     # Promoted, and not announced yet: its own position says nothing of what
                     # the old primary committed past the fork, which is not known yet either.
                     self._promoted(timeline, None, None)

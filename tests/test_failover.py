@@ -15,11 +15,19 @@ import pytest
 import writebus
 from tests.support.stack import TEST_DELAY_MS, bus_env, http_url, settings_for, start_bus
 from writebus.bus.embedded.bus_process import BusProcess
+from writebus.bus.embedded.ports import LOCALHOST, free_port
+from writebus.bus.embedded.postgres import PostgresServer
 from writebus.bus.embedded.stack import Stack
 from writebus.client import Database, RetryPolicy, SyncDatabase
 from writebus.client.errors import LostInFailoverError, Outcome, ReplicationTimeoutError
 from writebus.client.lsn import format_lsn, parse_lsn
-from writebus.client.protocol import MSGPACK, LsnUpdate, decode, update_fork
+from writebus.client.protocol import (
+    MSGPACK,
+    LsnUpdate,
+    decode,
+    update_fork,
+    update_primary_fork,
+)
 from writebus.client.tokens import make_token
 
 
@@ -119,7 +127,7 @@ async def test_a_take_over_that_fails_is_tried_again_until_it_serves() -> None:
         try:
             stack.primary.stop("fast")
             stack.replica.promote()
-            fork = _fork(stack, 2)
+            fork = _fork(stack.replica, 2)
             health = await _health_until(bus, lambda h: h["status"] == "fail")
             assert health["role"] == "starting", health
             assert "promoted, but not serving writes yet" in health["checks"]["role"]["error"]
@@ -187,10 +195,17 @@ async def _primary_announcements(nc: Any, subject: str) -> list[LsnUpdate]:
     return announced
 
 
-def _fork(stack: Stack, timeline: int) -> int:
-    """Where Postgres says ``timeline`` began: its history file's switchpoint."""
-    history = stack.replica.execute(f"SELECT pg_read_file('pg_wal/{timeline:08X}.history')")
+def _fork(server: PostgresServer, timeline: int) -> int:
+    """Where Postgres says ``timeline`` began on ``server``: its history file's switchpoint."""
+    history = server.execute(f"SELECT pg_read_file('pg_wal/{timeline:08X}.history')")
     return parse_lsn(history[0][0].split()[1])
+
+
+async def _stop_receiving(server: PostgresServer) -> None:
+    """Cut ``server``'s WAL stream, and wait until its receiver is gone."""
+    server.execute("ALTER SYSTEM SET primary_conninfo = ''")
+    server.execute("SELECT pg_reload_conf()")
+    await _until_true(lambda: not server.execute("SELECT count(*) FROM pg_stat_wal_receiver")[0][0])
 
 
 async def test_a_write_a_failover_lost_no_longer_holds_the_session_back() -> None:
@@ -216,12 +231,7 @@ async def test_a_write_a_failover_lost_no_longer_holds_the_session_back() -> Non
         try:
             async with Database(lax, retry=RetryPolicy(no_worker_patience=10.0)) as db:
                 kept = await db.execute("INSERT INTO lost_write(body) VALUES ('kept')")
-                stack.replica.execute("ALTER SYSTEM SET primary_conninfo = ''")
-                stack.replica.execute("SELECT pg_reload_conf()")
-                deadline = time.monotonic() + 10
-                while stack.replica.execute("SELECT count(*) FROM pg_stat_wal_receiver")[0][0]:
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.05)
+                await _stop_receiving(stack.replica)
                 with writebus.session() as s:
                     lost = await db.execute(
                         "INSERT INTO lost_write(body) "
@@ -244,7 +254,7 @@ async def test_a_write_a_failover_lost_no_longer_holds_the_session_back() -> Non
                         await db.wait_for_lsn(lost.lsn, 20, lost.timeline)
                     # The fork, as the promoted node announced it: where Postgres itself
                     # says the new timeline begins.
-                    fork = _fork(stack, 2)
+                    fork = _fork(stack.replica, 2)
                     assert db.forks == {2: fork} and after.timeline == 2
                     # Every announcement of the promoted node, from its first, says so.
                     assert announced and {(u.timeline, update_fork(u)) for u in announced} == {
@@ -265,6 +275,90 @@ async def test_a_write_a_failover_lost_no_longer_holds_the_session_back() -> Non
             await asyncio.to_thread(sdb.close)
             for bus in buses:
                 bus.stop(10)
+
+
+async def test_a_promotion_in_another_region_fails_lax_waits_for_what_it_lost() -> None:
+    """syd has a second standby with its own bus node. Both standbys stop receiving WAL, and
+    a write through the bus commits on the syd primary 5 MB past what they received; a lax
+    app waits for it. The syd primary is lost, syd's standby promoted, and lax's standby
+    pointed at it: lax follows timeline 2, which then passes the write's position. lax's
+    clients never hear syd's announcements; lax's replica monitor relays the promotion and its
+    fork, so the wait fails as lost at the fork. Before, it was released as replicated when
+    lax passed its position on timeline 2, and a read then missed the write."""
+    with Stack(one_way_delay_ms=TEST_DELAY_MS) as stack:
+        primary = stack.primary
+        with psycopg.connect(primary.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE far_lost (id bigserial PRIMARY KEY, body text)")
+        standby = PostgresServer(name="pg-syd-2", datadir=stack.base_dir / "pg" / "syd-2",
+                                 port=free_port(), bindir=primary.bindir, run_as=primary.run_as,
+                                 fsync=stack.fsync)  # fmt: skip
+        standby.init_replica(LOCALHOST, primary.port)
+        standby.start()
+        stack.wait_replica_caught_up(10)
+        buses = [start_bus(stack, "lax", log_name="far-bus-lax"),
+                 start_bus(stack, "syd", log_name="far-bus-syd"),
+                 start_bus(stack, "syd", log_name="far-bus-syd-2", DATABASE_URL=standby.url,
+                           PRIMARY_DATABASE_URL=standby.url,
+                           WRITEBUS_REPLICA_ID="syd-2")]  # fmt: skip
+        nc = await nats.connect(stack.nats_url("lax"))
+        relayed: list[LsnUpdate] = []
+
+        async def heard(msg: Any) -> None:
+            upd = decode(msg.data, LsnUpdate, MSGPACK)
+            if upd.role == "replica" and upd.primary_timeline == 2:
+                relayed.append(upd)
+
+        await nc.subscribe("writebus.lsn.lax", cb=heard)
+        lax = settings_for(stack, "lax", rpc_timeout=20, replication_timeout=20)
+        try:
+            async with Database(lax, retry=RetryPolicy(no_worker_patience=20.0)) as db:
+                kept = await db.execute("INSERT INTO far_lost(body) VALUES ('kept')")
+                await _until_true(lambda: standby.execute(
+                    "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [format_lsn(kept.lsn or 0)]
+                )[0][0])  # fmt: skip
+                await _stop_receiving(stack.replica)  # lax first: syd-2 has all lax has
+                await _stop_receiving(standby)
+                lost = await db.execute(
+                    "INSERT INTO far_lost(body) SELECT repeat('x', 1000) "
+                    "FROM generate_series(1, 5000)",
+                    await_replication=False,
+                )
+                assert lost.lsn is not None and lost.timeline == 1
+                wait = asyncio.create_task(db.wait_for_lsn(lost.lsn, 60, lost.timeline))
+                primary.stop("fast")
+                standby.promote()
+                deadline = time.monotonic() + 30
+                while '"event": "bus.promoted"' not in buses[2].log_path.read_text():
+                    assert time.monotonic() < deadline, buses[2].log_tail()
+                    await asyncio.sleep(0.05)
+                # lax follows the new primary, on timeline 2, past the lost write's position.
+                stack.replica.execute(
+                    "ALTER SYSTEM SET primary_conninfo = "
+                    f"'host={LOCALHOST} port={standby.port} user=postgres'"
+                )
+                stack.replica.execute("SELECT pg_reload_conf()")
+                after = await db.execute(
+                    "INSERT INTO far_lost(body) SELECT repeat('y', 1000) "
+                    "FROM generate_series(1, 6000)"
+                )
+                assert after.timeline == 2 and after.lsn is not None and after.lsn > lost.lsn
+                with pytest.raises(LostInFailoverError) as info:  # not released as replicated
+                    await asyncio.wait_for(wait, 5)
+                fork = _fork(standby, 2)
+                assert info.value.switch_lsn == fork and db.forks == {2: fork}
+                assert kept.lsn is not None and kept.lsn <= fork < lost.lsn
+                assert relayed and {(u.region, update_primary_fork(u)) for u in relayed} == {
+                    ("lax", fork)
+                }
+                assert await db.fetchval("SELECT count(*) FROM far_lost WHERE body = 'kept'") == 1
+                assert await db.fetchval("SELECT count(*) FROM far_lost") == 6001  # none lost
+                with pytest.raises(LostInFailoverError):  # and at once, for a wait begun now
+                    await db.wait_for_lsn(lost.lsn, 5, lost.timeline)
+        finally:
+            await nc.close()
+            for bus in buses:
+                bus.stop(10)
+            standby.stop("fast")
 
 
 async def _health_until(bus: BusProcess, done: Callable[[dict[str, Any]], bool]) -> Any:

@@ -80,9 +80,14 @@ class Bus:
                       timeline=self.timeline)
         await self.nc.publish(msg.reply, encode(reply))
 
-    async def replayed(self, region: str, lsn: int) -> None:
-        """Broadcast that ``region``'s replica replayed ``lsn``."""
-        upd = lsn_update(region=region, replica_id="r", lsn=lsn, role="replica", in_recovery=True)
+    async def replayed(
+        self, region: str, lsn: int, *, primary_timeline: int | None = None,
+        fork: int | None = None,
+    ) -> None:  # fmt: skip
+        """Broadcast that ``region``'s replica replayed ``lsn`` (relaying the primary's
+        ``primary_timeline``, forked at ``fork``, if given)."""
+        upd = lsn_update(region=region, replica_id="r", lsn=lsn, role="replica", in_recovery=True,
+                         primary_timeline=primary_timeline, primary_fork_lsn=fork)  # fmt: skip
         await self.nc.publish(f"writebus.lsn.{region}", encode(upd))
 
     async def announced(
@@ -212,6 +217,56 @@ async def test_the_announced_fork_decides_what_was_lost(fake: tuple[FakeServer, 
                 await db.wait_for_lsn(250, 2, 1)
             assert first.value.switch_lsn == 102
             assert s.lsn == 102  # timeline 1 past 102: lost in the first failover
+
+
+async def test_a_promotion_elsewhere_relayed_by_the_regions_monitor_fails_what_it_lost(
+    fake: tuple[FakeServer, Bus],
+) -> None:
+    """syd's standby was promoted, not lax's: lax's replica monitor relays the new timeline
+    and its fork (102) in its broadcasts, and lax's standby follows timeline 2. Its broadcast
+    of 200 -- on timeline 2 -- releases the timeline-1 write at 101, which the fork kept, and
+    fails the one at 103 as lost, rather than release it as replicated. The session goes back
+    to the fork. Broadcasts relaying timeline 1 before it were no promotion."""
+    server, bus = fake
+    async with Database(LAX.replace(replication_timeout=30), nats=server.client()) as db:
+        await bus.replayed("lax", 100, primary_timeline=1)
+        await _until(lambda: db.tracker is not None and db.tracker.updates_received == 1)
+        assert db.forks == {}
+        with writebus.session() as s:
+            kept = await db.execute("INSERT INTO t VALUES (1)", await_replication=False)
+            bus.lsn = 102
+            lost = await db.execute("INSERT INTO t VALUES (2)", await_replication=False)
+            waits = [asyncio.create_task(db.wait_for_lsn(r.lsn or 0, 30, r.timeline))
+                     for r in (kept, lost)]  # fmt: skip
+            await _until(lambda: db.tracker is not None and db.tracker.waiting == 2)
+            await bus.replayed("lax", 200, primary_timeline=2, fork=102)
+            assert await asyncio.wait_for(waits[0], 2) >= 101
+            with pytest.raises(LostInFailoverError) as info:
+                await asyncio.wait_for(waits[1], 2)
+            assert (info.value.lsn, info.value.switch_lsn) == (103, 102)
+            assert db.forks == {2: 102} and s.lsn == 102
+            await bus.replayed("lax", 300, primary_timeline=2, fork=102)  # the same news
+            assert await db.wait_for_lsn(250, 2, 2) >= 250
+            assert db.forks == {2: 102}
+
+
+async def test_a_promotion_relayed_without_its_fork_makes_older_writes_unknown(
+    fake: tuple[FakeServer, Bus],
+) -> None:
+    """The relayed promotion says nothing of where it forked (its node did not see it): a
+    timeline-1 write lax waits for is an unknown outcome (lost at 0), not a replicated one,
+    however far lax's standby gets; the fork, relayed later, then decides."""
+    server, bus = fake
+    async with Database(LAX, nats=server.client()) as db:
+        wait = asyncio.create_task(db.wait_for_lsn(150, 5, 1))
+        await _until(lambda: db.tracker is not None and db.tracker.waiting == 1)
+        await bus.replayed("lax", 200, primary_timeline=2)
+        with pytest.raises(LostInFailoverError) as info:
+            await asyncio.wait_for(wait, 2)
+        assert info.value.switch_lsn == 0 and db.forks == {}
+        await bus.replayed("lax", 210, primary_timeline=2, fork=160)
+        await _until(lambda: db.forks == {2: 160})
+        assert await db.wait_for_lsn(150, 2, 1) >= 150
 
 
 async def test_a_stale_nodes_older_timeline_is_no_promotion(fake: tuple[FakeServer, Bus]) -> None:

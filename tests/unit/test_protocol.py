@@ -23,6 +23,7 @@ from writebus.client.protocol import (
     encoding_of,
     lsn_update,
     update_fork,
+    update_primary_fork,
     validate_request,
 )
 
@@ -108,10 +109,27 @@ def test_lsn_update_fields() -> None:
                    "time": 1.5, "in_recovery": True, "role": "replica", "v": 1,
                    "primary_lsn": None, "primary_lsn_int": None, "lag_bytes": None,
                    "lag_seconds": None, "replay_timestamp": None, "version": "",
-                   "timeline": None, "fork_lsn": None, "fork_lsn_int": None}
+                   "timeline": None, "fork_lsn": None, "fork_lsn_int": None,
+                   "primary_timeline": None, "primary_fork_lsn": None,
+                   "primary_fork_lsn_int": None}
     v1 = msgpack.packb({k: raw[k] for k in list(raw)[:8]})
     assert decode(v1, LsnUpdate) == upd  # a version-1 sender is still understood
-    assert update_fork(upd) is None
+    assert update_fork(upd) is None and update_primary_fork(upd) is None
+
+
+def test_a_replica_relays_the_primarys_timeline_and_fork() -> None:
+    """primary_timeline and primary_fork_lsn (text and integer; the text wins) carry what the
+    replica's monitor heard the primary announce; malformed text is a protocol error."""
+    upd = lsn_update(region="lax", replica_id="r", lsn=0x3000A38, role="replica",
+                     in_recovery=True, primary_timeline=2, primary_fork_lsn=0x3000000)
+    raw = msgpack.unpackb(encode(upd))
+    assert (raw["primary_timeline"], raw["primary_fork_lsn"], raw["primary_fork_lsn_int"]) == (
+        2, "0/3000000", 0x3000000)
+    assert (raw["timeline"], raw["fork_lsn"]) == (None, None)  # the replica's own: not known
+    assert update_primary_fork(decode(encode(upd), LsnUpdate)) == 0x3000000
+    assert update_primary_fork(msgspec.structs.replace(upd, primary_fork_lsn_int=None)) == 0x3000000
+    with pytest.raises(ProtocolError):
+        update_primary_fork(msgspec.structs.replace(upd, primary_fork_lsn="0/zz"))
 
 
 def test_a_promoted_primary_announces_where_its_history_forked() -> None:

@@ -1,0 +1,58 @@
+"""What a replica monitor relays of the primary's announcements (no database: the
+announcements are handed in as messages). The real-server version, a promotion in another
+region, is in ``tests/test_failover.py``."""
+
+from __future__ import annotations
+
+import msgspec
+
+from tests.support.fake_nats import FakeMsg
+from writebus.bus.monitor import ReplicaMonitor
+from writebus.client.protocol import LsnUpdate, encode, lsn_update
+
+
+def _monitor() -> ReplicaMonitor:
+    return ReplicaMonitor(nc=None, dsn="", subject="writebus.lsn.lax",
+                          primary_subject="writebus.lsn.syd", region="lax", replica_id="lax-1")  # fmt: skip
+
+
+def _announced(timeline: int | None, fork: int | None = None, lsn: int = 500) -> LsnUpdate:
+    return lsn_update(region="syd", replica_id="syd-1", lsn=lsn, role="primary",
+                      in_recovery=False, timeline=timeline, fork_lsn=fork)  # fmt: skip
+
+
+async def _hear(monitor: ReplicaMonitor, upd: LsnUpdate) -> None:
+    await monitor._on_primary(FakeMsg(subject="writebus.lsn.syd", data=encode(upd)))
+
+
+async def test_the_newest_timeline_and_its_fork_are_kept_and_published_at_once() -> None:
+    """Timeline 1 is kept quietly. A promotion -- timeline 2, forked at 300 -- is kept and
+    makes the next poll publish, though the replay has not moved; a stale primary's older
+    timeline, or a node before the field, changes nothing."""
+    m = _monitor()
+    await _hear(m, _announced(1))
+    assert (m.primary_timeline, m.primary_fork) == (1, None)
+    m.state.replayed = m.state.published = 200
+    m.state.published_at = 10**9  # a heartbeat is far off
+    await _hear(m, _announced(2, 300))
+    assert (m.primary_timeline, m.primary_fork) == (2, 300)
+    assert m.state.should_publish(10**9, m.cadence) and m._news.is_set()
+    for stale in (_announced(1), _announced(None)):
+        await _hear(m, stale)
+        assert (m.primary_timeline, m.primary_fork) == (2, 300)
+
+
+async def test_a_fork_heard_after_its_timeline_is_filled_in_and_a_bad_one_ignored() -> None:
+    """The first announcement of timeline 2 carried no fork (a restarted node), a later one
+    does: it is relayed from then on. A malformed fork is not taken; a later timeline
+    replaces both."""
+    m = _monitor()
+    await _hear(m, _announced(2))
+    assert (m.primary_timeline, m.primary_fork) == (2, None)
+    await _hear(m, msgspec.structs.replace(_announced(2, 300), fork_lsn="not-an-lsn"))
+    assert m.primary_fork is None
+    await _hear(m, _announced(2, 300))
+    await _hear(m, _announced(2, 310))  # not another fork for the same timeline
+    assert m.primary_fork == 300
+    await _hear(m, _announced(3))
+    assert (m.primary_timeline, m.primary_fork) == (3, None)
