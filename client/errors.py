@@ -23,6 +23,7 @@ Every error a write can raise says what happened to the write, in :attr:`WriteBu
      │    └── OutcomeUnknownError  ... or any attempt may have been applied      UNKNOWN
      │         └── TransactionEndedError  a statement ended the transaction   UNKNOWN
      ├── ReplicationTimeoutError   committed; the local replica is behind        APPLIED
+     │                             (a read that must see a position: no write)   None
      ├── WriteRejectedError        the database refused the write (SQLSTATE)     NOT_APPLIED
      ├── ProcedureError            a procedure is unknown, or raised             NOT_APPLIED
      ├── ProtocolError             malformed or unsupported request              NOT_APPLIED
@@ -168,9 +169,14 @@ class TransactionEndedError(OutcomeUnknownError):
 
 class ReplicationTimeoutError(WriteBusError):
     """The write **did commit** on the primary at ``lsn``, but the local replica had not
-    replayed it within ``timeout``. Reading locally now may not show the write."""
+    replayed it within ``timeout``. Reading locally now may not show the write.
 
-    outcome = Outcome.APPLIED
+    A read that must see a position first (its session's, an ``after=`` token's, or the
+    primary's for ``consistency="strong"``) raises it too, when the replica does not reach it
+    in time (``read=True``): ``lsn`` is that position, and ``outcome`` is None -- the read
+    wrote nothing, and it did not run."""
+
+    outcome: Outcome | None = Outcome.APPLIED
 
     def __init__(
         self,
@@ -180,12 +186,16 @@ class ReplicationTimeoutError(WriteBusError):
         region: str,
         *,
         timeline: int | None = None,
+        read: bool = False,
     ) -> None:
         seen = format_lsn(replayed) if replayed is not None else "unknown"
         super().__init__(
-            f"write committed at LSN {format_lsn(lsn)}, but the replica in {region!r} "
-            f"had replayed only {seen} after {timeout:.3f}s"
-        )
+            (f"the read did not run: it must see LSN {format_lsn(lsn)}, and" if read else
+             f"write committed at LSN {format_lsn(lsn)}, but")
+            + f" the replica in {region!r} had replayed only {seen} after {timeout:.3f}s"
+        )  # fmt: skip
+        if read:
+            self.outcome = None
         self.lsn = lsn
         self.timeout = timeout
         self.replayed = replayed

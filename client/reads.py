@@ -23,7 +23,12 @@ from typing import Any, Literal
 
 from psycopg_pool import AsyncConnectionPool
 
-from writebus.client.errors import StaleReadError, WriteBusError, not_open
+from writebus.client.errors import (
+    ReplicationTimeoutError,
+    StaleReadError,
+    WriteBusError,
+    not_open,
+)
 from writebus.client.pgpool import open_pool
 from writebus.client.procedures import PING
 from writebus.client.protocol import Request
@@ -86,7 +91,13 @@ class ReadGate:
         lsn = wanted_lsn(after_lsn, session_lsn, strong_lsn)
         if lsn is not None:
             wait = timeout if timeout is not None else self.settings.replication_timeout
-            await tracker.wait_for(lsn, wait)  # ReplicationTimeoutError, as for writes
+            try:
+                await tracker.wait_for(lsn, wait)
+            except ReplicationTimeoutError as exc:
+                e = exc
+                raise ReplicationTimeoutError(
+                    e.lsn, e.timeout, e.replayed, e.region, timeline=e.timeline, read=True
+                ) from None
         if max_lag is None or await tracker.lag_within(max_lag):
             return "local"
         if fallback == "primary":

@@ -222,6 +222,26 @@ async def test_a_write_whose_replay_wait_timed_out_still_counts_for_the_session(
             assert await asyncio.wait_for(read, 10) == 1
 
 
+async def test_a_read_whose_wait_times_out_says_it_did_not_run_and_wrote_nothing(
+    stack: Any, buses: Any, table: str
+) -> None:
+    """A read that must see a token's position, with lax's replay paused, raises
+    ReplicationTimeoutError after the replication timeout: its lsn is the token's, its
+    outcome None (a read writes nothing) and its message says the read did not run -- not
+    that a write committed."""
+    async with Database(settings_for(stack, "lax", replication_timeout=0.3)) as db:
+        with replay_paused(stack):
+            res = await db.execute(f"INSERT INTO {table}(body) VALUES ('r')",
+                                   await_replication=False)  # fmt: skip
+            assert res.lsn is not None
+            with pytest.raises(ReplicationTimeoutError) as info:
+                await db.fetchval(f"SELECT count(*) FROM {table}", after=res.token)
+    err = info.value
+    assert err.lsn == res.lsn and err.outcome is None and err.region == "lax"
+    assert str(err).startswith("the read did not run: it must see LSN ")
+    assert "committed" not in str(err)
+
+
 def test_a_sync_write_whose_replay_wait_timed_out_still_counts_for_the_session(
     stack: Any, buses: Any, table: str
 ) -> None:
