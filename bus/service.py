@@ -350,7 +350,8 @@ class BusService:
         """Become the primary node after a promotion, trying until it works: a failure here (a
         connection cut as the database restarted as a primary, say) must not leave the node
         "starting" for good, with its region's writes refused. Each failure is logged
-        (``bus.take_over_failed``) and fails ``/healthz`` until a try succeeds."""
+        (``bus.take_over_failed``) and fails ``/healthz`` until a try succeeds, or the database
+        is a standby again (rebuilt as one): then it is a replica node (``bus.take_over_abandoned``)."""
         for attempt in itertools.count(1):
             if self._stopping:
                 return
@@ -365,7 +366,18 @@ class BusService:
                           attempt=attempt, retry_in=round(delay, 2))  # fmt: skip
                 await self._leave_primary()
                 self._set_role("starting")
+                if await self._standby_again():
+                    log.warning("bus.take_over_abandoned", region=self.settings.region,
+                                reason="the database is a standby again")  # fmt: skip
+                    self._take_over_error = None
+                    await self._become_replica()
+                    return
                 await asyncio.sleep(delay)
+
+    async def _standby_again(self) -> bool:
+        with contextlib.suppress(Exception):  # not reachable: not known, try again
+            return self.pool is not None and await standing.in_recovery(self.pool)
+        return False
 
     async def _watch_demotion(self) -> None:
         # After a failover the old primary comes back as a standby: it must leave the write

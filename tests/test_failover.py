@@ -175,6 +175,50 @@ async def test_a_take_over_that_fails_is_tried_again_until_it_serves() -> None:
             bus.stop(10)
 
 
+async def test_a_take_over_gives_up_once_its_database_is_a_standby_again() -> None:
+    """A promoted node's take-over fails (an object in the way of the schema step), and the
+    operator rebuilds its database as a standby of the primary, which never went away. The
+    node stops trying to become the primary: it is a replica node again, healthy, and its
+    monitor broadcasts the standby's replay -- rather than fail ``/healthz`` and retry for
+    good."""
+    with Stack(one_way_delay_ms=TEST_DELAY_MS) as stack:
+        with psycopg.connect(stack.primary.url, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA writebus; CREATE VIEW writebus.applied AS SELECT 1 AS x")
+        stack.wait_replica_caught_up(10)
+        bus = start_bus(stack, "lax", log_name="abandon-bus-lax")
+        nc = await nats.connect(stack.nats_url("lax"))
+        replayed: list[LsnUpdate] = []
+
+        async def heard(msg: Any) -> None:
+            upd = decode(msg.data, LsnUpdate, MSGPACK)
+            if upd.role == "replica" and upd.in_recovery:
+                replayed.append(upd)
+
+        try:
+            stack.replica.promote()
+            health = await _health_until(bus, lambda h: h["status"] == "fail")
+            assert health["role"] == "starting", health
+            stack.replica.stop("fast")
+            stack.replica.discard()
+            stack.replica.init_replica(LOCALHOST, stack.ports.wan_replication)
+            stack.replica.start()
+            health = await _health_until(bus, lambda h: h["role"] == "replica")
+            assert health["status"] == "ok", health
+            log_text = bus.log_path.read_text()
+            assert '"event": "bus.take_over_failed"' in log_text
+            assert '"event": "bus.take_over_abandoned"' in log_text
+            await nc.subscribe("writebus.lsn.lax", cb=heard)
+            with psycopg.connect(stack.primary.url, autocommit=True) as conn:
+                conn.execute("CREATE TABLE after_abandon (id int)")
+                (flushed,) = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
+            await _until_true(lambda: any(u.lsn_int >= parse_lsn(flushed) for u in replayed))
+            samples = [json.loads(_get(f"{http_url(bus)}/healthz")) for _ in range(5)]
+            assert {(h["status"], h["role"]) for h in samples} == {("ok", "replica")}
+        finally:
+            await nc.close()
+            bus.stop(10)
+
+
 async def _until_true(check: Callable[[], bool], timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not check():
