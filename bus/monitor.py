@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -105,6 +106,7 @@ class ReplicaMonitor:
         #: in every broadcast, so the region's clients learn of a promotion elsewhere.
         self.primary_timeline: int | None = None
         self.primary_fork: int | None = None
+        self._relay_due = False
         self._saw_recovery = False
         self._news = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -135,15 +137,17 @@ class ReplicaMonitor:
             return
         if upd.role != "primary":
             return
-        self._heard_timeline(upd)
+        self.heard_timeline(upd)
         now = time.monotonic()
         self.lag.announced(upd.lsn_int, now)
         if self.state.announce(upd.lsn_int, now, self.cadence):
             self._news.set()
 
-    def _heard_timeline(self, upd: LsnUpdate) -> None:
-        """Keep the newest timeline a primary announced, and its fork; a newer one is
-        published at the next poll, without waiting for progress or a heartbeat."""
+    def heard_timeline(self, upd: LsnUpdate) -> None:
+        """A primary's announcement, from any region: keep the newest timeline announced, and
+        its fork. A promotion is published at the next poll, without waiting for progress or a
+        heartbeat. (The node hands in what it hears on every region's subject: a standby
+        promoted outside the primary region announces on its own.)"""
         timeline, known = upd.timeline, self.primary_timeline
         if timeline is None or (known is not None and timeline < known):
             return  # an older node, or a stale primary's last word
@@ -158,7 +162,7 @@ class ReplicaMonitor:
         else:
             return
         if timeline > 1:  # a promotion: news for the region's clients, publish it now
-            self.state.published = None
+            self._relay_due = True
             self._news.set()
 
     async def _fork(self) -> tuple[int, int] | None:
@@ -216,7 +220,8 @@ class ReplicaMonitor:
             self.state.replayed = replayed
             if replayed is not None:
                 self.lag.replayed_to(replayed)
-            if replayed is not None and self.state.should_publish(now, cadence):
+            relay, self._relay_due = self._relay_due, False
+            if replayed is not None and (relay or self.state.should_publish(now, cadence)):
                 update = _update(
                     self.region,
                     self.replica_id,
@@ -233,7 +238,7 @@ class ReplicaMonitor:
                 if await _publish(self.nc, self.subject, update):
                     self.state.published_now(now)
                     self.published += 1
-            delay = self.state.next_delay(now, cadence)
+            delay = 0.0 if self._relay_due else self.state.next_delay(now, cadence)
             if delay <= cadence.fast_interval:
                 await asyncio.sleep(delay)
             else:
@@ -256,6 +261,7 @@ class PrimaryAnnouncer:
         heartbeat: float = 1.0,
         timeline: int | None = None,
         fork: int | None = None,
+        on_timeline: Callable[[int | None], None] | None = None,
     ) -> None:
         self.nc = nc
         self.dsn = dsn
@@ -271,6 +277,8 @@ class PrimaryAnnouncer:
         #: onto ``timeline``: a heartbeat that finds another timeline drops it.
         self.fork = fork
         self._fork_timeline = timeline
+        #: Told when a heartbeat finds the database on another timeline than the last one.
+        self._on_timeline = on_timeline
         self._latest = 0
         self._announced = 0
         self._kick = asyncio.Event()
@@ -332,9 +340,13 @@ class PrimaryAnnouncer:
                     log.warning("monitor.demoted", region=self.region)
                     self.demoted.set()
                     return
-                self.timeline = int(row[2], 16) if row[2] else None
+                timeline, self.timeline = self.timeline, int(row[2], 16) if row[2] else None
                 if self.timeline != self._fork_timeline:
                     self.fork = None  # promoted again, under this node (a moved address)
+                if self.timeline != timeline and self._on_timeline is not None:
+                    log.warning("monitor.timeline_changed", region=self.region,
+                                timeline=self.timeline, was=timeline)  # fmt: skip
+                    self._on_timeline(self.timeline)
                 self.committed(parse_lsn(row[0]))
                 self._announced = 0  # re-announce on the heartbeat even without news
                 self._kick.set()

@@ -36,12 +36,14 @@ ask for the lock -- waiting at most the lock timeout -- as they would without th
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from collections.abc import Sequence
 from typing import Any, Final
 
 import psycopg
 from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
 
 from writebus.bus.pg import lock_holders
 from writebus.client.log import get_logger
@@ -172,6 +174,21 @@ async def maintain(
             "again",
         )
         return 0
+
+
+async def maintain_forever(pool: AsyncConnectionPool[Any], window: float) -> None:
+    """:func:`maintain` every tenth of the window (1 s to 60 s), on a connection of ``pool``:
+    a primary node's task."""
+    interval = min(60.0, max(1.0, window / 10))
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with pool.connection() as conn:
+                n = await maintain(conn, window)
+            if n:
+                log.info("bus.idempotency_partitions_dropped", count=n)
+        except Exception as exc:
+            log.warning("bus.idempotency_expiry_failed", error=str(exc))
 
 
 async def _drop_expired(conn: psycopg.AsyncConnection[Any], horizon: datetime.datetime) -> int:

@@ -199,7 +199,10 @@ class BusService:
                 self.announcer.demoted.set()
 
     def heard_primary(self, update: Any) -> None:
-        """Another node announced itself primary: fence this one if that primary is newer."""
+        """Another node announced itself primary (in any region): fence this one if that
+        primary is newer; a replica node relays its timeline to its region's clients."""
+        if self.monitor is not None:
+            self.monitor.heard_timeline(update)
         if self.role not in ("primary", "starting") or self._stopping:
             return
         if self.fence.heard_primary(
@@ -274,6 +277,7 @@ class BusService:
             replica_id=self.replica_id,
             heartbeat=s.heartbeat_interval,
             timeline=self.fence.timeline,  # from the first announcement: trackers need it
+            on_timeline=self._timeline_moved,
             fork=fork[0] if fork is not None and fork[1] == self.fence.timeline else None,
         )
         self.handler.on_commit = self.announcer.committed
@@ -287,11 +291,22 @@ class BusService:
             concurrency=s.max_concurrency,
         )
         await self.write_server.start()
-        self._expiry = asyncio.create_task(self._expire_loop(), name="idempotency-expiry")
+        self._expiry = asyncio.create_task(
+            partitions.maintain_forever(self.pool, self.idempotency_window),
+            name="idempotency-expiry",
+        )
         self._watch = asyncio.create_task(self._watch_demotion(), name="watch-demotion")
         self._set_role("primary")
         if self.fence.fenced:  # a newer primary was heard while this one was starting
             self._fencing = asyncio.create_task(self._leave_write_group(), name="bus-fence")
+
+    def _timeline_moved(self, timeline: int | None) -> None:
+        """The database is on another timeline under this node (promoted again behind a moved
+        address): replies and the fence say so from now on, or trackers take every write for
+        one of the old timeline, lost."""
+        self.fence.timeline = timeline
+        if self.handler is not None:
+            self.handler.timeline = timeline
 
     def _start_committer(self) -> None:
         s = self.settings
@@ -366,18 +381,13 @@ class BusService:
                           attempt=attempt, retry_in=round(delay, 2))  # fmt: skip
                 await self._leave_primary()
                 self._set_role("starting")
-                if await self._standby_again():
+                if self.pool is not None and await standing.standby_if_known(self.pool):
                     log.warning("bus.take_over_abandoned", region=self.settings.region,
                                 reason="the database is a standby again")  # fmt: skip
                     self._take_over_error = None
                     await self._become_replica()
                     return
                 await asyncio.sleep(delay)
-
-    async def _standby_again(self) -> bool:
-        with contextlib.suppress(Exception):  # not reachable: not known, try again
-            return self.pool is not None and await standing.in_recovery(self.pool)
-        return False
 
     async def _watch_demotion(self) -> None:
         # After a failover the old primary comes back as a standby: it must leave the write
@@ -390,19 +400,6 @@ class BusService:
         log.warning("bus.demoted", region=self.settings.region)
         await self._leave_primary()
         await self._become_replica()
-
-    async def _expire_loop(self) -> None:
-        assert self.pool is not None
-        interval = min(60.0, max(1.0, self.idempotency_window / 10))
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                async with self.pool.connection() as conn:
-                    n = await partitions.maintain(conn, self.idempotency_window)
-                if n:
-                    log.info("bus.idempotency_partitions_dropped", count=n)
-            except Exception as exc:
-                log.warning("bus.idempotency_expiry_failed", error=str(exc))
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Drain: stop taking requests, finish and answer in-flight ones, then disconnect."""

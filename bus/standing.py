@@ -23,6 +23,14 @@ async def in_recovery(pool: AsyncConnectionPool[Any]) -> bool:
     return bool(await _one(pool, "SELECT pg_is_in_recovery()"))
 
 
+async def standby_if_known(pool: AsyncConnectionPool[Any]) -> bool:
+    """Whether the database is a standby; False when that cannot be read (not reachable)."""
+    try:
+        return await in_recovery(pool)
+    except Exception:
+        return False
+
+
 async def timeline(pool: AsyncConnectionPool[Any]) -> int | None:
     """The primary's WAL timeline (promotion starts a new one)."""
     name = await _one(pool, f"SELECT {TIMELINE_HEX}")

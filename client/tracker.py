@@ -110,6 +110,10 @@ class LsnTracker:
         self._lag_report: tuple[float | None, float] | None = None
         #: The promotions heard, and which writes they left out.
         self._promotions = Promotions()
+        #: Whether this region's own database was promoted (not only the primary elsewhere),
+        #: and the timeline of the promoted node followed (1: none).
+        self._region_promoted = False
+        self._followed_timeline = 1
         self._report_waiters: set[asyncio.Future[None]] = set()
         self.updates_received = 0
         self.fallback_polls = 0
@@ -205,7 +209,8 @@ class LsnTracker:
             if timeline is not None and timeline < heard.newest:
                 return  # a stale node's last word, from an older timeline
             if timeline is not None and timeline > 1:
-                self._follow(upd.replica_id, promoted=timeline > heard.newest)
+                self._follow(upd.replica_id, timeline)
+                self._region_promoted = True
                 if heard.is_news(timeline, fork):  # or its fork first heard
                     self._promoted(timeline, fork, upd.replica_id)
         elif upd.role != "replica" or not upd.in_recovery:
@@ -213,7 +218,7 @@ class LsnTracker:
         elif heard.is_news(upd.primary_timeline, relayed) and upd.primary_timeline:
             # The primary was promoted elsewhere, as this region's monitor heard it: before
             # this standby's position counts, which may be on the new timeline already.
-            self._promoted(upd.primary_timeline, relayed, None)
+            self._promoted(upd.primary_timeline, relayed, None, relayed=True)
         self.updates_received += 1
         now = time.monotonic()
         self._progress.observe(upd.replica_id, lsn, now)
@@ -227,28 +232,37 @@ class LsnTracker:
                     fut.set_result(None)
             self._report_waiters.clear()
 
-    def _follow(self, replica_id: str, *, promoted: bool) -> None:
-        """Follow the promoted node -- unless this process names its replica, or already
-        follows a node of this timeline."""
+    def _follow(self, replica_id: str, timeline: int) -> None:
+        """Follow the node promoted onto ``timeline`` -- unless this process names its
+        replica, or already follows a node of this timeline or a newer one."""
         if self.settings.replica_id or replica_id == self._progress.replica_id:
             return
-        if promoted or self._progress.replica_id is None:
+        if timeline > self._followed_timeline or self._progress.replica_id is None:
+            self._followed_timeline = max(timeline, self._followed_timeline)
             self._progress = RegionProgress(
                 replica_id=replica_id, stale_after=self._progress.stale_after
             )
 
-    def _promoted(self, timeline: int, fork: int | None, node: str | None) -> None:
+    def _promoted(
+        self, timeline: int, fork: int | None, node: str | None, *, relayed: bool = False
+    ) -> None:
         """A promotion onto ``timeline``, its history forked at ``fork`` (None: not announced),
-        of ``node`` (None: not known here): fail the waits for writes of older timelines it
-        left out (:class:`~writebus.client.promotions.Promotions`) -- they never arrive."""
+        of ``node`` (None: not known here) -- this region's database, or the primary elsewhere
+        (``relayed``): fail the waits for writes of older timelines it left out
+        (:class:`~writebus.client.promotions.Promotions`) -- they never arrive."""
         switch = self._promotions.heard(timeline, fork, node)
-        log.warning("tracker.region_promoted", region=self.region, switch_lsn=switch,
-                    timeline=timeline, fork_announced=fork is not None)  # fmt: skip
         lost = self._promotions.lost
-        for waiter in self._queue.pop_lost(lambda at, tl: lost(at, tl) is not None):
+        failed = self._queue.pop_lost(lambda at, tl: lost(at, tl) is not None)
+        for waiter in failed:
             if not waiter.payload.done():
                 lost_at = lost(waiter.lsn, waiter.timeline) or 0
                 waiter.payload.set_exception(LostInFailoverError(waiter.lsn, lost_at, self.region))
+        quiet = relayed and not failed  # a failover elsewhere, long ago as a rule: no news here
+        (log.info if quiet else log.warning)(
+            "tracker.primary_promoted" if relayed else "tracker.region_promoted",
+            region=self.region, switch_lsn=switch, timeline=timeline,
+            fork_announced=fork is not None, waits_failed=len(failed),
+        )  # fmt: skip
 
     def lag_bound(self, now: float | None = None) -> float | None:
         """An upper bound on the local replica's lag in seconds, from the latest broadcast:
@@ -387,7 +401,7 @@ class LsnTracker:
             # A promoted database's position says nothing of the old primary's last writes:
             # that is for the promotion broadcast to settle (failover, above). Never back: a
             # broadcast may have come in meanwhile.
-            if standby and not self._promotions and lsn is not None:
+            if standby and not self._region_promoted and lsn is not None:
                 if self._replayed is None or lsn > self._replayed:
                     self.advance(lsn)
         finally:
@@ -423,6 +437,7 @@ class LsnTracker:
                 if not standby and timeline is not None and timeline > self._promotions.newest:
                     # Promoted, and not announced yet: its own position says nothing of what
                     # the old primary committed past the fork, which is not known yet either.
+                    self._region_promoted = True
                     self._promoted(timeline, None, None)
                 self.advance(lsn)
                 await asyncio.sleep(self._fallback_interval)

@@ -321,6 +321,55 @@ async def test_a_write_a_failover_lost_no_longer_holds_the_session_back() -> Non
                 bus.stop(10)
 
 
+def _another_standby(stack: Stack, name: str) -> PostgresServer:
+    """Another standby of the syd primary (streaming directly), started."""
+    primary = stack.primary
+    standby = PostgresServer(name=f"pg-{name}", datadir=stack.base_dir / "pg" / name,
+                             port=free_port(), bindir=primary.bindir, run_as=primary.run_as,
+                             fsync=stack.fsync)  # fmt: skip
+    standby.init_replica(LOCALHOST, primary.port)
+    standby.start()
+    return standby
+
+
+def _start_standby_bus(
+    stack: Stack, standby: PostgresServer, region: str, replica_id: str
+) -> BusProcess:
+    """A bus node of ``region`` on ``standby``; a region the stack does not have (fra) shares
+    lax's NATS server (regions are subject names; the servers form one cluster)."""
+    env = {"FLY_REGION": region, "DATABASE_URL": standby.url,
+           "PRIMARY_DATABASE_URL": standby.url, "WRITEBUS_REPLICA_ID": replica_id}  # fmt: skip
+    home = region if region in stack.regions else "lax"
+    return start_bus(stack, home, log_name=f"bus-{replica_id}", **env)
+
+
+async def _relays(nc: Any, region: str) -> list[LsnUpdate]:
+    """The broadcasts of ``region``'s standbys that relay timeline 2, from now on."""
+    relayed: list[LsnUpdate] = []
+
+    async def heard(msg: Any) -> None:
+        upd = decode(msg.data, LsnUpdate, MSGPACK)
+        if upd.role == "replica" and upd.primary_timeline == 2:
+            relayed.append(upd)
+
+    await nc.subscribe(f"writebus.lsn.{region}", cb=heard)
+    return relayed
+
+
+def _follow(server: PostgresServer, upstream: PostgresServer) -> None:
+    """Point ``server``'s WAL stream at ``upstream`` (takes effect on reload)."""
+    server.execute("ALTER SYSTEM SET primary_conninfo = "
+                   f"'host={LOCALHOST} port={upstream.port} user=postgres'")  # fmt: skip
+    server.execute("SELECT pg_reload_conf()")
+
+
+async def _until_logged(bus: BusProcess, event: str) -> None:
+    deadline = time.monotonic() + 30
+    while f'"event": "{event}"' not in bus.log_path.read_text():
+        assert time.monotonic() < deadline, bus.log_tail()
+        await asyncio.sleep(0.05)
+
+
 async def test_a_promotion_in_another_region_fails_lax_waits_for_what_it_lost() -> None:
     """syd has a second standby with its own bus node. Both standbys stop receiving WAL, and
     a write through the bus commits on the syd primary 5 MB past what they received; a lax
@@ -330,29 +379,15 @@ async def test_a_promotion_in_another_region_fails_lax_waits_for_what_it_lost() 
     fork, so the wait fails as lost at the fork. Before, it was released as replicated when
     lax passed its position on timeline 2, and a read then missed the write."""
     with Stack(one_way_delay_ms=TEST_DELAY_MS) as stack:
-        primary = stack.primary
-        with psycopg.connect(primary.url, autocommit=True) as conn:
+        with psycopg.connect(stack.primary.url, autocommit=True) as conn:
             conn.execute("CREATE TABLE far_lost (id bigserial PRIMARY KEY, body text)")
-        standby = PostgresServer(name="pg-syd-2", datadir=stack.base_dir / "pg" / "syd-2",
-                                 port=free_port(), bindir=primary.bindir, run_as=primary.run_as,
-                                 fsync=stack.fsync)  # fmt: skip
-        standby.init_replica(LOCALHOST, primary.port)
-        standby.start()
+        standby = _another_standby(stack, "syd-2")
         stack.wait_replica_caught_up(10)
         buses = [start_bus(stack, "lax", log_name="far-bus-lax"),
                  start_bus(stack, "syd", log_name="far-bus-syd"),
-                 start_bus(stack, "syd", log_name="far-bus-syd-2", DATABASE_URL=standby.url,
-                           PRIMARY_DATABASE_URL=standby.url,
-                           WRITEBUS_REPLICA_ID="syd-2")]  # fmt: skip
+                 _start_standby_bus(stack, standby, "syd", "syd-2")]  # fmt: skip
         nc = await nats.connect(stack.nats_url("lax"))
-        relayed: list[LsnUpdate] = []
-
-        async def heard(msg: Any) -> None:
-            upd = decode(msg.data, LsnUpdate, MSGPACK)
-            if upd.role == "replica" and upd.primary_timeline == 2:
-                relayed.append(upd)
-
-        await nc.subscribe("writebus.lsn.lax", cb=heard)
+        relayed = await _relays(nc, "lax")
         lax = settings_for(stack, "lax", rpc_timeout=20, replication_timeout=20)
         try:
             async with Database(lax, retry=RetryPolicy(no_worker_patience=20.0)) as db:
@@ -369,18 +404,11 @@ async def test_a_promotion_in_another_region_fails_lax_waits_for_what_it_lost() 
                 )
                 assert lost.lsn is not None and lost.timeline == 1
                 wait = asyncio.create_task(db.wait_for_lsn(lost.lsn, 60, lost.timeline))
-                primary.stop("fast")
+                stack.primary.stop("fast")
                 standby.promote()
-                deadline = time.monotonic() + 30
-                while '"event": "bus.promoted"' not in buses[2].log_path.read_text():
-                    assert time.monotonic() < deadline, buses[2].log_tail()
-                    await asyncio.sleep(0.05)
+                await _until_logged(buses[2], "bus.promoted")
                 # lax follows the new primary, on timeline 2, past the lost write's position.
-                stack.replica.execute(
-                    "ALTER SYSTEM SET primary_conninfo = "
-                    f"'host={LOCALHOST} port={standby.port} user=postgres'"
-                )
-                stack.replica.execute("SELECT pg_reload_conf()")
+                _follow(stack.replica, standby)
                 after = await db.execute(
                     "INSERT INTO far_lost(body) SELECT repeat('y', 1000) "
                     "FROM generate_series(1, 6000)"
@@ -395,9 +423,67 @@ async def test_a_promotion_in_another_region_fails_lax_waits_for_what_it_lost() 
                     ("lax", fork)
                 }
                 assert await db.fetchval("SELECT count(*) FROM far_lost WHERE body = 'kept'") == 1
-                assert await db.fetchval("SELECT count(*) FROM far_lost") == 6001  # none lost
+                assert await db.fetchval("SELECT count(*) FROM far_lost") == 6001  # no 'x' rows
                 with pytest.raises(LostInFailoverError):  # and at once, for a wait begun now
                     await db.wait_for_lsn(lost.lsn, 5, lost.timeline)
+        finally:
+            await nc.close()
+            for bus in buses:
+                bus.stop(10)
+            standby.stop("fast")
+
+
+async def test_a_promotion_outside_the_primary_region_reaches_a_third_regions_clients() -> None:
+    """The lax standby is promoted -- outside the primary region (syd), so it announces on
+    lax's subject, not syd's. A third region, fra, has a standby of its own, pointed at lax
+    after the promotion, and a fra app waits for a write that lax never received. fra's
+    node hears every region's announcements and relays the promotion, so the wait fails as
+    lost at the fork. (fra's monitor listened to syd's subject only: the wait was released as
+    replicated once fra's standby passed its position on timeline 2.)"""
+    with Stack(one_way_delay_ms=TEST_DELAY_MS) as stack:
+        with psycopg.connect(stack.primary.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE lax_took (id bigserial PRIMARY KEY, body text)")
+        standby = _another_standby(stack, "fra")
+        stack.wait_replica_caught_up(10)
+        buses = [start_bus(stack, "lax", log_name="took-bus-lax"),
+                 start_bus(stack, "syd", log_name="took-bus-syd"),
+                 _start_standby_bus(stack, standby, "fra", "fra-1")]  # fmt: skip
+        nc = await nats.connect(stack.nats_url("lax"))
+        relayed = await _relays(nc, "fra")
+        lax = settings_for(stack, "lax", rpc_timeout=20, replication_timeout=20)
+        fra = settings_for(stack, "lax").replace(region="fra", database_url=standby.url)
+        try:
+            async with Database(lax, retry=RetryPolicy(no_worker_patience=20.0)) as db, \
+                    Database(fra) as fra_db:  # fmt: skip
+                kept = await db.execute("INSERT INTO lax_took(body) VALUES ('kept')")
+                assert await fra_db.wait_for_lsn(kept.lsn or 0, 10, kept.timeline)
+                await _stop_receiving(standby)  # fra first: lax has all fra has
+                await _stop_receiving(stack.replica)
+                lost = await db.execute(
+                    "INSERT INTO lax_took(body) SELECT repeat('x', 1000) "
+                    "FROM generate_series(1, 5000)",
+                    await_replication=False,
+                )
+                assert lost.lsn is not None and lost.timeline == 1
+                wait = asyncio.create_task(fra_db.wait_for_lsn(lost.lsn, 60, lost.timeline))
+                stack.primary.stop("fast")
+                stack.replica.promote()
+                await _until_logged(buses[0], "bus.promoted")
+                _follow(standby, stack.replica)
+                after = await db.execute(
+                    "INSERT INTO lax_took(body) SELECT repeat('y', 1000) "
+                    "FROM generate_series(1, 6000)"
+                )
+                assert after.timeline == 2 and after.lsn is not None and after.lsn > lost.lsn
+                assert await fra_db.wait_for_lsn(after.lsn, 30, after.timeline) >= after.lsn
+                with pytest.raises(LostInFailoverError) as info:  # not released as replicated
+                    await asyncio.wait_for(wait, 5)
+                fork = _fork(stack.replica, 2)
+                assert info.value.switch_lsn == fork and fra_db.forks == {2: fork}
+                assert relayed and {(u.replica_id, update_primary_fork(u)) for u in relayed} == {
+                    ("fra-1", fork)
+                }
+                assert await fra_db.fetchval("SELECT count(*) FROM lax_took") == 6001
         finally:
             await nc.close()
             for bus in buses:

@@ -57,6 +57,31 @@ async def test_a_newer_primary_heard_while_starting_fences_the_node(
         assert "fenced: rival in lax" in (node.problem() or "")
 
 
+async def test_a_database_found_on_another_timeline_stamps_replies_with_it(
+    stack: Any, table: str
+) -> None:
+    """The node last knew its database on timeline 7 -- as if its address had moved to a
+    server promoted again. Its next heartbeat finds timeline 1: from then on its replies and
+    its fence say 1, as its announcements do. (Replies kept the old timeline while the
+    announcements carried the new one, so every tracker took each write for one of a timeline
+    the promotion had left behind: lost.)"""
+    prefix = f"tl{uuid.uuid4().hex[:8]}"
+    async with BusService(bus_settings_for(stack, "syd", prefix=prefix),
+                          procedures=procedures) as node:  # fmt: skip
+        assert node.handler is not None and node.announcer is not None
+        assert node.handler.timeline == node.fence.timeline == node.announcer.timeline == 1
+        node.handler.timeline = node.fence.timeline = node.announcer.timeline = 7
+        deadline = time.monotonic() + 10
+        while node.handler.timeline != 1:
+            assert time.monotonic() < deadline, node.handler.timeline
+            await asyncio.sleep(0.02)
+        assert node.fence.timeline == 1 and node.announcer.timeline == 1
+        async with Database(settings_for(stack, "lax", prefix=prefix)) as db:
+            res = await db.execute(f"INSERT INTO {table}(body) VALUES ('t')",
+                                   await_replication=False)  # fmt: skip
+        assert res.via_bus and res.timeline == 1
+
+
 async def test_idle_replica_heartbeats_without_busy_polling(stack: Any) -> None:
     """Idle, the replica node polls and publishes about once a second (heartbeat), no more."""
     prefix = f"svc{uuid.uuid4().hex[:8]}"

@@ -27,6 +27,7 @@ from writebus.client.errors import (
 from writebus.client.protocol import Reply, Request, decode, encode, lsn_update
 from writebus.client.retry import RetryPolicy
 from writebus.client.settings import Settings
+from writebus.client.tracker import PROBE_QUIET
 from writebus.client.writes import fallback_event, write_route
 
 LAX = Settings(region="lax", primary_region="syd", replication_timeout=2.0)
@@ -226,7 +227,7 @@ async def test_a_promotion_elsewhere_relayed_by_the_regions_monitor_fails_what_i
     and its fork (102) in its broadcasts, and lax's standby follows timeline 2. Its broadcast
     of 200 -- on timeline 2 -- releases the timeline-1 write at 101, which the fork kept, and
     fails the one at 103 as lost, rather than release it as replicated. The session goes back
-    to the fork. Broadcasts relaying timeline 1 before it were no promotion."""
+    to the fork."""
     server, bus = fake
     async with Database(LAX.replace(replication_timeout=30), nats=server.client()) as db:
         await bus.replayed("lax", 100, primary_timeline=1)
@@ -267,6 +268,47 @@ async def test_a_promotion_relayed_without_its_fork_makes_older_writes_unknown(
         await bus.replayed("lax", 210, primary_timeline=2, fork=160)
         await _until(lambda: db.forks == {2: 160})
         assert await db.wait_for_lsn(150, 2, 1) >= 150
+
+
+async def test_a_promotion_elsewhere_leaves_the_probe_on(
+    fake: tuple[FakeServer, Bus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a relayed promotion the tracker still reads its standby itself when a wait
+    begins in a quiet spell (the probe), and that releases the wait: the standby is what the
+    monitor would broadcast. (It stopped probing for good once any promotion was heard, as
+    after its own database's promotion, when the position it reads is a primary's.)"""
+    server, bus = fake
+    async with Database(LAX, nats=server.client()) as db:
+        tracker = db.tracker
+        assert tracker is not None
+
+        async def standby_read() -> tuple[int, bool, int]:
+            return 250, True, 2
+
+        monkeypatch.setattr(tracker._reader, "read", standby_read)
+        await bus.replayed("lax", 200, primary_timeline=2, fork=150)
+        await _until(lambda: tracker.forks == {2: 150})
+        await asyncio.sleep(2 * PROBE_QUIET)
+        assert await asyncio.wait_for(db.wait_for_lsn(240, 5, 2), 1) == 250
+        assert tracker.probes == 1
+
+
+async def test_the_node_promoted_onto_a_newer_timeline_is_followed_though_relayed_first(
+    fake: tuple[FakeServer, Bus],
+) -> None:
+    """The tracker follows y, promoted onto timeline 2. A standby's monitor relays timeline 3
+    before z, promoted onto it, announces itself here: the tracker follows z, whose position
+    releases a timeline-3 wait. (The relay made z's timeline look old news, and the tracker
+    kept following y, gone quiet.)"""
+    server, bus = fake
+    async with Database(LAX, nats=server.client()) as db:
+        await bus.announced(500, 2, replica_id="y", fork=100)
+        await _until(lambda: db.forks == {2: 100})
+        await bus.replayed("lax", 520, primary_timeline=3, fork=600)
+        await _until(lambda: db.forks == {2: 100, 3: 600})
+        wait = asyncio.create_task(db.wait_for_lsn(650, 5, 3))
+        await bus.announced(700, 3, replica_id="z", fork=600)
+        assert await asyncio.wait_for(wait, 1) == 700
 
 
 async def test_a_stale_nodes_older_timeline_is_no_promotion(fake: tuple[FakeServer, Bus]) -> None:

@@ -27,19 +27,19 @@ async def _hear(monitor: ReplicaMonitor, upd: LsnUpdate) -> None:
 
 async def test_the_newest_timeline_and_its_fork_are_kept_and_published_at_once() -> None:
     """Timeline 1 is kept quietly. A promotion -- timeline 2, forked at 300 -- is kept and
-    makes the next poll publish, though the replay has not moved; a stale primary's older
-    timeline, or a node before the field, changes nothing."""
+    due at the next poll, though the replay has not moved; a stale primary's older timeline,
+    or a node before the field, changes nothing. The node hands in announcements from any
+    region (``heard_timeline``): a standby promoted elsewhere counts the same."""
     m = _monitor()
     await _hear(m, _announced(1))
-    assert (m.primary_timeline, m.primary_fork) == (1, None)
-    m.state.replayed = m.state.published = 200
-    m.state.published_at = 10**9  # a heartbeat is far off
-    await _hear(m, _announced(2, 300))
+    assert (m.primary_timeline, m.primary_fork, m._relay_due) == (1, None, False)
+    m.heard_timeline(msgspec.structs.replace(_announced(2, 300), region="lax"))
     assert (m.primary_timeline, m.primary_fork) == (2, 300)
-    assert m.state.should_publish(10**9, m.cadence) and m._news.is_set()
-    for stale in (_announced(1), _announced(None)):
+    assert m._relay_due and m._news.is_set()
+    m._relay_due = False
+    for stale in (_announced(1), _announced(None), _announced(2, 300)):
         await _hear(m, stale)
-        assert (m.primary_timeline, m.primary_fork) == (2, 300)
+        assert (m.primary_timeline, m.primary_fork, m._relay_due) == (2, 300, False)
 
 
 async def test_a_fork_heard_after_its_timeline_is_filled_in_and_a_bad_one_ignored() -> None:
