@@ -42,6 +42,19 @@ class Fence:
             return True
         return False
 
+    def moved(self, timeline: int | None, *, region: str) -> bool:
+        """This node's database is on ``timeline`` now (its address moved to another server);
+        True if that fences the node. A newer timeline is taken as this node's own (the server
+        promoted behind the address). An older one is not: a database never goes back a
+        timeline, so an old primary is behind the address, and this node was the newer one."""
+        if self.fenced or timeline is None:
+            return False
+        older, self.timeline = self.timeline, timeline
+        if older is not None and timeline < older:
+            self.rival = (region, self.replica_id, older)
+            return True
+        return False
+
     def reason(self) -> str:
         """Why this node is fenced, for logs and /healthz."""
         if self.rival is None:

@@ -135,35 +135,44 @@ class ReplicaMonitor:
             upd = decode(msg.data, LsnUpdate, encoding_of(msg.headers, msg.data))
         except Exception:
             return
-        if upd.role != "primary":
+        self.heard_primary(upd)
+
+    def heard_primary(self, upd: LsnUpdate) -> None:
+        """A progress broadcast, from any region: a primary's announcement sets the polling
+        pace and the lag -- unless it comes from a timeline older than the newest announced (a
+        stale primary's last word). The node hands in what it hears on every region's subject:
+        a standby promoted outside the primary region announces on its own."""
+        if upd.role != "primary" or not self._heard_timeline(upd):
             return
-        self.heard_timeline(upd)
         now = time.monotonic()
         self.lag.announced(upd.lsn_int, now)
         if self.state.announce(upd.lsn_int, now, self.cadence):
             self._news.set()
 
-    def heard_timeline(self, upd: LsnUpdate) -> None:
-        """A primary's announcement, from any region: keep the newest timeline announced, and
-        its fork. A promotion is published at the next poll, without waiting for progress or a
-        heartbeat. (The node hands in what it hears on every region's subject: a standby
-        promoted outside the primary region announces on its own.)"""
+    def _heard_timeline(self, upd: LsnUpdate) -> bool:
+        """Keep the newest timeline announced, and its fork; False for an older one. A
+        promotion is published at the next poll, without waiting for progress or a heartbeat,
+        and the primary's positions count afresh: the new timeline's start below the old one's
+        last position."""
         timeline, known = upd.timeline, self.primary_timeline
         if timeline is None or (known is not None and timeline < known):
-            return  # an older node, or a stale primary's last word
+            return timeline is None  # a node before timelines; or a stale primary
         try:
             fork = update_fork(upd)
         except ProtocolError:
             fork = None
         if timeline != known:
             self.primary_timeline, self.primary_fork = timeline, fork
+            if known is not None:
+                self.lag, self.state.target = LagClock(replayed=self.state.replayed), 0
         elif self.primary_fork is None and fork is not None:
             self.primary_fork = fork
         else:
-            return
+            return True
         if timeline > 1:  # a promotion: news for the region's clients, publish it now
             self._relay_due = True
             self._news.set()
+        return True
 
     async def _fork(self) -> tuple[int, int] | None:
         """Where the database's history forked, and onto which timeline, now that this poll saw

@@ -202,7 +202,7 @@ class BusService:
         """Another node announced itself primary (in any region): fence this one if that
         primary is newer; a replica node relays its timeline to its region's clients."""
         if self.monitor is not None:
-            self.monitor.heard_timeline(update)
+            self.monitor.heard_primary(update)
         if self.role not in ("primary", "starting") or self._stopping:
             return
         if self.fence.heard_primary(
@@ -301,11 +301,13 @@ class BusService:
             self._fencing = asyncio.create_task(self._leave_write_group(), name="bus-fence")
 
     def _timeline_moved(self, timeline: int | None) -> None:
-        """The database is on another timeline under this node (promoted again behind a moved
-        address): replies and the fence say so from now on, or trackers take every write for
-        one of the old timeline, lost."""
-        self.fence.timeline = timeline
-        if self.handler is not None:
+        """The database is on another timeline under this node (its address moved): a newer
+        one is adopted -- replies say it, or trackers take every write for a lost one -- and
+        an older one fences the node (:meth:`Fence.moved`)."""
+        if self.fence.moved(timeline, region=self.settings.region):
+            log.error("bus.fenced", region=self.settings.region, reason=self.fence.reason())
+            self._fencing = asyncio.create_task(self._leave_write_group(), name="bus-fence")
+        elif self.handler is not None:
             self.handler.timeline = timeline
 
     def _start_committer(self) -> None:
@@ -384,7 +386,7 @@ class BusService:
                 if self.pool is not None and await standing.standby_if_known(self.pool):
                     log.warning("bus.take_over_abandoned", region=self.settings.region,
                                 reason="the database is a standby again")  # fmt: skip
-                    self._take_over_error = None
+                    self._take_over_error, self.fence = None, Fence(self.replica_id)
                     await self._become_replica()
                     return
                 await asyncio.sleep(delay)

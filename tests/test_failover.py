@@ -438,8 +438,9 @@ async def test_a_promotion_outside_the_primary_region_reaches_a_third_regions_cl
     lax's subject, not syd's. A third region, fra, has a standby of its own, pointed at lax
     after the promotion, and a fra app waits for a write that lax never received. fra's
     node hears every region's announcements and relays the promotion, so the wait fails as
-    lost at the fork. (fra's monitor listened to syd's subject only: the wait was released as
-    replicated once fra's standby passed its position on timeline 2.)"""
+    lost at the fork, and its lag counts from the new primary's positions. (fra's monitor
+    listened to syd's subject only: the wait was released as replicated once fra's standby
+    passed its position on timeline 2, and the lag counted from the dead primary's last.)"""
     with Stack(one_way_delay_ms=TEST_DELAY_MS) as stack:
         with psycopg.connect(stack.primary.url, autocommit=True) as conn:
             conn.execute("CREATE TABLE lax_took (id bigserial PRIMARY KEY, body text)")
@@ -484,6 +485,9 @@ async def test_a_promotion_outside_the_primary_region_reaches_a_third_regions_cl
                     ("fra-1", fork)
                 }
                 assert await fra_db.fetchval("SELECT count(*) FROM lax_took") == 6001
+                # fra's lag counts from the new primary's positions, not the dead one's last.
+                await _until_true(lambda: any((u.primary_lsn_int or 0) >= (after.lsn or 0)
+                                              for u in relayed))  # fmt: skip
         finally:
             await nc.close()
             for bus in buses:

@@ -57,29 +57,47 @@ async def test_a_newer_primary_heard_while_starting_fences_the_node(
         assert "fenced: rival in lax" in (node.problem() or "")
 
 
-async def test_a_database_found_on_another_timeline_stamps_replies_with_it(
+async def test_a_database_found_on_a_newer_timeline_stamps_replies_with_it(
     stack: Any, table: str
 ) -> None:
-    """The node last knew its database on timeline 7 -- as if its address had moved to a
-    server promoted again. Its next heartbeat finds timeline 1: from then on its replies and
-    its fence say 1, as its announcements do. (Replies kept the old timeline while the
-    announcements carried the new one, so every tracker took each write for one of a timeline
-    the promotion had left behind: lost.)"""
+    """The node has no timeline for its database (as before a read); its next heartbeat finds
+    timeline 1: its replies and its fence say 1 from then on, as its announcements do. (A
+    node whose address moved to a server promoted again kept stamping replies with the
+    timeline it read at take-over while announcing the new one, so every tracker took each
+    write for one a promotion had left behind: lost.)"""
     prefix = f"tl{uuid.uuid4().hex[:8]}"
     async with BusService(bus_settings_for(stack, "syd", prefix=prefix),
                           procedures=procedures) as node:  # fmt: skip
         assert node.handler is not None and node.announcer is not None
         assert node.handler.timeline == node.fence.timeline == node.announcer.timeline == 1
-        node.handler.timeline = node.fence.timeline = node.announcer.timeline = 7
-        deadline = time.monotonic() + 10
-        while node.handler.timeline != 1:
-            assert time.monotonic() < deadline, node.handler.timeline
-            await asyncio.sleep(0.02)
-        assert node.fence.timeline == 1 and node.announcer.timeline == 1
+        node.handler.timeline = node.fence.timeline = node.announcer.timeline = None
+        await _until(lambda: node.handler is not None and node.handler.timeline == 1)
+        assert node.fence.timeline == 1 and node.role == "primary"
         async with Database(settings_for(stack, "lax", prefix=prefix)) as db:
             res = await db.execute(f"INSERT INTO {table}(body) VALUES ('t')",
                                    await_replication=False)  # fmt: skip
         assert res.via_bus and res.timeline == 1
+
+
+async def test_a_database_found_on_an_older_timeline_fences_the_node(stack: Any) -> None:
+    """The node last knew its database on timeline 7; its next heartbeat finds timeline 1 --
+    an old primary behind its address, since a database never goes back a timeline. The node
+    is fenced and leaves the write group, rather than serve writes on the old history."""
+    prefix = f"tl{uuid.uuid4().hex[:8]}"
+    async with BusService(bus_settings_for(stack, "syd", prefix=prefix),
+                          procedures=procedures) as node:  # fmt: skip
+        assert node.handler is not None and node.announcer is not None
+        node.handler.timeline = node.fence.timeline = node.announcer.timeline = 7
+        await _until(lambda: node.role == "fenced")
+        assert node.write_server is None and node.committer is None
+        assert "timeline 7" in (node.problem() or "")
+
+
+async def _until(check: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
 
 
 async def test_idle_replica_heartbeats_without_busy_polling(stack: Any) -> None:

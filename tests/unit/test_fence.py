@@ -36,3 +36,24 @@ def test_fenced_stays_fenced() -> None:
     fence.heard_primary(region="lax", replica_id="lax-1", timeline=2)
     assert not fence.heard_primary(region="fra", replica_id="fra-1", timeline=3)
     assert fence.rival == ("lax", "lax-1", 2)
+
+
+def test_a_database_moved_to_a_newer_timeline_is_this_nodes_own() -> None:
+    """Its address moved to a server promoted again: the newer timeline is taken as this
+    node's, and a primary heard on it later is no rival; one newer still is."""
+    fence = Fence("syd-1", timeline=2)
+    assert not fence.moved(3, region="syd") and fence.timeline == 3 and not fence.fenced
+    assert not fence.heard_primary(region="lax", replica_id="lax-1", timeline=3)
+    assert fence.heard_primary(region="lax", replica_id="lax-1", timeline=4)
+    first = Fence("syd-1")  # not read yet: anything is taken
+    assert not first.moved(1, region="syd") and first.timeline == 1
+
+
+def test_a_database_moved_to_an_older_timeline_fences_the_node() -> None:
+    """A database never goes back a timeline: an old primary is behind the address. The node
+    is fenced, and the reason names the newer timeline it was on."""
+    fence = Fence("syd-1", timeline=7)
+    assert fence.moved(1, region="syd")
+    assert fence.fenced and fence.rival == ("syd", "syd-1", 7) and fence.timeline == 1
+    assert "timeline 7" in fence.reason() and "database's 1" in fence.reason()
+    assert not fence.moved(8, region="syd")  # fenced stays fenced
