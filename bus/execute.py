@@ -57,9 +57,8 @@ from writebus.client.protocol import (
     Request,
     StatementResult,
     encode,
-    param_bytes,
-    validate_request,
 )
+from writebus.client.validation import param_bytes, validate_request
 
 log = get_logger("writebus.bus.execute")
 

@@ -47,8 +47,8 @@ from writebus.client.protocol import (
     decode,
     encode,
     encoding_of,
-    validate_request,
 )
+from writebus.client.validation import validate_request
 from writebus.client.wire_errors import error_info
 
 log = get_logger("writebus.bus.handler")

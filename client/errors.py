@@ -31,6 +31,7 @@ Every error a write can raise says what happened to the write, in :attr:`WriteBu
      │    ├── ForbiddenError       refused by configuration (procedures only)    NOT_APPLIED
      │    └── IdempotencyKeyReusedError  the id was used for another request     NOT_APPLIED
      ├── UnavailableError          the worker could not reach its database       NOT_APPLIED
+     ├── RowFactoryError           committed; the row factory failed on its rows APPLIED
      ├── StaleReadError            the replica lags more than a read allows      (a read)
      └── TrackerError              no replay progress (in a write's own wait: APPLIED)
           └── LostInFailoverError  promoted before replaying it: resend (same id) UNKNOWN
@@ -300,6 +301,27 @@ class UnavailableError(WriteBusError):
 
     retryable = True
     outcome = Outcome.NOT_APPLIED
+
+
+class RowFactoryError(WriteBusError):
+    """The write **committed** (at ``lsn``, on ``timeline``), and its replay was waited for as
+    asked, but the row factory failed on its result rows (the exception is ``__cause__``). Do
+    not send it again under a new id: fix the factory (or pass ``row_factory=`` for this call).
+    A session counts the write, as for any write that committed."""
+
+    outcome = Outcome.APPLIED
+
+    def __init__(
+        self, request_id: str, lsn: int | None, timeline: int | None, error: Exception
+    ) -> None:
+        at = f"at {format_lsn(lsn)}" if lsn is not None else "(no LSN)"
+        super().__init__(
+            f"request {request_id} committed {at}, but the row factory failed on its result "
+            f"rows: {type(error).__name__}: {error}"
+        )
+        self.request_id = request_id
+        self.lsn = lsn
+        self.timeline = timeline
 
 
 class StaleReadError(WriteBusError):

@@ -12,13 +12,12 @@ with ``v`` greater than :data:`PROTOCOL_VERSION` gets a ``protocol`` error namin
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
-from writebus.client.errors import ForbiddenError, LimitError, ProtocolError
+from writebus.client.errors import ProtocolError
 from writebus.client.lsn import format_lsn, parse_lsn
 
 PROTOCOL_VERSION: Final = 1
@@ -318,10 +317,25 @@ def encoding_of(headers: dict[str, str] | None, data: bytes) -> Encoding:
 
 
 def encode(message: msgspec.Struct, encoding: str = MSGPACK) -> bytes:
-    """Encode a message in msgpack (default) or JSON."""
-    if encoding == JSON:
-        return _json_encoder.encode(message)
-    return _msgpack_encoder.encode(message)
+    """Encode a message in msgpack (default) or JSON. A value the format cannot carry (an
+    integer past 64 bits) raises :class:`ProtocolError`: nothing was sent."""
+    encoder = _json_encoder if encoding == JSON else _msgpack_encoder
+    return _encoded(encoder, message)
+
+
+def encoded_params(value: Any) -> bytes:
+    """``value`` (parameters) encoded as msgpack, as :func:`encode` would."""
+    return _encoded(_msgpack_encoder, value)
+
+
+def _encoded(encoder: msgspec.msgpack.Encoder | msgspec.json.Encoder, value: Any) -> bytes:
+    try:
+        return encoder.encode(value)
+    except OverflowError as exc:
+        raise ProtocolError(
+            f"a value cannot be sent ({exc}): integers travel as 64-bit numbers; send a larger "
+            "one as a decimal.Decimal or a str"
+        ) from exc
 
 
 def decode(data: bytes, kind: type[T], encoding: str = MSGPACK) -> T:
@@ -340,110 +354,3 @@ def decode(data: bytes, kind: type[T], encoding: str = MSGPACK) -> T:
             f"undecodable {kind.__name__} ({encoding}): nested too deeply",
             data={"encoding": encoding},
         ) from exc
-
-
-def param_bytes(req: Request) -> int:
-    """Encoded size (msgpack) of a request's statement params, procedure args and kwargs."""
-    params = [s.params for s in req.statements or () if s.params is not None]
-    return len(_msgpack_encoder.encode([params, req.args, req.kwargs]))
-
-
-# BEGIN/COMMIT/ROLLBACK/SAVEPOINT... inside a request would end the request's own transaction
-# (and with it the exactly-once record) half-way through. Postgres drops empty statements, so
-# ";COMMIT" is one command, and its block comments nest: both are skipped before the keyword.
-_TRANSACTION_CONTROL = re.compile(
-    r"\(*\s*(?:BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|PREPARE\s+TRANSACTION)\b",
-    re.IGNORECASE,
-)
-# COPY ... FROM STDIN / TO STDOUT needs the connection to itself; in the pipeline a group runs
-# in, psycopg cannot send it (an error with no SQLSTATE, like a lost connection's).
-_COPY = re.compile(r"COPY\b", re.IGNORECASE)
-_SKIPPED = re.compile(r"(?:\s|;|--[^\n\r]*(?:[\n\r]|\Z))*")  # "--" ends at \n or \r
-
-
-def _first_command(sql: str) -> str:
-    """``sql`` from its first token on: past whitespace, empty statements (``;``), line
-    comments and block comments, nested as Postgres nests them."""
-    pos = 0
-    while True:
-        pos = _SKIPPED.match(sql, pos).end()  # type: ignore[union-attr]
-        if not sql.startswith("/*", pos):
-            return sql[pos:]
-        depth, pos = 1, pos + 2
-        while depth and pos < len(sql):
-            if sql.startswith("/*", pos):
-                depth, pos = depth + 1, pos + 2
-            elif sql.startswith("*/", pos):
-                depth, pos = depth - 1, pos + 2
-            else:
-                pos += 1
-
-
-def validate_request(
-    req: Request,
-    *,
-    max_statements: int = MAX_STATEMENTS,
-    allow_statements: bool = True,
-    allow_sql: bool = True,
-    max_param_bytes: int = MAX_PARAM_BYTES,
-) -> None:
-    """Check a decoded request against the protocol's rules and limits.
-
-    ``allow_statements`` is false on subjects that run procedures only (``<prefix>.rpc.*``);
-    ``allow_sql`` false refuses statements everywhere (procedures-only mode). Raises
-    :class:`ProtocolError`, or its subclasses :class:`LimitError` and :class:`ForbiddenError`.
-    """
-    if req.v > PROTOCOL_VERSION or req.v < 1:
-        raise ProtocolError(
-            f"unsupported protocol version {req.v}; this worker speaks 1..{PROTOCOL_VERSION}"
-        )
-    # The id is stored in a text column, which cannot hold NUL.
-    if not req.id or len(req.id) > MAX_REQUEST_ID_LENGTH or "\x00" in req.id:
-        raise ProtocolError(
-            f"request id must be 1..{MAX_REQUEST_ID_LENGTH} characters, without NUL"
-        )
-    has_sql = req.statements is not None
-    has_proc = req.procedure is not None
-    if has_sql == has_proc:
-        raise ProtocolError("a request has exactly one of 'statements' and 'procedure'")
-    if req.statements is not None:
-        if not allow_statements:
-            raise ProtocolError(
-                "this subject runs procedures only; send statements to <prefix>.write"
-            )
-        if not allow_sql:
-            raise ForbiddenError(
-                "raw SQL is switched off on this bus (procedures-only mode); "
-                "call a registered procedure instead"
-            )
-        if not req.statements:
-            raise ProtocolError("'statements' is empty")
-        if len(req.statements) > max_statements:
-            raise LimitError(
-                f"{len(req.statements)} statements in one request; the limit is {max_statements}"
-            )
-        for i, stmt in enumerate(req.statements):
-            if not stmt.sql.strip():
-                raise ProtocolError(f"statement {i} has empty SQL")
-            command = _first_command(stmt.sql)
-            if _TRANSACTION_CONTROL.match(command):
-                raise ProtocolError(
-                    f"statement {i} controls the transaction ({command.split()[0]!r}); the bus "
-                    "runs each request as one transaction of its own"
-                )
-            if _COPY.match(command):
-                raise ProtocolError(
-                    f"statement {i} is a COPY, which the bus cannot run in a batch; insert the "
-                    "rows with parameters (INSERT ... SELECT * FROM unnest(%s, ...)), or copy "
-                    "them in a procedure"
-                )
-            if stmt.params is not None and len(stmt.params) > MAX_PARAMS_PER_STATEMENT:
-                raise LimitError(
-                    f"statement {i} has {len(stmt.params)} parameters; "
-                    f"the limit is {MAX_PARAMS_PER_STATEMENT}"
-                )
-    elif not req.procedure:
-        raise ProtocolError("'procedure' is empty")
-    size = param_bytes(req)
-    if size > max_param_bytes:
-        raise LimitError(f"parameters take {size} bytes; the limit is {max_param_bytes}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from writebus.client.errors import RowFactoryError
 from writebus.client.lsn import format_lsn
 from writebus.client.protocol import StatementResult
 from writebus.client.rows import RowFactory, make_rows
@@ -29,6 +30,23 @@ class StatementOutcome:
             columns=tuple(r.columns) if r.columns is not None else None,
             rows=make_rows(r.columns, r.rows, row_factory) if r.rows else [],
         )
+
+
+def shape_results(
+    results: list[StatementResult],
+    row_factory: RowFactory | None,
+    *,
+    request_id: str,
+    lsn: int | None,
+    timeline: int | None,
+) -> list[StatementOutcome]:
+    """The statements' outcomes of a write that committed, rows shaped by ``row_factory``; a
+    factory that fails raises :class:`RowFactoryError` -- applied, at ``lsn`` -- never its own
+    exception, which would say nothing of the commit."""
+    try:
+        return [StatementOutcome.from_wire(r, row_factory) for r in results]
+    except Exception as exc:
+        raise RowFactoryError(request_id, lsn, timeline, exc) from exc
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from writebus.client.log import get_logger
 from writebus.client.lsn import format_lsn
 from writebus.client.procedures import Procedures
 from writebus.client.protocol import MSGPACK, Request, Statement, reply_lsn
-from writebus.client.results import StatementOutcome, Timings, WriteResult
+from writebus.client.results import Timings, WriteResult, shape_results
 from writebus.client.retry import Attempts, RetryPolicy
 from writebus.client.rows import RowFactory
 from writebus.client.rpc import request
@@ -191,7 +191,8 @@ async def via_bus(
         replication_ms = (time.monotonic() - t0) * 1000
     server_ms = reply.server_ms or 0.0
     return WriteResult(
-        statements=[StatementOutcome.from_wire(r, row_factory) for r in reply.results],
+        statements=shape_results(reply.results, row_factory, request_id=req.id, lsn=lsn,
+                                 timeline=reply.timeline),  # fmt: skip
         lsn=lsn,
         region=reply.region or settings.primary_region,
         via_bus=True,
@@ -297,7 +298,8 @@ async def direct(
     done = await attempts.run(once)
     elapsed = (time.monotonic() - start) * 1000
     return WriteResult(
-        statements=[StatementOutcome.from_wire(r, row_factory) for r in done.results],
+        statements=shape_results(done.results, row_factory, request_id=req.id, lsn=done.lsn,
+                                 timeline=None),  # fmt: skip
         lsn=done.lsn,
         region=settings.region,
         via_bus=False,

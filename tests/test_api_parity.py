@@ -19,13 +19,16 @@ import sqlalchemy as sa
 from psycopg import errors as pg_errors
 from psycopg.rows import class_row, dict_row, namedtuple_row
 
+import writebus
 from tests.procedures import procedures
 from tests.support.stack import settings_for
 from writebus import (
     Database,
     NoWorkerError,
+    Outcome,
     ProcedureError,
     ReplicationTimeoutError,
+    RowFactoryError,
     SyncDatabase,
     WriteRejectedError,
 )
@@ -142,6 +145,23 @@ async def test_row_factories_on_reads_and_returning(
     assert res.rows == [expected]
     rows = await api("fetch", f"SELECT id, body FROM {table}", row_factory=factory)
     assert rows == [expected]
+
+
+async def test_a_row_factory_that_fails_on_a_committed_write_says_it_committed(
+    api: API, table: str
+) -> None:
+    """A row factory that cannot shape a write's RETURNING rows (a class missing a column)
+    does not hide the commit behind its own TypeError: RowFactoryError, applied, with the
+    request id and the position; the session counts the write, and the row is there."""
+    with writebus.session() as s:
+        with pytest.raises(RowFactoryError) as info:
+            await api("execute", f"INSERT INTO {table}(body) VALUES ('rf') RETURNING id",
+                      row_factory=class_row(Note))  # fmt: skip
+        err = info.value
+        assert err.outcome is Outcome.APPLIED and err.lsn is not None and err.request_id
+        assert isinstance(err.__cause__, TypeError) and "committed at" in str(err)
+        assert s.lsn == err.lsn
+        assert await api("fetchval", f"SELECT count(*) FROM {table} WHERE body = 'rf'") == 1
 
 
 async def test_sqlalchemy_core_constructs(api: API, table: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import decimal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +27,7 @@ from writebus.client import (
     ProcedureError,
     ProtocolError,
     ReplicationTimeoutError,
+    RowFactoryError,
     Statement,
     TrackerError,
     WriteRejectedError,
@@ -76,6 +78,32 @@ async def test_primary_region_writes_directly(syd_db: Database, table: str) -> N
         == "local"
     new_id = await syd_db.call("add_note", table, "via-proc")
     assert await syd_db.fetchval(f"SELECT body FROM {table} WHERE id = %s", [new_id]) == "via-proc"
+
+
+async def test_a_failing_row_factory_on_a_direct_write_says_it_committed(
+    syd_db: Database, table: str
+) -> None:
+    """In the primary region too: the write committed, so the factory's failure is a
+    RowFactoryError, applied, with the position; the row is there."""
+    with pytest.raises(RowFactoryError) as info:
+        await syd_db.execute(f"INSERT INTO {table}(body) VALUES ('d') RETURNING id",
+                             row_factory=lambda cur: lambda row: row[1])  # fmt: skip
+    assert info.value.outcome is Outcome.APPLIED and info.value.lsn is not None
+    assert isinstance(info.value.__cause__, IndexError)
+    assert await syd_db.fetchval(f"SELECT count(*) FROM {table} WHERE body = 'd'") == 1
+
+
+async def test_an_integer_past_64_bits_is_refused_before_anything_is_sent(
+    syd_db: Database, lax_db: Database, table: str
+) -> None:
+    """msgpack carries integers of 64 bits: a larger parameter is a ProtocolError, not
+    applied, in both regions (it escaped as a bare OverflowError); as a Decimal it goes."""
+    for db in (syd_db, lax_db):
+        with pytest.raises(ProtocolError) as info:
+            await db.execute(f"UPDATE {table} SET n = %s WHERE false", [2**70])
+        assert info.value.outcome is Outcome.NOT_APPLIED and "Decimal" in str(info.value)
+        res = await db.execute("SELECT %s::numeric", [decimal.Decimal(2**70)])
+        assert decimal.Decimal(res.rows[0][0]) == 2**70  # numeric comes back as text
 
 
 async def test_primary_region_commits_are_durable_whatever_the_session_default(

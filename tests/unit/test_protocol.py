@@ -24,8 +24,8 @@ from writebus.client.protocol import (
     lsn_update,
     update_fork,
     update_primary_fork,
-    validate_request,
 )
+from writebus.client.validation import validate_request
 
 
 def test_msgpack_is_a_plain_map() -> None:
@@ -337,3 +337,14 @@ def test_yaml_writer_round_trips(value: object) -> None:
     import yaml
 
     assert yaml.safe_load(schema.to_yaml(value)) == value
+
+
+def test_an_integer_past_64_bits_is_a_protocol_error() -> None:
+    """msgpack has no integer past 64 bits: encoding one, or measuring a request's
+    parameters, raises ProtocolError (not applied), never a bare OverflowError."""
+    req = Request(id="a", statements=[Statement(sql="SELECT %s", params=[2**64])])
+    with pytest.raises(ProtocolError, match="64-bit"):
+        encode(req)
+    with pytest.raises(ProtocolError, match="64-bit"):
+        validate_request(req)
+    assert encode(Request(id="a", statements=[Statement(sql="SELECT %s", params=[2**63 - 1])]))
