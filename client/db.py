@@ -373,6 +373,7 @@ class Database(ReadAPI):
                     timeout=min(timeout, DIRECT_PATIENCE),
                     row_factory=factory,
                     made_id=made_id,
+                    deadline=started + timeout,
                 )
             except (UnavailableError, OutcomeUnknownError, WriteRejectedError) as exc:
                 if not writes.primary_lost(exc):

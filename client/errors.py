@@ -21,6 +21,7 @@ Every error a write can raise says what happened to the write, in :attr:`WriteBu
      ├── DisconnectedError         NATS is down: the request was never sent      NOT_APPLIED
      ├── RpcTimeoutError           no reply in time                              UNKNOWN
      │    └── OutcomeUnknownError  ... or any attempt may have been applied      UNKNOWN
+     │         ├── DatabaseTimeoutError   the primary did not finish in time  UNKNOWN
      │         └── TransactionEndedError  a statement ended the transaction   UNKNOWN
      ├── ReplicationTimeoutError   committed; the local replica is behind        APPLIED
      │                             (a read that must see a position: no write)   None
@@ -147,6 +148,23 @@ class OutcomeUnknownError(RpcTimeoutError):
             f"request_id={request_id!r} to learn whether it was applied",
         )
         self.reason = reason
+
+
+class DatabaseTimeoutError(OutcomeUnknownError):
+    """A primary-region write that its database did not finish within ``rpc_timeout`` (a
+    statement waiting for a lock, a primary gone silent): the run was cancelled -- the query
+    on the server too, unless it did not answer (``cancelled`` False) -- and the transaction
+    rolled back, unless its COMMIT was already on the way: unknown. Send it again with the
+    same ``request_id`` to learn which, as for :class:`OutcomeUnknownError`."""
+
+    def __init__(self, request_id: str, timeout: float, *, cancelled: bool = True) -> None:
+        how = "cancelled" if cancelled else "cancelled here; the database did not answer"
+        super().__init__(
+            request_id,
+            f"the primary did not finish it within {timeout:.3f}s: {how}",
+            timeout=timeout,
+        )
+        self.cancelled = cancelled
 
 
 class TransactionEndedError(OutcomeUnknownError):

@@ -18,7 +18,9 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from writebus.client import ids
+from writebus.client.bounded import within
 from writebus.client.errors import (
+    DatabaseTimeoutError,
     LostInFailoverError,
     Outcome,
     OutcomeUnknownError,
@@ -98,8 +100,8 @@ def primary_lost(exc: BaseException) -> bool:
     primary (down, unreachable, or read-only after a demotion), so the bus should take it."""
     if isinstance(exc, WriteRejectedError):
         return exc.sqlstate == "25006"  # read_only_sql_transaction: a standby now
-    if isinstance(exc, TransactionEndedError):
-        return False  # the primary answered: the write itself ended its transaction
+    if isinstance(exc, (TransactionEndedError, DatabaseTimeoutError)):
+        return False  # the primary answered, or is busy: the write itself ended or waited
     return isinstance(exc, (UnavailableError, OutcomeUnknownError))
 
 
@@ -253,8 +255,13 @@ async def direct(
     timeout: float,
     row_factory: RowFactory | None = None,
     made_id: bool = False,
+    deadline: float | None = None,
 ) -> WriteResult:
     """Run ``req`` on the local primary with the bus workers' own function.
+
+    ``timeout`` bounds the tries (connections refused, claims contended); each run is bounded
+    by ``deadline`` (monotonic; the caller's ``rpc_timeout``, default ``timeout`` from now),
+    after which it is cancelled: :class:`DatabaseTimeoutError` (:mod:`writebus.client.bounded`).
 
     The reply-size limit is the NATS max payload, as on the bus, so a write that works here
     works from every region. ``made_id``: the caller made ``req.id`` for this call, so no
@@ -267,13 +274,14 @@ async def direct(
 
     registry = procedures if procedures is not None else Procedures()
     attempts = Attempts(retry, timeout, request_id=req.id)
+    end = deadline if deadline is not None else time.monotonic() + timeout
 
     async def run(budget: float, unseen: bool) -> Executed:
         limits = Limits(acquire_timeout=max(0.1, budget), max_reply_bytes=max_reply_bytes)
-        return await run_request(
+        return await within(run_request(
             pool, req, procedures=registry, limits=limits, encoding=MSGPACK,
             region=settings.region, unseen=unseen,
-        )  # fmt: skip
+        ), end - time.monotonic(), request_id=req.id)  # fmt: skip
 
     async def once(budget: float) -> Executed:
         unseen = made_id and attempts.attempt == 1

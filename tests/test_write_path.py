@@ -21,6 +21,7 @@ from tests.support.stack import PROCEDURES, primary_rows, settings_for
 from writebus.bus import claimsql
 from writebus.client import (
     Database,
+    DatabaseTimeoutError,
     NoWorkerError,
     Outcome,
     OutcomeUnknownError,
@@ -91,6 +92,30 @@ async def test_a_failing_row_factory_on_a_direct_write_says_it_committed(
     assert info.value.outcome is Outcome.APPLIED and info.value.lsn is not None
     assert isinstance(info.value.__cause__, IndexError)
     assert await syd_db.fetchval(f"SELECT count(*) FROM {table} WHERE body = 'd'") == 1
+
+
+async def test_a_direct_write_waiting_for_a_lock_answers_within_its_timeout(
+    syd_db: Database, stack: Any, table: str
+) -> None:
+    """A primary-region write whose row another session holds locked ends after its
+    rpc_timeout -- DatabaseTimeoutError, an unknown outcome -- rather than wait for the lock
+    for good (as it did). Its statement was cancelled on the server: nothing applies once
+    the lock is gone. Sent again under its id, it applies once."""
+    primary_rows(stack, f"INSERT INTO {table}(body, n) VALUES ('locked', 0) RETURNING id")
+    bump = f"UPDATE {table} SET n = n + 1 WHERE body = 'locked'"
+    with psycopg.connect(stack.primary.url) as holder:
+        holder.execute(f"SELECT * FROM {table} WHERE body = 'locked' FOR UPDATE")
+        with pytest.raises(DatabaseTimeoutError) as info:
+            await asyncio.wait_for(syd_db.execute(bump, rpc_timeout=0.5), 30)
+        holder.rollback()
+    err = info.value
+    assert err.outcome is Outcome.UNKNOWN and err.cancelled and err.request_id
+    await asyncio.sleep(0.3)  # a statement still waiting would have applied by now
+    assert primary_rows(stack, f"SELECT n FROM {table}") == [(0,)]
+    again = await syd_db.execute(bump, request_id=err.request_id)
+    assert not again.duplicate and primary_rows(stack, f"SELECT n FROM {table}") == [(1,)]
+    assert (await syd_db.execute(bump, request_id=err.request_id)).duplicate
+    assert primary_rows(stack, f"SELECT n FROM {table}") == [(1,)]
 
 
 async def test_an_integer_past_64_bits_is_refused_before_anything_is_sent(

@@ -17,6 +17,7 @@ from writebus.client.db import Database, connect
 from writebus.client.errors import (
     ConfigError,
     ConnectError,
+    DatabaseTimeoutError,
     DisconnectedError,
     ForbiddenError,
     IdempotencyKeyReusedError,
@@ -53,6 +54,7 @@ __all__ = [
     "NO_RETRY",
     "ConfigError",
     "ConnectError",
+    "DatabaseTimeoutError",
     "Database",
     "DisconnectedError",
     "ForbiddenError",
