@@ -396,7 +396,8 @@ class Database(ReadAPI):
         replication_timeout: float | None,
         factory: RowFactory | None,
     ) -> WriteResult:
-        assert self._nc is not None
+        if self._nc is None:  # closed while a direct try ran: that try's answer stands
+            raise not_open("the Database", write=True, reason="closed during the call")
         return await writes.via_bus(
             req,
             nc=self._nc,

@@ -60,7 +60,7 @@ from writebus.client.orm_steps import (
     mapped_columns,
 )
 from writebus.client.results import StatementOutcome, WriteResult
-from writebus.client.writes import replay_wait_failed
+from writebus.client.writes import no_position, replay_wait_failed
 
 if TYPE_CHECKING:
     from writebus.client.db import Database
@@ -255,11 +255,10 @@ async def write_session(
         return None
     with _stale_errors(plan):
         result = await db.batch(plan.statements, **_batch_options(rpc_timeout, request_id))
-    if not (await_replication and result.lsn is not None and result.via_bus):
-        plan.apply(session, result)
+    if not _to_wait_for(plan, session, result, await_replication):
         return result
     with _settling(plan, session, result):
-        await db.wait_for_lsn(result.lsn, replication_timeout, result.timeline)
+        await db.wait_for_lsn(result.lsn or 0, replication_timeout, result.timeline)
     return dataclasses.replace(result, replicated=True)
 
 
@@ -280,12 +279,26 @@ def write_session_sync(
         return None
     with _stale_errors(plan):
         result = sdb.batch(plan.statements, **_batch_options(rpc_timeout, request_id))
-    if not (await_replication and result.lsn is not None and result.via_bus):
-        plan.apply(session, result)
+    if not _to_wait_for(plan, session, result, await_replication):
         return result
     with _settling(plan, session, result):
-        sdb.wait_for_lsn(result.lsn, replication_timeout, result.timeline)
+        sdb.wait_for_lsn(result.lsn or 0, replication_timeout, result.timeline)
     return dataclasses.replace(result, replicated=True)
+
+
+def _to_wait_for(
+    plan: OrmPlan, session: Session, result: WriteResult, await_replication: bool
+) -> bool:
+    """Whether the batch's replay is to be waited for; if not, the session is settled now. A
+    reply that says it committed without a position cannot be waited for: settled, and the
+    applied error :meth:`Database.batch` raises (it was sent not to wait)."""
+    if await_replication and result.via_bus and result.lsn is None:
+        plan.apply(session, result)
+        raise no_position(result.request_id or "", "the bus")
+    if not (await_replication and result.via_bus):
+        plan.apply(session, result)
+        return False
+    return True
 
 
 @contextmanager

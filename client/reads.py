@@ -19,6 +19,7 @@ In the primary region every read is already on the primary: nothing waits.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Literal
 
 from psycopg_pool import AsyncConnectionPool
@@ -59,9 +60,12 @@ class ReadGate:
         self.settings = settings
         self.retry = retry
         self._primary_pool: AsyncConnectionPool[Any] | None = None
+        self._opening = asyncio.Lock()  # one pool for every task
+        self._closed = False
 
     async def close(self) -> None:
         """Close the primary pool if one was opened."""
+        self._closed = True
         pool, self._primary_pool = self._primary_pool, None
         if pool is not None:
             await pool.close()
@@ -180,15 +184,20 @@ class ReadGate:
                 max_lag=0.0,
                 region=s.region,
             )
-        if self._primary_pool is None:
-            self._primary_pool = await open_pool(
-                s.primary_database_url,
-                name=f"writebus-primary-reads-{s.region}",
-                min_size=0,
-                max_size=4,
-                timeout=s.connect_timeout,
-            )
-        return self._primary_pool
+        async with self._opening:
+            if self._primary_pool is None:
+                pool = await open_pool(
+                    s.primary_database_url,
+                    name=f"writebus-primary-reads-{s.region}",
+                    min_size=0,
+                    max_size=4,
+                    timeout=s.connect_timeout,
+                )
+                if self._closed:  # closed while it opened: not kept, not leaked
+                    await pool.close()
+                    raise not_open("the Database", write=False)
+                self._primary_pool = pool
+            return self._primary_pool
 
 
 def _ping_id() -> str:

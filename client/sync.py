@@ -297,22 +297,20 @@ class SyncDatabase:
 
     def _primary_pool(self) -> ConnectionPool[Any]:
         s = self.settings
-        if self._primary_reads is None:
-            if not s.primary_database_url or s.primary_database_url == s.database_url:
-                raise StaleReadError(
-                    "fallback='primary' needs PRIMARY_DATABASE_URL set apart from DATABASE_URL",
-                    lag=None,
-                    max_lag=0.0,
-                    region=s.region,
-                )
-            self._primary_reads = open_sync_pool(
-                s.primary_database_url,
-                name=f"writebus-sync-primary-{s.region}",
-                min_size=0,
-                max_size=4,
-                timeout=s.connect_timeout,
-            )
-        return self._primary_reads
+        with self._lock():  # one pool for every thread; none once closed
+            if self._primary_reads is None:
+                if not s.primary_database_url or s.primary_database_url == s.database_url:
+                    raise StaleReadError(
+                        "fallback='primary' needs PRIMARY_DATABASE_URL set apart from "
+                        "DATABASE_URL", lag=None, max_lag=0.0, region=s.region,
+                    )  # fmt: skip
+                if self._adb is None:
+                    raise not_open("the SyncDatabase", write=False)
+                self._primary_reads = open_sync_pool(
+                    s.primary_database_url, name=f"writebus-sync-primary-{s.region}",
+                    min_size=0, max_size=4, timeout=s.connect_timeout,
+                )  # fmt: skip
+            return self._primary_reads
 
     def fetch(
         self,

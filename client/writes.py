@@ -178,7 +178,7 @@ async def via_bus(
     # In the primary region reads go to the primary itself: nothing to wait for.
     if await_replication and not settings.is_primary:
         if lsn is None:
-            raise _no_position(req.id, subject)
+            raise no_position(req.id, subject)
         t0 = time.monotonic()
         wait = replication_timeout if replication_timeout is not None else settings.replication_timeout
         try:
@@ -231,7 +231,7 @@ def replay_wait_failed(
     return error
 
 
-def _no_position(request_id: str, subject: str) -> TrackerError:
+def no_position(request_id: str, subject: str) -> TrackerError:
     """A reply that says a write committed but carries no LSN (docs/protocol.md: only errors,
     pings and replicas' rpc replies go without): nothing to wait for, so the call cannot
     promise the local replica has it. Applied, and said so -- not returned as if replicated."""

@@ -11,6 +11,7 @@ planning alone is tested without servers in tests/unit/test_orm_plan.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import enum
 import re
@@ -460,6 +461,29 @@ async def test_a_failed_replay_wait_after_the_batch_says_what_became_of_the_writ
     authors = primary_rows(stack, f"SELECT count(*) FROM {orm.Author.__tablename__} "
                                   "WHERE name = 'lost'")  # fmt: skip
     assert authors == [(1,)]
+
+
+async def test_a_batch_reply_without_a_position_settles_and_says_applied(
+    orm: SimpleNamespace, stack: Any, buses: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply that says the batch committed but carries no LSN (an older worker answering a
+    repeat) cannot be waited for: write_session settles the session and raises the applied
+    TrackerError that Database.batch raises -- it returned as if done, though asked to wait
+    and having waited for nothing."""
+    async with Database(settings_for(stack, "lax")) as own:
+        real = own.batch
+
+        async def without_position(*args: Any, **kwargs: Any) -> Any:
+            return dataclasses.replace(await real(*args, **kwargs), lsn=None)
+
+        monkeypatch.setattr(own, "batch", without_position)
+        with session(orm) as s:
+            book = orm.Book(title="no position")
+            s.add(book)
+            with pytest.raises(TrackerError) as info:
+                await write_session(own, s)
+            assert info.value.outcome is Outcome.APPLIED and "no LSN" in str(info.value)
+            assert clean(s, book) and isinstance(book.id, int)
 
 
 async def test_write_session_sync(orm: SimpleNamespace, stack: Any, buses: Any) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 import writebus
 from tests.support.fake_nats import FakeMsg, FakeServer
+from writebus.client import writes
 from writebus.client.db import Database
 from writebus.client.errors import (
     LostInFailoverError,
@@ -113,6 +114,26 @@ async def fake() -> AsyncIterator[tuple[FakeServer, Bus]]:
 async def _until(cond: Any) -> None:
     while not cond():
         await asyncio.sleep(0.001)
+
+
+async def test_a_database_closed_during_a_direct_try_that_may_have_committed_says_unknown(
+    fake: tuple[FakeServer, Bus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The direct try ends with an unknown outcome while the Database is being closed: the
+    call says unknown, with its id -- not an AssertionError from the bus fallback it can no
+    longer make -- and sends nothing over the bus."""
+    server, bus = fake
+    db = Database(Settings(region="syd", primary_region="syd"), nats=server.client())
+    db._pool = object()  # type: ignore[assignment]  # a local primary: the direct route
+
+    async def closed_meanwhile(req: Request, **kwargs: Any) -> Any:
+        db._nc = None  # what close() does
+        raise OutcomeUnknownError(req.id, "the connection was lost during COMMIT")
+
+    monkeypatch.setattr(writes, "direct", closed_meanwhile)
+    with pytest.raises(OutcomeUnknownError) as info:
+        await db.execute("INSERT INTO t VALUES (1)", request_id="w-closed")
+    assert info.value.request_id == "w-closed" and bus.seen == []
 
 
 async def test_writes_outside_the_primary_region_go_to_the_bus_and_wait_for_replay(

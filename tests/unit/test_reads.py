@@ -58,3 +58,48 @@ def test_a_read_that_must_wait_raises_without_a_tracker() -> None:
                     {"max_lag": 1.0}):  # fmt: skip
         with pytest.raises(WriteBusError, match="not open"):
             _at_once(None, **options)
+
+
+class _Pool:
+    """Stands in for a pool on the primary: counts how many were opened and closed."""
+
+    opened = 0
+    last: _Pool | None = None
+
+    def __init__(self) -> None:
+        _Pool.opened += 1
+        _Pool.last = self
+        self.closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_concurrent_reads_open_one_primary_pool_and_none_after_close(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two reads falling back to the primary at once share one pool (the second used to open
+    its own, and the first leaked); a pool that finishes opening after close() is closed,
+    and the read says the Database is not open."""
+    import asyncio
+
+    from writebus.client import reads
+
+    async def slow_open(*args: Any, **kwargs: Any) -> _Pool:
+        await asyncio.sleep(0.01)
+        return _Pool()
+
+    monkeypatch.setattr(reads, "open_pool", slow_open)
+    _Pool.opened = 0
+    settings = LAX.replace(database_url="postgresql://r/db", primary_database_url="postgresql://p/db")
+    gate = ReadGate(settings, RetryPolicy())
+    first, second = await asyncio.gather(gate.primary_pool(), gate.primary_pool())
+    assert first is second and _Pool.opened == 1
+    late = ReadGate(settings, RetryPolicy())
+    opening = asyncio.create_task(late.primary_pool())
+    await asyncio.sleep(0)
+    await late.close()
+    with pytest.raises(WriteBusError, match="not open"):
+        await opening
+    assert _Pool.opened == 2 and late._primary_pool is None
+    assert _Pool.last is not None and _Pool.last.closed
