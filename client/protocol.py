@@ -12,10 +12,12 @@ with ``v`` greater than :data:`PROTOCOL_VERSION` gets a ``protocol`` error namin
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Final, Literal, TypeVar
 
 import msgspec
+from psycopg.types.json import Json, Jsonb
 
 from writebus.client.errors import ProtocolError
 from writebus.client.lsn import format_lsn, parse_lsn
@@ -288,6 +290,8 @@ def _enc_hook(obj: Any) -> Any:
     # driver object as its Python text form (not part of the contract: cast to text in SQL).
     if isinstance(obj, memoryview):
         return bytes(obj)
+    if isinstance(obj, (Json, Jsonb)):  # psycopg's Json/Jsonb: the JSON text (strings go
+        return (obj.dumps or json.dumps)(obj.obj)  # untyped, so a jsonb column takes it)
     return str(obj)
 
 

@@ -15,6 +15,7 @@ import nats
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
+from psycopg.types.json import Json, Jsonb
 
 from tests.support.pause import MARK, pause_before_marked
 from tests.support.stack import PROCEDURES, primary_rows, settings_for
@@ -116,6 +117,22 @@ async def test_a_direct_write_waiting_for_a_lock_answers_within_its_timeout(
     assert not again.duplicate and primary_rows(stack, f"SELECT n FROM {table}") == [(1,)]
     assert (await syd_db.execute(bump, request_id=err.request_id)).duplicate
     assert primary_rows(stack, f"SELECT n FROM {table}") == [(1,)]
+
+
+async def test_psycopg_json_wrappers_store_the_same_json_from_every_region(
+    syd_db: Database, lax_db: Database, stack: Any
+) -> None:
+    """psycopg's Jsonb and Json store their JSON from both regions, in a jsonb column and in
+    a text one. (From lax they went as their Python text, 'Jsonb({...})': refused by the
+    jsonb column, stored as such in the text one.)"""
+    name = f"js_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(stack.primary.url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, doc jsonb, note text)")
+    for i, db in enumerate((syd_db, lax_db)):
+        await db.execute(f"INSERT INTO {name} VALUES (%s, %s, %s)",
+                         [i, Jsonb({"a": [1, "x"]}), Json({"b": None})])  # fmt: skip
+    rows = primary_rows(stack, f"SELECT id, doc, note::jsonb FROM {name} ORDER BY id")
+    assert rows == [(i, {"a": [1, "x"]}, {"b": None}) for i in (0, 1)]
 
 
 async def test_an_integer_past_64_bits_is_refused_before_anything_is_sent(
