@@ -30,6 +30,8 @@ from writebus.client.errors import (
     WriteBusError,
     not_open,
 )
+from writebus.client.log import get_logger
+from writebus.client.lsn import format_lsn
 from writebus.client.pgpool import open_pool
 from writebus.client.procedures import PING
 from writebus.client.protocol import Request
@@ -37,9 +39,11 @@ from writebus.client.retry import RetryPolicy, for_procedure_calls
 from writebus.client.rpc import request
 from writebus.client.settings import Settings
 from writebus.client.subjects import Subjects
-from writebus.client.tokens import token_lsn
+from writebus.client.tokens import current_session, token_lsn
 from writebus.client.tracker import LsnTracker
 from writebus.client.transport import NatsClient
+
+log = get_logger("writebus.client.reads")
 
 Consistency = Literal["session", "strong"] | None
 Fallback = Literal["raise", "primary"]
@@ -50,6 +54,10 @@ def wanted_lsn(*lsns: int | None) -> int | None:
     """The highest of the positions a read must wait for (None: no wait)."""
     known = [lsn for lsn in lsns if lsn is not None]
     return max(known) if known else None
+
+
+#: Seconds a read waits for a position before it asks the primary whether it reached it.
+VERIFY_AFTER = 0.5
 
 
 class ReadGate:
@@ -95,13 +103,7 @@ class ReadGate:
         lsn = wanted_lsn(after_lsn, session_lsn, strong_lsn)
         if lsn is not None:
             wait = timeout if timeout is not None else self.settings.replication_timeout
-            try:
-                await tracker.wait_for(lsn, wait)
-            except ReplicationTimeoutError as exc:
-                e = exc
-                raise ReplicationTimeoutError(
-                    e.lsn, e.timeout, e.replayed, e.region, timeline=e.timeline, read=True
-                ) from None
+            await self._replayed(tracker, nc, lsn, wait)
         if max_lag is None or await tracker.lag_within(max_lag):
             return "local"
         if fallback == "primary":
@@ -150,12 +152,55 @@ class ReadGate:
         replayed = tracker.replayed
         return "local" if replayed is not None and replayed >= lsn else None
 
-    async def primary_flush_lsn(self, nc: NatsClient | None) -> int:
-        """The primary's flush LSN, read by the primary region's bus after this call began."""
+    async def _replayed(
+        self, tracker: LsnTracker, nc: NatsClient | None, lsn: int, wait: float
+    ) -> None:
+        """Wait up to ``wait`` seconds for the replica to replay ``lsn``. A wait that lasts
+        :data:`VERIFY_AFTER` asks the primary whether it reached ``lsn`` at all: a token from
+        elsewhere may hold a position it never reached (forged, another cluster's, lost in a
+        failover), which would hold every read of the request for the whole timeout. Such a
+        position counts as the primary's own, in the session too (its cookie is renewed)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + wait
+        try:
+            try:
+                await tracker.wait_for(lsn, min(wait, VERIFY_AFTER))
+                return
+            except ReplicationTimeoutError:
+                if wait <= VERIFY_AFTER:
+                    raise
+            lsn = await self._reached(nc, lsn, end - loop.time())
+            await tracker.wait_for(lsn, max(0.0, end - loop.time()))
+        except ReplicationTimeoutError as e:
+            raise ReplicationTimeoutError(
+                e.lsn, wait, e.replayed, e.region, timeline=e.timeline, read=True
+            ) from None
+
+    async def _reached(self, nc: NatsClient | None, lsn: int, timeout: float) -> int:
+        """``lsn``, or the primary's flush position if that is lower (found by asking the
+        primary; if it cannot answer, ``lsn``)."""
+        try:
+            flush = await self.primary_flush_lsn(nc, timeout=max(0.1, timeout))
+        except WriteBusError:
+            return lsn
+        if flush >= lsn:
+            return lsn
+        log.warning("reads.position_beyond_primary", region=self.settings.region,
+                    lsn=format_lsn(lsn), primary_lsn=format_lsn(flush))  # fmt: skip
+        current = current_session()
+        if current is not None:
+            current.cap(flush)
+        return flush
+
+    async def primary_flush_lsn(
+        self, nc: NatsClient | None, *, timeout: float | None = None
+    ) -> int:
+        """The primary's flush LSN, read by the primary region's bus after this call began
+        (within ``timeout`` seconds, default ``rpc_timeout``)."""
         if nc is None:
             raise WriteBusError("the Database is not open")
         s = self.settings
-        timeout = s.rpc_timeout
+        timeout = timeout if timeout is not None else s.rpc_timeout
         ex = await request(
             nc,
             Subjects(s.prefix).rpc(s.primary_region),

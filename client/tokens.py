@@ -124,6 +124,16 @@ class Session:
             if source is not None and source not in self._sources:
                 self._sources += (source,)
 
+    def cap(self, limit: int) -> None:
+        """The primary had not reached the session's token position (timeline unknown): it
+        goes back to ``limit``, the primary's, so that reads stop waiting for it and the
+        token handed on is renewed."""
+        with self._lock:
+            top = self._tops.get(None)
+            if top is not None and top > limit:
+                self._tops[None] = limit
+                self._lsn = max(self._tops.values())
+
     def forget(self, switch: int, timeline: int) -> None:
         """A failover forked the history at ``switch`` onto ``timeline``: what older timelines
         committed past that point is lost. The session's positions there go back to

@@ -32,6 +32,7 @@ from writebus import (
     WritebusWSGIMiddleware,
     session,
 )
+from writebus.client.lsn import parse_lsn
 from writebus.client.tokens import make_token, token_lsn
 
 
@@ -220,6 +221,31 @@ async def test_a_write_whose_replay_wait_timed_out_still_counts_for_the_session(
             assert not done  # waiting for the write, not reading the stale replica
             _resume(stack)
             assert await asyncio.wait_for(read, 10) == 1
+
+
+async def test_a_token_past_anything_the_primary_reached_does_not_hold_reads(
+    stack: Any, buses: Any, table: str
+) -> None:
+    """A token holding a position the primary never reached (forged, another cluster's, or
+    lost in a failover) made every read wait the whole replication timeout and fail. After a
+    short wait the read asks the primary: it then waits for the primary's own position and
+    runs -- through the async and the sync API -- and a session started from such a token
+    goes back to the primary's position, so the token it hands on is renewed."""
+    (flushed,) = stack.primary.execute("SELECT pg_current_wal_flush_lsn()::text")[0]
+    forged = make_token(token_lsn(make_token(0)) + (1 << 40))
+    settings = settings_for(stack, "lax", replication_timeout=20)
+    async with Database(settings) as db:
+        await db.execute(f"INSERT INTO {table}(body) VALUES ('seen')")
+        assert await asyncio.wait_for(
+            db.fetchval(f"SELECT count(*) FROM {table}", after=forged), 10) == 1  # fmt: skip
+        with session(forged) as s:
+            assert await asyncio.wait_for(db.fetchval(f"SELECT count(*) FROM {table}"), 10) == 1
+            assert s.lsn is not None and s.lsn < token_lsn(forged)
+            assert s.token != forged and s.lsn >= parse_lsn(flushed)
+    with SyncDatabase(settings) as sdb:
+        count = await asyncio.wait_for(asyncio.to_thread(
+            sdb.fetchval, f"SELECT count(*) FROM {table}", after=forged), 10)  # fmt: skip
+    assert count == 1
 
 
 async def test_a_read_whose_wait_times_out_says_it_did_not_run_and_wrote_nothing(

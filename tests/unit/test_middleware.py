@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from writebus.client.middleware import cookie_values, incoming_token, outgoing_headers
-from writebus.client.tokens import Session, token_lsn
+from writebus.client.tokens import COOKIE, HEADER, Session, make_token, token_lsn
 
 
 def test_a_neighbour_cookie_the_standard_parser_rejects_does_not_hide_the_token() -> None:
@@ -85,3 +85,20 @@ def test_a_session_learns_of_the_failover_from_the_tracker_that_recorded_its_wri
     assert s.lsn == 150 and s.token == "1.96"
     headers = dict(outgoing_headers(s, 100, cookie="writebus_lsn", max_age=60, secure=False))
     assert headers["Writebus-Lsn"] == "1.96"
+
+
+def test_a_token_position_past_the_primarys_is_capped_and_the_cookie_renewed() -> None:
+    """The primary had not reached the token's position: the session goes back to the
+    primary's, and the response carries the renewed token. Positions of the session's own
+    writes (a timeline known) are not the token's, and stay."""
+    s = Session(10**12)
+    start = s.lsn
+    s.cap(5000)
+    assert s.lsn == 5000 and s.token == make_token(5000)
+    assert dict(outgoing_headers(s, start, cookie=COOKIE, max_age=60, secure=False))[HEADER] == (
+        make_token(5000)
+    )
+    own = Session(None)
+    own.saw(7000, 1)
+    own.cap(5000)
+    assert own.lsn == 7000
