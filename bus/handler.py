@@ -228,8 +228,10 @@ class Handler:
         try:
             row = await self._ping_query()
             info.update(database="ok", in_recovery=bool(row[0]))
-            if row[1] is not None:
-                # Read after the ping arrived: covers every commit before it (strong reads).
+            if row[1] is not None and info.get("role") not in ("fenced", "starting"):
+                # Read after the ping arrived: covers every commit before it (strong reads, a
+                # token's check). Not from a node fenced or starting: its database may be a
+                # stale primary, whose position is not the cluster's.
                 info.update(flush_lsn=row[1], flush_lsn_int=parse_lsn(row[1]))
         except Exception as exc:  # the ping reports the database's state, it does not fail
             info.update(database=f"unreachable: {type(exc).__name__}", in_recovery=None)

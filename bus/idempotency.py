@@ -68,7 +68,7 @@ from writebus.bus.pg import lock_holders
 from writebus.client.errors import ConfigError, IdempotencyKeyReusedError
 from writebus.client.ids import id_time
 from writebus.client.log import get_logger
-from writebus.client.protocol import Request, StatementResult
+from writebus.client.protocol import Request, StatementResult, encode_hook
 
 log = get_logger("writebus.bus.idempotency")
 
@@ -127,6 +127,9 @@ class StoredResult(msgspec.Struct, kw_only=True):
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=str)
+#: Parameters as the wire carries them (a psycopg Jsonb as its JSON text): a request sent
+#: directly and the same request received over the bus have one digest.
+_digest_encoder = msgspec.msgpack.Encoder(enc_hook=encode_hook)
 _decoder = msgspec.msgpack.Decoder(StoredResult)
 
 
@@ -140,7 +143,7 @@ def request_digest(req: Request) -> bytes:
         req.args,
         req.kwargs,
     ]
-    return hashlib.blake2b(_encoder.encode(body), digest_size=16).digest()
+    return hashlib.blake2b(_digest_encoder.encode(body), digest_size=16).digest()
 
 
 def encode_result(results: list[StatementResult], value: Any) -> bytes:

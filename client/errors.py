@@ -152,19 +152,17 @@ class OutcomeUnknownError(RpcTimeoutError):
 
 class DatabaseTimeoutError(OutcomeUnknownError):
     """A primary-region write that its database did not finish within ``rpc_timeout`` (a
-    statement waiting for a lock, a primary gone silent): the run was cancelled -- the query
-    on the server too, unless it did not answer (``cancelled`` False) -- and the transaction
-    rolled back, unless its COMMIT was already on the way: unknown. Send it again with the
-    same ``request_id`` to learn which, as for :class:`OutcomeUnknownError`."""
+    statement waiting for a lock, a primary gone silent). Its run goes on there, as a bus
+    worker's does after its caller gave up: it may still commit. Send it again with the same
+    ``request_id`` to learn what it did -- the resend waits for it -- as for any
+    :class:`OutcomeUnknownError`."""
 
-    def __init__(self, request_id: str, timeout: float, *, cancelled: bool = True) -> None:
-        how = "cancelled" if cancelled else "cancelled here; the database did not answer"
+    def __init__(self, request_id: str, timeout: float) -> None:
         super().__init__(
             request_id,
-            f"the primary did not finish it within {timeout:.3f}s: {how}",
+            f"the primary did not finish it within {timeout:.3f}s; it may still commit",
             timeout=timeout,
         )
-        self.cancelled = cancelled
 
 
 class TransactionEndedError(OutcomeUnknownError):

@@ -17,7 +17,7 @@ import time
 from typing import Any, Final, Literal, TypeVar
 
 import msgspec
-from psycopg.types.json import Json, Jsonb
+from psycopg.types.json import Json, Jsonb, JsonDumper
 
 from writebus.client.errors import ProtocolError
 from writebus.client.lsn import format_lsn, parse_lsn
@@ -283,20 +283,32 @@ def reply_lsn(reply: Reply) -> int | None:
         return None
 
 
-def _enc_hook(obj: Any) -> Any:
+def encode_hook(obj: Any) -> Any:
     # msgspec encodes datetime, date, time, timedelta (ISO 8601 duration), UUID, Decimal (text),
     # bytes and enums itself -- this hook never sees them; docs/protocol.md ("Values") lists the
     # result. What is left becomes text: inet/cidr addresses as psql shows them, and any other
     # driver object as its Python text form (not part of the contract: cast to text in SQL).
     if isinstance(obj, memoryview):
         return bytes(obj)
-    if isinstance(obj, (Json, Jsonb)):  # psycopg's Json/Jsonb: the JSON text (strings go
-        return (obj.dumps or json.dumps)(obj.obj)  # untyped, so a jsonb column takes it)
+    if isinstance(obj, (Json, Jsonb)):  # psycopg's: the JSON text (a string goes untyped, so
+        return _json_text(obj)  # a jsonb column takes it)
     return str(obj)
 
 
-_msgpack_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
-_json_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+def _json_text(wrapper: Json | Jsonb) -> str:
+    """A psycopg ``Json``/``Jsonb`` parameter's JSON text, dumped as psycopg would: with its
+    own ``dumps``, else the one ``psycopg.types.json.set_json_dumps`` set globally."""
+    dumps: Any = wrapper.dumps or getattr(JsonDumper, "_dumps", None) or json.dumps
+    try:
+        data = dumps(wrapper.obj)
+    except (TypeError, ValueError) as exc:
+        name = type(wrapper).__name__
+        raise ProtocolError(f"a {name} parameter cannot be dumped: {exc}") from exc
+    return data.decode() if isinstance(data, bytes) else str(data)
+
+
+_msgpack_encoder = msgspec.msgpack.Encoder(enc_hook=encode_hook)
+_json_encoder = msgspec.json.Encoder(enc_hook=encode_hook)
 _decoders: dict[tuple[str, type], Any] = {}
 
 

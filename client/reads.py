@@ -69,11 +69,11 @@ class ReadGate:
         self.retry = retry
         self._primary_pool: AsyncConnectionPool[Any] | None = None
         self._opening = asyncio.Lock()  # one pool for every task
-        self._closed = False
+        self._closes = 0  # a pool opening across a close is not kept (the Database may reopen)
 
     async def close(self) -> None:
         """Close the primary pool if one was opened."""
-        self._closed = True
+        self._closes += 1
         pool, self._primary_pool = self._primary_pool, None
         if pool is not None:
             await pool.close()
@@ -103,7 +103,8 @@ class ReadGate:
         lsn = wanted_lsn(after_lsn, session_lsn, strong_lsn)
         if lsn is not None:
             wait = timeout if timeout is not None else self.settings.replication_timeout
-            await self._replayed(tracker, nc, lsn, wait)
+            verify = strong_lsn is None or lsn > strong_lsn  # the primary's own: real
+            await self._replayed(tracker, nc, lsn, wait, verify)
         if max_lag is None or await tracker.lag_within(max_lag):
             return "local"
         if fallback == "primary":
@@ -153,28 +154,48 @@ class ReadGate:
         return "local" if replayed is not None and replayed >= lsn else None
 
     async def _replayed(
-        self, tracker: LsnTracker, nc: NatsClient | None, lsn: int, wait: float
+        self, tracker: LsnTracker, nc: NatsClient | None, lsn: int, wait: float, verify: bool
     ) -> None:
         """Wait up to ``wait`` seconds for the replica to replay ``lsn``. A wait that lasts
-        :data:`VERIFY_AFTER` asks the primary whether it reached ``lsn`` at all: a token from
-        elsewhere may hold a position it never reached (forged, another cluster's, lost in a
-        failover), which would hold every read of the request for the whole timeout. Such a
-        position counts as the primary's own, in the session too (its cookie is renewed)."""
+        :data:`VERIFY_AFTER` (and may, ``verify``: not a position the primary just gave) also
+        asks the primary whether it reached ``lsn`` at all: a token from elsewhere may hold a
+        position it never reached (forged, another cluster's, lost in a failover), which
+        would hold every read of the request for the whole timeout. Such a position counts as
+        the primary's own, in the session too (its cookie is renewed). The replay that comes
+        first ends the wait: the question costs nothing then."""
         loop = asyncio.get_running_loop()
         end = loop.time() + wait
         try:
-            try:
-                await tracker.wait_for(lsn, min(wait, VERIFY_AFTER))
-                return
-            except ReplicationTimeoutError:
-                if wait <= VERIFY_AFTER:
-                    raise
-            lsn = await self._reached(nc, lsn, end - loop.time())
+            if verify and wait > VERIFY_AFTER:
+                try:
+                    await tracker.wait_for(lsn, VERIFY_AFTER)
+                    return
+                except ReplicationTimeoutError:
+                    lsn = await self._verified(tracker, nc, lsn, end)
             await tracker.wait_for(lsn, max(0.0, end - loop.time()))
         except ReplicationTimeoutError as e:
             raise ReplicationTimeoutError(
                 e.lsn, wait, e.replayed, e.region, timeline=e.timeline, read=True
             ) from None
+
+    async def _verified(
+        self, tracker: LsnTracker, nc: NatsClient | None, lsn: int, end: float
+    ) -> int:
+        """``lsn`` once replayed, or what to wait for instead: the primary's position, when
+        the primary's answer (asked meanwhile) is lower."""
+        loop = asyncio.get_running_loop()
+        waiting = asyncio.ensure_future(tracker.wait_for(lsn, max(0.0, end - loop.time())))
+        asking = asyncio.ensure_future(self._reached(nc, lsn, end - loop.time()))
+        try:
+            await asyncio.wait({waiting, asking}, return_when=asyncio.FIRST_COMPLETED)
+            if waiting.done() or asking.result() >= lsn:
+                await waiting  # replayed (or timed out: the caller's error)
+                return lsn
+            return asking.result()
+        finally:
+            for task in (waiting, asking):
+                if not task.done():
+                    task.cancel()
 
     async def _reached(self, nc: NatsClient | None, lsn: int, timeout: float) -> int:
         """``lsn``, or the primary's flush position if that is lower (found by asking the
@@ -229,6 +250,7 @@ class ReadGate:
                 max_lag=0.0,
                 region=s.region,
             )
+        closes = self._closes
         async with self._opening:
             if self._primary_pool is None:
                 pool = await open_pool(
@@ -238,7 +260,7 @@ class ReadGate:
                     max_size=4,
                     timeout=s.connect_timeout,
                 )
-                if self._closed:  # closed while it opened: not kept, not leaked
+                if self._closes != closes:  # closed while it opened: not kept, not leaked
                     await pool.close()
                     raise not_open("the Database", write=False)
                 self._primary_pool = pool

@@ -35,8 +35,8 @@ ENV_VARS: dict[str, str] = {
     "WRITEBUS_PROCEDURES": "'module:attribute' naming a writebus.Procedures registry to serve",
     "WRITEBUS_REPLICA_ID": "this region node's replica id in progress broadcasts",
     "WRITEBUS_CONNECT_TIMEOUT": "seconds to reach NATS and the database at start-up (default 5)",
-    "WRITEBUS_RPC_TIMEOUT": "seconds a write may take to be answered, retries included; in the "
-    "primary region a write still running then is cancelled (default 5)",
+    "WRITEBUS_RPC_TIMEOUT": "seconds a write may take to be answered, retries included "
+    "(default 5)",
     "WRITEBUS_REPLICATION_TIMEOUT": "seconds to wait for the local replica to replay (default 5)",
     "NATS_USER": "NATS user name",
     "NATS_PASSWORD": "NATS password",

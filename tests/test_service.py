@@ -82,7 +82,8 @@ async def test_a_database_found_on_a_newer_timeline_stamps_replies_with_it(
 async def test_a_database_found_on_an_older_timeline_fences_the_node(stack: Any) -> None:
     """The node last knew its database on timeline 7; its next heartbeat finds timeline 1 --
     an old primary behind its address, since a database never goes back a timeline. The node
-    is fenced and leaves the write group, rather than serve writes on the old history."""
+    is fenced and leaves the write group, rather than serve writes on the old history; its
+    pings no longer give a flush position (strong reads and token checks use it)."""
     prefix = f"tl{uuid.uuid4().hex[:8]}"
     async with BusService(bus_settings_for(stack, "syd", prefix=prefix),
                           procedures=procedures) as node:  # fmt: skip
@@ -91,6 +92,11 @@ async def test_a_database_found_on_an_older_timeline_fences_the_node(stack: Any)
         await _until(lambda: node.role == "fenced")
         assert node.write_server is None and node.committer is None
         assert "timeline 7" in (node.problem() or "")
+        async with Database(settings_for(stack, "lax", prefix=prefix)) as db:
+            ping = await db.rpc_region("syd", "writebus.ping")
+        # Its database may be a stale primary: its position is not the cluster's.
+        assert ping["role"] == "fenced" and ping["in_recovery"] is False
+        assert "flush_lsn" not in ping and "flush_lsn_int" not in ping
 
 
 async def _until(check: Any, timeout: float = 10) -> None:

@@ -95,3 +95,51 @@ def test_a_floor_that_may_join_a_group_always_has_a_partition() -> None:
                 datetime.datetime.fromtimestamp(now - lag, datetime.UTC)
             )
             assert made[-1][1].timestamp() >= now + idempotency.RECORD_AHEAD
+
+
+def test_a_request_sent_directly_and_received_over_the_bus_has_one_digest() -> None:
+    """The digest stored with an applied id is of the parameters as the wire carries them: a
+    request run directly (Python objects, psycopg's Jsonb among them) and the same request
+    received over the bus (decoded) match, so a resend under the id by the other path is
+    answered from the record -- not refused as another request."""
+    import decimal
+
+    from psycopg.types.json import Json, Jsonb
+
+    from writebus.client.protocol import Request, Statement, decode, encode
+
+    req = Request(id="r", statements=[Statement(
+        sql="INSERT INTO t VALUES (%s, %s, %s, %s, %s)",
+        params=[Jsonb({"a": [1, "x"]}), Json([None]), decimal.Decimal("1.50"), uuid.uuid4(),
+                datetime.datetime(2026, 11, 29, tzinfo=datetime.UTC)],
+    )])  # fmt: skip
+    received = decode(encode(req), Request)
+    assert idempotency.request_digest(req) == idempotency.request_digest(received)
+    assert received.statements is not None and received.statements[0].params is not None
+    assert received.statements[0].params[:2] == ['{"a": [1, "x"]}', "[null]"]
+
+
+def test_json_parameters_dump_as_psycopg_would_or_are_refused() -> None:
+    """A Jsonb's own dumps wins, then the one psycopg's set_json_dumps set globally; what
+    neither can dump is a ProtocolError (not applied), not a bare TypeError."""
+    import json
+
+    import pytest
+    from psycopg.types.json import Jsonb, set_json_dumps
+
+    from writebus.client.errors import ProtocolError
+    from writebus.client.protocol import Request, Statement, decode, encode
+
+    def first(value: object) -> object:
+        req = Request(id="r", statements=[Statement(sql="SELECT %s", params=[value])])
+        params = decode(encode(req), Request).statements[0].params  # type: ignore[index]
+        return params[0]  # type: ignore[index]
+
+    assert first(Jsonb({"a": 1}, dumps=lambda o: "custom")) == "custom"
+    with pytest.raises(ProtocolError, match="Jsonb parameter cannot be dumped"):
+        first(Jsonb({"when": datetime.date(2026, 1, 1)}))
+    set_json_dumps(lambda o: json.dumps(o, default=str))
+    try:
+        assert first(Jsonb({"when": datetime.date(2026, 1, 1)})) == '{"when": "2026-01-01"}'
+    finally:
+        set_json_dumps(json.dumps)

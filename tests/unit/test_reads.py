@@ -80,7 +80,7 @@ async def test_concurrent_reads_open_one_primary_pool_and_none_after_close(
 ) -> None:
     """Two reads falling back to the primary at once share one pool (the second used to open
     its own, and the first leaked); a pool that finishes opening after close() is closed,
-    and the read says the Database is not open."""
+    and the read says the Database is not open; once reopened, reads get a pool again."""
     import asyncio
 
     from writebus.client import reads
@@ -103,3 +103,5 @@ async def test_concurrent_reads_open_one_primary_pool_and_none_after_close(
         await opening
     assert _Pool.opened == 2 and late._primary_pool is None
     assert _Pool.last is not None and _Pool.last.closed
+    assert await late.primary_pool() is _Pool.last is not None  # reopened: a pool again
+    assert _Pool.opened == 3
