@@ -58,7 +58,7 @@ from writebus.client.protocol import (
     StatementResult,
     encode,
 )
-from writebus.client.validation import param_bytes, validate_request
+from writebus.client.validation import keeps_to_itself, param_bytes, validate_request
 
 log = get_logger("writebus.bus.execute")
 
@@ -119,7 +119,7 @@ async def run_request(
     if req.statements is not None:
         job = Job(req, encoding, deadline, unseen)
         alone = idempotency.far_ahead(req.id)  # it would fail a group's COMMIT: see below
-        if submit is not None and not alone:
+        if submit is not None and not alone and not keeps_to_itself(req):
             out = await submit(job, param_bytes(req))
         else:
             (out,) = await run_statement_writes(

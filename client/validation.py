@@ -34,6 +34,20 @@ _TRANSACTION_CONTROL = re.compile(
 # in, psycopg cannot send it (an error with no SQLSTATE, like a lost connection's).
 _COPY = re.compile(r"COPY\b", re.IGNORECASE)
 _SKIPPED = re.compile(r"(?:\s|;|--[^\n\r]*(?:[\n\r]|\Z))*")  # "--" ends at \n or \r
+# A worker's connections are pooled: what outlasts a request's transaction reaches later
+# requests on the same connection -- a session setting (SET without LOCAL, SET ROLE, RESET,
+# DISCARD), a temporary table kept past COMMIT, a named prepared statement.
+_OUTLASTS = re.compile(
+    r"(?:SET\s+(?!LOCAL\b|CONSTRAINTS?\b|TRANSACTION\b)|RESET\b|DISCARD\b|PREPARE\b"
+    r"|LISTEN\b|CREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\b(?![\s\S]*\bON\s+COMMIT\s+DROP\b))",
+    re.IGNORECASE,
+)
+# What lasts until COMMIT -- SET LOCAL, SET CONSTRAINTS, a temporary table dropped at commit
+# -- would reach the requests grouped after it in the same transaction: such a request runs
+# in a transaction of its own (:func:`keeps_to_itself`).
+_UNTIL_COMMIT = re.compile(
+    r"(?:SET\b|CREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\b)", re.IGNORECASE
+)
 
 
 def _first_command(sql: str) -> str:
@@ -106,6 +120,13 @@ def validate_request(
                     f"statement {i} controls the transaction ({command.split()[0]!r}); the bus "
                     "runs each request as one transaction of its own"
                 )
+            if _OUTLASTS.match(command):
+                raise ProtocolError(
+                    f"statement {i} ({' '.join(command.split()[:2])!r}) would outlast the "
+                    "request on the worker's pooled connection and reach later requests; use "
+                    "SET LOCAL (or a temporary table ON COMMIT DROP), which lasts until the "
+                    "request's COMMIT"
+                )
             if _COPY.match(command):
                 raise ProtocolError(
                     f"statement {i} is a COPY, which the bus cannot run in a batch; insert the "
@@ -122,3 +143,10 @@ def validate_request(
     size = param_bytes(req)
     if size > max_param_bytes:
         raise LimitError(f"parameters take {size} bytes; the limit is {max_param_bytes}")
+
+
+def keeps_to_itself(req: Request) -> bool:
+    """Whether ``req`` changes what later statements of its transaction see -- ``SET LOCAL``,
+    ``SET CONSTRAINTS``, a temporary table -- so that it must not share its transaction
+    with other requests (group commit): it runs in one of its own."""
+    return any(_UNTIL_COMMIT.match(_first_command(s.sql)) for s in req.statements or ())

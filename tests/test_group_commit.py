@@ -26,6 +26,7 @@ from writebus.client.errors import (
     LimitError,
     Outcome,
     ProcedureError,
+    ProtocolError,
     UnavailableError,
     WriteBusError,
     WriteRejectedError,
@@ -484,3 +485,44 @@ async def test_a_procedure_value_the_record_cannot_store_applies_nothing(
         await run_request(pool, req, procedures=procs, limits=Limits(), encoding=JSON)
     assert caught.value.outcome is Outcome.NOT_APPLIED and "recorded" in str(caught.value)
     assert _bodies(stack, table) == []
+
+
+async def test_what_lasts_until_commit_keeps_its_request_out_of_groups(
+    stack: Any, pool: Any, table: str
+) -> None:
+    """SET LOCAL, SET CONSTRAINTS and a temporary table last until COMMIT: in a group they
+    would reach the requests after them in the same transaction (a time zone, a search_path,
+    a table name). Such a request runs in a transaction of its own; a plain write still
+    queues for a group. Settings that would outlast the transaction on the pooled connection
+    are refused, nothing applied."""
+    queued: list[str] = []
+
+    async def submit(job: Job, size: int) -> Executed | WriteBusError:
+        queued.append(job.req.id)
+        (out,) = await _run(pool, [job])
+        return out
+
+    def req(rid: str, *sqls: str) -> Request:
+        return Request(id=rid, statements=[Statement(sql=sql) for sql in sqls])
+
+    def insert(tag: str) -> str:
+        return f"INSERT INTO {table}(body) VALUES ('{tag} ' || current_setting('TimeZone'))"
+
+    limits = Limits(max_reply_bytes=64 * 1024)
+    for r in (req(f"tz-{uuid.uuid4().hex}", "SET LOCAL TimeZone = 'Pacific/Kiritimati'",
+                  insert("tz")),
+              req(f"dc-{uuid.uuid4().hex}", "/* x */ SET CONSTRAINTS ALL DEFERRED", insert("dc")),
+              req(f"tt-{uuid.uuid4().hex}", "CREATE TEMP TABLE t1 (a int) ON COMMIT DROP"),
+              req(f"pl-{uuid.uuid4().hex}", insert("pl"))):  # fmt: skip
+        await run_request(pool, r, procedures=Procedures(), limits=limits, submit=submit)
+    assert [rid.split("-")[0] for rid in queued] == ["pl"]
+    bodies = _bodies(stack, table)
+    assert "tz Pacific/Kiritimati" in bodies and len(bodies) == 3  # applied, alone
+    assert [b for b in bodies if b.startswith("pl ")] != ["pl Pacific/Kiritimati"]
+    for sql in ("SET search_path = elsewhere", "SET ROLE nobody", "RESET ALL", "DISCARD ALL",
+                "PREPARE p AS SELECT 1", "LISTEN c", "CREATE TEMP TABLE t2 (a int)"):  # fmt: skip
+        with pytest.raises(ProtocolError, match="outlast") as info:
+            await run_request(pool, req(uuid.uuid4().hex, sql), procedures=Procedures(),
+                              limits=limits, submit=submit)  # fmt: skip
+        assert info.value.outcome is Outcome.NOT_APPLIED
+    assert len(queued) == 1

@@ -348,3 +348,34 @@ def test_an_integer_past_64_bits_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="64-bit"):
         validate_request(req)
     assert encode(Request(id="a", statements=[Statement(sql="SELECT %s", params=[2**63 - 1])]))
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["SET search_path = x", "set session authorization bob", "SET ROLE r", "RESET ALL",
+     "DISCARD ALL", "PREPARE p AS SELECT 1", "LISTEN c", "CREATE TEMP TABLE t (a int)",
+     "create local temporary table t (a int) on commit preserve rows",
+     "/* c */ ;SET TimeZone = 'UTC'"],
+)  # fmt: skip
+def test_what_would_outlast_the_request_on_a_pooled_connection_is_refused(sql: str) -> None:
+    """Session settings, prepared statements, LISTEN and temporary tables kept past COMMIT
+    would reach later requests on the worker's connection: refused, nothing applied."""
+    with pytest.raises(ProtocolError, match="outlast"):
+        validate_request(Request(id="a", statements=[Statement(sql=sql)]))
+
+
+def test_what_lasts_until_commit_is_allowed_and_kept_out_of_groups() -> None:
+    """SET LOCAL, SET CONSTRAINTS, SET TRANSACTION and a temporary table dropped at commit
+    are allowed; their requests run in a transaction of their own. A plain write, or an
+    UPDATE ... SET, groups."""
+    from writebus.client.validation import keeps_to_itself
+
+    for sql in ("SET LOCAL TimeZone = 'UTC'", "SET CONSTRAINTS ALL DEFERRED",
+                "set transaction isolation level serializable",
+                "CREATE TEMP TABLE t (a int) ON COMMIT DROP"):  # fmt: skip
+        req = Request(id="a", statements=[Statement(sql="SELECT 1"), Statement(sql=sql)])
+        validate_request(req)
+        assert keeps_to_itself(req)
+    plain = Request(id="a", statements=[Statement(sql="UPDATE t SET a = 1")])
+    validate_request(plain)
+    assert not keeps_to_itself(plain)
