@@ -50,6 +50,8 @@ from writebus.client.errors import (
 from writebus.client.log import get_logger
 from writebus.client.procedures import Procedure, Procedures
 from writebus.client.protocol import (
+    CONTENT_TYPE_HEADER,
+    JSON,
     MAX_PARAM_BYTES,
     MAX_STATEMENTS,
     MSGPACK,
@@ -393,6 +395,8 @@ def _check_reply_size(
         if req.procedure is not None:
             raise ProcedureError(message, procedure=req.procedure) from exc
         raise WriteRejectedError(f"{message}; select it as text (::text)") from exc
+    if encoding == JSON:  # its Content-Type header counts against the payload limit too
+        size += len(f"NATS/1.0\r\n{CONTENT_TYPE_HEADER}: {JSON}\r\n\r\n")
     if size > limit:
         raise LimitError(
             f"the reply would take {size} bytes, over the NATS max payload of {limit}; "

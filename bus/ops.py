@@ -18,6 +18,7 @@ import contextlib
 import time
 from typing import Any, Protocol
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from writebus.bus import discovery
@@ -47,6 +48,9 @@ class Node(Protocol):
     pool: AsyncConnectionPool[Any] | None
     monitor: Any
     announcer: Any
+
+    @property
+    def dsn(self) -> str: ...
 
     def in_flight(self) -> dict[str, int]: ...
 
@@ -232,13 +236,25 @@ class NodeOps:
         )
 
     async def _database_ok(self) -> tuple[bool, str | None]:
+        """A live query, within 2 s: on a pooled connection -- or, when every one is busy (a
+        busy primary, a pile-up behind a lock), on a connection of its own, so that a node
+        that is only busy is not reported down (and restarted by its health check)."""
         pool = self.node.pool
         if pool is None:
             return False, "no connection pool yet"
         try:
             async with asyncio.timeout(2.0):
-                async with pool.connection(timeout=2.0) as conn:
-                    await conn.execute("SELECT 1")
+                stats = pool.get_stats()
+                if (
+                    stats.get("pool_available", 0) == 0
+                    and stats.get("pool_size", 0) >= pool.max_size
+                ):
+                    conn = await psycopg.AsyncConnection.connect(self.node.dsn, connect_timeout=2)
+                    async with conn:
+                        await conn.execute("SELECT 1")
+                else:
+                    async with pool.connection(timeout=2.0) as pooled:
+                        await pooled.execute("SELECT 1")
         except Exception as exc:
             return False, f"{type(exc).__name__}: {exc}"[:300]
         return True, None

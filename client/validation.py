@@ -16,6 +16,27 @@ from writebus.client.protocol import (
     encoded_params,
 )
 
+#: How deep arrays may nest in a statement's parameters (Postgres arrays have at most 6
+#: dimensions), and lists and maps in a procedure's arguments: deeper, the worker's own
+#: recursion (the driver's adaptation, the exactly-once digest) would fail the whole group.
+MAX_PARAM_DEPTH = 32
+
+
+def _too_deep(value: object, limit: int) -> bool:
+    """Whether lists and maps in ``value`` nest more than ``limit`` deep (no recursion)."""
+    containers = (list, tuple, dict)
+    level = [value] if isinstance(value, containers) else []
+    for _ in range(limit):
+        level = [
+            inner
+            for item in level
+            for inner in (item.values() if isinstance(item, dict) else item)
+            if isinstance(inner, containers)
+        ]
+        if not level:
+            return False
+    return True
+
 
 def param_bytes(req: Request) -> int:
     """Encoded size (msgpack) of a request's statement params, procedure args and kwargs."""
@@ -50,6 +71,9 @@ _UNTIL_COMMIT = re.compile(
 )
 
 
+_COMMENT_MARK = re.compile(r"/\*|\*/")
+
+
 def _first_command(sql: str) -> str:
     """``sql`` from its first token on: past whitespace, empty statements (``;``), line
     comments and block comments, nested as Postgres nests them."""
@@ -59,13 +83,11 @@ def _first_command(sql: str) -> str:
         if not sql.startswith("/*", pos):
             return sql[pos:]
         depth, pos = 1, pos + 2
-        while depth and pos < len(sql):
-            if sql.startswith("/*", pos):
-                depth, pos = depth + 1, pos + 2
-            elif sql.startswith("*/", pos):
-                depth, pos = depth - 1, pos + 2
-            else:
-                pos += 1
+        while depth:  # from mark to mark, not character by character: a long comment is cheap
+            mark = _COMMENT_MARK.search(sql, pos)
+            if mark is None:
+                return ""  # never closed: nothing follows it
+            depth, pos = depth + (1 if mark.group() == "/*" else -1), mark.end()
 
 
 def validate_request(
@@ -140,6 +162,9 @@ def validate_request(
                 )
     elif not req.procedure:
         raise ProtocolError("'procedure' is empty")
+    params = [s.params for s in req.statements or ()]
+    if _too_deep([params, req.args, req.kwargs], MAX_PARAM_DEPTH + 3):  # 3: the request's own
+        raise LimitError(f"parameters nest deeper than {MAX_PARAM_DEPTH} levels")
     size = param_bytes(req)
     if size > max_param_bytes:
         raise LimitError(f"parameters take {size} bytes; the limit is {max_param_bytes}")

@@ -99,6 +99,25 @@ async def test_a_database_found_on_an_older_timeline_fences_the_node(stack: Any)
         assert "flush_lsn" not in ping and "flush_lsn_int" not in ping
 
 
+async def test_a_node_whose_pool_is_all_busy_is_not_reported_down(stack: Any) -> None:
+    """Every pooled connection is busy (a pile-up behind a lock, say): the health check's
+    query runs on a connection of its own, so /healthz says the database is up -- it used
+    to time out on the pool and report it down, and a platform's health check would restart
+    a node that was only busy."""
+    prefix = f"hz{uuid.uuid4().hex[:8]}"
+    async with BusService(bus_settings_for(stack, "syd", prefix=prefix, max_concurrency=2),
+                          procedures=procedures) as node:  # fmt: skip
+        assert node.pool is not None and node.ops is not None
+        held = [await node.pool.getconn() for _ in range(node.pool.max_size)]
+        try:
+            assert node.pool.get_stats().get("pool_available", 0) == 0
+            facts = await node.ops.facts()
+            assert facts.database_ok, facts.database_error
+        finally:
+            for conn in held:
+                await node.pool.putconn(conn)
+
+
 async def _until(check: Any, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not check():

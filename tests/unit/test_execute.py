@@ -4,6 +4,8 @@ under a real COMMIT, is tested in tests/faults/test_connection_loss.py."""
 
 from __future__ import annotations
 
+import pytest
+
 from writebus.bus.execute import after_lost_commit
 from writebus.bus.group import Executed, Lost
 from writebus.client.errors import (
@@ -51,3 +53,30 @@ def test_a_try_lost_before_its_commit_leaves_the_next_answer_as_it_is() -> None:
     "not applied" is the write's."""
     err = UnavailableError("database unavailable: pool timeout")
     assert after_lost_commit(REQ, err, Lost(CUT, committing=False)) is err
+
+
+def test_a_json_reply_counts_its_header_against_the_payload_limit() -> None:
+    """nats-server counts a message's headers against max_payload, and a JSON reply carries
+    a Content-Type header (44 bytes as nats-py writes it): a reply whose body alone fits, but
+    not with its header, is refused before COMMIT -- published, it cost the node its NATS
+    connection. A msgpack reply has no header."""
+    from writebus.bus.execute import Limits, _check_reply_size
+    from writebus.client.errors import LimitError
+    from writebus.client.protocol import JSON, MSGPACK, Reply, Request, Statement, encode
+    from writebus.client.protocol import StatementResult as SR
+
+    results = [SR(rowcount=1, columns=["a"], rows=[["x" * 1000]])]
+    req = Request(id="r", statements=[Statement(sql="SELECT 1")])
+
+    def widest(encoding: str) -> int:
+        return len(encode(Reply(id="r", results=results, value=None, lsn="FFFFFFFF/FFFFFFFF",
+                                lsn_int=2**64 - 1, region="syd", duplicate=True, server_ms=1e9),
+                          encoding))  # fmt: skip
+
+    def check(limit: int, encoding: str) -> None:
+        _check_reply_size(req, results, None, Limits(max_reply_bytes=limit), encoding, "syd")
+
+    check(widest(JSON) + 44, JSON)
+    with pytest.raises(LimitError):
+        check(widest(JSON) + 43, JSON)
+    check(widest(MSGPACK), MSGPACK)

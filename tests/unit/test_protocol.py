@@ -379,3 +379,26 @@ def test_what_lasts_until_commit_is_allowed_and_kept_out_of_groups() -> None:
     plain = Request(id="a", statements=[Statement(sql="UPDATE t SET a = 1")])
     validate_request(plain)
     assert not keeps_to_itself(plain)
+
+
+def test_parameters_nested_too_deep_are_refused_before_they_reach_a_group() -> None:
+    """Arrays nested past MAX_PARAM_DEPTH (a hostile request: Postgres arrays have six
+    dimensions) are a LimitError, not applied -- in a group they failed the worker's own
+    recursion and made every member's outcome unknown. 32 levels still go, in a statement's
+    parameters and a procedure's arguments."""
+    from writebus.client.errors import LimitError
+    from writebus.client.validation import MAX_PARAM_DEPTH
+
+    def nested(depth: int) -> object:
+        value: object = 1
+        for _ in range(depth):
+            value = [value]
+        return value
+
+    ok = Request(id="a", statements=[Statement(sql="SELECT %s", params=[nested(MAX_PARAM_DEPTH)])])
+    validate_request(ok)
+    validate_request(Request(id="a", procedure="p", args=[nested(MAX_PARAM_DEPTH)]))
+    for bad in (Request(id="a", statements=[Statement(sql="SELECT %s", params=[nested(980)])]),
+                Request(id="a", procedure="p", kwargs={"k": nested(980)})):  # fmt: skip
+        with pytest.raises(LimitError, match="nest deeper"):
+            validate_request(bad)
