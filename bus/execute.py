@@ -361,6 +361,14 @@ async def _attempt(
     return executed
 
 
+def reply_header_bytes(encoding: str) -> int:
+    """What a reply's NATS headers take of the max payload (nats-server counts them): a JSON
+    reply's Content-Type, as nats-py writes it; a msgpack reply has none."""
+    if encoding != JSON:
+        return 0
+    return len(f"NATS/1.0\r\n{CONTENT_TYPE_HEADER}: {JSON}\r\n\r\n")
+
+
 def _check_reply_size(
     req: Request,
     results: list[StatementResult],
@@ -387,7 +395,8 @@ def _check_reply_size(
             lsn_int=2**64 - 1,
             region=region,
             duplicate=True,
-            server_ms=1e9,
+            server_ms=-1.2345678901234567e-300,  # the longest a float's text can be
+            timeline=2**32 - 1,
         )
         size = len(encode(widest, encoding))
     except Exception as exc:  # before commit, so an unencodable value applies nothing
@@ -395,8 +404,7 @@ def _check_reply_size(
         if req.procedure is not None:
             raise ProcedureError(message, procedure=req.procedure) from exc
         raise WriteRejectedError(f"{message}; select it as text (::text)") from exc
-    if encoding == JSON:  # its Content-Type header counts against the payload limit too
-        size += len(f"NATS/1.0\r\n{CONTENT_TYPE_HEADER}: {JSON}\r\n\r\n")
+    size += reply_header_bytes(encoding)
     if size > limit:
         raise LimitError(
             f"the reply would take {size} bytes, over the NATS max payload of {limit}; "

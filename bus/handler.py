@@ -24,7 +24,7 @@ import psycopg
 import psycopg_pool
 
 from writebus.bus.committer import Committer
-from writebus.bus.execute import Limits, run_request
+from writebus.bus.execute import Limits, reply_header_bytes, run_request
 from writebus.bus.group import Executed
 from writebus.bus.pg import connection_lost
 from writebus.bus.served import Observer, Served
@@ -103,7 +103,7 @@ def encode_reply(reply: Reply, encoding: str, max_bytes: int | None) -> bytes:
     except Exception as exc:  # a procedure returned something unencodable
         unencodable = ProcedureError(f"result not encodable: {exc}", procedure="")
         body = encode(_error_reply(reply.id, unencodable, reply.region), encoding)
-    if max_bytes is not None and len(body) > max_bytes:
+    if max_bytes is not None and len(body) + reply_header_bytes(encoding) > max_bytes:
         log.error("handler.reply_too_large", request_id=reply.id, size=len(body))
         too_large = LimitError(f"reply of {len(body)} bytes exceeds {max_bytes}")
         body = encode(_error_reply(reply.id, too_large, reply.region), encoding)

@@ -121,6 +121,7 @@ class BusService:
         self.ops = NodeOps(self)
         self.handler.observers.extend(self.ops.observers)
         self.handler.node_info.update(
+            role="starting",  # until the role is known: its pings give no flush position
             replica_id=self.replica_id,
             primary_region=s.primary_region,
             prefix=s.prefix,

@@ -19,7 +19,7 @@ from typing import Any, Final, Literal, TypeVar
 import msgspec
 from psycopg.types.json import Json, Jsonb, JsonDumper
 
-from writebus.client.errors import ProtocolError
+from writebus.client.errors import LimitError, ProtocolError
 from writebus.client.lsn import format_lsn, parse_lsn
 
 PROTOCOL_VERSION: Final = 1
@@ -352,6 +352,8 @@ def _encoded(encoder: msgspec.msgpack.Encoder | msgspec.json.Encoder, value: Any
             f"a value cannot be sent ({exc}): integers travel as 64-bit numbers; send a larger "
             "one as a decimal.Decimal or a str"
         ) from exc
+    except RecursionError as exc:  # hostile nesting depth
+        raise LimitError("a value cannot be sent: it nests too deeply") from exc
 
 
 def decode(data: bytes, kind: type[T], encoding: str = MSGPACK) -> T:

@@ -57,18 +57,43 @@ _COPY = re.compile(r"COPY\b", re.IGNORECASE)
 _SKIPPED = re.compile(r"(?:\s|;|--[^\n\r]*(?:[\n\r]|\Z))*")  # "--" ends at \n or \r
 # A worker's connections are pooled: what outlasts a request's transaction reaches later
 # requests on the same connection -- a session setting (SET without LOCAL, SET ROLE, RESET,
-# DISCARD), a temporary table kept past COMMIT, a named prepared statement.
-_OUTLASTS = re.compile(
-    r"(?:SET\s+(?!LOCAL\b|CONSTRAINTS?\b|TRANSACTION\b)|RESET\b|DISCARD\b|PREPARE\b"
-    r"|LISTEN\b|CREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\b(?![\s\S]*\bON\s+COMMIT\s+DROP\b))",
-    re.IGNORECASE,
+# DISCARD), a temporary table kept past COMMIT (SELECT ... INTO TEMP cannot drop at commit), a
+# named prepared statement, LISTEN. And the worker's commits must flush before they answer:
+# a request may not turn synchronous_commit down, even for its own transaction.
+_SESSION_COMMAND = re.compile(r"(?:RESET|DISCARD|PREPARE|LISTEN)\b", re.IGNORECASE)
+_SET = re.compile(r"SET\b", re.IGNORECASE)
+_TRANSACTION_SCOPED = re.compile(r"(?:LOCAL|CONSTRAINTS?|TRANSACTION)\b", re.IGNORECASE)
+_TEMP = re.compile(
+    r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\b"
+    r"|SELECT\b.*?\bINTO\s+(?:TEMP|TEMPORARY)\b|[\s\S]*?\bpg_temp\s*\.",
+    re.IGNORECASE | re.DOTALL,
 )
-# What lasts until COMMIT -- SET LOCAL, SET CONSTRAINTS, a temporary table dropped at commit
-# -- would reach the requests grouped after it in the same transaction: such a request runs
-# in a transaction of its own (:func:`keeps_to_itself`).
-_UNTIL_COMMIT = re.compile(
-    r"(?:SET\b|CREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\b)", re.IGNORECASE
-)
+_COMMIT_DROP = re.compile(r"\bON\s+COMMIT\s+DROP\b", re.IGNORECASE)
+_SYNC_COMMIT = re.compile(r"synchronous_commit", re.IGNORECASE)
+# Something set for the rest of the transaction -- SET LOCAL, SET CONSTRAINTS, set_config(...,
+# true), a temporary table dropped at commit -- would reach the requests grouped after it in
+# the same transaction: such a request runs in a transaction of its own
+# (:func:`keeps_to_itself`).
+_SET_CONFIG = re.compile(r"\bset_config\s*\(", re.IGNORECASE)
+
+
+def outlasts(command: str) -> str | None:
+    """Why a statement (``command``: from its first token, :func:`_first_command`) would
+    outlast its request on the worker's pooled connection, or weaken its commit; None if it
+    would not."""
+    if _SESSION_COMMAND.match(command):
+        return "a session-level command"
+    if _SET.match(command):
+        rest = _first_command(command[3:])
+        if not _TRANSACTION_SCOPED.match(rest):
+            return "SET without LOCAL lasts for the session"
+        if _SYNC_COMMIT.search(rest[:200]):
+            return "synchronous_commit is the worker's: its commits must flush before they answer"
+    if _SET_CONFIG.search(command) and _SYNC_COMMIT.search(command):
+        return "synchronous_commit is the worker's: its commits must flush before they answer"
+    if _TEMP.match(command) and not _COMMIT_DROP.search(command):
+        return "a temporary table lasts for the session unless it is created ON COMMIT DROP"
+    return None
 
 
 _COMMENT_MARK = re.compile(r"/\*|\*/")
@@ -142,12 +167,13 @@ def validate_request(
                     f"statement {i} controls the transaction ({command.split()[0]!r}); the bus "
                     "runs each request as one transaction of its own"
                 )
-            if _OUTLASTS.match(command):
+            why = outlasts(command)
+            if why is not None:
                 raise ProtocolError(
-                    f"statement {i} ({' '.join(command.split()[:2])!r}) would outlast the "
-                    "request on the worker's pooled connection and reach later requests; use "
-                    "SET LOCAL (or a temporary table ON COMMIT DROP), which lasts until the "
-                    "request's COMMIT"
+                    f"statement {i} ({' '.join(command.split()[:2])!r}) is refused: {why}. "
+                    "What would outlast the request on the worker's pooled connection reaches "
+                    "later requests; SET LOCAL (or a temporary table ON COMMIT DROP) lasts "
+                    "until the request's COMMIT"
                 )
             if _COPY.match(command):
                 raise ProtocolError(
@@ -162,16 +188,20 @@ def validate_request(
                 )
     elif not req.procedure:
         raise ProtocolError("'procedure' is empty")
-    params = [s.params for s in req.statements or ()]
-    if _too_deep([params, req.args, req.kwargs], MAX_PARAM_DEPTH + 3):  # 3: the request's own
-        raise LimitError(f"parameters nest deeper than {MAX_PARAM_DEPTH} levels")
     size = param_bytes(req)
     if size > max_param_bytes:
         raise LimitError(f"parameters take {size} bytes; the limit is {max_param_bytes}")
+    params = [s.params for s in req.statements or ()]  # within the size limit: a bounded scan
+    if _too_deep([params, req.args, req.kwargs], MAX_PARAM_DEPTH + 3):  # 3: the request's own
+        raise LimitError(f"parameters nest deeper than {MAX_PARAM_DEPTH} levels")
 
 
 def keeps_to_itself(req: Request) -> bool:
     """Whether ``req`` changes what later statements of its transaction see -- ``SET LOCAL``,
-    ``SET CONSTRAINTS``, a temporary table -- so that it must not share its transaction
-    with other requests (group commit): it runs in one of its own."""
-    return any(_UNTIL_COMMIT.match(_first_command(s.sql)) for s in req.statements or ())
+    ``SET CONSTRAINTS``, ``set_config(..., true)``, a temporary table -- so that it must not
+    share its transaction with other requests (group commit): it runs in one of its own."""
+    for stmt in req.statements or ():
+        command = _first_command(stmt.sql)
+        if _SET.match(command) or _TEMP.match(command) or _SET_CONFIG.search(command):
+            return True
+    return False

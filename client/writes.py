@@ -261,7 +261,8 @@ async def direct(
 
     ``timeout`` bounds the tries (connections refused, claims contended); each run is bounded
     by ``deadline`` (monotonic; the caller's ``rpc_timeout``, default ``timeout`` from now),
-    after which it is cancelled: :class:`DatabaseTimeoutError` (:mod:`writebus.client.bounded`).
+    when the call answers :class:`DatabaseTimeoutError` and the run goes on
+    (:mod:`writebus.client.bounded`).
 
     The reply-size limit is the NATS max payload, as on the bus, so a write that works here
     works from every region. ``made_id``: the caller made ``req.id`` for this call, so no

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import nats
@@ -343,6 +344,31 @@ def _start_standby_bus(
     return start_bus(stack, home, log_name=f"bus-{replica_id}", **env)
 
 
+@contextlib.asynccontextmanager
+async def _with_another_standby(
+    table: str, name: str, region: str, replica_id: str, heard_in: str
+) -> AsyncIterator[tuple[Stack, PostgresServer, list[BusProcess], list[LsnUpdate]]]:
+    """A stack of its own with ``table``, a third database -- ``name``, a standby of the syd
+    primary, in ``region`` -- and a bus node on each database; and the relays of timeline 2
+    heard on ``heard_in``'s subject from then on."""
+    with Stack(one_way_delay_ms=TEST_DELAY_MS) as stack:
+        with psycopg.connect(stack.primary.url, autocommit=True) as conn:
+            conn.execute(f"CREATE TABLE {table} (id bigserial PRIMARY KEY, body text)")
+        standby = _another_standby(stack, name)
+        stack.wait_replica_caught_up(10)
+        buses = [start_bus(stack, "lax", log_name=f"{table}-bus-lax"),
+                 start_bus(stack, "syd", log_name=f"{table}-bus-syd"),
+                 _start_standby_bus(stack, standby, region, replica_id)]  # fmt: skip
+        nc = await nats.connect(stack.nats_url("lax"))
+        try:
+            yield stack, standby, buses, await _relays(nc, heard_in)
+        finally:
+            await nc.close()
+            for bus in buses:
+                bus.stop(10)
+            standby.stop("fast")
+
+
 async def _relays(nc: Any, region: str) -> list[LsnUpdate]:
     """The broadcasts of ``region``'s standbys that relay timeline 2, from now on."""
     relayed: list[LsnUpdate] = []
@@ -378,59 +404,46 @@ async def test_a_promotion_in_another_region_fails_lax_waits_for_what_it_lost() 
     clients never hear syd's announcements; lax's replica monitor relays the promotion and its
     fork, so the wait fails as lost at the fork. Before, it was released as replicated when
     lax passed its position on timeline 2, and a read then missed the write."""
-    with Stack(one_way_delay_ms=TEST_DELAY_MS) as stack:
-        with psycopg.connect(stack.primary.url, autocommit=True) as conn:
-            conn.execute("CREATE TABLE far_lost (id bigserial PRIMARY KEY, body text)")
-        standby = _another_standby(stack, "syd-2")
-        stack.wait_replica_caught_up(10)
-        buses = [start_bus(stack, "lax", log_name="far-bus-lax"),
-                 start_bus(stack, "syd", log_name="far-bus-syd"),
-                 _start_standby_bus(stack, standby, "syd", "syd-2")]  # fmt: skip
-        nc = await nats.connect(stack.nats_url("lax"))
-        relayed = await _relays(nc, "lax")
+    async with _with_another_standby("far_lost", "syd-2", "syd", "syd-2", "lax") as (
+        stack, standby, buses, relayed
+    ):
         lax = settings_for(stack, "lax", rpc_timeout=20, replication_timeout=20)
-        try:
-            async with Database(lax, retry=RetryPolicy(no_worker_patience=20.0)) as db:
-                kept = await db.execute("INSERT INTO far_lost(body) VALUES ('kept')")
-                await _until_true(lambda: standby.execute(
-                    "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [format_lsn(kept.lsn or 0)]
-                )[0][0])  # fmt: skip
-                await _stop_receiving(stack.replica)  # lax first: syd-2 has all lax has
-                await _stop_receiving(standby)
-                lost = await db.execute(
-                    "INSERT INTO far_lost(body) SELECT repeat('x', 1000) "
-                    "FROM generate_series(1, 5000)",
-                    await_replication=False,
-                )
-                assert lost.lsn is not None and lost.timeline == 1
-                wait = asyncio.create_task(db.wait_for_lsn(lost.lsn, 60, lost.timeline))
-                stack.primary.stop("fast")
-                standby.promote()
-                await _until_logged(buses[2], "bus.promoted")
-                # lax follows the new primary, on timeline 2, past the lost write's position.
-                _follow(stack.replica, standby)
-                after = await db.execute(
-                    "INSERT INTO far_lost(body) SELECT repeat('y', 1000) "
-                    "FROM generate_series(1, 6000)"
-                )
-                assert after.timeline == 2 and after.lsn is not None and after.lsn > lost.lsn
-                with pytest.raises(LostInFailoverError) as info:  # not released as replicated
-                    await asyncio.wait_for(wait, 5)
-                fork = _fork(standby, 2)
-                assert info.value.switch_lsn == fork and db.forks == {2: fork}
-                assert kept.lsn is not None and kept.lsn <= fork < lost.lsn
-                assert relayed and {(u.region, update_primary_fork(u)) for u in relayed} == {
-                    ("lax", fork)
-                }
-                assert await db.fetchval("SELECT count(*) FROM far_lost WHERE body = 'kept'") == 1
-                assert await db.fetchval("SELECT count(*) FROM far_lost") == 6001  # no 'x' rows
-                with pytest.raises(LostInFailoverError):  # and at once, for a wait begun now
-                    await db.wait_for_lsn(lost.lsn, 5, lost.timeline)
-        finally:
-            await nc.close()
-            for bus in buses:
-                bus.stop(10)
-            standby.stop("fast")
+        async with Database(lax, retry=RetryPolicy(no_worker_patience=20.0)) as db:
+            kept = await db.execute("INSERT INTO far_lost(body) VALUES ('kept')")
+            await _until_true(lambda: standby.execute(
+                "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [format_lsn(kept.lsn or 0)]
+            )[0][0])  # fmt: skip
+            await _stop_receiving(stack.replica)  # lax first: syd-2 has all lax has
+            await _stop_receiving(standby)
+            lost = await db.execute(
+                "INSERT INTO far_lost(body) SELECT repeat('x', 1000) "
+                "FROM generate_series(1, 5000)",
+                await_replication=False,
+            )
+            assert lost.lsn is not None and lost.timeline == 1
+            wait = asyncio.create_task(db.wait_for_lsn(lost.lsn, 60, lost.timeline))
+            stack.primary.stop("fast")
+            standby.promote()
+            await _until_logged(buses[2], "bus.promoted")
+            # lax follows the new primary, on timeline 2, past the lost write's position.
+            _follow(stack.replica, standby)
+            after = await db.execute(
+                "INSERT INTO far_lost(body) SELECT repeat('y', 1000) "
+                "FROM generate_series(1, 6000)"
+            )
+            assert after.timeline == 2 and after.lsn is not None and after.lsn > lost.lsn
+            with pytest.raises(LostInFailoverError) as info:  # not released as replicated
+                await asyncio.wait_for(wait, 5)
+            fork = _fork(standby, 2)
+            assert info.value.switch_lsn == fork and db.forks == {2: fork}
+            assert kept.lsn is not None and kept.lsn <= fork < lost.lsn
+            assert relayed and {(u.region, update_primary_fork(u)) for u in relayed} == {
+                ("lax", fork)
+            }
+            assert await db.fetchval("SELECT count(*) FROM far_lost WHERE body = 'kept'") == 1
+            assert await db.fetchval("SELECT count(*) FROM far_lost") == 6001  # no 'x' rows
+            with pytest.raises(LostInFailoverError):  # and at once, for a wait begun now
+                await db.wait_for_lsn(lost.lsn, 5, lost.timeline)
 
 
 async def test_a_promotion_outside_the_primary_region_reaches_a_third_regions_clients() -> None:
@@ -441,58 +454,45 @@ async def test_a_promotion_outside_the_primary_region_reaches_a_third_regions_cl
     lost at the fork, and its lag counts from the new primary's positions. (fra's monitor
     listened to syd's subject only: the wait was released as replicated once fra's standby
     passed its position on timeline 2, and the lag counted from the dead primary's last.)"""
-    with Stack(one_way_delay_ms=TEST_DELAY_MS) as stack:
-        with psycopg.connect(stack.primary.url, autocommit=True) as conn:
-            conn.execute("CREATE TABLE lax_took (id bigserial PRIMARY KEY, body text)")
-        standby = _another_standby(stack, "fra")
-        stack.wait_replica_caught_up(10)
-        buses = [start_bus(stack, "lax", log_name="took-bus-lax"),
-                 start_bus(stack, "syd", log_name="took-bus-syd"),
-                 _start_standby_bus(stack, standby, "fra", "fra-1")]  # fmt: skip
-        nc = await nats.connect(stack.nats_url("lax"))
-        relayed = await _relays(nc, "fra")
+    async with _with_another_standby("lax_took", "fra", "fra", "fra-1", "fra") as (
+        stack, standby, buses, relayed
+    ):
         lax = settings_for(stack, "lax", rpc_timeout=20, replication_timeout=20)
         fra = settings_for(stack, "lax").replace(region="fra", database_url=standby.url)
-        try:
-            async with Database(lax, retry=RetryPolicy(no_worker_patience=20.0)) as db, \
-                    Database(fra) as fra_db:  # fmt: skip
-                kept = await db.execute("INSERT INTO lax_took(body) VALUES ('kept')")
-                assert await fra_db.wait_for_lsn(kept.lsn or 0, 10, kept.timeline)
-                await _stop_receiving(standby)  # fra first: lax has all fra has
-                await _stop_receiving(stack.replica)
-                lost = await db.execute(
-                    "INSERT INTO lax_took(body) SELECT repeat('x', 1000) "
-                    "FROM generate_series(1, 5000)",
-                    await_replication=False,
-                )
-                assert lost.lsn is not None and lost.timeline == 1
-                wait = asyncio.create_task(fra_db.wait_for_lsn(lost.lsn, 60, lost.timeline))
-                stack.primary.stop("fast")
-                stack.replica.promote()
-                await _until_logged(buses[0], "bus.promoted")
-                _follow(standby, stack.replica)
-                after = await db.execute(
-                    "INSERT INTO lax_took(body) SELECT repeat('y', 1000) "
-                    "FROM generate_series(1, 6000)"
-                )
-                assert after.timeline == 2 and after.lsn is not None and after.lsn > lost.lsn
-                assert await fra_db.wait_for_lsn(after.lsn, 30, after.timeline) >= after.lsn
-                with pytest.raises(LostInFailoverError) as info:  # not released as replicated
-                    await asyncio.wait_for(wait, 5)
-                fork = _fork(stack.replica, 2)
-                assert info.value.switch_lsn == fork and fra_db.forks == {2: fork}
-                assert relayed and {(u.replica_id, update_primary_fork(u)) for u in relayed} == {
-                    ("fra-1", fork)
-                }
-                assert await fra_db.fetchval("SELECT count(*) FROM lax_took") == 6001
-                # fra's lag counts from the new primary's positions, not the dead one's last.
-                await _until_true(lambda: any((u.primary_lsn_int or 0) >= (after.lsn or 0)
-                                              for u in relayed))  # fmt: skip
-        finally:
-            await nc.close()
-            for bus in buses:
-                bus.stop(10)
-            standby.stop("fast")
+        async with Database(lax, retry=RetryPolicy(no_worker_patience=20.0)) as db, \
+                Database(fra) as fra_db:  # fmt: skip
+            kept = await db.execute("INSERT INTO lax_took(body) VALUES ('kept')")
+            assert await fra_db.wait_for_lsn(kept.lsn or 0, 10, kept.timeline)
+            await _stop_receiving(standby)  # fra first: lax has all fra has
+            await _stop_receiving(stack.replica)
+            lost = await db.execute(
+                "INSERT INTO lax_took(body) SELECT repeat('x', 1000) "
+                "FROM generate_series(1, 5000)",
+                await_replication=False,
+            )
+            assert lost.lsn is not None and lost.timeline == 1
+            wait = asyncio.create_task(fra_db.wait_for_lsn(lost.lsn, 60, lost.timeline))
+            stack.primary.stop("fast")
+            stack.replica.promote()
+            await _until_logged(buses[0], "bus.promoted")
+            _follow(standby, stack.replica)
+            after = await db.execute(
+                "INSERT INTO lax_took(body) SELECT repeat('y', 1000) "
+                "FROM generate_series(1, 6000)"
+            )
+            assert after.timeline == 2 and after.lsn is not None and after.lsn > lost.lsn
+            assert await fra_db.wait_for_lsn(after.lsn, 30, after.timeline) >= after.lsn
+            with pytest.raises(LostInFailoverError) as info:  # not released as replicated
+                await asyncio.wait_for(wait, 5)
+            fork = _fork(stack.replica, 2)
+            assert info.value.switch_lsn == fork and fra_db.forks == {2: fork}
+            assert relayed and {(u.replica_id, update_primary_fork(u)) for u in relayed} == {
+                ("fra-1", fork)
+            }
+            assert await fra_db.fetchval("SELECT count(*) FROM lax_took") == 6001
+            # fra's lag counts from the new primary's positions, not the dead one's last.
+            await _until_true(lambda: any((u.primary_lsn_int or 0) >= (after.lsn or 0)
+                                          for u in relayed))  # fmt: skip
 
 
 async def _health_until(bus: BusProcess, done: Callable[[dict[str, Any]], bool]) -> Any:

@@ -55,28 +55,35 @@ def test_a_try_lost_before_its_commit_leaves_the_next_answer_as_it_is() -> None:
     assert after_lost_commit(REQ, err, Lost(CUT, committing=False)) is err
 
 
-def test_a_json_reply_counts_its_header_against_the_payload_limit() -> None:
+def test_a_json_reply_counts_its_header_against_the_payload_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """nats-server counts a message's headers against max_payload, and a JSON reply carries
     a Content-Type header (44 bytes as nats-py writes it): a reply whose body alone fits, but
     not with its header, is refused before COMMIT -- published, it cost the node its NATS
     connection. A msgpack reply has no header."""
-    from writebus.bus.execute import Limits, _check_reply_size
+    from writebus.bus import execute
+    from writebus.bus.execute import Limits, _check_reply_size, reply_header_bytes
     from writebus.client.errors import LimitError
-    from writebus.client.protocol import JSON, MSGPACK, Reply, Request, Statement, encode
+    from writebus.client.protocol import JSON, MSGPACK, Request, Statement
     from writebus.client.protocol import StatementResult as SR
 
     results = [SR(rowcount=1, columns=["a"], rows=[["x" * 1000]])]
     req = Request(id="r", statements=[Statement(sql="SELECT 1")])
 
-    def widest(encoding: str) -> int:
-        return len(encode(Reply(id="r", results=results, value=None, lsn="FFFFFFFF/FFFFFFFF",
-                                lsn_int=2**64 - 1, region="syd", duplicate=True, server_ms=1e9),
-                          encoding))  # fmt: skip
+    def smallest_limit(encoding: str) -> int:
+        low, high = 1, 1 << 20
+        while low < high:
+            mid = (low + high) // 2
+            try:
+                _check_reply_size(req, results, None, Limits(max_reply_bytes=mid), encoding, "s")
+                high = mid
+            except LimitError:
+                low = mid + 1
+        return low
 
-    def check(limit: int, encoding: str) -> None:
-        _check_reply_size(req, results, None, Limits(max_reply_bytes=limit), encoding, "syd")
-
-    check(widest(JSON) + 44, JSON)
-    with pytest.raises(LimitError):
-        check(widest(JSON) + 43, JSON)
-    check(widest(MSGPACK), MSGPACK)
+    header = len(b"NATS/1.0\r\nContent-Type: application/json\r\n\r\n")
+    assert reply_header_bytes(JSON) == header == 44 and reply_header_bytes(MSGPACK) == 0
+    with_header = smallest_limit(JSON)
+    monkeypatch.setattr(execute, "reply_header_bytes", lambda encoding: 0)
+    assert with_header == smallest_limit(JSON) + header

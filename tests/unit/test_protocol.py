@@ -355,30 +355,36 @@ def test_an_integer_past_64_bits_is_a_protocol_error() -> None:
     ["SET search_path = x", "set session authorization bob", "SET ROLE r", "RESET ALL",
      "DISCARD ALL", "PREPARE p AS SELECT 1", "LISTEN c", "CREATE TEMP TABLE t (a int)",
      "create local temporary table t (a int) on commit preserve rows",
-     "/* c */ ;SET TimeZone = 'UTC'"],
+     "/* c */ ;SET TimeZone = 'UTC'", "SET/**/search_path=x", 'SET"search_path"=x',
+     "SELECT 1 INTO TEMP t", "CREATE TABLE pg_temp.t (a int)",
+     "SET LOCAL synchronous_commit = off", "SELECT set_config('synchronous_commit', 'off', true)"],
 )  # fmt: skip
 def test_what_would_outlast_the_request_on_a_pooled_connection_is_refused(sql: str) -> None:
     """Session settings, prepared statements, LISTEN and temporary tables kept past COMMIT
-    would reach later requests on the worker's connection: refused, nothing applied."""
+    would reach later requests on the worker's connection, and synchronous_commit turned
+    down would make the worker answer before its commit flushed: refused, nothing applied --
+    behind comments and quotes too."""
     with pytest.raises(ProtocolError, match="outlast"):
         validate_request(Request(id="a", statements=[Statement(sql=sql)]))
 
 
 def test_what_lasts_until_commit_is_allowed_and_kept_out_of_groups() -> None:
-    """SET LOCAL, SET CONSTRAINTS, SET TRANSACTION and a temporary table dropped at commit
-    are allowed; their requests run in a transaction of their own. A plain write, or an
-    UPDATE ... SET, groups."""
+    """SET LOCAL, SET CONSTRAINTS, SET TRANSACTION, set_config(..., true) and a temporary
+    table dropped at commit are allowed; their requests run in a transaction of their own. A
+    plain write, an UPDATE ... SET, a table named temp, groups."""
     from writebus.client.validation import keeps_to_itself
 
     for sql in ("SET LOCAL TimeZone = 'UTC'", "SET CONSTRAINTS ALL DEFERRED",
-                "set transaction isolation level serializable",
-                "CREATE TEMP TABLE t (a int) ON COMMIT DROP"):  # fmt: skip
+                "set transaction isolation level serializable", "SET /* c */ LOCAL a.b = 1",
+                "CREATE TEMP TABLE t (a int) ON COMMIT DROP",
+                "SELECT set_config('app.user_id', '42', true)"):  # fmt: skip
         req = Request(id="a", statements=[Statement(sql="SELECT 1"), Statement(sql=sql)])
         validate_request(req)
         assert keeps_to_itself(req)
-    plain = Request(id="a", statements=[Statement(sql="UPDATE t SET a = 1")])
-    validate_request(plain)
-    assert not keeps_to_itself(plain)
+    for sql in ("UPDATE t SET a = 1", "INSERT INTO temp VALUES (1)", "SELECT * FROM setof_x"):
+        plain = Request(id="a", statements=[Statement(sql=sql)])
+        validate_request(plain)
+        assert not keeps_to_itself(plain)
 
 
 def test_parameters_nested_too_deep_are_refused_before_they_reach_a_group() -> None:
@@ -400,5 +406,8 @@ def test_parameters_nested_too_deep_are_refused_before_they_reach_a_group() -> N
     validate_request(Request(id="a", procedure="p", args=[nested(MAX_PARAM_DEPTH)]))
     for bad in (Request(id="a", statements=[Statement(sql="SELECT %s", params=[nested(980)])]),
                 Request(id="a", procedure="p", kwargs={"k": nested(980)})):  # fmt: skip
-        with pytest.raises(LimitError, match="nest deeper"):
+        with pytest.raises(LimitError, match="nest"):
             validate_request(bad)
+    medium = Request(id="a", statements=[Statement(sql="SELECT %s", params=[nested(100)])])
+    with pytest.raises(LimitError, match="nest deeper than 32"):
+        validate_request(medium)
