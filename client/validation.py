@@ -65,8 +65,8 @@ _SET = re.compile(r"SET\b", re.IGNORECASE)
 _TRANSACTION_SCOPED = re.compile(r"(?:LOCAL|CONSTRAINTS?|TRANSACTION)\b", re.IGNORECASE)
 _TEMP = re.compile(
     r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\b"
-    r"|SELECT\b.*?\bINTO\s+(?:TEMP|TEMPORARY)\b|[\s\S]*?\bpg_temp\s*\.",
-    re.IGNORECASE | re.DOTALL,
+    r"|CREATE\b[^;('\"]*?\bpg_temp\s*\.|SELECT\b[^;'\"]*?\bINTO\s+(?:TEMP|TEMPORARY)\b",
+    re.IGNORECASE,
 )
 _COMMIT_DROP = re.compile(r"\bON\s+COMMIT\s+DROP\b", re.IGNORECASE)
 _SYNC_COMMIT = re.compile(r"synchronous_commit", re.IGNORECASE)
@@ -75,6 +75,13 @@ _SYNC_COMMIT = re.compile(r"synchronous_commit", re.IGNORECASE)
 # the same transaction: such a request runs in a transaction of its own
 # (:func:`keeps_to_itself`).
 _SET_CONFIG = re.compile(r"\bset_config\s*\(", re.IGNORECASE)
+# set_config(name, value, true): its third argument a plain true, as the statement writes it.
+_SET_CONFIG_LOCAL = re.compile(r"\bset_config\s*\([^()]*,\s*true\s*\)", re.IGNORECASE)
+
+
+def _sets_config(command: str) -> bool:
+    """Whether ``command`` calls ``set_config`` (a cheap look first: statements are large)."""
+    return "set_config" in command.lower() and _SET_CONFIG.search(command) is not None
 
 
 def outlasts(command: str) -> str | None:
@@ -87,10 +94,13 @@ def outlasts(command: str) -> str | None:
         rest = _first_command(command[3:])
         if not _TRANSACTION_SCOPED.match(rest):
             return "SET without LOCAL lasts for the session"
-        if _SYNC_COMMIT.search(rest[:200]):
+        if _SYNC_COMMIT.search(rest[:2000]):
             return "synchronous_commit is the worker's: its commits must flush before they answer"
-    if _SET_CONFIG.search(command) and _SYNC_COMMIT.search(command):
-        return "synchronous_commit is the worker's: its commits must flush before they answer"
+    if _sets_config(command):
+        if _SYNC_COMMIT.search(command):
+            return "synchronous_commit is the worker's: its commits must flush before they answer"
+        if len(_SET_CONFIG.findall(command)) != len(_SET_CONFIG_LOCAL.findall(command)):
+            return "set_config(..., false) lasts for the session: pass true, as a plain argument"
     if _TEMP.match(command) and not _COMMIT_DROP.search(command):
         return "a temporary table lasts for the session unless it is created ON COMMIT DROP"
     return None
@@ -202,6 +212,6 @@ def keeps_to_itself(req: Request) -> bool:
     share its transaction with other requests (group commit): it runs in one of its own."""
     for stmt in req.statements or ():
         command = _first_command(stmt.sql)
-        if _SET.match(command) or _TEMP.match(command) or _SET_CONFIG.search(command):
+        if _SET.match(command) or _TEMP.match(command) or _sets_config(command):
             return True
     return False

@@ -357,7 +357,8 @@ def test_an_integer_past_64_bits_is_a_protocol_error() -> None:
      "create local temporary table t (a int) on commit preserve rows",
      "/* c */ ;SET TimeZone = 'UTC'", "SET/**/search_path=x", 'SET"search_path"=x',
      "SELECT 1 INTO TEMP t", "CREATE TABLE pg_temp.t (a int)",
-     "SET LOCAL synchronous_commit = off", "SELECT set_config('synchronous_commit', 'off', true)"],
+     "SET LOCAL synchronous_commit = off", "SELECT set_config('synchronous_commit', 'off', true)",
+     "SELECT set_config('app.user_id', '42', false)"],
 )  # fmt: skip
 def test_what_would_outlast_the_request_on_a_pooled_connection_is_refused(sql: str) -> None:
     """Session settings, prepared statements, LISTEN and temporary tables kept past COMMIT
@@ -381,7 +382,8 @@ def test_what_lasts_until_commit_is_allowed_and_kept_out_of_groups() -> None:
         req = Request(id="a", statements=[Statement(sql="SELECT 1"), Statement(sql=sql)])
         validate_request(req)
         assert keeps_to_itself(req)
-    for sql in ("UPDATE t SET a = 1", "INSERT INTO temp VALUES (1)", "SELECT * FROM setof_x"):
+    for sql in ("UPDATE t SET a = 1", "INSERT INTO temp VALUES (1)", "SELECT * FROM setof_x",
+                "SELECT * FROM pg_temp.s", "SELECT add_note('moved into temp storage')"):
         plain = Request(id="a", statements=[Statement(sql=sql)])
         validate_request(plain)
         assert not keeps_to_itself(plain)
