@@ -71,12 +71,13 @@ class _Waiting:
 
 def take_group(queue: deque[_Waiting], *, max_count: int, max_bytes: int) -> list[_Waiting]:
     """Pop the next group off ``queue``: in arrival order, at most ``max_count`` requests and
-    ``max_bytes`` of parameters -- but always at least one, however large."""
+    ``max_bytes`` of parameters -- but always at least one, however large. A request that
+    sets something for its transaction (``Job.alone``) is a group of its own."""
     group: list[_Waiting] = []
     size = 0
     while queue and len(group) < max_count:
         nxt = queue[0]
-        if group and size + nxt.size > max_bytes:
+        if group and (size + nxt.size > max_bytes or group[0].job.alone or nxt.job.alone):
             break
         group.append(queue.popleft())
         size += nxt.size

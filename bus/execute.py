@@ -119,9 +119,9 @@ async def run_request(
         max_param_bytes=limits.max_param_bytes,
     )
     if req.statements is not None:
-        job = Job(req, encoding, deadline, unseen)
+        job = Job(req, encoding, deadline, unseen, alone=keeps_to_itself(req))
         alone = idempotency.far_ahead(req.id)  # it would fail a group's COMMIT: see below
-        if submit is not None and not alone and not keeps_to_itself(req):
+        if submit is not None and not alone:
             out = await submit(job, param_bytes(req))
         else:
             (out,) = await run_statement_writes(
@@ -178,6 +178,9 @@ class Job:
     #: Nobody can have applied the id (:func:`writebus.bus.idempotency.claim_sql`): true only
     #: for the primary-region direct path's first try of an id it made.
     unseen: bool = False
+    #: It sets something for the rest of its transaction (``SET LOCAL``...): a group of its
+    #: own (:func:`writebus.client.validation.keeps_to_itself`).
+    alone: bool = False
 
 
 async def run_statement_writes(

@@ -495,10 +495,11 @@ async def test_what_lasts_until_commit_keeps_its_request_out_of_groups(
     a table name). Such a request runs in a transaction of its own; a plain write still
     queues for a group. Settings that would outlast the transaction on the pooled connection
     are refused, nothing applied."""
-    queued: list[str] = []
+    queued: list[str] = []  # the requests submitted to be grouped
 
     async def submit(job: Job, size: int) -> Executed | WriteBusError:
-        queued.append(job.req.id)
+        if not job.alone:  # what the committer would group
+            queued.append(job.req.id)
         (out,) = await _run(pool, [job])
         return out
 

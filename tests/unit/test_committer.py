@@ -44,6 +44,20 @@ def test_take_group_keeps_order_and_bounds_count_and_bytes() -> None:
         loop.close()
 
 
+def test_a_request_that_sets_something_is_a_group_of_its_own() -> None:
+    """A request with SET LOCAL and the like (``Job.alone``) shares its transaction with no
+    one: the group before it ends at it, and it goes alone; the next ones group again."""
+    loop = asyncio.new_event_loop()
+    try:
+        jobs = [_job(), _job(), Job(Request(id="set"), alone=True), _job(), _job()]
+        queue = deque(_Waiting(job, 1, loop.create_future()) for job in jobs)
+        groups = [take_group(queue, max_count=10, max_bytes=1000) for _ in range(3)]
+        assert [[w.job.req.id for w in g] for g in groups][1] == ["set"]
+        assert [len(g) for g in groups] == [2, 1, 2] and not queue
+    finally:
+        loop.close()
+
+
 def test_the_group_limit_follows_the_cost() -> None:
     """Fast requests group up to the maximum, slow ones run alone; no estimate: maximum."""
     assert group_limit(0.0, budget=0.05, max_count=64) == 64
