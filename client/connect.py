@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import socket
 import ssl
 from typing import Any
@@ -22,7 +23,7 @@ from urllib.parse import urlsplit
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from writebus.client.errors import ConnectError
+from writebus.client.errors import ConfigError, ConnectError
 from writebus.client.log import get_logger
 from writebus.client.loops import loop_lock
 from writebus.client.settings import Settings
@@ -143,6 +144,12 @@ async def connect_nats(
         kwargs["user"] = settings.nats_user
         kwargs["password"] = settings.nats_password or ""
     if settings.nats_creds:
+        if importlib.util.find_spec("nkeys") is None:  # nats-py signs with it, on connect
+            raise ConfigError(
+                "NATS_CREDS needs the nkeys package, which is not installed: "
+                "pip install 'writebus[creds]'",
+                variable="NATS_CREDS",
+            )
         kwargs["user_credentials"] = settings.nats_creds
     tls = nats_tls_context(settings)
     if tls is not None:

@@ -18,9 +18,15 @@ from psycopg.conninfo import conninfo_to_dict
 MASK = "***"
 #: Shorter forms are taken out only where they stand alone (``pa`` of ``password`` stays).
 _SHORT = 4
-_URL_USERINFO = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)@")
+# Up to the last "@" before the query: a password with an unescaped "/" or "@" is still in it
+# (libpq then reads it as host, port and path, and quotes it in its messages).
+_URL_USERINFO = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*://([^?#]*)@")
 _URL_QUERY = re.compile(r"[?&]password=([^&#]*)")
-_KEYWORD = re.compile(r"\bpassword\s*=\s*(?:'((?:[^'\\]|\\.)*)'|(\S+))")
+# An unquoted value runs to the next "key=" (a space in it is malformed, and libpq quotes the
+# rest of it in its message).
+_KEYWORD = re.compile(
+    r"\bpassword\s*=\s*(?:'((?:[^'\\]|\\.)*)'|(\S+(?:\s+(?![A-Za-z_]\w*\s*=)\S+)*))"
+)
 
 
 def secrets_of(conninfo: str) -> list[str]:
@@ -37,9 +43,12 @@ def secrets_of(conninfo: str) -> list[str]:
     if url and ":" in url.group(1):
         written = url.group(1).split(":", 1)[1]
         found.add(written)
-        found.update(written.split("@"))
+        found.update(re.split(r"[@/]", written))
     found.update(m.group(1) for m in _URL_QUERY.finditer(conninfo))
-    found.update(m.group(1) or m.group(2) for m in _KEYWORD.finditer(conninfo))
+    for m in _KEYWORD.finditer(conninfo):
+        found.add(m.group(1) or m.group(2))
+        if m.group(2):  # unquoted: libpq quotes the word after a space it cannot parse
+            found.update(m.group(2).split())
     found |= {unquote(s) for s in found}
     return sorted((s for s in found if s), key=len, reverse=True)
 

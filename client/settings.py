@@ -19,6 +19,13 @@ from typing import Any, Self
 
 from writebus.client.errors import ConfigError
 from writebus.client.region import my_region, primary_region
+from writebus.client.settings_checks import (
+    check_files,
+    check_nats_urls,
+    check_prefix,
+    check_region,
+    region_variable,
+)
 
 log = logging.getLogger("writebus.client.settings")
 
@@ -241,13 +248,14 @@ class Settings:
         urls = tuple(u.strip() for u in r.text("NATS_URL", DEFAULT_NATS_URL).split(",") if u.strip())
         if not urls:
             raise ConfigError("NATS_URL names no server", variable="NATS_URL")
+        check_files(env, "NATS_CREDS", "NATS_TLS_CA", "NATS_TLS_CERT", "NATS_TLS_KEY")
         return dict(
-            region=my_region(env),
-            primary_region=primary_region(env),
-            nats_urls=urls,
+            region=check_region(my_region(env), region_variable(env)),
+            primary_region=check_region(primary_region(env), "PRIMARY_REGION"),
+            nats_urls=check_nats_urls(urls),
             database_url=database_url,
             primary_database_url=r.text("PRIMARY_DATABASE_URL") or database_url,
-            prefix=r.text("WRITEBUS_PREFIX", "writebus"),
+            prefix=check_prefix(r.text("WRITEBUS_PREFIX", "writebus")),
             procedures=r.text("WRITEBUS_PROCEDURES"),
             replica_id=r.text("WRITEBUS_REPLICA_ID"),
             nats_user=r.optional("NATS_USER"),

@@ -26,3 +26,18 @@ def test_scrub_masks_long_forms_anywhere_and_short_ones_standing_alone() -> None
     assert quotes_a_secret(text, secrets)
     assert not quotes_a_secret("connection refused", secrets)
     assert scrub('invalid token: "50%secret"', ["50%secret"]) == 'invalid token: "***"'
+
+
+def test_a_password_with_an_unescaped_slash_or_space_is_masked() -> None:
+    """libpq reads a URL password with an unescaped "/" as host, port and path, and an
+    unquoted password with a space as two words, then quotes the pieces in its messages:
+    every piece is masked (the whole password used to be printed, or its second word)."""
+    url = "postgresql://app:Q7x+k/Zr9w@127.0.0.1:1/app"
+    assert "Q7x+k/Zr9w" in secrets_of(url)
+    assert scrub(f"cannot connect to postgres at {url[13:]}: port 'Q7x+k'", secrets_of(url)) == (
+        "cannot connect to postgres at app:***@127.0.0.1:1/app: port '***'"
+    )
+    keyword = "host=h password=correct horse battery user=u"
+    message = 'missing "=" after "horse" in connection info string'
+    assert scrub(message, secrets_of(keyword)) == 'missing "=" after "***" in connection info string'
+    assert "user=u" in scrub(keyword, secrets_of(keyword))

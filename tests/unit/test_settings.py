@@ -124,3 +124,56 @@ def test_an_empty_nats_url_list_is_an_error() -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({"NATS_URL": " , "})
     assert info.value.variable == "NATS_URL"
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"FLY_REGION": "lax "}, "FLY_REGION"),
+        ({"MY_REGION": "lax.west"}, "MY_REGION"),
+        ({"PRIMARY_REGION": "s*d"}, "PRIMARY_REGION"),
+        ({"WRITEBUS_PREFIX": "my app"}, "WRITEBUS_PREFIX"),
+        ({"NATS_URL": "nats://app:s3cr3t@[::1:1"}, "NATS_URL"),
+        ({"NATS_URL": "nats://127.0.0.1:99999"}, "NATS_URL"),
+        ({"NATS_URL": "http://127.0.0.1:4222"}, "NATS_URL"),
+        ({"NATS_TLS_CA": "/nonexistent/ca.pem"}, "NATS_TLS_CA"),
+        ({"NATS_CREDS": "/nonexistent/x.creds"}, "NATS_CREDS"),
+        ({"NATS_TLS_KEY": __file__}, "NATS_TLS_CERT"),
+    ],
+)
+def test_names_urls_and_files_are_checked_when_read(env: dict[str, str], variable: str) -> None:
+    """A region or prefix that would break a NATS subject, a server URL that is not one, and
+    a TLS or credentials file that is not there are one ConfigError naming the variable when
+    the settings are read -- they were a traceback after connecting, or a message that named
+    nothing -- and the error never quotes a URL's password."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert info.value.variable == variable
+    assert "s3cr3t" not in str(info.value)
+
+
+def test_valid_names_and_urls_pass() -> None:
+    """Dots join prefix tokens; several servers, with or without a scheme, credentials
+    included, are accepted."""
+    s = Settings.from_env({"FLY_REGION": "us-east_2", "WRITEBUS_PREFIX": "acme.wb",
+                           "NATS_URL": "nats://u:p@a:4222, b:4223,tls://c"})  # fmt: skip
+    assert (s.region, s.prefix, len(s.nats_urls)) == ("us-east_2", "acme.wb", 3)
+
+
+async def test_credentials_without_nkeys_are_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NATS_CREDS needs nats-py's nkeys package (the writebus[creds] extra): without it the
+    connect says so, naming the variable -- it said 'No module named nkeys' as if the server
+    were at fault."""
+    import importlib.util
+
+    from writebus.client.connect import connect_nats
+
+    creds = tmp_path / "x.creds"
+    creds.write_text("-----BEGIN NATS USER JWT-----\n")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    settings = Settings.from_env({"NATS_URL": "nats://127.0.0.1:1", "NATS_CREDS": str(creds)})
+    with pytest.raises(ConfigError, match="nkeys") as info:
+        await connect_nats(settings, name="t", timeout=1)
+    assert info.value.variable == "NATS_CREDS"

@@ -1,0 +1,82 @@
+"""Checks of settings read from the environment that need more than a type: names that end
+up in NATS subjects, server URLs, and files that must exist. Each error is one
+:class:`~writebus.client.errors.ConfigError` naming the variable -- never a traceback later,
+after connecting -- and never quotes a URL's credentials."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from writebus.client.errors import ConfigError
+
+#: A region is one NATS subject token; a prefix, one or more.
+_TOKEN = r"[A-Za-z0-9_-]+"
+_REGION = re.compile(_TOKEN)
+_PREFIX = re.compile(rf"{_TOKEN}(?:\.{_TOKEN})*")
+_NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def check_region(value: str, variable: str) -> str:
+    """``value`` if it can be a region: letters, digits, ``-`` and ``_`` (it names NATS
+    subjects, where a space, a dot or a wildcard would break them)."""
+    if not _REGION.fullmatch(value):
+        raise ConfigError(
+            f"{variable}={value!r} is not a region name: use letters, digits, '-' and '_'",
+            variable=variable,
+        )
+    return value
+
+
+def region_variable(env: Mapping[str, str]) -> str:
+    """Which variable names this process's region (``FLY_REGION`` wins over ``MY_REGION``)."""
+    return "FLY_REGION" if env.get("FLY_REGION") else "MY_REGION"
+
+
+def check_prefix(value: str) -> str:
+    """``value`` if it can prefix NATS subjects: tokens of letters, digits, ``-`` and ``_``,
+    joined by dots."""
+    if not _PREFIX.fullmatch(value):
+        raise ConfigError(
+            f"WRITEBUS_PREFIX={value!r} is not a subject prefix: use letters, digits, '-', '_' "
+            "and dots between them",
+            variable="WRITEBUS_PREFIX",
+        )
+    return value
+
+
+def check_nats_urls(urls: tuple[str, ...]) -> tuple[str, ...]:
+    """``urls`` if each is a NATS server URL with a host and a valid port; the error names the
+    server by its position, not its text (it may hold a password)."""
+    for i, url in enumerate(urls, 1):
+        try:
+            parts = urlsplit(url if "://" in url else f"nats://{url}")
+            parts.port  # noqa: B018 -- raises ValueError when out of range or not a number
+            ok = parts.scheme in _NATS_SCHEMES and bool(parts.hostname)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(
+                f"NATS_URL: server {i} of {len(urls)} is not a NATS URL "
+                "(nats://[user:password@]host[:port], the port 1-65535)",
+                variable="NATS_URL",
+            )
+    return urls
+
+
+def check_files(env: Mapping[str, str], *names: str) -> None:
+    """Each of ``names`` that is set names a readable file; a TLS key needs its certificate,
+    and a certificate its key."""
+    for name in names:
+        path = env.get(name)
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError(f"{name}={path!r}: no such readable file", variable=name)
+    if bool(env.get("NATS_TLS_CERT")) != bool(env.get("NATS_TLS_KEY")):
+        missing = "NATS_TLS_KEY" if env.get("NATS_TLS_CERT") else "NATS_TLS_CERT"
+        raise ConfigError(
+            f"{missing} is not set: a client certificate needs both NATS_TLS_CERT and "
+            "NATS_TLS_KEY",
+            variable=missing,
+        )
