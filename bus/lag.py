@@ -30,7 +30,12 @@ class LagClock:
         if self.replayed is not None and lsn <= self.replayed:
             return
         if len(self._pending) >= self.capacity:
-            self._pending.pop()  # the oldest entry stays: it carries the waiting time
+            # Full: the newest entry merges into the one after it, which keeps the older
+            # time -- so the lag may read a little high once replay passes the one before,
+            # never low (dropping the newest made it read the age of the latest alone).
+            _, since = self._pending.pop()
+            self._pending.append((lsn, since))
+            return
         self._pending.append((lsn, now))
 
     def replayed_to(self, lsn: int) -> None:

@@ -106,8 +106,8 @@ class LsnTracker:
         self._probe_task: asyncio.Task[None] | None = None
         self._closed = False
         self.silence: SilenceWatch | None = None
-        #: (lag seconds the replica reported, monotonic time heard) of the latest broadcast.
-        self._lag_report: tuple[float | None, float] | None = None
+        #: Each node's latest (lag seconds it reported, monotonic time heard).
+        self._lag_reports: dict[str, tuple[float | None, float]] = {}
         #: The promotions heard, and which writes they left out.
         self._promotions = Promotions()
         #: Whether this region's own database was promoted (not only the primary elsewhere),
@@ -225,7 +225,7 @@ class LsnTracker:
         self.advance(self._progress.replayed(now))
         if upd.role == "replica":  # what each standby replayed: a bound for its promotion
             heard.standby_replayed(upd.replica_id, lsn)
-        self._lag_report = (upd.lag_seconds, now)
+        self._lag_reports[upd.replica_id] = (upd.lag_seconds, now)
         if self._report_waiters:
             for fut in self._report_waiters:
                 if not fut.done():
@@ -265,16 +265,22 @@ class LsnTracker:
         )  # fmt: skip
 
     def lag_bound(self, now: float | None = None) -> float | None:
-        """An upper bound on the local replica's lag in seconds, from the latest broadcast:
-        the lag it reported plus the time since (lag can grow no faster than time passes).
-        None when nothing fresh was heard, or the bus node reports no lag."""
-        report = self._lag_report
-        if report is None or report[0] is None:
-            return None
-        age = (time.monotonic() if now is None else now) - report[1]
-        if age > self._progress.stale_after:
-            return None
-        return report[0] + age
+        """An upper bound on the local replica's lag in seconds: the lag its node last
+        reported plus the time since (lag can grow no faster than time passes) -- the node
+        followed (``WRITEBUS_REPLICA_ID``, or a promoted one), else the most behind of the
+        region's nodes heard lately, as for replay. None when none was heard lately, or one
+        reports no lag."""
+        now = time.monotonic() if now is None else now
+        followed = self._progress.replica_id
+        bounds = []
+        for node, (lag, heard) in self._lag_reports.items():
+            age = now - heard
+            if (followed is not None and node != followed) or age > self._progress.stale_after:
+                continue
+            if lag is None:
+                return None
+            bounds.append(lag + age)
+        return max(bounds, default=None)
 
     async def lag_within(self, max_lag: float) -> bool:
         """True once the lag bound is at most ``max_lag`` seconds: at once when it already

@@ -460,3 +460,28 @@ async def test_a_handed_in_connection_is_shared_and_not_closed(
         assert any(s.client is nc and s.subject == "writebus.lsn.lax" for s in server.subs)
     assert not nc.is_closed
     assert not any(s.client is nc for s in server.subs)
+
+
+async def test_the_lag_bound_is_the_followed_replicas_or_the_most_behind(
+    fake: tuple[FakeServer, Bus],
+) -> None:
+    """Replica r reports 8 s of lag, then y reports none. A process reading r
+    (WRITEBUS_REPLICA_ID) keeps r's 8 s; one naming no replica takes the most behind, 8 s --
+    both took the last broadcast's 0 s, so a max_lag=1 read went to a replica 8 s behind."""
+    server, bus = fake
+
+    async def reported(replica_id: str, lag: float) -> None:
+        upd = lsn_update(region="lax", replica_id=replica_id, lsn=100, role="replica",
+                         in_recovery=True, lag_seconds=lag)  # fmt: skip
+        await bus.nc.publish("writebus.lsn.lax", encode(upd))
+
+    for settings in (LAX.replace(replica_id="r"), LAX):
+        async with Database(settings, nats=server.client()) as db:
+            tracker = db.tracker
+            assert tracker is not None
+            await reported("r", 8.0)
+            await reported("y", 0.0)
+            await _until(lambda t=tracker: t.updates_received == 2)  # type: ignore[misc]
+            bound = tracker.lag_bound()
+            assert bound is not None and 8.0 <= bound < 9.0
+            assert not await tracker.lag_within(0.01)

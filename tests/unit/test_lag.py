@@ -45,3 +45,17 @@ def test_pending_announcements_are_bounded_and_keep_the_oldest() -> None:
         clock.announced(i, now=float(i))
     assert len(clock._pending) <= 8
     assert clock.lag_seconds(1000.0) == 999.0
+
+
+def test_a_full_clock_never_reads_low() -> None:
+    """Past its capacity the clock merges the newest announcements, keeping the oldest time
+    among them: once replay passes the entries kept whole, the lag is that of the oldest
+    position not yet replayed (3 s here) -- it read 0 s, the age of the latest alone."""
+    clock = LagClock(capacity=4)
+    clock.replayed_to(0)
+    for i in range(7):  # positions 10..70 announced at 0..6 s
+        clock.announced((i + 1) * 10, float(i))
+    clock.replayed_to(35)
+    assert clock.lag_seconds(6.0) == 3.0
+    clock.replayed_to(70)
+    assert clock.lag_seconds(6.0) == 0.0
