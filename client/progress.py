@@ -2,7 +2,8 @@
 
 Each region node broadcasts its replica's replay LSN. When the tracker knows its replica's id it
 follows that replica alone. Otherwise it is conservative: the region's position is the *minimum*
-over the replicas heard from recently, so "replayed" is true of whichever one this process reads.
+over the replicas heard from, so "replayed" is true of whichever one this process reads; once one
+goes quiet, the position is unknown, and the tracker reads its own database instead.
 """
 
 from __future__ import annotations
@@ -28,9 +29,21 @@ class RegionProgress:
         self._seen[replica_id] = (lsn, now)
 
     def replayed(self, now: float) -> int | None:
-        """The position this process may rely on, or None when nothing fresh was heard."""
+        """The position this process may rely on, or None when nothing fresh was heard -- or
+        when, following no replica, one heard before has gone quiet (:meth:`quiet`): it may be
+        the one this process reads, whose position is then unknown. (Leaving it out of the
+        minimum released waits on the others' positions: stale reads from it.)"""
+        if self.quiet(now):
+            return None
         fresh = self._fresh(now)
         return min(fresh) if fresh else None
+
+    def quiet(self, now: float) -> list[str]:
+        """The replicas heard from before, but not within ``stale_after`` -- when this process
+        follows no replica (one it follows answers for itself)."""
+        if self.replica_id is not None:
+            return []
+        return sorted(r for r, (_, at) in self._seen.items() if now - at > self.stale_after)
 
     def single(self, now: float) -> bool:
         """Whether one replica is all this process may read from: the one it follows

@@ -151,11 +151,10 @@ class LsnTracker:
     async def start(self) -> None:
         """Subscribe to the region's progress subject and start the fallback watcher."""
         self._sub = await self._nc.subscribe(self.subject, cb=self._on_message)
-        # One round trip, so the server has the subscription when start() returns. Without
-        # it about one broadcast in six published at once from another connection was missed;
-        # with it, up to one in ten still can be (the server routes to a subscription that new
-        # a moment later; none were missed 2-5 ms later). The next broadcast, the probe and
-        # the fallback cover a missed one. Not connected: the subscription goes on reconnect.
+        # One round trip, so the server has the subscription when start() returns (without it
+        # about one broadcast in six published at once from another connection was missed).
+        # The next broadcast, the probe and the fallback cover a missed one. Not connected:
+        # the subscription goes on reconnect.
         with contextlib.suppress(Exception):
             await self._nc.flush(timeout=START_FLUSH_TIMEOUT)
         self._fallback_task = asyncio.create_task(
@@ -266,10 +265,8 @@ class LsnTracker:
 
     def lag_bound(self, now: float | None = None) -> float | None:
         """An upper bound on the local replica's lag in seconds: the lag its node last
-        reported plus the time since (lag can grow no faster than time passes) -- the node
-        followed (``WRITEBUS_REPLICA_ID``, or a promoted one), else the most behind of the
-        region's nodes heard lately, as for replay. None when none was heard lately, or one
-        reports no lag."""
+        reported plus the time since -- the node followed, else the most behind of those
+        heard lately. None when none was heard lately, or one reports no lag."""
         now = time.monotonic() if now is None else now
         followed = self._progress.replica_id
         bounds = []
@@ -326,8 +323,10 @@ class LsnTracker:
         return n
 
     def _fresh(self) -> bool:
-        last = self._progress.last_heard()
-        return last is not None and time.monotonic() - last <= self._progress.stale_after
+        """Broadcasts are recent, and no replica went quiet (else the fallback polls)."""
+        now, last = time.monotonic(), self._progress.last_heard()
+        return last is not None and now - last <= self._progress.stale_after and not (
+            self._progress.quiet(now))  # fmt: skip
 
     # -- waiting --------------------------------------------------------------------------
 
@@ -426,12 +425,14 @@ class LsnTracker:
                     # Before the first broadcast this is start-up, not an outage (a region
                     # that stays silent is reported once by the SilenceWatch).
                     heard = self._progress.last_heard() is not None
+                    quiet = self._progress.quiet(time.monotonic())
                     (log.warning if heard else log.debug)(
                         "tracker.fallback_polling",
                         region=self.region,
-                        reason="broadcasts stopped" if heard else "no broadcast yet",
+                        reason=(f"replica {', '.join(quiet)} went quiet" if quiet else
+                                "broadcasts stopped" if heard else "no broadcast yet"),
                         waiting=len(self._queue),
-                    )
+                    )  # fmt: skip
                     logged = True
                 try:
                     lsn, standby, timeline = await self._reader.read()

@@ -354,3 +354,52 @@ async def test_a_probe_never_moves_the_position_back(stack: Any) -> None:
     finally:
         await tracker.close()
         await nc.close()
+
+
+async def test_a_replica_whose_node_went_quiet_is_read_not_assumed(
+    stack: Any, buses: Any, table: str
+) -> None:
+    """lax has a second standby, B, with its own bus node, and this app reads B (naming no
+    replica). B's node stops -- B still serves reads -- and B's replay pauses. A write's wait
+    is no longer released on the other replica's broadcasts: the tracker reads B itself, so
+    the write times out as applied-not-replayed rather than return and be missing from the
+    read that follows (it did: a stale read). Once B replays again, the session's read sees it."""
+    import psycopg
+
+    from tests.support.stack import start_bus
+    from writebus import Database, session
+    from writebus.bus.embedded.ports import LOCALHOST, free_port
+    from writebus.bus.embedded.postgres import PostgresServer
+
+    primary = stack.primary
+    b = PostgresServer(name="pg-lax-b", datadir=stack.base_dir / "pg" / f"lax-b-{uuid.uuid4().hex[:6]}",
+                       port=free_port(), bindir=primary.bindir, run_as=primary.run_as,
+                       fsync=stack.fsync)  # fmt: skip
+    b.init_replica(LOCALHOST, primary.port)
+    b.start()
+    node = start_bus(stack, "lax", log_name="quiet-lax-b", DATABASE_URL=b.url,
+                     WRITEBUS_REPLICA_ID="lax-b")  # fmt: skip
+    try:
+        settings = settings_for(stack, "lax", replication_timeout=3).replace(database_url=b.url)
+        async with Database(settings) as db:
+            tracker = db.tracker
+            assert tracker is not None
+            await db.execute(f"INSERT INTO {table}(body) VALUES ('both heard')")
+            node.stop(10)
+            with psycopg.connect(b.url, autocommit=True) as conn:
+                conn.execute("SELECT pg_wal_replay_pause()")
+            deadline = time.monotonic() + 10
+            while not tracker._progress.quiet(time.monotonic()):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            with session():
+                with pytest.raises(ReplicationTimeoutError) as info:
+                    await db.execute(f"INSERT INTO {table}(body) VALUES ('b paused')")
+                assert info.value.committed
+                with psycopg.connect(b.url, autocommit=True) as conn:
+                    conn.execute("SELECT pg_wal_replay_resume()")
+                count = await db.fetchval(f"SELECT count(*) FROM {table} WHERE body = 'b paused'")
+            assert count == 1
+    finally:
+        node.stop(10)
+        b.stop("fast")

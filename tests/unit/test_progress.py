@@ -13,13 +13,22 @@ def test_min_over_fresh_replicas_without_id() -> None:
     assert p.replayed(now=10.5) == 50
 
 
-def test_stale_replica_is_ignored() -> None:
-    """A replica not heard from within stale_after no longer holds the region back."""
+def test_a_replica_gone_quiet_makes_the_position_unknown() -> None:
+    """Following no replica, one not heard from within stale_after may still be the one this
+    process reads (its bus node down, its database serving): the region's position is
+    unknown, not the others' -- which released waits it had not replayed -- and the tracker
+    reads its own database. Once it speaks again it counts again. A followed replica is all
+    that matters."""
     p = RegionProgress(stale_after=3.0)
     p.observe("a", 100, now=10.0)
     p.observe("b", 50, now=5.0)
-    assert p.replayed(now=10.0) == 100
+    assert p.quiet(10.0) == ["b"] and p.replayed(now=10.0) is None
+    p.observe("b", 90, now=10.5)
+    assert p.quiet(11.0) == [] and p.replayed(now=11.0) == 90
     assert p.replayed(now=20.0) is None
+    named = RegionProgress(replica_id="a", stale_after=3.0)
+    named.observe("a", 100, now=10.0)
+    assert named.quiet(20.0) == [] and named.replayed(now=12.0) == 100
 
 
 def test_filter_by_replica_id() -> None:
@@ -70,5 +79,5 @@ def test_single_is_one_fresh_replica_or_the_one_named() -> None:
     assert p.single(1.0)
     p.observe("b", 10, 1.0)
     assert not p.single(2.0)
-    assert p.single(3.5)  # a went stale
+    assert p.single(3.5)  # a went quiet: the probe reads this process's own database
     assert RegionProgress(replica_id="a").single(0.0)
