@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 class LagClock:
     """Announced primary positions, and the replica's replayed one."""
 
-    #: Keep at most this many pending announcements (older ones merge into the oldest).
+    #: Keep at most this many pending announcements (the newest merge, keeping the older time).
     capacity: int = 1024
     primary: int | None = None
     replayed: int | None = None

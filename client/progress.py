@@ -17,6 +17,10 @@ class RegionProgress:
 
     replica_id: str | None = None
     stale_after: float = 3.0
+    #: Seconds after which a quiet replica is forgotten: longer than a bus node's restart
+    #: (its replica's position is unknown meanwhile), but not for good -- a node replaced
+    #: under another id (a new host name) would leave the region unknown until restart.
+    forget_after: float = 30.0
     _seen: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     def observe(self, replica_id: str, lsn: int, now: float) -> None:
@@ -40,9 +44,12 @@ class RegionProgress:
 
     def quiet(self, now: float) -> list[str]:
         """The replicas heard from before, but not within ``stale_after`` -- when this process
-        follows no replica (one it follows answers for itself)."""
+        follows no replica (one it follows answers for itself). One quiet for
+        ``forget_after`` is forgotten."""
         if self.replica_id is not None:
             return []
+        for gone in [r for r, (_, at) in self._seen.items() if now - at > self.forget_after]:
+            del self._seen[gone]
         return sorted(r for r, (_, at) in self._seen.items() if now - at > self.stale_after)
 
     def single(self, now: float) -> bool:

@@ -14,17 +14,18 @@ from writebus.client.errors import ConfigError
 
 #: A region is one NATS subject token; a prefix, one or more.
 _TOKEN = r"[A-Za-z0-9_-]+"
-_REGION = re.compile(_TOKEN)
+_REGION = re.compile(rf"{_TOKEN}(?:\.{_TOKEN})*")
 _PREFIX = re.compile(rf"{_TOKEN}(?:\.{_TOKEN})*")
 _NATS_SCHEMES = ("nats", "tls", "ws", "wss")
 
 
 def check_region(value: str, variable: str) -> str:
-    """``value`` if it can be a region: letters, digits, ``-`` and ``_`` (it names NATS
-    subjects, where a space, a dot or a wildcard would break them)."""
+    """``value`` if it can be a region: letters, digits, ``-`` and ``_``, with dots between
+    them (it names NATS subjects, where a space or a wildcard would break them)."""
     if not _REGION.fullmatch(value):
         raise ConfigError(
-            f"{variable}={value!r} is not a region name: use letters, digits, '-' and '_'",
+            f"{variable}={value!r} is not a region name: use letters, digits, '-', '_' and "
+            "dots between them",
             variable=variable,
         )
     return value
@@ -53,8 +54,8 @@ def check_nats_urls(urls: tuple[str, ...]) -> tuple[str, ...]:
     for i, url in enumerate(urls, 1):
         try:
             parts = urlsplit(url if "://" in url else f"nats://{url}")
-            parts.port  # noqa: B018 -- raises ValueError when out of range or not a number
-            ok = parts.scheme in _NATS_SCHEMES and bool(parts.hostname)
+            port = parts.port  # raises ValueError when out of range or not a number
+            ok = parts.scheme in _NATS_SCHEMES and bool(parts.hostname) and port != 0
         except ValueError:
             ok = False
         if not ok:
@@ -76,7 +77,6 @@ def check_files(env: Mapping[str, str], *names: str) -> None:
     if bool(env.get("NATS_TLS_CERT")) != bool(env.get("NATS_TLS_KEY")):
         missing = "NATS_TLS_KEY" if env.get("NATS_TLS_CERT") else "NATS_TLS_CERT"
         raise ConfigError(
-            f"{missing} is not set: a client certificate needs both NATS_TLS_CERT and "
-            "NATS_TLS_KEY",
+            f"{missing} is not set: a client certificate needs both NATS_TLS_CERT and NATS_TLS_KEY",
             variable=missing,
         )

@@ -152,9 +152,7 @@ class LsnTracker:
         """Subscribe to the region's progress subject and start the fallback watcher."""
         self._sub = await self._nc.subscribe(self.subject, cb=self._on_message)
         # One round trip, so the server has the subscription when start() returns (without it
-        # about one broadcast in six published at once from another connection was missed).
-        # The next broadcast, the probe and the fallback cover a missed one. Not connected:
-        # the subscription goes on reconnect.
+        # a broadcast in six was missed); not connected, it goes on reconnect.
         with contextlib.suppress(Exception):
             await self._nc.flush(timeout=START_FLUSH_TIMEOUT)
         self._fallback_task = asyncio.create_task(
@@ -165,7 +163,7 @@ class LsnTracker:
             prefix=self.settings.prefix,
             region=self.region,
             heartbeat=self.settings.heartbeat_interval,
-            last_heard=self._progress.last_heard,
+            last_heard=lambda: self._progress.last_heard(),  # the one followed now
         )
         self.silence.start()
 
@@ -269,6 +267,8 @@ class LsnTracker:
         heard lately. None when none was heard lately, or one reports no lag."""
         now = time.monotonic() if now is None else now
         followed = self._progress.replica_id
+        if self._progress.quiet(now):
+            return None  # the quiet one may be this process's, and its lag unknown
         bounds = []
         for node, (lag, heard) in self._lag_reports.items():
             age = now - heard

@@ -17,8 +17,9 @@ def test_a_replica_gone_quiet_makes_the_position_unknown() -> None:
     """Following no replica, one not heard from within stale_after may still be the one this
     process reads (its bus node down, its database serving): the region's position is
     unknown, not the others' -- which released waits it had not replayed -- and the tracker
-    reads its own database. Once it speaks again it counts again. A followed replica is all
-    that matters."""
+    reads its own database. Once it speaks again it counts again; quiet for forget_after
+    (30 s: a node replaced under another host name), it is forgotten. A followed replica is
+    all that matters."""
     p = RegionProgress(stale_after=3.0)
     p.observe("a", 100, now=10.0)
     p.observe("b", 50, now=5.0)
@@ -26,6 +27,10 @@ def test_a_replica_gone_quiet_makes_the_position_unknown() -> None:
     p.observe("b", 90, now=10.5)
     assert p.quiet(11.0) == [] and p.replayed(now=11.0) == 90
     assert p.replayed(now=20.0) is None
+    p.observe("a", 200, now=30.0)
+    assert p.quiet(31.0) == ["b"]  # quiet for 20.5 s: still unknown
+    p.observe("a", 300, now=45.0)
+    assert p.quiet(45.0) == [] and p.replayed(now=45.0) == 300  # b forgotten after 30 s
     named = RegionProgress(replica_id="a", stale_after=3.0)
     named.observe("a", 100, now=10.0)
     assert named.quiet(20.0) == [] and named.replayed(now=12.0) == 100

@@ -130,7 +130,7 @@ def test_an_empty_nats_url_list_is_an_error() -> None:
     ("env", "variable"),
     [
         ({"FLY_REGION": "lax "}, "FLY_REGION"),
-        ({"MY_REGION": "lax.west"}, "MY_REGION"),
+        ({"MY_REGION": "lax..west"}, "MY_REGION"),
         ({"PRIMARY_REGION": "s*d"}, "PRIMARY_REGION"),
         ({"WRITEBUS_PREFIX": "my app"}, "WRITEBUS_PREFIX"),
         ({"NATS_URL": "nats://app:s3cr3t@[::1:1"}, "NATS_URL"),
