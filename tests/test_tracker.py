@@ -385,6 +385,10 @@ async def test_a_replica_whose_node_went_quiet_is_read_not_assumed(
             tracker = db.tracker
             assert tracker is not None
             await db.execute(f"INSERT INTO {table}(body) VALUES ('both heard')")
+            deadline = time.monotonic() + 10
+            while "lax-b" not in tracker._progress._seen:  # B heard: a known replica
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
             node.stop(10)
             with psycopg.connect(b.url, autocommit=True) as conn:
                 conn.execute("SELECT pg_wal_replay_pause()")
