@@ -70,6 +70,9 @@ _TEMP = re.compile(
 )
 _COMMIT_DROP = re.compile(r"\bON\s+COMMIT\s+DROP\b", re.IGNORECASE)
 _SYNC_COMMIT = re.compile(r"synchronous_commit", re.IGNORECASE)
+_SYNC_COMMIT_REASON = (
+    "synchronous_commit is the worker's: its commits must flush before they answer"
+)
 # Something set for the rest of the transaction -- SET LOCAL, SET CONSTRAINTS, set_config(...,
 # true), a temporary table dropped at commit -- would reach the requests grouped after it in
 # the same transaction: such a request runs in a transaction of its own
@@ -95,10 +98,10 @@ def outlasts(command: str) -> str | None:
         if not _TRANSACTION_SCOPED.match(rest):
             return "SET without LOCAL lasts for the session"
         if _SYNC_COMMIT.search(rest[:2000]):
-            return "synchronous_commit is the worker's: its commits must flush before they answer"
+            return _SYNC_COMMIT_REASON
     if _sets_config(command):
         if _SYNC_COMMIT.search(command):
-            return "synchronous_commit is the worker's: its commits must flush before they answer"
+            return _SYNC_COMMIT_REASON
         if len(_SET_CONFIG.findall(command)) != len(_SET_CONFIG_LOCAL.findall(command)):
             return "set_config(..., false) lasts for the session: pass true, as a plain argument"
     if _TEMP.match(command) and not _COMMIT_DROP.search(command):
