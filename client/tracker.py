@@ -38,6 +38,7 @@ from writebus.client.protocol import (
     update_primary_fork,
 )
 from writebus.client.replay import ReplayReader
+from writebus.client.roundtrip import round_trip
 from writebus.client.settings import Settings
 from writebus.client.silence import SilenceWatch
 from writebus.client.subjects import Subjects
@@ -47,9 +48,9 @@ from writebus.client.wakeup import BatchFuture, release
 
 log = get_logger("writebus.client.tracker")
 
-#: Seconds start() waits for the server to confirm the subscription (a NATS outage must not
-#: hold up opening a database).
-START_FLUSH_TIMEOUT = 1
+#: Seconds start() waits for the server to confirm the subscription: a loaded machine can
+#: take a second, and an outage must not hold up opening a database.
+START_FLUSH_TIMEOUT = 5
 #: A wait that begins this long (seconds) after the latest broadcast probes the replica.
 PROBE_QUIET = 0.005
 
@@ -151,10 +152,9 @@ class LsnTracker:
     async def start(self) -> None:
         """Subscribe to the region's progress subject and start the fallback watcher."""
         self._sub = await self._nc.subscribe(self.subject, cb=self._on_message)
-        # One round trip, so the server has the subscription when start() returns (without it
-        # a broadcast in six was missed); not connected, it goes on reconnect.
+        # The server has the subscription when this returns (else a broadcast in six was missed).
         with contextlib.suppress(Exception):
-            await self._nc.flush(timeout=START_FLUSH_TIMEOUT)
+            await round_trip(self._nc, START_FLUSH_TIMEOUT)
         self._fallback_task = asyncio.create_task(
             self._fallback_loop(), name=f"writebus-tracker-fallback-{self.region}"
         )
