@@ -17,7 +17,6 @@ import re
 from typing import Any
 
 from writebus.client.log import get_logger
-from writebus.client.roundtrip import round_trip
 from writebus.client.transport import NatsClient
 from writebus.client.version import VERSION
 
@@ -56,7 +55,7 @@ async def register(
         )
         # The server has the service's subscriptions once this returns: a $SRV.PING sent
         # right after (from another connection) finds the node instead of "no responders".
-        await round_trip(nc, 10)
+        await nc.flush()
         return service
     except Exception as exc:
         log.warning("discovery.unavailable", error=f"{type(exc).__name__}: {exc}")

@@ -14,12 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from writebus.client.log import get_logger
-from writebus.client.roundtrip import round_trip
 
 log = get_logger("writebus.bus.worker")
-
-#: Seconds start() and stop() wait for the server to confirm what was sent (nats-py's default).
-FLUSH_TIMEOUT = 10
 
 #: ``(body, headers, received)`` -> ``(reply body, reply headers)``; ``received`` is the
 #: monotonic time the message reached this process, before it waited for a slot.
@@ -58,7 +54,7 @@ class SubjectServer:
         self._sub = await self.nc.subscribe(
             self.subject, queue=self.queue, cb=self._on_message, pending_msgs_limit=65536
         )
-        await round_trip(self.nc, FLUSH_TIMEOUT)
+        await self.nc.flush()
 
     async def _on_message(self, msg: Any) -> None:
         received = time.monotonic()
@@ -92,4 +88,4 @@ class SubjectServer:
             for t in pending:
                 t.cancel()
         with contextlib.suppress(Exception):
-            await round_trip(self.nc, FLUSH_TIMEOUT)
+            await self.nc.flush()

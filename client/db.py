@@ -30,6 +30,7 @@ from writebus.client.errors import (
 )
 from writebus.client.log import get_logger
 from writebus.client.pgpool import open_pool
+from writebus.client.pongs import guard_pongs
 from writebus.client.procedures import Procedures, load_procedures
 from writebus.client.protocol import Request
 from writebus.client.reads import ReadGate
@@ -140,6 +141,8 @@ class Database(ReadAPI):
             )
         if self._nc is None:
             self._nc = await acquire_nats(s, name=f"writebus-{s.region}")
+        else:
+            guard_pongs(self._nc)  # the app's own connection: see writebus.client.pongs
         if s.is_primary and self._pool is not None:
             if self.procedures is None and s.procedures:
                 self.procedures = load_procedures(s.procedures)

@@ -38,7 +38,6 @@ from writebus.client.protocol import (
     update_primary_fork,
 )
 from writebus.client.replay import ReplayReader
-from writebus.client.roundtrip import round_trip
 from writebus.client.settings import Settings
 from writebus.client.silence import SilenceWatch
 from writebus.client.subjects import Subjects
@@ -154,7 +153,7 @@ class LsnTracker:
         self._sub = await self._nc.subscribe(self.subject, cb=self._on_message)
         # The server has the subscription when this returns (else a broadcast in six was missed).
         with contextlib.suppress(Exception):
-            await round_trip(self._nc, START_FLUSH_TIMEOUT)
+            await self._nc.flush(timeout=START_FLUSH_TIMEOUT)
         self._fallback_task = asyncio.create_task(
             self._fallback_loop(), name=f"writebus-tracker-fallback-{self.region}"
         )

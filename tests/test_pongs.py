@@ -1,13 +1,16 @@
-"""A NATS round trip that times out leaves the connection reading (real nats-server).
+"""A late PONG does not stop a connection's reading (real nats-server).
 
-The server is paused (SIGSTOP) so the PONG comes late; with nats-py's plain ``flush`` the late
-PONG stops the client's read loop and nothing arrives on the connection afterwards.
+The server is paused (SIGSTOP) so a flush's PONG comes after its timeout; on a nats-py
+connection without :func:`~writebus.client.pongs.guard_pongs`, that PONG stops the client's
+read loop and nothing arrives on the connection afterwards. And a server that stops answering
+is given up in seconds, not minutes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import signal
 import time
@@ -21,20 +24,23 @@ import nats.errors
 import pytest
 
 from tests.support.stack import settings_for
-from writebus.bus import worker as worker_module
 from writebus.bus.embedded.nats import NatsServer
 from writebus.bus.embedded.ports import free_port
-from writebus.bus.worker import SubjectServer
 from writebus.client import tracker as tracker_module
+from writebus.client.connect import connect_nats
+from writebus.client.db import Database
 from writebus.client.protocol import encode, lsn_update
-from writebus.client.roundtrip import round_trip
+from writebus.client.settings import Settings
 from writebus.client.tracker import LsnTracker
+
+# The module, not the function writebus.client exports under the same name.
+connect_module = importlib.import_module("writebus.client.connect")
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[NatsServer]:
     srv = NatsServer(
-        name="nats-roundtrip",
+        name="nats-pongs",
         region="x",
         client_port=free_port(),
         gateway_port=free_port(),
@@ -72,9 +78,14 @@ def _paused(server: NatsServer) -> Iterator[None]:
         os.kill(pid, signal.SIGCONT)
 
 
+def _settings(server: NatsServer) -> Settings:
+    return Settings.from_env({"NATS_URL": server.url})
+
+
 @pytest.fixture
 async def connections(server: NatsServer) -> AsyncIterator[tuple[Any, Any]]:
-    nc = await nats.connect(server.url)
+    """A connection as writebus makes them, and a plain one to publish from."""
+    nc = await connect_nats(_settings(server), name="pongs-test")
     other = await nats.connect(server.url)
     try:
         yield nc, other
@@ -96,15 +107,32 @@ async def _echo(nc: Any) -> bytes | None:
     return bytes(msg.data)
 
 
-async def test_a_timed_out_round_trip_leaves_the_connection_reading(
+async def _flush_times_out(server: NatsServer, nc: Any) -> None:
+    with _paused(server), pytest.raises(nats.errors.FlushTimeoutError):
+        await nc.flush(timeout=1)
+
+
+async def test_a_timed_out_flush_leaves_the_connection_reading(
     server: NatsServer, connections: tuple[Any, Any]
 ) -> None:
+    """As nats-py's own flushes (a subscription's drain, a service's start, a reconnect)."""
     nc, _ = connections
-    with _paused(server), pytest.raises(nats.errors.FlushTimeoutError):
-        await round_trip(nc, 1)
-    await round_trip(nc, 5)  # the late PONG went to the placeholder; this one gets its own
+    await _flush_times_out(server, nc)
+    await nc.flush(timeout=5)  # the late PONG went to the placeholder; this one gets its own
     assert await _echo(nc) == b"ping"
     assert nc.is_connected
+
+
+async def test_a_connection_handed_to_a_database_is_guarded(server: NatsServer) -> None:
+    """The app's own connection, given to Database(nats=...), is guarded when it opens."""
+    nc = await nats.connect(server.url)
+    try:
+        settings = _settings(server).replace(primary_region="local", database_url=None)
+        async with Database(settings, nats=nc, local_pool=False):
+            await _flush_times_out(server, nc)
+            assert await _echo(nc) == b"ping"
+    finally:
+        await nc.close()
 
 
 async def test_a_tracker_started_on_a_stalled_server_still_hears_broadcasts(
@@ -134,20 +162,29 @@ async def test_a_tracker_started_on_a_stalled_server_still_hears_broadcasts(
         await tracker.close()
 
 
-async def test_a_worker_started_on_a_stalled_server_still_serves(
-    server: NatsServer, connections: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+async def test_a_server_that_stops_answering_is_given_up_in_seconds(
+    server: NatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A bus worker whose start-up round trip timed out answers requests once the server is
-    back, instead of holding its queue-group place deaf."""
-    nc, caller = connections
-    monkeypatch.setattr(worker_module, "FLUSH_TIMEOUT", 1)
+    """PINGs go unanswered: the connection counts as lost after a few intervals (a request on
+    it then fails at once as not sent, instead of waiting out its budget as "unknown"), and
+    comes back when the server does."""
+    monkeypatch.setattr(connect_module, "PING_INTERVAL", 0.5)
+    nc = await connect_nats(_settings(server), name="pongs-stale")
+    try:
+        assert nc.options["ping_interval"] == 0.5
+        assert nc.options["max_outstanding_pings"] == connect_module.MAX_OUTSTANDING_PINGS
+        with _paused(server):
+            deadline = time.monotonic() + 10
+            while nc.is_connected and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert not nc.is_connected
+        deadline = time.monotonic() + 10
+        while not nc.is_connected and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert nc.is_connected and await _echo(nc) == b"ping"
+    finally:
+        await nc.close()
 
-    async def handle(data: bytes, headers: Any, received: float) -> tuple[bytes, None]:
-        return b"served:" + data, None
 
-    worker = SubjectServer(nc, "rt.work", "q", handle, concurrency=4)
-    with _paused(server), pytest.raises(nats.errors.FlushTimeoutError):
-        await worker.start()
-    reply = await caller.request("rt.work", b"w1", timeout=5)
-    assert reply.data == b"served:w1"
-    await worker.stop(timeout=5)
+def test_connections_ping_every_few_seconds() -> None:
+    assert connect_module.PING_INTERVAL * (connect_module.MAX_OUTSTANDING_PINGS + 1) <= 15
