@@ -126,7 +126,7 @@ def repeat(req: Request, row: tuple[Any, ...], digest: bytes) -> Outcome:
     """The answer to ``req``, whose id the claim found already applied (``row``): its stored
     result, or :class:`IdempotencyKeyReusedError` when the id was used for another request."""
     try:
-        stored = idempotency.stored_answer(req.id, row, digest)
+        stored = idempotency.stored_answer(req, row, digest)
     except WriteBusError as exc:
         return exc
     return Executed(stored.results, stored.value, duplicate=True)

@@ -126,24 +126,33 @@ class StoredResult(msgspec.Struct, kw_only=True):
     value: Any = None
 
 
-_encoder = msgspec.msgpack.Encoder(enc_hook=str)
+#: Results as replies carry them (protocol.encode_hook): a duplicate answers with the same value.
+_encoder = msgspec.msgpack.Encoder(enc_hook=encode_hook)
 #: Parameters as the wire carries them (a psycopg Jsonb as its JSON text): a request sent
-#: directly and the same request received over the bus have one digest.
-_digest_encoder = msgspec.msgpack.Encoder(enc_hook=encode_hook)
+#: directly and the same request received over the bus have one digest. Maps by sorted key:
+#: a resend that builds its arguments in another order (another language's client, a map
+#: rebuilt by a retry job) is the same request.
+_digest_encoder = msgspec.msgpack.Encoder(enc_hook=encode_hook, order="deterministic")
+#: Maps in the order they came, as records stored by earlier releases were digested.
+_legacy_digest_encoder = msgspec.msgpack.Encoder(enc_hook=encode_hook)
 _decoder = msgspec.msgpack.Decoder(StoredResult)
 
 
 def request_digest(req: Request) -> bytes:
     """16 bytes identifying what ``req`` asks for: its statements and parameters, or its
     procedure and arguments -- not its id, version, origin or per-attempt timeout, which a
-    retry may change."""
+    retry may change, nor the order of a map's keys."""
+    return _digest(req, _digest_encoder)
+
+
+def _digest(req: Request, encoder: msgspec.msgpack.Encoder) -> bytes:
     body = [
         [[s.sql, s.params] for s in req.statements] if req.statements is not None else None,
         req.procedure,
         req.args,
         req.kwargs,
     ]
-    return hashlib.blake2b(_digest_encoder.encode(body), digest_size=16).digest()
+    return hashlib.blake2b(encoder.encode(body), digest_size=16).digest()
 
 
 def encode_result(results: list[StatementResult], value: Any) -> bytes:
@@ -151,22 +160,26 @@ def encode_result(results: list[StatementResult], value: Any) -> bytes:
     return _encoder.encode(StoredResult(results=results, value=value))
 
 
-def check_digest(request_id: str, stored: bytes | None, digest: bytes) -> None:
-    """Raise :class:`IdempotencyKeyReusedError` when a repeat of ``request_id`` asks for
+def check_digest(req: Request, stored: bytes | None, digest: bytes) -> None:
+    """Raise :class:`IdempotencyKeyReusedError` when a repeat of ``req.id`` asks for
     something else than the request first applied under it (rows without a digest, from
-    before digests were stored, are taken as matching)."""
-    if stored is not None and bytes(stored) != digest:
-        raise IdempotencyKeyReusedError(
-            f"request id {request_id!r} was already used for a different request; nothing was "
-            "applied. Use a new id for a new request; resend the identical request to learn "
-            "the first one's outcome"
-        )
+    before digests were stored, are taken as matching; so are rows an earlier release
+    digested with maps in their order)."""
+    if stored is None or bytes(stored) == digest or bytes(stored) == _digest(
+        req, _legacy_digest_encoder
+    ):
+        return
+    raise IdempotencyKeyReusedError(
+        f"request id {req.id!r} was already used for a different request; nothing was "
+        "applied. Use a new id for a new request; resend the identical request to learn "
+        "the first one's outcome"
+    )
 
 
-def stored_answer(request_id: str, row: tuple[Any, ...], digest: bytes) -> StoredResult:
-    """The answer to a repeated id from its :data:`CLAIM_SQL` row (digest checked)."""
+def stored_answer(req: Request, row: tuple[Any, ...], digest: bytes) -> StoredResult:
+    """The answer to a repeat of ``req.id`` from its :data:`CLAIM_SQL` row (digest checked)."""
     _, stored_digest, blob = row
-    check_digest(request_id, stored_digest, digest)
+    check_digest(req, stored_digest, digest)
     return _decoder.decode(blob) if blob is not None else StoredResult()
 
 

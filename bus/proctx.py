@@ -51,7 +51,7 @@ async def run_procedure_tx(
         async with _read_committed(conn, exactly_once), conn.transaction():
             if exactly_once:
                 try:
-                    stored = await _find(conn, req.id, digest, unseen)
+                    stored = await _find(conn, req, digest, unseen)
                 except psycopg.Error as exc:
                     if connection_lost(conn, exc):
                         raise
@@ -118,15 +118,15 @@ async def _position(conn: psycopg.AsyncConnection[Any], exactly_once: bool) -> i
 
 
 async def _find(
-    conn: psycopg.AsyncConnection[Any], request_id: str, digest: bytes, unseen: bool
+    conn: psycopg.AsyncConnection[Any], req: Request, digest: bytes, unseen: bool
 ) -> idempotency.StoredResult | None:
     """Lock the id (a racing retry waits here) and look it up (unless ``unseen``): one round
     trip."""
     cur = await conn.execute(
-        idempotency.claim_sql(unseen=unseen), idempotency.claim_params([request_id], unseen=unseen)
+        idempotency.claim_sql(unseen=unseen), idempotency.claim_params([req.id], unseen=unseen)
     )
     row = await cur.fetchone()
-    return idempotency.stored_answer(request_id, row, digest) if row is not None else None
+    return idempotency.stored_answer(req, row, digest) if row is not None else None
 
 
 class _Duplicate(Exception):

@@ -222,3 +222,24 @@ async def test_a_reused_id_with_a_different_request_is_refused(
     same = await writer.execute(f"INSERT INTO {table}(body) VALUES ('first')", request_id=rid)
     assert same.duplicate
     assert primary_rows(stack, f"SELECT body FROM {table}") == [("first",)]
+
+
+@REGIONS
+async def test_a_resend_with_its_maps_in_another_order_is_the_same_request(
+    writer: Database, stack: Any, table: str, region: str
+) -> None:
+    """Named parameters and keyword arguments rebuilt in another order (a retry job, another
+    language's client) are the same request: answered from the record, not refused as another
+    -- which would tell the caller nothing was applied, and a new id would apply it twice."""
+    rid = f"order-{region}-{table}"
+    sql = f"INSERT INTO {table}(body) VALUES (%(a)s || %(b)s) RETURNING body"
+    first = await writer.execute(sql, {"a": "x", "b": "y"}, request_id=rid)
+    again = await writer.execute(sql, {"b": "y", "a": "x"}, request_id=rid)
+    assert again.duplicate and again.rows == first.rows == [("xy",)]
+    rid = f"order-call-{region}-{table}"
+    note = await writer.call("add_note", kwargs={"table": table, "body": "k"}, request_id=rid)
+    same = await writer.call_result(
+        "add_note", kwargs={"body": "k", "table": table}, request_id=rid
+    )
+    assert same.duplicate and same.value == note
+    assert primary_rows(stack, f"SELECT body FROM {table} ORDER BY id") == [("xy",), ("k",)]

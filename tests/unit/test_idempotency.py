@@ -8,6 +8,8 @@ import datetime
 import time
 import uuid
 
+import pytest
+
 from writebus.bus import idempotency, partitions
 from writebus.client.ids import new_id
 
@@ -119,6 +121,25 @@ def test_a_request_sent_directly_and_received_over_the_bus_has_one_digest() -> N
     assert received.statements[0].params[:2] == ['{"a": [1, "x"]}', "[null]"]
 
 
+def test_a_record_digested_with_its_maps_in_order_still_matches() -> None:
+    """Digests sort maps by key; a record an earlier release stored (maps in the order they
+    came) still answers a resend of the same request, and another request is still refused."""
+    from writebus.client.errors import IdempotencyKeyReusedError
+    from writebus.client.protocol import Request
+
+    req = Request(id="r", procedure="p", kwargs={"b": 1, "a": {"y": 2, "x": 3}})
+    reordered = Request(id="r", procedure="p", kwargs={"a": {"x": 3, "y": 2}, "b": 1})
+    digest = idempotency.request_digest(req)
+    assert digest == idempotency.request_digest(reordered)
+    legacy = idempotency._digest(req, idempotency._legacy_digest_encoder)
+    assert legacy != digest
+    idempotency.check_digest(req, legacy, digest)
+    idempotency.check_digest(req, None, digest)
+    other = Request(id="r", procedure="p", kwargs={"b": 2, "a": {"y": 2, "x": 3}})
+    with pytest.raises(IdempotencyKeyReusedError):
+        idempotency.check_digest(other, legacy, idempotency.request_digest(other))
+
+
 def test_json_parameters_dump_as_psycopg_would_or_are_refused() -> None:
     """A Jsonb's own dumps wins, then the one psycopg's set_json_dumps set globally; what
     neither can dump is a ProtocolError (not applied), not a bare TypeError."""
@@ -143,3 +164,16 @@ def test_json_parameters_dump_as_psycopg_would_or_are_refused() -> None:
         assert first(Jsonb({"when": datetime.date(2026, 1, 1)})) == '{"when": "2026-01-01"}'
     finally:
         set_json_dumps(json.dumps)
+
+
+def test_a_stored_result_holds_values_as_the_reply_carried_them() -> None:
+    """A duplicate is answered with the value the first reply carried: a procedure's Jsonb as
+    its JSON text (it was the object's Python text, ``Jsonb({'a': 1})``)."""
+    from psycopg.types.json import Jsonb
+
+    from writebus.client.protocol import Reply, decode, encode
+
+    value = {"doc": Jsonb({"a": 1})}
+    stored = idempotency._decoder.decode(idempotency.encode_result([], value))
+    replied = decode(encode(Reply(id="r", ok=True, value=value)), Reply)
+    assert stored.value == replied.value == {"doc": '{"a": 1}'}
