@@ -34,6 +34,7 @@ from writebus.client.errors import (
     TrackerError,
     TransactionEndedError,
     UnavailableError,
+    UnrecordedOutcomeError,
     WriteBusError,
     WriteRejectedError,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "TrackerError",
     "TransactionEndedError",
     "UnavailableError",
+    "UnrecordedOutcomeError",
     "WriteBusError",
     "WritebusASGIMiddleware",
     "WritebusWSGIMiddleware",

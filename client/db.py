@@ -35,9 +35,9 @@ from writebus.client.procedures import Procedures, load_procedures
 from writebus.client.protocol import Request
 from writebus.client.reads import ReadGate
 from writebus.client.results import WriteResult
-from writebus.client.retry import RetryPolicy, for_procedure_calls
+from writebus.client.retry import RetryPolicy
 from writebus.client.rows import RowFactory
-from writebus.client.rpc import request
+from writebus.client.rpc import unrecorded_request
 from writebus.client.settings import Settings
 from writebus.client.subjects import Subjects
 from writebus.client.tokens import Session
@@ -298,7 +298,8 @@ class Database(ReadAPI):
         """Run a registered procedure in ``region`` and return its value (fly_rpc's
         ``rpc_region``). It runs on that region's database: writes only succeed on the primary.
         Does not wait for replication, and is not recorded for exactly-once: it is resent only
-        when it provably never ran."""
+        when it provably never ran, and an unknown outcome is an
+        :class:`~writebus.client.errors.UnrecordedOutcomeError` (calling again runs it again)."""
         req = Request(
             id=new_request_id(),
             procedure=procedure,
@@ -307,15 +308,10 @@ class Database(ReadAPI):
             origin=self.settings.region,
         )
         if self._nc is None:
-            raise WriteBusError("the Database is not open")
+            raise not_open("the Database", write=True)
         total = timeout if timeout is not None else self.settings.rpc_timeout
-        ex = await request(
-            self._nc,
-            self.subjects.rpc(region),
-            req,
-            timeout=total,
-            policy=for_procedure_calls(self.retry, total),
-            region=region,
+        ex = await unrecorded_request(
+            self._nc, self.subjects, region, req, timeout=total, retry=self.retry
         )
         return ex.reply.value
 

@@ -184,6 +184,27 @@ class TransactionEndedError(OutcomeUnknownError):
         )
 
 
+class UnrecordedOutcomeError(OutcomeUnknownError):
+    """An ``rpc_region``/``rpc_primary`` call that may or may not have run: it reached (or may
+    have reached) a worker and no answer came back in time. Those calls are not recorded for
+    exactly-once, so sending it again runs the procedure again -- check the data first. Not
+    retryable."""
+
+    retryable = False
+
+    def __init__(self, unknown: OutcomeUnknownError) -> None:
+        super().__init__(unknown.request_id, unknown.reason, subject=unknown.subject,
+                         timeout=unknown.timeout)  # fmt: skip
+        self.last_error = unknown.last_error
+        where = f" on {unknown.subject!r}" if unknown.subject else ""
+        why = f" ({unknown.reason})" if unknown.reason else ""
+        self.args = (
+            f"outcome unknown for call {unknown.request_id}{where}{why}; calls are not "
+            "recorded for exactly-once, so sending it again runs it again: check the data "
+            "before calling again",
+        )
+
+
 class ReplicationTimeoutError(WriteBusError):
     """The write **did commit** on the primary at ``lsn``, but the local replica had not
     replayed it within ``timeout``. Reading locally now may not show the write.

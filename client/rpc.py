@@ -25,9 +25,12 @@ from writebus.client.errors import (
     NoWorkerError,
     OutcomeUnknownError,
     ProtocolError,
+    UnrecordedOutcomeError,
 )
 from writebus.client.protocol import MSGPACK, Reply, Request, decode, encode, encoding_of
-from writebus.client.retry import Attempts, RetryPolicy
+from writebus.client.retry import Attempts, RetryPolicy, for_procedure_calls
+from writebus.client.settings_checks import is_region
+from writebus.client.subjects import Subjects
 from writebus.client.transport import NatsClient
 from writebus.client.wire_errors import error_from_info
 
@@ -75,6 +78,30 @@ async def request(
         return await _attempt(nc, subject, req, budget, region, encoding, attempts)
 
     return await attempts.run(once)
+
+
+async def unrecorded_request(
+    nc: NatsClient,
+    subjects: Subjects,
+    region: str,
+    req: Request,
+    *,
+    timeout: float,
+    retry: RetryPolicy,
+) -> Exchange:
+    """Send an ``rpc_region`` call to ``region``'s workers: resent only when it provably did not
+    run (:func:`~writebus.client.retry.for_procedure_calls`), and, as nothing records it for
+    exactly-once, an unknown outcome is an :class:`UnrecordedOutcomeError` (calling again runs
+    it again). A ``region`` that cannot name a subject is a :class:`ProtocolError`: not sent."""
+    if not isinstance(region, str) or not is_region(region):
+        raise ProtocolError(f"{region!r} is not a region name; the call was not sent")
+    try:
+        return await request(nc, subjects.rpc(region), req, timeout=timeout,
+                             policy=for_procedure_calls(retry, timeout), region=region)  # fmt: skip
+    except OutcomeUnknownError as exc:
+        if not exc.retryable:
+            raise
+        raise UnrecordedOutcomeError(exc) from exc
 
 
 async def _attempt(

@@ -31,6 +31,11 @@ def check_region(value: str, variable: str) -> str:
     return value
 
 
+def is_region(value: str) -> bool:
+    """Whether ``value`` can be a region (see :func:`check_region`)."""
+    return _REGION.fullmatch(value) is not None
+
+
 def region_variable(env: Mapping[str, str]) -> str:
     """Which variable names this process's region (``FLY_REGION`` wins over ``MY_REGION``)."""
     return "FLY_REGION" if env.get("FLY_REGION") else "MY_REGION"

@@ -32,6 +32,8 @@ from writebus.client import (
     RowFactoryError,
     Statement,
     TrackerError,
+    UnrecordedOutcomeError,
+    WriteBusError,
     WriteRejectedError,
 )
 from writebus.client.lsn import format_lsn
@@ -548,6 +550,39 @@ async def test_rpc_primary_is_not_resent_after_a_slow_attempt(lax_db: Database, 
     new_id = await lax_db.rpc_primary("sleep_then_add", table, "slow-rpc", 2.5, timeout=6)
     assert isinstance(new_id, int)
     assert primary_rows(stack, f"SELECT count(*) FROM {table} WHERE body = 'slow-rpc'") == [(1,)]
+
+
+async def test_an_rpc_of_unknown_outcome_says_calling_again_runs_it_again(
+    lax_db: Database, stack: Any, table: str
+) -> None:
+    """An rpc_primary call that outlives its timeout is unknown, and -- as nothing records it
+    for exactly-once -- not retryable, without the "send it again with request_id" advice
+    that would run it twice. It runs to the end on the primary."""
+    with pytest.raises(UnrecordedOutcomeError) as info:
+        await lax_db.rpc_primary("sleep_then_add", table, "unknown-rpc", 1.5, timeout=0.5)
+    err = info.value
+    assert isinstance(err, OutcomeUnknownError) and err.outcome is Outcome.UNKNOWN
+    assert not err.retryable and "request_id" not in str(err) and "runs it again" in str(err)
+    deadline = time.monotonic() + 10
+    while primary_rows(stack, f"SELECT count(*) FROM {table}") != [(1,)]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+
+
+async def test_an_rpc_to_a_name_that_is_no_region_is_not_sent(lax_db: Database) -> None:
+    """A region that cannot name a NATS subject is refused before sending, typed and not
+    applied (it was a bare nats.errors.BadSubjectError)."""
+    for bad in ("lax syd", "lax\n", "lax.*", ""):
+        with pytest.raises(ProtocolError) as info:
+            await lax_db.rpc_region(bad, "whereami")
+        assert info.value.outcome is Outcome.NOT_APPLIED
+
+
+async def test_an_rpc_on_a_database_not_open_was_not_sent(stack: Any) -> None:
+    db = Database(settings_for(stack, "lax"))
+    with pytest.raises(WriteBusError) as info:
+        await db.rpc_primary("whereami")
+    assert info.value.outcome is Outcome.NOT_APPLIED
 
 
 async def test_primary_region_call_runs_directly_with_the_configured_registry(
