@@ -93,8 +93,9 @@ def _readable_id(data: bytes, encoding: str) -> str:
     return rid if 0 < len(rid) <= MAX_REQUEST_ID_LENGTH else ""
 
 
-def encode_reply(reply: Reply, encoding: str, max_bytes: int | None) -> bytes:
+def encode_reply(reply: Reply, encoding: str, max_bytes: int | None) -> tuple[bytes, Reply]:
     """Encode ``reply``; an unencodable or oversized one becomes an error reply that fits.
+    Returns the body and the reply it holds (what metrics and the request log count).
 
     The size was checked before COMMIT (:mod:`writebus.bus.execute`); this is the safety net.
     """
@@ -102,16 +103,18 @@ def encode_reply(reply: Reply, encoding: str, max_bytes: int | None) -> bytes:
         body = encode(reply, encoding)
     except Exception as exc:  # a procedure returned something unencodable
         unencodable = ProcedureError(f"result not encodable: {exc}", procedure="")
-        body = encode(_error_reply(reply.id, unencodable, reply.region), encoding)
+        reply = _error_reply(reply, unencodable)
+        body = encode(reply, encoding)
     if max_bytes is not None and len(body) + reply_header_bytes(encoding) > max_bytes:
         log.error("handler.reply_too_large", request_id=reply.id, size=len(body))
-        too_large = LimitError(f"reply of {len(body)} bytes exceeds {max_bytes}")
-        body = encode(_error_reply(reply.id, too_large, reply.region), encoding)
-    return body
+        reply = _error_reply(reply, LimitError(f"reply of {len(body)} bytes exceeds {max_bytes}"))
+        body = encode(reply, encoding)
+    return body, reply
 
 
-def _error_reply(request_id: str, exc: BaseException, region: str | None) -> Reply:
-    return Reply(id=request_id, ok=False, error=error_info(exc), region=region)
+def _error_reply(replaced: Reply, exc: BaseException) -> Reply:
+    return Reply(id=replaced.id, ok=False, error=error_info(exc), region=replaced.region,
+                 server_ms=replaced.server_ms)  # fmt: skip
 
 
 class Handler:
@@ -191,9 +194,9 @@ class Handler:
             reply = self._failure(parsed.request_id, exc)
         reply.region = self.region
         reply.server_ms = (time.monotonic() - start) * 1000
-        body = encode_reply(reply, parsed.encoding, self.limits.max_reply_bytes)
+        body, sent = encode_reply(reply, parsed.encoding, self.limits.max_reply_bytes)
         if self.observers:
-            self._tell(parsed, reply, subject, start, received)
+            self._tell(parsed, sent, subject, start, received)
         return body, reply_headers
 
     def _tell(
@@ -275,7 +278,7 @@ class Handler:
             log.warning("handler.unavailable", request_id=request_id, error=str(exc))
         elif not isinstance(exc, WriteBusError):
             log.exception("handler.internal_error", request_id=request_id)
-        return _error_reply(request_id, exc, self.region)
+        return Reply(id=request_id, ok=False, error=error_info(exc), region=self.region)
 
 
 def _deadline(req: Request, received: float | None) -> float | None:

@@ -6,6 +6,7 @@ purpose: three read-only endpoints, no state of its own.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -20,13 +21,18 @@ from writebus.client.log import get_logger
 log = get_logger("writebus.bus.http")
 
 def _float(request: web.Request, name: str) -> float | None:
+    """A bound from the query: a finite number not below 0 (``nan`` would pass every check,
+    ``1e400`` is no integer), else 400."""
     raw = request.query.get(name)
     if raw is None:
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise web.HTTPBadRequest(text=f"{name} must be a number") from None
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise web.HTTPBadRequest(text=f"{name} must be a finite number, 0 or more")
+    return value
 
 
 class HttpServer:

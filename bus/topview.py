@@ -188,7 +188,10 @@ def table(snapshot: Snapshot) -> Table:
         t.add_row(Text(region, style="bold"), *blank)
         for row in rows:
             state = state_of(row)
-            t.add_row(" " + node_name(row), *cells(row), style=STYLES.get(state))
+            # As text, not markup: ids, roles and positions come from NATS messages, which any
+            # client may publish ("lax-[/]" must not end the view, nor "[red]" restyle it).
+            values = [" " + node_name(row), *cells(row)]
+            t.add_row(*(Text(v) for v in values), style=STYLES.get(state))
     return t
 
 

@@ -98,6 +98,23 @@ def test_healthz_says_which_part_is_up(nodes: tuple[str, dict[str, BusProcess]])
         assert data["role"] == ("primary" if region == "syd" else "replica")
 
 
+def test_readyz_refuses_bounds_that_are_no_finite_number(
+    nodes: tuple[str, dict[str, BusProcess]],
+) -> None:
+    """``nan`` passed every lag check (comparisons with it are false), ``1e400`` made a 500:
+    both, and a negative bound, are a 400 naming the parameter."""
+    _, procs = nodes
+    url = http_url(procs["lax"])
+    for query in ("max_lag=nan", "max_lag=inf", "max_lag=-1", "max_lag=abc",
+                  "max_lag_bytes=nan", "max_lag_bytes=1e400"):  # fmt: skip
+        code, body = _get(f"{url}/readyz?{query}")
+        assert code == 400 and query.split("=")[0] in body, (query, code, body)
+    deadline = time.monotonic() + 10  # the lag is unknown until lax's node heard the primary
+    while _get(f"{url}/readyz?max_lag=5&max_lag_bytes=1e9")[0] != 200:
+        assert time.monotonic() < deadline, "valid bounds never passed"
+        time.sleep(0.1)
+
+
 async def test_readyz_fails_while_the_replica_lags_past_the_bound(
     stack: Any, nodes: tuple[str, dict[str, BusProcess]], table: str
 ) -> None:

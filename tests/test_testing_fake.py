@@ -164,6 +164,19 @@ async def test_each_injected_failure_raises_its_error_and_applies_what_it_says(
     await fake.execute(f"INSERT INTO {notes}(body) VALUES ('next')")
 
 
+async def test_a_replication_timeout_waits_for_a_write_that_waits(
+    fake: FakeBus, notes: str
+) -> None:
+    """A write with await_replication=False never waits, so it cannot time out waiting (the
+    real client cannot raise it there): it passes, and the next write that waits meets it."""
+    fake.fail_next(FakeFailure.REPLICATION_TIMEOUT)
+    await fake.execute(f"INSERT INTO {notes}(body) VALUES ('a')", await_replication=False)
+    assert fake.pending_failures == [FakeFailure.REPLICATION_TIMEOUT]
+    with pytest.raises(ReplicationTimeoutError):
+        await fake.execute(f"INSERT INTO {notes}(body) VALUES ('b')")
+    assert await fake.fetchval(f"SELECT count(*) FROM {notes}") == 2
+
+
 async def test_a_lost_reply_is_learned_by_resending_with_the_same_id(
     fake: FakeBus, notes: str
 ) -> None:

@@ -36,3 +36,19 @@ async def test_invalid_requests_are_answered_without_a_database() -> None:
     assert reply["error"]["kind"] == "protocol"
     reply = await _ask({"id": "r3", "v": 9, "procedure": "p"})
     assert "unsupported protocol version 9" in reply["error"]["message"]
+
+
+def test_a_reply_swapped_for_an_error_is_the_one_counted() -> None:
+    """encode_reply's safety net replaces a reply that does not fit with an error reply, and
+    hands that one back: metrics, status and the request log count what was sent (they
+    counted "ok")."""
+    from writebus.bus.handler import encode_reply
+    from writebus.client.protocol import MSGPACK, Reply
+
+    big = Reply(id="r4", ok=True, value="x" * 10_000, region="syd", server_ms=1.5)
+    body, sent = encode_reply(big, MSGPACK, 4096)
+    assert sent.ok is False and sent.error is not None and sent.error.kind == "limit"
+    assert sent.id == "r4" and sent.region == "syd" and sent.server_ms == 1.5
+    assert msgpack.unpackb(body)["error"]["kind"] == "limit"
+    small = Reply(id="r5", ok=True, value="x", region="syd")
+    assert encode_reply(small, MSGPACK, 4096)[1] is small

@@ -213,3 +213,12 @@ def test_any_figures_fit_80_columns(
         assert re.search(rf"(primary|replica) {re.escape(r.lsn or '')} ", out), out
         assert fmt_bytes(lag) in out and fmt_rate(rate) in out and fmt_ms(ms) in out
         assert fmt_seconds(seconds) in out and fmt_count(in_flight) in out
+
+
+def test_values_from_nats_messages_are_shown_as_text_not_markup() -> None:
+    """A replica id or role that looks like rich markup (any client may publish on the
+    status subjects) is shown as written: it neither ends the view (MarkupError) nor
+    restyles it."""
+    odd = row("lax", "lax-x[/oops]", role="[bold red]replica[/]", lsn="[/]")
+    shown = text(snapshot(odd), width=160)
+    assert "x[/oops]" in shown and "[bold red]replica[/]" in shown and "[/]" in shown

@@ -43,7 +43,8 @@ class FakeFailure(enum.Enum):
       primary; not applied.
     * ``REPLICATION_TIMEOUT`` -- the write **is applied**, then
       :class:`~writebus.ReplicationTimeoutError` carrying its LSN is raised: the local replica
-      had not replayed it in time.
+      had not replayed it in time. Only a write that waits for replication meets it; writes
+      with ``await_replication=False`` before it pass.
     """
 
     NO_WORKER = "no_worker"

@@ -213,7 +213,7 @@ class FakeBus(Database):
             request_id=rid,
             row_factory=row_factory,
         )
-        return await self._inject(rid, run, rpc_timeout, replication_timeout)
+        return await self._inject(rid, run, rpc_timeout, replication_timeout, await_replication)
 
     async def call_result(
         self,
@@ -237,7 +237,7 @@ class FakeBus(Database):
             replication_timeout=replication_timeout,
             request_id=rid,
         )
-        return await self._inject(rid, run, rpc_timeout, replication_timeout)
+        return await self._inject(rid, run, rpc_timeout, replication_timeout, await_replication)
 
     async def _inject(
         self,
@@ -245,8 +245,11 @@ class FakeBus(Database):
         run: Callable[[], Awaitable[WriteResult]],
         rpc_timeout: float | None,
         replication_timeout: float | None,
+        waits: bool,
     ) -> WriteResult:
-        if not self._failures:
+        if not self._failures or (
+            self._failures[0] is FakeFailure.REPLICATION_TIMEOUT and not waits
+        ):  # a write that does not wait cannot time out waiting: the next one that does will
             return await run()
         failure = self._failures.popleft()
         lsn = None
