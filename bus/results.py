@@ -39,7 +39,7 @@ async def wire_result(cur: psycopg.AsyncCursor[Any]) -> StatementResult:
         raise WriteRejectedError(
             f"a value in the result cannot be sent: {exc}; select it as text (::text)"
         ) from exc
-    return StatementResult(rowcount=cur.rowcount, columns=columns, rows=rows)
+    return StatementResult(rowcount=cur.rowcount, columns=columns, rows=rows, types=types)
 
 
 def _check_interval_style(cur: psycopg.AsyncCursor[Any], types: list[int]) -> None:

@@ -2,7 +2,8 @@
 
 A write's ``RETURNING`` rows travel in the wire's value forms (docs/protocol.md, "Values in
 results"): ``numeric`` as text, ``uuid`` as text, ``timestamp`` as ISO text, ``interval`` as an
-ISO 8601 duration... A session reading the same row from the replica gets psycopg's Python
+ISO 8601 duration... The client loads those back by column type
+(:mod:`writebus.client.wiretypes`); what reaches this module may be either form. A session reading the same row from the replica gets psycopg's Python
 values, passed through the column type's SQLAlchemy result processor (an ``Enum`` label becomes
 the enum member, a ``TypeDecorator`` runs ``process_result_value``). :func:`load` does the same
 two steps: the wire form back to psycopg's value, chosen by the column's underlying type, then
@@ -16,7 +17,6 @@ loads it from the replica on first access (the write has been replayed there by 
 from __future__ import annotations
 
 import datetime
-import re
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -24,11 +24,12 @@ from typing import Any
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects.postgresql import psycopg as sa_psycopg
 
+from writebus.client.wiretypes import parse_duration
+
 #: Postgres type OIDs the psycopg dialect's numeric result processors look at.
 _NUMERIC_OID = 1700
 _FLOAT8_OID = 701
 
-_DURATION = re.compile(r"(-)?P(?:(\d+)D)?(?:T(\d+(?:\.\d+)?)S)?")
 #: The dialect :mod:`writebus.client.sqla` compiles with; its types are what a session reads.
 DIALECT: Any = sa_psycopg.dialect()  # type: ignore[no-untyped-call]
 
@@ -59,17 +60,6 @@ def loadable(type_: sqltypes.TypeEngine[Any]) -> bool:
     return _python_type(base) in (
         bool, int, bytes, datetime.datetime, datetime.date, datetime.time, datetime.timedelta
     )
-
-
-def parse_duration(text: str) -> datetime.timedelta:
-    """The wire's ISO 8601 duration of days and seconds (``P1DT30.5S``, ``-PT60S``)."""
-    match = _DURATION.fullmatch(text)
-    if match is None or text in ("P", "-P"):
-        raise ValueError(f"not a wire duration: {text!r}")
-    sign, days, seconds = match.groups()
-    micros = round(Decimal(seconds or 0) * 1_000_000)
-    delta = datetime.timedelta(days=int(days or 0), microseconds=micros)
-    return -delta if sign else delta
 
 
 def _native(base: sqltypes.TypeEngine[Any], value: Any) -> tuple[Any, int | None]:

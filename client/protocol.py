@@ -91,6 +91,7 @@ class StatementResult(msgspec.Struct, kw_only=True):
     rowcount: int = -1
     columns: list[str] | None = None
     rows: list[list[Any]] | None = None
+    types: list[int] | None = None
 
 
 class ErrorInfo(msgspec.Struct, kw_only=True):
@@ -354,6 +355,16 @@ def _encoded(encoder: msgspec.msgpack.Encoder | msgspec.json.Encoder, value: Any
         ) from exc
     except RecursionError as exc:  # hostile nesting depth
         raise LimitError("a value cannot be sent: it nests too deeply") from exc
+
+
+def as_sent(value: Any) -> Any:
+    """``value`` as a peer decodes it after msgpack carried it (a ``Decimal`` as its text, a
+    tuple as a list...): what the primary region's direct path hands a procedure and returns,
+    so they are what a bus worker hands and returns."""
+    return _any_decoder.decode(_encoded(_msgpack_encoder, value))
+
+
+_any_decoder = msgspec.msgpack.Decoder()
 
 
 def decode(data: bytes, kind: type[T], encoding: str = MSGPACK) -> T:

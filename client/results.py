@@ -9,6 +9,7 @@ from writebus.client.errors import RowFactoryError
 from writebus.client.lsn import format_lsn
 from writebus.client.protocol import StatementResult
 from writebus.client.rows import RowFactory, make_rows
+from writebus.client.wiretypes import typed_rows
 
 
 @dataclass(frozen=True)
@@ -23,12 +24,14 @@ class StatementOutcome:
     def from_wire(
         cls, r: StatementResult, row_factory: RowFactory | None = None
     ) -> StatementOutcome:
-        """Build from the protocol's :class:`StatementResult`, rows shaped by ``row_factory``
-        (tuples by default)."""
+        """Build from the protocol's :class:`StatementResult`: values typed as psycopg loads
+        them (:mod:`writebus.client.wiretypes`), rows shaped by ``row_factory`` (tuples by
+        default)."""
+        rows = typed_rows(r.rows, r.types) if r.rows else []
         return cls(
             rowcount=r.rowcount,
             columns=tuple(r.columns) if r.columns is not None else None,
-            rows=make_rows(r.columns, r.rows, row_factory) if r.rows else [],
+            rows=make_rows(r.columns, rows, row_factory) if rows else [],
         )
 
 

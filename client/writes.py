@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
+import msgspec
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
@@ -33,7 +34,16 @@ from writebus.client.errors import (
 from writebus.client.log import get_logger
 from writebus.client.lsn import format_lsn
 from writebus.client.procedures import Procedures
-from writebus.client.protocol import MSGPACK, Request, Statement, reply_lsn
+from writebus.client.protocol import (
+    MSGPACK,
+    Reply,
+    Request,
+    Statement,
+    as_sent,
+    decode,
+    encode,
+    reply_lsn,
+)
 from writebus.client.results import Timings, WriteResult, shape_results
 from writebus.client.retry import Attempts, RetryPolicy
 from writebus.client.rows import RowFactory
@@ -274,6 +284,8 @@ async def direct(
     from writebus.bus.group import Executed
 
     registry = procedures if procedures is not None else Procedures()
+    if req.procedure is not None:  # the arguments a worker would get: the same in every region
+        req = msgspec.structs.replace(req, args=as_sent(req.args), kwargs=as_sent(req.kwargs))
     attempts = Attempts(retry, timeout, request_id=req.id)
     end = deadline if deadline is not None else time.monotonic() + timeout
 
@@ -306,13 +318,15 @@ async def direct(
     start = time.monotonic()
     done = await attempts.run(once)
     elapsed = (time.monotonic() - start) * 1000
+    # What a worker's reply would have carried: the same values from every region.
+    sent = decode(encode(Reply(id=req.id, results=done.results, value=done.value)), Reply)
     return WriteResult(
-        statements=shape_results(done.results, row_factory, request_id=req.id, lsn=done.lsn,
+        statements=shape_results(sent.results, row_factory, request_id=req.id, lsn=done.lsn,
                                  timeline=None),  # fmt: skip
         lsn=done.lsn,
         region=settings.region,
         via_bus=False,
-        value=done.value,
+        value=sent.value,
         duplicate=done.duplicate,
         request_id=req.id,
         timings=Timings(

@@ -77,3 +77,14 @@ async def ends_its_transaction(conn: Any, table: str, marker: int) -> None:
         f"INSERT INTO {table}(body, n) VALUES (gen_random_uuid()::text, %s)", [marker]
     )
     await conn.execute("COMMIT")
+
+
+@procedures.register
+async def describe(conn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """What a procedure receives: each argument's type name, and the arguments themselves."""
+    return {
+        "types": [type(a).__name__ for a in args],
+        "kwtypes": {k: type(v).__name__ for k, v in kwargs.items()},
+        "args": list(args),
+        "kwargs": kwargs,
+    }

@@ -9,10 +9,14 @@ applied.
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg import errors as pg_errors
 
@@ -203,6 +207,52 @@ async def test_successful_writes_look_the_same_in_every_region(
     assert first.rows == [("same",)] and first.rowcount == 1 and first.lsn is not None
     assert not first.duplicate and again.duplicate and again.rows == first.rows
     assert first.via_bus == (region == "lax")
+
+
+_TYPED = (
+    "SELECT 1.50::numeric AS n, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid AS u,"
+    " date '2026-01-02' AS d, time '03:04:05.25' AS t, timetz '03:04:05+02' AS tz,"
+    " timestamp '2026-01-02 03:04:05.5' AS ts, timestamptz '2026-01-02 03:04:05.25+10' AS tstz,"
+    " interval '1 day 02:00:00.5' AS i, '192.168.0.1/24'::inet AS a, '10.0.0.1'::inet AS b,"
+    " '10.0.0.0/8'::cidr AS c, '\\x0001ff'::bytea AS raw, ARRAY[1.5, NULL]::numeric[] AS ns,"
+    " ARRAY[ARRAY[date '2026-01-02']] AS ds, 'x'::text AS s, NULL::uuid AS nothing,"
+    " 'happy'::text AS label, 7 AS i4, 2.5::float8 AS f"
+)
+
+
+@REGIONS
+async def test_returned_values_have_the_types_a_read_gives(
+    writer: Database, stack: Any, region: str
+) -> None:
+    """A write's rows hold what psycopg gives reading the same values -- Decimal, UUID,
+    datetimes, timedelta, addresses, bytes, arrays of them -- from both paths (over the bus
+    they were the wire's text: '1.50', not Decimal('1.50'))."""
+    with psycopg.connect(stack.primary.url) as conn:
+        read = conn.execute(_TYPED).fetchone()
+    assert read is not None
+    (row,) = (await writer.execute(_TYPED)).rows
+    assert row == read
+    assert [type(v) for v in row] == [type(v) for v in read]
+    assert isinstance(row[0], decimal.Decimal) and isinstance(row[12][0], decimal.Decimal)
+
+
+@REGIONS
+async def test_procedures_get_and_return_the_same_values_in_every_region(
+    writer: Database, region: str
+) -> None:
+    """A procedure gets its arguments as a worker receives them, and its value comes back as
+    a worker's reply carries it, from both paths: the primary region's direct call handed it
+    the caller's Decimal and returned the procedure's objects, the bus their wire forms."""
+    when = datetime.date(2026, 1, 2)
+    value = await writer.call(
+        "describe", decimal.Decimal("1.50"), uuid.UUID(int=7), (1, 2), when, kwargs={"d": when}
+    )
+    assert value == {
+        "types": ["str", "str", "list", "str"],
+        "kwtypes": {"d": "str"},
+        "args": ["1.50", str(uuid.UUID(int=7)), [1, 2], "2026-01-02"],
+        "kwargs": {"d": "2026-01-02"},
+    }
 
 
 @REGIONS
