@@ -88,3 +88,15 @@ async def describe(conn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         "args": list(args),
         "kwargs": kwargs,
     }
+
+
+@procedures.register
+async def weakens_commit(conn: Any, table: str, body: str, scope: str) -> str:
+    """Insert a note with synchronous_commit off, set for the transaction or the session
+    (which a procedure must not do: the bus restores a flushed COMMIT)."""
+    await conn.execute("SET LOCAL synchronous_commit = off" if scope == "local"
+                       else "SET synchronous_commit = off")  # fmt: skip
+    await conn.execute(f"INSERT INTO {table}(body) VALUES (%s)", [body])
+    cur = await conn.execute("SELECT current_setting('synchronous_commit')")
+    row = await cur.fetchone()
+    return str(row[0])

@@ -597,6 +597,27 @@ async def test_primary_region_call_runs_directly_with_the_configured_registry(
             "syd-direct"
 
 
+@pytest.mark.parametrize("server_default", ["on", "off"])
+@pytest.mark.parametrize("scope", ["session", "local"])
+async def test_a_procedure_that_turns_synchronous_commit_off_leaves_commits_flushed(
+    stack: Any, buses: Any, table: str, scope: str, server_default: str
+) -> None:
+    """A procedure's SET synchronous_commit = off would make its COMMIT return before the
+    WAL is flushed (the position read after it could precede it: a stale read of the write)
+    and, set for the session, every later commit on that pooled connection. Before COMMIT
+    the session's own setting is restored -- 'on' stays 'on', a default of 'off' becomes
+    'local' as when the connection opened -- so the next use of the connection (here the
+    only one) commits as before the call."""
+    url = make_conninfo(stack.primary.url, options=f"-c synchronous_commit={server_default}")
+    settings = settings_for(stack, "syd", procedures=PROCEDURES, database_url=url)
+    async with Database(settings, max_size=1) as db:
+        before = await db.fetchval("SELECT current_setting('synchronous_commit')")
+        assert before == ("on" if server_default == "on" else "local")
+        assert await db.call("weakens_commit", table, scope, scope) == "off"
+        assert await db.fetchval("SELECT current_setting('synchronous_commit')") == before
+        assert await db.fetchval(f"SELECT body FROM {table}") == scope
+
+
 async def test_primary_region_call_without_a_registry_is_an_unknown_procedure(
     stack: Any, buses: Any
 ) -> None:
