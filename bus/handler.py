@@ -41,6 +41,7 @@ from writebus.client.protocol import (
     CONTENT_TYPE_HEADER,
     JSON,
     MAX_REQUEST_ID_LENGTH,
+    ErrorInfo,
     Reply,
     Request,
     RequestId,
@@ -49,7 +50,7 @@ from writebus.client.protocol import (
     encoding_of,
 )
 from writebus.client.validation import validate_request
-from writebus.client.wire_errors import error_info
+from writebus.client.wire_errors import RESULT_NOT_SENT, error_info
 
 log = get_logger("writebus.bus.handler")
 
@@ -102,18 +103,30 @@ def encode_reply(reply: Reply, encoding: str, max_bytes: int | None) -> tuple[by
     try:
         body = encode(reply, encoding)
     except Exception as exc:  # a procedure returned something unencodable
-        unencodable = ProcedureError(f"result not encodable: {exc}", procedure="")
-        reply = _error_reply(reply, unencodable)
+        reply = _error_reply(reply, f"result not encodable: {exc}",
+                             ProcedureError(f"result not encodable: {exc}", procedure=""))  # fmt: skip
         body = encode(reply, encoding)
     if max_bytes is not None and len(body) + reply_header_bytes(encoding) > max_bytes:
         log.error("handler.reply_too_large", request_id=reply.id, size=len(body))
-        reply = _error_reply(reply, LimitError(f"reply of {len(body)} bytes exceeds {max_bytes}"))
+        too_large = f"reply of {len(body)} bytes exceeds {max_bytes}"
+        reply = _error_reply(reply, too_large, LimitError(too_large))
         body = encode(reply, encoding)
     return body, reply
 
 
-def _error_reply(replaced: Reply, exc: BaseException) -> Reply:
-    return Reply(id=replaced.id, ok=False, error=error_info(exc), region=replaced.region,
+def _error_reply(replaced: Reply, why: str, refusal: BaseException) -> Reply:
+    """The error reply sent in place of ``replaced``. A successful one was applied (or
+    answered from its record): "limit"/"procedure" would say nothing was, so it is ``unknown``
+    with detail ``ResultNotSent`` (not retryable: a resend gets the same), keeping its
+    position; a failed one gets ``refusal``."""
+    if replaced.ok:
+        error = ErrorInfo(kind="unknown", detail=RESULT_NOT_SENT, message=(
+            f"it succeeded (a write was applied), but its result cannot be sent ({why}): read "
+            "it from the database"))  # fmt: skip
+        return Reply(id=replaced.id, ok=False, error=error, region=replaced.region,
+                     server_ms=replaced.server_ms, lsn=replaced.lsn, lsn_int=replaced.lsn_int,
+                     timeline=replaced.timeline)  # fmt: skip
+    return Reply(id=replaced.id, ok=False, error=error_info(refusal), region=replaced.region,
                  server_ms=replaced.server_ms)  # fmt: skip
 
 

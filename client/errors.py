@@ -340,6 +340,22 @@ class UnavailableError(WriteBusError):
     outcome = Outcome.NOT_APPLIED
 
 
+class ResultNotSentError(WriteBusError):
+    """The request **succeeded** -- a write was applied, or answered from its exactly-once
+    record -- but its result could not be sent back: larger than NATS carries (a duplicate
+    answered in JSON, base64 and all, where the first reply went as msgpack), or not
+    encodable. Sending it again gets the same answer: read what you need from the database
+    (``lsn``, when the reply carried it, is where the write committed). Not retryable; the
+    wire's ``unknown`` error with detail ``ResultNotSent``."""
+
+    outcome = Outcome.APPLIED
+
+    def __init__(self, request_id: str, message: str, lsn: int | None = None) -> None:
+        super().__init__(f"request {request_id}: {message}")
+        self.request_id = request_id
+        self.lsn = lsn
+
+
 class RowFactoryError(WriteBusError):
     """The write **committed** (at ``lsn``, on ``timeline``), and its replay was waited for as
     asked, but the row factory failed on its result rows (the exception is ``__cause__``). Do

@@ -27,7 +27,15 @@ from writebus.client.errors import (
     ProtocolError,
     UnrecordedOutcomeError,
 )
-from writebus.client.protocol import MSGPACK, Reply, Request, decode, encode, encoding_of
+from writebus.client.protocol import (
+    MSGPACK,
+    Reply,
+    Request,
+    decode,
+    encode,
+    encoding_of,
+    reply_lsn,
+)
 from writebus.client.retry import Attempts, RetryPolicy, for_procedure_calls
 from writebus.client.settings_checks import is_region
 from writebus.client.subjects import Subjects
@@ -162,5 +170,6 @@ async def _attempt(
         return Exchange(reply, rpc_ms, attempts.attempt)
     assert reply.error is not None
     raise error_from_info(
-        reply.error, request_id=req.id, subject=subject, procedure=req.procedure
-    )
+        reply.error, request_id=req.id, subject=subject, procedure=req.procedure,
+        lsn=reply_lsn(reply),
+    )  # fmt: skip

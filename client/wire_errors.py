@@ -18,6 +18,7 @@ from writebus.client.errors import (
     OutcomeUnknownError,
     ProcedureError,
     ProtocolError,
+    ResultNotSentError,
     TransactionEndedError,
     UnavailableError,
     WriteBusError,
@@ -33,6 +34,9 @@ MAX_ERROR_TEXT: Final = 4096
 IDEMPOTENCY_KEY_REUSED: Final = "IdempotencyKeyReused"
 #: ``detail`` of an ``unknown`` error whose transaction a statement ended: not retryable.
 TRANSACTION_ENDED: Final = "TransactionEnded"
+#: ``detail`` of an ``unknown`` error for a write that was applied but whose result could not
+#: be sent (too large, or not encodable): not retryable -- a resend gets the same answer.
+RESULT_NOT_SENT: Final = "ResultNotSent"
 
 
 def clip(text: str) -> str:
@@ -100,9 +104,15 @@ def error_info(exc: BaseException) -> ErrorInfo:
 
 
 def error_from_info(
-    info: ErrorInfo, *, request_id: str, subject: str = "", procedure: str | None = None
+    info: ErrorInfo,
+    *,
+    request_id: str,
+    subject: str = "",
+    procedure: str | None = None,
+    lsn: int | None = None,
 ) -> WriteBusError:
-    """The exception a reply's ``error`` stands for (the inverse of :func:`error_info`)."""
+    """The exception a reply's ``error`` stands for (the inverse of :func:`error_info`);
+    ``lsn``, the reply's position, when it carried one."""
     kind = info.kind
     if kind == "rejected":
         err: WriteBusError = WriteRejectedError(
@@ -128,6 +138,8 @@ def error_from_info(
         return ProcedureError(info.message, procedure=procedure or "")
     if kind == "unknown" and info.detail == TRANSACTION_ENDED:
         return TransactionEndedError(request_id, info.message, subject=subject)
+    if kind == "unknown" and info.detail == RESULT_NOT_SENT:
+        return ResultNotSentError(request_id, info.message, lsn)
     if kind == "unknown":
         return OutcomeUnknownError(request_id, info.message, subject=subject)
     # "internal" (a bug on the worker, before or after COMMIT) or a kind newer than this

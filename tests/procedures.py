@@ -100,3 +100,10 @@ async def weakens_commit(conn: Any, table: str, body: str, scope: str) -> str:
     cur = await conn.execute("SELECT current_setting('synchronous_commit')")
     row = await cur.fetchone()
     return str(row[0])
+
+
+@procedures.register
+async def blob(conn: Any, table: str, size: int) -> bytes:
+    """Insert a note, and return ``size`` bytes."""
+    await conn.execute(f"INSERT INTO {table}(body) VALUES ('blob')")
+    return b"x" * size

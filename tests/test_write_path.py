@@ -452,6 +452,34 @@ async def test_json_request_gets_json_reply(stack: Any, buses: Any, table: str) 
     assert reply["ok"] is True and isinstance(reply["value"], int)
 
 
+async def test_a_duplicate_too_large_to_send_says_it_was_applied(
+    stack: Any, buses: Any, table: str
+) -> None:
+    """A result that fit as msgpack, asked for again under its id in JSON (base64 makes its
+    bytes a third larger, past NATS' max payload), cannot be sent: the answer is ``unknown``
+    with detail ResultNotSent, not retryable, with the write's position -- it was a "limit"
+    error, whose meaning is that nothing was applied."""
+    import json
+
+    import msgpack as mp
+
+    nc = await nats.connect(stack.nats_url("lax"))
+    try:
+        size = int(nc.max_payload * 0.85)
+        req = {"id": uuid.uuid4().hex, "procedure": "blob", "args": [table, size]}
+        first = mp.unpackb((await nc.request("writebus.write", mp.packb(req), timeout=10)).data)
+        msg = await nc.request("writebus.write", json.dumps(req).encode(), timeout=10,
+                               headers={"Content-Type": "application/json"})  # fmt: skip
+    finally:
+        await nc.close()
+    assert first["ok"] is True and len(first["value"]) == size
+    again = json.loads(msg.data)
+    assert again["ok"] is False and again["error"]["kind"] == "unknown"
+    assert again["error"]["detail"] == "ResultNotSent" and again["error"]["retryable"] is False
+    assert again["lsn_int"] >= first["lsn_int"]
+    assert primary_rows(stack, f"SELECT count(*) FROM {table}") == [(1,)]
+
+
 async def test_repeated_request_id_is_applied_once(lax_db: Database, stack: Any,
                                                    table: str) -> None:
     """Sending the same request id twice applies the write once and returns the same result."""

@@ -38,17 +38,27 @@ async def test_invalid_requests_are_answered_without_a_database() -> None:
     assert "unsupported protocol version 9" in reply["error"]["message"]
 
 
-def test_a_reply_swapped_for_an_error_is_the_one_counted() -> None:
+def test_a_reply_swapped_for_an_error_is_the_one_counted_and_says_it_was_applied() -> None:
     """encode_reply's safety net replaces a reply that does not fit with an error reply, and
     hands that one back: metrics, status and the request log count what was sent (they
-    counted "ok")."""
+    counted "ok"). A successful reply is not swapped for "limit" (nothing applied): its
+    write was applied, so the error is ``unknown``/``ResultNotSent``, with its position, and
+    the client makes it a ResultNotSentError, outcome applied."""
     from writebus.bus.handler import encode_reply
+    from writebus.client.errors import Outcome, ResultNotSentError
     from writebus.client.protocol import MSGPACK, Reply
+    from writebus.client.wire_errors import RESULT_NOT_SENT, error_from_info
 
-    big = Reply(id="r4", ok=True, value="x" * 10_000, region="syd", server_ms=1.5)
+    big = Reply(id="r4", ok=True, value="x" * 10_000, region="syd", server_ms=1.5,
+                lsn="0/10", lsn_int=16, timeline=1)  # fmt: skip
     body, sent = encode_reply(big, MSGPACK, 4096)
-    assert sent.ok is False and sent.error is not None and sent.error.kind == "limit"
+    assert sent.ok is False and sent.error is not None and sent.error.kind == "unknown"
+    assert sent.error.detail == RESULT_NOT_SENT and not sent.error.retryable
     assert sent.id == "r4" and sent.region == "syd" and sent.server_ms == 1.5
-    assert msgpack.unpackb(body)["error"]["kind"] == "limit"
+    assert (sent.lsn_int, sent.timeline) == (16, 1)
+    assert msgpack.unpackb(body)["error"]["detail"] == RESULT_NOT_SENT
+    err = error_from_info(sent.error, request_id="r4", lsn=16)
+    assert isinstance(err, ResultNotSentError) and err.outcome is Outcome.APPLIED
+    assert not err.retryable and err.lsn == 16
     small = Reply(id="r5", ok=True, value="x", region="syd")
     assert encode_reply(small, MSGPACK, 4096)[1] is small
