@@ -86,7 +86,9 @@ class _NodeCollector(Collector):
         info.add_metric([self.region, r.role(), r.version], 1)
         yield info
         g = GaugeMetricFamily(
-            "writebus_in_flight_requests", "Requests being handled now.", labels=["subject"]
+            "writebus_in_flight_requests",
+            "Requests received and not answered yet: running, or waiting for a slot.",
+            labels=["subject"],
         )
         for subject, n in sorted(r.in_flight().items()):
             g.add_metric([subject], n)

@@ -1,8 +1,12 @@
 """Serving a subject: NATS messages in, bounded concurrent handling, replies out.
 
-nats-py runs one subscription's callbacks one at a time, so the callback only takes a slot from
-a semaphore and spawns a named task; when every slot is busy the callback waits, which holds
-further messages in NATS' buffers (back-pressure) instead of piling up tasks.
+nats-py runs one subscription's callbacks one at a time, and reads on into the subscription's
+queue while one waits. So the callback notes when the message came and spawns a named task at
+once; the task waits for one of ``concurrency`` slots. The handler then sees how long the
+request really waited -- a request whose caller has given up is answered "not run" instead of
+being run for nobody -- and the queue wait and the backlog (``in_flight`` above
+``concurrency``) are measured. Past :data:`MAX_WAITING` waiting requests the callback itself
+waits, holding further messages in nats-py's queue (back-pressure; memory stays bounded).
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from typing import Any
 from writebus.client.log import get_logger
 
 log = get_logger("writebus.bus.worker")
+
+#: Requests received and waiting for a slot, at most, before the callback waits too.
+MAX_WAITING = 8192
 
 #: ``(body, headers, received)`` -> ``(reply body, reply headers)``; ``received`` is the
 #: monotonic time the message reached this process, before it waited for a slot.
@@ -35,6 +42,7 @@ class SubjectServer:
         self.queue = queue
         self._handle = handle
         self._slots = asyncio.Semaphore(concurrency)
+        self._admitted = asyncio.Semaphore(concurrency + MAX_WAITING)
         self._tasks: set[asyncio.Task[None]] = set()
         self._sub: Any = None
         self._seq = 0
@@ -46,7 +54,7 @@ class SubjectServer:
 
     @property
     def in_flight(self) -> int:
-        """Requests being handled now."""
+        """Requests received and not answered yet: running, or waiting for a slot."""
         return len(self._tasks)
 
     async def start(self) -> None:
@@ -58,7 +66,7 @@ class SubjectServer:
 
     async def _on_message(self, msg: Any) -> None:
         received = time.monotonic()
-        await self._slots.acquire()
+        await self._admitted.acquire()  # at once, unless MAX_WAITING requests wait already
         self._seq += 1
         task = asyncio.create_task(
             self._serve(msg, received), name=f"serve-{self.subject}-{self._seq}"
@@ -68,21 +76,22 @@ class SubjectServer:
 
     async def _serve(self, msg: Any, received: float) -> None:
         try:
-            body, headers = await self._handle(msg.data, msg.headers, received)
-            if msg.reply:
-                await self.nc.publish(msg.reply, body, headers=headers)
-            self.served += 1
+            async with self._slots:
+                body, headers = await self._handle(msg.data, msg.headers, received)
+                if msg.reply:
+                    await self.nc.publish(msg.reply, body, headers=headers)
+                self.served += 1
         except Exception:
             log.exception("worker.serve_failed", subject=self.subject)
         finally:
-            self._slots.release()
+            self._admitted.release()
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop taking requests and let the in-flight ones finish and reply (drain)."""
         if self._sub is not None:
             sub, self._sub = self._sub, None
             with contextlib.suppress(Exception):
-                await sub.drain()
+                await asyncio.wait_for(sub.drain(), timeout)
         if self._tasks:
             done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             for t in pending:

@@ -1,0 +1,88 @@
+"""SubjectServer against a real nats-server: how long a request waited is measured from its
+arrival, so a backlog is seen and requests whose callers gave up are not run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import nats
+
+from writebus.bus.worker import SubjectServer
+
+
+async def test_a_request_that_waited_past_its_budget_in_a_backlog_is_not_run(stack: Any) -> None:
+    """Six requests at once on one slot, each taking 0.3 s, with a budget of 0.5 s: those
+    that waited past it for the slot are answered "expired" without running. (The wait was
+    measured from when the callback took the message -- after the previous one got its slot
+    -- so every one of them ran, for callers long gone.)"""
+    subject = f"worker.{uuid.uuid4().hex}"
+    ran: list[bytes] = []
+    waited: list[float] = []
+
+    async def handle(data: bytes, headers: Any, received: float) -> tuple[bytes, None]:
+        waited.append(time.monotonic() - received)
+        if time.monotonic() - received > 0.5:
+            return b"expired", None
+        ran.append(data)
+        await asyncio.sleep(0.3)
+        return b"ran", None
+
+    nc = await nats.connect(stack.nats_url("lax"))
+    caller = await nats.connect(stack.nats_url("lax"))
+    server = SubjectServer(nc, subject, "q", handle, concurrency=1)
+    await server.start()
+    try:
+        peak = 0
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, server.in_flight)
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        replies = await asyncio.gather(
+            *(caller.request(subject, str(i).encode(), timeout=10) for i in range(6))
+        )
+        watcher.cancel()
+    finally:
+        await server.stop(timeout=5)
+        await caller.close()
+        await nc.close()
+    answers = [r.data for r in replies]
+    assert answers.count(b"ran") == len(ran) <= 2 and answers.count(b"expired") >= 4
+    assert max(waited) >= 0.5
+    assert peak >= 5  # the backlog shows: received and not answered, above the one slot
+
+
+async def test_stop_returns_within_its_timeout_when_a_handler_hangs(stack: Any) -> None:
+    """A handler that never returns, and a request waiting behind it: stop(timeout) still
+    returns (the drain waited for ever behind the waiting callback)."""
+    subject = f"worker.{uuid.uuid4().hex}"
+    never = asyncio.Event()
+
+    async def handle(data: bytes, headers: Any, received: float) -> tuple[bytes, None]:
+        await never.wait()
+        return b"", None
+
+    nc = await nats.connect(stack.nats_url("lax"))
+    caller = await nats.connect(stack.nats_url("lax"))
+    server = SubjectServer(nc, subject, "q", handle, concurrency=1)
+    await server.start()
+    try:
+        for i in range(2):
+            await caller.publish(subject, str(i).encode(), reply=f"_INBOX.{uuid.uuid4().hex}")
+        await caller.flush()
+        deadline = time.monotonic() + 5
+        while server.in_flight < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert server.in_flight == 2
+        started = time.monotonic()
+        await asyncio.wait_for(server.stop(timeout=1), 10)
+        assert time.monotonic() - started < 5
+    finally:
+        await caller.close()
+        await nc.close()
