@@ -18,12 +18,18 @@ class LagClock:
 
     #: Keep at most this many pending announcements (the newest merge, keeping the older time).
     capacity: int = 1024
+    #: Seconds without any announcement after which the lag is unknown: the primary's node is
+    #: down or cut off, and the primary may be committing (directly, in its own region) what
+    #: this replica has not replayed. Its node announces at least every heartbeat.
+    silent_after: float = 5.0
     primary: int | None = None
     replayed: int | None = None
+    heard_at: float | None = None
     _pending: deque[tuple[int, float]] = field(default_factory=deque)
 
     def announced(self, lsn: int, now: float) -> None:
         """The primary announced ``lsn`` at ``now`` (monotonic seconds)."""
+        self.heard_at = now
         if self.primary is not None and lsn <= self.primary:
             return
         self.primary = lsn
@@ -45,15 +51,21 @@ class LagClock:
         while self._pending and self._pending[0][0] <= lsn:
             self._pending.popleft()
 
-    def lag_bytes(self) -> int | None:
-        """WAL bytes behind the newest announcement (None until both are known)."""
-        if self.primary is None or self.replayed is None:
+    def silent(self, now: float) -> bool:
+        """Whether the primary has announced nothing for :attr:`silent_after` seconds."""
+        return self.heard_at is not None and now - self.heard_at > self.silent_after
+
+    def lag_bytes(self, now: float | None = None) -> int | None:
+        """WAL bytes behind the newest announcement (None until both are known, and -- given
+        ``now`` -- while the primary is :meth:`silent`)."""
+        if self.primary is None or self.replayed is None or (now is not None and self.silent(now)):
             return None
         return max(0, self.primary - self.replayed)
 
     def lag_seconds(self, now: float) -> float | None:
-        """Seconds the oldest unreplayed announcement has waited (0 when caught up)."""
-        if self.primary is None or self.replayed is None:
+        """Seconds the oldest unreplayed announcement has waited (0 when caught up); None
+        until both are known, and while the primary is :meth:`silent`."""
+        if self.primary is None or self.replayed is None or self.silent(now):
             return None
         if not self._pending:
             return 0.0

@@ -93,7 +93,7 @@ class ReplicaMonitor:
         self.replica_id = replica_id
         self.cadence = cadence or Cadence()
         self.state = MonitorState()
-        self.lag = LagClock()
+        self.lag = self._lag_clock()
         #: Unix time of the last transaction the replica replayed (None before any).
         self.replay_timestamp: float | None = None
         self.polls = 0
@@ -137,6 +137,10 @@ class ReplicaMonitor:
             return
         self.heard_primary(upd)
 
+    def _lag_clock(self, replayed: int | None = None) -> LagClock:
+        """A lag clock for which the primary is silent after missing three heartbeats."""
+        return LagClock(replayed=replayed, silent_after=3 * self.cadence.heartbeat + 1.0)
+
     def heard_primary(self, upd: LsnUpdate) -> None:
         """A progress broadcast, from any region: a primary's announcement sets the polling
         pace and the lag -- unless it comes from a timeline older than the newest announced (a
@@ -164,7 +168,7 @@ class ReplicaMonitor:
         if timeline != known:
             self.primary_timeline, self.primary_fork = timeline, fork
             if known is not None:
-                self.lag, self.state.target = LagClock(replayed=self.state.replayed), 0
+                self.lag, self.state.target = self._lag_clock(self.state.replayed), 0
         elif self.primary_fork is None and fork is not None:
             self.primary_fork = fork
         else:
@@ -238,7 +242,7 @@ class ReplicaMonitor:
                     role="replica",
                     in_recovery=True,
                     primary_lsn=self.lag.primary,
-                    lag_bytes=self.lag.lag_bytes(),
+                    lag_bytes=self.lag.lag_bytes(now),
                     lag_seconds=self.lag.lag_seconds(now),
                     replay_timestamp=self.replay_timestamp,
                     primary_timeline=self.primary_timeline,

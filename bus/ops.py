@@ -178,7 +178,8 @@ class NodeOps:
         monitor = self.node.monitor
         if monitor is None:
             return None, None
-        return monitor.lag.lag_bytes(), monitor.lag.lag_seconds(time.monotonic())
+        now = time.monotonic()
+        return monitor.lag.lag_bytes(now), monitor.lag.lag_seconds(now)
 
     def region_lag(self) -> dict[str, tuple[int | None, float | None]]:
         """Per region, its replicas' lag as this node sees it (its own region measured here)."""

@@ -144,6 +144,36 @@ async def test_readyz_fails_while_the_replica_lags_past_the_bound(
         await asyncio.sleep(0.1)
 
 
+async def test_readyz_says_the_lag_is_unknown_while_the_primary_is_silent(stack: Any) -> None:
+    """The primary's node stops (the primary itself keeps serving its region's direct
+    writes): a replica node cannot know how far behind it is, so /readyz?max_lag= turns 503
+    with the lag unknown -- it said 200, lag 0, for as long as the primary stayed silent --
+    and 200 again once a primary node announces."""
+    prefix = f"silent{uuid.uuid4().hex[:8]}"
+    procs = {r: start_bus(stack, r, log_name=f"bus-{prefix}-{r}", WRITEBUS_PREFIX=prefix)
+             for r in ("syd", "lax")}  # fmt: skip
+    url = http_url(procs["lax"])
+
+    def wait_for(code: int) -> dict[str, Any]:
+        deadline = time.monotonic() + 20
+        while (got := _get(f"{url}/readyz?max_lag=1"))[0] != code:
+            assert time.monotonic() < deadline, f"readyz never answered {code}: {got}"
+            time.sleep(0.2)
+        return json.loads(got[1])
+
+    try:
+        wait_for(200)
+        procs["syd"].stop(10)
+        lag = wait_for(503)["checks"]["lag"]
+        assert lag["ok"] is False and lag["seconds"] is None
+        procs["syd"] = start_bus(stack, "syd", log_name=f"bus-{prefix}-syd-2",
+                                 WRITEBUS_PREFIX=prefix)  # fmt: skip
+        wait_for(200)
+    finally:
+        for p in procs.values():
+            p.stop(10)
+
+
 async def test_status_messages_are_readable_json_with_traffic(
     stack: Any, nodes: tuple[str, dict[str, BusProcess]], table: str
 ) -> None:

@@ -24,7 +24,7 @@ def test_lag_counts_from_the_oldest_unreplayed_announcement() -> None:
     clock.replayed_to(160)
     assert clock.lag_bytes() == 40 and clock.lag_seconds(11.0) == 0.5
     clock.replayed_to(200)
-    assert clock.lag_bytes() == 0 and clock.lag_seconds(99.0) == 0.0
+    assert clock.lag_bytes() == 0 and clock.lag_seconds(12.0) == 0.0
 
 
 def test_an_idle_primary_is_no_lag() -> None:
@@ -33,7 +33,7 @@ def test_an_idle_primary_is_no_lag() -> None:
     clock.replayed_to(500)
     for t in range(100):
         clock.announced(500, now=float(t))
-    assert clock.lag_seconds(1000.0) == 0.0 and clock.lag_bytes() == 0
+    assert clock.lag_seconds(100.0) == 0.0 and clock.lag_bytes(100.0) == 0
 
 
 def test_pending_announcements_are_bounded_and_keep_the_oldest() -> None:
@@ -59,3 +59,16 @@ def test_a_full_clock_never_reads_low() -> None:
     assert clock.lag_seconds(6.0) == 3.0
     clock.replayed_to(70)
     assert clock.lag_seconds(6.0) == 0.0
+
+
+def test_a_silent_primary_makes_the_lag_unknown() -> None:
+    """No announcement for ``silent_after`` seconds: the primary may be committing what the
+    replica has not replayed, so the lag is unknown, not the 0 it last was; the next
+    announcement makes it known again."""
+    clock = LagClock(silent_after=4.0)
+    clock.announced(100, 10.0)
+    clock.replayed_to(100)
+    assert clock.lag_bytes(13.0) == 0 and clock.lag_seconds(13.0) == 0.0
+    assert clock.lag_bytes(14.5) is None and clock.lag_seconds(14.5) is None
+    clock.announced(100, 15.0)  # a heartbeat: the same position, heard again
+    assert clock.lag_bytes(15.0) == 0 and clock.lag_seconds(15.0) == 0.0
