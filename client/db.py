@@ -9,6 +9,7 @@ so the caller reads its own write.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 from typing import Any, Self
@@ -34,6 +35,7 @@ from writebus.client.pongs import guard_pongs
 from writebus.client.procedures import Procedures, load_procedures
 from writebus.client.protocol import Request
 from writebus.client.reads import ReadGate
+from writebus.client.reopen import reopened
 from writebus.client.results import WriteResult
 from writebus.client.retry import RetryPolicy
 from writebus.client.rows import RowFactory
@@ -107,6 +109,7 @@ class Database(ReadAPI):
         self._nc = nats
         self._owns_nats = nats is None
         self._tracker: LsnTracker | None = None
+        self._reopening = asyncio.Lock()
         self._gate = ReadGate(self.settings, self.retry)
         self._high = Session()  # this Database's newest write
 
@@ -202,13 +205,9 @@ class Database(ReadAPI):
     ) -> WriteResult:
         """Run one write statement on the primary; see :meth:`batch` for the options."""
         return await self.batch(
-            [(sql, params)],
-            await_replication=await_replication,
-            rpc_timeout=rpc_timeout,
-            replication_timeout=replication_timeout,
-            request_id=request_id,
-            row_factory=row_factory,
-        )
+            [(sql, params)], await_replication=await_replication, rpc_timeout=rpc_timeout,
+            replication_timeout=replication_timeout, request_id=request_id, row_factory=row_factory,
+        )  # fmt: skip
 
     async def batch(
         self,
@@ -307,12 +306,10 @@ class Database(ReadAPI):
             kwargs=kwargs or {},
             origin=self.settings.region,
         )
-        if self._nc is None:
+        if (nc := await self._nats()) is None:
             raise not_open("the Database", write=True)
         total = timeout if timeout is not None else self.settings.rpc_timeout
-        ex = await unrecorded_request(
-            self._nc, self.subjects, region, req, timeout=total, retry=self.retry
-        )
+        ex = await unrecorded_request(nc, self.subjects, region, req, timeout=total, retry=self.retry)
         return ex.reply.value
 
     async def rpc_primary(
@@ -329,12 +326,21 @@ class Database(ReadAPI):
 
     # -- internals ------------------------------------------------------------------------
 
+    async def _nats(self) -> NatsClient | None:
+        """The connection; one of ours that nats-py closed for good is reopened first."""
+        nc = self._nc
+        if nc is not None and nc.is_closed and self._owns_nats:
+            async with self._reopening:
+                if self._nc is nc:  # not reopened by another call meanwhile
+                    self._nc, self._tracker = await reopened(nc, self._tracker, self.settings)
+        return self._nc
+
     async def _write(
         self, req: Request, await_replication: bool, rpc_timeout: float | None,
         replication_timeout: float | None, row_factory: RowFactory | None = None, *,
         made_id: bool = False,
     ) -> WriteResult:  # fmt: skip
-        if self._nc is None:
+        if await self._nats() is None:
             raise not_open("the Database", write=True)
         timeout = rpc_timeout if rpc_timeout is not None else self.settings.rpc_timeout
         factory = row_factory or self.row_factory

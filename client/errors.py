@@ -185,10 +185,8 @@ class TransactionEndedError(OutcomeUnknownError):
 
 
 class UnrecordedOutcomeError(OutcomeUnknownError):
-    """An ``rpc_region``/``rpc_primary`` call that may or may not have run: it reached (or may
-    have reached) a worker and no answer came back in time. Those calls are not recorded for
-    exactly-once, so sending it again runs the procedure again -- check the data first. Not
-    retryable."""
+    """An ``rpc_region``/``rpc_primary`` call that may or may not have run. Those calls are
+    not recorded: calling again runs it again -- check the data first. Not retryable."""
 
     retryable = False
 
@@ -196,13 +194,8 @@ class UnrecordedOutcomeError(OutcomeUnknownError):
         super().__init__(unknown.request_id, unknown.reason, subject=unknown.subject,
                          timeout=unknown.timeout)  # fmt: skip
         self.last_error = unknown.last_error
-        where = f" on {unknown.subject!r}" if unknown.subject else ""
-        why = f" ({unknown.reason})" if unknown.reason else ""
-        self.args = (
-            f"outcome unknown for call {unknown.request_id}{where}{why}; calls are not "
-            "recorded for exactly-once, so sending it again runs it again: check the data "
-            "before calling again",
-        )
+        self.args = (str(self).split("; send it again")[0] + "; calls are not recorded for "
+                     "exactly-once, so calling again runs it again: check the data first",)  # fmt: skip
 
 
 class ReplicationTimeoutError(WriteBusError):
@@ -341,19 +334,16 @@ class UnavailableError(WriteBusError):
 
 
 class ResultNotSentError(WriteBusError):
-    """The request **succeeded** -- a write was applied, or answered from its exactly-once
-    record -- but its result could not be sent back: larger than NATS carries (a duplicate
-    answered in JSON, base64 and all, where the first reply went as msgpack), or not
-    encodable. Sending it again gets the same answer: read what you need from the database
-    (``lsn``, when the reply carried it, is where the write committed). Not retryable; the
-    wire's ``unknown`` error with detail ``ResultNotSent``."""
+    """The request **succeeded** (a write applied, or answered from its record), but its
+    result could not be sent back (too large for NATS, or not encodable); a resend gets the
+    same: read it from the database (``lsn``: where it committed). On the wire
+    ``unknown``/``ResultNotSent``; not retryable."""
 
     outcome = Outcome.APPLIED
 
     def __init__(self, request_id: str, message: str, lsn: int | None = None) -> None:
         super().__init__(f"request {request_id}: {message}")
-        self.request_id = request_id
-        self.lsn = lsn
+        self.request_id, self.lsn = request_id, lsn
 
 
 class RowFactoryError(WriteBusError):
