@@ -79,6 +79,30 @@ def test_the_sync_fake_fixture_has_a_schema_of_its_own(writebus_sync_fake: SyncF
     assert writebus_sync_fake.fetchval("SELECT current_schema()").startswith("writebus_test_")
 
 
+@pytest.mark.parametrize("turn", ["first", "second"])
+async def test_a_fixed_request_id_is_fresh_in_every_test(writebus_fake: FakeBus, turn: str) -> None:
+    """The exactly-once records live in the database's writebus schema, not the test's: the
+    fixture deletes those of its request ids after the test, so the same fixed id (an order
+    number, an outbox key) is a new request in the next one -- it was answered as a
+    duplicate of the last test's write, with that test's rows."""
+    await writebus_fake.execute("CREATE TABLE notes (id bigserial PRIMARY KEY, body text)")
+    res = await writebus_fake.execute(
+        "INSERT INTO notes(body) VALUES (%s) RETURNING body", [turn], request_id="order-42"
+    )
+    assert not res.duplicate and res.rows == [(turn,)]
+
+
+@pytest.mark.parametrize("turn", ["first", "second"])
+def test_a_fixed_request_id_is_fresh_in_every_sync_test(
+    writebus_sync_fake: SyncFakeBus, turn: str
+) -> None:
+    writebus_sync_fake.execute("CREATE TABLE notes (id bigserial PRIMARY KEY, body text)")
+    res = writebus_sync_fake.execute(
+        "INSERT INTO notes(body) VALUES (%s) RETURNING body", [turn], request_id="order-43"
+    )
+    assert not res.duplicate and res.rows == [(turn,)]
+
+
 def test_a_scoped_schema_is_dropped_with_its_tables(writebus_fake_database_url: str) -> None:
     """scoped_schema drops the schema and its tables afterwards; ``public`` stays visible."""
     with psycopg.connect(writebus_fake_database_url, autocommit=True) as conn:

@@ -104,6 +104,7 @@ class FakeBus(Database):
         )
         self.replica_regions = tuple(r for r in regions if r != primary_region)
         self._failures: collections.deque[Failure] = collections.deque()
+        self._request_ids: set[str] = set()
         self._replica_pool: AsyncConnectionPool[Any] | None = None
 
     def __repr__(self) -> str:
@@ -132,6 +133,18 @@ class FakeBus(Database):
     def clear_failures(self) -> None:
         """Forget the failures no write has taken yet."""
         self._failures.clear()
+
+    async def forget_requests(self) -> int:
+        """Delete the exactly-once records of the request ids this fake has written with (they
+        live in the database's ``writebus`` schema, not the test's): a later test -- or run,
+        on a lasting database -- may use the same fixed ids afresh. Returns how many records
+        went. The fixtures call it after each test."""
+        ids, self._request_ids = sorted(self._request_ids), set()
+        if not ids or self.pool is None:
+            return 0
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("DELETE FROM writebus.applied WHERE id = ANY(%s)", [ids])
+            return int(cur.rowcount)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -204,6 +217,7 @@ class FakeBus(Database):
     ) -> WriteResult:
         """:meth:`Database.batch`, unless :meth:`fail_next` queued a failure."""
         rid = request_id or new_request_id()
+        self._request_ids.add(rid)
         run = functools.partial(
             super().batch,
             list(statements),
@@ -227,6 +241,7 @@ class FakeBus(Database):
     ) -> WriteResult:
         """:meth:`Database.call_result`, unless :meth:`fail_next` queued a failure."""
         rid = request_id or new_request_id()
+        self._request_ids.add(rid)
         run = functools.partial(
             super().call_result,
             procedure,
@@ -301,3 +316,8 @@ class SyncFakeBus(SyncDatabase):
     def clear_failures(self) -> None:
         """Forget the failures no write has taken yet."""
         self.fake.clear_failures()
+
+    def forget_requests(self) -> int:
+        """Delete this fake's exactly-once records (:meth:`FakeBus.forget_requests`)."""
+        loop, _ = self._ready(write=True)
+        return loop.run(self.fake.forget_requests(), write=True)

@@ -177,10 +177,14 @@ async def writebus_fake(
     writebus_fake_database_url: str, writebus_procedures: str
 ) -> AsyncIterator[FakeBus]:
     """An open :class:`~writebus.testing.FakeBus` whose tables live in a fresh schema (names
-    in ``public`` stay visible), dropped after the test."""
+    in ``public`` stay visible), dropped after the test with the exactly-once records of its
+    request ids (:meth:`~writebus.testing.FakeBus.forget_requests`)."""
     with scoped_schema(writebus_fake_database_url) as url:
         async with FakeBus(url, procedures=writebus_procedures or None) as fake:
-            yield fake
+            try:
+                yield fake
+            finally:
+                await fake.forget_requests()
 
 
 @pytest.fixture
@@ -190,4 +194,7 @@ def writebus_sync_fake(
     """An open :class:`~writebus.testing.SyncFakeBus` on a fresh schema (as ``writebus_fake``)."""
     with scoped_schema(writebus_fake_database_url) as url:
         with SyncFakeBus(url, procedures=writebus_procedures or None) as fake:
-            yield fake
+            try:
+                yield fake
+            finally:
+                fake.forget_requests()
