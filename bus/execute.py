@@ -38,6 +38,7 @@ from writebus.bus import idempotency
 from writebus.bus.group import Executed, GroupCommitFailed, Lost, run_group
 from writebus.bus.pg import connection_lost, rejected
 from writebus.bus.proctx import Phase, run_procedure_tx
+from writebus.bus.settle import unless_applied
 from writebus.client.errors import (
     LimitError,
     OutcomeUnknownError,
@@ -111,13 +112,20 @@ async def run_request(
     after a lost connection looks it up. Raises a
     :class:`~writebus.client.errors.WriteBusError` subclass.
     """
-    validate_request(
-        req,
-        max_statements=limits.max_statements,
-        allow_statements=write,
-        allow_sql=limits.allow_sql,
-        max_param_bytes=limits.max_param_bytes,
-    )
+    try:
+        validate_request(
+            req,
+            max_statements=limits.max_statements,
+            allow_statements=write,
+            allow_sql=limits.allow_sql,
+            max_param_bytes=limits.max_param_bytes,
+        )
+        proc = procedures.get(req.procedure or "") if req.statements is None else None
+    except WriteBusError as refusal:
+        if not (write and primary) or unseen:
+            raise
+        # A resend of an id applied before may meet a rule that is new since (bus.settle).
+        return await unless_applied(refusal, pool, req, acquire_timeout=limits.acquire_timeout)
     if req.statements is not None:
         job = Job(req, encoding, deadline, unseen, alone=keeps_to_itself(req))
         alone = idempotency.far_ahead(req.id)  # it would fail a group's COMMIT: see below
@@ -132,7 +140,7 @@ async def run_request(
         if isinstance(out, WriteBusError):
             raise out
         return out
-    proc = procedures.get(req.procedure or "")
+    assert proc is not None
     exactly_once = write and primary
 
     def check(results: list[StatementResult], value: Any) -> None:

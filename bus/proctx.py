@@ -48,7 +48,7 @@ async def run_procedure_tx(
     name = req.procedure or ""
     digest = idempotency.request_digest(req)
     try:
-        async with _read_committed(conn, exactly_once), conn.transaction():
+        async with read_committed(conn, exactly_once), conn.transaction():
             if exactly_once:
                 try:
                     stored = await _find(conn, req, digest, unseen)
@@ -92,7 +92,7 @@ async def run_procedure_tx(
 
 
 @contextlib.asynccontextmanager
-async def _read_committed(conn: psycopg.AsyncConnection[Any], needed: bool) -> AsyncIterator[None]:
+async def read_committed(conn: psycopg.AsyncConnection[Any], needed: bool) -> AsyncIterator[None]:
     """``conn`` at READ COMMITTED for the block when ``needed`` (``conn.transaction()``
     begins at the connection's level), then back at its own level: a connection from an
     application's pool goes back as it came, and the application's own transactions on it

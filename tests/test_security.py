@@ -253,6 +253,35 @@ async def test_procedures_only_mode_rejects_sql(stack: Any, buses: Any, table: s
         await _stop_bus(bus)
 
 
+async def test_a_resend_of_an_applied_write_is_answered_after_raw_sql_was_turned_off(
+    stack: Any, buses: Any, table: str
+) -> None:
+    """A raw-SQL write applied by a node that allowed it, resent under its id to a node that
+    no longer does (docs/security.md recommends turning it off): the answer is the stored
+    result, duplicate -- "forbidden, nothing applied" was untrue, and a new id would have
+    applied it twice. A new request is still refused."""
+    rid = uuid.uuid4().hex
+    sql = f"INSERT INTO {table}(body) VALUES ('before') RETURNING body"
+    async with Database(settings_for(stack, "lax")) as normal:
+        first = await normal.execute(sql, request_id=rid)
+    prefix = _prefix("sqloff")
+    bus = await _start_bus(
+        stack, "syd", f"bus-sqloff-{prefix}", WRITEBUS_ALLOW_SQL="false", WRITEBUS_PREFIX=prefix
+    )
+    try:
+        async with Database(settings_for(stack, "lax", prefix=prefix)) as db:
+            again = await db.execute(sql, request_id=rid)
+            assert again.duplicate and again.rows == first.rows == [("before",)]
+            with pytest.raises(ProtocolError) as info:
+                await db.execute(sql)
+            assert info.value.kind == "forbidden"
+    finally:
+        await _stop_bus(bus)
+    assert await asyncio.to_thread(
+        stack.primary.execute, f"SELECT count(*) FROM {table}"
+    ) == [(1,)]
+
+
 # --- TLS to NATS -------------------------------------------------------------------------------
 
 

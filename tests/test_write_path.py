@@ -646,6 +646,22 @@ async def test_a_procedure_that_turns_synchronous_commit_off_leaves_commits_flus
         assert await db.fetchval(f"SELECT body FROM {table}") == scope
 
 
+async def test_a_resend_of_an_applied_call_is_answered_after_its_procedure_went(
+    stack: Any, buses: Any, table: str
+) -> None:
+    """A call applied under an id, resent after a deploy dropped the procedure: answered from
+    the record, duplicate, not "unknown procedure, nothing applied"."""
+    rid = uuid.uuid4().hex
+    async with Database(settings_for(stack, "syd", procedures=PROCEDURES)) as db:
+        first = await db.call_result("add_note", table, "kept", request_id=rid)
+    async with Database(settings_for(stack, "syd")) as db:  # no registry: nothing is known
+        again = await db.call_result("add_note", table, "kept", request_id=rid)
+        assert again.duplicate and again.value == first.value and again.lsn is not None
+        with pytest.raises(ProcedureError):
+            await db.call("add_note", table, "new")
+    assert primary_rows(stack, f"SELECT body FROM {table}") == [("kept",)]
+
+
 async def test_primary_region_call_without_a_registry_is_an_unknown_procedure(
     stack: Any, buses: Any
 ) -> None:
