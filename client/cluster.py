@@ -30,6 +30,8 @@ class NodeState:
     lag_bytes: int | None = None
     lag_seconds: float | None = None
     version: str | None = None
+    #: A primary's WAL timeline (None from a node before timelines, and from replicas).
+    timeline: int | None = None
 
 
 @dataclass(frozen=True)
@@ -49,15 +51,20 @@ class NodeRow:
 
 @dataclass
 class ClusterView:
-    """Latest broadcast per node; ``stale_after`` seconds without one marks a node stale."""
+    """Latest broadcast per node; ``stale_after`` seconds without one marks a node stale, and
+    ``forget_after`` drops it: a node replaced under another id (a redeploy names replicas by
+    host) does not stay a row for good."""
 
     stale_after: float = 3.0
+    forget_after: float = 300.0
     nodes: dict[tuple[str, str], NodeState] = field(default_factory=dict)
 
     def observe(self, update: LsnUpdate, now: float) -> None:
         """Record a broadcast heard at ``now`` (monotonic seconds). Malformed ones raise
         :class:`~writebus.client.errors.ProtocolError`."""
         lsn = update_lsn(update)
+        for key in [k for k, n in self.nodes.items() if now - n.heard_at > self.forget_after]:
+            del self.nodes[key]
         self.nodes[(update.region, update.replica_id)] = NodeState(
             region=update.region,
             replica_id=update.replica_id,
@@ -67,16 +74,24 @@ class ClusterView:
             lag_bytes=getattr(update, "lag_bytes", None),
             lag_seconds=getattr(update, "lag_seconds", None),
             version=getattr(update, "version", None) or None,
+            timeline=update.timeline if update.role == "primary" else None,
         )
 
-    def primary_lsn(self) -> int | None:
-        """The newest position any primary announced."""
-        lsns = [n.lsn for n in self.nodes.values() if n.role == "primary"]
-        return max(lsns) if lsns else None
+    def primary_lsn(self, now: float | None = None) -> int | None:
+        """The newest position a primary announced, on the newest timeline announced: after a
+        failover that lost WAL, the old primary's higher position is not the cluster's. Given
+        ``now``, from primaries heard within ``stale_after`` only (None when all went quiet:
+        how far anyone is behind is not known)."""
+        primaries = [n for n in self.nodes.values() if n.role == "primary" and (
+            now is None or now - n.heard_at <= self.stale_after)]  # fmt: skip
+        if not primaries:
+            return None
+        newest = max((n.timeline or 0) for n in primaries)
+        return max(n.lsn for n in primaries if (n.timeline or 0) == newest)
 
     def rows(self, now: float) -> list[NodeRow]:
         """Every node, primary first, then by region and replica id."""
-        primary = self.primary_lsn()
+        primary = self.primary_lsn(now)
         out = []
         for n in self.nodes.values():
             lag_bytes = n.lag_bytes
