@@ -170,6 +170,18 @@ async def test_a_reply_too_large_fails_alone(stack: Any, pool: Any, table: str) 
     assert _bodies(stack, table) == ["p", "q"]
 
 
+async def test_a_map_with_integer_keys_fails_alone(stack: Any, pool: Any, table: str) -> None:
+    """A parameter map with integer keys (valid msgpack) cannot be sorted for the request's
+    digest: it is digested as it came, and refused as a parameter, alone -- the digest's
+    TypeError made every request of its group "unknown"."""
+    odd = Job(Request(id=uuid.uuid4().hex, statements=[
+        Statement(sql=f"INSERT INTO {table}(body) VALUES (%s)", params=[{1: 2}])]))  # fmt: skip
+    ok1, refused, ok2 = await _run(pool, [_insert(table, "p"), odd, _insert(table, "q")])
+    assert isinstance(refused, WriteBusError) and refused.outcome is Outcome.NOT_APPLIED
+    assert isinstance(ok1, Executed) and isinstance(ok2, Executed)
+    assert _bodies(stack, table) == ["p", "q"]
+
+
 async def test_a_commit_failure_gives_each_its_own_answer(
     stack: Any, pool: Any, table: str
 ) -> None:

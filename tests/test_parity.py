@@ -245,12 +245,13 @@ async def test_procedures_get_and_return_the_same_values_in_every_region(
     the caller's Decimal and returned the procedure's objects, the bus their wire forms."""
     when = datetime.date(2026, 1, 2)
     value = await writer.call(
-        "describe", decimal.Decimal("1.50"), uuid.UUID(int=7), (1, 2), when, kwargs={"d": when}
-    )
+        "describe", decimal.Decimal("1.50"), uuid.UUID(int=7), (1, 2), when, {7: "seven"},
+        kwargs={"d": when},
+    )  # fmt: skip
     assert value == {
-        "types": ["str", "str", "list", "str"],
+        "types": ["str", "str", "list", "str", "dict"],
         "kwtypes": {"d": "str"},
-        "args": ["1.50", str(uuid.UUID(int=7)), [1, 2], "2026-01-02"],
+        "args": ["1.50", str(uuid.UUID(int=7)), [1, 2], "2026-01-02", {7: "seven"}],
         "kwargs": {"d": "2026-01-02"},
     }
 
