@@ -121,8 +121,8 @@ def _error_reply(replaced: Reply, why: str, refusal: BaseException) -> Reply:
     position; a failed one gets ``refusal``."""
     if replaced.ok:
         error = ErrorInfo(kind="unknown", detail=RESULT_NOT_SENT, message=(
-            f"it succeeded (a write was applied), but its result cannot be sent ({why}): read "
-            "it from the database"))  # fmt: skip
+            f"it succeeded (a write was applied; an rpc call ran), but its result cannot be "
+            f"sent ({why}): read it from the database"))  # fmt: skip
         return Reply(id=replaced.id, ok=False, error=error, region=replaced.region,
                      server_ms=replaced.server_ms, lsn=replaced.lsn, lsn_int=replaced.lsn_int,
                      timeline=replaced.timeline)  # fmt: skip

@@ -184,9 +184,12 @@ class Attempts:
         """The error to raise when giving up after ``err``.
 
         After an ambiguous attempt only an outcome-unknown error is truthful: the last error
-        describes the last attempt, not the one that may have been applied.
+        describes the last attempt, not the one that may have been applied -- unless it says
+        the write *was* applied (:class:`~writebus.client.errors.ResultNotSentError`, a
+        duplicate's result too large to send), which settles the earlier attempt too.
         """
-        if self.ambiguity is None or isinstance(err, OutcomeUnknownError):
+        if (self.ambiguity is None or isinstance(err, OutcomeUnknownError)
+                or err.outcome is Outcome.APPLIED):  # fmt: skip
             return err
         first = self.ambiguity
         unknown = OutcomeUnknownError(

@@ -116,3 +116,27 @@ async def test_each_retry_is_logged_at_debug_with_what_failed(
     assert message.startswith("request.retrying ")
     for part in ("request_id=req-1", "subject=wb.write", "attempt=1", "error=UnavailableError"):
         assert part in message
+
+
+async def test_an_applied_answer_after_an_ambiguous_attempt_stands() -> None:
+    """The first attempt timed out (unknown); the resend's answer is a duplicate whose result
+    is too large to send: applied, and so is the first attempt -- not wrapped as "unknown"
+    (which also dropped its position)."""
+    from writebus.client.errors import OutcomeUnknownError, ResultNotSentError
+
+    calls = 0
+
+    async def once(budget: float) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OutcomeUnknownError("req-2", "no reply within 0.5s", subject="wb.write")
+        raise ResultNotSentError("req-2", "its result cannot be sent", lsn=16)
+
+    async def no_sleep(delay: float) -> None:
+        return None
+
+    attempts = Attempts(P, 5.0, request_id="req-2", subject="wb.write", sleep=no_sleep)
+    with pytest.raises(ResultNotSentError) as info:
+        await attempts.run(once)
+    assert info.value.lsn == 16 and calls == 2
