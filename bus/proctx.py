@@ -19,7 +19,12 @@ from psycopg import pq
 from writebus.bus import idempotency
 from writebus.bus.group import Executed
 from writebus.bus.grouptx import applied_position, claim_failure, ended, transaction_ended
-from writebus.bus.pg import DURABLE_COMMIT_SQL, connection_lost, read_flush_lsn, rejected
+from writebus.bus.pg import (
+    RESTORE_DURABLE_COMMIT_SQL,
+    connection_lost,
+    read_flush_lsn,
+    rejected,
+)
 from writebus.client.errors import ProcedureError, WriteBusError, WriteRejectedError
 from writebus.client.procedures import Procedure
 from writebus.client.protocol import Request, StatementResult
@@ -70,10 +75,8 @@ async def run_procedure_tx(
             async with conn.pipeline():  # one round trip
                 # The procedure may have turned synchronous_commit off, for its transaction or
                 # the pooled session: COMMIT would return before its WAL is flushed, and the
-                # position read after it could precede it. Back to the session's own setting,
-                # made durable as when the connection was opened.
-                await conn.execute("RESET synchronous_commit")
-                await conn.execute(DURABLE_COMMIT_SQL)
+                # position read after it could precede it.
+                await conn.execute(RESTORE_DURABLE_COMMIT_SQL)
                 if exactly_once:
                     row = (req.id, digest, idempotency.encode_result([], value))
                     await conn.execute(*idempotency.store_statement([row]))

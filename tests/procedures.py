@@ -91,11 +91,11 @@ async def describe(conn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
 
 @procedures.register
-async def weakens_commit(conn: Any, table: str, body: str, scope: str) -> str:
-    """Insert a note with synchronous_commit off, set for the transaction or the session
-    (which a procedure must not do: the bus restores a flushed COMMIT)."""
-    await conn.execute("SET LOCAL synchronous_commit = off" if scope == "local"
-                       else "SET synchronous_commit = off")  # fmt: skip
+async def weakens_commit(conn: Any, table: str, body: str, scope: str, value: str = "off") -> str:
+    """Insert a note with synchronous_commit set to ``value`` for the transaction (``scope``
+    "local") or the session; ``off`` a procedure must not leave (the bus restores a flushed
+    COMMIT)."""
+    await conn.execute(f"SET {'LOCAL ' if scope == 'local' else ''}synchronous_commit = {value}")
     await conn.execute(f"INSERT INTO {table}(body) VALUES (%s)", [body])
     cur = await conn.execute("SELECT current_setting('synchronous_commit')")
     row = await cur.fetchone()

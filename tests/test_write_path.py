@@ -625,25 +625,39 @@ async def test_primary_region_call_runs_directly_with_the_configured_registry(
             "syd-direct"
 
 
+_COMMIT_LOG = """
+CREATE TABLE {t} (id bigserial PRIMARY KEY, body text);
+CREATE TABLE {t}_log (setting text);
+CREATE FUNCTION {t}_seen() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO {t}_log VALUES (current_setting('synchronous_commit')); RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER {t}_at_commit AFTER INSERT ON {t}
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {t}_seen();
+"""
+
+
 @pytest.mark.parametrize("server_default", ["on", "off"])
-@pytest.mark.parametrize("scope", ["session", "local"])
-async def test_a_procedure_that_turns_synchronous_commit_off_leaves_commits_flushed(
-    stack: Any, buses: Any, table: str, scope: str, server_default: str
+@pytest.mark.parametrize(("scope", "value"), [("session", "off"), ("local", "off"),
+                                              ("local", "remote_apply")])  # fmt: skip
+async def test_a_procedure_cannot_commit_with_synchronous_commit_off(
+    stack: Any, buses: Any, scope: str, value: str, server_default: str
 ) -> None:
     """A procedure's SET synchronous_commit = off would make its COMMIT return before the
     WAL is flushed (the position read after it could precede it: a stale read of the write)
-    and, set for the session, every later commit on that pooled connection. Before COMMIT
-    the session's own setting is restored -- 'on' stays 'on', a default of 'off' becomes
-    'local' as when the connection opened -- so the next use of the connection (here the
-    only one) commits as before the call."""
+    and, set for the session, every later commit on that pooled connection. At COMMIT (a
+    deferred trigger records the setting) it is the session's own again -- 'on' stays 'on',
+    a default of 'off' is 'local' as when the connection opened -- and so it stays for the
+    next use of the connection (here the only one). A stronger setting is left alone."""
+    t = f"sc_{uuid.uuid4().hex[:10]}"
+    stack.primary.execute(_COMMIT_LOG.format(t=t))
     url = make_conninfo(stack.primary.url, options=f"-c synchronous_commit={server_default}")
     settings = settings_for(stack, "syd", procedures=PROCEDURES, database_url=url)
     async with Database(settings, max_size=1) as db:
         before = await db.fetchval("SELECT current_setting('synchronous_commit')")
         assert before == ("on" if server_default == "on" else "local")
-        assert await db.call("weakens_commit", table, scope, scope) == "off"
+        assert await db.call("weakens_commit", t, scope, scope, value) == value
+        at_commit = await db.fetchval(f"SELECT setting FROM {t}_log")
+        assert at_commit == (value if value != "off" else before)
         assert await db.fetchval("SELECT current_setting('synchronous_commit')") == before
-        assert await db.fetchval(f"SELECT body FROM {table}") == scope
 
 
 async def test_a_resend_of_an_applied_call_is_answered_after_its_procedure_went(
