@@ -9,7 +9,6 @@ so the caller reads its own write.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable
 from typing import Any, Self
@@ -35,7 +34,7 @@ from writebus.client.pongs import guard_pongs
 from writebus.client.procedures import Procedures, load_procedures
 from writebus.client.protocol import Request
 from writebus.client.reads import ReadGate
-from writebus.client.reopen import reopened
+from writebus.client.reopen import Reopener
 from writebus.client.results import WriteResult
 from writebus.client.retry import RetryPolicy
 from writebus.client.rows import RowFactory
@@ -109,7 +108,7 @@ class Database(ReadAPI):
         self._nc = nats
         self._owns_nats = nats is None
         self._tracker: LsnTracker | None = None
-        self._reopening = asyncio.Lock()
+        self._reopener = Reopener()
         self._gate = ReadGate(self.settings, self.retry)
         self._high = Session()  # this Database's newest write
 
@@ -327,12 +326,10 @@ class Database(ReadAPI):
     # -- internals ------------------------------------------------------------------------
 
     async def _nats(self) -> NatsClient | None:
-        """The connection; one of ours that nats-py closed for good is reopened first."""
-        nc = self._nc
-        if nc is not None and nc.is_closed and self._owns_nats:
-            async with self._reopening:
-                if self._nc is nc:  # not reopened by another call meanwhile
-                    self._nc, self._tracker = await reopened(nc, self._tracker, self.settings)
+        """The connection for a bus write; one of ours nats-py closed for good is reopened
+        first (:mod:`writebus.client.reopen`)."""
+        if self._nc is not None and self._nc.is_closed and self._owns_nats:
+            await self._reopener.reopen(self)
         return self._nc
 
     async def _write(
@@ -340,7 +337,7 @@ class Database(ReadAPI):
         replication_timeout: float | None, row_factory: RowFactory | None = None, *,
         made_id: bool = False,
     ) -> WriteResult:  # fmt: skip
-        if await self._nats() is None:
+        if self._nc is None:
             raise not_open("the Database", write=True)
         timeout = rpc_timeout if rpc_timeout is not None else self.settings.rpc_timeout
         factory = row_factory or self.row_factory
@@ -401,11 +398,11 @@ class Database(ReadAPI):
         replication_timeout: float | None,
         factory: RowFactory | None,
     ) -> WriteResult:
-        if self._nc is None:  # closed while a direct try ran: that try's answer stands
+        if (nc := await self._nats()) is None:  # closed while a direct try ran: it stands
             raise not_open("the Database", write=True, reason="closed during the call")
         return await writes.via_bus(
             req,
-            nc=self._nc,
+            nc=nc,
             settings=self.settings,
             retry=self.retry,
             tracker=self._tracker,

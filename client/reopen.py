@@ -1,17 +1,23 @@
 """Reopening a NATS connection that nats-py closed for good.
 
 nats-py reconnects after a dropped connection, but closes it for good on most errors the
-server sends (``-ERR``): credentials expired or revoked by a configuration reload
-(``Authorization Violation``, ``User Authentication Expired``), a server at its connection
-limit. A :class:`~writebus.client.db.Database` holding such a connection would fail every
-later write "not connected" for the life of the process; its next write opens a new one
-instead (:func:`reopened`), and moves the region's tracker onto it.
+server sends (``-ERR``): an expired JWT ("User Authentication Expired"), a server at its
+connection limit. A :class:`~writebus.client.db.Database` holding such a connection would
+fail every later bus write "not connected" for the life of the process; its next one opens
+a new connection instead (re-reading ``NATS_CREDS``), and moves the region's tracker onto
+it. One try at a time: calls arriving meanwhile wait for it, and for :data:`PAUSE` seconds
+after a failed try they are refused at once (``DisconnectedError``, not sent) instead of each
+waiting out a connect timeout in turn.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from typing import Any
+
 from writebus.client.connect import acquire_nats, endpoints, release_nats
-from writebus.client.errors import ConnectError, DisconnectedError
+from writebus.client.errors import DisconnectedError, WriteBusError
 from writebus.client.log import get_logger
 from writebus.client.settings import Settings
 from writebus.client.tracker import LsnTracker
@@ -20,24 +26,60 @@ from writebus.client.transport import NatsClient
 
 log = get_logger("writebus.client.nats")
 
+#: Seconds after a failed try during which bus writes are refused without another.
+PAUSE = 1.0
 
-async def reopened(
-    closed: NatsClient, tracker: LsnTracker | None, settings: Settings
-) -> tuple[NatsClient, LsnTracker | None]:
-    """A new shared connection in place of ``closed`` (released), and a tracker on it in
-    place of ``tracker`` (released). Raises :class:`DisconnectedError` -- nothing was sent --
-    when the servers still refuse or cannot be reached."""
+
+class Reopener:
+    """A Database's reopening of its NATS connection (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._failed_at: float | None = None
+
+    async def reopen(self, db: Any) -> None:
+        """Give ``db`` (a Database whose own connection is closed for good) a new connection
+        and tracker. Raises :class:`DisconnectedError` when that fails: nothing was sent."""
+        closed = db._nc
+        async with self._lock:
+            if db._nc is not closed:
+                return  # reopened by the call before, or the Database was closed
+            if self._failed_at is not None and time.monotonic() - self._failed_at < PAUSE:
+                raise DisconnectedError("the NATS connection was closed, and reopening it "
+                                        "failed just now; the write was not sent")  # fmt: skip
+            try:
+                nc, tracker = await _opened(db.settings, tracker=db._tracker is not None)
+            except DisconnectedError:
+                self._failed_at = time.monotonic()
+                raise
+            self._failed_at = None
+            if db._nc is not closed:  # closed while it reopened: nothing is the Database's now
+                await _release(nc, tracker)
+                return
+            old, db._nc, db._tracker = db._tracker, nc, tracker
+        await _release(closed, old)
+
+
+async def _opened(settings: Settings, *, tracker: bool) -> tuple[NatsClient, LsnTracker | None]:
     name = f"writebus-{settings.region}"  # as Database names it
     log.warning("nats.reopening", connection=name, servers=endpoints(settings.nats_urls),
                 reason="the connection was closed for good (the server refused it)")  # fmt: skip
     try:
         nc = await acquire_nats(settings, name=name)
-    except ConnectError as exc:
-        raise DisconnectedError(f"NATS connection closed, and reopening it failed: {exc}; the "
-                                "write was not sent") from exc  # fmt: skip
-    await release_nats(closed)
-    if tracker is None:
+    except WriteBusError as exc:  # ConnectError, ConfigError (NATS_CREDS gone)
+        raise DisconnectedError(f"the NATS connection was closed, and reopening it failed: "
+                                f"{exc}; the write was not sent") from exc  # fmt: skip
+    if not tracker:
         return nc, None
-    moved = await acquire_tracker(settings, nc)
-    await release_tracker(tracker)
-    return nc, moved
+    try:
+        return nc, await acquire_tracker(settings, nc)
+    except Exception as exc:
+        await release_nats(nc)
+        raise DisconnectedError(f"the NATS connection was reopened, but its tracker could not "
+                                f"start: {exc}; the write was not sent") from exc  # fmt: skip
+
+
+async def _release(nc: NatsClient, tracker: LsnTracker | None) -> None:
+    if tracker is not None:
+        await release_tracker(tracker)
+    await release_nats(nc)

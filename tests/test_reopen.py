@@ -7,6 +7,8 @@ reconnects by itself, and a write meanwhile is not sent: DisconnectedError)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import pytest
 from writebus.bus.embedded.nats import NatsServer
 from writebus.bus.embedded.ports import free_port
 from writebus.client.db import Database
-from writebus.client.errors import DisconnectedError, NoWorkerError, Outcome
+from writebus.client.errors import DisconnectedError, NoWorkerError, Outcome, WriteBusError
 from writebus.client.settings import Settings
 
 
@@ -61,3 +63,40 @@ async def test_a_connection_closed_for_good_is_reopened_by_the_next_write(
         with pytest.raises(DisconnectedError) as refused:
             await db.execute("SELECT 1")
         assert refused.value.outcome is Outcome.NOT_APPLIED
+
+
+async def test_while_no_server_accepts_concurrent_writes_do_not_queue_connect_timeouts(
+    stack: Any, server: NatsServer
+) -> None:
+    """Ten bus writes at once on a connection closed for good, with no server up: one tries
+    to reopen (up to the connect timeout); the others wait for that try and are refused with
+    it -- each used to make its own attempt in turn, the last waiting ten timeouts."""
+    env = {"NATS_URL": server.url, "FLY_REGION": "lax", "PRIMARY_REGION": "syd",
+           "WRITEBUS_CONNECT_TIMEOUT": "1", "DATABASE_URL": stack.env("lax")["DATABASE_URL"]}
+    async with Database(Settings.from_env(env)) as db:
+        assert db.nats is not None
+        server.stop()
+        await db.nats.close()
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(db.execute("SELECT 1") for _ in range(10)), return_exceptions=True
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+    assert all(isinstance(r, DisconnectedError) for r in results), results
+    assert all(r.outcome is Outcome.NOT_APPLIED for r in results if isinstance(r, WriteBusError))
+    assert elapsed < 5  # one connect timeout (1 s) and some; ten would be 10 s and more
+
+
+async def test_a_primary_region_write_does_not_need_the_connection(
+    stack: Any, server: NatsServer, table: str
+) -> None:
+    """In the primary region a write runs on the local primary: a NATS connection closed for
+    good, with no server to reopen it on, does not stop it (it did: the reopen came first)."""
+    env = {"NATS_URL": server.url, "FLY_REGION": "syd", "PRIMARY_REGION": "syd",
+           "WRITEBUS_CONNECT_TIMEOUT": "1", "DATABASE_URL": stack.env("syd")["DATABASE_URL"]}
+    async with Database(Settings.from_env(env)) as db:
+        assert db.nats is not None
+        server.stop()
+        await db.nats.close()
+        res = await db.execute(f"INSERT INTO {table}(body) VALUES ('direct') RETURNING body")
+        assert res.rows == [("direct",)] and not res.via_bus
