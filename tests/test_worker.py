@@ -86,3 +86,40 @@ async def test_stop_returns_within_its_timeout_when_a_handler_hangs(stack: Any) 
     finally:
         await caller.close()
         await nc.close()
+
+
+async def test_requests_held_are_bounded_by_their_bytes(
+    stack: Any, monkeypatch: Any
+) -> None:
+    """Past MAX_HELD_BYTES of request bodies waiting for a slot, the callback waits and
+    nats-py holds the rest: five requests of 1 KB against a 3 KB budget, one slot, a handler
+    that waits -- three are admitted, and all five are answered once it goes on."""
+    from writebus.bus import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "MAX_HELD_BYTES", 3 * 1024)
+    subject = f"worker.{uuid.uuid4().hex}"
+    go = asyncio.Event()
+
+    async def handle(data: bytes, headers: Any, received: float) -> tuple[bytes, None]:
+        await go.wait()
+        return b"ok", None
+
+    nc = await nats.connect(stack.nats_url("lax"))
+    caller = await nats.connect(stack.nats_url("lax"))
+    server = SubjectServer(nc, subject, "q", handle, concurrency=1)
+    await server.start()
+    try:
+        asks = [asyncio.create_task(caller.request(subject, bytes(1024), timeout=10))
+                for _ in range(5)]  # fmt: skip
+        deadline = time.monotonic() + 5
+        while server.in_flight < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # time for more to be (wrongly) admitted
+        assert server.in_flight == 3
+        go.set()
+        replies = await asyncio.gather(*asks)
+        assert [r.data for r in replies] == [b"ok"] * 5
+    finally:
+        await server.stop(timeout=5)
+        await caller.close()
+        await nc.close()
