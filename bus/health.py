@@ -56,7 +56,7 @@ def readyz(
     if max_lag is not None:
         lag["max_seconds"] = max_lag
         if f.lag_seconds is None:
-            reasons.append("replay lag unknown (no primary announcement heard yet)")
+            reasons.append("replay lag unknown (no primary announcement heard lately)")
         elif f.lag_seconds > max_lag:
             reasons.append(f"replica {f.lag_seconds:.3f}s behind, over {max_lag:g}s")
     if max_lag_bytes is not None:

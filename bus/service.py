@@ -17,6 +17,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from writebus.bus import idempotency, partitions, standing
+from writebus.bus.cadence import Cadence
 from writebus.bus.committer import Committer
 from writebus.bus.execute import Job, Limits, run_statement_writes
 from writebus.bus.fence import Fence
@@ -347,8 +348,8 @@ class BusService:
             subject=self.subjects.lsn(s.region),
             primary_subject=self.subjects.lsn(s.primary_region),
             region=s.region,
-            replica_id=self.replica_id,
-        )
+            replica_id=self.replica_id, cadence=Cadence(heartbeat=s.heartbeat_interval),
+        )  # fmt: skip
         await self.monitor.start()
         self._watch = asyncio.create_task(self._watch_promotion(), name="watch-promotion")
         self._set_role("replica")

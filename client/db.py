@@ -308,7 +308,9 @@ class Database(ReadAPI):
         if (nc := await self._nats()) is None:
             raise not_open("the Database", write=True)
         total = timeout if timeout is not None else self.settings.rpc_timeout
-        ex = await unrecorded_request(nc, self.subjects, region, req, timeout=total, retry=self.retry)
+        ex = await unrecorded_request(
+            nc, self.subjects, region, req, timeout=total, retry=self.retry
+        )
         return ex.reply.value
 
     async def rpc_primary(

@@ -194,8 +194,8 @@ class UnrecordedOutcomeError(OutcomeUnknownError):
         super().__init__(unknown.request_id, unknown.reason, subject=unknown.subject,
                          timeout=unknown.timeout)  # fmt: skip
         self.last_error = unknown.last_error
-        self.args = (str(self).split("; send it again")[0] + "; calls are not recorded for "
-                     "exactly-once, so calling again runs it again: check the data first",)  # fmt: skip
+        said = str(self).split("; send it again")[0]
+        self.args = (f"{said}; calls are not recorded, so calling again runs it again",)
 
 
 class ReplicationTimeoutError(WriteBusError):

@@ -3,8 +3,8 @@
 A write's ``RETURNING`` rows travel in the wire's value forms (docs/protocol.md, "Values in
 results"): ``numeric`` as text, ``uuid`` as text, ``timestamp`` as ISO text, ``interval`` as an
 ISO 8601 duration... The client loads those back by column type
-(:mod:`writebus.client.wiretypes`); what reaches this module may be either form. A session reading the same row from the replica gets psycopg's Python
-values, passed through the column type's SQLAlchemy result processor (an ``Enum`` label becomes
+(:mod:`writebus.client.wiretypes`); what reaches this module may be either form. A session
+reading the same row from the replica gets psycopg's Python values, passed through the column type's SQLAlchemy result processor (an ``Enum`` label becomes
 the enum member, a ``TypeDecorator`` runs ``process_result_value``). :func:`load` does the same
 two steps: the wire form back to psycopg's value, chosen by the column's underlying type, then
 the type's own result processor for the psycopg dialect.

@@ -83,6 +83,7 @@ class LsnTracker:
         probe: bool = True,
     ) -> None:
         self.settings = settings
+        self._connect_limit = max(1.0, settings.connect_timeout)  # start() waits no longer
         self.region = settings.region
         self.subject = Subjects(settings.prefix).lsn(settings.region)
         hb = settings.heartbeat_interval
@@ -153,7 +154,7 @@ class LsnTracker:
         self._sub = await self._nc.subscribe(self.subject, cb=self._on_message)
         # The server has the subscription when this returns (else a broadcast in six was missed).
         with contextlib.suppress(Exception):
-            await self._nc.flush(timeout=START_FLUSH_TIMEOUT)
+            await self._nc.flush(timeout=min(START_FLUSH_TIMEOUT, int(self._connect_limit)))
         self._fallback_task = asyncio.create_task(
             self._fallback_loop(), name=f"writebus-tracker-fallback-{self.region}"
         )

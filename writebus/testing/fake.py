@@ -17,6 +17,7 @@ raise the errors they cause, with the right ``outcome``.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import functools
 from collections.abc import Awaitable, Callable, Iterable
@@ -140,9 +141,10 @@ class FakeBus(Database):
         on a lasting database -- may use the same fixed ids afresh. Returns how many records
         went. The fixtures call it after each test."""
         ids, self._request_ids = sorted(self._request_ids), set()
-        if not ids or self.pool is None:
+        if not ids:
             return 0
-        async with self.pool.connection() as conn:
+        url = self.settings.database_url or ""  # its own connection: the fake may be closed
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             cur = await conn.execute("DELETE FROM writebus.applied WHERE id = ANY(%s)", [ids])
             return int(cur.rowcount)
 
@@ -318,6 +320,6 @@ class SyncFakeBus(SyncDatabase):
         self.fake.clear_failures()
 
     def forget_requests(self) -> int:
-        """Delete this fake's exactly-once records (:meth:`FakeBus.forget_requests`)."""
-        loop, _ = self._ready(write=True)
-        return loop.run(self.fake.forget_requests(), write=True)
+        """Delete this fake's exactly-once records (:meth:`FakeBus.forget_requests`), open or
+        closed."""
+        return asyncio.run(self.fake.forget_requests())
