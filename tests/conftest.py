@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,6 +21,8 @@ from psycopg_pool import AsyncConnectionPool
 from tests.support.servers import make_stack
 from tests.support.stack import TEST_DELAY_MS, settings_for, start_bus
 from writebus.bus.embedded.bus_process import BusProcess
+from writebus.bus.embedded.nats import NatsServer
+from writebus.bus.embedded.ports import free_port
 from writebus.bus.pg import durable_commits
 from writebus.client.db import Database
 
@@ -87,3 +90,20 @@ async def worker_pool(stack: Any, buses: Any) -> AsyncIterator[AsyncConnectionPo
     yield p
     await p.close()
 
+
+@pytest.fixture
+def lone_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of the test's own, outside the stack: to pause, stop or starve."""
+    srv = NatsServer(
+        name="nats-lone",
+        region="x",
+        client_port=free_port(),
+        gateway_port=free_port(),
+        monitor_port=free_port(),
+        workdir=tmp_path,
+    )
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()

@@ -25,7 +25,6 @@ import pytest
 
 from tests.support.stack import settings_for
 from writebus.bus.embedded.nats import NatsServer
-from writebus.bus.embedded.ports import free_port
 from writebus.client import tracker as tracker_module
 from writebus.client.connect import connect_nats
 from writebus.client.db import Database
@@ -38,20 +37,8 @@ connect_module = importlib.import_module("writebus.client.connect")
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    srv = NatsServer(
-        name="nats-pongs",
-        region="x",
-        client_port=free_port(),
-        gateway_port=free_port(),
-        monitor_port=free_port(),
-        workdir=tmp_path,
-    )
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def server(lone_nats: NatsServer) -> NatsServer:
+    return lone_nats
 
 
 def _all_stopped(pid: int) -> bool:

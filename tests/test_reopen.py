@@ -8,35 +8,22 @@ reconnects by itself, and a write meanwhile is not sent: DisconnectedError)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from writebus.bus.embedded.nats import NatsServer
-from writebus.bus.embedded.ports import free_port
 from writebus.client.db import Database
 from writebus.client.errors import DisconnectedError, NoWorkerError, Outcome, WriteBusError
 from writebus.client.settings import Settings
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    srv = NatsServer(
-        name="nats-reopen",
-        region="x",
-        client_port=free_port(),
-        gateway_port=free_port(),
-        monitor_port=free_port(),
-        workdir=tmp_path,
-    )
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def server(lone_nats: NatsServer) -> NatsServer:
+    return lone_nats
 
 
 async def test_a_connection_closed_for_good_is_reopened_by_the_next_write(
@@ -65,18 +52,25 @@ async def test_a_connection_closed_for_good_is_reopened_by_the_next_write(
         assert refused.value.outcome is Outcome.NOT_APPLIED
 
 
+@contextlib.asynccontextmanager
+async def _gone(stack: Any, server: NatsServer, region: str) -> AsyncIterator[Database]:
+    """A Database in ``region`` whose connection is closed for good, and no server up."""
+    env = {"NATS_URL": server.url, "FLY_REGION": region, "PRIMARY_REGION": "syd",
+           "WRITEBUS_CONNECT_TIMEOUT": "1", "DATABASE_URL": stack.env(region)["DATABASE_URL"]}
+    async with Database(Settings.from_env(env)) as db:
+        assert db.nats is not None
+        server.stop()
+        await db.nats.close()
+        yield db
+
+
 async def test_while_no_server_accepts_concurrent_writes_do_not_queue_connect_timeouts(
     stack: Any, server: NatsServer
 ) -> None:
     """Ten bus writes at once on a connection closed for good, with no server up: one tries
     to reopen (up to the connect timeout); the others wait for that try and are refused with
     it -- each used to make its own attempt in turn, the last waiting ten timeouts."""
-    env = {"NATS_URL": server.url, "FLY_REGION": "lax", "PRIMARY_REGION": "syd",
-           "WRITEBUS_CONNECT_TIMEOUT": "1", "DATABASE_URL": stack.env("lax")["DATABASE_URL"]}
-    async with Database(Settings.from_env(env)) as db:
-        assert db.nats is not None
-        server.stop()
-        await db.nats.close()
+    async with _gone(stack, server, "lax") as db:
         started = time.monotonic()
         results = await asyncio.gather(
             *(db.execute("SELECT 1") for _ in range(10)), return_exceptions=True
@@ -92,11 +86,6 @@ async def test_a_primary_region_write_does_not_need_the_connection(
 ) -> None:
     """In the primary region a write runs on the local primary: a NATS connection closed for
     good, with no server to reopen it on, does not stop it (it did: the reopen came first)."""
-    env = {"NATS_URL": server.url, "FLY_REGION": "syd", "PRIMARY_REGION": "syd",
-           "WRITEBUS_CONNECT_TIMEOUT": "1", "DATABASE_URL": stack.env("syd")["DATABASE_URL"]}
-    async with Database(Settings.from_env(env)) as db:
-        assert db.nats is not None
-        server.stop()
-        await db.nats.close()
+    async with _gone(stack, server, "syd") as db:
         res = await db.execute(f"INSERT INTO {table}(body) VALUES ('direct') RETURNING body")
         assert res.rows == [("direct",)] and not res.via_bus
