@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from writebus.client.denials import refused as refused_publish
 from writebus.client.errors import ConfigError, ConnectError
 from writebus.client.log import get_logger
 from writebus.client.loops import loop_lock
@@ -124,7 +123,6 @@ async def connect_nats(
 
     async def on_error(exc: Exception) -> None:
         last_error[:] = [exc]
-        refused_publish(nc, exc)  # a request there hears nothing: rpc tells it "not sent"
         reason = refused_for_good(exc)
         if reason is not None and not refused.done():
             refused.set_result((reason, exc))

@@ -19,10 +19,8 @@ from dataclasses import dataclass
 
 import nats.errors
 
-from writebus.client.denials import refused_since
 from writebus.client.errors import (
     DisconnectedError,
-    ForbiddenError,
     LimitError,
     NoWorkerError,
     OutcomeUnknownError,
@@ -138,11 +136,6 @@ async def _attempt(
     except nats.errors.NoRespondersError:
         raise NoWorkerError(subject, region) from None
     except nats.errors.TimeoutError:
-        if refused_since(nc, subject, sent):
-            raise ForbiddenError(
-                f"the NATS server refused to publish to {subject!r} for this user (permissions):"
-                f" request {req.id} was not sent; give the user's role publish rights there"
-            ) from None
         raise OutcomeUnknownError(
             req.id,
             f"no reply within {budget:.3f}s",
