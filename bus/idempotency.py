@@ -141,8 +141,8 @@ _decoder = msgspec.msgpack.Decoder(StoredResult)
 def request_digest(req: Request) -> bytes:
     """16 bytes identifying what ``req`` asks for: its statements and parameters, or its
     procedure and arguments -- not its id, version, origin or per-attempt timeout, which a
-    retry may change, nor the order of a map's keys (string keys: a map with others, valid
-    msgpack, is digested in the order it came)."""
+    retry may change, nor the order of a map's keys (string keys: a request holding a map
+    with others, valid msgpack, is digested whole in the order it came)."""
     try:
         return _digest(req, _digest_encoder)
     except TypeError:  # msgspec sorts maps by string keys only

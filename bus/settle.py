@@ -33,11 +33,12 @@ async def unless_applied(
     *,
     acquire_timeout: float,
 ) -> Executed:
-    """The stored answer when ``req.id`` was applied before; else raise ``refusal``. A lookup
-    that fails leaves the refusal standing (as before it, the id may not have been applied:
-    no claim of this request ran)."""
+    """The stored answer when ``req.id`` was applied before; else raise ``refusal``. When the
+    lookup cannot say (no connection in time, the connection lost), an earlier try may have
+    applied it: :class:`OutcomeUnknownError` (a resend looks again), not the refusal."""
     if refusal.outcome is not Outcome.NOT_APPLIED:
         raise refusal
+    row = None
     try:
         async with pool.connection(timeout=acquire_timeout) as conn:
             async with read_committed(conn, True), conn.transaction(force_rollback=True):
@@ -47,12 +48,14 @@ async def unless_applied(
                 row = await cur.fetchone()
             if row is None:
                 raise refusal
-            stored = idempotency.stored_answer(req, row, idempotency.request_digest(req))
             lsn = await applied_position(conn)
     except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
         log.warning("execute.refused_lookup_failed", request_id=req.id, error=str(exc))
-        raise refusal from None
+        why = "applied before" if row is not None else "whether it was applied before is not known"
+        raise OutcomeUnknownError(req.id, f"refused ({refusal}), but {why}: the lookup failed "
+                                  f"({exc})") from exc  # fmt: skip
     except Lost as lost:  # recorded, so applied; its position unreadable: not "not applied"
         raise OutcomeUnknownError(req.id, lost.uncertainty) from lost.cause
+    stored = idempotency.stored_answer(req, row, idempotency.request_digest(req))
     log.info("execute.refused_but_applied", request_id=req.id, refusal=str(refusal))
     return Executed(stored.results, stored.value, lsn, True)

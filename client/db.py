@@ -155,11 +155,12 @@ class Database(ReadAPI):
     async def close(self) -> None:
         """Close everything this handle opened. Never raises."""
         tracker, self._tracker = self._tracker, None
+        nc, owned = self._nc, self._owns_nats  # both let go before any wait: see reopen
+        if owned:
+            self._nc = None
         if tracker is not None:
             await release_tracker(tracker)
-        nc = self._nc
-        if nc is not None and self._owns_nats:
-            self._nc = None
+        if nc is not None and owned:
             await release_nats(nc)
         await self._gate.close()
         pool = self._pool

@@ -89,3 +89,34 @@ async def test_a_primary_region_write_does_not_need_the_connection(
     async with _gone(stack, server, "syd") as db:
         res = await db.execute(f"INSERT INTO {table}(body) VALUES ('direct') RETURNING body")
         assert res.rows == [("direct",)] and not res.via_bus
+
+
+async def test_close_during_a_reopen_leaves_nothing_open(
+    stack: Any, server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Database closes while a write reopens its connection (the new tracker still
+    starting): the write is refused as not sent, and the new connection and tracker are let
+    go -- the tracker stayed registered, polling on a dead connection, before."""
+    from writebus.client import trackers
+    from writebus.client.tracker import LsnTracker
+
+    real = LsnTracker.start
+
+    async def slow(self: LsnTracker) -> None:  # under the trackers' registry lock
+        await asyncio.sleep(0.5)
+        await real(self)
+
+    env = {"NATS_URL": server.url, "FLY_REGION": "lax", "PRIMARY_REGION": "syd",
+           "DATABASE_URL": stack.env("lax")["DATABASE_URL"]}
+    db = Database(Settings.from_env(env))
+    await db.open()
+    assert db.nats is not None
+    await db.nats.close()
+    monkeypatch.setattr(LsnTracker, "start", slow)
+    write = asyncio.create_task(db.execute("SELECT 1"))
+    await asyncio.sleep(0.2)
+    await db.close()
+    with pytest.raises(WriteBusError) as refused:
+        await write
+    assert refused.value.outcome is Outcome.NOT_APPLIED
+    assert trackers._trackers == {}

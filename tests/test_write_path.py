@@ -676,6 +676,19 @@ async def test_a_resend_of_an_applied_call_is_answered_after_its_procedure_went(
     assert primary_rows(stack, f"SELECT body FROM {table}") == [("kept",)]
 
 
+async def test_a_refusal_whose_lookup_cannot_run_is_unknown(stack: Any, buses: Any) -> None:
+    """A call refused before its claim (no such procedure) whose id cannot be looked up --
+    every pooled connection busy -- may be the resend of an applied write: its answer is
+    unknown, not "not applied" (which would send the app to apply it again under a new id)."""
+    async with Database(settings_for(stack, "syd"), max_size=1) as db:
+        assert db.pool is not None
+        async with db.pool.connection():  # the only connection, held
+            with pytest.raises(OutcomeUnknownError) as info:
+                await db.call("add_note", "t", "x", request_id=uuid.uuid4().hex,
+                              rpc_timeout=5.0)  # fmt: skip
+    assert info.value.outcome is Outcome.UNKNOWN
+
+
 async def test_primary_region_call_without_a_registry_is_an_unknown_procedure(
     stack: Any, buses: Any
 ) -> None:

@@ -144,9 +144,7 @@ class FakeBus(Database):
         if not ids:
             return 0
         url = self.settings.database_url or ""  # its own connection: the fake may be closed
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            cur = await conn.execute("DELETE FROM writebus.applied WHERE id = ANY(%s)", [ids])
-            return int(cur.rowcount)
+        return await asyncio.to_thread(_forget, url, ids)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -322,4 +320,13 @@ class SyncFakeBus(SyncDatabase):
     def forget_requests(self) -> int:
         """Delete this fake's exactly-once records (:meth:`FakeBus.forget_requests`), open or
         closed."""
-        return asyncio.run(self.fake.forget_requests())
+        fake = self.fake
+        ids, fake._request_ids = sorted(fake._request_ids), set()
+        return _forget(fake.settings.database_url or "", ids) if ids else 0
+
+
+def _forget(url: str, ids: list[str]) -> int:
+    """Delete the exactly-once records of ``ids`` (a connection of its own)."""
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        cur = conn.execute("DELETE FROM writebus.applied WHERE id = ANY(%s)", [ids])
+        return int(cur.rowcount)
