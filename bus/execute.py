@@ -61,7 +61,7 @@ from writebus.client.protocol import (
     StatementResult,
     encode,
 )
-from writebus.client.validation import keeps_to_itself, param_bytes, validate_request
+from writebus.client.validation import keeps_to_itself, param_bytes, storable_id, validate_request
 
 log = get_logger("writebus.bus.execute")
 
@@ -122,7 +122,7 @@ async def run_request(
         )
         proc = procedures.get(req.procedure or "") if req.statements is None else None
     except WriteBusError as refusal:
-        if not (write and primary) or unseen:
+        if not (write and primary) or unseen or not storable_id(req.id):
             raise
         # A resend of an id applied before may meet a rule that is new since (bus.settle).
         return await unless_applied(refusal, pool, req, acquire_timeout=limits.acquire_timeout)

@@ -128,6 +128,12 @@ def _first_command(sql: str) -> str:
             depth, pos = depth + (1 if mark.group() == "/*" else -1), mark.end()
 
 
+def storable_id(request_id: str) -> bool:
+    """Whether ``request_id`` can be recorded: 1 to 128 characters, without NUL (the record's
+    text column cannot hold one). An id that cannot was never applied."""
+    return 0 < len(request_id) <= MAX_REQUEST_ID_LENGTH and "\x00" not in request_id
+
+
 def validate_request(
     req: Request,
     *,
@@ -146,8 +152,7 @@ def validate_request(
         raise ProtocolError(
             f"unsupported protocol version {req.v}; this worker speaks 1..{PROTOCOL_VERSION}"
         )
-    # The id is stored in a text column, which cannot hold NUL.
-    if not req.id or len(req.id) > MAX_REQUEST_ID_LENGTH or "\x00" in req.id:
+    if not storable_id(req.id):
         raise ProtocolError(
             f"request id must be 1..{MAX_REQUEST_ID_LENGTH} characters, without NUL"
         )
