@@ -56,7 +56,7 @@ async def run_procedure_tx(
         async with read_committed(conn, exactly_once), conn.transaction():
             if exactly_once:
                 try:
-                    stored = await _find(conn, req, digest, unseen)
+                    stored = await find(conn, req, digest, unseen)
                 except psycopg.Error as exc:
                     if connection_lost(conn, exc):
                         raise
@@ -127,7 +127,7 @@ async def _position(conn: psycopg.AsyncConnection[Any], exactly_once: bool) -> i
         return None
 
 
-async def _find(
+async def find(
     conn: psycopg.AsyncConnection[Any], req: Request, digest: bytes, unseen: bool
 ) -> idempotency.StoredResult | None:
     """Lock the id (a racing retry waits here) and look it up (unless ``unseen``): one round

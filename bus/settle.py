@@ -18,7 +18,7 @@ import psycopg_pool
 from writebus.bus import idempotency
 from writebus.bus.group import Executed
 from writebus.bus.grouptx import Lost, applied_position
-from writebus.bus.proctx import read_committed
+from writebus.bus.proctx import find, read_committed
 from writebus.client.errors import Outcome, OutcomeUnknownError, WriteBusError
 from writebus.client.log import get_logger
 from writebus.client.protocol import Request
@@ -38,24 +38,21 @@ async def unless_applied(
     applied it: :class:`OutcomeUnknownError` (a resend looks again), not the refusal."""
     if refusal.outcome is not Outcome.NOT_APPLIED:
         raise refusal
-    row = None
+    stored = None
     try:
         async with pool.connection(timeout=acquire_timeout) as conn:
             async with read_committed(conn, True), conn.transaction(force_rollback=True):
-                cur = await conn.execute(
-                    idempotency.claim_sql(), idempotency.claim_params([req.id])
-                )
-                row = await cur.fetchone()
-            if row is None:
+                stored = await find(conn, req, idempotency.request_digest(req), unseen=False)
+            if stored is None:
                 raise refusal
             lsn = await applied_position(conn)
     except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
         log.warning("execute.refused_lookup_failed", request_id=req.id, error=str(exc))
-        why = "applied before" if row is not None else "whether it was applied before is not known"
+        known = stored is not None  # read before the failure: applied
+        why = "applied before" if known else "whether it was applied before is not known"
         raise OutcomeUnknownError(req.id, f"refused ({refusal}), but {why}: the lookup failed "
                                   f"({exc})") from exc  # fmt: skip
     except Lost as lost:  # recorded, so applied; its position unreadable: not "not applied"
         raise OutcomeUnknownError(req.id, lost.uncertainty) from lost.cause
-    stored = idempotency.stored_answer(req, row, idempotency.request_digest(req))
     log.info("execute.refused_but_applied", request_id=req.id, refusal=str(refusal))
     return Executed(stored.results, stored.value, lsn, True)
