@@ -25,11 +25,13 @@ DURABLE_COMMIT_SQL: Final = (
 #: its transaction or the session): back to the session's value from its start (``local``
 #: if that was ``off``, as :data:`DURABLE_COMMIT_SQL` made it), for this COMMIT and after it.
 #: Any other value -- a stronger one the procedure or the app chose -- is left alone.
+#: (pg_settings builds a row for every setting: it is read only in that case, not on every
+#: procedure call.)
 RESTORE_DURABLE_COMMIT_SQL: Final = (
-    "SELECT set_config('synchronous_commit', "
-    "CASE WHEN s.reset_val = 'off' THEN 'local' ELSE s.reset_val END, false) "
-    "FROM pg_catalog.pg_settings s "
-    "WHERE s.name = 'synchronous_commit' AND current_setting('synchronous_commit') = 'off'"
+    "SELECT set_config('synchronous_commit', (SELECT CASE WHEN s.reset_val = 'off' THEN "
+    "'local' ELSE s.reset_val END FROM pg_catalog.pg_settings s "
+    "WHERE s.name = 'synchronous_commit'), false) "
+    "WHERE current_setting('synchronous_commit') = 'off'"
 )
 
 #: The server ended the session (shutdown, crash, restart): about the connection, not the write.
