@@ -55,6 +55,7 @@ from writebus.bus.grouptx import (
 )
 from writebus.bus.pg import connection_lost, pipelined, read_flush_lsn, server_error
 from writebus.bus.results import wire_result
+from writebus.bus.typedparams import bound
 from writebus.client.errors import (
     OutcomeUnknownError,
     UnavailableError,
@@ -273,7 +274,7 @@ async def _queue(conn: psycopg.AsyncConnection[Any], items: list[_Item], savepoi
         for index, stmt in enumerate(item.req.statements or ()):
             cur = conn.cursor()
             try:
-                await cur.execute(stmt.sql, stmt.params)
+                await cur.execute(stmt.sql, bound(stmt))
             except NOT_SENT as exc:
                 if server_error(exc):
                     raise  # an earlier command's error, read while sending this one

@@ -28,7 +28,7 @@ anything twice.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,7 @@ from writebus.bus.grouptx import (
 )
 from writebus.bus.pg import connection_lost, pipelined
 from writebus.bus.results import wire_result
+from writebus.bus.typedparams import bound
 from writebus.client.errors import UnavailableError, WriteBusError
 from writebus.client.protocol import Request, Statement, StatementResult
 
@@ -86,11 +87,13 @@ def plan_runs(requests: Sequence[Request]) -> list[Run]:
     return runs
 
 
-def _batch_key(req: Request) -> tuple[str, type] | None:
+def _batch_key(req: Request) -> tuple[str, type, Hashable] | None:
     stmts = req.statements or ()
     if len(stmts) != 1 or stmts[0].params is None:
         return None
-    return stmts[0].sql, type(stmts[0].params)
+    types = stmts[0].types
+    key = tuple(sorted(types.items())) if isinstance(types, dict) else tuple(types or ())
+    return stmts[0].sql, type(stmts[0].params), key
 
 
 async def run_optimistic(
@@ -240,7 +243,7 @@ def simple_query(
             render.statement(idempotency.BEGIN_SQL, None),
             render.statement(idempotency.claim_sql(unseen=unseen, first_try=True), claim),
         ]
-        commands += [render.statement(s.sql, s.params) for s in statements]
+        commands += [render.statement(s.sql, bound(s)) for s in statements]
     except (literals.Unrenderable, psycopg.Error, *NOT_SENT):
         return None  # psycopg.Error: escaping refused a value (invalid in the client encoding)
     return literals.join(commands)
@@ -288,13 +291,13 @@ async def _send_bound(
             if run.batched:
                 cur = conn.cursor()
                 stmts: list[Statement] = [r.statements[0] for r in requests[run.start : run.stop]]  # type: ignore[index]
-                await cur.executemany(stmts[0].sql, [s.params for s in stmts], returning=True)  # type: ignore[misc]
+                await cur.executemany(stmts[0].sql, [bound(s) for s in stmts], returning=True)  # type: ignore[misc]
                 cursors.append([cur])
                 continue
             mine = []
             for stmt in requests[run.start].statements or ():
                 cur = conn.cursor()
-                await cur.execute(stmt.sql, stmt.params)
+                await cur.execute(stmt.sql, bound(stmt))
                 mine.append(cur)
             cursors.append(mine)
 

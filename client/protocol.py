@@ -54,10 +54,17 @@ ErrorKind = Literal[
 
 
 class Statement(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One SQL statement with psycopg-style placeholders (``%s`` or ``%(name)s``)."""
+    """One SQL statement with psycopg-style placeholders (``%s`` or ``%(name)s``).
+
+    ``types``: the Postgres type OID of each parameter the wire carries as text (a decimal, a
+    UUID, a date...), so a worker binds it as that type, as psycopg binds the value itself; 0
+    (or left out of a map) leaves a parameter's type to its value. Shaped like ``params``: a
+    list as long as it, or a map of some of its names (:mod:`writebus.client.paramtypes`).
+    """
 
     sql: str
     params: list[Any] | dict[str, Any] | None = None
+    types: list[int] | dict[str, int] | None = None
 
 
 class RequestId(msgspec.Struct):

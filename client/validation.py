@@ -13,6 +13,7 @@ from writebus.client.protocol import (
     MAX_STATEMENTS,
     PROTOCOL_VERSION,
     Request,
+    Statement,
     encoded_params,
 )
 
@@ -212,6 +213,39 @@ def validate_request(
     params = [s.params for s in req.statements or ()]  # within the size limit: a bounded scan
     if _too_deep([params, req.args, req.kwargs], MAX_PARAM_DEPTH + 3):  # 3: the request's own
         raise LimitError(f"parameters nest deeper than {MAX_PARAM_DEPTH} levels")
+    for i, stmt in enumerate(req.statements or ()):
+        why = _types_problem(stmt)
+        if why is not None:
+            raise ProtocolError(f"statement {i}'s types do not fit its parameters: {why}")
+
+
+def _types_problem(stmt: Statement) -> str | None:
+    """What is wrong with ``stmt.types`` (None: nothing): its shape must be that of
+    ``params``, each OID 0..2**32-1, and each typed value nil, a string, a number, a boolean
+    or an array of them, which a worker sends as text of the type."""
+    types, params = stmt.types, stmt.params
+    if types is None:
+        return None
+    if isinstance(types, list):
+        if not isinstance(params, list) or len(types) != len(params):
+            return "a list of types goes with a list of as many parameters"
+        pairs = list(zip(types, params, strict=True))
+    else:
+        if not isinstance(params, dict) or not types.keys() <= params.keys():
+            return "a map of types names some of a map of parameters"
+        pairs = [(oid, params[name]) for name, oid in types.items()]
+    for oid, value in pairs:
+        if not 0 <= oid < 2**32:
+            return f"{oid} is not a type OID"
+        if oid and not _textual(value):
+            return f"a typed {type(value).__name__} cannot be sent as text"
+    return None
+
+
+def _textual(value: object) -> bool:
+    if isinstance(value, list):
+        return all(_textual(v) for v in value)
+    return value is None or isinstance(value, (str, int, float))
 
 
 def keeps_to_itself(req: Request) -> bool:

@@ -33,6 +33,7 @@ from writebus.client.errors import (
 )
 from writebus.client.log import get_logger
 from writebus.client.lsn import format_lsn
+from writebus.client.paramtypes import as_a_worker_gets, with_types
 from writebus.client.procedures import Procedures
 from writebus.client.protocol import (
     MSGPACK,
@@ -65,13 +66,10 @@ log = get_logger("writebus.client.db")  # the events of the Database that writes
 def to_statement(s: StatementLike) -> Statement:
     """A :class:`Statement` from SQL text, a ``(sql, params)`` pair or a SQLAlchemy construct."""
     if isinstance(s, Statement):
-        return s
-    if isinstance(s, tuple):
-        sql, params = s
-        text, values = to_sql(sql, params)
-        return Statement(sql=text, params=values)
-    text, values = to_sql(s, None)
-    return Statement(sql=text, params=values)
+        return with_types(s)
+    sql, params = s if isinstance(s, tuple) else (s, None)
+    text, values = to_sql(sql, params)
+    return with_types(Statement(sql=text, params=values))
 
 
 def to_sql(sql: SQL, params: Params) -> tuple[str, list[Any] | dict[str, Any] | None]:
@@ -284,8 +282,12 @@ async def direct(
     from writebus.bus.group import Executed
 
     registry = procedures if procedures is not None else Procedures()
-    if req.procedure is not None:  # the arguments a worker would get: the same in every region
+    # What a worker would get -- parameters and arguments in their wire forms -- so a write
+    # binds, and a procedure sees, the same values in every region.
+    if req.procedure is not None:
         req = msgspec.structs.replace(req, args=as_sent(req.args), kwargs=as_sent(req.kwargs))
+    elif req.statements is not None:
+        req = msgspec.structs.replace(req, statements=[as_a_worker_gets(s) for s in req.statements])
     attempts = Attempts(retry, timeout, request_id=req.id)
     end = deadline if deadline is not None else time.monotonic() + timeout
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import ipaddress
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import errors as pg_errors
+from psycopg.types.json import Json, Jsonb
 
 from tests.procedures import procedures
 from tests.support.stack import primary_rows, settings_for
@@ -234,6 +236,48 @@ async def test_returned_values_have_the_types_a_read_gives(
     assert row == read
     assert [type(v) for v in row] == [type(v) for v in read]
     assert isinstance(row[0], decimal.Decimal) and isinstance(row[12][0], decimal.Decimal)
+
+
+_PARAMS: list[Any] = [
+    decimal.Decimal("1.50"),
+    uuid.UUID(int=7),
+    datetime.date(2026, 1, 2),
+    datetime.time(3, 4, 5, 250000),
+    datetime.datetime(2026, 1, 2, 3, 4, 5, 500000),
+    datetime.datetime(2026, 1, 2, 3, 4, 5, 250000, tzinfo=datetime.UTC),
+    datetime.timedelta(days=1, seconds=7200, microseconds=500000),
+    ipaddress.ip_address("10.0.0.1"),
+    ipaddress.ip_interface("192.168.0.1/24"),
+    ipaddress.ip_network("10.0.0.0/8"),
+    Jsonb({"b": [1, "x"], "a": None}),
+    Json([1, 2]),
+    [decimal.Decimal("1.5"), None, decimal.Decimal("-2")],
+    [[uuid.UUID(int=1)], [uuid.UUID(int=2)]],
+    [Jsonb({"q": 'a "quoted" \\ value'}), Jsonb(None), None],
+    7,
+    2.5,
+    b"\x00\xff",
+]
+
+
+@REGIONS
+async def test_parameters_bind_as_the_same_types_in_every_region(
+    writer: Database, stack: Any, region: str
+) -> None:
+    """A statement's parameters are bound as the types psycopg binds them as, from both
+    paths: over the bus a Decimal, UUID, date, interval, address or JSON document was the
+    wire's untyped text, so ``pg_typeof`` said ``unknown``/``text`` and ``%s + 1`` with a
+    Decimal was refused in lax while syd ran it."""
+    sql = "SELECT " + ", ".join("pg_typeof(%s)::text, %s::text" for _ in _PARAMS)
+    params = [p for value in _PARAMS for p in (value, value)]
+    with psycopg.connect(stack.primary.url) as conn:
+        read = conn.execute(sql, params).fetchone()
+    (row,) = (await writer.execute(sql, params)).rows
+    assert row == read
+    assert row[0:2] == ("numeric", "1.50") and row[24:26] == ("numeric[]", "{1.5,NULL,-2}")
+    named = {"n": decimal.Decimal("1.5"), "j": Jsonb({"b": [1, "x"]})}
+    (summed,) = (await writer.execute("SELECT %(n)s + 1 AS n, %(j)s->'b'->>1 AS j", named)).rows
+    assert summed == (decimal.Decimal("2.5"), "x")
 
 
 @REGIONS
