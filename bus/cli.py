@@ -46,8 +46,10 @@ def _serve(args: argparse.Namespace) -> int:
     from writebus.bus.serving import serve
     from writebus.bus.settings import BusSettings
 
-    settings = BusSettings.from_env()  # malformed settings fail before any output is set up
+    # Output first: a WRITEBUS_* variable nothing reads (WRITEBUS_ALOW_SQL=false) is a warning
+    # in it, not dropped. A malformed setting is one line either way (ConfigError).
     configure_logging()
+    settings = BusSettings.from_env()
     loops.run(serve(settings), settings.event_loop)
     return 0
 

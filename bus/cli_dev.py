@@ -10,15 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from writebus.bus.command import Command, UsageError, require_extra
+from writebus.bus.drilloptions import count, delay_ms
 
 # -- demo, dev up ---------------------------------------------------------------------------
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--writes", type=int, default=20, help="writes to make (default 20)")
+    p.add_argument("--writes", type=count, default=20, help="writes to make (default 20)")
     p.add_argument(
         "--delay-ms",
-        type=float,
+        type=delay_ms,
         default=25.0,
         help="simulated one-way WAN delay between regions (default 25 ms)",
     )
@@ -56,7 +57,7 @@ def _dev_arguments(p: argparse.ArgumentParser) -> None:
         "WAN delay proxy and a bus node per region; print each region's environment; run "
         "until Ctrl-C or SIGTERM. If killed outright, a watchdog stops the servers.",
     )
-    up.add_argument("--delay-ms", type=float, default=25.0, help="one-way WAN delay (default 25)")
+    up.add_argument("--delay-ms", type=delay_ms, default=25.0, help="one-way WAN delay (default 25)")
     up.add_argument(
         "--dir",
         default=None,

@@ -109,8 +109,8 @@ def _dashboard(args: argparse.Namespace) -> int:
         addr = parse_listen(args.listen)
     except argparse.ArgumentTypeError as exc:
         raise UsageError(f"--listen {exc}") from None
+    configure_logging(fmt="console", level="warning")  # first: it shows settings' warnings
     settings = Settings.from_env()
-    configure_logging(fmt="console", level="warning")
     try:
         return asyncio.run(run_dashboard(settings, addr))
     except ListenError as exc:

@@ -54,13 +54,25 @@ def _positive(text: str) -> float:
     return value
 
 
-def _delay(text: str) -> float:
+def delay_ms(text: str) -> float:
+    """An argparse type: a one-way delay in milliseconds, 0 or more and finite."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
     if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is negative")
+        raise argparse.ArgumentTypeError(f"{text}: a delay is 0 or more, and finite")
+    return value
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
     return value
 
 
@@ -80,7 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="steady writes before the crash (default 5)")  # fmt: skip
     fo.add_argument("--rate", type=_positive, default=50.0, metavar="PER_SECOND",
                     help="writes started per second in each region (default 50)")  # fmt: skip
-    fo.add_argument("--delay-ms", type=_delay, default=25.0, metavar="MS",
+    fo.add_argument("--delay-ms", type=delay_ms, default=25.0, metavar="MS",
                     help="simulated one-way WAN delay between regions (default 25)")  # fmt: skip
     fo.add_argument(
         "--mode", choices=("async", "sync", "both"), default="both",

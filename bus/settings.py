@@ -49,6 +49,24 @@ def parse_http_addr(text: str) -> tuple[str, int] | None:
         )
     return (host.strip("[]") or "0.0.0.0"), int(port)
 
+#: The shortest and longest ``WRITEBUS_IDEMPOTENCY_WINDOW`` (seconds): shorter, a mistyped
+#: unit (``1ms``) would forget writes while their callers still retry them; longer than ten
+#: years is no window (and past the dates partitions can be named for).
+MIN_IDEMPOTENCY_WINDOW = 60.0
+MAX_IDEMPOTENCY_WINDOW = 3650 * 24 * 3600.0
+
+
+def idempotency_window(seconds: float) -> float:
+    """``seconds`` if it is a usable window; else ConfigError naming the variable."""
+    if not MIN_IDEMPOTENCY_WINDOW <= seconds <= MAX_IDEMPOTENCY_WINDOW:
+        raise ConfigError(
+            f"WRITEBUS_IDEMPOTENCY_WINDOW={seconds:g}s: use 1m to 3650 days (default 24h); "
+            "a resend is only exactly-once within it",
+            variable="WRITEBUS_IDEMPOTENCY_WINDOW",
+        )
+    return seconds
+
+
 #: Everything a bus node reads: the client's variables and its own.
 ALL_ENV_VARS: dict[str, str] = {**ENV_VARS, **BUS_ENV_VARS}
 
@@ -80,7 +98,9 @@ class BusSettings(Settings):
         values.update(
             max_concurrency=r.integer("WRITEBUS_MAX_CONCURRENCY", 32, minimum=1),
             allow_sql=r.flag("WRITEBUS_ALLOW_SQL", True),
-            idempotency_window=r.seconds("WRITEBUS_IDEMPOTENCY_WINDOW", 24 * 3600.0),
+            idempotency_window=idempotency_window(
+                r.seconds("WRITEBUS_IDEMPOTENCY_WINDOW", 24 * 3600.0)
+            ),
             ready_file=r.optional("WRITEBUS_READY_FILE"),
             request_log_level=r.text("WRITEBUS_REQUEST_LOG_LEVEL", "info"),
             http_addr=parse_http_addr(r.text("WRITEBUS_HTTP_ADDR", DEFAULT_HTTP_ADDR)),

@@ -78,6 +78,11 @@ def load_procedures(spec: str) -> Procedures:
     module_name, _, attr = spec.partition(":")
     attr = attr or "procedures"
     where = "WRITEBUS_PROCEDURES"
+    if not module_name or module_name.startswith(".") or not attr.isidentifier():
+        raise ConfigError(
+            f"{where}={spec!r}: name a module and its registry, package.module:attribute",
+            variable=where,
+        )
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

@@ -24,6 +24,7 @@ from writebus.client.settings_checks import (
     check_nats_urls,
     check_prefix,
     check_region,
+    check_tls_files,
     region_variable,
 )
 
@@ -72,6 +73,7 @@ OTHER_KNOWN_VARS = frozenset(
         "WRITEBUS_EVENT_LOOP",
         "WRITEBUS_PG_BIN",
         "WRITEBUS_PG_USER",
+        "WRITEBUS_PG_CACHE",
         "WRITEBUS_NATS_SERVER",
         "WRITEBUS_TEST_BACKEND",
         "WRITEBUS_TEST_DELAY_MS",
@@ -249,6 +251,13 @@ class Settings:
         if not urls:
             raise ConfigError("NATS_URL names no server", variable="NATS_URL")
         check_files(env, "NATS_CREDS", "NATS_TLS_CA", "NATS_TLS_CERT", "NATS_TLS_KEY")
+        check_tls_files(r.optional("NATS_TLS_CA"), r.optional("NATS_TLS_CERT"),
+                        r.optional("NATS_TLS_KEY"))  # fmt: skip
+        if r.optional("NATS_PASSWORD") is not None and r.optional("NATS_USER") is None:
+            raise ConfigError(
+                "NATS_PASSWORD is set without NATS_USER: set both, or neither",
+                variable="NATS_USER",
+            )
         return dict(
             region=check_region(my_region(env), region_variable(env)),
             primary_region=check_region(primary_region(env), "PRIMARY_REGION"),

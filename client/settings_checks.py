@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -77,7 +78,7 @@ def check_files(env: Mapping[str, str], *names: str) -> None:
     and a certificate its key."""
     for name in names:
         path = env.get(name)
-        if path and not os.access(path, os.R_OK):
+        if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
             raise ConfigError(f"{name}={path!r}: no such readable file", variable=name)
     if bool(env.get("NATS_TLS_CERT")) != bool(env.get("NATS_TLS_KEY")):
         missing = "NATS_TLS_KEY" if env.get("NATS_TLS_CERT") else "NATS_TLS_CERT"
@@ -85,3 +86,29 @@ def check_files(env: Mapping[str, str], *names: str) -> None:
             f"{missing} is not set: a client certificate needs both NATS_TLS_CERT and NATS_TLS_KEY",
             variable=missing,
         )
+
+
+def check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
+    """The NATS TLS files load: ``ca`` as PEM certificates, ``cert`` and ``key`` as a PEM
+    certificate and its private key. The error names the variable and OpenSSL's reason."""
+    if ca:
+        try:
+            ssl.create_default_context(cafile=ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"NATS_TLS_CA={ca!r}: not PEM certificates ({_reason(exc)})",
+                variable="NATS_TLS_CA",
+            ) from None
+    if cert:
+        try:
+            ssl.create_default_context().load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"NATS_TLS_CERT={cert!r} and NATS_TLS_KEY={key!r}: not a PEM certificate and "
+                f"its private key ({_reason(exc)})",
+                variable="NATS_TLS_CERT",
+            ) from None
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)

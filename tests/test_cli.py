@@ -100,3 +100,20 @@ def test_dev_up_rejects_a_base_port_without_room() -> None:
     )  # fmt: skip
     assert out.returncode == 2
     assert "12 ports" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["demo", "--delay-ms", "-5"], "-5: a delay is 0 or more, and finite"),
+        (["demo", "--delay-ms", "nan"], "nan: a delay is 0 or more, and finite"),
+        (["dev", "up", "--delay-ms", "inf"], "inf: a delay is 0 or more, and finite"),
+        (["demo", "--writes", "0"], "0 is not 1 or more"),
+    ],
+)
+def test_dev_commands_refuse_a_delay_or_count_out_of_range(args: list[str], says: str) -> None:
+    """A negative, NaN or infinite delay, or no writes, is refused before any server starts:
+    -5 failed in the proxy after Postgres had started, NaN meant no delay, inf hung start-up."""
+    out = subprocess.run(_writebus(*args), capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 2
+    assert says in out.stderr and "Traceback" not in out.stderr

@@ -115,6 +115,19 @@ def test_nats_conf_variables_are_known() -> None:
         assert name in doc, f"{name} is not described in docs/deploy.md"
 
 
+def test_the_variable_table_lists_every_variable_the_code_reads() -> None:
+    """docs/deploy.md's table ("The code reads these, and only these") names every setting
+    and every other WRITEBUS_* variable the code knows (the tests' own aside), and nothing
+    else: WRITEBUS_CONNECT_TIMEOUT and the embedded stack's were missing from it."""
+    from writebus.client.settings import OTHER_KNOWN_VARS
+
+    section = DEPLOY_DOC.read_text().split("The code reads these, and only these")[1]
+    table = section.split("\n\n")[1]
+    rows = set(re.findall(r"^\| `([A-Z_]+)` \|", table, re.MULTILINE))
+    tests_only = {"WRITEBUS_TEST_BACKEND", "WRITEBUS_TEST_DELAY_MS", "WRITEBUS_FAKE_DATABASE_URL"}
+    assert rows == (set(ENV_VARS) | OTHER_KNOWN_VARS) - tests_only
+
+
 @pytest.mark.parametrize("missing", ["NATSD_BUS_PASSWORD", "NATSD_GATEWAY_PASSWORD"])
 def test_nats_conf_refuses_to_start_without_a_variable(missing: str) -> None:
     """An unset variable stops nats-server instead of leaving a password empty."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.stack import settings_for
+from tests.support.stack import REPO, settings_for
 from writebus import ConnectError, Database, SyncDatabase
 from writebus.bus.embedded.ports import free_port
 
@@ -125,6 +125,15 @@ def test_serve_with_unreachable_nats_is_one_line_exit_2(stack: Any) -> None:
         ({"WRITEBUS_ALLOW_SQL": "flase"}, "WRITEBUS_ALLOW_SQL='flase' is not a boolean"),
         ({"WRITEBUS_MAX_CONCURRENCY": "lots"}, "WRITEBUS_MAX_CONCURRENCY"),
         ({"WRITEBUS_LOG_FORMAT": "xml"}, "WRITEBUS_LOG_FORMAT"),
+        ({"WRITEBUS_PROCEDURES": ":procedures"}, "package.module:attribute"),
+        ({"WRITEBUS_PROCEDURES": ".procs:procedures"}, "package.module:attribute"),
+        ({"NATS_TLS_CA": str(REPO / "README.md")}, "README.md': not PEM certificates"),
+        ({"NATS_TLS_CA": str(REPO / "docs")}, "docs': no such readable file"),
+        ({"NATS_TLS_CERT": str(REPO / "README.md"), "NATS_TLS_KEY": str(REPO / "README.md")},
+         "not a PEM certificate and its private key"),
+        ({"WRITEBUS_IDEMPOTENCY_WINDOW": "1ms"}, "WRITEBUS_IDEMPOTENCY_WINDOW=0.001s"),
+        ({"WRITEBUS_IDEMPOTENCY_WINDOW": "20000000h"}, "use 1m to 3650 days"),
+        ({"NATS_USER": "", "NATS_PASSWORD": "secret"}, "NATS_PASSWORD is set without NATS_USER"),
     ],
 )
 def test_serve_reports_a_configuration_mistake_in_one_line(
@@ -132,8 +141,6 @@ def test_serve_reports_a_configuration_mistake_in_one_line(
 ) -> None:
     """Each configuration mistake makes `writebus serve` print one line naming the problem and
     exit 2 -- never a traceback, never a running node with a wrong setting."""
-    from tests.support.stack import REPO
-
     full = {**stack.env("syd"), "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", **env}
     out = subprocess.run(
         [sys.executable, "-m", "writebus", "serve"],
@@ -155,3 +162,19 @@ async def test_libpq_variables_reach_the_local_database(stack: Any) -> None:
     env.update(PGHOST=host, PGPORT=str(port), PGUSER="postgres", PGDATABASE="postgres")
     async with Database(Settings.from_env(env)) as db:
         assert await db.fetchval("SELECT pg_is_in_recovery()") is True
+
+
+def test_serve_shows_a_mistyped_variable_before_failing(stack: Any) -> None:
+    """A WRITEBUS_* variable nothing reads is a warning in `writebus serve`'s output: it was
+    logged before the output was set up, and lost, so WRITEBUS_ALOW_SQL=false left raw SQL
+    on without a word."""
+    env = {**stack.env("syd"), "NATS_URL": f"nats://127.0.0.1:{free_port()}",
+           "WRITEBUS_CONNECT_TIMEOUT": "1", "WRITEBUS_ALOW_SQL": "false",
+           "WRITEBUS_LOG_FORMAT": "json", "PATH": "/usr/bin:/bin"}  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "writebus", "serve"],
+        env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "WRITEBUS_ALOW_SQL is not a writebus setting" in out.stderr
+    assert "did you mean WRITEBUS_ALLOW_SQL?" in out.stderr and "Traceback" not in out.stderr

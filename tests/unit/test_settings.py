@@ -48,7 +48,8 @@ def test_unset_and_empty_take_the_default() -> None:
     [("WRITEBUS_MAX_CONCURRENCY", "lots"), ("WRITEBUS_MAX_CONCURRENCY", "0"),
      ("WRITEBUS_MAX_CONCURRENCY", "1.5"), ("WRITEBUS_IDEMPOTENCY_WINDOW", "a day"),
      ("WRITEBUS_IDEMPOTENCY_WINDOW", "-5"), ("WRITEBUS_RPC_TIMEOUT", "0"),
-     ("WRITEBUS_CONNECT_TIMEOUT", "5 sec")],
+     ("WRITEBUS_CONNECT_TIMEOUT", "5 sec"), ("WRITEBUS_IDEMPOTENCY_WINDOW", "59s"),
+     ("WRITEBUS_IDEMPOTENCY_WINDOW", "87601h")],
 )
 def test_numbers_and_durations_are_validated(name: str, raw: str) -> None:
     """Malformed or out-of-range numbers and durations name their variable."""
@@ -63,7 +64,10 @@ def test_numbers_and_durations_are_validated(name: str, raw: str) -> None:
 )
 def test_durations_take_seconds_or_a_unit(raw: str, seconds: float) -> None:
     """Durations are seconds, or a number with ms/s/m/h."""
-    assert BusSettings.from_env({"WRITEBUS_IDEMPOTENCY_WINDOW": raw}).idempotency_window == seconds
+    assert BusSettings.from_env({"WRITEBUS_RPC_TIMEOUT": raw}).rpc_timeout == seconds
+    if seconds >= 60:
+        window = BusSettings.from_env({"WRITEBUS_IDEMPOTENCY_WINDOW": raw}).idempotency_window
+        assert window == seconds
 
 
 def test_unknown_writebus_variables_are_warned_with_a_guess(
@@ -112,7 +116,7 @@ def test_libpq_variables_stand_in_for_database_url() -> None:
 
 def test_secrets_stay_out_of_repr() -> None:
     """NATS passwords and database URLs (which may embed one) are not in repr()."""
-    s = Settings.from_env({"NATS_PASSWORD": "nats-secret",
+    s = Settings.from_env({"NATS_USER": "app", "NATS_PASSWORD": "nats-secret",
                            "DATABASE_URL": "postgresql://u:db-secret@h/d",
                            "NATS_URL": "nats://u:url-secret@h:4222"})
     text = repr(s)
