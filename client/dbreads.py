@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from writebus.client.errors import WriteBusError, not_open
@@ -131,7 +132,7 @@ class ReadAPI:
             sql,
             params,
             True,
-            None,
+            tuple_row,  # the handle's row_factory would make the row a dict or an object
             after=after,
             consistency=consistency,
             max_lag=max_lag,

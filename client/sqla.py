@@ -64,22 +64,28 @@ def compile_construct(
 ) -> tuple[str, dict[str, Any]]:
     """SQL text and parameters of a SQLAlchemy construct, for psycopg; ``params`` fill or
     override its bound parameters (as ``session.execute(stmt, params)`` would)."""
-    compiled = construct.compile(
-        dialect=_psycopg_dialect(), compile_kwargs={"render_postcompile": True}
-    )
-    from sqlalchemy.sql.compiler import DDLCompiler
+    # column_keys: an insert(t) or update(t) without values() sets the columns params name,
+    # as ``connection.execute(insert(t), params)`` does.
+    from sqlalchemy.sql.ddl import BaseDDLElement
 
-    if isinstance(compiled, DDLCompiler):  # CreateTable, CreateIndex...: no parameters
-        return str(compiled), {}
+    if isinstance(construct, BaseDDLElement):  # CreateTable, CreateIndex...: no parameters
+        return str(construct.compile(dialect=_psycopg_dialect())), {}
+    compiled = construct.compile(dialect=_psycopg_dialect(), column_keys=list(params or ()))
     values = compiled.construct_params(params or None)
     # Columns with a Python-side default/onupdate that the statement does not set: SQLAlchemy
     # fills them in while executing; here it must happen before the statement travels.
     for column in [*compiled.insert_prefetch, *compiled.update_prefetch]:
         if values.get(column.key) is None and (params or {}).get(column.key) is None:
             values[column.key] = _python_default(column, column in compiled.update_prefetch)
-    processors = compiled._bind_processors
+    # Expanded after the values are complete, as SQLAlchemy does while executing: an IN list
+    # (or an expanding bindparam) becomes one placeholder per item, each with the column's
+    # bind processor (a TypeDecorator's, an Enum's name), and params may fill a bindparam.
+    expanded = compiled.construct_expanded_state(values)
+    escaped = compiled.escaped_bind_names  # "my col" is sent as %(my_col)s
+    processors = {escaped.get(k, k): f for k, f in compiled._bind_processors.items()}
+    processors.update(expanded.processors)
     out = {
         key: _wire(processors[key](value) if key in processors else value)
-        for key, value in values.items()
+        for key, value in expanded.parameters.items()
     }
-    return str(compiled), out
+    return expanded.statement, out

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import Any, Self
 
 import psycopg
+from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from writebus.client.db import Database
@@ -358,9 +359,9 @@ class SyncDatabase:
     ) -> Any:
         """The first column of the first row, or None (options as :meth:`Database.fetch`)."""
         row = self._read(
-            sql, params, True, None, after=after, consistency=consistency, max_lag=max_lag,
-            fallback=fallback,
-        )
+            sql, params, True, tuple_row, after=after, consistency=consistency,
+            max_lag=max_lag, fallback=fallback,
+        )  # tuple_row: the handle's row_factory would make the row a dict or an object
         return row[0] if row else None
 
     def session_token(self) -> str | None:

@@ -147,6 +147,28 @@ async def test_row_factories_on_reads_and_returning(
     assert rows == [expected]
 
 
+@pytest.mark.parametrize("factory", [dict_row, class_row(Note)])
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_fetchval_gives_the_value_whatever_the_handles_row_factory(
+    stack: Any, buses: Any, table: str, factory: Any, kind: str
+) -> None:
+    """``fetchval`` is the first column's value on a handle made with ``row_factory=``: it
+    took the handle's factory and indexed its dict (KeyError: 0) or object (TypeError)."""
+    settings = settings_for(stack, "lax")
+    if kind == "async":
+        async with Database(settings, row_factory=factory) as db:
+            await db.execute(f"INSERT INTO {table}(id, body) VALUES (1, 'v')")
+            value = await db.fetchval(f"SELECT id, body FROM {table}")
+            row = await db.fetchrow(f"SELECT id, body FROM {table}")
+    else:
+        with SyncDatabase(settings, row_factory=factory) as sdb:
+            await asyncio.to_thread(sdb.execute, f"INSERT INTO {table}(id, body) VALUES (1, 'v')")
+            value = await asyncio.to_thread(sdb.fetchval, f"SELECT id, body FROM {table}")
+            row = await asyncio.to_thread(sdb.fetchrow, f"SELECT id, body FROM {table}")
+    assert value == 1
+    assert row == ({"id": 1, "body": "v"} if factory is dict_row else Note(1, "v"))
+
+
 async def test_a_row_factory_that_fails_on_a_committed_write_says_it_committed(
     api: API, table: str
 ) -> None:
@@ -175,3 +197,42 @@ async def test_sqlalchemy_core_constructs(api: API, table: str) -> None:
     assert tuple(row) == ("core", 2)
     text = sa.text(f"SELECT count(*) FROM {table} WHERE body = :b")
     assert await api("fetchval", text, {"b": "core"}) == 1
+
+
+class Upper(sa.types.TypeDecorator[str]):
+    """A column type whose bind processor upper-cases what is stored."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        return value.upper() if value is not None else None
+
+
+async def test_sqlalchemy_in_lists_run_their_bind_processors(api: API, table: str) -> None:
+    """An ``in_()`` list's values go through the column type's bind processor, as a lone
+    comparison's do, and ``params`` may fill a bindparam beside one: the list was expanded
+    at compile time, so 'a' was sent as 'a' (matching nothing stored as 'A'), and a
+    bindparam filled by params raised SQLAlchemy's InvalidRequestError."""
+    notes = sa.Table(table, sa.MetaData(), sa.Column("id", sa.BigInteger, primary_key=True),
+                     sa.Column("body", Upper), sa.Column("n", sa.Integer))  # fmt: skip
+    await api("execute", sa.insert(notes).values(body="a", n=1))
+    await api("execute", sa.insert(notes).values(body="b", n=2))
+    assert await api("fetchval", sa.select(sa.func.count()).where(notes.c.body == "a")) == 1
+    found = sa.select(notes.c.n).where(notes.c.body.in_(["a", "b"])).where(
+        notes.c.n >= sa.bindparam("least")).order_by(notes.c.n)  # fmt: skip
+    assert [tuple(r) for r in await api("fetch", found, {"least": 1})] == [(1,), (2,)]
+    gone = await api("execute", sa.delete(notes).where(notes.c.body.in_(["a"])))
+    assert gone.rowcount == 1
+    ids = sa.text(f"SELECT count(*) FROM {table} WHERE n IN :ns").bindparams(
+        sa.bindparam("ns", expanding=True))  # fmt: skip
+    assert await api("fetchval", ids, {"ns": [1, 2]}) == 1
+
+
+async def test_sqlalchemy_insert_takes_its_columns_from_params(api: API, table: str) -> None:
+    """``insert(t)`` without ``values()`` sets the columns ``params`` name, as SQLAlchemy's
+    ``connection.execute(insert(t), params)`` does: it asked for every column (``id``)."""
+    notes = sa.Table(table, sa.MetaData(), sa.Column("id", sa.BigInteger, primary_key=True),
+                     sa.Column("body", sa.Text), sa.Column("n", sa.Integer))  # fmt: skip
+    res = await api("execute", sa.insert(notes).returning(notes.c.n), {"body": "p", "n": 3})
+    assert res.rows == [(3,)]
