@@ -72,11 +72,9 @@ class Database(ReadAPI):
       closed by :meth:`close`; in the primary region, ``configure=bus.pg.durable_commits``);
     * ``nats`` -- a connected NATS client to use instead of the process's shared connection
       (not closed by :meth:`close`);
-    * ``row_factory`` -- psycopg's row factory for reads and write results alike
-      (``dict_row``, ``namedtuple_row``, ``class_row(Note)``...; tuples by default), overridable
-      per call;
-    * ``min_size``/``max_size`` of the local pool, and ``retry``
-      (a :class:`~writebus.client.retry.RetryPolicy`).
+    * ``row_factory`` -- psycopg's row factory for reads and write results alike (``dict_row``,
+      ``class_row(Note)``...; tuples by default), overridable per call;
+    * ``min_size``/``max_size`` of the local pool, ``retry`` (a ``RetryPolicy``).
 
     Wherever SQL is accepted, a SQLAlchemy Core construct is too (``insert(...)``,
     ``select(...)``, ``text(...)``; the ``sqlalchemy`` extra).
@@ -111,6 +109,7 @@ class Database(ReadAPI):
         self._reopener = Reopener()
         self._gate = ReadGate(self.settings, self.retry)
         self._high = Session()  # this Database's newest write
+        self._is_open = False
 
     def __repr__(self) -> str:
         s = self.settings
@@ -123,12 +122,16 @@ class Database(ReadAPI):
 
         Fails within ``settings.connect_timeout`` with
         :class:`~writebus.client.errors.ConnectError` naming the server and the reason. If any
-        step fails (or is cancelled) what was already opened is closed again."""
+        step fails (or is cancelled) what was already opened is closed again. Opening an
+        open Database does nothing."""
+        if self._is_open:
+            return
         try:
             await self._open()
         except BaseException:
             await self.close()
             raise
+        self._is_open = True
 
     async def _open(self) -> None:
         s = self.settings
@@ -154,6 +157,7 @@ class Database(ReadAPI):
 
     async def close(self) -> None:
         """Close everything this handle opened. Never raises."""
+        self._is_open = False
         tracker, self._tracker = self._tracker, None
         nc, owned = self._nc, self._owns_nats  # both let go before any wait: see reopen
         if owned:

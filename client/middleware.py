@@ -14,7 +14,8 @@ writes and redirects, then the GET it redirects to, is the case it exists for.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+import contextvars
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
 from writebus.client.tokens import COOKIE, HEADER, Session, make_token, newest, session
@@ -148,11 +149,27 @@ class WritebusWSGIMiddleware:
                 )
                 return start_response(status, list(headers) + extra, exc_info)
 
-            # The body is produced inside the session too: a streamed response's reads wait.
             result = self.app(environ, start_with_token)
-            try:
-                return list(result)
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
+            # The body is produced in the session too, chunk by chunk as the server asks: a
+            # streamed response's reads wait, and it is not held in memory whole first.
+            return _InSession(result, contextvars.copy_context())
+
+
+class _InSession:
+    """A WSGI response iterable whose chunks, and ``close()``, run in ``context``."""
+
+    def __init__(self, result: Iterable[bytes], context: contextvars.Context) -> None:
+        self._result = result
+        self._context = context
+        self._chunks = context.run(iter, result)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        return self._context.run(next, self._chunks)
+
+    def close(self) -> None:
+        close = getattr(self._result, "close", None)
+        if close is not None:
+            self._context.run(close)

@@ -129,7 +129,10 @@ class SyncDatabase:
 
     def open(self) -> None:
         """Open the local read pool and, on the background loop, the async Database (NATS,
-        the tracker; in the primary region the pool its direct writes use)."""
+        the tracker; in the primary region the pool its direct writes use). Opening a handle
+        open in this process does nothing (a second Database was opened, never closed)."""
+        if self._open_in == os.getpid():
+            return
         self._owner = os.getpid()
         try:
             s = self.settings
@@ -265,7 +268,8 @@ class SyncDatabase:
         fallback: Fallback,
     ) -> Any:
         loop, db = self._ready()
-        if self._pool is None:
+        local = self._pool  # read once: close() in another thread may clear it meanwhile
+        if local is None:
             raise WriteBusError("no local database: set DATABASE_URL and open the SyncDatabase")
         text, values = to_sql(sql, params)
         factory = row_factory or self.row_factory
@@ -280,7 +284,7 @@ class SyncDatabase:
         # A plain read (or one whose tokens are already replayed) needs nothing from the loop
         # thread: asking it would cost two thread switches per read.
         target = db.read_target_now(**options) or loop.run(db.prepare_read(**options))
-        pool = self._pool if target == "local" else self._primary_pool()
+        pool = local if target == "local" else self._primary_pool()
         for attempt in (1, 2):  # a pooled connection cut while idle is retried once
             conn: psycopg.Connection[Any] | None = None
             try:

@@ -117,6 +117,31 @@ async def test_errors(api: API) -> None:
     assert info.value.lsn == 2**62
 
 
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_opening_an_open_handle_does_nothing(stack: Any, buses: Any, kind: str) -> None:
+    """A second ``open()`` (a framework helper's, then ``with``) takes nothing more: it took
+    a second tracker reference (and, sync, a second Database) that ``close()`` never gave
+    back, so the region's tracker and its NATS subscription lived on after the last close."""
+    from writebus.client import trackers
+
+    settings = settings_for(stack, "lax", prefix=f"twice{uuid.uuid4().hex[:6]}")
+    if kind == "async":
+        db = Database(settings)
+        await db.open()
+        await db.open()
+        tracker = db.tracker
+        await db.close()
+    else:
+        sdb = SyncDatabase(settings)
+        await asyncio.to_thread(sdb.open)
+        await asyncio.to_thread(sdb.open)
+        assert sdb.database is not None
+        tracker = sdb.database.tracker
+        await asyncio.to_thread(sdb.close)
+    assert tracker is not None
+    assert all(t is not tracker for t, _ in trackers._trackers.values())
+
+
 async def test_no_worker(stack: Any, buses: Any, request: pytest.FixtureRequest) -> None:
     """A prefix nobody serves gives NoWorkerError (not applied) from both APIs."""
     settings = settings_for(stack, "lax", prefix=f"nobody{uuid.uuid4().hex[:6]}")

@@ -1,12 +1,27 @@
-"""Which token a request carries (:func:`writebus.client.middleware.incoming_token`); the
-middleware itself runs on real servers in tests/test_consistency.py."""
+"""Which token a request carries (:func:`writebus.client.middleware.incoming_token`), and
+how the WSGI body is handed on; the middleware runs on real servers in
+tests/test_consistency.py."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import Any
 
-from writebus.client.middleware import cookie_values, incoming_token, outgoing_headers
-from writebus.client.tokens import COOKIE, HEADER, Session, make_token, token_lsn
+from writebus.client.middleware import (
+    WritebusWSGIMiddleware,
+    cookie_values,
+    incoming_token,
+    outgoing_headers,
+)
+from writebus.client.tokens import (
+    COOKIE,
+    HEADER,
+    Session,
+    current_session,
+    make_token,
+    token_lsn,
+)
 
 
 def test_a_neighbour_cookie_the_standard_parser_rejects_does_not_hide_the_token() -> None:
@@ -102,3 +117,31 @@ def test_a_token_position_past_the_primarys_is_capped_and_the_cookie_renewed() -
     own.saw(7000, 1)
     own.cap(5000)
     assert own.lsn == 7000
+
+
+def test_a_wsgi_body_streams_in_the_session_without_being_held_whole() -> None:
+    """The WSGI middleware hands the body on chunk by chunk (an endless stream used to hang,
+    read whole into memory first), each chunk and ``close()`` made in the request's session."""
+    seen: list[object] = []
+    closed: list[object] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        try:
+            for _ in range(1000):  # endless, as far as this test goes
+                seen.append(current_session())
+                yield b"chunk"
+        finally:
+            closed.append(current_session())
+
+    token = make_token(0x1234)
+    wrapped = WritebusWSGIMiddleware(app)
+    body = wrapped({"HTTP_WRITEBUS_LSN": token}, lambda *a: None)
+    assert seen == []  # nothing made yet: the server asks for each chunk
+    assert current_session() is None  # the call is over; the session lives on in the body
+    chunks = iter(body)
+    assert [next(chunks), next(chunks)] == [b"chunk", b"chunk"]
+    body.close()  # type: ignore[attr-defined]
+    assert len(seen) == 2 and seen[0] is seen[1] and seen[0] is not None
+    assert seen[0].lsn == 0x1234  # type: ignore[attr-defined]
+    assert closed == [seen[0]]
