@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import html
 import json
-import math
 import signal
 import sys
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from aiohttp import web
 
 from writebus.bus.dashboard_page import PAGE
 from writebus.bus.listen import listen
-from writebus.bus.watch import Snapshot, Watch
+from writebus.bus.watch import Snapshot, Watch, finite
 from writebus.client.connect import connect_nats
 from writebus.client.log import get_logger
 from writebus.client.settings import Settings
@@ -76,24 +75,13 @@ def page_url(host: str, port: int) -> str:
     return f"http://{host}:{port}/"
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every NaN or infinity (which JSON cannot carry) replaced by None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 def sse_event(data: dict[str, Any]) -> bytes:
     """One Server-Sent Event carrying ``data`` as JSON on a single ``data:`` line.
 
     ``json.dumps`` escapes newlines inside strings, so a value can never end the event early. A
     NaN from a malformed broadcast (msgpack can carry one) is sent as null: the browser's
     ``JSON.parse`` would reject the whole event otherwise."""
-    text = json.dumps(_finite(data), separators=(",", ":"), allow_nan=False)
+    text = json.dumps(finite(data), separators=(",", ":"), allow_nan=False)
     return f"data: {text}\n\n".encode()
 
 
@@ -163,7 +151,7 @@ class DashboardServer:
         )
 
     async def _snapshot_json(self, request: web.Request) -> web.Response:
-        return web.json_response(_finite(self.snapshot().as_dict()))
+        return web.json_response(self.snapshot().as_dict())
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(

@@ -35,11 +35,13 @@ def healthz(f: HealthFacts) -> tuple[int, dict[str, Any]]:
         "nats": {"ok": f.nats_connected},
         "database": {"ok": f.database_ok, **({"error": f.database_error} if f.database_error else {})},
     }
-    ok = f.nats_connected and f.database_ok and f.role is not None and f.problem is None
-    if f.role is None:
-        checks["role"] = {"ok": False, "error": "the node is still starting"}
-    elif f.problem is not None:
+    # "starting": still listening for a newer primary, or making its tables; no writes yet.
+    starting = f.role in (None, "starting")
+    ok = f.nats_connected and f.database_ok and not starting and f.problem is None
+    if f.problem is not None:  # a failed take-over is "starting" too: say why
         checks["role"] = {"ok": False, "error": f.problem}
+    elif starting:
+        checks["role"] = {"ok": False, "error": "the node is still starting"}
     body = {"status": "ok" if ok else "fail", "region": f.region, "role": f.role,
             "version": f.version, "checks": checks}
     return (200 if ok else 503), body

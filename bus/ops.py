@@ -38,6 +38,10 @@ from writebus.client.version import VERSION
 log = get_logger("writebus.bus.ops")
 
 
+#: Seconds a database check's verdict answers later health probes (:meth:`NodeOps.facts`).
+DATABASE_CHECK_TTL = 1.0
+
+
 class Node(Protocol):
     """The parts of a bus node :class:`NodeOps` reads."""
 
@@ -87,6 +91,8 @@ class NodeOps:
         self.micro: Any = None
         self.status: StatusPublisher | None = None
         self._sub: Any = None
+        self._db_check: asyncio.Task[tuple[bool, str | None]] | None = None
+        self._db_verdict: tuple[float, tuple[bool, str | None]] | None = None
 
     @property
     def observers(self) -> list[Observer]:
@@ -237,6 +243,25 @@ class NodeOps:
         )
 
     async def _database_ok(self) -> tuple[bool, str | None]:
+        """The database's verdict: one check at a time, a good one kept for
+        :data:`DATABASE_CHECK_TTL`. A load balancer, the platform's check and a scraper ask
+        many times a second, and on a busy primary each check opened a connection of its
+        own: enough of them filled ``max_connections``, and busy became down. A bad verdict
+        is not kept: a database back up is seen at the next probe."""
+        cached = self._db_verdict
+        if cached is not None and time.monotonic() - cached[0] < DATABASE_CHECK_TTL:
+            return cached[1]
+        if self._db_check is None:
+            self._db_check = asyncio.create_task(self._check_database(), name="health-db-check")
+            self._db_check.add_done_callback(self._checked)
+        return await asyncio.shield(self._db_check)
+
+    def _checked(self, task: asyncio.Task[tuple[bool, str | None]]) -> None:
+        self._db_check = None
+        ok = not task.cancelled() and task.exception() is None and task.result()[0]
+        self._db_verdict = (time.monotonic(), task.result()) if ok else None
+
+    async def _check_database(self) -> tuple[bool, str | None]:
         """A live query, within 2 s: on a pooled connection -- or, when every one is busy (a
         busy primary, a pile-up behind a lock), on a connection of its own, so that a node
         that is only busy is not reported down (and restarted by its health check)."""

@@ -10,6 +10,7 @@ Building the rows is pure (:func:`build_rows`), so it is tested without servers.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -57,8 +58,20 @@ class Snapshot:
     primary_lsn: str | None
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain data for JSON (``top --once --json``, the dashboard's event stream)."""
-        return asdict(self)
+        """Plain data for JSON (``top --once --json``, the dashboard's event stream): a NaN
+        or infinity a malformed broadcast carried (msgpack can) is None."""
+        return finite(asdict(self))  # type: ignore[no-any-return]
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity (which JSON cannot carry) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
 
 
 def _lsn_text(value: int | None) -> str | None:
@@ -83,13 +96,19 @@ def build_rows(
         status, heard = statuses.get(key, (None, None))
         status_fresh = status is not None and heard is not None and now - heard <= stale_after
         interval = status.interval if status is not None and status.interval > 0 else None
-        role = node.role if node is not None else (status.role if status else "?")
-        lag_bytes = node.lag_bytes if node is not None else (status.lag_bytes if status else None)
-        lag_seconds = (
-            node.lag_seconds if node is not None else (status.lag_seconds if status else None)
-        )
         age = node.age if node is not None else None
-        stale = (age is None or age > stale_after) and not status_fresh
+        broadcast_fresh = age is not None and age <= stale_after
+        # The newer word wins: a fenced old primary stops broadcasting, but its status goes
+        # on saying "fenced" (its last broadcast said "primary", lag 0).
+        if node is not None and (broadcast_fresh or not status_fresh):
+            role, lag_bytes, lag_seconds = node.role, node.lag_bytes, node.lag_seconds
+            lsn = _lsn_text(node.lsn)
+        else:
+            role = status.role if status else "?"
+            lag_bytes = status.lag_bytes if status else None
+            lag_seconds = status.lag_seconds if status else None
+            lsn = status.lsn if status else None
+        stale = not broadcast_fresh and not status_fresh
         lagging = (lag_seconds is not None and lag_seconds > LAGGING_SECONDS) or (
             lag_bytes is not None and lag_bytes > LAGGING_BYTES
         )
@@ -98,7 +117,7 @@ def build_rows(
                 region=key[0],
                 replica_id=key[1],
                 role=role,
-                lsn=_lsn_text(node.lsn) if node is not None else (status.lsn if status else None),
+                lsn=lsn,
                 lag_bytes=lag_bytes,
                 lag_seconds=lag_seconds,
                 broadcast_age=age,
@@ -160,8 +179,12 @@ class Watch:
             self.statuses[(status.region, status.replica_id)] = (status, time.monotonic())
 
     def snapshot(self) -> Snapshot:
-        """The picture now."""
+        """The picture now. Statuses silent as long as the cluster view forgets nodes after
+        are dropped too (a redeploy names nodes anew)."""
         now = time.monotonic()
+        forget = self.cluster.forget_after
+        for key in [k for k, (_, heard) in self.statuses.items() if now - heard > forget]:
+            del self.statuses[key]
         rows = build_rows(
             self.cluster.rows(now), self.statuses, now, stale_after=self.stale_after
         )
@@ -172,5 +195,5 @@ class Watch:
             time=time.time(),
             rows=rows,
             writes_per_s=writes,
-            primary_lsn=_lsn_text(self.cluster.primary_lsn()),
+            primary_lsn=_lsn_text(self.cluster.primary_lsn(now)),  # fresh primaries only
         )

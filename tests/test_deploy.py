@@ -435,12 +435,19 @@ def test_grafana_dashboard_queries_only_metrics_the_bus_exports() -> None:
     metrics.observe(Served(request_id="r", subject="writebus.write", procedure=None,
                            statements=1, outcome="ok", sqlstate=None, duplicate=False,
                            queue_ms=0.1, run_ms=1.0, lsn=None, origin="lax"))
-    exported = {s.name for fam in metrics.registry.collect() for s in fam.samples}
+    labels: dict[str, set[str]] = {}
+    for fam in metrics.registry.collect():
+        for sample in fam.samples:
+            labels.setdefault(sample.name, set()).update(sample.labels)
     dashboard = _json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
-    queried = {
-        name
-        for panel in dashboard["panels"]
-        for target in panel["targets"]
-        for name in re.findall(r"writebus_[a-z_]+", target["expr"])
-    }
-    assert queried and queried <= exported, sorted(queried - exported)
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    queried = {name for expr in exprs for name in re.findall(r"writebus_[a-z_]+", expr)}
+    assert queried and queried <= set(labels), sorted(queried - set(labels))
+    # Each label a panel groups by is one its series carry, or one a join brings in: the
+    # writes panel grouped by a region writebus_requests_total does not have.
+    for expr in exprs:
+        grouped = {g.strip() for by in re.findall(r"by \(([^)]*)\)", expr) for g in by.split(",")}
+        joined = {g.strip() for gl in re.findall(r"group_left \(([^)]*)\)", expr)
+                  for g in gl.split(",")}  # fmt: skip
+        carried = set().union(*(labels[n] for n in re.findall(r"writebus_[a-z_]+", expr)))
+        assert grouped <= carried | joined | {"instance", "job"}, (expr, grouped - carried)

@@ -129,8 +129,11 @@ async def test_a_take_over_that_fails_is_tried_again_until_it_serves() -> None:
             stack.primary.stop("fast")
             stack.replica.promote()
             fork = _fork(stack.replica, 2)
-            health = await _health_until(bus, lambda h: h["status"] == "fail")
-            assert health["role"] == "starting", health
+            # Starting fails /healthz too (the fence wait first): wait for the failed try.
+            health = await _health_until(
+                bus, lambda h: "promoted" in h["checks"].get("role", {}).get("error", "")
+            )
+            assert health["role"] == "starting" and health["status"] == "fail", health
             assert "promoted, but not serving writes yet" in health["checks"]["role"]["error"]
             assert "applied" in health["checks"]["role"]["error"]
             failed = [

@@ -19,9 +19,10 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.stack import http_url, settings_for, start_bus
+from tests.support.stack import bus_env, http_url, settings_for, start_bus
 from writebus import Database
 from writebus.bus.embedded.bus_process import BusProcess
+from writebus.bus.embedded.ports import free_port
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +97,35 @@ def test_healthz_says_which_part_is_up(nodes: tuple[str, dict[str, BusProcess]])
         assert code == 200 and data["status"] == "ok" and data["region"] == region
         assert data["checks"]["nats"]["ok"] and data["checks"]["database"]["ok"]
         assert data["role"] == ("primary" if region == "syd" else "replica")
+
+
+def test_health_fails_while_the_node_is_starting(stack: Any) -> None:
+    """A primary-region node listening for a newer primary before it serves writes
+    (``WRITEBUS_FENCE_WAIT``) is role ``starting``: /healthz and /readyz answer 503 "still
+    starting" until it serves. They answered 200, so a rolling deploy could retire the old
+    node while the new one served nothing."""
+    port = free_port()
+    env = bus_env(stack, "syd", WRITEBUS_PREFIX=f"start{uuid.uuid4().hex[:8]}",
+                  WRITEBUS_FENCE_WAIT="4", WRITEBUS_HTTP_ADDR=f"127.0.0.1:{port}")  # fmt: skip
+    proc = stack.start_bus("syd", env=env, log_name=f"bus-starting-{port}")
+    try:
+        url, seen = f"http://127.0.0.1:{port}", None
+        deadline = time.monotonic() + 20
+        while seen is None or seen[1].get("role") != "starting":
+            assert time.monotonic() < deadline, f"never saw the node starting: {seen}"
+            try:
+                code, body = _get(f"{url}/healthz")
+            except urllib.error.URLError:  # not listening yet
+                time.sleep(0.02)
+                continue
+            seen = (code, json.loads(body))
+        assert seen[0] == 503 and seen[1]["status"] == "fail"
+        assert seen[1]["checks"]["role"]["error"] == "the node is still starting"
+        assert _get(f"{url}/readyz")[0] == 503
+        proc.wait_ready(30)
+        assert _get(f"{url}/healthz")[0] == 200 and _get(f"{url}/readyz")[0] == 200
+    finally:
+        proc.stop(10)
 
 
 def test_readyz_refuses_bounds_that_are_no_finite_number(

@@ -118,6 +118,41 @@ async def test_a_node_whose_pool_is_all_busy_is_not_reported_down(stack: Any) ->
                 await node.pool.putconn(conn)
 
 
+async def test_health_probes_share_one_database_check(
+    stack: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty probes at once on a node whose pool is all busy open one connection of their
+    own, not twenty (enough probes filled max_connections), and the verdict answers probes
+    for a second; after that a probe checks again."""
+    from writebus.bus import ops
+
+    opened = 0
+    real_connect = psycopg.AsyncConnection.connect
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal opened
+        opened += 1
+        return await real_connect(*args, **kwargs)
+
+    prefix = f"hz{uuid.uuid4().hex[:8]}"
+    async with BusService(bus_settings_for(stack, "syd", prefix=prefix, max_concurrency=2),
+                          procedures=procedures) as node:  # fmt: skip
+        assert node.pool is not None and node.ops is not None
+        held = [await node.pool.getconn() for _ in range(node.pool.max_size)]
+        monkeypatch.setattr(psycopg.AsyncConnection, "connect", counted)
+        monkeypatch.setattr(ops, "DATABASE_CHECK_TTL", 0.5, raising=False)
+        try:
+            node.ops._db_verdict = None  # start-up's own probes may have left one
+            facts = await asyncio.gather(*(node.ops.facts() for _ in range(20)))
+            assert all(f.database_ok for f in facts) and opened == 1
+            assert (await node.ops.facts()).database_ok and opened == 1
+            await asyncio.sleep(0.6)
+            assert (await node.ops.facts()).database_ok and opened == 2
+        finally:
+            for conn in held:
+                await node.pool.putconn(conn)
+
+
 async def _until(check: Any, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not check():

@@ -58,3 +58,18 @@ async def test_a_port_in_use_is_a_config_error_naming_the_setting() -> None:
         assert "writebus_requests" in await _get(f"http://127.0.0.1:{first.port}/metrics")
     finally:
         await first.stop()
+
+
+async def test_a_connection_that_sends_no_request_is_closed() -> None:
+    """A client that connects and sends nothing (or trickles a request that never ends) is
+    cut off after the idle timeout: aiohttp's default held it for an hour."""
+    app = web.Application()
+    app.router.add_get("/", _here)
+    runner, port = await listen(app, ("127.0.0.1", 0), idle_timeout=0.3)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # headers that never end
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+        writer.close()
+    finally:
+        await runner.cleanup()
