@@ -181,3 +181,13 @@ async def test_credentials_without_nkeys_are_one_clear_error(
     with pytest.raises(ConfigError, match="nkeys") as info:
         await connect_nats(settings, name="t", timeout=1)
     assert info.value.variable == "NATS_CREDS"
+
+
+def test_a_nats_password_with_an_unencoded_hash_is_refused_without_showing_it() -> None:
+    """``nats://bus:4711#x@nats:4222`` read as host ``bus``, port 4711 (the password's start,
+    then in logs and errors as an address): refused, naming neither."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"NATS_URL": "nats://bus:4711#x@nats:4222"})
+    assert info.value.variable == "NATS_URL" and "percent-encode" in str(info.value)
+    assert "4711" not in str(info.value)
+    assert Settings.from_env({"NATS_URL": "nats://bus:4711%23x@nats:4222"}).nats_urls
