@@ -139,6 +139,11 @@ class NodeOps:
                 await self._sub.unsubscribe()
         if self.http is not None:
             await self.http.stop()
+        check = self._db_check  # shielded from its probes: nothing else cancels it
+        if check is not None:
+            check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await check
 
     # -- readings ---------------------------------------------------------------------------
 

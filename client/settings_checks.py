@@ -62,9 +62,10 @@ def check_nats_urls(urls: tuple[str, ...]) -> tuple[str, ...]:
             parts = urlsplit(url if "://" in url else f"nats://{url}")
             port = parts.port  # raises ValueError when out of range or not a number
             ok = parts.scheme in _NATS_SCHEMES and bool(parts.hostname) and port != 0
-            if "@" in parts.path + parts.query + parts.fragment:
+            if parts.scheme in ("nats", "tls") and "@" in parts.path + parts.query + parts.fragment:
                 # nats://u:12#x@host: a password with / ? or # not percent-encoded ends the
-                # host part there, and its start would be taken for the host and port.
+                # host part there, and its start would be taken for the host and port. (A
+                # ws:// URL has a path and query of its own, where '@' may be.)
                 raise ConfigError(
                     f"NATS_URL: server {i} of {len(urls)} has '@' after its host: "
                     "percent-encode / ? # in a user or password (%2F %3F %23)",

@@ -59,19 +59,32 @@ def _python_default(column: Any, update: bool) -> Any:
     )
 
 
+def _columns_from(construct: Any, params: dict[str, Any] | None) -> dict[str, Any]:
+    """``column_keys`` for an ``insert(t)`` or ``update(t)`` without ``values()``: it sets
+    the columns ``params`` name, as ``connection.execute(insert(t), params)`` does. With
+    ``values()`` the statement says its columns, and a ``bindparam`` named like one must
+    not become a second one."""
+    from sqlalchemy.sql.dml import ValuesBase
+
+    if not params or not isinstance(construct, ValuesBase):
+        return {}
+    if construct._values or construct._multi_values:
+        return {}
+    return {"column_keys": list(params)}
+
+
 def compile_construct(
     construct: Any, params: dict[str, Any] | None = None
 ) -> tuple[str, dict[str, Any]]:
     """SQL text and parameters of a SQLAlchemy construct, for psycopg; ``params`` fill or
     override its bound parameters (as ``session.execute(stmt, params)`` would)."""
-    # column_keys: an insert(t) or update(t) without values() sets the columns params name,
-    # as ``connection.execute(insert(t), params)`` does.
     from sqlalchemy.sql.ddl import BaseDDLElement
 
     if isinstance(construct, BaseDDLElement):  # CreateTable, CreateIndex...: no parameters
         return str(construct.compile(dialect=_psycopg_dialect())), {}
-    compiled = construct.compile(dialect=_psycopg_dialect(), column_keys=list(params or ()))
-    values = compiled.construct_params(params or None)
+    compiled = construct.compile(dialect=_psycopg_dialect(), **_columns_from(construct, params))
+    # Unescaped names ("my p", not my_p): the expansion below reads them so, and escapes.
+    values = compiled.construct_params(params or None, escape_names=False)
     # Columns with a Python-side default/onupdate that the statement does not set: SQLAlchemy
     # fills them in while executing; here it must happen before the statement travels.
     for column in [*compiled.insert_prefetch, *compiled.update_prefetch]:

@@ -191,3 +191,4 @@ def test_a_nats_password_with_an_unencoded_hash_is_refused_without_showing_it() 
     assert info.value.variable == "NATS_URL" and "percent-encode" in str(info.value)
     assert "4711" not in str(info.value)
     assert Settings.from_env({"NATS_URL": "nats://bus:4711%23x@nats:4222"}).nats_urls
+    assert Settings.from_env({"NATS_URL": "ws://h:80/ws?t=a@b"}).nats_urls

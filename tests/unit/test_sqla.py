@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from writebus.client.sqla import compile_construct
@@ -40,3 +42,32 @@ def test_ddl_compiles_without_parameters() -> None:
     """CREATE TABLE and friends compile to their text, with no parameters."""
     sql, params = compile_construct(sa.schema.CreateTable(T))
     assert sql.strip().startswith("CREATE TABLE t") and params == {}
+
+
+_T = sa.Table("t", sa.MetaData(), sa.Column("id", sa.Integer), sa.Column("name", sa.Text),
+              sa.Column("my col", sa.Text, default="dflt"))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("construct", "params", "sent"),
+    [
+        (sa.select(_T.c.id).where(_T.c.name == sa.bindparam("my p")), {"my p": "x"},
+         {"my_p": "x"}),
+        (sa.select(_T.c.id).where(_T.c.name == sa.bindparam("my p", "d")), {"my p": "x"},
+         {"my_p": "x"}),
+        (sa.insert(_T).values({"id": 1, "my col": "a"}), {"my col": "b"},
+         {"id": 1, "my_col": "b"}),
+        (sa.insert(_T), {"id": 1, "my col": "z"}, {"id": 1, "my_col": "z"}),
+        (sa.insert(_T), {"id": 1}, {"id": 1, "my_col": "dflt"}),
+        (sa.update(_T).where(_T.c.id == sa.bindparam("id")).values(name="x"), {"id": 5},
+         {"name": "x", "id": 5}),
+        (sa.update(_T).where(_T.c.id == 1), {"name": "n"}, {"name": "n", "id_1": 1}),
+    ],
+)  # fmt: skip
+def test_params_fill_escaped_names_and_name_columns_only_without_values(
+    construct: Any, params: dict[str, Any], sent: dict[str, Any]
+) -> None:
+    """``params`` reach a bindparam or column whose name needs escaping (``my p``), and name
+    the columns of an insert or update only when it has no ``values()``: a bindparam named
+    like a column beside ``values()`` is not a second SET column."""
+    assert compile_construct(construct, params)[1] == sent
