@@ -45,6 +45,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import pq
 
+from writebus.bus.typedparams import CASTS, Typed
 from writebus.client.protocol import Statement
 
 #: Characters and sequences that may not appear outside double-quoted identifiers.
@@ -72,13 +73,15 @@ def plain_text(sql: str) -> bool:
 
 
 def shape(stmt: Statement) -> Hashable:
-    """What a proof covers: the statement's text and its parameters' Python types."""
-    params = stmt.params
+    """What a proof covers: the statement's text, its parameters' Python types and their
+    ``types`` (a typed '1.5' is no proof for an untyped one, whose type may not be known)."""
+    params, types = stmt.params, stmt.types
     if params is None:
         return stmt.sql
+    typed = tuple(sorted(types.items())) if isinstance(types, dict) else tuple(types or ())
     if isinstance(params, dict):
-        return stmt.sql, tuple(sorted((k, type(v)) for k, v in params.items()))
-    return stmt.sql, tuple(type(v) for v in params)
+        return stmt.sql, tuple(sorted((k, type(v)) for k, v in params.items())), typed
+    return stmt.sql, tuple(type(v) for v in params), typed
 
 
 class ProvenTexts:
@@ -162,6 +165,8 @@ class Renderer:
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._encoding = conn.info.encoding
         self._escaping = pq.Escaping(conn.pgconn)
+        #: The column names the typed values written so far give when alone (``numeric``).
+        self.casts: set[str] = set()
 
     def literal(self, value: Any) -> bytes:
         """``value`` as a parenthesised literal of the type psycopg binds it as."""
@@ -182,6 +187,11 @@ class Renderer:
             return b"('%d'::%s)" % (value, _int_type(value))
         if kind is float:
             return b"('%s'::pg_catalog.float8)" % str(value).encode()
+        if kind is Typed and value.oid in CASTS and "\x00" not in value.text:
+            name, cast = CASTS[value.oid]
+            self.casts.add(name)
+            escaped = self._escaping.escape_literal(value.text.encode(self._encoding))
+            return b"(" + escaped + b"::" + cast + b")"  # read by the type's input function
         raise Unrenderable(f"a {kind.__name__} is sent bound")
 
     def array(self, values: Sequence[Any]) -> Written:
@@ -225,10 +235,14 @@ def _int_type(value: int) -> bytes:
 _CAST_NAMES: Final = frozenset({"bool", "int2", "int4", "int8", "numeric", "float8", "bytea"})
 
 
-def renamed(columns: Sequence[str] | None) -> bool:
+def renamed(columns: Sequence[str] | None, casts: Iterable[str] = ()) -> bool:
     """Whether a written statement's result has a column a cast may have named (a bare
-    ``SELECT %s`` is ``?column?`` bound, ``int2`` written): then it must be run bound."""
-    return columns is not None and any(c in _CAST_NAMES for c in columns)
+    ``SELECT %s`` is ``?column?`` bound, ``int2`` written; ``casts``: the typed values'
+    names, :attr:`Renderer.casts`): then it must be run bound."""
+    if columns is None:
+        return False
+    names = _CAST_NAMES.union(casts)
+    return any(c in names for c in columns)
 
 
 def join(commands: Iterable[bytes]) -> bytes:

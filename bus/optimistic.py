@@ -115,7 +115,7 @@ async def run_optimistic(
     try:
         try:
             if query is not None:
-                results = await _send_simple(conn, query, requests)
+                results = await _send_simple(conn, query[0], requests, query[1])
             else:
                 results = await _send_bound(conn, requests, unseen)
         except (psycopg.Error, *NOT_SENT) as exc:
@@ -229,9 +229,10 @@ Sent = list[list[StatementResult]]
 
 def simple_query(
     conn: psycopg.AsyncConnection[Any], requests: list[Request], unseen: bool = False
-) -> bytes | None:
-    """The first round trip as one simple query (:mod:`.literals`); None when a statement
-    must be sent bound (not plain, not yet run bound, or a value not written in)."""
+) -> tuple[bytes, frozenset[str]] | None:
+    """The first round trip as one simple query (:mod:`.literals`), with the names its typed
+    values' casts give (:attr:`.literals.Renderer.casts`); None when a statement must be
+    sent bound (not plain, not yet run bound, or a value not written in)."""
     statements = [s for r in requests for s in r.statements or ()]
     if not all(s in literals.PROVEN for s in statements):
         return None
@@ -246,11 +247,14 @@ def simple_query(
         commands += [render.statement(s.sql, bound(s)) for s in statements]
     except (literals.Unrenderable, psycopg.Error, *NOT_SENT):
         return None  # psycopg.Error: escaping refused a value (invalid in the client encoding)
-    return literals.join(commands)
+    return literals.join(commands), frozenset(render.casts)
 
 
 async def _send_simple(
-    conn: psycopg.AsyncConnection[Any], query: bytes, requests: list[Request]
+    conn: psycopg.AsyncConnection[Any],
+    query: bytes,
+    requests: list[Request],
+    casts: frozenset[str] = frozenset(),
 ) -> Sent | None:
     """The first round trip as one simple query; None when its results do not line up with
     BEGIN, the claim and the statements."""
@@ -265,7 +269,7 @@ async def _send_simple(
             if not cur.nextset():
                 return None
             result = await wire_result(cur)
-            if literals.renamed(result.columns):
+            if literals.renamed(result.columns, casts):
                 return None  # a bare value's column, named after its cast: ask the careful way
             mine.append(result)
         out.append(mine)

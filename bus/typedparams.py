@@ -68,6 +68,24 @@ class TypedDumper(Dumper):
 psycopg.adapters.register_dumper(Typed, TypedDumper)
 
 
+def _casts() -> dict[int, tuple[str, bytes]]:
+    from psycopg.postgres import types
+
+    out = {}
+    for name in ("numeric", "uuid", "date", "time", "timetz", "timestamp", "timestamptz",
+                 "interval", "inet", "cidr", "json", "jsonb"):  # fmt: skip
+        info = types[name]
+        out[info.oid] = (name, f"pg_catalog.{name}".encode())
+        out[info.array_oid] = (name, f"pg_catalog.{name}[]".encode())
+    return out
+
+
+#: The types a typed value may be written in as a literal of (:mod:`writebus.bus.literals`):
+#: OID to the column name a cast to it gives a bare value, and the cast. The types the
+#: Python client sends, and arrays of them; any other is sent bound.
+CASTS: dict[int, tuple[str, bytes]] = _casts()
+
+
 def text_of(value: Any) -> str | None:
     """A wire value's text, as Postgres reads it for a scalar or an array; None for nil."""
     if value is None:

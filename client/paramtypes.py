@@ -15,6 +15,9 @@ asked which type they would choose.
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import enum
 from typing import Any
 
 import msgspec
@@ -67,12 +70,50 @@ def param_types(params: list[Any] | dict[str, Any] | None) -> list[int] | dict[s
     return types if any(types) else None
 
 
+def _psycopg_text(value: Any) -> str:
+    dumped = _transformer.get_dumper(value, PyFormat.TEXT).dump(value)
+    return bytes(dumped or b"").decode()
+
+
+def wire_value(value: Any) -> Any:
+    """``value`` as a statement parameter travels: itself, except where msgpack's form would
+    be read as something else than psycopg sends, which then goes as psycopg's text -- a
+    negative ``timedelta`` (msgspec's ``-PT1S`` is no interval Postgres reads), a signalling
+    NaN, an ``Enum`` (psycopg sends its name, msgpack its value) and a tuple (a composite
+    for psycopg, an array for msgpack). Elsewhere msgpack's text is what Postgres reads for
+    psycopg's, so resends of writes recorded before this keep their digest."""
+    kind = type(value)
+    if kind in _AS_THEMSELVES:
+        return value
+    if kind is list:
+        return [wire_value(v) for v in value]
+    if (
+        (isinstance(value, datetime.timedelta) and value < datetime.timedelta(0))
+        or (isinstance(value, decimal.Decimal) and value.is_snan())
+        or (isinstance(value, enum.Enum) and not isinstance(value, (int, str)))
+        or isinstance(value, tuple)
+    ):
+        try:
+            return _psycopg_text(value)
+        except psycopg.Error:
+            return value  # psycopg refuses it too: so will the worker
+    return value
+
+
 def with_types(stmt: Statement) -> Statement:
-    """``stmt`` with ``types`` for its parameters, unless it already has them."""
-    if stmt.types is not None or stmt.params is None:
+    """``stmt`` with ``types`` for its parameters and each parameter as it travels
+    (:func:`wire_value`), unless it already has ``types``."""
+    params = stmt.params
+    if stmt.types is not None or params is None:
         return stmt
-    types = param_types(stmt.params)
-    return stmt if types is None else msgspec.structs.replace(stmt, types=types)
+    types = param_types(params)
+    if isinstance(params, dict):
+        sent: list[Any] | dict[str, Any] = {k: wire_value(v) for k, v in params.items()}
+    else:
+        sent = [wire_value(v) for v in params]
+    if types is None and sent == params:
+        return stmt
+    return msgspec.structs.replace(stmt, params=sent, types=types)
 
 
 def as_a_worker_gets(stmt: Statement) -> Statement:

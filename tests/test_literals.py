@@ -5,12 +5,16 @@ careful answer."""
 from __future__ import annotations
 
 import contextlib
+import datetime
+import decimal
+import ipaddress
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from tests.support.stack import deferred_child, primary_rows
@@ -18,11 +22,13 @@ from writebus.bus import idempotency, literals, optimistic
 from writebus.bus.execute import Job, Limits, run_statement_writes
 from writebus.bus.group import Executed
 from writebus.bus.pg import durable_commits
+from writebus.bus.typedparams import bound as typed_bound
 from writebus.client.errors import (
     IdempotencyKeyReusedError,
     OutcomeUnknownError,
     WriteRejectedError,
 )
+from writebus.client.paramtypes import as_a_worker_gets
 from writebus.client.protocol import Request, Statement
 
 #: One value of every kind the wire carries as a scalar, at the edges of each bound type.
@@ -165,6 +171,58 @@ async def test_a_group_of_proven_plain_statements_goes_in_one_simple_query(
     assert len({o.lsn for o in out}) == 1
     stored = primary_rows(stack, f"SELECT body FROM {table} ORDER BY id")
     assert [r[0] for r in stored] == ["p0", "p1", *HOSTILE]
+
+
+_TYPED_VALUES: list[Any] = [
+    decimal.Decimal("1.50"), uuid.UUID(int=5), datetime.date(2026, 1, 2),
+    datetime.timedelta(seconds=-1), ipaddress.ip_interface("10.0.0.1/8"), Jsonb({"a": [1]}),
+    [decimal.Decimal("2"), None], datetime.time(3, 4, tzinfo=datetime.UTC),
+]  # fmt: skip
+
+
+async def test_typed_values_are_written_out_with_their_type(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    """A typed value (a Decimal, UUID, date... sent as text with its type) is written in as
+    a literal of that type, read as the same value as bound: one typed parameter no longer
+    sends its whole group bound."""
+    sql = "SELECT pg_typeof(v)::text, v::text FROM (SELECT %s AS v) AS s"
+    for value in _TYPED_VALUES:
+        stmt = as_a_worker_gets(Statement(sql=sql, params=[value]))
+        bound_row = await (await conn.execute(sql, [value])).fetchone()
+        text = literals.Renderer(conn).statement(sql, typed_bound(stmt))
+        assert b"::pg_catalog." in text, value
+        assert await (await conn.execute(text)).fetchone() == bound_row, value
+
+
+async def test_a_proven_typed_statement_goes_in_one_simple_query(
+    pool: Any, table: str, sent: list[str]
+) -> None:
+    """Typed statements prove themselves bound, then go written out, answering the same; a
+    bare typed value's column, named after its cast when written, is answered bound."""
+    def job(body: Any, n: Any, extra: str = "") -> Job:
+        sql = f"INSERT INTO {table} (body, n) VALUES (%s, %s) RETURNING body, n, %s{extra}"
+        stmt = as_a_worker_gets(Statement(sql=sql, params=[body, n, decimal.Decimal("0.5")]))
+        return Job(Request(id=uuid.uuid4().hex, statements=[stmt]))
+
+    first = await _run(pool, [job(uuid.UUID(int=1), decimal.Decimal(1)),
+                              job(uuid.UUID(int=2), decimal.Decimal(2))])  # fmt: skip
+    assert sent == ["bound"]
+    second = await _run(pool, [job(uuid.UUID(int=3), decimal.Decimal(3)),
+                               job(uuid.UUID(int=4), decimal.Decimal(4))])  # fmt: skip
+    assert sent == ["bound", "written, results not lined up"]  # then the careful way
+    for out, n in [(first, 1), (first, 2), (second, 3), (second, 4)]:
+        result = out[n - 1 if out is first else n - 3].results[0]
+        assert result.columns == ["body", "n", "?column?"]
+        assert result.rows == [(str(uuid.UUID(int=n)), n, decimal.Decimal("0.5"))]
+    named = await _run(pool, [job(uuid.UUID(int=5), decimal.Decimal(5), " AS half"),
+                              job(uuid.UUID(int=6), decimal.Decimal(6), " AS half")])  # fmt: skip
+    assert sent[2:] == ["bound"] and named[0].results[0].columns == ["body", "n", "half"]
+    again = await _run(pool, [job(uuid.UUID(int=7), decimal.Decimal(7), " AS half"),
+                              job(uuid.UUID(int=8), decimal.Decimal(8), " AS half")])  # fmt: skip
+    assert sent[3:] == ["written"] and again[1].results[0].rows == [
+        (str(uuid.UUID(int=8)), 8, decimal.Decimal("0.5"))
+    ]
 
 
 async def test_a_proven_lone_write_is_written_out_and_a_failing_one_answered_exactly(

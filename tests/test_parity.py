@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import enum
 import ipaddress
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -257,6 +258,9 @@ _PARAMS: list[Any] = [
     7,
     2.5,
     b"\x00\xff",
+    datetime.timedelta(seconds=-1),  # msgspec's "-PT1S" is no interval Postgres reads
+    [datetime.timedelta(days=-3)],
+    decimal.Decimal("sNaN"),
 ]
 
 
@@ -278,6 +282,25 @@ async def test_parameters_bind_as_the_same_types_in_every_region(
     named = {"n": decimal.Decimal("1.5"), "j": Jsonb({"b": [1, "x"]})}
     (summed,) = (await writer.execute("SELECT %(n)s + 1 AS n, %(j)s->'b'->>1 AS j", named)).rows
     assert summed == (decimal.Decimal("2.5"), "x")
+
+
+class Mood(enum.Enum):
+    SAD = 1
+
+
+@REGIONS
+async def test_enums_and_tuples_are_sent_as_psycopg_sends_them(
+    writer: Database, stack: Any, region: str
+) -> None:
+    """An Enum is its name and a tuple a composite, as psycopg sends them, from both paths:
+    msgpack carried the Enum's value and the tuple as an array over the bus, and since the
+    primary region binds what a worker gets, there too."""
+    sql = "SELECT %s::text, %s::text"
+    params = [Mood.SAD, (1, "a b")]
+    with psycopg.connect(stack.primary.url) as conn:
+        read = conn.execute(sql, params).fetchone()
+    assert read == ("SAD", '(1,"a b")')
+    assert (await writer.execute(sql, params)).rows == [read]
 
 
 @REGIONS

@@ -101,3 +101,20 @@ def test_columns_a_cast_may_have_named() -> None:
     """``SELECT %s`` names its column ``?column?`` bound and after the cast written."""
     assert renamed(["id", "int2"]) and renamed(["bytea"])
     assert not renamed(["id", "?column?"]) and not renamed(None) and not renamed([])
+
+
+def test_a_proof_covers_the_parameters_types() -> None:
+    """A typed '1.5' is no proof for an untyped one, whose type the server may not know:
+    ``SELECT pg_typeof(%s)`` bound fails untyped, and was then written out as proven."""
+    proven = ProvenTexts()
+    proven.add([Statement(sql="SELECT pg_typeof(%s)", params=["1.5"], types=[1700])])
+    assert Statement(sql="SELECT pg_typeof(%s)", params=["1.5"], types=[1700]) in proven
+    assert Statement(sql="SELECT pg_typeof(%s)", params=["1.5"]) not in proven
+
+
+def test_a_typed_values_cast_name_marks_its_column() -> None:
+    """A bare typed value written in is named after its cast (``numeric``); with that name
+    among the casts written, such a column is answered bound. Unwritten, ``numeric`` is not
+    in the way, nor ``date`` as a table's column."""
+    assert renamed(["date"], {"date"}) and not renamed(["date"])
+    assert renamed(["n", "uuid"], {"uuid", "numeric"}) and not renamed(["n"], {"uuid"})

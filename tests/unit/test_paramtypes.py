@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import enum
 import ipaddress
 import uuid
 from typing import Any
@@ -72,9 +73,35 @@ def test_a_statement_keeps_the_types_it_was_given() -> None:
 
 def test_the_primary_region_binds_what_a_worker_decodes() -> None:
     """The direct path hands the worker's function the wire forms and their types."""
-    stmt = as_a_worker_gets(Statement(sql="x", params=[decimal.Decimal("1.50"), (1, 2)]))
+    stmt = as_a_worker_gets(Statement(sql="x", params=[decimal.Decimal("1.50"), [1, 2]]))
     assert stmt.params == ["1.50", [1, 2]] and stmt.types == [1700, 0]
     assert bound(stmt) == [Typed("1.50", 1700), [1, 2]]
+
+
+class Mood(enum.Enum):
+    SAD = 1
+
+
+@pytest.mark.parametrize(
+    ("value", "sent", "oid"),
+    [
+        (datetime.timedelta(seconds=-1), "-1 day 23:59:59", 1186),
+        ([datetime.timedelta(days=-3)], ["-3 days 0:00:00"], 1187),
+        (decimal.Decimal("sNaN"), "NaN", 1700),
+        (Mood.SAD, "SAD", 0),
+        ((1, "a"), "(1,a)", 0),
+        (datetime.timedelta(hours=1), "PT3600S", 1186),
+    ],
+)
+def test_values_msgpack_would_misstate_travel_as_psycopgs_text(
+    value: Any, sent: Any, oid: int
+) -> None:
+    """A negative timedelta (msgspec's ``-PT1S`` is no interval Postgres reads), a signalling
+    NaN, an Enum (psycopg sends its name, msgpack its value) and a tuple (a composite, not an
+    array) go as psycopg's text; a positive timedelta keeps msgspec's, which Postgres reads
+    (and which resends recorded before keep)."""
+    stmt = as_a_worker_gets(Statement(sql="x", params=[value]))
+    assert stmt.params == [sent] and (stmt.types or [0]) == [oid]
 
 
 def test_a_worker_wraps_typed_values_and_leaves_the_rest() -> None:
