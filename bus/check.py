@@ -36,7 +36,7 @@ from writebus.bus.checklist import (
     PingFacts,
 )
 from writebus.bus.checkreport import Report
-from writebus.bus.settings import BUS_ENV_VARS
+from writebus.bus.settings import BUS_ENV_VARS, BusSettings
 from writebus.bus.verdicts import evaluate, settings_failed
 from writebus.client.connect import connect_nats, endpoints
 from writebus.client.errors import ConfigError, ConnectError, NoWorkerError, WriteBusError
@@ -203,7 +203,9 @@ async def run_check(
     """
     environ = os.environ if env is None else env
     try:
-        settings = Settings.from_env(environ)
+        # A bus node's own settings too: WRITEBUS_ALLOW_SQL=flase passed here, and serve
+        # then refused to start. An app's environment leaves them unset (the defaults).
+        settings: Settings = BusSettings.from_env(environ)
     except ConfigError as exc:
         fix = (
             f"give {exc.variable} a valid value (`writebus serve --help` lists the settings)"

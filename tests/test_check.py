@@ -146,3 +146,13 @@ async def test_wrong_database_port_reports_the_servers_reason(stack: Any, buses:
     assert "port" in database.fix
     assert report.check("role").status is Status.SKIP
     assert report.check("nats").ok and report.exit_code == 1
+
+
+async def test_a_malformed_bus_setting_fails_the_settings_check(stack: Any) -> None:
+    """A bus node's own setting is checked too: ``WRITEBUS_ALLOW_SQL=flase`` passed, and
+    ``writebus serve`` then refused to start on it."""
+    env = {**stack.env("syd"), "WRITEBUS_ALLOW_SQL": "flase"}
+    report = await run_check(env, listen_seconds=0.5)
+    assert not report.ok and report.exit_code == 1
+    check = report.check("settings")
+    assert check.status is Status.FAIL and "WRITEBUS_ALLOW_SQL='flase'" in check.detail
