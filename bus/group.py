@@ -121,12 +121,21 @@ async def _run_group(
         )  # fmt: skip
     except ClaimFailed as refused:
         return _claim_failed(items, refused.cause)
-    if fast is not None:
+    if isinstance(fast, list):
         return fast
     committing = False
     try:
-        # Still unseen after a first try that was rolled back: nothing of it committed.
+        # Unseen only if the first try sent nothing. Its rollback released the ids' locks:
+        # a resend (its caller timed out) may have taken one and applied it meanwhile, and
+        # an unseen claim would not look, and apply it again.
+        unseen = unseen and fast is optimistic.NOT_TRIED
         found, error = await _first_round(conn, items, savepoints, unseen)
+        for item in items:
+            row = found.get(item.req.id)
+            if row is not None and item.outcome is not None:
+                # Refused before anything was sent (psycopg), yet applied before -- under a
+                # rule new since then: answered from its record, not "nothing applied".
+                item.outcome = repeat(item.req, row, item.digest)
         pending = [i for i in items if i.outcome is None]
         while pending:
             failed = await _settle(conn, pending, found, check, error)

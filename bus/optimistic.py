@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 from psycopg import pq
@@ -96,6 +96,16 @@ def _batch_key(req: Request) -> tuple[str, type, Hashable] | None:
     return stmts[0].sql, type(stmts[0].params), key
 
 
+class _NotTried:
+    def __repr__(self) -> str:
+        return "NOT_TRIED"
+
+
+#: :func:`run_optimistic`'s answer when it sent nothing. None means it tried and rolled
+#: back, which released the ids' locks: a retry may have applied one meanwhile.
+NOT_TRIED: Final = _NotTried()
+
+
 async def run_optimistic(
     conn: psycopg.AsyncConnection[Any],
     requests: list[Request],
@@ -105,13 +115,14 @@ async def run_optimistic(
     check: Check,
     may_commit: Callable[[], str | None] | None,
     unseen: bool = False,
-) -> list[Outcome] | None:
+) -> list[Outcome] | _NotTried | None:
     """Run ``requests`` in one transaction without savepoints; None when anything was unusual
-    (rolled back, nothing applied). Raises :class:`Lost` or :class:`GroupCommitFailed`.
+    (rolled back, nothing applied), :data:`NOT_TRIED` when nothing was sent. Raises
+    :class:`Lost` or :class:`GroupCommitFailed`.
     ``unseen``: see :func:`writebus.bus.group.run_group`."""
     query = simple_query(conn, requests, unseen)
     if query is None and len(requests) == 1:
-        return None  # bound and alone, the careful way is this way with exact errors
+        return NOT_TRIED  # bound and alone, the careful way is this way with exact errors
     try:
         try:
             if query is not None:
@@ -229,10 +240,10 @@ Sent = list[list[StatementResult]]
 
 def simple_query(
     conn: psycopg.AsyncConnection[Any], requests: list[Request], unseen: bool = False
-) -> tuple[bytes, frozenset[str]] | None:
-    """The first round trip as one simple query (:mod:`.literals`), with the names its typed
-    values' casts give (:attr:`.literals.Renderer.casts`); None when a statement must be
-    sent bound (not plain, not yet run bound, or a value not written in)."""
+) -> tuple[bytes, list[frozenset[str]]] | None:
+    """The first round trip as one simple query (:mod:`.literals`), with the names each
+    statement's typed values' casts give (:attr:`.literals.Renderer.casts`); None when a
+    statement must be sent bound (not plain, not yet run bound, or a value not written in)."""
     statements = [s for r in requests for s in r.statements or ()]
     if not all(s in literals.PROVEN for s in statements):
         return None
@@ -244,17 +255,21 @@ def simple_query(
             render.statement(idempotency.BEGIN_SQL, None),
             render.statement(idempotency.claim_sql(unseen=unseen, first_try=True), claim),
         ]
-        commands += [render.statement(s.sql, bound(s)) for s in statements]
+        casts = []
+        for s in statements:
+            render.casts = set()
+            commands.append(render.statement(s.sql, bound(s)))
+            casts.append(frozenset(render.casts))
     except (literals.Unrenderable, psycopg.Error, *NOT_SENT):
         return None  # psycopg.Error: escaping refused a value (invalid in the client encoding)
-    return literals.join(commands), frozenset(render.casts)
+    return literals.join(commands), casts
 
 
 async def _send_simple(
     conn: psycopg.AsyncConnection[Any],
     query: bytes,
     requests: list[Request],
-    casts: frozenset[str] = frozenset(),
+    casts: Sequence[frozenset[str]] = (),
 ) -> Sent | None:
     """The first round trip as one simple query; None when its results do not line up with
     BEGIN, the claim and the statements."""
@@ -263,15 +278,20 @@ async def _send_simple(
     if not cur.nextset():  # past BEGIN's result, at the claim's
         return None
     out: list[list[StatementResult]] = []
+    n = 0
     for req in requests:
         mine = []
-        for _ in req.statements or ():
+        for stmt in req.statements or ():
             if not cur.nextset():
                 return None
             result = await wire_result(cur)
-            if literals.renamed(result.columns, casts):
-                return None  # a bare value's column, named after its cast: ask the careful way
+            if literals.renamed(result.columns, casts[n] if n < len(casts) else ()):
+                # A bare value's column, named after its cast: ask the careful way, and this
+                # statement is not written out again (else every group with it runs twice).
+                literals.PROVEN.refuse(stmt)
+                return None
             mine.append(result)
+            n += 1
         out.append(mine)
     return None if cur.nextset() else out
 

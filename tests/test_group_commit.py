@@ -539,3 +539,55 @@ async def test_what_lasts_until_commit_keeps_its_request_out_of_groups(
                               limits=limits, submit=submit)  # fmt: skip
         assert info.value.outcome is Outcome.NOT_APPLIED
     assert len(queued) == 1
+
+
+async def test_a_resend_applied_while_the_first_try_rolled_back_is_not_applied_again(
+    stack: Any, pool: Any, table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A primary-region write whose id the caller made claims it without a lookup (nobody
+    can have applied it). When its first try was written out and rolled back (here: its
+    results did not line up), the rollback released the id's lock, and a resend -- its
+    caller having timed out -- could apply it meanwhile. The careful way then claimed it
+    unseen again, skipped the lookup, and applied it a second time. It looks it up now."""
+    from writebus.bus import group
+
+    sql = f"INSERT INTO {table}(body) VALUES (%s) RETURNING id, %s"  # a bare int: 'int2' written
+    def req(rid: str, body: str) -> Request:
+        return Request(id=rid, statements=[Statement(sql=sql, params=[body, 7])])
+
+    procs, limits = Procedures(), Limits(max_reply_bytes=64 * 1024)
+    await run_request(pool, req(uuid.uuid4().hex, "proof"), procedures=procs, limits=limits)
+    rid = uuid.uuid4().hex
+    real_first_round = group._first_round
+
+    async def resend_first(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(group, "_first_round", real_first_round)
+        # The resend, on another connection, while the first try is between its two tries.
+        done = await run_request(pool, req(rid, "twice?"), procedures=procs, limits=limits)
+        assert not done.duplicate
+        return await real_first_round(*args, **kwargs)
+
+    monkeypatch.setattr(group, "_first_round", resend_first)
+    first = await run_request(pool, req(rid, "twice?"), procedures=procs, limits=limits,
+                              unseen=True)  # fmt: skip
+    assert first.duplicate  # answered from the resend's record
+    assert _bodies(stack, table) == ["proof", "twice?"]
+
+
+async def test_a_resend_refused_before_sending_is_answered_from_its_record(
+    stack: Any, pool: Any, table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resend of an applied write that psycopg now refuses before sending (here its
+    parameters are made not to fit; in life, a rule new since the first try) is answered
+    from the record the claim found -- a duplicate -- not "rejected, nothing applied", which
+    would send the app to apply it again under a new id."""
+    from writebus.bus import group, literals
+
+    rid = uuid.uuid4().hex
+    (first,) = await _run(pool, [_insert(table, "once", rid)])
+    assert isinstance(first, Executed) and not first.duplicate
+    literals.PROVEN.clear()  # the careful way, where the refusal is met
+    monkeypatch.setattr(group, "bound", lambda stmt: [*stmt.params, "one too many"])
+    (again,) = await _run(pool, [_insert(table, "once", rid)])
+    assert isinstance(again, Executed) and again.duplicate
+    assert _bodies(stack, table) == ["once"]
