@@ -11,7 +11,13 @@ import psycopg
 from psycopg import pq
 
 from writebus.bus import idempotency, literals
-from writebus.bus.pg import FLUSH_LSN_SQL, connection_lost, read_flush_lsn, rejected
+from writebus.bus.pg import (
+    FLUSH_LSN_SQL,
+    RESTORE_DURABLE_COMMIT_SQL,
+    connection_lost,
+    read_flush_lsn,
+    rejected,
+)
 from writebus.client.errors import OutcomeUnknownError, TransactionEndedError, WriteBusError
 from writebus.client.log import get_logger
 from writebus.client.lsn import parse_lsn
@@ -162,7 +168,12 @@ async def commit(
         for record in records
     ]
     store = idempotency.STORE_VALUES_SQL.encode() + b", ".join(rows)
-    commands = [store, b"COMMIT"] + ([FLUSH_LSN_SQL.encode()] if read_lsn else [])
+    # A statement can turn synchronous_commit off where validation cannot see it (a function
+    # it calls, a trigger): then COMMIT would not wait for the flush, the flush position read
+    # after it could come before the commit (a stale read of the write), and a crash could
+    # lose an answered write. It goes back to the session's starting value first.
+    commands = [RESTORE_DURABLE_COMMIT_SQL.encode(), store, b"COMMIT"]
+    commands += [FLUSH_LSN_SQL.encode()] if read_lsn else []
     cur = conn.cursor()
     try:
         await cur.execute(literals.join(commands))  # the simple query protocol: one round trip
@@ -172,8 +183,8 @@ async def commit(
         return await _after_commit_error(conn, records, read_lsn, exc)
     if not read_lsn:
         return None
-    cur.nextset()
-    cur.nextset()
+    for _ in range(3):  # past the restore, the records and COMMIT
+        cur.nextset()
     row = await cur.fetchone()
     assert row is not None
     return parse_lsn(row[0])

@@ -660,6 +660,25 @@ async def test_a_procedure_cannot_commit_with_synchronous_commit_off(
         assert await db.fetchval("SELECT current_setting('synchronous_commit')") == before
 
 
+@pytest.mark.parametrize("region", ["syd", "lax"])
+async def test_statements_cannot_commit_with_synchronous_commit_off(
+    stack: Any, buses: Any, region: str
+) -> None:
+    """A statement that turns synchronous_commit off where validation cannot see it -- in a
+    function it calls -- does not make the write's COMMIT asynchronous (its flush position
+    could precede the commit, and a crash lose the answered write): at COMMIT (a deferred
+    trigger records the setting) it is the session's own again."""
+    t = f"sc_{uuid.uuid4().hex[:10]}"
+    stack.primary.execute(_COMMIT_LOG.format(t=t) + f"""
+        CREATE FUNCTION {t}_fast() RETURNS text LANGUAGE sql
+            AS $$ SELECT set_config('synchronous_commit', 'off', true) $$;""")
+    stack.wait_replica_caught_up(10)
+    async with Database(settings_for(stack, region)) as db:
+        res = await db.batch([f"SELECT {t}_fast()", f"INSERT INTO {t}(body) VALUES ('x')"])
+        assert res.statements[0].rows == [("off",)]
+        assert await db.fetchval(f"SELECT setting FROM {t}_log") == "on"
+
+
 async def test_a_resend_of_an_applied_call_is_answered_after_its_procedure_went(
     stack: Any, buses: Any, table: str
 ) -> None:
