@@ -285,8 +285,9 @@ async def ensure_schema(
     Making a partition waits for a transaction holding the table in a mode stronger than
     writes do (DDL, ``VACUUM``, ``ANALYZE``, ``LOCK TABLE``): as long as that takes,
     :data:`SCHEMA_LOCK_TIMEOUT` at a time, saying who holds the lock (warning
-    ``idempotency.schema_waiting``, then every tenth try). ``now`` is for tests."""
-    now = now or datetime.datetime.now(datetime.UTC)
+    ``idempotency.schema_waiting``, then every tenth try). ``now`` (for tests) defaults to
+    the database's clock (:func:`.partitions.database_now`)."""
+    now = now or await partitions.database_now(conn)
     try:
         await _make(conn, window, now)
         if window is not None and await _owned(conn):

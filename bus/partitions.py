@@ -142,6 +142,17 @@ async def create_partitions(
         )
 
 
+async def database_now(conn: psycopg.AsyncConnection[Any]) -> datetime.datetime:
+    """The database's clock: records are placed in partitions by it (``now()``), so that is
+    what creating and dropping them is measured by -- a worker whose clock runs ahead of the
+    database's would drop records still inside the window, and one behind make partitions
+    too late."""
+    cur = await conn.execute("SELECT pg_catalog.statement_timestamp()")
+    row = await cur.fetchone()
+    assert row is not None
+    return row[0].astimezone(datetime.UTC)  # type: ignore[no-any-return]
+
+
 async def maintain(
     conn: psycopg.AsyncConnection[Any], window: float, *, now: datetime.datetime | None = None
 ) -> int:
@@ -149,8 +160,9 @@ async def maintain(
     dropped. Each step is a transaction of its own. A step that cannot get its lock within
     :data:`MAINTENANCE_LOCK_TIMEOUT` is left to the next pass (warning
     ``idempotency.maintenance_deferred``); the drops are skipped while another worker drops.
-    Partitions are made hours ahead, so a pass can wait for the next. ``now`` is for tests."""
-    now = now or datetime.datetime.now(datetime.UTC)
+    Partitions are made hours ahead, so a pass can wait for the next. ``now`` (for tests)
+    defaults to the database's clock, which places the records."""
+    now = now or await database_now(conn)
     step = "create"
     try:
         async with conn.transaction():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import types
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -341,6 +342,34 @@ async def test_an_apps_start_keeps_ids_the_bus_still_needs(stack: Any) -> None:
             assert await partitions.maintain(bus, 72 * 3600.0, now=later) >= 1
             cur = await bus.execute("SELECT id FROM writebus.applied")
             assert await cur.fetchall() == []
+
+
+async def test_partitions_follow_the_databases_clock_not_the_workers(
+    stack: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records are placed in partitions by the database's clock. A worker whose clock ran
+    3 h ahead dropped, with a 1 h window, the partition holding this hour's records: a
+    resend inside the window would run again. Maintenance measures by the database's."""
+
+    class Ahead(datetime.datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return datetime.datetime.now(tz) + datetime.timedelta(hours=3)
+
+    worker_clock = types.SimpleNamespace(
+        datetime=Ahead, timedelta=datetime.timedelta, UTC=datetime.UTC
+    )
+    async with _scratch_database(stack) as url:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as bus:
+            await idempotency.ensure_schema(bus, 3600.0)
+            await bus.execute("INSERT INTO writebus.applied (id, applied_at, digest, result) "
+                              "VALUES ('this hour', now(), '', '')")  # fmt: skip
+            monkeypatch.setattr(partitions, "datetime", worker_clock)
+            monkeypatch.setattr(idempotency, "datetime", worker_clock)
+            await idempotency.ensure_schema(bus, 3600.0)
+            await partitions.maintain(bus, 3600.0)
+            cur = await bus.execute("SELECT id FROM writebus.applied")
+            assert await cur.fetchall() == [("this hour",)]
 
 
 @pytest.mark.parametrize("window", [None, 24 * 3600.0])
