@@ -28,10 +28,15 @@ pg_catalog.bytea)``, ``NULL``. A parenthesised expression parses wherever a ``$n
 does, and a typed string literal is read by the type's input function exactly as a parameter
 sent as text is (the type is schema-qualified: a temporary table named ``int2`` cannot stand
 in). One visible difference remains -- a value alone in a select list is named after its cast
-(``int2``) where bound it is ``?column?`` -- so a result with such a column name is not used
-(:func:`renamed`): the careful way runs the group bound. Only ``None``, ``bool``,
-``int``, ``float``, ``str`` and ``bytes`` are written in; a statement with any other value is
-sent bound.
+(``int2``) where bound it is ``?column?``. A statement where such a name could be seen other
+than in its result -- a derived table (a second ``SELECT``), whose columns reach
+``to_jsonb(p)`` and unqualified names; a ``NATURAL`` or ``USING`` join -- is not plain; a
+result with such a column name is not used (:func:`renamed`): the careful way runs the group
+bound, and that statement is not written out again. ``None``, ``bool``, ``int``, ``float``,
+``str`` and ``bytes`` are written in, and a typed value (:mod:`.typedparams`) of a type the
+client sends (``numeric``, ``uuid``, dates and times, ``interval``, ``inet``/``cidr``,
+``json``/``jsonb``, arrays of them) as ``('<text>'::pg_catalog.<type>)``; a statement with
+any other value is sent bound.
 """
 
 from __future__ import annotations
@@ -51,15 +56,22 @@ from writebus.client.protocol import Statement
 #: Characters and sequences that may not appear outside double-quoted identifiers.
 _HAZARDS: Final = re.compile(r"['$\\;]|--|/\*")
 _NAMED: Final = re.compile(r"%\(([^)]*)\)")
+_SELECT: Final = re.compile(r"\bselect\b", re.IGNORECASE)
+_JOINED_BY_NAME: Final = re.compile(r"\b(?:natural|using)\b", re.IGNORECASE)
 
 
 def plain_text(sql: str) -> bool:
     """Whether ``sql`` is one command whose placeholders all stand where expressions do: no
     quote, dollar sign, backslash, comment or semicolon outside double-quoted identifiers, no
-    ``%`` inside one, and no named placeholder used twice."""
+    ``%`` inside one, and no named placeholder used twice -- and where a written value's
+    column name (its cast's: ``int2``, ``numeric``) cannot be seen: no second ``SELECT`` (a
+    derived table's columns reach ``to_jsonb(p)`` and unqualified names), no ``NATURAL`` or
+    ``USING`` join."""
     names = _NAMED.findall(sql)
     if len(names) != len(set(names)) or not all(n.isidentifier() for n in names):
         return False  # a name with a quote in it would throw the identifier scan below
+    if len(_SELECT.findall(sql)) > 1 or _JOINED_BY_NAME.search(sql):
+        return False
     parts = sql.split('"')
     if len(parts) % 2 == 0:  # an unterminated identifier
         return False
@@ -91,9 +103,19 @@ class ProvenTexts:
     def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity
         self._shapes: OrderedDict[Hashable, None] = OrderedDict()
+        self._refused: OrderedDict[Hashable, None] = OrderedDict()
 
     def __contains__(self, stmt: Statement) -> bool:
         return shape(stmt) in self._shapes
+
+    def refuse(self, stmt: Statement) -> None:
+        """Never write ``stmt`` out again (its result, written, did not line up): else each
+        group holding it would run twice, written and then the careful way."""
+        key = shape(stmt)
+        self._shapes.pop(key, None)
+        self._refused[key] = None
+        if len(self._refused) > self.capacity:
+            self._refused.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._shapes)
@@ -104,7 +126,7 @@ class ProvenTexts:
             key = shape(stmt)
             if key in self._shapes:
                 self._shapes.move_to_end(key)
-            elif plain_text(stmt.sql):  # only plain texts are ever looked up
+            elif key not in self._refused and plain_text(stmt.sql):  # only these are looked up
                 self._shapes[key] = None
                 if len(self._shapes) > self.capacity:
                     self._shapes.popitem(last=False)
@@ -112,6 +134,7 @@ class ProvenTexts:
     def clear(self) -> None:
         """Forget every statement."""
         self._shapes.clear()
+        self._refused.clear()
 
 
 #: The statements this process's worker has run bound.

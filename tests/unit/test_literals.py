@@ -38,6 +38,11 @@ def test_plain_texts(sql: str) -> None:
         ('INSERT INTO "open (body) VALUES (%s)', "an unterminated identifier"),
         ("SELECT %(a)s, %(a)s::int", "a named placeholder used twice"),
         ('INSERT INTO t VALUES (%(v")s) ; DELETE FROM t --"', "a quote in a placeholder's name"),
+        ("INSERT INTO audit (doc) SELECT to_jsonb(p) FROM (SELECT %s) p",
+         "a derived table: a written value's column name would reach to_jsonb"),
+        ("UPDATE t SET date = (SELECT date FROM (select %s) p)", "an unqualified name"),
+        ("SELECT * FROM t NATURAL JOIN u WHERE a = %s", "a natural join"),
+        ("DELETE FROM t USING u WHERE t.a = u.a AND u.b = %s", "using"),
     ],
 )
 def test_texts_that_are_not_plain(sql: str, why: str) -> None:
@@ -118,3 +123,16 @@ def test_a_typed_values_cast_name_marks_its_column() -> None:
     in the way, nor ``date`` as a table's column."""
     assert renamed(["date"], {"date"}) and not renamed(["date"])
     assert renamed(["n", "uuid"], {"uuid", "numeric"}) and not renamed(["n"], {"uuid"})
+
+
+def test_a_refused_statement_is_not_proven_again() -> None:
+    """A statement whose written result did not line up is never written out again: each
+    group holding it ran twice, written and then the careful way."""
+    proven = ProvenTexts()
+    stmt = Statement(sql="INSERT INTO t (uuid) VALUES (%s) RETURNING uuid", params=["a"],
+                     types=[2950])  # fmt: skip
+    proven.add([stmt])
+    assert stmt in proven
+    proven.refuse(stmt)
+    proven.add([stmt])
+    assert stmt not in proven
