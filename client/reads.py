@@ -20,6 +20,7 @@ In the primary region every read is already on the primary: nothing waits.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Literal
 
 from psycopg_pool import AsyncConnectionPool
@@ -101,9 +102,14 @@ class ReadGate:
         after_lsn = token_lsn(after) if after else None
         strong_lsn = await self.primary_flush_lsn(nc) if consistency == "strong" else None
         lsn = wanted_lsn(after_lsn, session_lsn, strong_lsn)
+        if lsn is not None and strong_lsn is not None and lsn > strong_lsn:
+            # The primary's position, read after this call began, is below a token: the
+            # token holds a position it never reached (forged, lost in a failover). No need
+            # to ask it again (after VERIFY_AFTER): the primary's own is what to wait for.
+            lsn = self._beyond_primary(lsn, strong_lsn)
         if lsn is not None:
             wait = timeout if timeout is not None else self.settings.replication_timeout
-            verify = strong_lsn is None or lsn > strong_lsn  # the primary's own: real
+            verify = strong_lsn is None  # else it is the primary's own: real
             await self._replayed(tracker, nc, lsn, wait, verify)
         if max_lag is None or await tracker.lag_within(max_lag):
             return "local"
@@ -204,8 +210,11 @@ class ReadGate:
             flush = await self.primary_flush_lsn(nc, timeout=max(0.1, timeout))
         except WriteBusError:
             return lsn
-        if flush >= lsn:
-            return lsn
+        return lsn if flush >= lsn else self._beyond_primary(lsn, flush)
+
+    def _beyond_primary(self, lsn: int, flush: int) -> int:
+        """``flush``, the primary's position, for a wait on ``lsn`` beyond it; the session
+        is capped there (its cookie renewed)."""
         log.warning("reads.position_beyond_primary", region=self.settings.region,
                     lsn=format_lsn(lsn), primary_lsn=format_lsn(flush))  # fmt: skip
         current = current_session()
@@ -222,22 +231,29 @@ class ReadGate:
             raise WriteBusError("the Database is not open")
         s = self.settings
         timeout = timeout if timeout is not None else s.rpc_timeout
-        ex = await request(
-            nc,
-            Subjects(s.prefix).rpc(s.primary_region),
-            Request(id=_ping_id(), procedure=PING, origin=s.region),
-            timeout=timeout,
-            policy=for_procedure_calls(self.retry, timeout),
-            region=s.primary_region,
-        )
-        value = ex.reply.value if isinstance(ex.reply.value, dict) else {}
-        lsn = value.get("flush_lsn_int")
-        if not isinstance(lsn, int):
-            raise WriteBusError(
-                f"the bus in {s.primary_region!r} did not report a primary flush LSN: is its "
-                "database the primary (or is the bus older than strong reads)?"
+        end = time.monotonic() + timeout
+        while True:
+            left = max(0.1, end - time.monotonic())
+            ex = await request(
+                nc,
+                Subjects(s.prefix).rpc(s.primary_region),
+                Request(id=_ping_id(), procedure=PING, origin=s.region),
+                timeout=left,
+                policy=for_procedure_calls(self.retry, left),
+                region=s.primary_region,
             )
-        return lsn
+            value = ex.reply.value if isinstance(ex.reply.value, dict) else {}
+            lsn = value.get("flush_lsn_int")
+            if isinstance(lsn, int):
+                return lsn
+            # The region's other nodes answer pings too (a standby's, one starting or
+            # fenced), in the same queue group: another ping may reach the primary's.
+            if time.monotonic() + PING_AGAIN_AFTER >= end:
+                raise WriteBusError(
+                    f"the bus in {s.primary_region!r} did not report a primary flush LSN: is "
+                    "its database the primary (or is the bus older than strong reads)?"
+                )
+            await asyncio.sleep(PING_AGAIN_AFTER)
 
     async def primary_pool(self) -> AsyncConnectionPool[Any]:
         """A small pool on the primary (``PRIMARY_DATABASE_URL``), opened on first use."""
@@ -265,6 +281,11 @@ class ReadGate:
                     raise not_open("the Database", write=False)
                 self._primary_pool = pool
             return self._primary_pool
+
+
+#: Seconds before a strong read pings the primary region again after a reply without the
+#: primary's flush position (from another node of the region).
+PING_AGAIN_AFTER = 0.02
 
 
 def _ping_id() -> str:

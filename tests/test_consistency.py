@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import nats
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
@@ -33,6 +34,9 @@ from writebus import (
     session,
 )
 from writebus.client.lsn import parse_lsn
+from writebus.client.protocol import Reply, Request, decode, encode, encoding_of
+from writebus.client.reads import ReadGate
+from writebus.client.subjects import WORKER_QUEUE
 from writebus.client.tokens import make_token, token_lsn
 
 
@@ -157,6 +161,59 @@ async def test_strong_reads_see_writes_made_directly_on_the_primary(
                 assert await asyncio.wait_for(strong, 10) == (1,)
     finally:
         await primary.close()
+
+
+async def test_strong_reads_ping_again_when_another_node_of_the_primary_region_answers(
+    stack: Any, buses: Any, table: str
+) -> None:
+    """The primary region's other bus nodes (a standby's, one starting or fenced) answer
+    pings in the same queue group, without the primary's flush position: a strong read
+    failed whenever its ping reached one. It pings again, and reaches the primary's."""
+    nc = await nats.connect(stack.nats_url("syd"))
+    answered = 0
+
+    async def standby(msg: Any) -> None:
+        nonlocal answered
+        answered += 1
+        req = decode(msg.data, Request, encoding_of(msg.headers, msg.data))
+        value = {"region": "syd", "role": "replica", "database": "ok", "in_recovery": True}
+        await msg.respond(encode(Reply(id=req.id, ok=True, value=value)))
+
+    await nc.subscribe("writebus.rpc.syd", queue=WORKER_QUEUE, cb=standby)
+    await nc.flush()
+    try:
+        async with Database(settings_for(stack, "lax")) as db:
+            for i in range(20):
+                await db.execute(f"INSERT INTO {table}(body) VALUES (%s)", [f"s{i}"])
+                count = await db.fetchval(f"SELECT count(*) FROM {table}", consistency="strong")
+                assert count == i + 1
+        assert answered > 0  # the stand-in was asked, and the reads still ran
+    finally:
+        await nc.close()
+
+
+async def test_a_strong_read_past_a_token_the_primary_never_reached_asks_once(
+    stack: Any, buses: Any, table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A strong read's own question to the primary (asked after the read began) already says
+    a token is beyond it: the read waits for the primary's position at once. It waited half
+    a second first, then asked the primary a second time."""
+    asked = 0
+    real = ReadGate.primary_flush_lsn
+
+    async def counted(self: ReadGate, *args: Any, **kwargs: Any) -> int:
+        nonlocal asked
+        asked += 1
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ReadGate, "primary_flush_lsn", counted)
+    forged = make_token(token_lsn(make_token(0)) + (1 << 40))
+    async with Database(settings_for(stack, "lax")) as db:
+        await db.execute(f"INSERT INTO {table}(body) VALUES ('seen')")
+        with session(forged) as s:
+            count = await db.fetchval(f"SELECT count(*) FROM {table}", consistency="strong")
+            assert s.lsn is not None and s.lsn < token_lsn(forged)
+    assert count == 1 and asked == 1
 
 
 async def test_bounded_staleness_reads_locally_waits_then_raises_or_falls_back(
