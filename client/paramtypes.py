@@ -78,25 +78,30 @@ def _psycopg_text(value: Any) -> str:
 def wire_value(value: Any) -> Any:
     """``value`` as a statement parameter travels: itself, except where msgpack's form would
     be read as something else than psycopg sends, which then goes as psycopg's text -- a
-    negative ``timedelta`` (msgspec's ``-PT1S`` is no interval Postgres reads), a signalling
-    NaN, an ``Enum`` (psycopg sends its name, msgpack its value) and a tuple (a composite
-    for psycopg, an array for msgpack). Elsewhere msgpack's text is what Postgres reads for
+    negative ``timedelta`` (msgspec's ``-PT1S`` is no interval Postgres reads; its fields
+    signed), a signalling NaN, an ``Enum`` that is no number or string (psycopg sends its
+    name, msgpack its value) and a tuple (a composite for psycopg, an array for msgpack). Elsewhere msgpack's text is what Postgres reads for
     psycopg's, so resends of writes recorded before this keep their digest."""
     kind = type(value)
     if kind in _AS_THEMSELVES:
         return value
     if kind is list:
         return [wire_value(v) for v in value]
+    if isinstance(value, datetime.timedelta) and value < datetime.timedelta(0):
+        # Every field signed: under IntervalStyle sql_standard a leading sign applies to the
+        # fields without one, and "-1 day 23:59:59" would be -47:59:59 (psycopg signs them
+        # there too).
+        d = value
+        return f"{d.days:+d} day {d.seconds:+d} second {d.microseconds:+d} microsecond"
     if (
-        (isinstance(value, datetime.timedelta) and value < datetime.timedelta(0))
-        or (isinstance(value, decimal.Decimal) and value.is_snan())
-        or (isinstance(value, enum.Enum) and not isinstance(value, (int, str)))
+        (isinstance(value, decimal.Decimal) and value.is_snan())
+        or (isinstance(value, enum.Enum) and not isinstance(value, (int, float, str)))
         or isinstance(value, tuple)
     ):
         try:
             return _psycopg_text(value)
-        except psycopg.Error:
-            return value  # psycopg refuses it too: so will the worker
+        except Exception:  # psycopg refuses it (a Flag without a name): so will the worker
+            return value
     return value
 
 

@@ -62,10 +62,12 @@ def check_nats_urls(urls: tuple[str, ...]) -> tuple[str, ...]:
             parts = urlsplit(url if "://" in url else f"nats://{url}")
             port = parts.port  # raises ValueError when out of range or not a number
             ok = parts.scheme in _NATS_SCHEMES and bool(parts.hostname) and port != 0
-            if parts.scheme in ("nats", "tls") and "@" in parts.path + parts.query + parts.fragment:
+            after_host = parts.path + parts.query if parts.scheme in ("nats", "tls") else ""
+            if "@" in after_host + parts.fragment:
                 # nats://u:12#x@host: a password with / ? or # not percent-encoded ends the
                 # host part there, and its start would be taken for the host and port. (A
-                # ws:// URL has a path and query of its own, where '@' may be.)
+                # ws:// URL has a path and query of its own, where '@' may be; no URL has
+                # a fragment that means anything here.)
                 raise ConfigError(
                     f"NATS_URL: server {i} of {len(urls)} has '@' after its host: "
                     "percent-encode / ? # in a user or password (%2F %3F %23)",

@@ -60,17 +60,14 @@ def _python_default(column: Any, update: bool) -> Any:
 
 
 def _columns_from(construct: Any, params: dict[str, Any] | None) -> dict[str, Any]:
-    """``column_keys`` for an ``insert(t)`` or ``update(t)`` without ``values()``: it sets
-    the columns ``params`` name, as ``connection.execute(insert(t), params)`` does. With
-    ``values()`` the statement says its columns, and a ``bindparam`` named like one must
-    not become a second one."""
+    """``column_keys`` for an insert or update: it also sets the columns ``params`` name, as
+    ``connection.execute(stmt, params)`` does (and, as there, a ``bindparam`` named like a
+    column is refused: the name is the SET clause's)."""
     from sqlalchemy.sql.dml import ValuesBase
 
     if not params or not isinstance(construct, ValuesBase):
         return {}
-    if construct._values or construct._multi_values:
-        return {}
-    return {"column_keys": list(params)}
+    return {"column_keys": sorted(params)}
 
 
 def compile_construct(

@@ -284,6 +284,21 @@ async def test_parameters_bind_as_the_same_types_in_every_region(
     assert summed == (decimal.Decimal("2.5"), "x")
 
 
+@REGIONS
+async def test_a_negative_interval_is_the_same_under_every_interval_style(
+    writer: Database, region: str
+) -> None:
+    """A negative timedelta means itself whatever the session's IntervalStyle: under
+    ``sql_standard`` a leading sign applies to every unsigned field, so '-1 day 23:59:59'
+    read as -47:59:59."""
+    minus = [datetime.timedelta(seconds=-1), datetime.timedelta(days=-2, hours=3)]
+    res = await writer.batch([
+        ("SET LOCAL intervalstyle = 'sql_standard'", None),
+        ("SELECT extract(epoch FROM %s), extract(epoch FROM %s)", minus),
+    ])  # fmt: skip
+    assert res.statements[1].rows == [(-1, -2 * 86400 + 3 * 3600)]
+
+
 class Mood(enum.Enum):
     SAD = 1
 

@@ -85,8 +85,8 @@ class Mood(enum.Enum):
 @pytest.mark.parametrize(
     ("value", "sent", "oid"),
     [
-        (datetime.timedelta(seconds=-1), "-1 day 23:59:59", 1186),
-        ([datetime.timedelta(days=-3)], ["-3 days 0:00:00"], 1187),
+        (datetime.timedelta(seconds=-1), "-1 day +86399 second +0 microsecond", 1186),
+        ([datetime.timedelta(days=-3)], ["-3 day +0 second +0 microsecond"], 1187),
         (decimal.Decimal("sNaN"), "NaN", 1700),
         (Mood.SAD, "SAD", 0),
         ((1, "a"), "(1,a)", 0),

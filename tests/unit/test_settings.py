@@ -192,3 +192,5 @@ def test_a_nats_password_with_an_unencoded_hash_is_refused_without_showing_it() 
     assert "4711" not in str(info.value)
     assert Settings.from_env({"NATS_URL": "nats://bus:4711%23x@nats:4222"}).nats_urls
     assert Settings.from_env({"NATS_URL": "ws://h:80/ws?t=a@b"}).nats_urls
+    with pytest.raises(ConfigError, match="percent-encode"):
+        Settings.from_env({"NATS_URL": "wss://alice:4222#pw@nats.example.com"})

@@ -59,15 +59,23 @@ _T = sa.Table("t", sa.MetaData(), sa.Column("id", sa.Integer), sa.Column("name",
          {"id": 1, "my_col": "b"}),
         (sa.insert(_T), {"id": 1, "my col": "z"}, {"id": 1, "my_col": "z"}),
         (sa.insert(_T), {"id": 1}, {"id": 1, "my_col": "dflt"}),
-        (sa.update(_T).where(_T.c.id == sa.bindparam("id")).values(name="x"), {"id": 5},
-         {"name": "x", "id": 5}),
         (sa.update(_T).where(_T.c.id == 1), {"name": "n"}, {"name": "n", "id_1": 1}),
+        (sa.insert(_T).values(id=1), {"name": "v"}, {"id": 1, "name": "v", "my_col": "dflt"}),
+        (sa.update(_T).values(name="x").where(_T.c.id == 2), {"my col": "w"},
+         {"name": "x", "my_col": "w", "id_1": 2}),
     ],
 )  # fmt: skip
-def test_params_fill_escaped_names_and_name_columns_only_without_values(
+def test_params_fill_escaped_names_and_name_columns(
     construct: Any, params: dict[str, Any], sent: dict[str, Any]
 ) -> None:
-    """``params`` reach a bindparam or column whose name needs escaping (``my p``), and name
-    the columns of an insert or update only when it has no ``values()``: a bindparam named
-    like a column beside ``values()`` is not a second SET column."""
+    """``params`` reach a bindparam or column whose name needs escaping (``my p``), and set
+    the columns they name in an insert or update, beside its ``values()``, as SQLAlchemy's
+    ``connection.execute`` does (a column they named was dropped)."""
     assert compile_construct(construct, params)[1] == sent
+
+
+def test_a_bindparam_named_like_a_set_column_is_refused_as_sqlalchemy_does() -> None:
+    """As ``connection.execute``: the name is the SET clause's."""
+    stmt = sa.update(_T).where(_T.c.id == sa.bindparam("id")).values(name="x")
+    with pytest.raises(sa.exc.CompileError, match="reserved"):
+        compile_construct(stmt, {"id": 5})
