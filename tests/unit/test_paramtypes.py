@@ -170,3 +170,18 @@ def test_fitting_types_pass() -> None:
     """Untyped bytes and typed text, numbers and arrays pass the check."""
     stmt = Statement(sql="x", params=[b"1", "2", 3, ["4", None]], types=[0, 1700, 1700, 1231])
     validate_request(Request(id="r", statements=[stmt]))
+
+
+class Ratio(float, enum.Enum):
+    HALF = 0.5
+
+
+class Perm(enum.Flag):
+    R = 1
+
+
+def test_enums_psycopg_sends_by_value_keep_their_value() -> None:
+    """A float-valued Enum is a float to psycopg (its MRO finds float first): it goes as its
+    value, typed as psycopg binds it; a Flag without a name does not raise."""
+    stmt = as_a_worker_gets(Statement(sql="x", params=[Ratio.HALF, Perm(0)]))
+    assert stmt.params == [0.5, 0]
