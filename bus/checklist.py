@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from writebus.bus.command import number_arg
 from writebus.client.region import likely_region
 
 #: The checks in the order they are reported; the JSON output always lists every one.
@@ -254,10 +255,7 @@ class Facts:
 
 def positive_seconds(text: str) -> float:
     """A ``--listen``/``--timeout``/``--max-lag`` value: seconds, more than zero."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    value = number_arg(text, float, "a number of seconds")
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text} is not more than zero")
     return value
@@ -265,10 +263,7 @@ def positive_seconds(text: str) -> float:
 
 def byte_count(text: str) -> int:
     """A ``--max-lag-bytes`` value: a whole number of bytes, zero or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes") from None
+    value = number_arg(text, int, "a whole number of bytes")
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is negative")
     return value

@@ -7,6 +7,9 @@ import importlib.metadata
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -22,6 +25,15 @@ class Command:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
     description: str = ""
+
+
+def number_arg(text: str, kind: Callable[[str], T], what: str) -> T:
+    """``text`` read by ``kind`` (``int``, ``float``) for an argparse type; else argparse's
+    error, ``'<text>' is not <what>``. The caller checks the range."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
 
 
 def _installed(name: str) -> bool:

@@ -10,6 +10,7 @@ import argparse
 from dataclasses import dataclass
 
 from writebus.bus.checklist import positive_seconds
+from writebus.bus.command import number_arg
 from writebus.bus.drillreport import MODES, Mode
 
 
@@ -45,10 +46,7 @@ class DrillOptions:
 
 
 def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = number_arg(text, float, "a number")
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text} is not more than zero")
     return value
@@ -56,10 +54,7 @@ def _positive(text: str) -> float:
 
 def delay_ms(text: str) -> float:
     """An argparse type: a one-way delay in milliseconds, 0 or more and finite."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
+    value = number_arg(text, float, "a number of milliseconds")
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text}: a delay is 0 or more, and finite")
     return value
@@ -67,10 +62,7 @@ def delay_ms(text: str) -> float:
 
 def count(text: str) -> int:
     """An argparse type: a whole number, 1 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = number_arg(text, int, "a whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
     return value
