@@ -171,7 +171,8 @@ async def commit(
     # A statement can turn synchronous_commit off where validation cannot see it (a function
     # it calls, a trigger): then COMMIT would not wait for the flush, the flush position read
     # after it could come before the commit (a stale read of the write), and a crash could
-    # lose an answered write. It goes back to the session's starting value first.
+    # lose an answered write. It goes back to the session's starting value first. (A
+    # deferred trigger, which runs within COMMIT itself, could still turn it off.)
     commands = [RESTORE_DURABLE_COMMIT_SQL.encode(), store, b"COMMIT"]
     commands += [FLUSH_LSN_SQL.encode()] if read_lsn else []
     cur = conn.cursor()

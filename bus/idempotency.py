@@ -114,8 +114,10 @@ LOOKUP_AHEAD: Final = 86400.0
 #: who holds it, and tries again (it cannot serve writes without the current partitions).
 SCHEMA_LOCK_TIMEOUT: Final = "1s"
 #: How far ahead a record's floor surely has a partition (:func:`far_ahead`): the current
-#: partition and :data:`PARTITIONS_AHEAD` more are made by the maintaining worker's clock; one
-#: span is kept back for a maintenance pass that has not yet run since the hour turned.
+#: partition and :data:`PARTITIONS_AHEAD` more are made by the database's clock (which
+#: :func:`far_ahead` takes this worker's for: under NTP they differ by far less than a
+#: span); one span is kept back for a maintenance pass that has not yet run since the hour
+#: turned.
 RECORD_AHEAD: Final = (PARTITIONS_AHEAD - 1) * PARTITION_SPAN
 
 

@@ -57,20 +57,22 @@ from writebus.client.protocol import Statement
 _HAZARDS: Final = re.compile(r"['$\\;]|--|/\*")
 _NAMED: Final = re.compile(r"%\(([^)]*)\)")
 _SELECT: Final = re.compile(r"\bselect\b", re.IGNORECASE)
-_JOINED_BY_NAME: Final = re.compile(r"\b(?:natural|using)\b", re.IGNORECASE)
+#: Where a value's column name can be seen but in the result: a derived table (a SELECT in
+#: parentheses: UPDATE ... FROM (SELECT %s) p, LATERAL), a CTE, a NATURAL or USING join.
+_NAMES_SEEN: Final = re.compile(r"\(\s*select\b|\b(?:with|lateral|natural|using)\b", re.IGNORECASE)
 
 
 def plain_text(sql: str) -> bool:
     """Whether ``sql`` is one command whose placeholders all stand where expressions do: no
     quote, dollar sign, backslash, comment or semicolon outside double-quoted identifiers, no
     ``%`` inside one, and no named placeholder used twice -- and where a written value's
-    column name (its cast's: ``int2``, ``numeric``) cannot be seen: no second ``SELECT`` (a
-    derived table's columns reach ``to_jsonb(p)`` and unqualified names), no ``NATURAL`` or
-    ``USING`` join."""
+    column name (its cast's: ``int2``, ``numeric``) cannot be seen: no derived table or CTE
+    (their columns reach ``to_jsonb(p)`` and unqualified names: a second ``SELECT``, one in
+    parentheses, ``WITH``, ``LATERAL``), no ``NATURAL`` or ``USING`` join."""
     names = _NAMED.findall(sql)
     if len(names) != len(set(names)) or not all(n.isidentifier() for n in names):
         return False  # a name with a quote in it would throw the identifier scan below
-    if len(_SELECT.findall(sql)) > 1 or _JOINED_BY_NAME.search(sql):
+    if len(_SELECT.findall(sql)) > 1 or _NAMES_SEEN.search(sql):
         return False
     parts = sql.split('"')
     if len(parts) % 2 == 0:  # an unterminated identifier

@@ -232,6 +232,7 @@ class ReadGate:
         s = self.settings
         timeout = timeout if timeout is not None else s.rpc_timeout
         end = time.monotonic() + timeout
+        pause = PING_AGAIN_AFTER
         while True:
             left = max(0.1, end - time.monotonic())
             ex = await request(
@@ -247,13 +248,15 @@ class ReadGate:
             if isinstance(lsn, int):
                 return lsn
             # The region's other nodes answer pings too (a standby's, one starting or
-            # fenced), in the same queue group: another ping may reach the primary's.
-            if time.monotonic() + PING_AGAIN_AFTER >= end:
+            # fenced), in the same queue group: another ping may reach the primary's. Ever
+            # further apart: after a failover to another region no node here has a position.
+            if time.monotonic() + pause >= end:
                 raise WriteBusError(
                     f"the bus in {s.primary_region!r} did not report a primary flush LSN: is "
                     "its database the primary (or is the bus older than strong reads)?"
                 )
-            await asyncio.sleep(PING_AGAIN_AFTER)
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, PING_AGAIN_MAX)
 
     async def primary_pool(self) -> AsyncConnectionPool[Any]:
         """A small pool on the primary (``PRIMARY_DATABASE_URL``), opened on first use."""
@@ -283,9 +286,10 @@ class ReadGate:
             return self._primary_pool
 
 
-#: Seconds before a strong read pings the primary region again after a reply without the
-#: primary's flush position (from another node of the region).
+#: Seconds before a strong read pings the primary region again after a reply from another
+#: node of the region (without the primary's flush position), doubling up to the second.
 PING_AGAIN_AFTER = 0.02
+PING_AGAIN_MAX = 0.2
 
 
 def _ping_id() -> str:

@@ -43,6 +43,9 @@ def test_plain_texts(sql: str) -> None:
         ("UPDATE t SET date = (SELECT date FROM (select %s) p)", "an unqualified name"),
         ("SELECT * FROM t NATURAL JOIN u WHERE a = %s", "a natural join"),
         ("DELETE FROM t USING u WHERE t.a = u.a AND u.b = %s", "using"),
+        ("UPDATE t SET j = to_jsonb(p) FROM (SELECT %s) p WHERE t.id = %s", "one SELECT, derived"),
+        ("WITH p AS (SELECT %s) UPDATE t SET j = to_jsonb(p) FROM p", "a CTE"),
+        ("UPDATE t SET j = to_jsonb(p) FROM LATERAL (VALUES (%s)) p", "lateral"),
     ],
 )
 def test_texts_that_are_not_plain(sql: str, why: str) -> None:
