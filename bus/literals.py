@@ -29,8 +29,8 @@ does, and a typed string literal is read by the type's input function exactly as
 sent as text is (the type is schema-qualified: a temporary table named ``int2`` cannot stand
 in). One visible difference remains -- a value alone in a select list is named after its cast
 (``int2``) where bound it is ``?column?``. A statement where such a name could be seen other
-than in its result -- a derived table (a second ``SELECT``), whose columns reach
-``to_jsonb(p)`` and unqualified names; a ``NATURAL`` or ``USING`` join -- is not plain; a
+than in its result -- a derived table or CTE, whose columns reach ``to_jsonb(p)`` and
+unqualified names; a ``NATURAL`` or ``USING`` join; a table made from a query -- is not plain; a
 result with such a column name is not used (:func:`renamed`): the careful way runs the group
 bound, and that statement is not written out again. ``None``, ``bool``, ``int``, ``float``,
 ``str`` and ``bytes`` are written in, and a typed value (:mod:`.typedparams`) of a type the
@@ -56,24 +56,28 @@ from writebus.client.protocol import Statement
 #: Characters and sequences that may not appear outside double-quoted identifiers.
 _HAZARDS: Final = re.compile(r"['$\\;]|--|/\*")
 _NAMED: Final = re.compile(r"%\(([^)]*)\)")
-_SELECT: Final = re.compile(r"\bselect\b", re.IGNORECASE)
-#: Where a value's column name can be seen but in the result: a derived table (a SELECT in
-#: parentheses: UPDATE ... FROM (SELECT %s) p, LATERAL), a CTE, a NATURAL or USING join.
-_NAMES_SEEN: Final = re.compile(r"\(\s*select\b|\b(?:with|lateral|natural|using)\b", re.IGNORECASE)
+#: Where a written value's column name (its cast's) could be seen other than in a result:
+#: a derived table (UPDATE ... FROM (SELECT %s) p: to_jsonb(p), unqualified names), a CTE (not
+#: "with time zone", "with ordinality", "with ties"), a NATURAL or USING join, and a table
+#: made from a query (CREATE TABLE ... AS, SELECT ... INTO; EXPLAIN and DECLARE too).
+_NAMES_SEEN: Final = re.compile(
+    r"(?:\b(?:from|join|lateral)|,)\s*\(+\s*select\b"
+    r"|\bwith\b(?!\s+(?:time\s+zone|ordinality|ties)\b)"
+    r"|\b(?:natural|using)\b"
+    r"|^\W*(?:create|explain|declare)\b|\bselect\b.*\binto\b",
+    re.IGNORECASE | re.DOTALL,
+)
 
 
 def plain_text(sql: str) -> bool:
     """Whether ``sql`` is one command whose placeholders all stand where expressions do: no
     quote, dollar sign, backslash, comment or semicolon outside double-quoted identifiers, no
     ``%`` inside one, and no named placeholder used twice -- and where a written value's
-    column name (its cast's: ``int2``, ``numeric``) cannot be seen: no derived table or CTE
-    (their columns reach ``to_jsonb(p)`` and unqualified names: a second ``SELECT``, one in
-    parentheses, ``WITH``, ``LATERAL``), no ``NATURAL`` or ``USING`` join."""
+    column name (its cast's: ``int2``, ``numeric``) cannot be seen but in its result (no
+    derived table, CTE, ``NATURAL`` or ``USING`` join, or table made from a query)."""
     names = _NAMED.findall(sql)
     if len(names) != len(set(names)) or not all(n.isidentifier() for n in names):
         return False  # a name with a quote in it would throw the identifier scan below
-    if len(_SELECT.findall(sql)) > 1 or _NAMES_SEEN.search(sql):
-        return False
     parts = sql.split('"')
     if len(parts) % 2 == 0:  # an unterminated identifier
         return False
@@ -83,7 +87,7 @@ def plain_text(sql: str) -> bool:
                 return False
         elif "%" in part:
             return False
-    return True
+    return not _NAMES_SEEN.search(" ".join(parts[0::2]))  # outside quoted identifiers
 
 
 def shape(stmt: Statement) -> Hashable:

@@ -234,7 +234,8 @@ class ReadGate:
         end = time.monotonic() + timeout
         pause = PING_AGAIN_AFTER
         while True:
-            left = max(0.1, end - time.monotonic())
+            asked = time.monotonic()
+            left = max(0.1, end - asked)
             ex = await request(
                 nc,
                 Subjects(s.prefix).rpc(s.primary_region),
@@ -250,7 +251,9 @@ class ReadGate:
             # The region's other nodes answer pings too (a standby's, one starting or
             # fenced), in the same queue group: another ping may reach the primary's. Ever
             # further apart: after a failover to another region no node here has a position.
-            if time.monotonic() + pause >= end:
+            # Not a ping that could not come back in time: that would end in a timeout,
+            # and hide this answer.
+            if time.monotonic() + pause + (time.monotonic() - asked) >= end:
                 raise WriteBusError(
                     f"the bus in {s.primary_region!r} did not report a primary flush LSN: is "
                     "its database the primary (or is the bus older than strong reads)?"
@@ -287,7 +290,8 @@ class ReadGate:
 
 
 #: Seconds before a strong read pings the primary region again after a reply from another
-#: node of the region (without the primary's flush position), doubling up to the second.
+#: node of the region (without the primary's flush position), doubling up to the second
+#: figure.
 PING_AGAIN_AFTER = 0.02
 PING_AGAIN_MAX = 0.2
 
