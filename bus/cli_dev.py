@@ -15,6 +15,14 @@ from writebus.bus.drilloptions import count, delay_ms
 # -- demo, dev up ---------------------------------------------------------------------------
 
 
+def _own_servers() -> None:
+    """These commands run their own servers: the user's PG*/NATS_* client settings are not
+    for them (:mod:`writebus.bus.embedded.environ`)."""
+    from writebus.bus.embedded.environ import forget_client_settings
+
+    forget_client_settings()
+
+
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--writes", type=count, default=20, help="writes to make (default 20)")
     p.add_argument(
@@ -31,6 +39,7 @@ def _demo(args: argparse.Namespace) -> int:
     from writebus.bus.demo import run_demo
     from writebus.bus.log import configure_logging
 
+    _own_servers()
     configure_logging(fmt="console", level="warning")
     return asyncio.run(run_demo(writes=args.writes, delay_ms=args.delay_ms, fsync=args.fsync))
 
@@ -89,6 +98,7 @@ def _dev(args: argparse.Namespace) -> int:
     from writebus.bus.log import configure_logging
 
     # Logs go to stderr (stdout is for the environment); console unless WRITEBUS_LOG_FORMAT says.
+    _own_servers()
     configure_logging(fmt=os.environ.get("WRITEBUS_LOG_FORMAT") or "console")
     try:
         dev_up(
@@ -110,7 +120,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="few samples, about 3 minutes")
     p.add_argument("--json", dest="json_path", default=None, help="write a JSON report here")
     p.add_argument("--plot", dest="plot_path", default=None, help="write a PNG plot here")
-    p.add_argument("--delay-ms", type=float, default=25.0)
+    p.add_argument("--delay-ms", type=delay_ms, default=25.0)
 
 
 def _load_bench() -> Any:
@@ -137,6 +147,7 @@ def _bench(args: argparse.Namespace) -> int:
     from writebus.bus.log import configure_logging
 
     run_bench = _load_bench()
+    _own_servers()
     configure_logging(fmt="console", level="warning")
     code: int = run_bench(
         quick=args.quick,
@@ -162,6 +173,7 @@ def _drill(args: argparse.Namespace) -> int:
     from writebus.bus.drilloptions import from_arguments
     from writebus.bus.log import configure_logging
 
+    _own_servers()
     configure_logging(fmt="console", level="error")  # every failed-over write would warn
     return main(from_arguments(args), as_json=args.json)
 

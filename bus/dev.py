@@ -83,14 +83,17 @@ def dev_up(
 ) -> None:
     """Start the stack and a bus node per region, print how to reach them (``export`` lines, or
     one JSON object with ``json_output``), wait for SIGINT/SIGTERM/SIGHUP, then stop everything.
+    A signal during start-up stops it there (``KeyboardInterrupt``), with what had started.
 
     Must run in the main thread (it installs signal handlers, restored on return).
     """
     out = out or sys.stdout
-    done = threading.Event()
+    done, serving = threading.Event(), threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         done.set()
+        if not serving.is_set():  # still starting: stop starting, stop what started
+            raise KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
@@ -110,6 +113,7 @@ def dev_up(
             for bus in buses.values():
                 bus.wait_ready(30)
             report = dev_report(stack, buses, prefix=prefix)
+            serving.set()  # before the report: a signal once it is read is a plain stop
             if json_output:
                 out.write(json.dumps(report, sort_keys=True) + "\n")
             else:

@@ -21,10 +21,15 @@ from psycopg_pool import AsyncConnectionPool
 from tests.support.servers import make_stack
 from tests.support.stack import TEST_DELAY_MS, settings_for, start_bus
 from writebus.bus.embedded.bus_process import BusProcess
+from writebus.bus.embedded.environ import forget_client_settings
 from writebus.bus.embedded.nats import NatsServer
 from writebus.bus.embedded.ports import free_port
 from writebus.bus.pg import durable_commits
 from writebus.client.db import Database
+
+# The suite runs its own servers: a developer's PGSSLMODE=require or NATS_TLS_CA (for their
+# own databases and servers) would make every connection to them fail.
+forget_client_settings()
 
 
 @pytest.fixture(scope="session")

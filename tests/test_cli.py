@@ -37,13 +37,16 @@ def test_demo_reads_its_own_writes() -> None:
 
 def test_dev_up_prints_environment_and_stops_on_sigint(tmp_path: Path) -> None:
     """`writebus dev up` prints each region's environment, keeps running, stops on Ctrl-C, and
-    removes its temporary directory -- and its shutdown log says so (kept=false)."""
+    removes its temporary directory -- and its shutdown log says so (kept=false). The user's
+    own client settings (PGSSLMODE=require, NATS_TLS_CA) do not reach its servers: they made
+    start-up time out."""
     log_path = tmp_path / "dev.stderr"
     with open(log_path, "wb") as err:
         proc = subprocess.Popen(
             _writebus("dev", "up", "--delay-ms", "1"),
             stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO,
-            env={**os.environ, "WRITEBUS_LOG_FORMAT": "json", "WRITEBUS_LOG_LEVEL": "info"},
+            env={**os.environ, "WRITEBUS_LOG_FORMAT": "json", "WRITEBUS_LOG_LEVEL": "info",
+                 "PGSSLMODE": "require", "NATS_TLS_CA": "/nowhere/ca.pem"},
         )  # fmt: skip
     lines: list[str] = []
     try:
@@ -117,3 +120,32 @@ def test_dev_commands_refuse_a_delay_or_count_out_of_range(args: list[str], says
     out = subprocess.run(_writebus(*args), capture_output=True, text=True, timeout=60, cwd=REPO)
     assert out.returncode == 2
     assert says in out.stderr and "Traceback" not in out.stderr
+
+
+def test_dev_up_stops_starting_on_ctrl_c(tmp_path: Path) -> None:
+    """Ctrl-C while `writebus dev up` starts stops it there, with what had started: it went
+    on starting (up to a minute), printed the environment as if serving, then stopped."""
+    log_path = tmp_path / "dev.stderr"
+    with open(log_path, "wb") as err:
+        proc = subprocess.Popen(
+            _writebus("dev", "up", "--delay-ms", "1"),
+            stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO,
+            env={**os.environ, "WRITEBUS_LOG_FORMAT": "json", "WRITEBUS_LOG_LEVEL": "info"},
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while '"embedded.pg.initdb"' not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+        assert proc.stdout is not None and "Ctrl-C to stop" not in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stopped = [
+        event
+        for event in map(json.loads, log_path.read_text().splitlines())
+        if event.get("event") == "embedded.stack.stopped"
+    ]
+    assert len(stopped) == 1 and not Path(stopped[0]["base_dir"]).exists()

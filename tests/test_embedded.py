@@ -533,3 +533,45 @@ def test_watchdog_stops_registered_groups_when_the_parent_is_sigkilled(tmp_path:
         for name in ("polite", "stubborn", "forgotten"):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pids[name], signal.SIGKILL)
+
+
+def test_monitoring_ignores_an_http_proxy_in_the_environment(lone_nats: NatsServer) -> None:
+    """With http_proxy set and 127.0.0.1 not in no_proxy (a common developer setup), the
+    health check went to the proxy and failed until start-up timed out: "not healthy after
+    60 s". Monitoring requests go straight to the server. (A process of its own: urllib
+    reads the proxy variables once per process.)"""
+    dead = free_ports(1)[0]  # nothing listens: a proxy that refuses every request
+    script = (
+        "import sys\n"
+        "import writebus.bus.embedded.nats as n\n"
+        "class S: monitor_url = sys.argv[1]\n"
+        "print(n.NatsServer.monitor(S(), 'healthz'))\n"
+    )
+    env = {**os.environ, "http_proxy": f"http://127.0.0.1:{dead}",
+           "HTTP_PROXY": f"http://127.0.0.1:{dead}", "no_proxy": "localhost"}  # fmt: skip
+    env.pop("NO_PROXY", None)
+    out = subprocess.run([sys.executable, "-c", script, lone_nats.monitor_url], env=env,
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.strip() == "{'status': 'ok'}"
+
+
+def test_bus_process_leaves_the_users_client_settings_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bus node of the stack gets the stack's settings, not the user's PGSSLMODE=require or
+    NATS_TLS_CA (for their own servers), which made it fail against the stack's: those given
+    explicitly still reach it."""
+    monkeypatch.setenv("PGSSLMODE", "require")
+    monkeypatch.setenv("NATS_TLS_CA", "/nowhere/ca.pem")
+    proc = BusProcess(
+        env={"NATS_URL": "nats://127.0.0.1:1"},
+        log_path=tmp_path / "bus.log",
+        command=["-c", "import os; print('event=bus.ready', sorted(k for k in os.environ "
+                       "if k.startswith(('PG', 'NATS_'))), flush=True)"],
+    ).start()
+    try:
+        proc.wait_ready(timeout=10)
+        assert "bus.ready ['NATS_URL']" in proc.log_tail()
+    finally:
+        proc.kill()

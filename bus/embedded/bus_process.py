@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Final, Self
 
 from writebus.bus.embedded.child import ChildProcess
+from writebus.bus.embedded.environ import scrubbed
 from writebus.bus.embedded.errors import EmbeddedError, ServerStartError, WaitTimeout
 from writebus.client.log import get_logger
 
@@ -63,7 +64,7 @@ class BusProcess(ChildProcess):
         if self._proc is not None:
             raise EmbeddedError(f"{self.name} already started")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
+        env = scrubbed(os.environ)  # the user's PG*/NATS_* are not for the stack's servers
         env.update(self.env)
         # Readiness is signalled by a file too, so it does not depend on the log level.
         env["WRITEBUS_READY_FILE"] = str(self.ready_path)

@@ -28,6 +28,11 @@ from writebus.client.log import get_logger
 
 log = get_logger("writebus.bus.embedded.nats")
 
+#: Monitoring requests go straight to the local server: not through an HTTP proxy the user's
+#: environment names (http_proxy without 127.0.0.1 in no_proxy), which failed every health
+#: check until the start-up timed out.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
 BINARY: Final = "nats-server"
 #: The account clients use when the server has no accounts configured.
 GLOBAL_ACCOUNT: Final = "$G"
@@ -267,7 +272,7 @@ class NatsServer(ChildProcess):
     def monitor(self, endpoint: str, *, timeout: float = 2.0) -> dict[str, Any]:
         """GET a monitoring endpoint (``"varz"``, ``"gatewayz"``, ...) and return its JSON."""
         url = f"{self.monitor_url}/{endpoint.lstrip('/')}"
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with _DIRECT.open(url, timeout=timeout) as response:
             data: dict[str, Any] = json.loads(response.read())
         return data
 

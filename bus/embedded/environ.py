@@ -1,0 +1,29 @@
+"""The embedded stack's servers are its own: the user's client settings stay away from them.
+
+libpq reads ``PG*`` variables for every connection a process makes (``PGSSLMODE=require``,
+common for a managed database, made every probe of the embedded server -- which has no SSL --
+fail until start-up timed out), and a bus node reads ``NATS_*`` ones (``NATS_TLS_CA`` for a
+server without TLS). The stack names its servers by explicit URLs; these are not for it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+#: Prefixes of the variables that configure clients: libpq's and writebus' NATS settings.
+CLIENT_PREFIXES = ("PG", "NATS_")
+
+
+def scrubbed(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without the client settings (:data:`CLIENT_PREFIXES`)."""
+    return {k: v for k, v in environ.items() if not k.startswith(CLIENT_PREFIXES)}
+
+
+def forget_client_settings() -> list[str]:
+    """Drop the client settings from this process's environment (a command that runs its own
+    servers, or the test suite); return their names."""
+    names = sorted(k for k in os.environ if k.startswith(CLIENT_PREFIXES))
+    for name in names:
+        del os.environ[name]
+    return names
