@@ -91,8 +91,11 @@ def dev_up(
     done, serving = threading.Event(), threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        first = not done.is_set()
         done.set()
-        if not serving.is_set():  # still starting: stop starting, stop what started
+        if first and not serving.is_set():
+            # Still starting: stop once the step under way ends (its threads are joined),
+            # then stop what started. Once only: a second signal must not cut the stop short.
             raise KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}

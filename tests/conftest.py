@@ -9,6 +9,7 @@ reachable). Helper functions live in :mod:`tests.support`.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -27,9 +28,13 @@ from writebus.bus.embedded.ports import free_port
 from writebus.bus.pg import durable_commits
 from writebus.client.db import Database
 
-# The suite runs its own servers: a developer's PGSSLMODE=require or NATS_TLS_CA (for their
-# own databases and servers) would make every connection to them fail.
-forget_client_settings()
+# The suite runs its own servers: a developer's NATS_TLS_CA or PGOPTIONS (for their own
+# servers) would make connections to them fail -- unless the fakes run on the developer's own
+# database (WRITEBUS_FAKE_DATABASE_URL), which may need its PG* settings (the stack's URLs
+# name the ones that matter most: PostgresServer.url). HTTP to this machine goes direct.
+forget_client_settings(keep_libpq="WRITEBUS_FAKE_DATABASE_URL" in os.environ)
+for _name in ("no_proxy", "NO_PROXY"):
+    os.environ[_name] = ",".join(filter(None, [os.environ.get(_name), "127.0.0.1,localhost"]))
 
 
 @pytest.fixture(scope="session")

@@ -575,3 +575,16 @@ def test_bus_process_leaves_the_users_client_settings_out(
         assert "bus.ready ['NATS_URL']" in proc.log_tail()
     finally:
         proc.kill()
+
+
+def test_the_stacks_urls_hold_against_a_users_libpq_settings(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's PGSSLMODE=require (for their own database) made every connection to the
+    stack's servers fail -- in-process, as the pytest plugin's stack fixture makes them. Its
+    URLs name the settings that matter."""
+    monkeypatch.setenv("PGSSLMODE", "require")
+    monkeypatch.setenv("PGTARGETSESSIONATTRS", "read-write")
+    for url in (stack.primary.url, stack.replica.url, stack.primary_url_from("lax")):
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)

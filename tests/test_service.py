@@ -12,6 +12,7 @@ import msgspec
 import nats
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from tests.procedures import procedures
 from tests.support.stack import bus_settings_for, primary_rows, settings_for, start_bus
@@ -333,7 +334,7 @@ async def test_worker_connections_flush_commits(stack: Any) -> None:
     """Even when the database or role sets synchronous_commit=off, worker connections commit
     with a local flush, so the flush LSN read after COMMIT covers the commit record."""
     prefix = f"sc{uuid.uuid4().hex[:8]}"
-    url = stack.primary.url + "?options=-c%20synchronous_commit%3Doff"
+    url = make_conninfo(stack.primary.url, options="-c synchronous_commit=off")
     settings = bus_settings_for(stack, "syd", prefix=prefix, primary_database_url=url,
                             database_url=url)
     with psycopg.connect(url) as probe:

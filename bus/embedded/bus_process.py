@@ -28,7 +28,8 @@ DEFAULT_COMMAND: Final = ("-m", "writebus", "serve")
 class BusProcess(ChildProcess):
     """One bus service process, its stdout and stderr going to ``log_path``.
 
-    ``env`` is applied on top of a copy of :data:`os.environ`. ``command`` (arguments after the
+    ``env`` is applied on top of a copy of :data:`os.environ` without the client settings meant
+    for the user's own servers (``PG*``, ``NATS_*``: :mod:`.environ`). ``command`` (arguments after the
     Python executable) defaults to ``-m writebus serve``; ``ready_marker`` is the log substring that
     :meth:`wait_ready` waits for. :attr:`pid` and :attr:`returncode` stay readable after the
     process exits.

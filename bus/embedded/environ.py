@@ -20,10 +20,11 @@ def scrubbed(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if not k.startswith(CLIENT_PREFIXES)}
 
 
-def forget_client_settings() -> list[str]:
+def forget_client_settings(*, keep_libpq: bool = False) -> list[str]:
     """Drop the client settings from this process's environment (a command that runs its own
-    servers, or the test suite); return their names."""
-    names = sorted(k for k in os.environ if k.startswith(CLIENT_PREFIXES))
+    servers, or the test suite); return their names. ``keep_libpq`` keeps ``PG*``."""
+    prefixes = ("NATS_",) if keep_libpq else CLIENT_PREFIXES
+    names = sorted(k for k in os.environ if k.startswith(prefixes))
     for name in names:
         del os.environ[name]
     return names

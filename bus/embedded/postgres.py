@@ -45,6 +45,9 @@ log = get_logger("writebus.bus.embedded.postgres")
 
 #: The database superuser every embedded server is initialised with.
 SUPERUSER: Final = "postgres"
+#: Connection settings every URL of the stack's servers names, so that libpq's environment
+#: variables meant for the user's own databases do not apply to them.
+PINNED: Final = "sslmode=prefer&gssencmode=disable&target_session_attrs=any"
 #: Sentinel for ``run_as``: choose with :func:`default_run_as`.
 AUTO: Final = "auto"
 #: ``stop(mode=...)`` to the signal the postmaster expects for it.
@@ -112,8 +115,11 @@ class PostgresServer(ChildProcess):
 
     @property
     def url(self) -> str:
-        """Connection URL of the superuser on the ``postgres`` database."""
-        return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/postgres"
+        """Connection URL of the superuser on the ``postgres`` database. It names the
+        settings a user's libpq variables would otherwise set for every connection
+        (``PGSSLMODE=require`` for their own database: this server has no SSL, unless a test
+        gave it some -- ``prefer`` takes it then)."""
+        return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/postgres?{PINNED}"
 
     @property
     def log_path(self) -> Path:

