@@ -34,6 +34,15 @@ RESTORE_DURABLE_COMMIT_SQL: Final = (
     "WHERE current_setting('synchronous_commit') = 'off'"
 )
 
+#: A group commit's cheaper form (:func:`writebus.bus.grouptx.commit`): back to ``local`` for
+#: this transaction only, when ``off``. Planning the exact form costs a lone write about 0.06
+#: ms (pg_settings), 7 %; ``local`` waits for the local flush -- the flush position read after
+#: COMMIT covers the commit, and a crash keeps it -- though not for synchronous standbys.
+DURABLE_GROUP_COMMIT_SQL: Final = (
+    "SELECT pg_catalog.set_config('synchronous_commit', 'local', true) "
+    "WHERE pg_catalog.current_setting('synchronous_commit') = 'off'"
+)
+
 #: The server ended the session (shutdown, crash, restart): about the connection, not the write.
 SESSION_ENDED_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 

@@ -667,7 +667,7 @@ async def test_statements_cannot_commit_with_synchronous_commit_off(
     """A statement that turns synchronous_commit off where validation cannot see it -- in a
     function it calls -- does not make the write's COMMIT asynchronous (its flush position
     could precede the commit, and a crash lose the answered write): at COMMIT (a deferred
-    trigger records the setting) it is the session's own again."""
+    trigger records the setting) it is ``local`` -- the local flush, for this commit."""
     t = f"sc_{uuid.uuid4().hex[:10]}"
     stack.primary.execute(_COMMIT_LOG.format(t=t) + f"""
         CREATE FUNCTION {t}_fast() RETURNS text LANGUAGE sql
@@ -676,7 +676,7 @@ async def test_statements_cannot_commit_with_synchronous_commit_off(
     async with Database(settings_for(stack, region)) as db:
         res = await db.batch([f"SELECT {t}_fast()", f"INSERT INTO {t}(body) VALUES ('x')"])
         assert res.statements[0].rows == [("off",)]
-        assert await db.fetchval(f"SELECT setting FROM {t}_log") == "on"
+        assert await db.fetchval(f"SELECT setting FROM {t}_log") == "local"
 
 
 async def test_a_resend_of_an_applied_call_is_answered_after_its_procedure_went(
