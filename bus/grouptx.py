@@ -12,9 +12,9 @@ from psycopg import pq
 
 from writebus.bus import idempotency, literals
 from writebus.bus.pg import (
-    DURABLE_GROUP_COMMIT_SQL,
     FLUSH_LSN_SQL,
     connection_lost,
+    durable_group_commit_sql,
     read_flush_lsn,
     rejected,
 )
@@ -171,9 +171,9 @@ async def commit(
     # A statement can turn synchronous_commit off where validation cannot see it (a function
     # it calls, a trigger): then COMMIT would not wait for the flush, the flush position read
     # after it could come before the commit (a stale read of the write), and a crash could
-    # lose an answered write. It is `local` for this commit, if off. (A deferred trigger,
-    # which runs within COMMIT itself, could still turn it off.)
-    commands = [DURABLE_GROUP_COMMIT_SQL.encode(), store, b"COMMIT"]
+    # lose an answered write. It goes back to the session's own value first. (A deferred
+    # trigger, which runs within COMMIT itself, could still turn it off.)
+    commands = [durable_group_commit_sql(conn).encode(), store, b"COMMIT"]
     commands += [FLUSH_LSN_SQL.encode()] if read_lsn else []
     cur = conn.cursor()
     try:

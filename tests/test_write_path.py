@@ -660,23 +660,29 @@ async def test_a_procedure_cannot_commit_with_synchronous_commit_off(
         assert await db.fetchval("SELECT current_setting('synchronous_commit')") == before
 
 
+@pytest.mark.parametrize("scope", ["transaction", "session"])
 @pytest.mark.parametrize("region", ["syd", "lax"])
 async def test_statements_cannot_commit_with_synchronous_commit_off(
-    stack: Any, buses: Any, region: str
+    stack: Any, buses: Any, region: str, scope: str
 ) -> None:
     """A statement that turns synchronous_commit off where validation cannot see it -- in a
     function it calls -- does not make the write's COMMIT asynchronous (its flush position
     could precede the commit, and a crash lose the answered write): at COMMIT (a deferred
-    trigger records the setting) it is ``local`` -- the local flush, for this commit."""
+    trigger records the setting) it is the session's own again, and (set for the session)
+    so it stays for the next write on that pooled connection."""
     t = f"sc_{uuid.uuid4().hex[:10]}"
+    local = "true" if scope == "transaction" else "false"
     stack.primary.execute(_COMMIT_LOG.format(t=t) + f"""
         CREATE FUNCTION {t}_fast() RETURNS text LANGUAGE sql
-            AS $$ SELECT set_config('synchronous_commit', 'off', true) $$;""")
+            AS $$ SELECT set_config('synchronous_commit', 'off', {local}) $$;""")
     stack.wait_replica_caught_up(10)
-    async with Database(settings_for(stack, region)) as db:
-        res = await db.batch([f"SELECT {t}_fast()", f"INSERT INTO {t}(body) VALUES ('x')"])
-        assert res.statements[0].rows == [("off",)]
-        assert await db.fetchval(f"SELECT setting FROM {t}_log") == "local"
+    async with Database(settings_for(stack, region), max_size=1) as db:
+        for n in (1, 2):
+            res = await db.batch([f"SELECT {t}_fast()" if n == 1 else "SELECT 'next'",
+                                  f"INSERT INTO {t}(body) VALUES ('x')"])  # fmt: skip
+            assert res.statements[0].rows == [("off",) if n == 1 else ("next",)]
+        logged = await db.fetch(f"SELECT setting FROM {t}_log")
+        assert [r[0] for r in logged] == ["on", "on"]
 
 
 async def test_a_resend_of_an_applied_call_is_answered_after_its_procedure_went(
