@@ -83,7 +83,8 @@ def dev_up(
 ) -> None:
     """Start the stack and a bus node per region, print how to reach them (``export`` lines, or
     one JSON object with ``json_output``), wait for SIGINT/SIGTERM/SIGHUP, then stop everything.
-    A signal during start-up stops it there (``KeyboardInterrupt``), with what had started.
+    A signal during start-up stops it once the step under way ends (``KeyboardInterrupt``),
+    with what had started.
 
     Must run in the main thread (it installs signal handlers, restored on return).
     """

@@ -184,7 +184,7 @@ async def commit(
         return await _after_commit_error(conn, records, read_lsn, exc)
     if not read_lsn:
         return None
-    for _ in range(3):  # past the restore, the records and COMMIT
+    for _ in range(3):  # past the guard, the records and COMMIT
         cur.nextset()
     row = await cur.fetchone()
     assert row is not None
