@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,11 @@ def test_demo_reads_its_own_writes() -> None:
     assert re.search(r"forward [\d.]+ ms, commit [\d.]+ ms, replay wait [\d.]+ ms", out.stdout)
     # It ends by saying how to watch a stack live.
     assert "writebus top" in out.stdout and "writebus dashboard" in out.stdout
+
+
+def _events(log_path: Path, name: str) -> list[dict[str, Any]]:
+    """The JSON log's events called ``name``."""
+    return [e for e in map(json.loads, log_path.read_text().splitlines()) if e.get("event") == name]
 
 
 def test_dev_up_prints_environment_and_stops_on_sigint(tmp_path: Path) -> None:
@@ -70,11 +76,7 @@ def test_dev_up_prints_environment_and_stops_on_sigint(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-    stopped = [
-        event
-        for event in map(json.loads, log_path.read_text().splitlines())
-        if event.get("event") == "embedded.stack.stopped"
-    ]
+    stopped = _events(log_path, "embedded.stack.stopped")
     assert [(e["base_dir"], e["kept"]) for e in stopped] == [(str(base_dir), False)]
     assert not base_dir.exists()
 
@@ -143,9 +145,5 @@ def test_dev_up_stops_starting_on_ctrl_c(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-    stopped = [
-        event
-        for event in map(json.loads, log_path.read_text().splitlines())
-        if event.get("event") == "embedded.stack.stopped"
-    ]
+    stopped = _events(log_path, "embedded.stack.stopped")
     assert len(stopped) == 1 and not Path(stopped[0]["base_dir"]).exists()

@@ -14,6 +14,7 @@ import traceback
 from typing import Any
 
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from tests.support.stack import REPO, settings_for
 from writebus import ConnectError, Database, SyncDatabase
@@ -64,11 +65,11 @@ async def test_postgres_failures_carry_the_servers_reason(
 ) -> None:
     """A wrong port, database or role raises ConnectError with what Postgres (or the network)
     said -- not psycopg_pool's bare PoolTimeout after its own timeout."""
-    base = stack.replica.url  # postgresql://postgres@127.0.0.1:<port>/postgres
+    base = stack.replica.url  # its settings kept (PostgresServer.url)
     urls = {
-        "port": base.rsplit(":", 1)[0] + f":{free_port()}/postgres",
-        "dbname": base.rsplit("/", 1)[0] + "/no_such_db",
-        "user": base.replace("postgres@", "no_such_role@"),
+        "port": make_conninfo(base, port=str(free_port())),
+        "dbname": make_conninfo(base, dbname="no_such_db"),
+        "user": make_conninfo(base, user="no_such_role"),
     }
     settings = settings_for(stack, "lax", database_url=urls[change])
     err = await _open_fails(settings)

@@ -14,6 +14,11 @@ from collections.abc import Mapping
 #: Prefixes of the variables that configure clients: libpq's and writebus' NATS settings.
 CLIENT_PREFIXES = ("PG", "NATS_")
 
+#: What every URL of the stack's Postgres servers names, so that libpq's variables meant for
+#: the user's own databases (``PGSSLMODE=require``: these have no SSL, unless a test gave
+#: them some -- ``prefer`` takes it then) do not apply to them, in any process.
+PINNED = "sslmode=prefer&gssencmode=disable&target_session_attrs=any"
+
 
 def scrubbed(environ: Mapping[str, str]) -> dict[str, str]:
     """``environ`` without the client settings (:data:`CLIENT_PREFIXES`)."""

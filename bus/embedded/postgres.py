@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Final, Literal
 import psycopg
 
 from writebus.bus.embedded.child import ChildProcess
+from writebus.bus.embedded.environ import PINNED
 from writebus.bus.embedded.errors import (
     BinaryNotFound,
     CommandError,
@@ -45,9 +46,6 @@ log = get_logger("writebus.bus.embedded.postgres")
 
 #: The database superuser every embedded server is initialised with.
 SUPERUSER: Final = "postgres"
-#: Connection settings every URL of the stack's servers names, so that libpq's environment
-#: variables meant for the user's own databases do not apply to them.
-PINNED: Final = "sslmode=prefer&gssencmode=disable&target_session_attrs=any"
 #: Sentinel for ``run_as``: choose with :func:`default_run_as`.
 AUTO: Final = "auto"
 #: ``stop(mode=...)`` to the signal the postmaster expects for it.
@@ -115,10 +113,7 @@ class PostgresServer(ChildProcess):
 
     @property
     def url(self) -> str:
-        """Connection URL of the superuser on the ``postgres`` database. It names the
-        settings a user's libpq variables would otherwise set for every connection
-        (``PGSSLMODE=require`` for their own database: this server has no SSL, unless a test
-        gave it some -- ``prefer`` takes it then)."""
+        """Connection URL of the superuser on the ``postgres`` database (and ``PINNED``)."""
         return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/postgres?{PINNED}"
 
     @property

@@ -33,11 +33,12 @@ import psycopg
 
 from writebus.bus.embedded.bus_process import BusProcess
 from writebus.bus.embedded.child import ChildProcess
+from writebus.bus.embedded.environ import PINNED
 from writebus.bus.embedded.errors import EmbeddedError, WaitTimeout
 from writebus.bus.embedded.nats import NatsServer
 from writebus.bus.embedded.pgconf import synchronous_standby_settings
 from writebus.bus.embedded.ports import LOCALHOST, free_ports
-from writebus.bus.embedded.postgres import AUTO, PINNED, PostgresServer
+from writebus.bus.embedded.postgres import AUTO, PostgresServer
 from writebus.bus.embedded.proxy import ProxyProcess, Route
 from writebus.bus.embedded.stackdir import (
     DirLock,

@@ -23,6 +23,7 @@ from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
 from writebus.bus.embedded.bus_process import BusProcess
+from writebus.bus.embedded.environ import PINNED
 from writebus.bus.embedded.ports import LOCALHOST, free_ports, wait_port
 from writebus.bus.embedded.proxy import ProxyProcess, Route
 from writebus.bus.embedded.stack import region_env
@@ -115,7 +116,8 @@ class ContainerStack:
             .with_network_aliases(primary_alias)
             .with_command(f"postgres {_PG_FLAGS}")
         )
-        self.primary = _Server(primary, pg_p, f"postgresql://postgres@{LOCALHOST}:{pg_p}/postgres")
+        url = f"postgresql://postgres@{LOCALHOST}:{pg_p}/postgres?{PINNED}"
+        self.primary = _Server(primary, pg_p, url)
         self.primary.start()
         primary.exec(["bash", "-c", f"printf '{_HBA}' >> /var/lib/postgresql/data/pg_hba.conf"])
         self.primary.execute("SELECT pg_reload_conf()")
@@ -133,7 +135,8 @@ class ContainerStack:
                 ]
             )
         )
-        self.replica = _Server(replica, pg_r, f"postgresql://postgres@{LOCALHOST}:{pg_r}/postgres")
+        url = f"postgresql://postgres@{LOCALHOST}:{pg_r}/postgres?{PINNED}"
+        self.replica = _Server(replica, pg_r, url)
         self.replica.start()
         for region, port, peer in ((self.primary_region, n_syd, self.replica_region),
                                    (self.replica_region, n_lax, self.primary_region)):
@@ -180,7 +183,7 @@ class ContainerStack:
     def primary_url_from(self, region: str) -> str:
         if region == self.primary_region:
             return self.primary.url
-        return f"postgresql://postgres@{LOCALHOST}:{self._wan_port}/postgres"
+        return f"postgresql://postgres@{LOCALHOST}:{self._wan_port}/postgres?{PINNED}"
 
     def database_url(self, region: str) -> str:
         return self.primary.url if region == self.primary_region else self.replica.url
