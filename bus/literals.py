@@ -50,7 +50,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import pq
 
-from writebus.bus.typedparams import CASTS, Typed
+from writebus.bus.typedparams import CASTS, Typed, types_key
 from writebus.client.protocol import Statement
 
 #: Characters and sequences that may not appear outside double-quoted identifiers.
@@ -93,10 +93,10 @@ def plain_text(sql: str) -> bool:
 def shape(stmt: Statement) -> Hashable:
     """What a proof covers: the statement's text, its parameters' Python types and their
     ``types`` (a typed '1.5' is no proof for an untyped one, whose type may not be known)."""
-    params, types = stmt.params, stmt.types
+    params = stmt.params
     if params is None:
         return stmt.sql
-    typed = tuple(sorted(types.items())) if isinstance(types, dict) else tuple(types or ())
+    typed = types_key(stmt)
     if isinstance(params, dict):
         return stmt.sql, tuple(sorted((k, type(v)) for k, v in params.items())), typed
     return stmt.sql, tuple(type(v) for v in params), typed

@@ -56,7 +56,7 @@ from writebus.bus.grouptx import (
 )
 from writebus.bus.pg import connection_lost, pipelined
 from writebus.bus.results import wire_result
-from writebus.bus.typedparams import bound
+from writebus.bus.typedparams import bound, types_key
 from writebus.client.errors import UnavailableError, WriteBusError
 from writebus.client.protocol import Request, Statement, StatementResult
 
@@ -91,9 +91,7 @@ def _batch_key(req: Request) -> tuple[str, type, Hashable] | None:
     stmts = req.statements or ()
     if len(stmts) != 1 or stmts[0].params is None:
         return None
-    types = stmts[0].types
-    key = tuple(sorted(types.items())) if isinstance(types, dict) else tuple(types or ())
-    return stmts[0].sql, type(stmts[0].params), key
+    return stmts[0].sql, type(stmts[0].params), types_key(stmts[0])
 
 
 class _NotTried:

@@ -121,6 +121,12 @@ def _typed(value: Any, oid: int) -> Any:
     return value if text is None else Typed(text, oid)
 
 
+def types_key(stmt: Statement) -> tuple[Any, ...]:
+    """``stmt.types`` as a hashable key (a proof's, a batched run's)."""
+    types = stmt.types
+    return tuple(sorted(types.items())) if isinstance(types, dict) else tuple(types or ())
+
+
 def bound(stmt: Statement) -> Sequence[Any] | dict[str, Any] | None:
     """``stmt``'s parameters as a worker binds them: typed values as :class:`Typed`."""
     params, types = stmt.params, stmt.types

@@ -28,6 +28,7 @@ from writebus.client.log import get_logger
 from writebus.client.loops import loop_lock
 from writebus.client.pongs import guard_pongs
 from writebus.client.settings import Settings
+from writebus.client.settings_checks import tls_context
 from writebus.client.transport import NatsClient
 
 log = get_logger("writebus.client.nats")
@@ -41,13 +42,8 @@ MAX_OUTSTANDING_PINGS = 2
 
 
 def nats_tls_context(settings: Settings) -> ssl.SSLContext | None:
-    """An SSL context when any NATS TLS setting is given, else None."""
-    if not (settings.nats_tls_ca or settings.nats_tls_cert):
-        return None
-    ctx = ssl.create_default_context(cafile=settings.nats_tls_ca)
-    if settings.nats_tls_cert:
-        ctx.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
-    return ctx
+    """An SSL context when any NATS TLS setting is given, else None (:func:`tls_context`)."""
+    return tls_context(settings.nats_tls_ca, settings.nats_tls_cert, settings.nats_tls_key)
 
 
 def endpoints(urls: tuple[str, ...] | list[str]) -> str:

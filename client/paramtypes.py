@@ -80,8 +80,9 @@ def wire_value(value: Any) -> Any:
     be read as something else than psycopg sends, which then goes as psycopg's text -- a
     negative ``timedelta`` (msgspec's ``-PT1S`` is no interval Postgres reads; its fields
     signed), a signalling NaN, an ``Enum`` that is no number or string (psycopg sends its
-    name, msgpack its value) and a tuple (a composite for psycopg, an array for msgpack). Elsewhere msgpack's text is what Postgres reads for
-    psycopg's, so resends of writes recorded before this keep their digest."""
+    name, msgpack its value) and a tuple (a composite for psycopg, an array for msgpack).
+    Elsewhere msgpack's text is what Postgres reads for psycopg's, so resends of writes
+    recorded before this keep their digest."""
     kind = type(value)
     if kind in _AS_THEMSELVES:
         return value

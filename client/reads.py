@@ -253,7 +253,8 @@ class ReadGate:
             # further apart: after a failover to another region no node here has a position.
             # Not a ping that could not come back in time: that would end in a timeout,
             # and hide this answer.
-            if time.monotonic() + pause + (time.monotonic() - asked) >= end:
+            now = time.monotonic()
+            if now + pause + (now - asked) >= end:
                 raise WriteBusError(
                     f"the bus in {s.primary_region!r} did not report a primary flush LSN: is "
                     "its database the primary (or is the bus older than strong reads)?"

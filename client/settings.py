@@ -24,8 +24,8 @@ from writebus.client.settings_checks import (
     check_nats_urls,
     check_prefix,
     check_region,
-    check_tls_files,
     region_variable,
+    tls_context,
 )
 
 log = logging.getLogger("writebus.client.settings")
@@ -251,8 +251,9 @@ class Settings:
         if not urls:
             raise ConfigError("NATS_URL names no server", variable="NATS_URL")
         check_files(env, "NATS_CREDS", "NATS_TLS_CA", "NATS_TLS_CERT", "NATS_TLS_KEY")
-        check_tls_files(r.optional("NATS_TLS_CA"), r.optional("NATS_TLS_CERT"),
-                        r.optional("NATS_TLS_KEY"))  # fmt: skip
+        # Built once here, so that files that do not load are one line naming the variable.
+        tls_context(r.optional("NATS_TLS_CA"), r.optional("NATS_TLS_CERT"),
+                    r.optional("NATS_TLS_KEY"))  # fmt: skip
         if r.optional("NATS_PASSWORD") is not None and r.optional("NATS_USER") is None:
             raise ConfigError(
                 "NATS_PASSWORD is set without NATS_USER: set both, or neither",

@@ -99,26 +99,29 @@ def check_files(env: Mapping[str, str], *names: str) -> None:
         )
 
 
-def check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
-    """The NATS TLS files load: ``ca`` as PEM certificates, ``cert`` and ``key`` as a PEM
-    certificate and its private key. The error names the variable and OpenSSL's reason."""
-    if ca:
-        try:
-            ssl.create_default_context(cafile=ca)
-        except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(
-                f"NATS_TLS_CA={ca!r}: not PEM certificates ({_reason(exc)})",
-                variable="NATS_TLS_CA",
-            ) from None
+def tls_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The NATS client's SSL context when ``ca`` or ``cert`` is given, else None: ``ca`` as PEM
+    certificates, ``cert`` and ``key`` as a PEM certificate and its private key. Settings
+    check it at start-up (one line naming the variable and OpenSSL's reason); connections
+    use it."""
+    if not (ca or cert):
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=ca)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"NATS_TLS_CA={ca!r}: not PEM certificates ({_reason(exc)})", variable="NATS_TLS_CA"
+        ) from None
     if cert:
         try:
-            ssl.create_default_context().load_cert_chain(cert, key)
+            ctx.load_cert_chain(cert, key)
         except (ssl.SSLError, OSError) as exc:
             raise ConfigError(
                 f"NATS_TLS_CERT={cert!r} and NATS_TLS_KEY={key!r}: not a PEM certificate and "
                 f"its private key ({_reason(exc)})",
                 variable="NATS_TLS_CERT",
             ) from None
+    return ctx
 
 
 def _reason(exc: BaseException) -> str:
