@@ -4,6 +4,12 @@ Each region node broadcasts its replica's replay LSN. When the tracker knows its
 follows that replica alone. Otherwise it is conservative: the region's position is the *minimum*
 over the replicas heard from, so "replayed" is true of whichever one this process reads; once one
 goes quiet, the position is unknown, and the tracker reads its own database instead.
+
+After a promotion inside the region, the promoted node's flush position counts alone only for a
+process whose own database is that node (:func:`follows_promoted`): a process reading another
+replica of the region -- which may still be replaying, or follow the old primary and never
+replay the new one's writes -- keeps the minimum, and its waits time out rather than release
+reads that would miss the write.
 """
 
 from __future__ import annotations
@@ -24,9 +30,8 @@ class RegionProgress:
     _seen: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     def observe(self, replica_id: str, lsn: int, now: float) -> None:
-        """Record a broadcast received at ``now`` (monotonic seconds). LSNs never go backwards."""
-        if self.replica_id is not None and replica_id != self.replica_id:
-            return
+        """Record a broadcast received at ``now`` (monotonic seconds). LSNs never go backwards.
+        Every replica's is kept; only the one followed counts, when one is."""
         prev = self._seen.get(replica_id)
         if prev is not None and prev[0] > lsn:
             lsn = prev[0]
@@ -46,10 +51,10 @@ class RegionProgress:
         """The replicas heard from before, but not within ``stale_after`` -- when this process
         follows no replica (one it follows answers for itself). One quiet for
         ``forget_after`` is forgotten."""
-        if self.replica_id is not None:
-            return []
         for gone in [r for r, (_, at) in self._seen.items() if now - at > self.forget_after]:
             del self._seen[gone]
+        if self.replica_id is not None:
+            return []
         return sorted(r for r, (_, at) in self._seen.items() if now - at > self.stale_after)
 
     def single(self, now: float) -> bool:
@@ -57,10 +62,53 @@ class RegionProgress:
         (``replica_id``), or the only one heard from recently."""
         return self.replica_id is not None or len(self._fresh(now)) == 1
 
+    def _counted(self) -> list[tuple[int, float]]:
+        if self.replica_id is None:
+            return list(self._seen.values())
+        mine = self._seen.get(self.replica_id)
+        return [mine] if mine is not None else []
+
     def _fresh(self, now: float) -> list[int]:
-        """The positions of the replicas heard from within ``stale_after``."""
-        return [lsn for lsn, at in self._seen.values() if now - at <= self.stale_after]
+        """The positions counted of the replicas heard from within ``stale_after``."""
+        return [lsn for lsn, at in self._counted() if now - at <= self.stale_after]
+
+    def following(self, replica_id: str | None) -> RegionProgress:
+        """The same positions, counting ``replica_id``'s alone (None: every replica's, the
+        minimum) -- known at once, not at the next broadcasts."""
+        return RegionProgress(replica_id=replica_id, stale_after=self.stale_after,
+                              forget_after=self.forget_after, _seen=dict(self._seen))  # fmt: skip
 
     def last_heard(self) -> float | None:
         """Monotonic time of the latest broadcast counted."""
-        return max((at for _, at in self._seen.values()), default=None)
+        return max((at for _, at in self._counted()), default=None)
+
+
+def follows_promoted(
+    *, own_standby: bool, own_timeline: int | None, promoted_timeline: int
+) -> bool:
+    """Whether a process whose own database is (or is not) a standby, on ``own_timeline`` when
+    it is a primary, reads the node promoted onto ``promoted_timeline`` in its region -- so that
+    node's flush position is the one to follow. A standby's reader, or a primary on another
+    timeline (a stale one), does not."""
+    return not own_standby and own_timeline == promoted_timeline
+
+
+def lag_bound(
+    reports: dict[str, tuple[float | None, float]],
+    *,
+    followed: str | None,
+    stale_after: float,
+    now: float,
+) -> float | None:
+    """An upper bound on the replica's lag in seconds from each node's latest ``(lag it
+    reported, time heard)``: the followed node's lag plus the time since, else the most behind
+    of those heard within ``stale_after``. None when none was, or one reports no lag."""
+    bounds = []
+    for node, (lag, heard) in reports.items():
+        age = now - heard
+        if (followed is not None and node != followed) or age > stale_after:
+            continue
+        if lag is None:
+            return None
+        bounds.append(lag + age)
+    return max(bounds, default=None)

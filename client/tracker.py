@@ -25,9 +25,10 @@ import operator
 import time
 from typing import Any
 
+from writebus.client.deadlines import DeadlineTimer
 from writebus.client.errors import LostInFailoverError, ReplicationTimeoutError, TrackerError
 from writebus.client.log import get_logger
-from writebus.client.progress import RegionProgress
+from writebus.client.progress import RegionProgress, follows_promoted, lag_bound
 from writebus.client.promotions import Promotions
 from writebus.client.protocol import (
     LsnUpdate,
@@ -61,11 +62,6 @@ class _Expired(Exception):
     """A waiter's deadline passed (internal; surfaces as ReplicationTimeoutError)."""
 
 
-#: The deadline timer is set this much after the deadline: uvloop truncates a timer's delay to
-#: whole milliseconds, so it can fire up to 1 ms early, and a waiter must never time out early.
-_TIMER_LAG = 0.001
-
-
 class LsnTracker:
     """Tracks how far the local replica has replayed, and wakes waiters.
 
@@ -94,9 +90,7 @@ class LsnTracker:
         self._check_interval = min(0.5, hb / 2)
         self._fallback_interval = fallback_interval
         self._queue: WaiterQueue[BatchFuture[int]] = WaiterQueue()
-        #: The one timer for every waiter's deadline (the queue's earliest), and when it fires.
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = float("inf")
+        self._deadlines = DeadlineTimer(self._queue, _Expired)
         self._replayed: int | None = None
         self._nc = nc
         self._sub: Any = None
@@ -112,9 +106,12 @@ class LsnTracker:
         #: The promotions heard, and which writes they left out.
         self._promotions = Promotions()
         #: Whether this region's own database was promoted (not only the primary elsewhere),
-        #: and the timeline of the promoted node followed (1: none).
+        #: the newest such promotion's timeline whose node was checked against this process's
+        #: database (1: none), the check under way, and when a failed one may run again.
         self._region_promoted = False
-        self._followed_timeline = 1
+        self._checked_timeline = 1
+        self._follow_task: asyncio.Task[None] | None = None
+        self._follow_retry_at = 0.0
         self._report_waiters: set[asyncio.Future[None]] = set()
         self.updates_received = 0
         self.fallback_polls = 0
@@ -172,11 +169,11 @@ class LsnTracker:
         self._closed = True
         if self.silence is not None:
             await self.silence.stop()
-        self._disarm()
+        self._deadlines.cancel()
         for w in self._queue.drain():
             if not w.payload.done():
                 w.payload.set_exception(TrackerError("the LSN tracker was closed"))
-        for task in (self._fallback_task, self._probe_task):
+        for task in (self._fallback_task, self._probe_task, self._follow_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -206,7 +203,7 @@ class LsnTracker:
             if timeline is not None and timeline < heard.newest:
                 return  # a stale node's last word, from an older timeline
             if timeline is not None and timeline > 1:
-                self._follow(upd.replica_id, timeline)
+                self._consider_following(upd.replica_id, timeline)
                 self._region_promoted = True
                 if heard.is_news(timeline, fork):  # or its fork first heard
                     self._promoted(timeline, fork, upd.replica_id)
@@ -229,16 +226,40 @@ class LsnTracker:
                     fut.set_result(None)
             self._report_waiters.clear()
 
-    def _follow(self, replica_id: str, timeline: int) -> None:
-        """Follow the node promoted onto ``timeline`` -- unless this process names its
-        replica, or already follows a node of this timeline or a newer one."""
-        if self.settings.replica_id or replica_id == self._progress.replica_id:
+    def _consider_following(self, node: str, timeline: int) -> None:
+        """``node`` of this region announced itself promoted onto ``timeline``: follow it alone
+        if it is this process's own database (:func:`~.progress.follows_promoted`), asked of
+        that database once per promotion -- unless this process names its replica. Until the
+        answer, the position stays the region's minimum."""
+        if self.settings.replica_id or timeline <= self._checked_timeline:
             return
-        if timeline > self._followed_timeline or self._progress.replica_id is None:
-            self._followed_timeline = max(timeline, self._followed_timeline)
-            self._progress = RegionProgress(
-                replica_id=replica_id, stale_after=self._progress.stale_after
+        if self._follow_task is not None or time.monotonic() < self._follow_retry_at:
+            return
+        self._follow_task = asyncio.get_running_loop().create_task(self._check_own(node, timeline))
+
+    async def _check_own(self, node: str, timeline: int) -> None:
+        try:
+            _, standby, own_timeline = await self._reader.read()
+        except Exception as exc:  # minimum meanwhile; a later broadcast asks again
+            first = not self._follow_retry_at  # of a streak: warned once
+            (log.warning if first else log.debug)(
+                "tracker.own_database_unread", region=self.region, error=str(exc)
             )
+            self._follow_retry_at = time.monotonic() + self._check_interval
+            return
+        finally:
+            self._follow_task = None
+        self._follow_retry_at = 0.0
+        if timeline <= self._checked_timeline:
+            return  # a newer promotion was settled meanwhile
+        self._checked_timeline = timeline
+        mine = follows_promoted(own_standby=standby, own_timeline=own_timeline,
+                                promoted_timeline=timeline)  # fmt: skip
+        if mine or self._progress.replica_id is not None:
+            self._progress = self._progress.following(node if mine else None)
+        log.info("tracker.promoted_node_checked", region=self.region, node=node,
+                 timeline=timeline, followed=mine)  # fmt: skip
+        self.advance(self._progress.replayed(time.monotonic()))
 
     def _promoted(
         self, timeline: int, fork: int | None, node: str | None, *, relayed: bool = False
@@ -266,18 +287,10 @@ class LsnTracker:
         reported plus the time since -- the node followed, else the most behind of those
         heard lately. None when none was heard lately, or one reports no lag."""
         now = time.monotonic() if now is None else now
-        followed = self._progress.replica_id
         if self._progress.quiet(now):
             return None  # the quiet one may be this process's, and its lag unknown
-        bounds = []
-        for node, (lag, heard) in self._lag_reports.items():
-            age = now - heard
-            if (followed is not None and node != followed) or age > self._progress.stale_after:
-                continue
-            if lag is None:
-                return None
-            bounds.append(lag + age)
-        return max(bounds, default=None)
+        return lag_bound(self._lag_reports, followed=self._progress.replica_id,
+                         stale_after=self._progress.stale_after, now=now)  # fmt: skip
 
     async def lag_within(self, max_lag: float) -> bool:
         """True once the lag bound is at most ``max_lag`` seconds: at once when it already
@@ -348,8 +361,7 @@ class LsnTracker:
         fut: BatchFuture[int] = BatchFuture(loop=loop)
         deadline = loop.time() + timeout
         waiter = self._queue.add(lsn, fut, timeline, deadline)
-        if deadline < self._timer_at:
-            self._arm(loop, deadline)
+        self._deadlines.include(loop, deadline)
         if not self._fresh():
             self._wake.set()  # broadcasts are missing: let the fallback poll now
         elif self._probe and self._probe_task is None and self._quiet():
@@ -366,28 +378,6 @@ class LsnTracker:
         except BaseException:
             self._queue.discard(waiter)  # cancelled: leave nothing behind
             raise
-
-    # -- deadlines: one timer for the whole queue -----------------------------------------
-
-    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
-        self._disarm()
-        self._timer = loop.call_at(when + _TIMER_LAG, self._expire_due, loop)
-        self._timer_at = when
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = float("inf")
-
-    def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._disarm()  # this timer has run: cancelling it does nothing
-        for w in self._queue.pop_expired(loop.time()):
-            if not w.payload.done():
-                w.payload.set_exception(_Expired())
-        upcoming = self._queue.next_deadline()
-        if upcoming is not None:
-            self._arm(loop, upcoming)
 
     # -- reading the replica ourselves: a probe when quiet, a fallback when nobody broadcasts --
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from typing import Any
@@ -104,6 +105,29 @@ async def test_after_failover_the_regions_own_primary_counts(isolated: Any) -> N
         subject, _update(high + 6000, role="primary", in_recovery=False, replica_id="p")
     )
     assert await waiter == high + 6000
+
+
+async def test_a_node_promoted_beside_a_standby_reader_is_not_followed(
+    isolated: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """This tracker's own database is the stack's lax replica, a real standby. Node y of lax
+    announces itself promoted onto timeline 2: the tracker asks its database, finds a
+    standby, and keeps the region's minimum -- y's flush position does not release a wait
+    that replica r has not replayed (a read here would miss the write); r's broadcast does."""
+    tracker, pub, subject = isolated
+    caplog.set_level(logging.INFO, logger="writebus.client.tracker")
+    high = 2**62
+    await pub.publish(subject, _update(high, replica_id="r"))
+    await _wait_until(lambda: tracker.replayed == high)
+    waiter = asyncio.create_task(tracker.wait_for(high + 5000, timeout=5, timeline=2))
+    promoted = lsn_update(region="lax", replica_id="y", lsn=high + 6000, role="primary",
+                          in_recovery=False, timeline=2, fork_lsn=high - 10)  # fmt: skip
+    await pub.publish(subject, encode(promoted))
+    await _wait_until(lambda: "node=y timeline=2 followed=False" in caplog.text)
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    await pub.publish(subject, _update(high + 5500, replica_id="r"))
+    assert await asyncio.wait_for(waiter, 5) == high + 5500
 
 
 async def test_replication_timeout_carries_lsn(isolated: Any) -> None:

@@ -116,6 +116,18 @@ async def _until(cond: Any) -> None:
         await asyncio.sleep(0.001)
 
 
+def reads_the_promoted_node(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's own database is the node each promotion in its region announces: a
+    primary on the newest timeline heard (so the tracker follows that node alone)."""
+    tracker = db.tracker
+    assert tracker is not None
+
+    async def read() -> tuple[int | None, bool, int]:
+        return None, False, tracker._promotions.newest
+
+    monkeypatch.setattr(tracker._reader, "read", read)
+
+
 async def test_a_database_closed_during_a_direct_try_that_may_have_committed_says_unknown(
     fake: tuple[FakeServer, Bus], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -202,7 +214,9 @@ async def test_a_promotion_below_the_commit_makes_the_outcome_unknown(
             await asyncio.wait_for(db.execute("INSERT INTO t VALUES (3)"), 2)
 
 
-async def test_the_announced_fork_decides_what_was_lost(fake: tuple[FakeServer, Bus]) -> None:
+async def test_the_announced_fork_decides_what_was_lost(
+    fake: tuple[FakeServer, Bus], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """lax's tracker last heard 100 replayed; the promoted node announces that its history
     forked at 102. The write the old primary committed at 101 reached lax after all: its
     wait, pending at the promotion, is released, not failed as lost, and the session keeps
@@ -211,6 +225,7 @@ async def test_the_announced_fork_decides_what_was_lost(fake: tuple[FakeServer, 
     everything: the test above.)"""
     server, bus = fake
     async with Database(LAX.replace(replication_timeout=30), nats=server.client()) as db:
+        reads_the_promoted_node(db, monkeypatch)
         await bus.replayed("lax", 100)
         await _until(lambda: db.tracker is not None and db.tracker.updates_received == 1)
         with writebus.session() as s:
@@ -315,7 +330,7 @@ async def test_a_promotion_elsewhere_leaves_the_probe_on(
 
 
 async def test_the_node_promoted_onto_a_newer_timeline_is_followed_though_relayed_first(
-    fake: tuple[FakeServer, Bus],
+    fake: tuple[FakeServer, Bus], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The tracker follows y, promoted onto timeline 2. A standby's monitor relays timeline 3
     before z, promoted onto it, announces itself here: the tracker follows z, whose position
@@ -323,6 +338,7 @@ async def test_the_node_promoted_onto_a_newer_timeline_is_followed_though_relaye
     kept following y, gone quiet.)"""
     server, bus = fake
     async with Database(LAX, nats=server.client()) as db:
+        reads_the_promoted_node(db, monkeypatch)
         await bus.announced(500, 2, replica_id="y", fork=100)
         await _until(lambda: db.forks == {2: 100})
         await bus.replayed("lax", 520, primary_timeline=3, fork=600)
@@ -369,6 +385,65 @@ async def test_a_process_that_names_its_replica_keeps_following_it(
         assert not wait.done()
         await bus.replayed("lax", 460)  # r's
         assert await asyncio.wait_for(wait, 2) >= 450
+
+
+async def test_a_process_reading_a_standby_does_not_follow_a_node_promoted_beside_it(
+    fake: tuple[FakeServer, Bus], monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """lax has replicas r and y, and this process names neither; its own database is a
+    standby (r). y is promoted: its flush position does not release a wait that r has not
+    replayed -- a read on r would miss the write -- and r's broadcast does. (The tracker
+    followed y alone, and the read was stale.)"""
+    server, bus = fake
+    async with Database(LAX, nats=server.client()) as db:
+        tracker = db.tracker
+        assert tracker is not None
+
+        async def standby() -> tuple[int, bool, None]:
+            return 300, True, None
+
+        monkeypatch.setattr(tracker._reader, "read", standby)
+        caplog.set_level(logging.INFO, logger="writebus.client.tracker")
+        await bus.replayed("lax", 300)  # r's
+        await bus.announced(500, 2, replica_id="y", fork=100)
+        checked = "tracker.promoted_node_checked region=lax node=y timeline=2 followed=False"
+        await asyncio.wait_for(_until(lambda: checked in caplog.text), 2)
+        wait = asyncio.create_task(db.wait_for_lsn(450, 5, 2))
+        await asyncio.sleep(0.05)
+        assert not wait.done()
+        await bus.replayed("lax", 460)  # r's, now replaying y's timeline
+        assert await asyncio.wait_for(wait, 2) >= 450
+
+
+async def test_a_process_stops_following_its_database_once_another_node_is_promoted(
+    fake: tuple[FakeServer, Bus], monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """This process's database, y, was promoted onto timeline 2, and the tracker followed it.
+    Then z is promoted onto timeline 3, and y rebuilt as its standby: z's flush position does
+    not release a wait y has not replayed, and y's broadcast does. (The tracker followed z.)"""
+    server, bus = fake
+    own: tuple[int | None, bool, int | None] = (None, False, 2)
+    async with Database(LAX, nats=server.client()) as db:
+        tracker = db.tracker
+        assert tracker is not None
+
+        async def read() -> tuple[int | None, bool, int | None]:
+            return own
+
+        monkeypatch.setattr(tracker._reader, "read", read)
+        caplog.set_level(logging.INFO, logger="writebus.client.tracker")
+        await bus.announced(500, 2, replica_id="y", fork=100)
+        await asyncio.wait_for(_until(lambda: tracker.replayed == 500), 2)
+        own = (520, True, None)
+        await bus.announced(800, 3, replica_id="z", fork=600)
+        checked = "node=z timeline=3 followed=False"
+        await asyncio.wait_for(_until(lambda: checked in caplog.text), 2)
+        wait = asyncio.create_task(db.wait_for_lsn(700, 5, 3))
+        await asyncio.sleep(0.05)
+        assert not wait.done()
+        upd = lsn_update(region="lax", replica_id="y", lsn=710, role="replica", in_recovery=True)
+        await bus.nc.publish("writebus.lsn.lax", encode(upd))
+        assert await asyncio.wait_for(wait, 2) >= 700
 
 
 async def test_without_an_announced_fork_only_the_promoted_nodes_replay_bounds_it(

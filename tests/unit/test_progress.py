@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from writebus.client.progress import RegionProgress
+from writebus.client.progress import RegionProgress, follows_promoted, lag_bound
 
 
 def test_min_over_fresh_replicas_without_id() -> None:
@@ -86,3 +86,36 @@ def test_single_is_one_fresh_replica_or_the_one_named() -> None:
     assert not p.single(2.0)
     assert p.single(3.5)  # a went quiet: the probe reads this process's own database
     assert RegionProgress(replica_id="a").single(0.0)
+
+
+def test_following_one_node_counts_its_position_at_once_and_back_to_every_node() -> None:
+    """Every replica's position is kept; following one counts its alone, known from what was
+    heard before -- and following none again counts the minimum of them all."""
+    p = RegionProgress(stale_after=3.0)
+    p.observe("r", 300, now=10.0)
+    p.observe("y", 500, now=10.0)
+    assert p.replayed(now=10.0) == 300
+    y = p.following("y")
+    assert y.replayed(now=10.0) == 500 and y.single(10.0)
+    y.observe("r", 320, now=11.0)
+    assert y.replayed(now=11.0) == 500 and y.last_heard() == 10.0
+    assert y.following(None).replayed(now=11.0) == 320
+
+
+def test_only_a_process_reading_the_promoted_primary_follows_it() -> None:
+    """The promoted node's flush position counts alone for a process whose own database is a
+    primary on the promoted timeline -- not for one reading a standby, nor a stale primary."""
+    assert follows_promoted(own_standby=False, own_timeline=2, promoted_timeline=2)
+    assert not follows_promoted(own_standby=True, own_timeline=None, promoted_timeline=2)
+    assert not follows_promoted(own_standby=False, own_timeline=1, promoted_timeline=2)
+
+
+def test_the_lag_bound_is_the_followed_nodes_or_the_most_behind_fresh_one() -> None:
+    """Each node's reported lag plus the time since it was heard; a stale report is left out,
+    and a node that reports no lag makes the bound unknown."""
+    reports = {"r": (8.0, 10.0), "y": (0.0, 10.5), "old": (60.0, 1.0)}
+    assert lag_bound(reports, followed=None, stale_after=3.0, now=11.0) == 9.0
+    assert lag_bound(reports, followed="y", stale_after=3.0, now=11.0) == 0.5
+    assert lag_bound({**reports, "z": (None, 10.9)}, followed=None, stale_after=3.0,
+                     now=11.0) is None  # fmt: skip
+    assert lag_bound({}, followed=None, stale_after=3.0, now=11.0) is None
