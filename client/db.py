@@ -333,8 +333,8 @@ class Database(ReadAPI):
     # -- internals ------------------------------------------------------------------------
 
     async def _nats(self) -> NatsClient | None:
-        """The connection for a bus write; one of ours nats-py closed for good is reopened
-        first (:mod:`writebus.client.reopen`)."""
+        """The connection for a bus write or read; one of ours nats-py closed for good is
+        reopened first (:mod:`writebus.client.reopen`)."""
         if self._nc is not None and self._nc.is_closed and self._owns_nats:
             await self._reopener.reopen(self)
         return self._nc

@@ -34,6 +34,9 @@ class ReadAPI:
     _gate: ReadGate
     _high: Session
 
+    async def _nats(self) -> NatsClient | None:
+        raise NotImplementedError  # the Database's: the connection, reopened if closed for good
+
     def _local(self) -> AsyncConnectionPool[Any]:
         if self._pool is None:
             raise WriteBusError("no local database: set DATABASE_URL and open the Database")
@@ -157,8 +160,9 @@ class ReadAPI:
         if session_lsn is None:
             current = current_session()
             session_lsn = current.lsn if current is not None else None
+        nc = await self._nats()  # a strong read's or a token check's: reopened if closed for good
         return await self._gate.prepare(
-            nc=self._nc,
+            nc=nc,
             tracker=self._tracker,
             after=after,
             session_lsn=session_lsn,

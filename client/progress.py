@@ -50,8 +50,9 @@ class RegionProgress:
     def quiet(self, now: float) -> list[str]:
         """The replicas heard from before, but not within ``stale_after`` -- when this process
         follows no replica (one it follows answers for itself). One quiet for
-        ``forget_after`` is forgotten."""
-        for gone in [r for r, (_, at) in self._seen.items() if now - at > self.forget_after]:
+        ``forget_after`` is forgotten, unless followed."""
+        for gone in [r for r, (_, at) in self._seen.items()
+                     if now - at > self.forget_after and r != self.replica_id]:  # fmt: skip
             del self._seen[gone]
         if self.replica_id is not None:
             return []
@@ -73,10 +74,14 @@ class RegionProgress:
         return [lsn for lsn, at in self._counted() if now - at <= self.stale_after]
 
     def following(self, replica_id: str | None) -> RegionProgress:
-        """The same positions, counting ``replica_id``'s alone (None: every replica's, the
-        minimum) -- known at once, not at the next broadcasts."""
-        return RegionProgress(replica_id=replica_id, stale_after=self.stale_after,
-                              forget_after=self.forget_after, _seen=dict(self._seen))  # fmt: skip
+        """A progress that counts ``replica_id``'s position alone, known at once (not at its
+        next broadcast) -- or, None, every replica's, starting from nothing: after a promotion
+        the others' positions heard before may be on an older timeline, past the fork."""
+        out = RegionProgress(replica_id=replica_id, stale_after=self.stale_after,
+                             forget_after=self.forget_after)  # fmt: skip
+        if replica_id is not None and replica_id in self._seen:
+            out._seen[replica_id] = self._seen[replica_id]
+        return out
 
     def last_heard(self) -> float | None:
         """Monotonic time of the latest broadcast counted."""

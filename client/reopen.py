@@ -5,7 +5,8 @@ server sends (``-ERR``): an expired JWT ("User Authentication Expired"), a serve
 connection limit. A :class:`~writebus.client.db.Database` holding such a connection would
 fail every later bus write "not connected" for the life of the process; its next one opens
 a new connection instead (re-reading ``NATS_CREDS``), and moves the region's tracker onto
-it. One try at a time: calls arriving meanwhile wait for it, and for :data:`PAUSE` seconds
+it -- with the callers waiting on the old one (:mod:`writebus.client.handover`). So does a
+read that needs the bus (a strong read, a token's check). One try at a time: calls arriving meanwhile wait for it, and for :data:`PAUSE` seconds
 after a failed try they are refused at once (``DisconnectedError``, not sent) instead of each
 waiting out a connect timeout in turn.
 """
@@ -39,14 +40,15 @@ class Reopener:
 
     async def reopen(self, db: Any) -> None:
         """Give ``db`` (a Database whose own connection is closed for good) a new connection
-        and tracker. Raises :class:`DisconnectedError` when that fails: nothing was sent."""
+        and tracker, the old one's waiters handed to it. Raises :class:`DisconnectedError`
+        when that fails: nothing was sent."""
         closed = db._nc
         async with self._lock:
             if db._nc is not closed:
                 return  # reopened by the call before, or the Database was closed
             if self._failed_at is not None and time.monotonic() - self._failed_at < PAUSE:
                 raise DisconnectedError("the NATS connection was closed, and reopening it "
-                                        "failed just now; the write was not sent")  # fmt: skip
+                                        "failed just now; nothing was sent")  # fmt: skip
             try:
                 nc, tracker = await _opened(db.settings, tracker=db._tracker is not None)
             except DisconnectedError:
@@ -57,7 +59,7 @@ class Reopener:
                 await _release(nc, tracker)
                 return
             old, db._nc, db._tracker = db._tracker, nc, tracker
-        await _release(closed, old)
+        await _release(closed, old, successor=tracker)
 
 
 async def _opened(settings: Settings, *, tracker: bool) -> tuple[NatsClient, LsnTracker | None]:
@@ -68,7 +70,7 @@ async def _opened(settings: Settings, *, tracker: bool) -> tuple[NatsClient, Lsn
         nc = await acquire_nats(settings, name=name)
     except WriteBusError as exc:  # ConnectError, ConfigError (NATS_CREDS gone)
         raise DisconnectedError(f"the NATS connection was closed, and reopening it failed: "
-                                f"{exc}; the write was not sent") from exc  # fmt: skip
+                                f"{exc}; nothing was sent") from exc  # fmt: skip
     if not tracker:
         return nc, None
     try:
@@ -76,10 +78,12 @@ async def _opened(settings: Settings, *, tracker: bool) -> tuple[NatsClient, Lsn
     except Exception as exc:
         await release_nats(nc)
         raise DisconnectedError(f"the NATS connection was reopened, but its tracker could not "
-                                f"start: {exc}; the write was not sent") from exc  # fmt: skip
+                                f"start: {exc}; nothing was sent") from exc  # fmt: skip
 
 
-async def _release(nc: NatsClient, tracker: LsnTracker | None) -> None:
+async def _release(
+    nc: NatsClient, tracker: LsnTracker | None, *, successor: LsnTracker | None = None
+) -> None:
     if tracker is not None:
-        await release_tracker(tracker)
+        await release_tracker(tracker, successor)
     await release_nats(nc)

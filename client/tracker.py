@@ -27,6 +27,7 @@ from typing import Any
 
 from writebus.client.deadlines import DeadlineTimer
 from writebus.client.errors import LostInFailoverError, ReplicationTimeoutError, TrackerError
+from writebus.client.handover import hand_over
 from writebus.client.log import get_logger
 from writebus.client.progress import RegionProgress, follows_promoted, lag_bound
 from writebus.client.promotions import Promotions
@@ -164,13 +165,18 @@ class LsnTracker:
         )
         self.silence.start()
 
-    async def close(self) -> None:
-        """Stop: wake every waiter with :class:`TrackerError` and close connections."""
+    async def close(self, successor: LsnTracker | None = None) -> None:
+        """Stop: hand every waiter to ``successor`` (:mod:`~writebus.client.handover`), else
+        wake it with :class:`TrackerError`; close connections."""
         self._closed = True
         if self.silence is not None:
             await self.silence.stop()
         self._deadlines.cancel()
-        for w in self._queue.drain():
+        waiters = self._queue.drain()
+        if successor is not None and not successor._closed:
+            hand_over(waiters, successor, asyncio.get_running_loop(), _Expired)
+            waiters = []
+        for w in waiters:
             if not w.payload.done():
                 w.payload.set_exception(TrackerError("the LSN tracker was closed"))
         for task in (self._fallback_task, self._probe_task, self._follow_task):
@@ -231,7 +237,7 @@ class LsnTracker:
         if it is this process's own database (:func:`~.progress.follows_promoted`), asked of
         that database once per promotion -- unless this process names its replica. Until the
         answer, the position stays the region's minimum."""
-        if self.settings.replica_id or timeline <= self._checked_timeline:
+        if self.settings.replica_id or self._closed or timeline <= self._checked_timeline:
             return
         if self._follow_task is not None or time.monotonic() < self._follow_retry_at:
             return
@@ -239,27 +245,31 @@ class LsnTracker:
 
     async def _check_own(self, node: str, timeline: int) -> None:
         try:
-            _, standby, own_timeline = await self._reader.read()
+            async with asyncio.timeout(START_FLUSH_TIMEOUT):
+                _, standby, own_timeline = await self._reader.read()
         except Exception as exc:  # minimum meanwhile; a later broadcast asks again
             first = not self._follow_retry_at  # of a streak: warned once
             (log.warning if first else log.debug)(
-                "tracker.own_database_unread", region=self.region, error=str(exc)
+                "tracker.own_database_unread", region=self.region, error=repr(exc)
             )
             self._follow_retry_at = time.monotonic() + self._check_interval
             return
         finally:
             self._follow_task = None
         self._follow_retry_at = 0.0
-        if timeline <= self._checked_timeline:
-            return  # a newer promotion was settled meanwhile
+        if timeline <= self._checked_timeline or timeline < self._promotions.newest:
+            return  # a newer promotion was heard meanwhile: its node is asked about next
         self._checked_timeline = timeline
         mine = follows_promoted(own_standby=standby, own_timeline=own_timeline,
                                 promoted_timeline=timeline)  # fmt: skip
-        if mine or self._progress.replica_id is not None:
-            self._progress = self._progress.following(node if mine else None)
         log.info("tracker.promoted_node_checked", region=self.region, node=node,
                  timeline=timeline, followed=mine)  # fmt: skip
-        self.advance(self._progress.replayed(time.monotonic()))
+        if mine or self._progress.replica_id is not None:
+            # Positions heard before say nothing of the new view (older timelines): from
+            # the node alone, or from nothing -- the fallback reads this database meanwhile.
+            self._progress = self._progress.following(node if mine else None)
+            self._replayed = None
+            self.advance(self._progress.replayed(time.monotonic()))
 
     def _promoted(
         self, timeline: int, fork: int | None, node: str | None, *, relayed: bool = False

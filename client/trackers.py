@@ -45,8 +45,9 @@ async def acquire_tracker(settings: Settings, nc: NatsClient) -> LsnTracker:
         return entry[0]
 
 
-async def release_tracker(tracker: LsnTracker) -> None:
-    """Give back a tracker from :func:`acquire_tracker`; the last release closes it."""
+async def release_tracker(tracker: LsnTracker, successor: LsnTracker | None = None) -> None:
+    """Give back a tracker from :func:`acquire_tracker`; the last release closes it, handing
+    its waiters to ``successor`` when given (the same region's tracker on a new connection)."""
     async with _registry_lock():
         for key, (t, refs) in list(_trackers.items()):
             if t is tracker:
@@ -55,6 +56,6 @@ async def release_tracker(tracker: LsnTracker) -> None:
                     return
                 del _trackers[key]
                 break
-    await tracker.close()
+    await tracker.close(successor)
 
 

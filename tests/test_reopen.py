@@ -13,11 +13,19 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from writebus.bus.embedded.nats import NatsServer
 from writebus.client.db import Database
-from writebus.client.errors import DisconnectedError, NoWorkerError, Outcome, WriteBusError
+from writebus.client.errors import (
+    DisconnectedError,
+    NoWorkerError,
+    Outcome,
+    ReplicationTimeoutError,
+    WriteBusError,
+)
+from writebus.client.lsn import parse_lsn
 from writebus.client.settings import Settings
 
 
@@ -50,6 +58,61 @@ async def test_a_connection_closed_for_good_is_reopened_by_the_next_write(
         with pytest.raises(DisconnectedError) as refused:
             await db.execute("SELECT 1")
         assert refused.value.outcome is Outcome.NOT_APPLIED
+
+
+def _lax(stack: Any, server: NatsServer) -> Settings:
+    return Settings.from_env({
+        "NATS_URL": server.url, "FLY_REGION": "lax", "PRIMARY_REGION": "syd",
+        "WRITEBUS_RPC_TIMEOUT": "1", "WRITEBUS_CONNECT_TIMEOUT": "1",
+        "DATABASE_URL": stack.env("lax")["DATABASE_URL"],
+    })  # fmt: skip
+
+
+async def test_callers_waiting_on_the_old_tracker_wait_on_the_new_one(
+    stack: Any, server: NatsServer, table: str
+) -> None:
+    """Two callers wait for replay when a write reopens the connection: they wait on the new
+    tracker, within their own deadlines -- one is released once the replica has its LSN (read
+    from the replica: nobody broadcasts on this server), the other times out at its own 3 s,
+    naming them. Both got TrackerError ("the LSN tracker was closed") before."""
+    async with Database(_lax(stack, server)) as db, await psycopg.AsyncConnection.connect(
+        stack.primary.url, autocommit=True
+    ) as primary:
+        first, old = db.nats, db.tracker
+        assert first is not None and old is not None
+        row = await (await primary.execute("SELECT pg_current_wal_flush_lsn()::text")).fetchone()
+        assert row is not None
+        lsn = parse_lsn(row[0])
+        started = time.monotonic()
+        soon = asyncio.create_task(db.wait_for_lsn(lsn + 1, 10))
+        never = asyncio.create_task(db.wait_for_lsn(lsn + 10**12, 3))
+        await asyncio.sleep(0.1)
+        assert old.waiting >= 1 and not never.done()
+        await first.close()
+        with pytest.raises(NoWorkerError):
+            await db.execute("SELECT 1")  # sent on a new connection
+        assert db.tracker is not old and old._closed
+        await primary.execute(f"INSERT INTO {table}(body) VALUES ('after the reopen')")
+        assert await asyncio.wait_for(soon, 10) >= lsn + 1
+        with pytest.raises(ReplicationTimeoutError) as info:
+            await never
+        assert info.value.timeout == 3 and 2.9 <= time.monotonic() - started < 6
+        assert db.tracker is not None and db.tracker.waiting == 0
+
+
+async def test_a_strong_read_reopens_a_connection_closed_for_good(
+    stack: Any, server: NatsServer
+) -> None:
+    """A strong read needs the bus (it asks the primary's node for its position): on a
+    connection closed for good it reopens it, as a write does, and its ping goes out (no
+    worker here: NoWorkerError). It failed "not connected" until a write came."""
+    async with Database(_lax(stack, server)) as db:
+        first = db.nats
+        assert first is not None
+        await first.close()
+        with pytest.raises(NoWorkerError):
+            await db.fetch("SELECT 1", consistency="strong")
+        assert db.nats is not first and db.nats is not None and db.nats.is_connected
 
 
 @contextlib.asynccontextmanager

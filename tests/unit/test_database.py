@@ -350,8 +350,9 @@ async def test_the_node_promoted_onto_a_newer_timeline_is_followed_though_relaye
 
 async def test_a_stale_nodes_older_timeline_is_no_promotion(fake: tuple[FakeServer, Bus]) -> None:
     """A tracker first hears lax's node on timeline 3 (forked at 300), then a stale node's
-    last announcement of timeline 2: no promotion. It keeps following the timeline-3 node,
-    whose next broadcast still counts. A timeline-2 write at 250 survived (below 300); of a
+    last announcement of timeline 2: no promotion. The timeline-3 node's next broadcast
+    still counts (the region's minimum, of that node alone: this process has no database to
+    ask whether to follow it). A timeline-2 write at 250 survived (below 300); of a
     timeline-1 write it cannot tell, never having heard the fork into timeline 2: lost at 0,
     an unknown outcome, never "replicated"."""
     server, bus = fake
@@ -418,9 +419,11 @@ async def test_a_process_reading_a_standby_does_not_follow_a_node_promoted_besid
 async def test_a_process_stops_following_its_database_once_another_node_is_promoted(
     fake: tuple[FakeServer, Bus], monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:
-    """This process's database, y, was promoted onto timeline 2, and the tracker followed it.
-    Then z is promoted onto timeline 3, and y rebuilt as its standby: z's flush position does
-    not release a wait y has not replayed, and y's broadcast does. (The tracker followed z.)"""
+    """This process's database, y, was promoted onto timeline 2 (flushed to 900), and the
+    tracker followed it. Then z is promoted onto timeline 3, forked at 850, and y rebuilt as
+    its standby: neither z's flush position nor y's old 900 releases a timeline-3 wait at 880
+    that y has not replayed on the new timeline -- y's broadcast does. (The tracker followed
+    z; a first fix kept y's 900 as the position known.)"""
     server, bus = fake
     own: tuple[int | None, bool, int | None] = (None, False, 2)
     async with Database(LAX, nats=server.client()) as db:
@@ -432,18 +435,50 @@ async def test_a_process_stops_following_its_database_once_another_node_is_promo
 
         monkeypatch.setattr(tracker._reader, "read", read)
         caplog.set_level(logging.INFO, logger="writebus.client.tracker")
-        await bus.announced(500, 2, replica_id="y", fork=100)
-        await asyncio.wait_for(_until(lambda: tracker.replayed == 500), 2)
-        own = (520, True, None)
-        await bus.announced(800, 3, replica_id="z", fork=600)
+        await bus.announced(900, 2, replica_id="y", fork=100)
+        followed = "node=y timeline=2 followed=True"
+        await asyncio.wait_for(_until(lambda: followed in caplog.text), 2)
+        assert tracker.replayed == 900
+        own = (860, True, None)
+        await bus.announced(1010, 3, replica_id="z", fork=850)
         checked = "node=z timeline=3 followed=False"
         await asyncio.wait_for(_until(lambda: checked in caplog.text), 2)
-        wait = asyncio.create_task(db.wait_for_lsn(700, 5, 3))
+        wait = asyncio.create_task(db.wait_for_lsn(880, 5, 3))
         await asyncio.sleep(0.05)
         assert not wait.done()
-        upd = lsn_update(region="lax", replica_id="y", lsn=710, role="replica", in_recovery=True)
+        upd = lsn_update(region="lax", replica_id="y", lsn=890, role="replica", in_recovery=True)
         await bus.nc.publish("writebus.lsn.lax", encode(upd))
-        assert await asyncio.wait_for(wait, 2) >= 700
+        assert await asyncio.wait_for(wait, 2) >= 880
+
+
+async def test_a_check_overtaken_by_a_newer_promotion_does_not_follow_the_older_node(
+    fake: tuple[FakeServer, Bus], monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """The tracker asks its database about y, promoted onto timeline 2; before the answer
+    (y: this process's database), z is announced on timeline 3. y is not followed: its
+    frozen position would release timeline-3 waits. z's next announcement is asked about."""
+    server, bus = fake
+    async with Database(LAX, nats=server.client()) as db:
+        tracker = db.tracker
+        assert tracker is not None
+        asked: list[int] = []
+
+        async def slow() -> tuple[None, bool, int]:
+            asked.append(tracker._promotions.newest)
+            await asyncio.sleep(0.2)
+            return None, False, 2
+
+        monkeypatch.setattr(tracker._reader, "read", slow)
+        caplog.set_level(logging.INFO, logger="writebus.client.tracker")
+        await bus.announced(900, 2, replica_id="y", fork=100)
+        await asyncio.wait_for(_until(lambda: asked == [2]), 2)
+        await bus.announced(1010, 3, replica_id="z", fork=850)
+        await asyncio.sleep(0.3)
+        assert "followed=True" not in caplog.text
+        await bus.announced(1020, 3, replica_id="z", fork=850)
+        await asyncio.wait_for(_until(lambda: len(asked) == 2), 2)
+        await asyncio.sleep(0.3)
+        assert "node=z timeline=3 followed=False" in caplog.text  # its database is on 2
 
 
 async def test_without_an_announced_fork_only_the_promoted_nodes_replay_bounds_it(

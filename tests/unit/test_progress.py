@@ -90,7 +90,9 @@ def test_single_is_one_fresh_replica_or_the_one_named() -> None:
 
 def test_following_one_node_counts_its_position_at_once_and_back_to_every_node() -> None:
     """Every replica's position is kept; following one counts its alone, known from what was
-    heard before -- and following none again counts the minimum of them all."""
+    heard before. Following none again starts from nothing: after a promotion, a position
+    heard before may be on an older timeline, past the fork (never lowered, it would hide
+    the replica's replay of the new timeline)."""
     p = RegionProgress(stale_after=3.0)
     p.observe("r", 300, now=10.0)
     p.observe("y", 500, now=10.0)
@@ -99,7 +101,20 @@ def test_following_one_node_counts_its_position_at_once_and_back_to_every_node()
     assert y.replayed(now=10.0) == 500 and y.single(10.0)
     y.observe("r", 320, now=11.0)
     assert y.replayed(now=11.0) == 500 and y.last_heard() == 10.0
-    assert y.following(None).replayed(now=11.0) == 320
+    every = y.following(None)
+    assert every.replayed(now=11.0) is None and every.last_heard() is None
+    every.observe("y", 460, now=12.0)  # y's replay as a standby of the next primary
+    assert every.replayed(now=12.0) == 460
+
+
+def test_a_followed_replica_gone_quiet_is_not_forgotten() -> None:
+    """A replica named by this process stays known however long it is quiet (its age tells
+    the tracker broadcasts stopped); others are forgotten after forget_after."""
+    p = RegionProgress(replica_id="a", stale_after=3.0)
+    p.observe("a", 100, now=0.0)
+    p.observe("b", 90, now=0.0)
+    assert p.quiet(100.0) == [] and p.last_heard() == 0.0
+    assert "b" not in p._seen
 
 
 def test_only_a_process_reading_the_promoted_primary_follows_it() -> None:
