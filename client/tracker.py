@@ -162,6 +162,7 @@ class LsnTracker:
             region=self.region,
             heartbeat=self.settings.heartbeat_interval,
             last_heard=lambda: self._progress.last_heard(),  # the one followed now
+            replica_id=self.settings.replica_id,
         )
         self.silence.start()
 
@@ -234,9 +235,8 @@ class LsnTracker:
 
     def _consider_following(self, node: str, timeline: int) -> None:
         """``node`` of this region announced itself promoted onto ``timeline``: follow it alone
-        if it is this process's own database (:func:`~.progress.follows_promoted`), asked of
-        that database once per promotion -- unless this process names its replica. Until the
-        answer, the position stays the region's minimum."""
+        if it is this process's own database (:func:`~.progress.follows_promoted`, asked once
+        per promotion) unless it names its replica. Until then: the region's minimum."""
         if self.settings.replica_id or self._closed or timeline <= self._checked_timeline:
             return
         if self._follow_task is not None or time.monotonic() < self._follow_retry_at:

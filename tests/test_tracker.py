@@ -310,6 +310,24 @@ async def test_a_misspelled_region_is_warned_once_on_real_servers(
     assert "did you mean 'lax'" in warning.writebus["message"]
 
 
+async def test_a_replica_id_no_node_has_is_warned_once_on_real_servers(
+    stack: Any, buses: Any, caplog: Any
+) -> None:
+    """WRITEBUS_REPLICA_ID names no node of lax: one warning names the replica ids lax's real
+    bus nodes broadcast from -- it said the region was silent and guessed another region."""
+    from writebus.client.db import Database
+
+    env = {**stack.env("lax"), "WRITEBUS_REPLICA_ID": "nobody-here"}
+    with caplog.at_level(logging.WARNING, logger="writebus.client.tracker"):
+        async with Database(Settings.from_env(env)) as db:
+            assert db.tracker is not None and db.tracker.silence is not None
+            await _wait_until(lambda: db.tracker.silence.warnings == 1, timeout=15)  # type: ignore[union-attr]
+    (warning,) = [r for r in caplog.records if r.writebus["event"] == "tracker.region_silent"]
+    message = warning.writebus["message"]
+    assert "replica 'nobody-here' (WRITEBUS_REPLICA_ID), but region 'lax' broadcasts from" in message
+    assert "did you mean 'lax'" not in message
+
+
 async def _replica_caught_up(stack: Any) -> int:
     """The primary's flush position, once the lax replica has replayed it."""
     import psycopg

@@ -95,3 +95,31 @@ async def test_a_region_that_is_heard_is_not_warned(
         finally:
             await tracker.close()
     assert not [r for r in caplog.records if "region_silent" in r.getMessage()]
+
+
+def test_a_replica_id_that_matches_no_node_is_named_not_the_region() -> None:
+    """The region is heard, but not from the replica this process names: the warning says
+    which replicas broadcast and the likely one -- not that the region is misspelled."""
+    text = silence_message("lax", {"syd"}, replica_id="lax-db-1", replicas={"lax-db-2", "x"})
+    assert "'lax-db-1' (WRITEBUS_REPLICA_ID)" in text and "lax-db-2, x" in text
+    assert "did you mean 'lax-db-2'?" in text and "FLY_REGION" not in text
+
+
+async def test_a_mistyped_replica_id_is_warned_once_naming_the_replicas_heard(
+    broadcasting: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """WRITEBUS_REPLICA_ID=q in lax, where replica r broadcasts: one warning names r. It said
+    the region was silent and guessed another region."""
+    settings = Settings(region="lax", primary_region="syd", heartbeat_interval=HB, replica_id="q")
+    with caplog.at_level(logging.WARNING, logger="writebus.client.tracker"):
+        tracker = LsnTracker(settings, broadcasting.client())
+        await tracker.start()
+        try:
+            assert tracker.silence is not None
+            while tracker.silence.warnings == 0:
+                await asyncio.sleep(HB)
+        finally:
+            await tracker.close()
+    (warning,) = [r for r in caplog.records if r.writebus["event"] == "tracker.region_silent"]
+    assert "replica 'q' (WRITEBUS_REPLICA_ID)" in warning.writebus["message"]
+    assert "region 'lax' broadcasts from r." in warning.writebus["message"]
