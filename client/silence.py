@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from typing import Any
 
 from writebus.client.log import get_logger
@@ -27,7 +27,7 @@ log = get_logger("writebus.client.tracker")
 
 
 def silence_message(
-    region: str, heard: set[str], *, replica_id: str = "", replicas: set[str] = frozenset()
+    region: str, heard: set[str], *, replica_id: str = "", replicas: Set[str] = frozenset()
 ) -> str:
     """What to tell the operator when ``region`` is silent and ``heard`` regions are not --
     or, for a process naming its ``replica_id``, when ``region`` is heard from ``replicas``
