@@ -160,7 +160,9 @@ class ReadAPI:
         if session_lsn is None:
             current = current_session()
             session_lsn = current.lsn if current is not None else None
-        nc = await self._nats()  # a strong read's or a token check's: reopened if closed for good
+        # A strong read needs the bus: a connection closed for good is reopened first. Other
+        # reads need none (a token's check is skipped without it): they never wait for one.
+        nc = await self._nats() if consistency == "strong" else self._nc
         return await self._gate.prepare(
             nc=nc,
             tracker=self._tracker,

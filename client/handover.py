@@ -50,11 +50,12 @@ def hand_over(
 def _settle(
     fut: BatchFuture[int], wait: asyncio.Task[Any], expired: Callable[[], BaseException]
 ) -> None:
+    exc = None if wait.cancelled() else wait.exception()  # retrieved, even if not needed
     if fut.done():
         return
     if wait.cancelled():
         fut.cancel()
-    elif isinstance(exc := wait.exception(), ReplicationTimeoutError):
+    elif isinstance(exc, ReplicationTimeoutError):
         fut.set_exception(expired())
     elif exc is not None:
         fut.set_exception(exc)

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: A replica's position until it is heard again (:meth:`RegionProgress.following`).
+UNKNOWN = -1
+
 
 @dataclass
 class RegionProgress:
@@ -45,7 +48,7 @@ class RegionProgress:
         if self.quiet(now):
             return None
         fresh = self._fresh(now)
-        return min(fresh) if fresh else None
+        return min(fresh) if fresh and UNKNOWN not in fresh else None
 
     def quiet(self, now: float) -> list[str]:
         """The replicas heard from before, but not within ``stale_after`` -- when this process
@@ -73,13 +76,16 @@ class RegionProgress:
         """The positions counted of the replicas heard from within ``stale_after``."""
         return [lsn for lsn, at in self._counted() if now - at <= self.stale_after]
 
-    def following(self, replica_id: str | None) -> RegionProgress:
+    def following(self, replica_id: str | None, now: float) -> RegionProgress:
         """A progress that counts ``replica_id``'s position alone, known at once (not at its
-        next broadcast) -- or, None, every replica's, starting from nothing: after a promotion
-        the others' positions heard before may be on an older timeline, past the fork."""
+        next broadcast) -- or, None, every replica's, each unknown until it is heard again
+        (from ``now``): after a promotion, a position heard before may be on an older
+        timeline, past the fork, and one replica's news must not speak for another's."""
         out = RegionProgress(replica_id=replica_id, stale_after=self.stale_after,
                              forget_after=self.forget_after)  # fmt: skip
-        if replica_id is not None and replica_id in self._seen:
+        if replica_id is None:
+            out._seen = {node: (UNKNOWN, now) for node in self._seen}
+        elif replica_id in self._seen:
             out._seen[replica_id] = self._seen[replica_id]
         return out
 

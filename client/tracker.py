@@ -113,16 +113,16 @@ class LsnTracker:
         self._checked_timeline = 1
         self._follow_task: asyncio.Task[None] | None = None
         self._follow_retry_at = 0.0
+        #: The tracker this one's waits went to when it closed (a reopened connection's).
+        self._successor: LsnTracker | None = None
         self._report_waiters: set[asyncio.Future[None]] = set()
         self.updates_received = 0
         self.fallback_polls = 0
         self.probes = 0
 
     def __repr__(self) -> str:
-        return (
-            f"<LsnTracker region={self.region!r} waiters={len(self._queue)} "
-            f"replayed={self._replayed}>"
-        )
+        n, at = len(self._queue), self._replayed
+        return f"<LsnTracker region={self.region!r} waiters={n} replayed={at}>"
 
     @property
     def waiting(self) -> int:
@@ -136,10 +136,9 @@ class LsnTracker:
 
     @property
     def forks(self) -> dict[int, int]:
-        """Each promotion heard -- of this region's database, or relayed by its replica
-        monitors -- whose fork was announced (``LsnUpdate.fork_lsn``, ``primary_fork_lsn``):
-        new timeline -> fork. What older timelines committed past a fork never arrives here.
-        Empty before any promotion."""
+        """New timeline -> fork, of each promotion heard (this region's, or relayed) whose fork
+        was announced (``fork_lsn``, ``primary_fork_lsn``): what older timelines committed past
+        a fork never arrives here."""
         return self._promotions.forks
 
     @property
@@ -157,24 +156,22 @@ class LsnTracker:
             self._fallback_loop(), name=f"writebus-tracker-fallback-{self.region}"
         )
         self.silence = SilenceWatch(
-            self._nc,
-            prefix=self.settings.prefix,
-            region=self.region,
-            heartbeat=self.settings.heartbeat_interval,
+            self._nc, prefix=self.settings.prefix, region=self.region,
+            heartbeat=self.settings.heartbeat_interval, replica_id=self.settings.replica_id,
             last_heard=lambda: self._progress.last_heard(),  # the one followed now
-            replica_id=self.settings.replica_id,
-        )
+        )  # fmt: skip
         self.silence.start()
 
     async def close(self, successor: LsnTracker | None = None) -> None:
-        """Stop: hand every waiter to ``successor`` (:mod:`~writebus.client.handover`), else
-        wake it with :class:`TrackerError`; close connections."""
+        """Stop: hand every waiter to ``successor`` (:mod:`~writebus.client.handover`), and
+        later waits too, else wake them with :class:`TrackerError`; close connections."""
         self._closed = True
         if self.silence is not None:
             await self.silence.stop()
         self._deadlines.cancel()
         waiters = self._queue.drain()
         if successor is not None and not successor._closed:
+            self._successor = successor
             hand_over(waiters, successor, asyncio.get_running_loop(), _Expired)
             waiters = []
         for w in waiters:
@@ -267,7 +264,7 @@ class LsnTracker:
         if mine or self._progress.replica_id is not None:
             # Positions heard before say nothing of the new view (older timelines): from
             # the node alone, or from nothing -- the fallback reads this database meanwhile.
-            self._progress = self._progress.following(node if mine else None)
+            self._progress = self._progress.following(node if mine else None, time.monotonic())
             self._replayed = None
             self.advance(self._progress.replayed(time.monotonic()))
 
@@ -305,6 +302,8 @@ class LsnTracker:
     async def lag_within(self, max_lag: float) -> bool:
         """True once the lag bound is at most ``max_lag`` seconds: at once when it already
         is, else at the first broadcast that says so within ``max_lag`` seconds."""
+        if self._successor is not None:
+            return await self._successor.lag_within(max_lag)
         deadline = time.monotonic() + max_lag
         while True:
             bound = self.lag_bound()
@@ -323,12 +322,10 @@ class LsnTracker:
                 self._report_waiters.discard(fut)
 
     def advance(self, replayed: int | None) -> int:
-        """Record that the replica has replayed ``replayed``; wake whoever that satisfies.
-
-        Returns the number of waiters woken. Without a replica id the position is the region's
-        minimum, which can move back when a slower replica is first heard from: it is taken as
-        it is (a waiter released earlier was released correctly at that time).
-        """
+        """Record that the replica has replayed ``replayed``; wake whoever that satisfies, and
+        return how many. Without a replica id the position is the region's minimum, which can
+        move back when a slower replica is first heard from: it is taken as it is (a waiter
+        released earlier was released correctly at that time)."""
         if replayed is None:
             return 0
         if self._replayed == replayed:
@@ -360,6 +357,8 @@ class LsnTracker:
         carries ``lsn`` and says the write committed) after ``timeout`` seconds. A timed-out or
         cancelled wait leaves nothing behind.
         """
+        if self._successor is not None:  # closed, its waits handed on (a reopened connection)
+            return await self._successor.wait_for(lsn, timeout, timeline)
         lost_at = self._promotions.lost(lsn, timeline)
         if lost_at is not None:
             raise LostInFailoverError(lsn, lost_at, self.region)

@@ -26,7 +26,9 @@ from writebus.client.errors import (
     WriteBusError,
 )
 from writebus.client.lsn import parse_lsn
+from writebus.client.reads import VERIFY_AFTER
 from writebus.client.settings import Settings
+from writebus.client.tokens import make_token
 
 
 @pytest.fixture
@@ -115,6 +117,30 @@ async def test_a_strong_read_reopens_a_connection_closed_for_good(
         assert db.nats is not first and db.nats is not None and db.nats.is_connected
 
 
+async def test_a_token_read_across_a_reopen_waits_on_the_new_tracker(
+    stack: Any, server: NatsServer, table: str
+) -> None:
+    """A read for a token not yet replayed waits in steps (it checks the token between
+    them): one step on the old tracker, handed over when a write reopens the connection, the
+    next on the new one -- it got TrackerError from the closed tracker at its second step."""
+    async with Database(_lax(stack, server)) as db, await psycopg.AsyncConnection.connect(
+        stack.primary.url, autocommit=True
+    ) as primary:
+        first = db.nats
+        assert first is not None
+        row = await (await primary.execute("SELECT pg_current_wal_flush_lsn()::text")).fetchone()
+        assert row is not None
+        read = asyncio.create_task(db.fetch("SELECT 1", after=make_token(parse_lsn(row[0]) + 1)))
+        await asyncio.sleep(0.1)
+        await first.close()
+        with pytest.raises(NoWorkerError):
+            await db.execute("SELECT 1")  # sent on a new connection
+        await asyncio.sleep(VERIFY_AFTER + 0.3)  # past the first step
+        assert not read.done()
+        await primary.execute(f"INSERT INTO {table}(body) VALUES ('after the reopen')")
+        assert await asyncio.wait_for(read, 10) == [(1,)]
+
+
 @contextlib.asynccontextmanager
 async def _gone(stack: Any, server: NatsServer, region: str) -> AsyncIterator[Database]:
     """A Database in ``region`` whose connection is closed for good, and no server up."""
@@ -142,6 +168,18 @@ async def test_while_no_server_accepts_concurrent_writes_do_not_queue_connect_ti
     assert all(isinstance(r, DisconnectedError) for r in results), results
     assert all(r.outcome is Outcome.NOT_APPLIED for r in results if isinstance(r, WriteBusError))
     assert elapsed < 5  # one connect timeout (1 s) and some; ten would be 10 s and more
+
+
+async def test_a_plain_or_token_read_does_not_need_the_connection(
+    stack: Any, server: NatsServer
+) -> None:
+    """Reads that need no bus work on a connection closed for good with no server to reopen
+    it on -- a strong read, which does, is refused as not sent."""
+    async with _gone(stack, server, "lax") as db:
+        assert await db.fetch("SELECT 1") == [(1,)]
+        assert await db.fetchval("SELECT 2", after=make_token(1)) == 2
+        with pytest.raises(DisconnectedError):
+            await db.fetch("SELECT 1", consistency="strong")
 
 
 async def test_a_primary_region_write_does_not_need_the_connection(

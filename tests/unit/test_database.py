@@ -421,9 +421,9 @@ async def test_a_process_stops_following_its_database_once_another_node_is_promo
 ) -> None:
     """This process's database, y, was promoted onto timeline 2 (flushed to 900), and the
     tracker followed it. Then z is promoted onto timeline 3, forked at 850, and y rebuilt as
-    its standby: neither z's flush position nor y's old 900 releases a timeline-3 wait at 880
+    its standby: neither z's flush positions nor y's old 900 release a timeline-3 wait at 880
     that y has not replayed on the new timeline -- y's broadcast does. (The tracker followed
-    z; a first fix kept y's 900 as the position known.)"""
+    z; a first fix kept y's 900 as the position known, a second let z's news alone count.)"""
     server, bus = fake
     own: tuple[int | None, bool, int | None] = (None, False, 2)
     async with Database(LAX, nats=server.client()) as db:
@@ -444,6 +444,7 @@ async def test_a_process_stops_following_its_database_once_another_node_is_promo
         checked = "node=z timeline=3 followed=False"
         await asyncio.wait_for(_until(lambda: checked in caplog.text), 2)
         wait = asyncio.create_task(db.wait_for_lsn(880, 5, 3))
+        await bus.announced(1020, 3, replica_id="z", fork=850)  # z's news is not y's
         await asyncio.sleep(0.05)
         assert not wait.done()
         upd = lsn_update(region="lax", replica_id="y", lsn=890, role="replica", in_recovery=True)
@@ -462,23 +463,25 @@ async def test_a_check_overtaken_by_a_newer_promotion_does_not_follow_the_older_
         tracker = db.tracker
         assert tracker is not None
         asked: list[int] = []
+        answer = asyncio.Event()
 
-        async def slow() -> tuple[None, bool, int]:
+        async def held() -> tuple[None, bool, int]:
             asked.append(tracker._promotions.newest)
-            await asyncio.sleep(0.2)
+            await answer.wait()
             return None, False, 2
 
-        monkeypatch.setattr(tracker._reader, "read", slow)
+        monkeypatch.setattr(tracker._reader, "read", held)
         caplog.set_level(logging.INFO, logger="writebus.client.tracker")
         await bus.announced(900, 2, replica_id="y", fork=100)
         await asyncio.wait_for(_until(lambda: asked == [2]), 2)
         await bus.announced(1010, 3, replica_id="z", fork=850)
-        await asyncio.sleep(0.3)
-        assert "followed=True" not in caplog.text
+        await asyncio.wait_for(_until(lambda: db.forks.get(3) == 850), 2)
+        answer.set()
+        await asyncio.wait_for(_until(lambda: tracker._follow_task is None), 2)
+        assert "followed=" not in caplog.text
         await bus.announced(1020, 3, replica_id="z", fork=850)
-        await asyncio.wait_for(_until(lambda: len(asked) == 2), 2)
-        await asyncio.sleep(0.3)
-        assert "node=z timeline=3 followed=False" in caplog.text  # its database is on 2
+        await asyncio.wait_for(_until(lambda: "followed=" in caplog.text), 2)
+        assert asked == [2, 3] and "node=z timeline=3 followed=False" in caplog.text
 
 
 async def test_without_an_announced_fork_only_the_promoted_nodes_replay_bounds_it(

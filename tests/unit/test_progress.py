@@ -90,21 +90,25 @@ def test_single_is_one_fresh_replica_or_the_one_named() -> None:
 
 def test_following_one_node_counts_its_position_at_once_and_back_to_every_node() -> None:
     """Every replica's position is kept; following one counts its alone, known from what was
-    heard before. Following none again starts from nothing: after a promotion, a position
-    heard before may be on an older timeline, past the fork (never lowered, it would hide
-    the replica's replay of the new timeline)."""
+    heard before. Following none again makes each unknown until it is heard again: after a
+    promotion, a position heard before may be on an older timeline, past the fork (never
+    lowered, it would hide the replica's replay of the new timeline), and one replica's news
+    (the new primary's, broadcast all the time) must not speak for another's."""
     p = RegionProgress(stale_after=3.0)
     p.observe("r", 300, now=10.0)
     p.observe("y", 500, now=10.0)
     assert p.replayed(now=10.0) == 300
-    y = p.following("y")
+    y = p.following("y", now=10.0)
     assert y.replayed(now=10.0) == 500 and y.single(10.0)
     y.observe("r", 320, now=11.0)
     assert y.replayed(now=11.0) == 500 and y.last_heard() == 10.0
-    every = y.following(None)
-    assert every.replayed(now=11.0) is None and every.last_heard() is None
+    every = y.following(None, now=11.0)
+    assert every.replayed(now=11.0) is None
     every.observe("y", 460, now=12.0)  # y's replay as a standby of the next primary
+    assert every.replayed(now=12.0) is None  # r not heard since
+    every.observe("r", 470, now=12.0)
     assert every.replayed(now=12.0) == 460
+    assert every.following(None, now=13.0).quiet(20.0) == ["r", "y"]
 
 
 def test_a_followed_replica_gone_quiet_is_not_forgotten() -> None:
