@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from writebus.client.denials import denials_of, refused_publish
 from writebus.client.errors import ConfigError, ConnectError
 from writebus.client.log import get_logger
 from writebus.client.loops import loop_lock
@@ -119,6 +120,8 @@ async def connect_nats(
 
     async def on_error(exc: Exception) -> None:
         last_error[:] = [exc]
+        if (subject := refused_publish(exc)) is not None:
+            denials_of(nc).refused(subject)  # its requests end now, not at their timeout
         reason = refused_for_good(exc)
         if reason is not None and not refused.done():
             refused.set_result((reason, exc))

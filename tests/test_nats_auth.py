@@ -294,6 +294,28 @@ async def test_dashboard_request_never_reaches_worker(server: NatsServer, worker
         await dashboard.close()
 
 
+async def test_a_write_nats_refuses_to_deliver_is_answered_at_once_as_not_applied(
+    server: NatsServer, worker: Worker
+) -> None:
+    """A writebus Database connected as a user who may not publish writes (the dashboard's
+    credentials, a wrong allow-list): the server refuses the publish, and the write fails at
+    once with ForbiddenError, not applied -- it waited out its whole budget for an "unknown
+    outcome" before. The worker never saw it."""
+    from writebus.client.db import Database
+    from writebus.client.errors import ForbiddenError, Outcome
+    from writebus.client.settings import Settings
+
+    settings = Settings(region="lax", primary_region="syd", nats_urls=(server.url,),
+                        nats_user="dashboard", nats_password=server.password("dashboard"),
+                        rpc_timeout=3.0)  # fmt: skip
+    async with Database(settings) as db:
+        with pytest.raises(ForbiddenError) as refused:
+            await db.execute("INSERT INTO notes VALUES (1)")
+    assert refused.value.outcome is Outcome.NOT_APPLIED and not refused.value.retryable
+    assert "to 'writebus.write'" in str(refused.value)
+    assert await did_not_happen(worker.received)
+
+
 async def test_app_cannot_impersonate_a_worker(server: NatsServer) -> None:
     """An app may not subscribe to writebus.write or writebus.rpc.> (even in the workers'
     queue group): the server refuses the subscription, so another app's write finds no
