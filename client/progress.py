@@ -76,15 +76,15 @@ class RegionProgress:
         """The positions counted of the replicas heard from within ``stale_after``."""
         return [lsn for lsn, at in self._counted() if now - at <= self.stale_after]
 
-    def following(self, replica_id: str | None, now: float) -> RegionProgress:
+    def following(self, replica_id: str | None) -> RegionProgress:
         """A progress that counts ``replica_id``'s position alone, known at once (not at its
-        next broadcast) -- or, None, every replica's, each unknown until it is heard again
-        (from ``now``): after a promotion, a position heard before may be on an older
-        timeline, past the fork, and one replica's news must not speak for another's."""
+        next broadcast) -- or, None, every replica's, each unknown until it is heard again:
+        after a promotion, a position heard before may be on an older timeline, past the
+        fork, and one replica's news must not speak for another's."""
         out = RegionProgress(replica_id=replica_id, stale_after=self.stale_after,
                              forget_after=self.forget_after)  # fmt: skip
-        if replica_id is None:
-            out._seen = {node: (UNKNOWN, now) for node in self._seen}
+        if replica_id is None:  # heard when they were: a dead one's clocks run on
+            out._seen = {node: (UNKNOWN, at) for node, (_, at) in self._seen.items()}
         elif replica_id in self._seen:
             out._seen[replica_id] = self._seen[replica_id]
         return out

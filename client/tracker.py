@@ -166,13 +166,14 @@ class LsnTracker:
         """Stop: hand every waiter to ``successor`` (:mod:`~writebus.client.handover`), and
         later waits too, else wake them with :class:`TrackerError`; close connections."""
         self._closed = True
+        if successor is not None and not successor._closed:
+            self._successor = successor  # before any await: a wait arriving meanwhile goes on
         if self.silence is not None:
             await self.silence.stop()
         self._deadlines.cancel()
         waiters = self._queue.drain()
-        if successor is not None and not successor._closed:
-            self._successor = successor
-            hand_over(waiters, successor, asyncio.get_running_loop(), _Expired)
+        if self._successor is not None:
+            hand_over(waiters, self._successor, asyncio.get_running_loop(), _Expired)
             waiters = []
         for w in waiters:
             if not w.payload.done():
@@ -264,7 +265,7 @@ class LsnTracker:
         if mine or self._progress.replica_id is not None:
             # Positions heard before say nothing of the new view (older timelines): from
             # the node alone, or from nothing -- the fallback reads this database meanwhile.
-            self._progress = self._progress.following(node if mine else None, time.monotonic())
+            self._progress = self._progress.following(node if mine else None)
             self._replayed = None
             self.advance(self._progress.replayed(time.monotonic()))
 
@@ -294,8 +295,8 @@ class LsnTracker:
         reported plus the time since -- the node followed, else the most behind of those
         heard lately. None when none was heard lately, or one reports no lag."""
         now = time.monotonic() if now is None else now
-        if self._progress.quiet(now):
-            return None  # the quiet one may be this process's, and its lag unknown
+        if self._progress.replayed(now) is None:
+            return None  # a quiet one, or unknown since a promotion: may be this process's
         return lag_bound(self._lag_reports, followed=self._progress.replica_id,
                          stale_after=self._progress.stale_after, now=now)  # fmt: skip
 
@@ -343,10 +344,9 @@ class LsnTracker:
         return n
 
     def _fresh(self) -> bool:
-        """Broadcasts are recent, and no replica went quiet (else the fallback polls)."""
-        now, last = time.monotonic(), self._progress.last_heard()
-        return last is not None and now - last <= self._progress.stale_after and not (
-            self._progress.quiet(now))  # fmt: skip
+        """Broadcasts give a position: recent, from every replica known, none gone quiet
+        (else the fallback polls)."""
+        return self._progress.replayed(time.monotonic()) is not None
 
     # -- waiting --------------------------------------------------------------------------
 
@@ -357,11 +357,11 @@ class LsnTracker:
         carries ``lsn`` and says the write committed) after ``timeout`` seconds. A timed-out or
         cancelled wait leaves nothing behind.
         """
-        if self._successor is not None:  # closed, its waits handed on (a reopened connection)
-            return await self._successor.wait_for(lsn, timeout, timeline)
         lost_at = self._promotions.lost(lsn, timeline)
         if lost_at is not None:
             raise LostInFailoverError(lsn, lost_at, self.region)
+        if self._successor is not None:  # closed, its waits handed on (a reopened connection)
+            return await self._successor.wait_for(lsn, timeout, timeline)
         if self._replayed is not None and self._replayed >= lsn:
             return self._replayed
         if self._closed:

@@ -98,7 +98,8 @@ class Bus:
         """Broadcast lax's node announcing itself primary at ``lsn`` on ``timeline`` (promoted,
         forked at ``fork``, if it says)."""
         upd = lsn_update(region="lax", replica_id=replica_id, lsn=lsn, role="primary",
-                         in_recovery=False, timeline=timeline, fork_lsn=fork)  # fmt: skip
+                         in_recovery=False, timeline=timeline, fork_lsn=fork,
+                         lag_seconds=0.0)  # fmt: skip  (as a primary's node says)
         await self.nc.publish("writebus.lsn.lax", encode(upd))
 
 
@@ -447,9 +448,37 @@ async def test_a_process_stops_following_its_database_once_another_node_is_promo
         await bus.announced(1020, 3, replica_id="z", fork=850)  # z's news is not y's
         await asyncio.sleep(0.05)
         assert not wait.done()
+        assert tracker.lag_bound() is None  # nor z's lag: a max_lag read ran on y
         upd = lsn_update(region="lax", replica_id="y", lsn=890, role="replica", in_recovery=True)
         await bus.nc.publish("writebus.lsn.lax", encode(upd))
         assert await asyncio.wait_for(wait, 2) >= 880
+
+
+async def test_back_to_the_minimum_the_tracker_reads_its_database_meanwhile(
+    fake: tuple[FakeServer, Bus], monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """As above, y followed and then z promoted: until y is heard again, the tracker reads
+    its own database (y, at 885), which releases the wait at 880 -- it waited for y's
+    broadcast, z's making the broadcasts look fresh."""
+    server, bus = fake
+    own: tuple[int | None, bool, int | None] = (None, False, 2)
+    async with Database(LAX, nats=server.client()) as db:
+        tracker = db.tracker
+        assert tracker is not None
+
+        async def read() -> tuple[int | None, bool, int | None]:
+            return own
+
+        monkeypatch.setattr(tracker._reader, "read", read)
+        caplog.set_level(logging.INFO, logger="writebus.client.tracker")
+        await bus.announced(900, 2, replica_id="y", fork=100)
+        await asyncio.wait_for(_until(lambda: "followed=True" in caplog.text), 2)
+        own = (885, True, None)
+        await bus.announced(1010, 3, replica_id="z", fork=850)
+        await asyncio.wait_for(_until(lambda: "followed=False" in caplog.text), 2)
+        wait = asyncio.create_task(db.wait_for_lsn(880, 5, 3))
+        await bus.announced(1020, 3, replica_id="z", fork=850)
+        assert await asyncio.wait_for(wait, 2) == 885
 
 
 async def test_a_check_overtaken_by_a_newer_promotion_does_not_follow_the_older_node(
