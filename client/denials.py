@@ -27,6 +27,14 @@ def refused_publish(exc: BaseException) -> str | None:
     return found.group(1) if found else None
 
 
+class PublishRefused(Exception):
+    """The server refused the publish of the request being waited for (see :class:`Denials`)."""
+
+    def __init__(self, subject: str) -> None:
+        super().__init__(f"NATS refused the publish to {subject!r}")
+        self.subject = subject
+
+
 class Denials:
     """The tasks waiting on a request per subject, and those a refusal ended."""
 
@@ -36,37 +44,40 @@ class Denials:
 
     @contextlib.contextmanager
     def watching(self, subject: str) -> Iterator[None]:
-        """Let a refusal of publishes to ``subject`` end the current task's wait (cancelled:
-        see :meth:`ended`)."""
+        """Let a refusal of publishes to ``subject`` end the current task's wait in its block:
+        it raises :class:`PublishRefused` -- unless the task was cancelled by someone else too,
+        when their cancellation goes on."""
         task = asyncio.current_task()
         if task is None:
             yield
             return
-        waiting = self._waiting.setdefault(subject, set())
+        key = subject.lower()  # nats-py lowercases the server's words, subject included
+        waiting = self._waiting.setdefault(key, set())
         waiting.add(task)
         try:
             yield
+        except asyncio.CancelledError:
+            if task in self._ended:
+                self._ended.discard(task)
+                if task.uncancel() == 0:
+                    raise PublishRefused(subject) from None
+            raise
         finally:
             waiting.discard(task)
-            if not waiting:
-                self._waiting.pop(subject, None)
+            if not waiting and self._waiting.get(key) is waiting:
+                del self._waiting[key]
+            if task in self._ended:  # refused, but the cancellation was swallowed on the way
+                self._ended.discard(task)
+                task.uncancel()
 
     def refused(self, subject: str) -> int:
-        """The server refused a publish to ``subject``: end every wait on it. Returns how many."""
-        tasks = list(self._waiting.get(subject, ()))
+        """The server refused a publish to ``subject``: end every wait on it not ended yet
+        (one read can carry several refusals). Returns how many it ended."""
+        tasks = [t for t in self._waiting.get(subject.lower(), ()) if t not in self._ended]
         for task in tasks:
             self._ended.add(task)
             task.cancel(msg=f"NATS refused the publish to {subject!r}")
         return len(tasks)
-
-    def ended(self, task: asyncio.Task[Any] | None) -> bool:
-        """Whether ``task``'s cancellation was a refusal's alone (then it is taken back: the
-        caller raises its own error instead). Cancelled by someone else too, it stays
-        cancelled for them."""
-        if task is None or task not in self._ended:
-            return False
-        self._ended.discard(task)
-        return task.uncancel() == 0
 
 
 _BY_CONNECTION: weakref.WeakKeyDictionary[Any, Denials] = weakref.WeakKeyDictionary()

@@ -315,7 +315,7 @@ class LimitError(ProtocolError):
 
 
 class ForbiddenError(ProtocolError):
-    """The bus refuses this kind of request by configuration (raw SQL in procedures-only mode)."""
+    """Refused by configuration: raw SQL in procedures-only mode, or a NATS publish denied."""
 
     kind = "forbidden"
 

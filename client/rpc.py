@@ -14,13 +14,12 @@ uncertainty in the final error.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 
 import nats.errors
 
-from writebus.client.denials import denials_of
+from writebus.client.denials import PublishRefused, denials_of
 from writebus.client.errors import (
     DisconnectedError,
     ForbiddenError,
@@ -134,13 +133,10 @@ async def _attempt(
         # not tell whether it ran. Refuse to send instead, so the answer is "not applied".
         raise DisconnectedError(f"not connected to NATS; request {req.id} was not sent")
     sent = time.monotonic()
-    denials = denials_of(nc)
     try:
-        with denials.watching(subject):
+        with denials_of(nc).watching(subject):
             msg = await nc.request(subject, payload, timeout=budget)
-    except asyncio.CancelledError:
-        if not denials.ended(asyncio.current_task()):
-            raise
+    except PublishRefused:
         raise ForbiddenError(
             f"NATS refused to deliver request {req.id} to {subject!r}: this connection's user "
             "may not publish there (a permissions violation; check its publish allow-list "

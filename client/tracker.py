@@ -423,14 +423,14 @@ class LsnTracker:
                 if not logged:
                     # Before the first broadcast this is start-up, not an outage (a region
                     # that stays silent is reported once by the SilenceWatch).
-                    heard = self._progress.last_heard() is not None
-                    quiet = self._progress.quiet(time.monotonic())
+                    last, now = self._progress.last_heard(), time.monotonic()
+                    quiet, heard = self._progress.quiet(now), last is not None
                     (log.warning if heard else log.debug)(
-                        "tracker.fallback_polling",
-                        region=self.region,
+                        "tracker.fallback_polling", region=self.region, waiting=len(self._queue),
                         reason=(f"replica {', '.join(quiet)} went quiet" if quiet else
-                                "broadcasts stopped" if heard else "no broadcast yet"),
-                        waiting=len(self._queue),
+                                "no broadcast yet" if last is None else "broadcasts stopped"
+                                if now - last > self._progress.stale_after else
+                                "replica positions unknown since a promotion"),
                     )  # fmt: skip
                     logged = True
                 try:

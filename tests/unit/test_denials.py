@@ -4,11 +4,12 @@ tests/test_nats_auth.py)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import nats.errors
 import pytest
 
-from writebus.client.denials import Denials, denials_of, refused_publish
+from writebus.client.denials import Denials, PublishRefused, denials_of, refused_publish
 
 
 def test_the_refused_subject_is_read_from_the_servers_words() -> None:
@@ -25,21 +26,25 @@ async def _waiting(denials: Denials, subject: str, started: asyncio.Event) -> st
         with denials.watching(subject):
             started.set()
             await asyncio.sleep(60)
-    except asyncio.CancelledError:
-        if denials.ended(asyncio.current_task()):
-            return "refused"
-        raise
+    except PublishRefused as exc:
+        assert exc.subject == subject
+        return "refused"
     return "done"
+
+
+async def _started(denials: Denials, subjects: list[str]) -> list[asyncio.Task[str]]:
+    events = [asyncio.Event() for _ in subjects]
+    tasks = [asyncio.create_task(_waiting(denials, s, e))
+             for s, e in zip(subjects, events, strict=True)]  # fmt: skip
+    for e in events:
+        await e.wait()
+    return tasks
 
 
 async def test_a_refusal_ends_the_waits_on_its_subject_alone() -> None:
     """Two waits on writebus.write end, one on another subject goes on; nothing is left."""
     denials = Denials()
-    events = [asyncio.Event() for _ in range(3)]
-    subjects = ["writebus.write", "writebus.write", "writebus.rpc.syd"]
-    tasks = [asyncio.create_task(_waiting(denials, s, e)) for s, e in zip(subjects, events, strict=True)]
-    for e in events:
-        await e.wait()
+    tasks = await _started(denials, ["writebus.write", "writebus.write", "writebus.rpc.syd"])
     assert denials.refused("writebus.write") == 2
     assert await tasks[0] == "refused" and await tasks[1] == "refused"
     assert not tasks[2].done()
@@ -49,16 +54,60 @@ async def test_a_refusal_ends_the_waits_on_its_subject_alone() -> None:
     assert denials._waiting == {} and denials.refused("writebus.write") == 0
 
 
+async def test_two_refusals_in_one_read_end_each_wait_once() -> None:
+    """The server's -ERR for two writes sent together come in one read: each wait ends as
+    refused once (cancelled twice, the second cancellation escaped as CancelledError)."""
+    denials = Denials()
+    tasks = await _started(denials, ["writebus.write", "writebus.write"])
+    assert denials.refused("writebus.write") == 2
+    assert denials.refused("writebus.write") == 0
+    assert [await t for t in tasks] == ["refused", "refused"]
+    assert all(t.cancelling() == 0 for t in tasks)
+
+
+async def test_the_subject_matches_whatever_its_case() -> None:
+    """nats-py lowercases the server's words: a prefix or region with capitals still
+    matches."""
+    denials = Denials()
+    (task,) = await _started(denials, ["App.write"])
+    assert denials.refused("app.write") == 1 and await task == "refused"
+
+
 async def test_a_wait_cancelled_by_its_caller_too_stays_cancelled() -> None:
     """Refused and cancelled by its caller at once: the caller's cancellation wins."""
     denials = Denials()
-    started = asyncio.Event()
-    task = asyncio.create_task(_waiting(denials, "writebus.write", started))
-    await started.wait()
+    (task,) = await _started(denials, ["writebus.write"])
     denials.refused("writebus.write")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_refusal_whose_cancellation_was_swallowed_leaves_nothing_behind() -> None:
+    """Code under the wait swallows the cancellation (nats-py's flush under back-pressure
+    does): the wait goes on to its end, and the task is not left cancelling."""
+    denials = Denials()
+    started, carry_on = asyncio.Event(), asyncio.Event()
+    seen: dict[str, Any] = {}
+
+    async def swallowing() -> None:
+        with denials.watching("writebus.write"):
+            started.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                pass
+            await carry_on.wait()
+        seen["cancelling"] = asyncio.current_task().cancelling()  # type: ignore[union-attr]
+        await asyncio.sleep(0)  # no cancellation left to deliver
+
+    task = asyncio.create_task(swallowing())
+    await started.wait()
+    denials.refused("writebus.write")
+    await asyncio.sleep(0.01)
+    carry_on.set()
+    await task
+    assert seen == {"cancelling": 0} and not denials._ended
 
 
 def test_each_connection_has_its_own() -> None:
