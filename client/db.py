@@ -310,9 +310,9 @@ class Database(ReadAPI):
             kwargs=kwargs or {},
             origin=self.settings.region,
         )
-        if (nc := await self._nats()) is None:
-            raise not_open("the Database", write=True)
         total = timeout if timeout is not None else self.settings.rpc_timeout
+        if (nc := await self._nats(total)) is None:
+            raise not_open("the Database", write=True)
         ex = await unrecorded_request(
             nc, self.subjects, region, req, timeout=total, retry=self.retry
         )
@@ -332,11 +332,11 @@ class Database(ReadAPI):
 
     # -- internals ------------------------------------------------------------------------
 
-    async def _nats(self) -> NatsClient | None:
+    async def _nats(self, timeout: float | None = None) -> NatsClient | None:
         """The connection for a bus write or read; one of ours nats-py closed for good is
-        reopened first (:mod:`writebus.client.reopen`)."""
+        reopened first, within ``timeout`` (:mod:`writebus.client.reopen`)."""
         if self._nc is not None and self._nc.is_closed and self._owns_nats:
-            await self._reopener.reopen(self)
+            await self._reopener.reopen(self, timeout)
         return self._nc
 
     async def _write(
@@ -405,7 +405,7 @@ class Database(ReadAPI):
         replication_timeout: float | None,
         factory: RowFactory | None,
     ) -> WriteResult:
-        if (nc := await self._nats()) is None:  # closed while a direct try ran: it stands
+        if (nc := await self._nats(timeout)) is None:  # closed while a direct try ran: stands
             raise not_open("the Database", write=True, reason="closed during the call")
         return await writes.via_bus(
             req,

@@ -5,8 +5,15 @@ Publish to "<subject>"'`` and drops the message; nats-py hands that to the conne
 callback and keeps the connection open. A request on that subject then gets no reply, and its
 caller waited out its whole budget to learn "unknown outcome". For connections writebus makes
 (:func:`~writebus.client.connect.connect_nats`), :class:`Denials` knows the requests in flight
-on each subject, and a refusal ends each of them at once: the caller gets
-:class:`~writebus.client.errors.ForbiddenError` -- not applied, and not worth retrying.
+on each subject, in the order they were sent, and each refusal ends one of them at once: the
+caller gets :class:`~writebus.client.errors.ForbiddenError` -- not applied, and not worth
+retrying.
+
+Which one: the refusal does not say. The server refuses every publish its permissions forbid
+and delivers every other, in the order sent, so the publishes refused on a subject are the
+latest ones since its permissions last changed: the latest request in flight is refused for
+sure, and one sent before it may have been delivered (the permissions tightened meanwhile).
+So each refusal ends the latest request not ended yet, and no other.
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ class Denials:
     """The tasks waiting on a request per subject, and those a refusal ended."""
 
     def __init__(self) -> None:
-        self._waiting: dict[str, set[asyncio.Task[Any]]] = {}
+        #: Per subject (lowercased), the tasks waiting, in the order they began.
+        self._waiting: dict[str, dict[asyncio.Task[Any], int]] = {}
         self._ended: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
 
     @contextlib.contextmanager
@@ -52,32 +60,33 @@ class Denials:
             yield
             return
         key = subject.lower()  # nats-py lowercases the server's words, subject included
-        waiting = self._waiting.setdefault(key, set())
-        waiting.add(task)
+        waiting = self._waiting.setdefault(key, {})
+        waiting[task] = task.cancelling()  # cancellations already pending are not ours
         try:
             yield
         except asyncio.CancelledError:
             if task in self._ended:
                 self._ended.discard(task)
-                if task.uncancel() == 0:
+                if task.uncancel() == waiting[task]:
                     raise PublishRefused(subject) from None
             raise
         finally:
-            waiting.discard(task)
+            waiting.pop(task, None)
             if not waiting and self._waiting.get(key) is waiting:
                 del self._waiting[key]
             if task in self._ended:  # refused, but the cancellation was swallowed on the way
                 self._ended.discard(task)
                 task.uncancel()
 
-    def refused(self, subject: str) -> int:
-        """The server refused a publish to ``subject``: end every wait on it not ended yet
-        (one read can carry several refusals). Returns how many it ended."""
-        tasks = [t for t in self._waiting.get(subject.lower(), ()) if t not in self._ended]
-        for task in tasks:
-            self._ended.add(task)
-            task.cancel(msg=f"NATS refused the publish to {subject!r}")
-        return len(tasks)
+    def refused(self, subject: str) -> bool:
+        """The server refused a publish to ``subject``: end the latest wait on it not ended
+        yet (see the module's docstring). Returns whether there was one."""
+        for task in reversed(self._waiting.get(subject.lower(), {})):
+            if task not in self._ended:
+                self._ended.add(task)
+                task.cancel(msg=f"NATS refused the publish to {subject!r}")
+                return True
+        return False
 
 
 _BY_CONNECTION: weakref.WeakKeyDictionary[Any, Denials] = weakref.WeakKeyDictionary()

@@ -38,10 +38,20 @@ class Reopener:
         self._lock = asyncio.Lock()
         self._failed_at: float | None = None
 
-    async def reopen(self, db: Any) -> None:
+    async def reopen(self, db: Any, timeout: float | None = None) -> None:
         """Give ``db`` (a Database whose own connection is closed for good) a new connection
-        and tracker, the old one's waiters handed to it. Raises :class:`DisconnectedError`
-        when that fails: nothing was sent."""
+        and tracker, the old one's waiters handed to it, within ``timeout`` seconds (the
+        call's). Raises :class:`DisconnectedError` when that fails: nothing was sent."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._reopen(db)
+        except TimeoutError:
+            raise DisconnectedError(
+                "the NATS connection was closed, and reopening it took longer than the call "
+                f"may wait ({timeout:.3f}s); nothing was sent"
+            ) from None
+
+    async def _reopen(self, db: Any) -> None:
         closed = db._nc
         async with self._lock:
             if db._nc is not closed:
@@ -75,8 +85,10 @@ async def _opened(settings: Settings, *, tracker: bool) -> tuple[NatsClient, Lsn
         return nc, None
     try:
         return nc, await acquire_tracker(settings, nc)
-    except Exception as exc:
+    except BaseException as exc:  # cancelled too (the call's timeout): let it go
         await release_nats(nc)
+        if not isinstance(exc, Exception):
+            raise
         raise DisconnectedError(f"the NATS connection was reopened, but its tracker could not "
                                 f"start: {exc}; nothing was sent") from exc  # fmt: skip
 

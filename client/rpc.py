@@ -108,9 +108,9 @@ async def unrecorded_request(
     try:
         return await request(nc, subjects.rpc(region), req, timeout=timeout,
                              policy=for_procedure_calls(retry, timeout), region=region)  # fmt: skip
-    except OutcomeUnknownError as exc:
-        if not exc.retryable:
-            raise
+    except UnrecordedOutcomeError:
+        raise
+    except OutcomeUnknownError as exc:  # retryable or not: calling again runs it again
         raise UnrecordedOutcomeError(exc) from exc
 
 

@@ -38,7 +38,11 @@ async def acquire_tracker(settings: Settings, nc: NatsClient) -> LsnTracker:
         entry = _trackers.get(key)
         if entry is None:
             tracker = LsnTracker(settings, nc)
-            await tracker.start()
+            try:
+                await tracker.start()
+            except BaseException:  # cancelled, or the server refused: nothing left running
+                await tracker.close()
+                raise
             _trackers[key] = (tracker, 1)
             return tracker
         _trackers[key] = (entry[0], entry[1] + 1)

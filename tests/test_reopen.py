@@ -192,6 +192,38 @@ async def test_a_primary_region_write_does_not_need_the_connection(
         assert res.rows == [("direct",)] and not res.via_bus
 
 
+async def test_a_reopen_takes_no_longer_than_the_call_may_wait(
+    stack: Any, server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write with 0.3 s to spend on a connection closed for good: a reopen that takes
+    longer -- here the new tracker starts slowly -- is given up at 0.3 s, the write refused
+    as not sent, and nothing opened for it is left behind (it took the reopen's whole time,
+    then ran). A slow server, or none (up to WRITEBUS_CONNECT_TIMEOUT), is the same case."""
+    import importlib
+
+    from writebus.client import trackers
+    from writebus.client.tracker import LsnTracker
+
+    connect = importlib.import_module("writebus.client.connect")  # the package's connect() shadows it
+    real = LsnTracker.start
+
+    async def slow(self: LsnTracker) -> None:
+        await asyncio.sleep(2)
+        await real(self)
+
+    async with Database(_lax(stack, server)) as db:
+        first = db.nats
+        assert first is not None
+        await first.close()
+        monkeypatch.setattr(LsnTracker, "start", slow)
+        with pytest.raises(DisconnectedError) as refused:
+            await db.execute("SELECT 1", rpc_timeout=0.3)
+        assert "took longer than the call may wait (0.300s)" in str(refused.value)
+        assert refused.value.outcome is Outcome.NOT_APPLIED
+        assert db.nats is first  # not reopened: the next call tries again
+    assert trackers._trackers == {} and connect._shared == {}
+
+
 async def test_close_during_a_reopen_leaves_nothing_open(
     stack: Any, server: NatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

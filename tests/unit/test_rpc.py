@@ -272,3 +272,27 @@ def test_a_workers_unknown_answer_keeps_its_reason_once() -> None:
     err = error_from_info(info, request_id="r1")
     assert isinstance(err, OutcomeUnknownError) and err.retryable
     assert "55P03" in str(err) and str(err).count("send it again") == 1
+
+
+async def test_an_unrecorded_call_of_unknown_outcome_never_advises_resending() -> None:
+    """An rpc_region/rpc_primary call answered with a worker's internal error (nothing says
+    whether it ran, and it is not retryable): UnrecordedOutcomeError -- calling again runs it
+    again. It was an OutcomeUnknownError whose message advised sending it again."""
+    from writebus.client.errors import UnrecordedOutcomeError
+    from writebus.client.rpc import unrecorded_request
+    from writebus.client.subjects import Subjects
+
+    server = FakeServer()
+    nc = server.client()
+
+    async def internal(msg: FakeMsg) -> None:
+        req = decode(msg.data, Request)
+        info = ErrorInfo(kind="internal", message="KeyError: 'x'", retryable=False)
+        await nc.publish(msg.reply, encode(Reply(id=req.id, ok=False, error=info)))
+
+    await nc.subscribe("writebus.rpc.syd", queue="writebus-workers", cb=internal)
+    req = Request(id="rpc-1", procedure="add_note", args=["x"])
+    with pytest.raises(UnrecordedOutcomeError) as info:
+        await unrecorded_request(nc, Subjects(), "syd", req, timeout=2, retry=FAST)
+    assert info.value.outcome is Outcome.UNKNOWN and not info.value.retryable
+    assert "request_id" not in str(info.value) and "runs it again" in str(info.value)
