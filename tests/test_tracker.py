@@ -291,21 +291,24 @@ async def test_closing_wakes_waiters_with_an_error(isolated: Any) -> None:
         await w
 
 
+async def _the_silence_warning(stack: Any, caplog: Any, **env: str) -> Any:
+    """The one silence warning of a lax client of the real stack with ``env`` changed."""
+    from writebus.client.db import Database
+
+    with caplog.at_level(logging.WARNING, logger="writebus.client.tracker"):
+        async with Database(Settings.from_env({**stack.env("lax"), **env})) as db:
+            assert db.tracker is not None and db.tracker.silence is not None
+            await _wait_until(lambda: db.tracker.silence.warnings == 1, timeout=15)  # type: ignore[union-attr]
+    (warning,) = [r for r in caplog.records if r.writebus["event"] == "tracker.region_silent"]
+    return warning
+
+
 async def test_a_misspelled_region_is_warned_once_on_real_servers(
     stack: Any, buses: Any, caplog: Any
 ) -> None:
     """A client started with FLY_REGION=lxa against the real stack logs one warning, after a
     few silent heartbeats, naming the regions that do broadcast and suggesting lax."""
-    import logging
-
-    from writebus.client.db import Database
-
-    env = {**stack.env("lax"), "FLY_REGION": "lxa"}
-    with caplog.at_level(logging.WARNING, logger="writebus.client.tracker"):
-        async with Database(Settings.from_env(env)) as db:
-            assert db.tracker is not None and db.tracker.silence is not None
-            await _wait_until(lambda: db.tracker.silence.warnings == 1, timeout=15)  # type: ignore[union-attr]
-    (warning,) = [r for r in caplog.records if r.writebus["event"] == "tracker.region_silent"]
+    warning = await _the_silence_warning(stack, caplog, FLY_REGION="lxa")
     assert warning.writebus["heard"] == ["lax", "syd"]
     assert "did you mean 'lax'" in warning.writebus["message"]
 
@@ -315,14 +318,7 @@ async def test_a_replica_id_no_node_has_is_warned_once_on_real_servers(
 ) -> None:
     """WRITEBUS_REPLICA_ID names no node of lax: one warning names the replica ids lax's real
     bus nodes broadcast from -- it said the region was silent and guessed another region."""
-    from writebus.client.db import Database
-
-    env = {**stack.env("lax"), "WRITEBUS_REPLICA_ID": "nobody-here"}
-    with caplog.at_level(logging.WARNING, logger="writebus.client.tracker"):
-        async with Database(Settings.from_env(env)) as db:
-            assert db.tracker is not None and db.tracker.silence is not None
-            await _wait_until(lambda: db.tracker.silence.warnings == 1, timeout=15)  # type: ignore[union-attr]
-    (warning,) = [r for r in caplog.records if r.writebus["event"] == "tracker.region_silent"]
+    warning = await _the_silence_warning(stack, caplog, WRITEBUS_REPLICA_ID="nobody-here")
     message = warning.writebus["message"]
     assert "replica 'nobody-here' (WRITEBUS_REPLICA_ID), but region 'lax' broadcasts from" in message
     assert "did you mean 'lax'" not in message

@@ -28,7 +28,7 @@ from writebus.client.errors import (
 from writebus.client.protocol import Reply, Request, decode, encode, lsn_update
 from writebus.client.retry import RetryPolicy
 from writebus.client.settings import Settings
-from writebus.client.tracker import PROBE_QUIET
+from writebus.client.tracker import PROBE_QUIET, LsnTracker
 from writebus.client.writes import fallback_event, write_route
 
 LAX = Settings(region="lax", primary_region="syd", replication_timeout=2.0)
@@ -417,33 +417,40 @@ async def test_a_process_reading_a_standby_does_not_follow_a_node_promoted_besid
         assert await asyncio.wait_for(wait, 2) >= 450
 
 
+async def _superseded(
+    db: Database, bus: Bus, monkeypatch: pytest.MonkeyPatch, caplog: Any, replayed: int
+) -> LsnTracker:
+    """y, this process's database, is promoted onto timeline 2 (flushed to 900) and followed;
+    then z is promoted onto timeline 3, forked at 850, and y rebuilt as its standby, replayed
+    to ``replayed``: the tracker is back on the region's minimum."""
+    tracker = db.tracker
+    assert tracker is not None
+    own: list[tuple[int | None, bool, int | None]] = [(None, False, 2)]
+
+    async def read() -> tuple[int | None, bool, int | None]:
+        return own[0]
+
+    monkeypatch.setattr(tracker._reader, "read", read)
+    caplog.set_level(logging.INFO, logger="writebus.client.tracker")
+    await bus.announced(900, 2, replica_id="y", fork=100)
+    await asyncio.wait_for(_until(lambda: "node=y timeline=2 followed=True" in caplog.text), 2)
+    assert tracker.replayed == 900
+    own[0] = (replayed, True, None)
+    await bus.announced(1010, 3, replica_id="z", fork=850)
+    await asyncio.wait_for(_until(lambda: "node=z timeline=3 followed=False" in caplog.text), 2)
+    return tracker
+
+
 async def test_a_process_stops_following_its_database_once_another_node_is_promoted(
     fake: tuple[FakeServer, Bus], monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:
-    """This process's database, y, was promoted onto timeline 2 (flushed to 900), and the
-    tracker followed it. Then z is promoted onto timeline 3, forked at 850, and y rebuilt as
-    its standby: neither z's flush positions nor y's old 900 release a timeline-3 wait at 880
-    that y has not replayed on the new timeline -- y's broadcast does. (The tracker followed
-    z; a first fix kept y's 900 as the position known, a second let z's news alone count.)"""
+    """After :func:`_superseded` (y at 860): neither z's flush positions nor y's old 900
+    release a timeline-3 wait at 880 that y has not replayed on the new timeline -- y's
+    broadcast does. (The tracker followed z; a first fix kept y's 900 as the position known,
+    a second let z's news alone count.)"""
     server, bus = fake
-    own: tuple[int | None, bool, int | None] = (None, False, 2)
     async with Database(LAX, nats=server.client()) as db:
-        tracker = db.tracker
-        assert tracker is not None
-
-        async def read() -> tuple[int | None, bool, int | None]:
-            return own
-
-        monkeypatch.setattr(tracker._reader, "read", read)
-        caplog.set_level(logging.INFO, logger="writebus.client.tracker")
-        await bus.announced(900, 2, replica_id="y", fork=100)
-        followed = "node=y timeline=2 followed=True"
-        await asyncio.wait_for(_until(lambda: followed in caplog.text), 2)
-        assert tracker.replayed == 900
-        own = (860, True, None)
-        await bus.announced(1010, 3, replica_id="z", fork=850)
-        checked = "node=z timeline=3 followed=False"
-        await asyncio.wait_for(_until(lambda: checked in caplog.text), 2)
+        tracker = await _superseded(db, bus, monkeypatch, caplog, replayed=860)
         wait = asyncio.create_task(db.wait_for_lsn(880, 5, 3))
         await bus.announced(1020, 3, replica_id="z", fork=850)  # z's news is not y's
         await asyncio.sleep(0.05)
@@ -457,25 +464,12 @@ async def test_a_process_stops_following_its_database_once_another_node_is_promo
 async def test_back_to_the_minimum_the_tracker_reads_its_database_meanwhile(
     fake: tuple[FakeServer, Bus], monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:
-    """As above, y followed and then z promoted: until y is heard again, the tracker reads
-    its own database (y, at 885), which releases the wait at 880 -- it waited for y's
-    broadcast, z's making the broadcasts look fresh."""
+    """After :func:`_superseded` (y at 885): until y is heard again, the tracker reads its own
+    database, which releases a wait at 880 -- it waited for y's broadcast, z's making the
+    broadcasts look fresh."""
     server, bus = fake
-    own: tuple[int | None, bool, int | None] = (None, False, 2)
     async with Database(LAX, nats=server.client()) as db:
-        tracker = db.tracker
-        assert tracker is not None
-
-        async def read() -> tuple[int | None, bool, int | None]:
-            return own
-
-        monkeypatch.setattr(tracker._reader, "read", read)
-        caplog.set_level(logging.INFO, logger="writebus.client.tracker")
-        await bus.announced(900, 2, replica_id="y", fork=100)
-        await asyncio.wait_for(_until(lambda: "followed=True" in caplog.text), 2)
-        own = (885, True, None)
-        await bus.announced(1010, 3, replica_id="z", fork=850)
-        await asyncio.wait_for(_until(lambda: "followed=False" in caplog.text), 2)
+        await _superseded(db, bus, monkeypatch, caplog, replayed=885)
         wait = asyncio.create_task(db.wait_for_lsn(880, 5, 3))
         await bus.announced(1020, 3, replica_id="z", fork=850)
         assert await asyncio.wait_for(wait, 2) == 885
