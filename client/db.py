@@ -310,12 +310,11 @@ class Database(ReadAPI):
             kwargs=kwargs or {},
             origin=self.settings.region,
         )
-        total = timeout if timeout is not None else self.settings.rpc_timeout
+        total, asked = timeout if timeout is not None else self.settings.rpc_timeout, time.monotonic()
         if (nc := await self._nats(total)) is None:
             raise not_open("the Database", write=True)
-        ex = await unrecorded_request(
-            nc, self.subjects, region, req, timeout=total, retry=self.retry
-        )
+        left = max(0.001, total - (time.monotonic() - asked))  # a reopen took its part
+        ex = await unrecorded_request(nc, self.subjects, region, req, timeout=left, retry=self.retry)
         return ex.reply.value
 
     async def rpc_primary(
@@ -405,19 +404,15 @@ class Database(ReadAPI):
         replication_timeout: float | None,
         factory: RowFactory | None,
     ) -> WriteResult:
+        asked = time.monotonic()
         if (nc := await self._nats(timeout)) is None:  # closed while a direct try ran: stands
             raise not_open("the Database", write=True, reason="closed during the call")
         return await writes.via_bus(
-            req,
-            nc=nc,
-            settings=self.settings,
-            retry=self.retry,
-            tracker=self._tracker,
-            await_replication=await_replication,
-            timeout=timeout,
+            req, nc=nc, settings=self.settings, retry=self.retry, tracker=self._tracker,
+            await_replication=await_replication, row_factory=factory,
+            timeout=max(0.001, timeout - (time.monotonic() - asked)),  # a reopen took its part
             replication_timeout=replication_timeout,
-            row_factory=factory,
-        )
+        )  # fmt: skip
 
     async def _after_ambiguity(
         self,

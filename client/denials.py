@@ -13,7 +13,9 @@ Which one: the refusal does not say. The server refuses every publish its permis
 and delivers every other, in the order sent, so the publishes refused on a subject are the
 latest ones since its permissions last changed: the latest request in flight is refused for
 sure, and one sent before it may have been delivered (the permissions tightened meanwhile).
-So each refusal ends the latest request not ended yet, and no other.
+So each refusal ends the latest request not ended yet, and no other. A request whose wait
+ended without an answer (its caller gave up, or its time ran out) shortly before may have been
+the refused one: a refusal then ends nothing -- a refused request still waiting gets its own.
 """
 
 from __future__ import annotations
@@ -21,9 +23,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
+
+import nats.errors
+
+#: Seconds a request that ended unanswered may still be the one a refusal names: the server
+#: refuses a publish as it reads it, so its -ERR follows within a round trip to it.
+UNANSWERED_FOR = 2.0
 
 _PUBLISH_REFUSED = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
 
@@ -49,6 +58,8 @@ class Denials:
         #: Per subject (lowercased), the tasks waiting, in the order they began.
         self._waiting: dict[str, dict[asyncio.Task[Any], int]] = {}
         self._ended: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+        #: Per subject, when waits ended unanswered (monotonic seconds), oldest first.
+        self._unanswered: dict[str, list[float]] = {}
 
     @contextlib.contextmanager
     def watching(self, subject: str) -> Iterator[None]:
@@ -69,6 +80,10 @@ class Denials:
                 self._ended.discard(task)
                 if task.uncancel() == waiting[task]:
                     raise PublishRefused(subject) from None
+            self._note_unanswered(key)
+            raise
+        except nats.errors.TimeoutError:
+            self._note_unanswered(key)
             raise
         finally:
             waiting.pop(task, None)
@@ -78,10 +93,28 @@ class Denials:
                 self._ended.discard(task)
                 task.uncancel()
 
+    def _recent(self, key: str) -> list[float]:
+        now = time.monotonic()
+        kept = [t for t in self._unanswered.get(key, ()) if now - t < UNANSWERED_FOR]
+        if kept:
+            self._unanswered[key] = kept
+        else:
+            self._unanswered.pop(key, None)
+        return kept
+
+    def _note_unanswered(self, key: str) -> None:
+        self._recent(key)  # the old ones go first: nothing grows
+        self._unanswered.setdefault(key, []).append(time.monotonic())
+
     def refused(self, subject: str) -> bool:
         """The server refused a publish to ``subject``: end the latest wait on it not ended
         yet (see the module's docstring). Returns whether there was one."""
-        for task in reversed(self._waiting.get(subject.lower(), {})):
+        key = subject.lower()
+        recent = self._recent(key)
+        if recent:  # perhaps that one's: end none
+            recent.pop(0)
+            return False
+        for task in reversed(self._waiting.get(key, {})):
             if task not in self._ended:
                 self._ended.add(task)
                 task.cancel(msg=f"NATS refused the publish to {subject!r}")

@@ -6,9 +6,10 @@ connection limit. A :class:`~writebus.client.db.Database` holding such a connect
 fail every later bus write "not connected" for the life of the process; its next one opens
 a new connection instead (re-reading ``NATS_CREDS``), and moves the region's tracker onto
 it -- with the callers waiting on the old one (:mod:`writebus.client.handover`). So does a
-read that needs the bus (a strong read, a token's check). One try at a time: calls arriving meanwhile wait for it, and for :data:`PAUSE` seconds
-after a failed try they are refused at once (``DisconnectedError``, not sent) instead of each
-waiting out a connect timeout in turn.
+strong read, which needs the bus. One try at a time: calls arriving meanwhile wait for it
+(each within its own timeout; the try goes on), and for :data:`PAUSE` seconds after a failed
+try they are refused at once (``DisconnectedError``, not sent) instead of each waiting out a
+connect timeout in turn.
 """
 
 from __future__ import annotations
@@ -35,40 +36,46 @@ class Reopener:
     """A Database's reopening of its NATS connection (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
         self._failed_at: float | None = None
 
     async def reopen(self, db: Any, timeout: float | None = None) -> None:
         """Give ``db`` (a Database whose own connection is closed for good) a new connection
-        and tracker, the old one's waiters handed to it, within ``timeout`` seconds (the
-        call's). Raises :class:`DisconnectedError` when that fails: nothing was sent."""
+        and tracker, the old one's waiters handed to it. Raises :class:`DisconnectedError`
+        when that fails, or takes more than ``timeout`` seconds (the call's): nothing was
+        sent. One reopen runs at a time, for every caller, and a caller's timeout does not
+        stop it: a slow one still serves the calls after."""
+        task = self._task
+        if task is None or task.done():
+            if self._failed_at is not None and time.monotonic() - self._failed_at < PAUSE:
+                raise DisconnectedError("the NATS connection was closed, and reopening it "
+                                        "failed just now; nothing was sent")  # fmt: skip
+            task = self._task = asyncio.create_task(self._reopen(db), name="writebus-nats-reopen")
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # always retrieved
         try:
-            async with asyncio.timeout(timeout):
-                await self._reopen(db)
+            await asyncio.wait_for(asyncio.shield(task), timeout)
         except TimeoutError:
+            if task.done():
+                raise  # the reopen's own error, not this call's deadline
             raise DisconnectedError(
-                "the NATS connection was closed, and reopening it took longer than the call "
-                f"may wait ({timeout:.3f}s); nothing was sent"
+                "the NATS connection was closed, and reopening it takes longer than the call "
+                f"may wait ({timeout}s; it goes on for the calls after); nothing was sent"
             ) from None
 
     async def _reopen(self, db: Any) -> None:
         closed = db._nc
-        async with self._lock:
-            if db._nc is not closed:
-                return  # reopened by the call before, or the Database was closed
-            if self._failed_at is not None and time.monotonic() - self._failed_at < PAUSE:
-                raise DisconnectedError("the NATS connection was closed, and reopening it "
-                                        "failed just now; nothing was sent")  # fmt: skip
-            try:
-                nc, tracker = await _opened(db.settings, tracker=db._tracker is not None)
-            except DisconnectedError:
-                self._failed_at = time.monotonic()
-                raise
-            self._failed_at = None
-            if db._nc is not closed:  # closed while it reopened: nothing is the Database's now
-                await _release(nc, tracker)
-                return
-            old, db._nc, db._tracker = db._tracker, nc, tracker
+        if closed is None or not closed.is_closed:
+            return  # reopened before, or the Database was closed
+        try:
+            nc, tracker = await _opened(db.settings, tracker=db._tracker is not None)
+        except DisconnectedError:
+            self._failed_at = time.monotonic()
+            raise
+        self._failed_at = None
+        if db._nc is not closed:  # closed while it reopened: nothing is the Database's now
+            await _release(nc, tracker)
+            return
+        old, db._nc, db._tracker = db._tracker, nc, tracker
         await _release(closed, old, successor=tracker)
 
 

@@ -138,6 +138,25 @@ async def test_a_cancellation_left_pending_before_the_wait_is_not_taken_for_anot
     assert await task == "refused"
 
 
+async def test_a_refusal_after_a_wait_ended_unanswered_ends_no_other() -> None:
+    """A request's wait timed out just before a refusal came: that refusal may be its own, so
+    it ends no other wait -- a delivered one would be told "not applied". The live request, if
+    refused too, gets its own refusal."""
+    denials = Denials()
+
+    async def times_out() -> None:
+        with denials.watching("writebus.write"):
+            raise nats.errors.TimeoutError
+
+    (live,) = await _started(denials, ["writebus.write"])
+    with pytest.raises(nats.errors.TimeoutError):
+        await times_out()
+    assert not denials.refused("writebus.write")
+    await asyncio.sleep(0.01)
+    assert not live.done()
+    assert denials.refused("writebus.write") and await live == "refused"
+
+
 def test_each_connection_has_its_own() -> None:
     """One Denials per connection object."""
 
