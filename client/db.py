@@ -158,6 +158,7 @@ class Database(ReadAPI):
     async def close(self) -> None:
         """Close everything this handle opened. Never raises."""
         self._is_open = False
+        await self._reopener.stop()
         tracker, self._tracker = self._tracker, None
         nc, owned = self._nc, self._owns_nats  # both let go before any wait: see reopen
         if owned:

@@ -30,8 +30,8 @@ from typing import Any
 
 import nats.errors
 
-#: Seconds a request that ended unanswered may still be the one a refusal names: the server
-#: refuses a publish as it reads it, so its -ERR follows within a round trip to it.
+#: Seconds after a request was sent that a refusal may still name it: the server refuses a
+#: publish as it reads it, so its -ERR follows within a round trip to it.
 UNANSWERED_FOR = 2.0
 
 _PUBLISH_REFUSED = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
@@ -58,7 +58,7 @@ class Denials:
         #: Per subject (lowercased), the tasks waiting, in the order they began.
         self._waiting: dict[str, dict[asyncio.Task[Any], int]] = {}
         self._ended: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
-        #: Per subject, when waits ended unanswered (monotonic seconds), oldest first.
+        #: Per subject, when waits that ended unanswered began (monotonic seconds).
         self._unanswered: dict[str, list[float]] = {}
 
     @contextlib.contextmanager
@@ -73,17 +73,20 @@ class Denials:
         key = subject.lower()  # nats-py lowercases the server's words, subject included
         waiting = self._waiting.setdefault(key, {})
         waiting[task] = task.cancelling()  # cancellations already pending are not ours
+        began = time.monotonic()
         try:
             yield
         except asyncio.CancelledError:
-            if task in self._ended:
+            if task in self._ended:  # a refusal's: used up here
                 self._ended.discard(task)
                 if task.uncancel() == waiting[task]:
                     raise PublishRefused(subject) from None
-            self._note_unanswered(key)
+            else:
+                self._note_unanswered(key, began)
             raise
         except nats.errors.TimeoutError:
-            self._note_unanswered(key)
+            if task not in self._ended:
+                self._note_unanswered(key, began)
             raise
         finally:
             waiting.pop(task, None)
@@ -102,9 +105,12 @@ class Denials:
             self._unanswered.pop(key, None)
         return kept
 
-    def _note_unanswered(self, key: str) -> None:
-        self._recent(key)  # the old ones go first: nothing grows
-        self._unanswered.setdefault(key, []).append(time.monotonic())
+    def _note_unanswered(self, key: str, began: float) -> None:
+        """A wait begun at ``began`` ended unanswered: its refusal, if any, comes within
+        :data:`UNANSWERED_FOR` of it (a long attempt that timed out was not refused)."""
+        if time.monotonic() - began < UNANSWERED_FOR:
+            self._recent(key)  # the old ones go first: nothing grows
+            self._unanswered.setdefault(key, []).append(began)
 
     def refused(self, subject: str) -> bool:
         """The server refused a publish to ``subject``: end the latest wait on it not ended

@@ -15,6 +15,7 @@ connect timeout in turn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -30,6 +31,9 @@ log = get_logger("writebus.client.nats")
 
 #: Seconds after a failed try during which bus writes are refused without another.
 PAUSE = 1.0
+#: Seconds a call must have left once reopened to be sent: else it is refused, not sent (a
+#: request sent with less would end as an unknown outcome it almost surely is not).
+MIN_LEFT = 0.05
 
 
 class Reopener:
@@ -52,15 +56,31 @@ class Reopener:
                                         "failed just now; nothing was sent")  # fmt: skip
             task = self._task = asyncio.create_task(self._reopen(db), name="writebus-nats-reopen")
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # always retrieved
+        wait = None if timeout is None else max(0.0, timeout - MIN_LEFT)  # time left to send
         try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
+            async with asyncio.timeout(wait):
+                await asyncio.shield(task)
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if not task.cancelled() or (me is not None and me.cancelling()):
+                raise  # this call's own cancellation
+            raise DisconnectedError("the NATS connection was closed, and the Database closed "
+                                    "while it reopened; nothing was sent") from None  # fmt: skip
         except TimeoutError:
-            if task.done():
-                raise  # the reopen's own error, not this call's deadline
-            raise DisconnectedError(
-                "the NATS connection was closed, and reopening it takes longer than the call "
-                f"may wait ({timeout}s; it goes on for the calls after); nothing was sent"
-            ) from None
+            if not task.done() or task.cancelled():
+                raise DisconnectedError(
+                    "the NATS connection was closed, and reopening it takes longer than the "
+                    f"call may wait ({timeout}s; it goes on for the calls after); nothing was sent"
+                ) from None
+            task.result()  # done in the same pass: its own error, else reopened in time
+
+    async def stop(self) -> None:
+        """Stop a reopen under way (the Database is closing): what it opened is let go."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
 
     async def _reopen(self, db: Any) -> None:
         closed = db._nc

@@ -157,6 +157,28 @@ async def test_a_refusal_after_a_wait_ended_unanswered_ends_no_other() -> None:
     assert denials.refused("writebus.write") and await live == "refused"
 
 
+async def test_a_long_attempt_that_timed_out_absorbs_no_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refusal comes within a round trip of its publish: a wait that ran longer than
+    UNANSWERED_FOR before timing out was not refused, and the next refusal ends the live
+    request (it absorbed it, and the refused request waited out its budget)."""
+    from writebus.client import denials as module
+
+    monkeypatch.setattr(module, "UNANSWERED_FOR", 0.05)
+    denials = Denials()
+
+    async def times_out_late() -> None:
+        with denials.watching("writebus.write"):
+            await asyncio.sleep(0.1)
+            raise nats.errors.TimeoutError
+
+    (live,) = await _started(denials, ["writebus.write"])
+    with pytest.raises(nats.errors.TimeoutError):
+        await times_out_late()
+    assert denials.refused("writebus.write") and await live == "refused"
+
+
 def test_each_connection_has_its_own() -> None:
     """One Denials per connection object."""
 
