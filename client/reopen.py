@@ -15,7 +15,6 @@ connect timeout in turn.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
@@ -42,6 +41,9 @@ class Reopener:
     def __init__(self) -> None:
         self._task: asyncio.Task[None] | None = None
         self._failed_at: float | None = None
+        #: The try under way has given the Database its new connection: it only lets the
+        #: old one go now, which must not be cut short (the old tracker's waiters).
+        self._swapped = False
 
     async def reopen(self, db: Any, timeout: float | None = None) -> None:
         """Give ``db`` (a Database whose own connection is closed for good) a new connection
@@ -49,6 +51,8 @@ class Reopener:
         when that fails, or takes more than ``timeout`` seconds (the call's): nothing was
         sent. One reopen runs at a time, for every caller, and a caller's timeout does not
         stop it: a slow one still serves the calls after."""
+        if not db._is_open:
+            raise DisconnectedError("the Database was closed; nothing was sent")
         task = self._task
         if task is None or task.done():
             if self._failed_at is not None and time.monotonic() - self._failed_at < PAUSE:
@@ -57,12 +61,13 @@ class Reopener:
             task = self._task = asyncio.create_task(self._reopen(db), name="writebus-nats-reopen")
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # always retrieved
         wait = None if timeout is None else max(0.0, timeout - MIN_LEFT)  # time left to send
+        me = asyncio.current_task()
+        before = me.cancelling() if me is not None else 0
         try:
             async with asyncio.timeout(wait):
                 await asyncio.shield(task)
         except asyncio.CancelledError:
-            me = asyncio.current_task()
-            if not task.cancelled() or (me is not None and me.cancelling()):
+            if not task.cancelled() or (me is not None and me.cancelling() > before):
                 raise  # this call's own cancellation
             raise DisconnectedError("the NATS connection was closed, and the Database closed "
                                     "while it reopened; nothing was sent") from None  # fmt: skip
@@ -75,12 +80,13 @@ class Reopener:
             task.result()  # done in the same pass: its own error, else reopened in time
 
     async def stop(self) -> None:
-        """Stop a reopen under way (the Database is closing): what it opened is let go."""
-        task, self._task = self._task, None
+        """Stop a reopen under way (the Database is closing): what it opened is let go -- or,
+        once it gave the Database its new connection, let it finish letting the old one go."""
+        task, self._task, self._failed_at = self._task, None, None
         if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            if not self._swapped:
+                task.cancel()
+            await asyncio.wait({task})  # its outcome is its callers'; a cancel of ours goes on
 
     async def _reopen(self, db: Any) -> None:
         closed = db._nc
@@ -96,7 +102,11 @@ class Reopener:
             await _release(nc, tracker)
             return
         old, db._nc, db._tracker = db._tracker, nc, tracker
-        await _release(closed, old, successor=tracker)
+        self._swapped = True
+        try:
+            await _release(closed, old, successor=tracker)
+        finally:
+            self._swapped = False
 
 
 async def _opened(settings: Settings, *, tracker: bool) -> tuple[NatsClient, LsnTracker | None]:

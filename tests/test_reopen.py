@@ -232,9 +232,14 @@ async def test_close_during_a_reopen_leaves_nothing_open(
 ) -> None:
     """The Database closes while a write reopens its connection (the new tracker still
     starting): the write is refused as not sent, and the new connection and tracker are let
-    go -- the tracker stayed registered, polling on a dead connection, before."""
+    go -- the tracker stayed registered, polling on a dead connection, before; later, the
+    reopen went on after close() returned."""
+    import importlib
+
     from writebus.client import trackers
     from writebus.client.tracker import LsnTracker
+
+    connect = importlib.import_module("writebus.client.connect")  # the package's connect() shadows it
 
     real = LsnTracker.start
 
@@ -251,8 +256,12 @@ async def test_close_during_a_reopen_leaves_nothing_open(
     monkeypatch.setattr(LsnTracker, "start", slow)
     write = asyncio.create_task(db.execute("SELECT 1"))
     await asyncio.sleep(0.2)
-    await db.close()
-    with pytest.raises(WriteBusError) as refused:
+    await db.close()  # stops the reopen under way
+    assert write.done()
+    with pytest.raises(DisconnectedError) as refused:
         await write
+    assert "the Database closed while it reopened" in str(refused.value)
     assert refused.value.outcome is Outcome.NOT_APPLIED
-    assert trackers._trackers == {}
+    with pytest.raises(WriteBusError):  # and no new reopen once closed
+        await db.execute("SELECT 1")
+    assert trackers._trackers == {} and connect._shared == {}
