@@ -169,13 +169,19 @@ async def connect_nats(
     try:
         waiting: set[asyncio.Future[Any]] = {connecting, refused}
         await asyncio.wait(waiting, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not connecting.done():
-            connecting.cancel()
-            with contextlib.suppress(BaseException):
-                await connecting
-            with contextlib.suppress(Exception):
-                await nc.close()
+    except BaseException:  # cancelled: even a connection made in the same pass is let go
+        connecting.cancel()
+        with contextlib.suppress(BaseException):
+            await connecting
+        with contextlib.suppress(BaseException):
+            await nc.close()
+        raise
+    if not connecting.done():
+        connecting.cancel()
+        with contextlib.suppress(BaseException):
+            await connecting
+        with contextlib.suppress(Exception):
+            await nc.close()
     if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
         return nc
     if refused.done():

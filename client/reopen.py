@@ -61,23 +61,16 @@ class Reopener:
             task = self._task = asyncio.create_task(self._reopen(db), name="writebus-nats-reopen")
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # always retrieved
         wait = None if timeout is None else max(0.0, timeout - MIN_LEFT)  # time left to send
-        me = asyncio.current_task()
-        before = me.cancelling() if me is not None else 0
-        try:
-            async with asyncio.timeout(wait):
-                await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if not task.cancelled() or (me is not None and me.cancelling() > before):
-                raise  # this call's own cancellation
+        done, _ = await asyncio.wait({task}, timeout=wait)  # a cancel of this call goes on
+        if not done:
+            raise DisconnectedError(
+                "the NATS connection was closed, and reopening it takes longer than the call "
+                f"may wait ({timeout}s; it goes on for the calls after); nothing was sent"
+            )
+        if task.cancelled():
             raise DisconnectedError("the NATS connection was closed, and the Database closed "
-                                    "while it reopened; nothing was sent") from None  # fmt: skip
-        except TimeoutError:
-            if not task.done() or task.cancelled():
-                raise DisconnectedError(
-                    "the NATS connection was closed, and reopening it takes longer than the "
-                    f"call may wait ({timeout}s; it goes on for the calls after); nothing was sent"
-                ) from None
-            task.result()  # done in the same pass: its own error, else reopened in time
+                                    "while it reopened; nothing was sent")  # fmt: skip
+        task.result()  # its own DisconnectedError, else reopened
 
     async def stop(self) -> None:
         """Stop a reopen under way (the Database is closing): what it opened is let go -- or,
@@ -105,6 +98,8 @@ class Reopener:
         self._swapped = True
         try:
             await _release(closed, old, successor=tracker)
+        except Exception as exc:  # reopened all the same: the calls go on the new connection
+            log.warning("nats.old_connection_not_released", error=repr(exc))
         finally:
             self._swapped = False
 
