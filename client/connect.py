@@ -166,22 +166,18 @@ async def connect_nats(
         kwargs["tls"] = tls
     kwargs.update(options)
     connecting = asyncio.create_task(nc.connect(**kwargs), name=f"nats-connect-{name}")
+    cancelled = True
     try:
         waiting: set[asyncio.Future[Any]] = {connecting, refused}
         await asyncio.wait(waiting, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:  # cancelled: even a connection made in the same pass is let go
-        connecting.cancel()
-        with contextlib.suppress(BaseException):
-            await connecting
-        with contextlib.suppress(BaseException):
-            await nc.close()
-        raise
-    if not connecting.done():
-        connecting.cancel()
-        with contextlib.suppress(BaseException):
-            await connecting
-        with contextlib.suppress(Exception):
-            await nc.close()
+        cancelled = False
+    finally:
+        if cancelled or not connecting.done():  # cancelled: even one made in the same pass
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await connecting
+            with contextlib.suppress(Exception):
+                await nc.close()
     if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
         return nc
     if refused.done():

@@ -311,10 +311,9 @@ class Database(ReadAPI):
             kwargs=kwargs or {},
             origin=self.settings.region,
         )
-        total, asked = timeout if timeout is not None else self.settings.rpc_timeout, time.monotonic()
-        if (nc := await self._nats(total)) is None:
+        nc, left = await self._nats(timeout if timeout is not None else self.settings.rpc_timeout)
+        if nc is None:
             raise not_open("the Database", write=True)
-        left = max(0.001, total - (time.monotonic() - asked))  # a reopen took its part
         ex = await unrecorded_request(nc, self.subjects, region, req, timeout=left, retry=self.retry)
         return ex.reply.value
 
@@ -332,12 +331,13 @@ class Database(ReadAPI):
 
     # -- internals ------------------------------------------------------------------------
 
-    async def _nats(self, timeout: float | None = None) -> NatsClient | None:
-        """The connection for a bus write or read; one of ours nats-py closed for good is
-        reopened first, within ``timeout`` (:mod:`writebus.client.reopen`)."""
+    async def _nats(self, timeout: float) -> tuple[NatsClient | None, float]:
+        """The connection for a bus write or read, and what is left of the call's ``timeout``:
+        one of ours nats-py closed for good is reopened first (:mod:`writebus.client.reopen`)."""
+        asked = time.monotonic()
         if self._nc is not None and self._nc.is_closed and self._owns_nats:
             await self._reopener.reopen(self, timeout)
-        return self._nc
+        return self._nc, max(0.001, timeout - (time.monotonic() - asked))
 
     async def _write(
         self, req: Request, await_replication: bool, rpc_timeout: float | None,
@@ -405,13 +405,12 @@ class Database(ReadAPI):
         replication_timeout: float | None,
         factory: RowFactory | None,
     ) -> WriteResult:
-        asked = time.monotonic()
-        if (nc := await self._nats(timeout)) is None:  # closed while a direct try ran: stands
+        nc, left = await self._nats(timeout)  # a reopen takes its part of the time
+        if nc is None:  # closed while a direct try ran: it stands
             raise not_open("the Database", write=True, reason="closed during the call")
         return await writes.via_bus(
             req, nc=nc, settings=self.settings, retry=self.retry, tracker=self._tracker,
-            await_replication=await_replication, row_factory=factory,
-            timeout=max(0.001, timeout - (time.monotonic() - asked)),  # a reopen took its part
+            await_replication=await_replication, row_factory=factory, timeout=left,
             replication_timeout=replication_timeout,
         )  # fmt: skip
 

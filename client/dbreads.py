@@ -34,7 +34,7 @@ class ReadAPI:
     _gate: ReadGate
     _high: Session
 
-    async def _nats(self, timeout: float | None = None) -> NatsClient | None:
+    async def _nats(self, timeout: float) -> tuple[NatsClient | None, float]:
         raise NotImplementedError  # the Database's: the connection, reopened if closed for good
 
     def _local(self) -> AsyncConnectionPool[Any]:
@@ -162,7 +162,7 @@ class ReadAPI:
             session_lsn = current.lsn if current is not None else None
         # A strong read needs the bus: a connection closed for good is reopened first. Other
         # reads need none (a token's check is skipped without it): they never wait for one.
-        nc = await self._nats(self.settings.rpc_timeout) if consistency == "strong" else self._nc
+        nc = (await self._nats(self.settings.rpc_timeout))[0] if consistency == "strong" else self._nc
         return await self._gate.prepare(
             nc=nc,
             tracker=self._tracker,
