@@ -31,6 +31,11 @@ from writebus.client.errors import (
 from writebus.client.log import get_logger
 
 T = TypeVar("T")
+
+#: Seconds an attempt must have to be made: with less, its reply could not come back (a
+#: round trip to the primary region), and the caller would hear its "no reply" instead of
+#: what the attempts before it learned.
+MIN_ATTEMPT = 0.05
 log = get_logger("writebus.client.retry")
 
 
@@ -91,8 +96,8 @@ class RetryPolicy:
         delay = self.backoff(attempt)
         if undelivered and not ambiguous:
             delay = min(delay, max(0.0, self.no_worker_patience - elapsed))
-        if delay >= remaining:
-            return None
+        if delay + MIN_ATTEMPT >= remaining:
+            return None  # an attempt with less could not come back: it would only blur the answer
         return delay
 
 

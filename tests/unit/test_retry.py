@@ -15,7 +15,7 @@ from writebus.client.errors import (
     UnavailableError,
     WriteRejectedError,
 )
-from writebus.client.retry import NO_RETRY, Attempts, RetryPolicy
+from writebus.client.retry import MIN_ATTEMPT, NO_RETRY, Attempts, RetryPolicy
 
 P = RetryPolicy(base_delay=0.02, max_delay=0.5, no_worker_patience=0.5)
 
@@ -27,6 +27,16 @@ def test_non_retryable_errors_surface_at_once() -> None:
     assert P.should_retry(ReplicationTimeoutError(1, 1.0, None, "lax"), attempt=1, elapsed=0,
                           remaining=10) is None
     assert P.should_retry(ValueError("x"), attempt=1, elapsed=0, remaining=10) is None
+
+
+def test_no_attempt_is_made_with_too_little_time_to_come_back() -> None:
+    """With less than MIN_ATTEMPT left after the delay, the retries end: a last attempt of a
+    few milliseconds could not get its reply, and its "no reply" replaced what the attempts
+    before it learned (a flaky suite: "could not be read" became "no reply within 0.003s")."""
+    err = UnavailableError("down")  # P's first delay: 0.01 to 0.02 s
+    for _ in range(20):
+        assert P.should_retry(err, attempt=1, elapsed=0.1, remaining=0.01 + MIN_ATTEMPT) is None
+        assert P.should_retry(err, attempt=1, elapsed=0.1, remaining=0.021 + MIN_ATTEMPT)
 
 
 def test_retryable_errors_back_off_within_deadline() -> None:
